@@ -1,0 +1,75 @@
+"""Checkpoints as plain dicts: written atomically, read only with `weights_only=True`."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from catsdogs.errors import CatsdogsError
+
+FORMAT = "catsdogs-checkpoint"
+VERSION = 1
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
+    """Write to a temporary file in the same folder, fsync it, then `os.replace` it over `path`.
+
+    A crash or kill at any instant leaves either the old file or the new one, never a partial
+    one; the temporary file is removed when writing fails.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_write(path, "w") as handle:
+        handle.write(text)
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Save a plain dict (tensors and plain Python values) atomically; full disk raises CatsdogsError."""
+    try:
+        with atomic_write(path) as handle:
+            torch.save({"format": FORMAT, "version": VERSION, **state}, handle)
+    except OSError as exc:
+        raise CatsdogsError(f"could not write checkpoint {path}: {exc.strerror or exc}; "
+                            "the previous checkpoint is untouched") from None
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a catsdogs checkpoint safely; anything else gives one line naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CatsdogsError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # weights_only refuses any pickle that would build arbitrary objects or run code.
+        raise CatsdogsError(f"{path} is not a safe catsdogs checkpoint (it holds objects other than "
+                            "tensors and plain values); refusing to load it") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, io.UnsupportedOperation, ValueError, OSError):
+        raise CatsdogsError(f"{path} is not a readable checkpoint (truncated or not written by torch.save)") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CatsdogsError(f"{path} is not a catsdogs checkpoint")
+    if state.get("version", 0) > VERSION:
+        raise CatsdogsError(f"{path} was written by a newer catsdogs (format {state['version']}); upgrade catsdogs")
+    return state

@@ -1,0 +1,212 @@
+"""The command line: parse and validate options, call one library function, report in a line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from catsdogs import __version__
+from catsdogs.errors import CatsdogsError, UsageError
+
+
+class CatsdogsGroup(click.Group):
+    """Turns library errors into one line and an exit code instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UsageError as exc:
+            raise click.UsageError(str(exc), ctx) from None
+        except CatsdogsError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=CatsdogsGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="catsdogs")
+def main() -> None:
+    """From a folder of cat and dog photos to a trained, evaluated classifier.
+
+    \b
+    catsdogs split PetImages        # shuffled, stratified train/val/test split into data/
+    catsdogs train --optim adam     # train the tutorial's CNN into runs/adam
+    catsdogs evaluate               # test metrics of the latest run
+    catsdogs plot-curves            # its loss and accuracy curves
+    """
+
+
+@main.command()
+@click.option("--dest", default=".", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder that will hold PetImages/ and the downloaded zip.")
+def download(dest: Path) -> None:
+    """Download Microsoft's Kaggle Cats and Dogs photos (787 MB) and extract them to DEST/PetImages."""
+    from catsdogs.download import download_petimages
+
+    result = download_petimages(dest)
+    if not result.extracted:
+        click.echo(f"{result.path} already holds the photos; nothing to do.")
+    else:
+        click.echo(f"Extracted to {result.path}; archive kept at {result.archive} (delete it to free 787 MB).")
+    click.echo(f"Next: catsdogs split {result.path}")
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--out", default="data", show_default=True, type=click.Path(path_type=Path),
+              help="Folder to write train/, val/ and test/ into.")
+@click.option("--ratios", default="0.63,0.07,0.30", show_default=True,
+              help="Fractions for train,val,test (the tutorial's 30% test, 7% validation).")
+@click.option("--seed", default=42, show_default=True, type=int, help="Seed of the shuffle.")
+@click.option("--layout", default="auto", show_default=True, type=click.Choice(["auto", "folders", "kaggle"]),
+              help="folders: one subfolder per class (PetImages); kaggle: flat cat.N.jpg/dog.N.jpg.")
+@click.option("--mode", default="link", show_default=True, type=click.Choice(["link", "copy", "symlink"]),
+              help="How files land in the split: hard links (copies across filesystems), copies or symlinks.")
+@click.option("--jobs", default=None, type=click.IntRange(min=1), help="Processes decoding images [all cores].")
+@click.option("--force", is_flag=True, help="Replace an existing output folder made with other arguments.")
+def split(source: Path, out: Path, ratios: str, seed: int, layout: str, mode: str, jobs: int | None,
+          force: bool) -> None:
+    """Check every image in SOURCE and split it into train/val/test folders."""
+    from catsdogs.split import parse_ratios, split_dataset
+
+    summary = split_dataset(source, out, parse_ratios(ratios), seed=seed, layout=layout, mode=mode, jobs=jobs,
+                            force=force)
+    click.echo(summary.format())
+
+
+TRAIN_OPTIONS = [
+    click.option("--data", default=None, help="Split folder from `catsdogs split`. [default: data]"),
+    click.option("--optim", default=None, help="Optimizer name (see `catsdogs optimizers`)."),
+    click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False, path_type=Path),
+                 help="YAML file of settings; flags override it."),
+    click.option("--model", default=None, help="Model name (see `catsdogs models`). [default: cnn3]"),
+    click.option("--epochs", default=None, type=int, help="Epochs to train. [default: 10]"),
+    click.option("--batch-size", default=None, type=int, help="Images per step. [default: the optimizer's]"),
+    click.option("--lr", default=None, type=float, help="Learning rate. [default: the optimizer's]"),
+    click.option("--image-size", default=None, type=int, help="Side of the square input. [default: 224]"),
+    click.option("--seed", default=None, type=int, help="Seed for weights, order and augmentation. [default: 42]"),
+    click.option("--device", default=None, type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+                 help="Where to train. [default: auto]"),
+    click.option("--precision", default=None, type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+                 help="Numeric precision; auto uses bf16 where the hardware has it. [default: auto]"),
+    click.option("--workers", default=None, type=int, help="Loader processes when not cached. [default: auto]"),
+    click.option("--cache", default=None, type=click.Choice(["auto", "off", "rebuild"]),
+                 help="Decode each split once into a memory-mapped array. [default: auto]"),
+    click.option("--scheduler", default=None, help="Learning-rate schedule (see `catsdogs schedulers`)."),
+    click.option("--patience", default=None, type=int, help="Stop after this many epochs without a better val accuracy."),
+]
+
+
+def train_options(func: Any) -> Any:
+    for option in reversed(TRAIN_OPTIONS):
+        func = option(func)
+    return func
+
+
+@main.command()
+@train_options
+@click.option("--out", default=None, help="Run folder. [default: runs/<optim>, numbered if it exists]")
+@click.option("--resume", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Continue the run in this folder from its last.pt.")
+@click.option("--print-config", is_flag=True, help="Print the resolved config and exit without training.")
+def train(config_file: Path | None, resume: Path | None, print_config: bool, **flags: Any) -> None:
+    """Train a model on the split's train/ folder, validating on val/ every epoch."""
+    from catsdogs.config import build_config
+    from catsdogs.train import print_config as resolved_yaml
+    from catsdogs.train import train as run_training
+
+    if resume is not None:
+        if config_file is not None:
+            raise click.UsageError("--resume takes its settings from the checkpoint; drop --config")
+        if not (resume / "last.pt").is_file():
+            raise click.ClickException(f"{resume} has no last.pt to resume from")
+        run_training(None, resume=resume, flags=flags)
+        return
+    cfg = build_config(config_file, flags)
+    if print_config:
+        click.echo(resolved_yaml(cfg), nl=False)
+        return
+    run_training(cfg)
+
+
+@main.command()
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--split", "split_name", default="test", show_default=True, type=click.Choice(["train", "val", "test"]),
+              help="Which split to evaluate.")
+@click.option("--checkpoint", default="best", show_default=True, help="best, last, or a path to a .pt file.")
+@click.option("--data", default=None, help="Split folder. [default: the one the run trained on]")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda", "mps"]))
+def evaluate(run_dir: Path | None, split_name: str, checkpoint: str, data: str | None, device: str) -> None:
+    """Measure a trained run on a split; writes metrics.json and confusion_matrix.png into it."""
+    from catsdogs.evaluate import evaluate_run, format_metrics
+    from catsdogs.runs import latest_run
+
+    if run_dir is None:
+        run_dir = latest_run()
+        click.echo(f"evaluating the most recent run: {run_dir}")
+    result = evaluate_run(run_dir, split=split_name, checkpoint=checkpoint, data=data, device=device)
+    click.echo(format_metrics(result.metrics))
+    click.echo(f"wrote {result.metrics_path}, {result.figure_path} and {result.predictions_path}")
+
+
+@main.command("plot-curves")
+@click.argument("run_dirs", nargs=-1, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Figure file (.png, .svg or .pdf). [default: RUN_DIR/curves.png, or curves.png for several]")
+def plot_curves_command(run_dirs: tuple[Path, ...], out: Path | None) -> None:
+    """Plot training and validation loss and accuracy against epoch, overlaying several runs."""
+    from catsdogs.plots import plot_curves
+    from catsdogs.runs import latest_run
+
+    runs = list(run_dirs)
+    if not runs:
+        runs = [latest_run()]
+        click.echo(f"plotting the most recent run: {runs[0]}")
+    for run in runs:
+        if not run.is_dir():
+            raise click.ClickException(f"run folder {run} does not exist")
+    target = out or (runs[0] / "curves.png" if len(runs) == 1 else Path("curves.png"))
+    click.echo(f"wrote {plot_curves(runs, target)}")
+
+
+@main.command()
+def optimizers() -> None:
+    """List the registered optimizers with their defaults."""
+    from catsdogs.optim import OPTIMIZERS, load_optimizer_plugins
+
+    load_optimizer_plugins()
+    for name in OPTIMIZERS.names():
+        spec = OPTIMIZERS.get(name)
+        click.echo(f"{name:<15} {spec.description}\n{'':<15} {spec.cls.__module__}.{spec.cls.__name__}: "
+                   f"{spec.describe_defaults()}")
+
+
+@main.command()
+def models() -> None:
+    """List the registered models."""
+    from catsdogs.models import MODELS, build_model, count_parameters
+
+    for name in MODELS.names():
+        spec = MODELS.get(name)
+        size = max(spec.min_image_size, 224)
+        params = count_parameters(build_model(name, 2, size))
+        click.echo(f"{name:<12} {params / 1e6:.2f}M parameters at {size}px (min {spec.min_image_size}px)  "
+                   f"{spec.description}")
+
+
+@main.command()
+def schedulers() -> None:
+    """List the learning-rate schedules."""
+    from catsdogs.schedules import SCHEDULERS
+
+    for name in SCHEDULERS.names():
+        doc = (SCHEDULERS.get(name).__doc__ or "").strip()
+        click.echo(f"{name:<10} {doc}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,150 @@
+"""The typed training config: defaults here, overridden by a YAML file, overridden by flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from catsdogs.errors import CatsdogsError
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run. These are the only defaults; YAML files override them."""
+
+    # Data: the folder written by `catsdogs split` (holding train/, val/, test/).
+    data: str = "data"
+    image_size: int = 224  # the tutorial's 224x224
+    hflip: float = 0.25  # probability of a horizontal flip in training (the tutorial's 0.25)
+    vflip: float = 0.0  # probability of a vertical flip in training (off, as in the tutorial)
+    cache: str = "auto"  # auto|off|rebuild: decode each split once into a memory-mapped uint8 array
+
+    # Model and optimizer: names from `catsdogs models` and `catsdogs optimizers`.
+    model: str = "cnn3"
+    optim: str | None = None  # required: there is no neutral choice in an optimizer study
+    epochs: int = 10
+    batch_size: int | None = None  # None: the optimizer's own default (1 for vanilla-sgd)
+    lr: float | None = None  # None: the optimizer's own default
+    momentum: float | None = None  # None: the optimizer's own default (SGD variants only)
+    weight_decay: float | None = None  # None: the optimizer's own default
+
+    # Schedule and stopping.
+    scheduler: str = "constant"  # constant|step|cosine|onecycle (see `catsdogs schedulers`)
+    warmup_epochs: float = 0.0  # linear warmup before the schedule, in epochs
+    patience: int | None = None  # stop when val accuracy has not improved for this many epochs
+
+    # Reproducibility and hardware.
+    seed: int = 42
+    device: str = "auto"  # auto|cpu|cuda|mps; auto picks CUDA, then MPS, then CPU
+    precision: str = "auto"  # auto|fp32|bf16|fp16; auto: bf16 where the hardware has it, else fp32
+    workers: int | None = None  # DataLoader worker processes when reading files; None: automatic
+
+    # Output: the run folder; None means runs/<optim>, numbered when it exists.
+    out: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "cache": ("auto", "off", "rebuild"),
+    "device": ("auto", "cpu", "cuda", "mps"),
+    "precision": ("auto", "fp32", "bf16", "fp16"),
+}
+
+# Lower bounds of numeric fields (inclusive); an upper bound of 1 for probabilities.
+MINIMUM: dict[str, float] = {"epochs": 1, "batch_size": 1, "image_size": 1, "lr": 0.0, "hflip": 0.0,
+                             "vflip": 0.0, "momentum": 0.0, "weight_decay": 0.0, "warmup_epochs": 0.0,
+                             "patience": 1, "workers": 0}
+PROBABILITIES = ("hflip", "vflip")
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _allowed(annotation: Any) -> tuple[tuple[type, ...], bool]:
+    """The concrete types a field accepts, and whether None is allowed."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        kinds = tuple(a for a in args if a is not type(None))
+        return kinds, type(None) in args
+    return (annotation,), False
+
+
+def check_value(key: str, value: Any, source: str) -> Any:
+    """Return `value` converted for field `key`, or raise naming the source, key and expectation."""
+    hints = _field_types()
+    if key not in hints:
+        valid = ", ".join(sorted(hints))
+        raise CatsdogsError(f"{source}: unknown key {key!r}; valid keys: {valid}")
+    kinds, nullable = _allowed(hints[key])
+    if value is None:
+        if nullable:
+            return None
+        raise CatsdogsError(f"{source}: {key} must not be empty")
+    kind = kinds[0]
+    ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise CatsdogsError(f"{source}: {key} must be {kind.__name__}, got {value!r}")
+    if key in CHOICES and value not in CHOICES[key]:
+        raise CatsdogsError(f"{source}: {key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
+    if key in MINIMUM and value < MINIMUM[key]:
+        raise CatsdogsError(f"{source}: {key} must be at least {MINIMUM[key]:g}, got {value!r}")
+    if key in PROBABILITIES and value > 1:
+        raise CatsdogsError(f"{source}: {key} is a probability between 0 and 1, got {value!r}")
+    return value
+
+
+def read_yaml_overrides(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into validated overrides; errors name the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise CatsdogsError(f"config file {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise CatsdogsError(f"{path}: not valid YAML{where}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, Mapping):
+        raise CatsdogsError(f"{path}: expected a mapping of keys to values at the top level")
+    return {str(key): check_value(str(key), value, str(path)) for key, value in loaded.items()}
+
+
+def build_config(config_file: str | Path | None = None, flags: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Defaults < YAML file < flags. Flags whose value is None were not given and do not override."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        values.update(read_yaml_overrides(config_file))
+    for key, value in (flags or {}).items():
+        if value is not None:
+            values[key] = check_value(key, value, f"--{key.replace('_', '-')}")
+    return TrainConfig(**values)
+
+
+def config_from_dict(values: Mapping[str, Any], source: str) -> TrainConfig:
+    """Rebuild a config saved in a run folder or checkpoint, validating every key."""
+    return TrainConfig(**{key: check_value(key, value, source) for key, value in values.items()})
+
+
+def config_to_yaml(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(TrainConfig)]
+
+
+__all__ = ["TrainConfig", "build_config", "check_value", "config_from_dict", "config_to_yaml",
+           "field_names", "read_yaml_overrides"]

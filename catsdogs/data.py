@@ -1,0 +1,215 @@
+"""Reading a split folder: the file list, the decode-once cache, and batches of uint8 images."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from catsdogs.errors import CatsdogsError
+from catsdogs.images import is_image_name, load_resized
+from catsdogs.transforms import Preset
+
+CACHE_DIR = ".cache"
+CACHE_VERSION = 1  # bump when load_resized changes what it produces
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class ImageSplit:
+    """One split of a data folder: image paths, integer labels and the class names they index."""
+
+    root: Path
+    classes: list[str]
+    paths: list[Path]
+    labels: np.ndarray
+    unreadable: list[Path] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def read_split(data_dir: str | Path, split: str, classes: Sequence[str] | None = None) -> ImageSplit:
+    """List `data_dir/split/<class>/*` images; `classes`, when given, must match the folders."""
+    data_dir = Path(data_dir)
+    hint = "run `catsdogs split PetImages` first, or pass --data DIR"
+    if not data_dir.is_dir():
+        raise CatsdogsError(f"data folder {data_dir} does not exist: {hint}")
+    root = data_dir / split
+    if not root.is_dir():
+        raise CatsdogsError(f"{data_dir} has no {split}/ folder: {hint}")
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(found) < 2 and classes is None:
+        raise CatsdogsError(f"{root} has {len(found)} class folder(s) ({', '.join(found) or 'none'}); "
+                            "a classifier needs at least two, one subfolder per class")
+    names = list(classes) if classes is not None else found
+    if classes is not None and found != sorted(names):
+        raise CatsdogsError(f"{root} has classes {found}, but the model was trained on {sorted(names)}")
+    paths: list[Path] = []
+    labels: list[int] = []
+    for index, name in enumerate(names):
+        files = sorted(p for p in (root / name).rglob("*") if p.is_file() and is_image_name(p))
+        if not files:
+            raise CatsdogsError(f"{root / name} holds no images (.jpg, .png, ...): {hint}")
+        paths += files
+        labels += [index] * len(files)
+    return ImageSplit(root, names, paths, np.asarray(labels, dtype=np.int64))
+
+
+def _cache_key(split: ImageSplit, image_size: int) -> str:
+    digest = hashlib.sha256(f"v{CACHE_VERSION} {image_size} {split.classes}".encode())
+    for path, label in zip(split.paths, split.labels):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(split.root)}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _load_or_none(args: tuple[str, int]) -> np.ndarray | None:
+    path, size = args
+    try:
+        return load_resized(path, size)
+    except Exception:  # any decode failure: the caller counts and reports it
+        return None
+
+
+def default_jobs() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def load_cache(split: ImageSplit, image_size: int, mode: str = "auto", jobs: int | None = None,
+               progress: bool = True) -> np.ndarray | None:
+    """Return a memory-mapped N x S x S x 3 uint8 array of the split, building it if needed.
+
+    The file sits in `<data>/.cache/`, named by a key over the file list, sizes, modification
+    times and image size, so a changed split or size gets a new cache and a stale one is never
+    read. Returns None when `mode` is "off" or the data folder cannot be written.
+    """
+    if mode == "off":
+        return None
+    cache_dir = split.root.parent / CACHE_DIR
+    stem = f"{split.root.name}-{image_size}px-{_cache_key(split, image_size)}"
+    array_path, meta_path = cache_dir / f"{stem}.npy", cache_dir / f"{stem}.json"
+    if mode != "rebuild" and array_path.is_file() and meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+            images = np.load(array_path, mmap_mode="r")
+            if images.shape == (len(split), image_size, image_size, 3) and images.dtype == np.uint8:
+                split.unreadable = [split.paths[i] for i in meta.get("unreadable", [])]
+                return images
+        except (OSError, ValueError):
+            pass  # a damaged cache is rebuilt below
+    try:
+        cache_dir.mkdir(exist_ok=True)
+        _remove_stale(cache_dir, f"{split.root.name}-{image_size}px-", keep=stem)
+        return _build_cache(split, image_size, array_path, meta_path, jobs or default_jobs(), progress)
+    except PermissionError:
+        print(f"note: cannot write a cache in {cache_dir}; reading the images every epoch", file=sys.stderr)
+        return None
+
+
+def _remove_stale(cache_dir: Path, prefix: str, keep: str) -> None:
+    for old in cache_dir.glob(f"{prefix}*"):
+        if not old.name.startswith(keep):
+            old.unlink(missing_ok=True)
+
+
+def _build_cache(split: ImageSplit, size: int, array_path: Path, meta_path: Path, jobs: int,
+                 progress: bool) -> np.ndarray:
+    tmp = array_path.with_name(f".{array_path.name}.{os.getpid()}.tmp")
+    images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(split), size, size, 3))
+    unreadable: list[int] = []
+    work = [(str(p), size) for p in split.paths]
+    bar = tqdm(total=len(work), desc=f"caching {split.root.name} at {size}px", unit="img",
+               disable=not progress, leave=False)
+    try:
+        if jobs > 1 and len(work) > 64:
+            with ProcessPoolExecutor(max_workers=jobs) as pool:
+                results = pool.map(_load_or_none, work, chunksize=32)
+                _fill(images, results, unreadable, bar)
+        else:
+            _fill(images, map(_load_or_none, work), unreadable, bar)
+        images.flush()
+        del images
+        os.replace(tmp, array_path)
+    finally:
+        bar.close()
+        tmp.unlink(missing_ok=True)
+    meta = {"version": CACHE_VERSION, "count": len(split), "image_size": size, "unreadable": unreadable}
+    meta_path.write_text(json.dumps(meta))
+    split.unreadable = [split.paths[i] for i in unreadable]
+    return np.load(array_path, mmap_mode="r")
+
+
+def _fill(images: np.ndarray, results: Iterator[np.ndarray | None], unreadable: list[int], bar: tqdm) -> None:
+    for index, array in enumerate(results):
+        if array is None:
+            unreadable.append(index)  # left as zeros and never served
+        else:
+            images[index] = array
+        bar.update()
+
+
+class _FileDataset(torch.utils.data.Dataset):
+    """Reads and resizes one file per item; an unreadable file yields label -1 to be dropped."""
+
+    def __init__(self, split: ImageSplit, preset: Preset) -> None:
+        self.split, self.size = split, preset.image_size
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        array = _load_or_none((str(self.split.paths[index]), self.size))
+        if array is None:
+            return torch.zeros(self.size, self.size, 3, dtype=torch.uint8), -1
+        return torch.from_numpy(array), int(self.split.labels[index])
+
+
+class BatchSource:
+    """Serves uint8 NHWC batches of a split by index lists, from the cache or from the files."""
+
+    def __init__(self, split: ImageSplit, preset: Preset, images: np.ndarray | None, workers: int = 0) -> None:
+        self.split, self.preset, self.images, self.workers = split, preset, images, workers
+        self.failed: list[Path] = []
+        bad = {split.paths.index(p) for p in split.unreadable} if split.unreadable else set()
+        self.valid = np.asarray([i for i in range(len(split)) if i not in bad], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.valid)
+
+    def order(self, batch_size: int, generator: torch.Generator | None) -> list[np.ndarray]:
+        """The epoch's batches of indices: shuffled by `generator`, or in file order without it."""
+        if generator is not None:
+            picks = self.valid[torch.randperm(len(self.valid), generator=generator).numpy()]
+        else:
+            picks = self.valid
+        return [picks[i:i + batch_size] for i in range(0, len(picks), batch_size)]
+
+    def batches(self, order: Sequence[np.ndarray], pin: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.images is not None:
+            for indices in order:
+                images = torch.from_numpy(self.images[indices])
+                labels = torch.from_numpy(self.split.labels[indices])
+                yield (images.pin_memory(), labels.pin_memory()) if pin else (images, labels)
+            return
+        loader = torch.utils.data.DataLoader(
+            _FileDataset(self.split, self.preset), batch_sampler=[list(b) for b in order],
+            num_workers=self.workers, pin_memory=pin,
+            # Its own generator: otherwise the loader draws a seed from the global RNG and shifts dropout.
+            generator=torch.Generator().manual_seed(0))
+        for position, (images, labels) in enumerate(loader):
+            keep = labels >= 0
+            if not bool(keep.all()):
+                self.failed += [self.split.paths[i] for i, ok in zip(order[position], keep.tolist()) if not ok]
+                images, labels = images[keep], labels[keep]
+            if len(labels):
+                yield images, labels

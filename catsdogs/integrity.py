@@ -1,0 +1,211 @@
+"""Which files under a source folder are usable photos: a link-safe walk and a full decode of each."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import signal
+import stat
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
+
+from catsdogs.images import is_image_name, to_rgb
+
+# How a file that is not used is filed in rejected.csv (the `status` column).
+REJECTED = "rejected"  # meant to be a photo, but broken or unsafe
+SKIPPED = "skipped"  # never meant to be a photo (Thumbs.db, notes, a folder link)
+DUPLICATE = "duplicate"
+CONFLICT = "conflict"
+
+# Reasons (the `reason` column); summaries group files by these exact strings.
+EMPTY = "empty file"
+NOT_AN_IMAGE = "not an image"
+CORRUPT = "truncated or corrupt data"
+BOMB = "decompression bomb"
+UNREADABLE = "unreadable"
+DANGLING_LINK = "dangling link"
+LINK_OUTSIDE = "link points outside the source"
+LINK_LOOP = "link loop"
+FOLDER_LINK = "link to a folder inside the source (its files are read there)"
+NOT_IMAGE_FILE = "not an image file"
+NOT_REGULAR = "not a regular file"
+
+# Folders that hold no photos, only tool metadata (macOS zips add __MACOSX with ._ copies).
+IGNORED_FOLDERS = frozenset({"__MACOSX"})
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """One file that is not in the split, and why; a row of rejected.csv."""
+
+    path: str  # relative to the source, with forward slashes
+    status: str
+    reason: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class SourceScan:
+    """What a walk of the source found: image-named files, files left out, and a fingerprint."""
+
+    images: list[str]
+    left_out: list[LeftOut]
+    fingerprint: str  # changes when any file is added, removed, resized or touched
+
+
+class ImageCheck(NamedTuple):
+    """The verdict on one file; `reason` is None for a usable photo."""
+
+    reason: str | None
+    detail: str
+    sha256: str
+    width: int
+    height: int
+
+
+def scan_source(source: Path) -> SourceScan:
+    """Walk `source` (already resolved) in sorted order without following folder links.
+
+    Following a folder link could leave the source or loop forever, and a link to a folder
+    inside the source would only read the same files twice. File links are kept when they
+    resolve to a regular file inside the source.
+    """
+    images: list[str] = []
+    left_out: list[LeftOut] = []
+    stamps: list[str] = []
+    pending = [source]
+    while pending:
+        folder = pending.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError as error:
+            rel = folder.relative_to(source).as_posix()
+            left_out.append(LeftOut(rel, REJECTED, UNREADABLE, error.strerror or str(error)))
+            continue
+        for entry in entries:
+            rel = Path(entry.path).relative_to(source).as_posix()
+            if entry.is_dir(follow_symlinks=False):
+                if not entry.name.startswith(".") and entry.name not in IGNORED_FOLDERS:
+                    pending.append(Path(entry.path))
+                continue
+            problem = _link_problem(Path(entry.path), source) if entry.is_symlink() else None
+            if problem is not None:
+                left_out.append(problem)
+                stamps.append(f"{rel}\t->{os.readlink(entry.path)}")
+                continue
+            try:
+                info = os.stat(entry.path)
+            except OSError as error:
+                left_out.append(LeftOut(rel, REJECTED, UNREADABLE, error.strerror or str(error)))
+                continue
+            stamps.append(f"{rel}\t{info.st_size}\t{info.st_mtime_ns}")
+            if not stat.S_ISREG(info.st_mode):
+                # Opening a FIFO or a device would block or never end.
+                left_out.append(LeftOut(rel, SKIPPED, NOT_REGULAR))
+            elif is_image_name(entry.name):
+                images.append(rel)
+            else:
+                left_out.append(LeftOut(rel, SKIPPED, NOT_IMAGE_FILE))
+    fingerprint = hashlib.sha256("\n".join(sorted(stamps)).encode("utf-8")).hexdigest()
+    return SourceScan(sorted(images), sorted(left_out, key=lambda item: item.path), fingerprint)
+
+
+def _link_problem(link: Path, source: Path) -> LeftOut | None:
+    """Why the symbolic link `link` is not followed, or None for a link to a file in the source."""
+    rel = link.relative_to(source).as_posix()
+    try:
+        os.stat(link)
+    except OSError as error:
+        reason = LINK_LOOP if error.errno == errno.ELOOP else DANGLING_LINK
+        return LeftOut(rel, REJECTED if reason == DANGLING_LINK else SKIPPED, reason)
+    target = Path(os.path.realpath(link))
+    if not target.is_relative_to(source):
+        return LeftOut(rel, REJECTED, LINK_OUTSIDE, str(target))
+    if target.is_dir():
+        if link.parent.is_relative_to(target):
+            return LeftOut(rel, SKIPPED, LINK_LOOP, target.relative_to(source).as_posix() or ".")
+        return LeftOut(rel, SKIPPED, FOLDER_LINK)
+    return None
+
+
+def check_image(path: str) -> ImageCheck:
+    """Hash the file and decode it completely, the way training will read it.
+
+    A header check or `Image.verify()` would pass a truncated JPEG; only decoding every
+    pixel finds it. Runs in worker processes, so it returns a small picklable tuple.
+    """
+    try:
+        file = open(path, "rb")
+    except OSError as error:
+        return ImageCheck(UNREADABLE, error.strerror or str(error), "", 0, 0)
+    with file:
+        digest = hashlib.sha256()
+        try:
+            while chunk := file.read(1 << 20):
+                digest.update(chunk)
+        except OSError as error:
+            return ImageCheck(UNREADABLE, error.strerror or str(error), "", 0, 0)
+        sha256 = digest.hexdigest()
+        if file.tell() == 0:
+            return ImageCheck(EMPTY, "", sha256, 0, 0)
+        file.seek(0)
+        try:
+            with warnings.catch_warnings():
+                # Odd EXIF blocks and palette transparency warn harmlessly; a bomb must not pass.
+                warnings.simplefilter("ignore")
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(file) as image:
+                    image.load()
+                    # Training applies the EXIF rotation and converts to RGB; both must work.
+                    image = to_rgb(ImageOps.exif_transpose(image))
+                    width, height = image.size
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            return ImageCheck(BOMB, _first_line(error), sha256, 0, 0)
+        except UnidentifiedImageError:
+            return ImageCheck(NOT_AN_IMAGE, "no image format recognised", sha256, 0, 0)
+        except Exception as error:  # noqa: BLE001 - decoders raise many types on bad data
+            return ImageCheck(CORRUPT, _first_line(error), sha256, 0, 0)
+    return ImageCheck(None, "", sha256, width, height)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:200]
+
+
+def _init_worker() -> None:
+    # Ctrl-C is handled once, by the parent, which then cleans up; workers just finish.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Another module may have relaxed this for training; truncation must stay an error here.
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def check_images(paths: list[str], jobs: int, progress: bool = True) -> list[ImageCheck]:
+    """Run `check_image` on every path, in `jobs` processes; results keep the order of `paths`."""
+    bar = tqdm(total=len(paths), desc="Decoding images", unit="img", disable=not progress)
+    with bar:
+        if jobs == 1 or len(paths) < 2:
+            results = []
+            for path in paths:
+                results.append(check_image(path))
+                bar.update()
+            return results
+        # Chunks amortise the inter-process round trip without starving the progress bar.
+        chunksize = max(1, min(64, len(paths) // (jobs * 8)))
+        executor = ProcessPoolExecutor(max_workers=min(jobs, len(paths)), initializer=_init_worker)
+        try:
+            results = []
+            for result in executor.map(check_image, paths, chunksize=chunksize):
+                results.append(result)
+                bar.update()
+            return results
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)

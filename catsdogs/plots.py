@@ -1,0 +1,68 @@
+"""Learning curves from history.csv: loss and accuracy against epoch, one line per run."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import yaml
+
+from catsdogs.errors import CatsdogsError
+
+FORMATS = (".png", ".svg", ".pdf")
+
+
+def read_history(run_dir: Path) -> dict[str, list[float]]:
+    """Columns of `run_dir/history.csv` as lists of floats."""
+    path = run_dir / "history.csv"
+    if not path.is_file():
+        raise CatsdogsError(f"{run_dir} has no history.csv: has its training finished an epoch?")
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        raise CatsdogsError(f"{path} holds no epochs yet")
+    try:
+        return {key: [float(row[key]) for row in rows] for key in rows[0]}
+    except (TypeError, ValueError):
+        raise CatsdogsError(f"{path} is not a catsdogs history file") from None
+
+
+def run_label(run_dir: Path) -> str:
+    """The run's name and its optimizer, for the legend."""
+    try:
+        optim = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("optim")
+    except (OSError, yaml.YAMLError):
+        optim = None
+    return f"{run_dir.name} ({optim})" if optim and optim != run_dir.name else run_dir.name
+
+
+def plot_curves(run_dirs: list[Path], out: Path) -> Path:
+    """Draw training/validation loss and accuracy of every run; the format follows `out`'s suffix."""
+    if out.suffix.lower() not in FORMATS:
+        raise CatsdogsError(f"--out {out}: use a .png, .svg or .pdf file name")
+    histories = [(run_label(run), read_history(run)) for run in run_dirs]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, (label, history) in enumerate(histories):
+        colour = colours[index % len(colours)]
+        epochs = history["epoch"]
+        for ax, key in ((loss_ax, "loss"), (acc_ax, "acc")):
+            ax.plot(epochs, history[f"train_{key}"], color=colour, linestyle="--", marker=".",
+                    label=f"{label} train")
+            ax.plot(epochs, history[f"val_{key}"], color=colour, linestyle="-", marker="o", markersize=3,
+                    label=f"{label} val")
+    loss_ax.set(title="Training and validation loss", xlabel="epoch", ylabel="cross-entropy loss")
+    acc_ax.set(title="Training and validation accuracy", xlabel="epoch", ylabel="accuracy")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
