@@ -124,13 +124,15 @@ def train(config_file: Path | None, resume: Path | None, print_config: bool, **f
             raise click.UsageError("--resume takes its settings from the checkpoint; drop --config")
         if not (resume / "last.pt").is_file():
             raise click.ClickException(f"{resume} has no last.pt to resume from")
-        run_training(None, resume=resume, flags=flags)
-        return
-    cfg = build_config(config_file, flags)
-    if print_config:
-        click.echo(resolved_yaml(cfg), nl=False)
-        return
-    run_training(cfg)
+        result = run_training(None, resume=resume, flags=flags)
+    else:
+        cfg = build_config(config_file, flags)
+        if print_config:
+            click.echo(resolved_yaml(cfg), nl=False)
+            return
+        result = run_training(cfg)
+    if result.status == "interrupted":
+        sys.exit(130)  # like a shell's Ctrl-C, so scripts can tell an unfinished run
 
 
 @main.command()

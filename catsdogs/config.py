@@ -38,6 +38,7 @@ class TrainConfig:
     scheduler: str = "constant"  # constant|step|cosine|onecycle (see `catsdogs schedulers`)
     warmup_epochs: float = 0.0  # linear warmup before the schedule, in epochs
     patience: int | None = None  # stop when val accuracy has not improved for this many epochs
+    time_budget: float | None = None  # minutes of training; stops then, and the schedule is fitted to it
 
     # Reproducibility and hardware.
     seed: int = 42
@@ -61,7 +62,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # Lower bounds of numeric fields (inclusive); an upper bound of 1 for probabilities.
 MINIMUM: dict[str, float] = {"epochs": 1, "batch_size": 1, "image_size": 1, "lr": 0.0, "hflip": 0.0,
                              "vflip": 0.0, "momentum": 0.0, "weight_decay": 0.0, "warmup_epochs": 0.0,
-                             "patience": 1, "workers": 0}
+                             "patience": 1, "workers": 0, "time_budget": 0.0}
 PROBABILITIES = ("hflip", "vflip")
 
 

@@ -8,6 +8,7 @@ import os
 import signal
 import stat
 import warnings
+from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,17 @@ class ImageCheck(NamedTuple):
     height: int
 
 
+@dataclass(frozen=True)
+class Photo:
+    """A photo that decoded cleanly, with its label and what the manifest records about it."""
+
+    path: str
+    label: str
+    sha256: str
+    width: int
+    height: int
+
+
 def scan_source(source: Path) -> SourceScan:
     """Walk `source` (already resolved) in sorted order without following folder links.
 
@@ -114,7 +126,8 @@ def scan_source(source: Path) -> SourceScan:
                 images.append(rel)
             else:
                 left_out.append(LeftOut(rel, SKIPPED, NOT_IMAGE_FILE))
-    fingerprint = hashlib.sha256("\n".join(sorted(stamps)).encode("utf-8")).hexdigest()
+    # surrogateescape: names that are not valid UTF-8 (old zips) must not crash the split.
+    fingerprint = hashlib.sha256("\n".join(sorted(stamps)).encode("utf-8", "surrogateescape")).hexdigest()
     return SourceScan(sorted(images), sorted(left_out, key=lambda item: item.path), fingerprint)
 
 
@@ -193,11 +206,15 @@ def check_images(paths: list[str], jobs: int, progress: bool = True) -> list[Ima
     bar = tqdm(total=len(paths), desc="Decoding images", unit="img", disable=not progress)
     with bar:
         if jobs == 1 or len(paths) < 2:
-            results = []
-            for path in paths:
-                results.append(check_image(path))
-                bar.update()
-            return results
+            relaxed, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+            try:
+                results = []
+                for path in paths:
+                    results.append(check_image(path))
+                    bar.update()
+                return results
+            finally:
+                ImageFile.LOAD_TRUNCATED_IMAGES = relaxed
         # Chunks amortise the inter-process round trip without starving the progress bar.
         chunksize = max(1, min(64, len(paths) // (jobs * 8)))
         executor = ProcessPoolExecutor(max_workers=min(jobs, len(paths)), initializer=_init_worker)
@@ -209,3 +226,22 @@ def check_images(paths: list[str], jobs: int, progress: bool = True) -> list[Ima
             return results
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
+
+
+def deduplicate(photos: list[Photo]) -> tuple[list[Photo], list[LeftOut]]:
+    """Keep one photo per content hash; the same bytes under two classes are all left out."""
+    by_hash: dict[str, list[Photo]] = defaultdict(list)
+    for photo in photos:  # already sorted by path, so the kept copy is the first by path
+        by_hash[photo.sha256].append(photo)
+    kept, removed = [], []
+    for group in by_hash.values():
+        labels = sorted({photo.label for photo in group})
+        if len(labels) > 1:
+            for photo in group:
+                others = ", ".join(f"{other.path} ({other.label})" for other in group if other is not photo)
+                removed.append(LeftOut(photo.path, CONFLICT, "label conflict", f"same bytes as {others}"))
+            continue
+        kept.append(group[0])
+        removed += [LeftOut(photo.path, DUPLICATE, "duplicate", f"same bytes as {group[0].path}")
+                    for photo in group[1:]]
+    return sorted(kept, key=lambda photo: photo.path), removed

@@ -35,7 +35,7 @@ from catsdogs.transforms import eval_preset, train_preset
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 # Settings a resumed run may change; everything else must match the checkpoint.
-RESUMABLE_CHANGES = ("epochs", "device", "workers", "cache", "patience", "precision")
+RESUMABLE_CHANGES = ("epochs", "device", "workers", "cache", "patience", "precision", "time_budget")
 MAX_UNREADABLE_FRACTION = 0.01
 
 Log = Callable[[str], None]
@@ -61,7 +61,7 @@ class TrainResult:
     run_dir: Path
     epochs_done: int
     best_val_acc: float
-    status: str  # finished | early-stopped | interrupted | nothing-to-do
+    status: str  # finished | early-stopped | time-budget | interrupted | nothing-to-do
 
 
 class _StopRequest:
@@ -146,6 +146,8 @@ class _Progress:
     best_val_acc: float = -1.0
     epochs_since_best: int = 0
     stopped_early: bool = False
+    budget_spent: bool = False
+    global_step: int = 0  # optimizer steps taken in the whole run
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
@@ -160,6 +162,8 @@ def train(cfg: TrainConfig | None, resume: str | Path | None = None, flags: Mapp
     if resume is not None:
         run_dir = Path(resume)
         state = load_checkpoint(run_dir / "last.pt")
+        for stale in run_dir.glob(".*.tmp"):  # left by a writer that was killed mid-save
+            stale.unlink(missing_ok=True)
         cfg = _resumed_config(state, flags or {}, run_dir)
     if cfg is None:
         raise ValueError("train() needs a config unless it resumes a run")
@@ -197,8 +201,11 @@ def train(cfg: TrainConfig | None, resume: str | Path | None = None, flags: Mapp
         aug_gen.set_state(state["aug_gen"])
         _set_rng_state(state["rng"])
         init_hash = state.get("init_hash", init_hash)
-        if progress_state.epoch >= cfg.epochs or progress_state.stopped_early:
-            why = "stopped early" if progress_state.stopped_early else f"finished {progress_state.epoch} epochs"
+        spent = sum(row["seconds"] for row in progress_state.history)  # a raised --time-budget may go on
+        progress_state.budget_spent = bool(cfg.time_budget) and spent >= cfg.time_budget * 60
+        if progress_state.epoch >= cfg.epochs or progress_state.stopped_early or progress_state.budget_spent:
+            why = ("stopped early" if progress_state.stopped_early else "used its time budget"
+                   if progress_state.budget_spent else f"finished {progress_state.epoch} epochs")
             log(f"{run_dir} already {why}: nothing to do (raise --epochs to train longer)")
             return TrainResult(run_dir, progress_state.epoch, progress_state.best_val_acc, "nothing-to-do")
         write_text_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
@@ -230,6 +237,8 @@ def train(cfg: TrainConfig | None, resume: str | Path | None = None, flags: Mapp
                 progress_state.best_val_acc, progress_state.epochs_since_best = row["val_acc"], 0
             else:
                 progress_state.epochs_since_best += 1
+            if progress_state.budget_spent:
+                status = "time-budget"
             if cfg.patience and progress_state.epochs_since_best >= cfg.patience and progress_state.epoch < cfg.epochs:
                 progress_state.stopped_early = True
             write_text_atomic(run_dir / "history.csv", format_history(progress_state.history))
@@ -241,6 +250,9 @@ def train(cfg: TrainConfig | None, resume: str | Path | None = None, flags: Mapp
                 f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  {row['seconds']:.1f}s"
                 + ("  (best)" if improved else ""))
             _check_unreadable(train_source.failed + val_source.failed, len(train_split) + len(val_split))
+            if progress_state.budget_spent:
+                log(f"time budget of {cfg.time_budget:g} min reached after {progress_state.global_step} steps")
+                break
             if progress_state.stopped_early:
                 status = "early-stopped"
                 log(f"early stop: val accuracy has not improved for {cfg.patience} epochs "
@@ -336,9 +348,18 @@ class _Loop:
         self.loss_fn = nn.CrossEntropyLoss()
         self.steps_per_epoch = math.ceil(len(train_source) / cfg.batch_size)
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.budget_seconds = cfg.time_budget * 60.0 if cfg.time_budget else None
 
-    def _set_lr(self, step_index: int) -> float:
-        total = self.steps_per_epoch * self.cfg.epochs
+    def _total_steps(self, progress: _Progress, spent: float) -> int:
+        """Steps the schedule spans: all epochs, or what the time budget allows at the pace so far."""
+        planned = self.steps_per_epoch * self.cfg.epochs
+        if self.budget_seconds is None or progress.global_step < 5 or spent <= 0:
+            return planned
+        pace = progress.global_step / spent
+        estimate = progress.global_step + int(max(self.budget_seconds - spent, 0.0) * pace)
+        return max(min(planned, estimate), progress.global_step + 1)
+
+    def _set_lr(self, step_index: int, total: int) -> float:
         warmup = round(self.cfg.warmup_epochs * self.steps_per_epoch)
         factor = lr_factor(self.cfg.scheduler, step_index, total, warmup)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
@@ -358,17 +379,23 @@ class _Loop:
         started = time.perf_counter()
         bar = tqdm(total=len(order), initial=progress.step, desc=f"epoch {progress.epoch + 1}/{self.cfg.epochs}",
                    unit="batch", disable=not show, leave=False)
-        lr = self._set_lr(progress.epoch * self.steps_per_epoch + progress.step)
+        before = sum(row["seconds"] for row in progress.history)  # training time of earlier epochs
+        lr = self._set_lr(progress.global_step, self._total_steps(progress, before + seconds))
         for images, labels in self.train_source.batches(order[progress.step:], pin=self.device.type == "cuda"):
-            lr = self._set_lr(progress.epoch * self.steps_per_epoch + progress.step)
+            elapsed = seconds + time.perf_counter() - started
+            lr = self._set_lr(progress.global_step, self._total_steps(progress, before + elapsed))
             batch_loss, batch_correct = self._step(images, labels)
             loss_sum += batch_loss * len(labels)
             correct += batch_correct
             seen += len(labels)
             progress.step += 1
+            progress.global_step += 1
             elapsed = seconds + time.perf_counter() - started
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{seen / max(elapsed, 1e-9):.0f}", refresh=False)
             bar.update()
+            if self.budget_seconds is not None and before + elapsed >= self.budget_seconds:
+                progress.budget_spent = True  # end this epoch early: validate and record it
+                break
             if stop.requested and progress.step < len(order):
                 progress.sums = (loss_sum, correct, seen, seconds + time.perf_counter() - started)
                 bar.close()

@@ -1,0 +1,33 @@
+# Common tasks. `make install` then `make test` is the whole set-up.
+PYTHON ?= python
+DATA ?= PetImages
+
+.PHONY: install test demo bench clean
+
+install:
+	$(PYTHON) -m pip install -e ".[dev]"
+
+test:
+	$(PYTHON) -m pytest -q
+
+# The four commands of the product on $(DATA); fetches the PetImages download when it is missing.
+demo:
+	@if [ ! -d "$(DATA)" ]; then \
+	  if [ "$(notdir $(DATA))" = "PetImages" ]; then \
+	    echo "$(DATA) is missing: downloading Microsoft's Kaggle Cats and Dogs archive (787 MB)"; \
+	    catsdogs download --dest "$(or $(patsubst %/,%,$(dir $(DATA))),.)" || exit 1; \
+	  else \
+	    echo "$(DATA) is missing: get PetImages with 'catsdogs download' (or from https://www.microsoft.com/en-us/download/details.aspx?id=54765) and pass DATA=path/to/PetImages"; exit 1; \
+	  fi; \
+	fi
+	catsdogs split $(DATA)
+	catsdogs train --optim adam
+	catsdogs evaluate
+	catsdogs plot-curves
+
+bench:
+	$(PYTHON) benchmarks/bench_split.py
+	$(PYTHON) benchmarks/bench_train.py
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache
