@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -66,7 +64,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         # weights_only refuses any pickle that would build arbitrary objects or run code.
         raise CatsdogsError(f"{path} is not a safe catsdogs checkpoint (it holds objects other than "
                             "tensors and plain values); refusing to load it") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, io.UnsupportedOperation, ValueError, OSError):
+    except Exception:  # torch raises many kinds on foreign bytes (KeyError, IndexError, RuntimeError, ...)
         raise CatsdogsError(f"{path} is not a readable checkpoint (truncated or not written by torch.save)") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CatsdogsError(f"{path} is not a catsdogs checkpoint")

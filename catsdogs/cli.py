@@ -98,6 +98,17 @@ TRAIN_OPTIONS = [
                  help="Decode each split once into a memory-mapped array. [default: auto]"),
     click.option("--scheduler", default=None, help="Learning-rate schedule (see `catsdogs schedulers`)."),
     click.option("--patience", default=None, type=int, help="Stop after this many epochs without a better val accuracy."),
+    click.option("--time-budget", default=None, type=float,
+                 help="Minutes of training: stop then, fitting the schedule to the time."),
+    click.option("--augment", default=None, help="Augmentation preset (see `catsdogs augments`). [default: flip]"),
+    click.option("--momentum", default=None, type=float, help="SGD momentum. [default: the optimizer's]"),
+    click.option("--weight-decay", default=None, type=float,
+                 help="Weight decay (never on biases or norms). [default: the optimizer's]"),
+    click.option("--label-smoothing", default=None, type=float, help="Cross-entropy label smoothing. [default: 0]"),
+    click.option("--ema", default=None, type=float,
+                 help="Keep and use an exponential moving average of the weights with this decay, e.g. 0.999."),
+    click.option("--pretrained", default=None,
+                 help="Start from torchvision ImageNet weights: a file, or 'cache' for torchvision's cache."),
 ]
 
 
@@ -142,7 +153,9 @@ def train(config_file: Path | None, resume: Path | None, print_config: bool, **f
 @click.option("--checkpoint", default="best", show_default=True, help="best, last, or a path to a .pt file.")
 @click.option("--data", default=None, help="Split folder. [default: the one the run trained on]")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda", "mps"]))
-def evaluate(run_dir: Path | None, split_name: str, checkpoint: str, data: str | None, device: str) -> None:
+@click.option("--tta", is_flag=True, help="Average each prediction with that of the mirror image.")
+def evaluate(run_dir: Path | None, split_name: str, checkpoint: str, data: str | None, device: str,
+             tta: bool) -> None:
     """Measure a trained run on a split; writes metrics.json and confusion_matrix.png into it."""
     from catsdogs.evaluate import evaluate_run, format_metrics
     from catsdogs.runs import latest_run
@@ -150,7 +163,7 @@ def evaluate(run_dir: Path | None, split_name: str, checkpoint: str, data: str |
     if run_dir is None:
         run_dir = latest_run()
         click.echo(f"evaluating the most recent run: {run_dir}")
-    result = evaluate_run(run_dir, split=split_name, checkpoint=checkpoint, data=data, device=device)
+    result = evaluate_run(run_dir, split=split_name, checkpoint=checkpoint, data=data, device=device, tta=tta)
     click.echo(format_metrics(result.metrics))
     click.echo(f"wrote {result.metrics_path}, {result.figure_path} and {result.predictions_path}")
 
@@ -188,16 +201,32 @@ def optimizers() -> None:
 
 
 @main.command()
-def models() -> None:
-    """List the registered models."""
-    from catsdogs.models import MODELS, build_model, count_parameters
+@click.option("--image-size", default=224, show_default=True, type=click.IntRange(min=1),
+              help="Image side at which to count FLOPs.")
+def models(image_size: int) -> None:
+    """List the registered models with their size and cost per image."""
+    from catsdogs.models import MODELS, build_model, count_flops, count_parameters
 
+    click.echo(f"{'model':<20}{'params':>10}{'GFLOP/img':>11}{'train GFLOP':>13}  description (at {image_size}px)")
     for name in MODELS.names():
         spec = MODELS.get(name)
-        size = max(spec.min_image_size, 224)
-        params = count_parameters(build_model(name, 2, size))
-        click.echo(f"{name:<12} {params / 1e6:.2f}M parameters at {size}px (min {spec.min_image_size}px)  "
+        if image_size < spec.min_image_size:
+            click.echo(f"{name:<20}{'':>34}  needs at least {spec.min_image_size}px")
+            continue
+        model = build_model(name, 2, image_size)
+        flops = count_flops(model, image_size) / 1e9
+        click.echo(f"{name:<20}{count_parameters(model) / 1e6:>9.2f}M{flops:>11.3f}{3 * flops:>13.3f}  "
                    f"{spec.description}")
+
+
+@main.command()
+def augments() -> None:
+    """List the training augmentation presets."""
+    from catsdogs.transforms import AUGMENTS
+
+    for name in AUGMENTS.names():
+        doc = (AUGMENTS.get(name).__doc__ or "").strip().splitlines()[0]
+        click.echo(f"{name:<16} {doc}")
 
 
 @main.command()

@@ -23,16 +23,20 @@ class TrainConfig:
     image_size: int = 224  # the tutorial's 224x224
     hflip: float = 0.25  # probability of a horizontal flip in training (the tutorial's 0.25)
     vflip: float = 0.0  # probability of a vertical flip in training (off, as in the tutorial)
+    augment: str = "flip"  # flip|crop|rrc|rrc-jitter|trivialaugment|randaugment (see `catsdogs augments`)
     cache: str = "auto"  # auto|off|rebuild: decode each split once into a memory-mapped uint8 array
 
     # Model and optimizer: names from `catsdogs models` and `catsdogs optimizers`.
     model: str = "cnn3"
+    pretrained: str | None = None  # torchvision weights: a file, or "cache" for torchvision's cache
     optim: str | None = None  # required: there is no neutral choice in an optimizer study
     epochs: int = 10
     batch_size: int | None = None  # None: the optimizer's own default (1 for vanilla-sgd)
     lr: float | None = None  # None: the optimizer's own default
     momentum: float | None = None  # None: the optimizer's own default (SGD variants only)
-    weight_decay: float | None = None  # None: the optimizer's own default
+    weight_decay: float | None = None  # None: the optimizer's own default; never on biases or norms
+    label_smoothing: float = 0.0  # cross-entropy label smoothing (0.1 is common)
+    ema: float | None = None  # decay of an exponential moving average of the weights (e.g. 0.999)
 
     # Schedule and stopping.
     scheduler: str = "constant"  # constant|step|cosine|onecycle (see `catsdogs schedulers`)
@@ -62,8 +66,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # Lower bounds of numeric fields (inclusive); an upper bound of 1 for probabilities.
 MINIMUM: dict[str, float] = {"epochs": 1, "batch_size": 1, "image_size": 1, "lr": 0.0, "hflip": 0.0,
                              "vflip": 0.0, "momentum": 0.0, "weight_decay": 0.0, "warmup_epochs": 0.0,
-                             "patience": 1, "workers": 0, "time_budget": 0.0}
-PROBABILITIES = ("hflip", "vflip")
+                             "patience": 1, "workers": 0, "time_budget": 0.0, "label_smoothing": 0.0, "ema": 0.0}
+PROBABILITIES = ("hflip", "vflip", "label_smoothing", "ema")
 
 
 def _field_types() -> dict[str, Any]:
@@ -100,6 +104,8 @@ def check_value(key: str, value: Any, source: str) -> Any:
         raise CatsdogsError(f"{source}: {key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
     if key in MINIMUM and value < MINIMUM[key]:
         raise CatsdogsError(f"{source}: {key} must be at least {MINIMUM[key]:g}, got {value!r}")
+    if key == "ema" and not 0 < value < 1:
+        raise CatsdogsError(f"{source}: ema is a decay strictly between 0 and 1 (e.g. 0.999), got {value!r}")
     if key in PROBABILITIES and value > 1:
         raise CatsdogsError(f"{source}: {key} is a probability between 0 and 1, got {value!r}")
     return value

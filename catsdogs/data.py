@@ -175,13 +175,24 @@ class _FileDataset(torch.utils.data.Dataset):
 
 
 class BatchSource:
-    """Serves uint8 NHWC batches of a split by index lists, from the cache or from the files."""
+    """Serves uint8 NHWC batches of a split by index lists, from the cache or from the files.
 
-    def __init__(self, split: ImageSplit, preset: Preset, images: np.ndarray | None, workers: int = 0) -> None:
+    On a GPU with room for the whole cache, the cache is copied there once and batches are cut
+    from it on the device, so no image crosses the PCIe bus twice.
+    """
+
+    def __init__(self, split: ImageSplit, preset: Preset, images: np.ndarray | None, workers: int = 0,
+                 device: torch.device | None = None) -> None:
         self.split, self.preset, self.images, self.workers = split, preset, images, workers
         self.failed: list[Path] = []
         bad = {split.paths.index(p) for p in split.unreadable} if split.unreadable else set()
         self.valid = np.asarray([i for i in range(len(split)) if i not in bad], dtype=np.int64)
+        self.on_device: tuple[torch.Tensor, torch.Tensor] | None = None
+        if images is not None and device is not None and device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            if images.nbytes < 0.4 * free:
+                self.on_device = (torch.from_numpy(np.ascontiguousarray(images)).to(device),
+                                  torch.from_numpy(split.labels).to(device))
 
     def __len__(self) -> int:
         return len(self.valid)
@@ -195,6 +206,12 @@ class BatchSource:
         return [picks[i:i + batch_size] for i in range(0, len(picks), batch_size)]
 
     def batches(self, order: Sequence[np.ndarray], pin: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.on_device is not None:
+            images, labels = self.on_device
+            for indices in order:
+                index = torch.from_numpy(indices).to(images.device, non_blocking=True)
+                yield images.index_select(0, index), labels.index_select(0, index)
+            return
         if self.images is not None:
             for indices in order:
                 images = torch.from_numpy(self.images[indices])

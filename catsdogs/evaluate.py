@@ -16,7 +16,7 @@ from catsdogs.checkpoint import load_checkpoint, write_text_atomic
 from catsdogs.config import config_from_dict
 from catsdogs.data import BatchSource, load_cache, read_split
 from catsdogs.errors import CatsdogsError
-from catsdogs.hardware import select_device, select_precision
+from catsdogs.hardware import select_device, select_precision, tune_allocator
 from catsdogs.models import build_model
 from catsdogs.runs import resolve_checkpoint
 from catsdogs.train import evaluate_source
@@ -83,8 +83,12 @@ class Evaluation:
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "best", data: str | None = None,
-                 device: str = "auto", progress: bool = True) -> Evaluation:
-    """Run a checkpoint of `run_dir` on a split and write the metrics and figures into `run_dir`."""
+                 device: str = "auto", progress: bool = True, tta: bool = False) -> Evaluation:
+    """Run a checkpoint of `run_dir` on a split and write the metrics and figures into `run_dir`.
+
+    With `tta` the prediction averages each image and its mirror image; its files get a `_tta`
+    suffix so they sit beside the plain evaluation instead of replacing it.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CatsdogsError(f"run folder {run_dir} does not exist")
@@ -94,6 +98,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     classes = list(state["classes"])
     torch_device = select_device(device)
     precision = select_precision(cfg.precision, torch_device)
+    tune_allocator()
     model = build_model(cfg.model, len(classes), cfg.image_size)
     try:
         model.load_state_dict(state["model"])
@@ -103,12 +108,13 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     model = model.to(torch_device, memory_format=torch.channels_last)
     image_split = read_split(data or cfg.data, split, classes)
     images = load_cache(image_split, cfg.image_size, cfg.cache, progress=progress)
-    source = BatchSource(image_split, eval_preset(cfg.image_size), images, workers=0 if images is not None else 1)
-    loss, _, probs, labels = evaluate_source(model, source, precision, torch_device, 256, show=progress)
+    source = BatchSource(image_split, eval_preset(cfg.image_size), images, workers=0 if images is not None else 1,
+                         device=torch_device)
+    loss, _, probs, labels = evaluate_source(model, source, precision, torch_device, 256, show=progress, tta=tta)
     metrics = compute_metrics(probs, labels, classes)
-    metrics.update({"split": split, "loss": loss, "checkpoint": str(checkpoint_path),
+    metrics.update({"split": split, "loss": loss, "checkpoint": str(checkpoint_path), "tta": tta,
                     "data": str(data or cfg.data), "epoch": state.get("epoch")})
-    suffix = "" if split == "test" else f"_{split}"
+    suffix = ("" if split == "test" else f"_{split}") + ("_tta" if tta else "")
     metrics_path = run_dir / f"metrics{suffix}.json"
     write_text_atomic(metrics_path, json.dumps(metrics, indent=2) + "\n")
     figure_path = run_dir / f"confusion_matrix{suffix}.png"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -83,3 +84,109 @@ def build_cnn3(num_classes: int, image_size: int) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def _conv_bn(cin: int, cout: int, stride: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True)]
+
+
+class BNCNN(nn.Module):
+    """A plain batch-norm CNN built for images/s per accuracy point on CPUs.
+
+    A stride-2 stem, then stages of `depth` 3x3 conv + BN + ReLU layers, each stage halving the
+    resolution on its first layer and doubling the width; global average pooling and a linear
+    head. No branches or depthwise convolutions: dense 3x3 convolutions are what oneDNN runs
+    closest to the machine's matmul rate.
+    """
+
+    def __init__(self, num_classes: int, widths: tuple[int, ...] = (24, 48, 96, 192), depth: int = 2,
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+        layers = _conv_bn(3, widths[0], 2)
+        for cin, cout in zip(widths[:-1], widths[1:]):
+            layers += _conv_bn(cin, cout, 2)
+            for _ in range(depth - 1):
+                layers += _conv_bn(cout, cout, 1)
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
+                                  nn.Linear(widths[-1], num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@register_model("bncnn-s", "batch-norm CNN, widths 24-192, 2 convs per stage (656k params): cpu-fast", 32)
+def build_bncnn_s(num_classes: int, image_size: int) -> nn.Module:
+    return BNCNN(num_classes, (24, 48, 96, 192), depth=2)
+
+
+@register_model("bncnn-m", "batch-norm CNN, widths 32-256, 3 convs per stage: cpu-best", 32)
+def build_bncnn_m(num_classes: int, image_size: int) -> nn.Module:
+    return BNCNN(num_classes, (32, 64, 128, 256), depth=3)
+
+
+@register_model("resnet18", "torchvision ResNet-18, from scratch unless --pretrained", 32)
+def build_resnet18(num_classes: int, image_size: int) -> nn.Module:
+    from torchvision.models import resnet18
+
+    return resnet18(weights=None, num_classes=num_classes)
+
+
+@register_model("mobilenet_v3_small", "torchvision MobileNetV3-Small, from scratch unless --pretrained", 32)
+def build_mobilenet_v3_small(num_classes: int, image_size: int) -> nn.Module:
+    from torchvision.models import mobilenet_v3_small
+
+    return mobilenet_v3_small(weights=None, num_classes=num_classes)
+
+
+# Torchvision weights each model can start from, by the file name torchvision caches them under.
+PRETRAINED = {"resnet18": "ResNet18_Weights", "mobilenet_v3_small": "MobileNet_V3_Small_Weights"}
+
+
+def pretrained_file(name: str) -> Path:
+    """Where torchvision's cache keeps the ImageNet weights of model `name` (it may be absent)."""
+    import torchvision.models as tvm
+
+    if name not in PRETRAINED:
+        raise UsageError(f"model {name} has no pretrained weights; --pretrained works with "
+                         f"{', '.join(sorted(PRETRAINED))}")
+    weights = getattr(tvm, PRETRAINED[name]).DEFAULT
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+
+
+def load_pretrained(model: nn.Module, name: str, source: str) -> int:
+    """Load ImageNet weights from `source` (a file, or "cache" for torchvision's cache) into `model`.
+
+    Never downloads. Layers whose shapes differ (the 1000-class head) keep their fresh weights.
+    Returns how many tensors were loaded.
+    """
+    from catsdogs.errors import CatsdogsError
+
+    path = pretrained_file(name) if source == "cache" else Path(source)
+    if not path.is_file():
+        raise CatsdogsError(f"pretrained weights not found at {path}; download the torchvision weights of {name} "
+                            "on a machine with internet and pass the file with --pretrained PATH")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        raise CatsdogsError(f"{path} is not a readable weights file") from None
+    state = state.get("model", state) if isinstance(state, dict) else state
+    own = model.state_dict()
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if len(fitting) < len(own) // 2:
+        raise CatsdogsError(f"{path} does not hold {name} weights ({len(fitting)} of {len(own)} tensors fit)")
+    model.load_state_dict(fitting, strict=False)
+    return len(fitting)
+
+
+def count_flops(model: nn.Module, image_size: int) -> float:
+    """Forward FLOPs of one image, counted by torch.utils.flop_counter (a multiply-add is 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, image_size, image_size))
+    model.train(was_training)
+    return float(counter.get_total_flops())

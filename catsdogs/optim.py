@@ -75,6 +75,25 @@ register_optimizer("minibatch-sgd", "SGD on mini-batches, no momentum",
 register_optimizer("momentum", "SGD on mini-batches with momentum 0.9",
                    {"lr": 0.01, "momentum": 0.9}, batch_size=100)(torch.optim.SGD)
 register_optimizer("adam", "Adam on mini-batches", {"lr": 0.001}, batch_size=100)(torch.optim.Adam)
+register_optimizer("sgd-nesterov", "SGD with Nesterov momentum 0.9 (for batch-norm models and one-cycle)",
+                   {"lr": 0.1, "momentum": 0.9, "nesterov": True}, batch_size=64)(torch.optim.SGD)
+register_optimizer("adamw", "AdamW: Adam with decoupled weight decay",
+                   {"lr": 0.001, "weight_decay": 0.05}, batch_size=64)(torch.optim.AdamW)
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float | None) -> list[dict[str, Any]]:
+    """Weight decay for weights of convolutions and linear layers only, not biases or norm scales.
+
+    Decaying a bias or a batch-norm scale only fights the normalisation; this is the common
+    practice of timm and the torchvision references.
+    """
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (decay if parameter.ndim > 1 else no_decay).append(parameter)
+    if not weight_decay:
+        return [{"params": decay + no_decay}]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 _plugins_loaded = False
 

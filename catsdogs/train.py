@@ -26,12 +26,13 @@ from catsdogs.checkpoint import load_checkpoint, save_checkpoint, write_text_ato
 from catsdogs.config import TrainConfig, config_from_dict, config_to_yaml
 from catsdogs.data import BatchSource, default_jobs, load_cache, read_split
 from catsdogs.errors import CatsdogsError, UsageError
-from catsdogs.hardware import Precision, select_device, select_precision
-from catsdogs.models import MODELS, build_model
-from catsdogs.optim import build_optimizer, get_optimizer_spec, load_optimizer_plugins
+from catsdogs.hardware import Precision, select_device, select_precision, tune_allocator
+from catsdogs.models import MODELS, build_model, load_pretrained
+from catsdogs.optim import build_optimizer, get_optimizer_spec, load_optimizer_plugins, parameter_groups
 from catsdogs.runs import RUNS_ROOT, new_run_dir
 from catsdogs.schedules import SCHEDULERS, lr_factor
-from catsdogs.transforms import eval_preset, train_preset
+from catsdogs.ema import ModelEMA
+from catsdogs.transforms import AUGMENTS, eval_preset, train_preset
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 # Settings a resumed run may change; everything else must match the checkpoint.
@@ -49,6 +50,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     spec = get_optimizer_spec(cfg.optim)
     model = MODELS.get(cfg.model)
     SCHEDULERS.get(cfg.scheduler)
+    AUGMENTS.get(cfg.augment)
     if cfg.image_size < model.min_image_size:
         raise UsageError(f"model {cfg.model} needs --image-size of at least {model.min_image_size}, "
                          f"got {cfg.image_size}")
@@ -170,29 +172,38 @@ def train(cfg: TrainConfig | None, resume: str | Path | None = None, flags: Mapp
     cfg = resolve_config(cfg)
     device = select_device(cfg.device)
     precision = select_precision(cfg.precision, device)
+    tune_allocator()
 
     train_split = read_split(cfg.data, "train", state["classes"] if state else None)
     val_split = read_split(cfg.data, "val", train_split.classes)
     jobs = default_jobs()
     images = {s.root.name: load_cache(s, cfg.image_size, cfg.cache, jobs, progress) for s in (train_split, val_split)}
     workers = cfg.workers if cfg.workers is not None else (0 if images["train"] is not None else max(jobs - 1, 0))
-    train_source = BatchSource(train_split, train_preset(cfg.image_size, cfg.hflip, cfg.vflip), images["train"], workers)
-    val_source = BatchSource(val_split, eval_preset(cfg.image_size), images["val"], workers)
+    train_source = BatchSource(train_split, train_preset(cfg.image_size, cfg.hflip, cfg.vflip, cfg.augment),
+                               images["train"], workers, device)
+    val_source = BatchSource(val_split, eval_preset(cfg.image_size), images["val"], workers, device)
     _check_unreadable(train_split.unreadable + val_split.unreadable, len(train_split) + len(val_split))
 
     _seed_everything(cfg.seed)
     model = build_model(cfg.model, len(train_split.classes), cfg.image_size)
+    if cfg.pretrained and state is None:
+        loaded = load_pretrained(model, cfg.model, cfg.pretrained)
+        log(f"loaded {loaded} pretrained tensors into {cfg.model}")
     init_hash = _weights_hash(model)
     model = model.to(device, memory_format=torch.channels_last)
     spec = get_optimizer_spec(cfg.optim)
-    optimizer = build_optimizer(cfg.optim, model.parameters(), **_optimizer_overrides(cfg, spec.defaults))
+    optimizer = build_optimizer(cfg.optim, parameter_groups(model, cfg.weight_decay),
+                                **_optimizer_overrides(cfg, spec.defaults))
+    ema = ModelEMA(model, cfg.ema) if cfg.ema else None
     scaler = torch.amp.GradScaler(device.type, enabled=precision.scale_grads)
     order_gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator().manual_seed(cfg.seed + 1)
     progress_state = _Progress()
 
     if state is not None:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state.get("raw_model", state["model"]))
+        if ema is not None:
+            ema.load_state_dict(state["ema"], state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if precision.scale_grads and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
@@ -216,11 +227,11 @@ def train(cfg: TrainConfig | None, resume: str | Path | None = None, flags: Mapp
     log(f"run folder: {run_dir}")
     log(f"device: {device.type}, {precision.note}, channels-last; "
         f"data: {cfg.data} ({len(train_source)} train / {len(val_source)} val images, "
-        f"classes {', '.join(train_split.classes)}); cache: {'on' if images['train'] is not None else 'off'}")
+        f"classes {', '.join(train_split.classes)}); cache: {_cache_note(train_source)}")
     log(f"model {cfg.model} at {cfg.image_size}px, optimizer {cfg.optim} (lr {cfg.lr:g}, batch {cfg.batch_size}), "
         f"{cfg.epochs} epochs")
 
-    loop = _Loop(cfg, model, optimizer, scaler, precision, device, train_source, val_source, order_gen, aug_gen)
+    loop = _Loop(cfg, model, optimizer, scaler, precision, device, train_source, val_source, order_gen, aug_gen, ema)
     status = "finished"
     with _stop_on_signals(log) as stop:
         while progress_state.epoch < cfg.epochs:
@@ -244,7 +255,7 @@ def train(cfg: TrainConfig | None, resume: str | Path | None = None, flags: Mapp
             write_text_atomic(run_dir / "history.csv", format_history(progress_state.history))
             _save_last(run_dir, cfg, loop, progress_state, train_split.classes, init_hash)
             if improved:
-                save_checkpoint(_model_state(cfg, model, progress_state, train_split.classes, init_hash),
+                save_checkpoint(_model_state(cfg, loop.kept_model, progress_state, train_split.classes, init_hash),
                                 run_dir / "best.pt")
             log(f"epoch {row['epoch']}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
                 f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  {row['seconds']:.1f}s"
@@ -262,6 +273,14 @@ def train(cfg: TrainConfig | None, resume: str | Path | None = None, flags: Mapp
     if status != "interrupted":
         log(f"best val accuracy {progress_state.best_val_acc:.4f}; next: catsdogs evaluate {run_dir}")
     return TrainResult(run_dir, progress_state.epoch, progress_state.best_val_acc, status)
+
+
+def _cache_note(source: BatchSource) -> str:
+    if source.on_device is not None:
+        return "decoded once, held in GPU memory"
+    if source.images is not None:
+        return "decoded once, memory-mapped"
+    return f"off (decoding every epoch with {source.workers} worker(s))"
 
 
 def _optimizer_overrides(cfg: TrainConfig, defaults: Mapping[str, Any]) -> dict[str, Any]:
@@ -305,7 +324,10 @@ def _model_state(cfg: TrainConfig, model: nn.Module, progress: _Progress, classe
 
 def _save_last(run_dir: Path, cfg: TrainConfig, loop: "_Loop", progress: _Progress, classes: list[str],
                init_hash: str) -> None:
-    state = _model_state(cfg, loop.model, progress, classes, init_hash)
+    state = _model_state(cfg, loop.kept_model, progress, classes, init_hash)
+    if loop.ema is not None:  # "model" holds the averaged weights to use; a resume continues from raw_model
+        state["raw_model"] = {k: v.detach().cpu() for k, v in loop.model.state_dict().items()}
+        state["ema"] = loop.ema.state_dict()
     state.update({
         "optimizer": loop.optimizer.state_dict(), "scaler": loop.scaler.state_dict() if loop.scaler.is_enabled() else {},
         "order_gen": loop.order_gen.get_state(), "aug_gen": loop.aug_gen.get_state(), "rng": _rng_state(),
@@ -340,12 +362,12 @@ class _Loop:
     def __init__(self, cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
                  scaler: torch.amp.GradScaler, precision: Precision, device: torch.device,
                  train_source: BatchSource, val_source: BatchSource, order_gen: torch.Generator,
-                 aug_gen: torch.Generator) -> None:
-        self.cfg, self.model, self.optimizer, self.scaler = cfg, model, optimizer, scaler
+                 aug_gen: torch.Generator, ema: ModelEMA | None = None) -> None:
+        self.cfg, self.model, self.optimizer, self.scaler, self.ema = cfg, model, optimizer, scaler, ema
         self.precision, self.device = precision, device
         self.train_source, self.val_source = train_source, val_source
         self.order_gen, self.aug_gen = order_gen, aug_gen
-        self.loss_fn = nn.CrossEntropyLoss()
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.steps_per_epoch = math.ceil(len(train_source) / cfg.batch_size)
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
         self.budget_seconds = cfg.time_budget * 60.0 if cfg.time_budget else None
@@ -422,17 +444,28 @@ class _Loop:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model)
         return float(loss.detach()), int((logits.argmax(1) == labels).sum())
+
+    @property
+    def kept_model(self) -> nn.Module:
+        """The model to validate and save: the weight average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
 
     @torch.no_grad()
     def validate(self) -> tuple[float, float]:
-        return evaluate_source(self.model, self.val_source, self.precision, self.device, self.cfg.batch_size)[:2]
+        return evaluate_source(self.kept_model, self.val_source, self.precision, self.device, self.cfg.batch_size)[:2]
 
 
 @torch.no_grad()
 def evaluate_source(model: nn.Module, source: BatchSource, precision: Precision, device: torch.device,
-                    batch_size: int, show: bool = False) -> tuple[float, float, np.ndarray, np.ndarray]:
-    """Mean loss, accuracy, softmax probabilities and labels of `source`, in file order."""
+                    batch_size: int, show: bool = False, tta: bool = False
+                    ) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """Mean loss, accuracy, softmax probabilities and labels of `source`, in file order.
+
+    With `tta`, each image's probabilities are the mean over the image and its mirror image.
+    """
     was_training = model.training
     model.eval()
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
@@ -444,8 +477,14 @@ def evaluate_source(model: nn.Module, source: BatchSource, precision: Precision,
         labels = labels.to(device)
         with precision.autocast(device):
             logits = model(images).float()
-        loss_sum += float(loss_fn(logits, labels))
-        probs.append(torch.softmax(logits, 1).cpu())
+            if tta:
+                batch_probs = (torch.softmax(logits, 1) + torch.softmax(model(images.flip(3)).float(), 1)) / 2
+        if tta:
+            loss_sum += float(nn.functional.nll_loss(torch.log(batch_probs.clamp_min(1e-12)), labels, reduction="sum"))
+        else:
+            batch_probs = torch.softmax(logits, 1)
+            loss_sum += float(loss_fn(logits, labels))
+        probs.append(batch_probs.cpu())
         labels_all.append(labels.cpu())
     model.train(was_training)
     if not probs:

@@ -73,6 +73,16 @@ def test_cnn3_returns_raw_logits_without_sigmoid_or_softmax() -> None:
     assert not any(isinstance(m, (nn.Sigmoid, nn.Softmax, nn.LogSoftmax)) for m in model.modules())
 
 
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_returns_one_logit_per_class(name: str) -> None:
+    size = max(MODELS.get(name).min_image_size, 64)
+    torch.manual_seed(0)
+    model = build_model(name, 3, size).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, size, size))
+    assert out.shape == (2, 3) and torch.isfinite(out).all()
+
+
 def test_cnn3_refuses_95_naming_the_minimum_96() -> None:
     with pytest.raises(UsageError) as info:
         build_model("cnn3", 2, 95)

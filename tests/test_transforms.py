@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from catsdogs.transforms import MEAN, STD, Preset, eval_preset, train_preset
+from catsdogs.errors import UsageError
+from catsdogs.transforms import AUGMENTS, MEAN, STD, Preset, eval_preset, list_augments, train_preset
 
 SIZE = 8
 
@@ -107,7 +108,61 @@ def test_eval_preset_never_flips_even_when_given_flip_probabilities() -> None:
 
 def test_train_preset_defaults_are_the_tutorials() -> None:
     preset = train_preset(224)
-    assert (preset.image_size, preset.hflip, preset.vflip, preset.train) == (224, 0.25, 0.0, True)
+    assert (preset.image_size, preset.hflip, preset.vflip, preset.train, preset.augment) == (224, 0.25, 0.0,
+                                                                                              True, "flip")
+
+
+def test_an_unknown_augmentation_lists_the_choices() -> None:
+    with pytest.raises(UsageError, match="unknown augmentation 'mixup'; choose one of: .*flip"):
+        train_preset(SIZE, augment="mixup")
+
+
+@pytest.mark.parametrize("name", list_augments())
+def test_every_augmentation_keeps_the_batch_shape_and_pixel_range(name: str) -> None:
+    torch.manual_seed(0)
+    batch = uint8_batch(4, seed=5).permute(0, 3, 1, 2)
+    out = AUGMENTS.get(name)(batch, torch.Generator().manual_seed(0))
+    assert out.shape == batch.shape
+    assert torch.isfinite(out.float()).all()
+    assert out.min() >= 0 and out.max() <= 255
+    preset_out = train_preset(SIZE, hflip=0.5, augment=name)(uint8_batch(4), torch.Generator().manual_seed(0))
+    assert preset_out.shape == (4, 3, SIZE, SIZE) and preset_out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_the_flip_augmentation_adds_nothing_to_the_flips() -> None:
+    batch = uint8_batch(4).permute(0, 3, 1, 2)
+    assert torch.equal(AUGMENTS.get("flip")(batch, None), batch)
+
+
+def test_crop_cuts_a_window_of_the_reflection_padded_image() -> None:
+    batch = uint8_batch(6).permute(0, 3, 1, 2)
+    out = AUGMENTS.get("crop")(batch, torch.Generator().manual_seed(0))
+    pad = SIZE // 8
+    padded = torch.nn.functional.pad(batch.float(), (pad, pad, pad, pad), mode="reflect")
+    shifts = set()
+    for index in range(len(batch)):
+        windows = [(y, x) for y in range(2 * pad + 1) for x in range(2 * pad + 1)
+                   if torch.equal(out[index].float(), padded[index, :, y:y + SIZE, x:x + SIZE])]
+        assert windows, f"image {index} is not a crop of its padded original"
+        shifts.add(windows[0])
+    assert len(shifts) > 1  # the offsets are drawn per image
+
+
+@pytest.mark.parametrize("name", ["crop", "rrc", "rrc-jitter"])
+def test_generator_driven_augmentations_repeat_with_the_same_seed(name: str) -> None:
+    batch = uint8_batch(4).permute(0, 3, 1, 2)
+    augment = AUGMENTS.get(name)
+    first = augment(batch, torch.Generator().manual_seed(1))
+    again = augment(batch, torch.Generator().manual_seed(1))
+    other = augment(batch, torch.Generator().manual_seed(2))
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+
+def test_eval_never_augments() -> None:
+    batch = uint8_batch(4)
+    out = Preset(SIZE, train=False, augment="rrc-jitter")(batch, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, normalised(batch))
 
 
 def test_the_input_batch_is_not_modified() -> None:

@@ -1,0 +1,181 @@
+"""Beyond cnn3: every model, augmentations, EMA, TTA, time budgets and the recipe files."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from catsdogs.checkpoint import load_checkpoint
+from catsdogs.config import build_config
+from catsdogs.ema import ModelEMA
+from catsdogs.errors import CatsdogsError, UsageError
+from catsdogs.evaluate import evaluate_run
+from catsdogs.models import MODELS, build_model, count_flops, list_models, load_pretrained
+from catsdogs.optim import parameter_groups
+from catsdogs.train import train
+from catsdogs.transforms import AUGMENTS, list_augments, train_preset
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "configs" / "recipes").glob("*.yaml"))
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_trains_at_its_minimum_size_and_counts_its_flops(name: str) -> None:
+    size = MODELS.get(name).min_image_size
+    torch.manual_seed(0)
+    model = build_model(name, 2, size)
+    images = torch.randn(2, 3, size, size)
+    logits = model(images)
+    assert logits.shape == (2, 2)
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1])).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.eval()(torch.zeros(1, 3, size, size))
+    assert count_flops(model, size) == pytest.approx(counter.get_total_flops())
+    assert count_flops(model, size) > 0
+
+
+def test_bncnn_s_is_the_probe_model() -> None:
+    model = build_model("bncnn-s", 2, 128)
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(656_000, rel=0.01)
+    assert 3 * count_flops(model, 128) / 1e9 == pytest.approx(0.58, rel=0.03)
+
+
+@pytest.mark.parametrize("name", list_augments())
+def test_every_augmentation_keeps_shape_and_range_and_differs_per_image(name: str) -> None:
+    base = torch.from_numpy(np.tile(np.linspace(0, 255, 32, dtype=np.uint8), (32, 1)))
+    batch = torch.stack([base, base.T, base.flip(0)], dim=-1).unsqueeze(0).repeat(6, 1, 1, 1).contiguous()
+    preset = train_preset(32, hflip=0.0, augment=name)
+    out = preset(batch, torch.Generator().manual_seed(1))
+    assert out.shape == (6, 3, 32, 32) and out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+    raw = AUGMENTS.get(name)(batch.permute(0, 3, 1, 2), torch.Generator().manual_seed(1)).float()
+    assert raw.min() >= 0 and raw.max() <= 255
+    if name != "flip":
+        assert any(not torch.equal(raw[0], raw[i]) for i in range(1, 6)), "each image gets its own draw"
+
+
+def test_weight_decay_skips_biases_and_norm_weights() -> None:
+    model = build_model("bncnn-s", 2, 64)
+    decay, no_decay = parameter_groups(model, 5e-4)
+    assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    assert len(parameter_groups(model, None)) == 1
+
+
+def test_ema_follows_the_weights_with_a_lag() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    ema = ModelEMA(model, 0.9)
+    start = model.weight.detach().clone()
+    for _ in range(20):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        ema.update(model)
+    averaged = ema.module.weight
+    assert torch.all(averaged > start) and torch.all(averaged < model.weight)
+    with pytest.raises(ValueError):
+        ModelEMA(model, 1.0)
+
+
+@pytest.fixture
+def data(tmp_path: Path, tiny_split) -> Path:
+    return tiny_split(tmp_path / "split", per_class=(16, 4, 4), size=48)
+
+
+def test_ema_weights_are_saved_as_the_model(data: Path, tmp_path: Path) -> None:
+    cfg = build_config(None, dict(data=str(data), out=str(tmp_path / "run"), optim="sgd-nesterov", model="bncnn-s",
+                                  image_size=32, epochs=2, batch_size=8, ema=0.9, device="cpu", precision="fp32"))
+    run = train(cfg, progress=False, log=quiet).run_dir
+    last = load_checkpoint(run / "last.pt")
+    assert set(last["model"]) == set(last["raw_model"])
+    differs = [k for k in last["model"] if last["model"][k].is_floating_point()
+               and not torch.equal(last["model"][k], last["raw_model"][k])]
+    assert differs, "the average must differ from the raw weights"
+    assert last["ema"]["updates"] == 8
+    # Resuming continues from the raw weights and the average, exactly as a straight run.
+    straight = train(build_config(None, {**cfg.to_dict(), "out": str(tmp_path / "straight"), "epochs": 3}),
+                     progress=False, log=quiet).run_dir
+    train(None, resume=run, flags={"epochs": 3}, progress=False, log=quiet)
+    a, b = load_checkpoint(run / "last.pt"), load_checkpoint(straight / "last.pt")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]) and torch.equal(a["raw_model"][key], b["raw_model"][key])
+
+
+def test_tta_only_averages_the_mirror_prediction(data: Path, tmp_path: Path) -> None:
+    cfg = build_config(None, dict(data=str(data), out=str(tmp_path / "run"), optim="adam", image_size=96, epochs=1,
+                                  batch_size=8, device="cpu", precision="fp32"))
+    run = train(cfg, progress=False, log=quiet).run_dir
+    plain = evaluate_run(run, progress=False)
+    tta = evaluate_run(run, progress=False, tta=True)
+    assert tta.metrics_path.name == "metrics_tta.json" and plain.metrics_path.name == "metrics.json"
+    assert json.loads(tta.metrics_path.read_text())["tta"] is True
+
+    def probs(path: Path) -> np.ndarray:
+        rows = [line.split(",") for line in path.read_text().splitlines()[1:]]
+        return np.asarray([[float(x) for x in row[3:]] for row in rows])
+
+    p_plain, p_tta = probs(plain.predictions_path), probs(tta.predictions_path)
+    # Mirror every test image on disk: the plain prediction of the mirrors completes the average.
+    from PIL import Image
+
+    for path in sorted((data / "test").rglob("*.jpg")):
+        Image.open(path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(path, quality=100)
+    mirrored = probs(evaluate_run(run, progress=False, split="test").predictions_path)
+    assert p_tta == pytest.approx((p_plain + mirrored) / 2, abs=2e-2)  # the JPEG round trip blurs slightly
+    assert not np.allclose(p_plain, p_tta)
+
+
+def test_time_budget_stops_within_the_budget(data: Path, tmp_path: Path) -> None:
+    budget_minutes = 0.05  # three seconds
+    cfg = build_config(None, dict(data=str(data), out=str(tmp_path / "run"), optim="adam", image_size=96,
+                                  epochs=1000, batch_size=2, time_budget=budget_minutes, scheduler="onecycle",
+                                  device="cpu", precision="fp32"))
+    start = time.perf_counter()
+    result = train(cfg, progress=False, log=quiet)
+    elapsed = time.perf_counter() - start
+    assert result.status == "time-budget"
+    assert 1 <= result.epochs_done < 1000
+    status = json.loads((result.run_dir / "status.json").read_text())
+    assert status["status"] == "time-budget"
+    history_seconds = sum(float(line.split(",")[-1]) for line in
+                          (result.run_dir / "history.csv").read_text().splitlines()[1:])
+    # It stops at the first step past the budget, so it overshoots by at most a step and a validation.
+    assert budget_minutes * 60 <= history_seconds < budget_minutes * 60 + 2.0
+    assert elapsed < 60
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
+def test_recipe_loads_and_trains_an_epoch(recipe: Path, data: Path, tmp_path: Path) -> None:
+    cfg = build_config(recipe, dict(data=str(data), out=str(tmp_path / "run"), epochs=1, image_size=64,
+                                    batch_size=8, device="cpu", time_budget=1.0))
+    assert cfg.model in list_models() and cfg.scheduler == "onecycle"
+    result = train(cfg, progress=False, log=quiet)
+    assert result.epochs_done == 1
+    assert load_checkpoint(result.run_dir / "best.pt")["config"]["model"] == cfg.model
+
+
+def test_pretrained_weights_load_from_a_file_and_never_download(tmp_path: Path, monkeypatch) -> None:
+    source = build_model("resnet18", 1000, 64)
+    weights = tmp_path / "resnet18.pth"
+    torch.save(source.state_dict(), weights)
+    target = build_model("resnet18", 2, 64)
+    loaded = load_pretrained(target, "resnet18", str(weights))
+    assert loaded == len(target.state_dict()) - 2  # all but the 1000-class head
+    assert torch.equal(target.conv1.weight, source.conv1.weight)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
+    with pytest.raises(CatsdogsError, match="pretrained weights not found at .*resnet18-.*pth"):
+        load_pretrained(target, "resnet18", "cache")
+    with pytest.raises(UsageError, match="cnn3 has no pretrained weights"):
+        load_pretrained(build_model("cnn3", 2, 96), "cnn3", "cache")
