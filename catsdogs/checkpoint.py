@@ -6,6 +6,7 @@ import contextlib
 import os
 import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -58,6 +59,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CatsdogsError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
+        raise CatsdogsError(f"{path} is not a readable checkpoint (truncated or not written by torch.save)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -11,7 +12,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from catsdogs.errors import CatsdogsError
+from catsdogs.errors import CatsdogsError, UsageError
 
 
 @dataclass
@@ -100,6 +101,8 @@ def check_value(key: str, value: Any, source: str) -> Any:
         value, ok = float(value), True
     if not ok:
         raise CatsdogsError(f"{source}: {key} must be {kind.__name__}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise CatsdogsError(f"{source}: {key} must be a finite number, got {value!r}")
     if key in CHOICES and value not in CHOICES[key]:
         raise CatsdogsError(f"{source}: {key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
     if key in MINIMUM and value < MINIMUM[key]:
@@ -111,17 +114,31 @@ def check_value(key: str, value: Any, source: str) -> Any:
     return value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key given twice instead of silently keeping the last."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml_overrides(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file into validated overrides; errors name the file and the key."""
     path = Path(path)
     if not path.is_file():
         raise CatsdogsError(f"config file {path} does not exist")
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        loaded = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" (line {line + 1})" if line is not None else ""
-        raise CatsdogsError(f"{path}: not valid YAML{where}") from None
+        problem = getattr(exc, "problem", None)
+        raise CatsdogsError(f"{path}: not valid YAML{where}" + (f": {problem}" if problem else "")) from None
     if loaded is None:
         return {}
     if not isinstance(loaded, Mapping):
@@ -136,7 +153,10 @@ def build_config(config_file: str | Path | None = None, flags: Mapping[str, Any]
         values.update(read_yaml_overrides(config_file))
     for key, value in (flags or {}).items():
         if value is not None:
-            values[key] = check_value(key, value, f"--{key.replace('_', '-')}")
+            try:
+                values[key] = check_value(key, value, f"--{key.replace('_', '-')}")
+            except CatsdogsError as exc:
+                raise UsageError(str(exc)) from None  # a bad flag is a usage error (exit 2), like click's own
     return TrainConfig(**values)
 
 

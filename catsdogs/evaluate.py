@@ -168,7 +168,7 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     lines.append(f"{'macro':<12}{macro['precision']:>10.4f}{macro['recall']:>10.4f}{macro['f1']:>10.4f}"
                  f"{metrics['images']:>8}")
     auc = metrics["roc_auc"]
-    lines.append(f"accuracy {metrics['accuracy']:.4f} ({metrics['images']} images)   "
-                 f"ROC AUC {auc:.4f}" if auc is not None else f"accuracy {metrics['accuracy']:.4f}")
+    lines.append(f"accuracy {metrics['accuracy']:.4f} ({metrics['images']} images)"
+                 + (f"   ROC AUC {auc:.4f}" if auc is not None else ""))
     lines.append("confusion matrix (rows true, columns predicted): " + str(metrics["confusion_matrix"]))
     return "\n".join(lines)

@@ -70,7 +70,8 @@ def select_precision(name: str, device: torch.device) -> Precision:
             return Precision("fp32", None, False, "fp32 (bf16 requested, but this CPU has no native bf16)")
         return FP32
     if device.type == "mps" and name in ("fp16", "bf16"):
-        return Precision("fp16", torch.float16, False, "fp16 autocast")
+        note = "fp16 autocast" + (" (bf16 requested; MPS autocast runs fp16)" if name == "bf16" else "")
+        return Precision("fp16", torch.float16, False, note)
     return FP32
 
 

@@ -21,10 +21,14 @@ def read_history(run_dir: Path) -> dict[str, list[float]]:
         rows = list(csv.DictReader(handle))
     if not rows:
         raise CatsdogsError(f"{path} holds no epochs yet")
+    missing = [c for c in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc") if c not in rows[0]]
     try:
+        if missing:
+            raise ValueError(missing)
         return {key: [float(row[key]) for row in rows] for key in rows[0]}
     except (TypeError, ValueError):
-        raise CatsdogsError(f"{path} is not a catsdogs history file") from None
+        raise CatsdogsError(f"{path} is not a catsdogs history file (it needs the columns epoch, train_loss, "
+                            "train_acc, val_loss, val_acc)") from None
 
 
 def run_label(run_dir: Path) -> str:

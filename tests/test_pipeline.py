@@ -67,7 +67,7 @@ def test_python_dash_m_runs_the_same_cli(tmp_path: Path) -> None:
                             cwd=tmp_path, env={**os.environ})
     assert result.returncode == 0
     assert [line.split()[0] for line in result.stdout.splitlines() if not line.startswith(" ")] == [
-        "adam", "minibatch-sgd", "momentum", "vanilla-sgd"]
+        "adam", "adamw", "minibatch-sgd", "momentum", "sgd-nesterov", "vanilla-sgd"]
 
 
 @pytest.mark.slow

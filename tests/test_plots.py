@@ -126,9 +126,6 @@ def test_a_history_with_text_values_is_refused(tmp_path: Path) -> None:
         plot_curves([run], tmp_path / "curves.png")
 
 
-@pytest.mark.xfail(reason="bug: plots.read_history accepts any all-numeric CSV, then plot_curves raises "
-                          "KeyError('epoch') instead of CatsdogsError for a history.csv lacking the "
-                          "catsdogs columns", raises=KeyError, strict=True)
 def test_a_numeric_csv_without_the_catsdogs_columns_is_refused(tmp_path: Path) -> None:
     run = make_run(tmp_path / "adam", "adam")
     (run / "history.csv").write_text("step,loss\n1,0.5\n2,0.4\n")

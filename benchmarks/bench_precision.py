@@ -1,0 +1,75 @@
+"""Does bf16 cost accuracy? The same config trained in fp32 and in bf16, several seeds each.
+
+    python benchmarks/bench_precision.py --data data --seeds 3 --epochs 10 --image-size 128
+
+Prints, per precision, the test accuracy of each seed's best checkpoint, their mean and
+standard deviation, the training images/s, and the difference of the means against the
+spread across seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from catsdogs.config import TrainConfig
+from catsdogs.evaluate import evaluate_run
+from catsdogs.hardware import cpu_has_bf16
+from catsdogs.train import train
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("data"))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--optim", default="adam")
+    parser.add_argument("--model", default="cnn3")
+    args = parser.parse_args()
+    if not (args.data / "train").is_dir():
+        print(f"{args.data} is not a split folder: run `catsdogs split` first", file=sys.stderr)
+        return 1
+    if not cpu_has_bf16():
+        print("this CPU has no native bf16: nothing to compare", file=sys.stderr)
+        return 1
+    work = Path(tempfile.mkdtemp(prefix="bench-precision-"))
+    print(f"data {args.data}, {args.model} at {args.image_size}px, {args.optim}, {args.epochs} epochs, "
+          f"seeds 1..{args.seeds}; test accuracy of best.pt")
+    results: dict[str, list[float]] = {}
+    try:
+        for precision in ("fp32", "bf16"):
+            accuracies, rates = [], []
+            for seed in range(1, args.seeds + 1):
+                cfg = TrainConfig(data=str(args.data), optim=args.optim, model=args.model, epochs=args.epochs,
+                                  image_size=args.image_size, seed=seed, precision=precision,
+                                  out=str(work / f"{precision}-{seed}"))
+                start = time.perf_counter()
+                run = train(cfg, progress=False, log=lambda line: None).run_dir
+                with (run / "history.csv").open() as handle:
+                    seconds = sum(float(row["seconds"]) for row in csv.DictReader(handle))
+                images = sum(1 for p in (args.data / "train").rglob("*") if p.is_file()) * args.epochs
+                rates.append(images / seconds)
+                accuracies.append(evaluate_run(run, progress=False).metrics["accuracy"])
+                print(f"  {precision} seed {seed}: test accuracy {accuracies[-1]:.4f}  "
+                      f"({time.perf_counter() - start:.0f} s, {rates[-1]:.0f} img/s incl. validation)")
+            results[precision] = accuracies
+            print(f"{precision}: mean {statistics.mean(accuracies):.4f}  sd {statistics.pstdev(accuracies):.4f}  "
+                  f"{statistics.mean(rates):.0f} img/s")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    difference = statistics.mean(results["bf16"]) - statistics.mean(results["fp32"])
+    spread = max(statistics.pstdev(results["fp32"]), statistics.pstdev(results["bf16"]))
+    verdict = "within" if abs(difference) <= spread else "outside"
+    print(f"bf16 - fp32 = {difference:+.4f}, {verdict} the spread across seeds ({spread:.4f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
