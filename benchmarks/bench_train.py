@@ -30,7 +30,8 @@ from catsdogs.data import CACHE_DIR, BatchSource, load_cache, read_split
 from catsdogs.evaluate import evaluate_run
 from catsdogs.hardware import select_precision
 from catsdogs.models import build_model
-from catsdogs.train import evaluate_source, train
+from catsdogs.loop import evaluate_source
+from catsdogs.train import train
 from catsdogs.transforms import eval_preset
 
 

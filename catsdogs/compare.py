@@ -35,9 +35,8 @@ EPOCH_CAP = 10_000  # epochs allowed under a seconds budget: the clock ends ever
 DONE = ("finished", "early-stopped", "time-budget")
 # Settings the study chooses per run, so a config file must not set them for all runs at once.
 PER_RUN = {"optim": "list optimizers with --optims", "lr": "each optimizer uses its own (or --tune-lr)",
-           "batch_size": "each optimizer uses its own (1 for vanilla-sgd)",
-           "momentum": "each optimizer uses its own", "time_budget": "use --budget seconds:S",
-           "out": "use --out STUDY_DIR", }
+           "batch_size": "each optimizer uses its own (1 for vanilla-sgd)", "momentum": "each optimizer uses its own",
+           "time_budget": "use --budget seconds:S", "out": "use --out STUDY_DIR"}
 # Settings a re-run may change: they change how fast runs go, never what they learn.
 FREE = ("workers", "cache")
 
@@ -122,8 +121,8 @@ def _check(spec: StudySpec) -> tuple[TrainConfig, float | None]:
     load_optimizer_plugins()
     for key, hint in PER_RUN.items():
         if getattr(spec.base, key) is not None:
-            raise UsageError(f"the study sets {key} per optimizer, so it cannot be set for all runs ({hint}); "
-                             "remove it from the config file")
+            raise UsageError(f"a study sets {key} for each run itself ({hint}), so it cannot come from the "
+                             "config file; remove it there")
     for name in spec.optims:
         get_optimizer_spec(name)
     if not spec.optims or len(set(spec.optims)) != len(spec.optims):
@@ -241,10 +240,13 @@ def _status(run_dir: Path) -> str | None:
 
 def _settings_differ(run: _Planned) -> str | None:
     """Name a setting in which the run folder's config differs from the planned run, if any."""
+    path = run.run_dir / "config.yaml"
+    if not path.is_file():
+        return None  # a folder killed before its first file: nothing in it to keep
     try:
-        saved = yaml.safe_load((run.run_dir / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return "config.yaml"
+        saved = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        return "config.yaml (unreadable)"
     wanted = resolve_config(run.cfg).to_dict()  # `out` may differ: a study folder can be moved
     return next((k for k, v in wanted.items() if k not in (*FREE, "out") and saved.get(k) != v), None)
 
@@ -401,7 +403,8 @@ def run_study(spec: StudySpec, force: bool = False, progress: bool = True, log: 
             tuning = _choose_lrs(sweep, spec, seconds)
             write_text_atomic(spec.out / TUNING_FILE, json.dumps(tuning, indent=2) + "\n")
             lrs = tuning["chosen"]
-            bar.echo("learning rates chosen on validation accuracy: " + ", ".join(f"{o} {lr:g}" for o, lr in lrs.items()))
+            bar.echo("learning rates chosen on validation accuracy: "
+                     + ", ".join(f"{optim} {lr:g}" for optim, lr in lrs.items()))
         if not all(complete(run) for run in _plan_study(base, spec, seconds, seeds, lrs)):
             return StudyResult(spec.out, "interrupted")
     finally:

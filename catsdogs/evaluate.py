@@ -19,7 +19,7 @@ from catsdogs.errors import CatsdogsError
 from catsdogs.hardware import select_device, select_precision, tune_allocator
 from catsdogs.models import build_model
 from catsdogs.runs import resolve_checkpoint
-from catsdogs.train import evaluate_source
+from catsdogs.loop import evaluate_source
 from catsdogs.transforms import eval_preset
 
 

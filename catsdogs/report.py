@@ -184,7 +184,7 @@ def summarize(study_dir: Path, target_acc: float) -> dict[str, Any]:
         reached = [next((int(e) for e, acc in zip(r.history["epoch"], r.history["val_acc"]) if acc >= target_acc),
                         None) for r in mine]
         got = [e for e in reached if e is not None]
-        seconds = [sum(r.history.get("train_seconds", r.history["seconds"])) for r in mine]
+        seconds = [sum(r.history["seconds"]) for r in mine]
         rows.append({
             "optim": optim,
             "test_acc": _spread([r.metrics["accuracy"] for r in mine]),
@@ -193,7 +193,7 @@ def summarize(study_dir: Path, target_acc: float) -> dict[str, Any]:
             "epochs_done": [len(r.history["epoch"]) for r in mine],
             "epochs_to_target": {"values": reached, "mean": statistics.fmean(got) if got else None,
                                  "reached": len(got), "of": len(mine)},
-            "wall_seconds": _spread([sum(r.history["seconds"]) for r in mine]),
+            "wall_seconds": _spread(seconds),
             "images_per_second": _spread([_images_seen(r, train_images) / max(s, 1e-9) for r, s in zip(mine, seconds)]),
             "statuses": [r.status.get("status", "unknown") for r in mine],
         })
@@ -269,7 +269,9 @@ def _verdict(comparison: dict[str, Any]) -> str:
     test = comparison["test"]
     if test is None:
         return "no test possible with one seed"
-    return f"distinguishable (p < {ALPHA:g})" if comparison["distinguishable"] else "not distinguishable"
+    if not comparison["distinguishable"]:
+        return "not distinguishable"
+    return f"distinguishable (p < {ALPHA:g})" if test["mean_diff"] > 0 else f"reversed (p < {ALPHA:g})"
 
 
 def _p_text(test: dict[str, Any] | None) -> str:

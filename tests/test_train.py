@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from catsdogs import loop as loop_module
 from catsdogs import train as train_module
 from catsdogs.checkpoint import load_checkpoint
 from catsdogs.config import TrainConfig
@@ -102,7 +103,7 @@ def test_a_new_run_never_overwrites_an_old_one(data: Path, tmp_path: Path, monke
 
 def _interrupt_after(monkeypatch, steps: int) -> None:
     """Deliver a real SIGINT to this process after `steps` training steps."""
-    original = train_module._Loop._step
+    original = loop_module.EpochLoop._step
     calls = {"n": 0}
 
     def step(self, images, labels):
@@ -112,7 +113,7 @@ def _interrupt_after(monkeypatch, steps: int) -> None:
             os.kill(os.getpid(), signal.SIGINT)
         return result
 
-    monkeypatch.setattr(train_module._Loop, "_step", step)
+    monkeypatch.setattr(loop_module.EpochLoop, "_step", step)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "auto"])

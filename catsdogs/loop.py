@@ -1,0 +1,207 @@
+"""The inside of a training run: where it stands, one epoch of steps, validation, stopping on signals."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from catsdogs.config import TrainConfig
+from catsdogs.data import BatchSource
+from catsdogs.ema import ModelEMA
+from catsdogs.errors import CatsdogsError
+from catsdogs.hardware import Precision
+from catsdogs.schedules import lr_factor
+
+Log = Callable[[str], None]
+
+
+class StopRequest:
+    """First SIGINT/SIGTERM asks the loop to stop after the current step; a second one aborts."""
+
+    def __init__(self, log: Log) -> None:
+        self.requested = False
+        self.log = log
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.log("\nstopping after this step and saving last.pt (press Ctrl-C again to quit at once)")
+
+
+@contextmanager
+def stop_on_signals(log: Log) -> Iterator[StopRequest]:
+    stop = StopRequest(log)
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {sig: signal.signal(sig, stop.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@dataclass
+class Progress:
+    """Where training stands: saved in last.pt so a resume continues exactly from here."""
+
+    epoch: int = 0  # epochs fully done
+    step: int = 0  # batches done inside the current epoch
+    epoch_order_state: torch.Tensor | None = None  # order generator state at the epoch's start
+    sums: tuple[float, int, int, float] = (0.0, 0, 0, 0.0)  # loss sum, correct, seen, seconds
+    best_val_acc: float = -1.0
+    epochs_since_best: int = 0
+    stopped_early: bool = False
+    budget_spent: bool = False
+    global_step: int = 0  # optimizer steps taken in the whole run
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+class EpochLoop:
+    """The per-epoch work: training steps with progress, then validation."""
+
+    def __init__(self, cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 scaler: torch.amp.GradScaler, precision: Precision, device: torch.device,
+                 train_source: BatchSource, val_source: BatchSource, order_gen: torch.Generator,
+                 aug_gen: torch.Generator, ema: ModelEMA | None = None) -> None:
+        self.cfg, self.model, self.optimizer, self.scaler, self.ema = cfg, model, optimizer, scaler, ema
+        self.precision, self.device = precision, device
+        self.train_source, self.val_source = train_source, val_source
+        self.order_gen, self.aug_gen = order_gen, aug_gen
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.steps_per_epoch = math.ceil(len(train_source) / cfg.batch_size)
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.budget_seconds = cfg.time_budget * 60.0 if cfg.time_budget else None
+
+    def _total_steps(self, progress: Progress, spent: float) -> int:
+        """Steps the schedule spans: all epochs, or what the time budget allows at the pace so far."""
+        planned = self.steps_per_epoch * self.cfg.epochs
+        if self.budget_seconds is None or progress.global_step < 5 or spent <= 0:
+            return planned
+        pace = progress.global_step / spent
+        estimate = progress.global_step + int(max(self.budget_seconds - spent, 0.0) * pace)
+        return max(min(planned, estimate), progress.global_step + 1)
+
+    def _set_lr(self, step_index: int, total: int) -> float:
+        warmup = round(self.cfg.warmup_epochs * self.steps_per_epoch)
+        factor = lr_factor(self.cfg.scheduler, step_index, total, warmup)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
+        return self.base_lrs[0] * factor
+
+    def run_epoch(self, progress: Progress, stop: StopRequest, show: bool) -> bool:
+        """Train one epoch (or its remainder after a resume); False when stopped part-way."""
+        if progress.step == 0 or progress.epoch_order_state is None:
+            progress.epoch_order_state = self.order_gen.get_state()
+            progress.sums = (0.0, 0, 0, 0.0)
+        else:
+            self.order_gen.set_state(progress.epoch_order_state)
+        order = self.train_source.order(self.cfg.batch_size, self.order_gen)
+        loss_sum, correct, seen, seconds = progress.sums
+        self.model.train()
+        started = time.perf_counter()
+        bar = tqdm(total=len(order), initial=progress.step, desc=f"epoch {progress.epoch + 1}/{self.cfg.epochs}",
+                   unit="batch", disable=not show, leave=False)
+        before = sum(row["seconds"] for row in progress.history)  # training time of earlier epochs
+        lr = self._set_lr(progress.global_step, self._total_steps(progress, before + seconds))
+        for images, labels in self.train_source.batches(order[progress.step:], pin=self.device.type == "cuda"):
+            elapsed = seconds + time.perf_counter() - started
+            lr = self._set_lr(progress.global_step, self._total_steps(progress, before + elapsed))
+            batch_loss, batch_correct = self._step(images, labels)
+            loss_sum += batch_loss * len(labels)
+            correct += batch_correct
+            seen += len(labels)
+            progress.step += 1
+            progress.global_step += 1
+            elapsed = seconds + time.perf_counter() - started
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{seen / max(elapsed, 1e-9):.0f}", refresh=False)
+            bar.update()
+            if self.budget_seconds is not None and before + elapsed >= self.budget_seconds:
+                progress.budget_spent = True  # end this epoch early: validate and record it
+                break
+            if stop.requested and progress.step < len(order):
+                progress.sums = (loss_sum, correct, seen, seconds + time.perf_counter() - started)
+                bar.close()
+                return False
+        bar.close()
+        val_loss, val_acc = self.validate()
+        elapsed = seconds + time.perf_counter() - started
+        progress.epoch += 1
+        progress.step = 0
+        progress.epoch_order_state = None
+        progress.sums = (0.0, 0, 0, 0.0)
+        progress.history.append({
+            "epoch": progress.epoch, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+            "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": round(elapsed, 3)})
+        return True
+
+    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
+        images = self.train_source.preset(images.to(self.device, non_blocking=True), self.aug_gen)
+        labels = labels.to(self.device, non_blocking=True)
+        with self.precision.autocast(self.device):
+            logits = self.model(images)
+            loss = self.loss_fn(logits.float(), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return float(loss.detach()), int((logits.argmax(1) == labels).sum())
+
+    @property
+    def kept_model(self) -> nn.Module:
+        """The model to validate and save: the weight average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    @torch.no_grad()
+    def validate(self) -> tuple[float, float]:
+        return evaluate_source(self.kept_model, self.val_source, self.precision, self.device, self.cfg.batch_size)[:2]
+
+
+@torch.no_grad()
+def evaluate_source(model: nn.Module, source: BatchSource, precision: Precision, device: torch.device,
+                    batch_size: int, show: bool = False, tta: bool = False
+                    ) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """Mean loss, accuracy, softmax probabilities and labels of `source`, in file order.
+
+    With `tta`, each image's probabilities are the mean over the image and its mirror image.
+    """
+    was_training = model.training
+    model.eval()
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    loss_sum, probs, labels_all = 0.0, [], []
+    order = source.order(max(batch_size, 64), None)
+    for images, labels in tqdm(source.batches(order), total=len(order), desc="evaluating", unit="batch",
+                               disable=not show, leave=False):
+        images = source.preset(images.to(device, non_blocking=True))
+        labels = labels.to(device)
+        with precision.autocast(device):
+            logits = model(images).float()
+            if tta:
+                batch_probs = (torch.softmax(logits, 1) + torch.softmax(model(images.flip(3)).float(), 1)) / 2
+        if tta:
+            loss_sum += float(nn.functional.nll_loss(torch.log(batch_probs.clamp_min(1e-12)), labels, reduction="sum"))
+        else:
+            batch_probs = torch.softmax(logits, 1)
+            loss_sum += float(loss_fn(logits, labels))
+        probs.append(batch_probs.cpu())
+        labels_all.append(labels.cpu())
+    model.train(was_training)
+    if not probs:
+        raise CatsdogsError(f"no readable images in {source.split.root}")
+    p, y = torch.cat(probs).numpy(), torch.cat(labels_all).numpy()
+    return loss_sum / len(y), float((p.argmax(1) == y).mean()), p, y
