@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -81,6 +82,11 @@ def _load_or_none(args: tuple[str, int]) -> np.ndarray | None:
         return None
 
 
+def ignore_sigint(*_: object) -> None:
+    """In helper processes: leave Ctrl-C to the main process, which stops them cleanly."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def default_jobs() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -132,7 +138,7 @@ def _build_cache(split: ImageSplit, size: int, array_path: Path, meta_path: Path
                disable=not progress, leave=False)
     try:
         if jobs > 1 and len(work) > 64:
-            with ProcessPoolExecutor(max_workers=jobs) as pool:
+            with ProcessPoolExecutor(max_workers=jobs, initializer=ignore_sigint) as pool:
                 results = pool.map(_load_or_none, work, chunksize=32)
                 _fill(images, results, unreadable, bar)
         else:
@@ -220,7 +226,7 @@ class BatchSource:
             return
         loader = torch.utils.data.DataLoader(
             _FileDataset(self.split, self.preset), batch_sampler=[list(b) for b in order],
-            num_workers=self.workers, pin_memory=pin,
+            num_workers=self.workers, pin_memory=pin, worker_init_fn=ignore_sigint if self.workers else None,
             # Its own generator: otherwise the loader draws a seed from the global RNG and shifts dropout.
             generator=torch.Generator().manual_seed(0))
         for position, (images, labels) in enumerate(loader):
