@@ -78,7 +78,8 @@ def split(source: Path, out: Path, ratios: str, seed: int, layout: str, mode: st
     click.echo(summary.format())
 
 
-TRAIN_OPTIONS = [
+# Training flags by name, so that `compare` can take the ones a study applies to every run alike.
+_TRAIN_OPTIONS = [
     click.option("--data", default=None, help="Split folder from `catsdogs split`. [default: data]"),
     click.option("--optim", default=None, help="Optimizer name (see `catsdogs optimizers`)."),
     click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False, path_type=Path),
@@ -112,10 +113,26 @@ TRAIN_OPTIONS = [
 ]
 
 
-def train_options(func: Any) -> Any:
-    for option in reversed(TRAIN_OPTIONS):
-        func = option(func)
+def _flag_name(option: Any) -> str:
+    """The parameter name a click.option decorator declares (it records its Option on the function)."""
+    return option(lambda: None).__click_params__[0].name
+
+
+TRAIN_OPTIONS = {_flag_name(option): option for option in _TRAIN_OPTIONS}
+# Flags a study sets per optimizer or per run, so `compare` does not offer them.
+PER_RUN_FLAGS = ("optim", "batch_size", "lr", "momentum", "seed", "time_budget")
+
+
+def train_options(func: Any, skip: tuple[str, ...] = ()) -> Any:
+    for name, option in reversed(TRAIN_OPTIONS.items()):
+        if name not in skip:
+            func = option(func)
     return func
+
+
+def shared_run_options(func: Any) -> Any:
+    """The `train` flags that a study applies to every one of its runs alike."""
+    return train_options(func, skip=PER_RUN_FLAGS)
 
 
 @main.command()
@@ -144,6 +161,41 @@ def train(config_file: Path | None, resume: Path | None, print_config: bool, **f
         result = run_training(cfg)
     if result.status == "interrupted":
         sys.exit(130)  # like a shell's Ctrl-C, so scripts can tell an unfinished run
+
+
+@main.command()
+@shared_run_options
+@click.option("--optims", default=None,
+              help="Comma-separated optimizers to compare. [default: vanilla-sgd,minibatch-sgd,momentum,adam]")
+@click.option("--seeds", default=None, type=click.IntRange(min=1),
+              help="Runs per optimizer; seed k gives every optimizer the same initial weights and data order. "
+                   "[default: 3]")
+@click.option("--budget", default=None,
+              help="epochs: every run trains --epochs epochs; seconds:S: every run trains S seconds. [default: epochs]")
+@click.option("--tune-lr", is_flag=True,
+              help="First pick each optimizer's learning rate by a short sweep, on validation accuracy only.")
+@click.option("--target-acc", default=None, type=click.FloatRange(0, 1, min_open=True),
+              help="Validation accuracy the report counts epochs to. [default: 0.7]")
+@click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Study folder for runs/, report.md, summary.json and figures. [default: study]")
+@click.option("--force", is_flag=True, help="Delete an existing study made with other arguments and start again.")
+def compare(config_file: Path | None, optims: str | None, seeds: int | None, budget: str | None, tune_lr: bool,
+            target_acc: float | None, out: Path | None, force: bool, **flags: Any) -> None:
+    """Rank optimizers: train each with several seeds alike, test every run, report with uncertainty.
+
+    For each seed every optimizer starts from the same initial weights and sees the same data
+    order. Re-running the same command skips finished runs and resumes unfinished ones.
+    """
+    from catsdogs.compare import StudySpec, parse_optims, run_study
+    from catsdogs.config import build_config
+
+    chosen = {"seeds": seeds, "budget": budget, "target_acc": target_acc, "out": out}
+    spec = StudySpec(build_config(config_file, flags), parse_optims(optims), tune_lr=tune_lr,
+                     **{key: value for key, value in chosen.items() if value is not None})
+    result = run_study(spec, force=force, log=click.echo)
+    if result.status == "interrupted":
+        sys.exit(130)  # like a shell's Ctrl-C, so scripts can tell an unfinished study
+    click.echo(f"report: {result.report}")
 
 
 @main.command()

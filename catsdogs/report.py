@@ -15,6 +15,7 @@ from catsdogs.checkpoint import load_checkpoint, write_text_atomic
 from catsdogs.data import read_split
 from catsdogs.errors import CatsdogsError
 from catsdogs.plots import read_history
+from catsdogs.stats import paired_t_test
 
 RUNS_DIR, SWEEP_DIR = "runs", "sweep"
 STUDY_FILE, TUNING_FILE = "study.json", "tuning.json"
@@ -31,82 +32,6 @@ def run_name(optim: str, seed: int) -> str:
 
 def sweep_name(optim: str, lr: float) -> str:
     return f"{optim}-lr{lr:g}"
-
-
-# ---- statistics: Student's t without scipy ---------------------------------------------------
-
-def regularized_beta(x: float, a: float, b: float) -> float:
-    """I_x(a, b), by the continued fraction of Numerical Recipes (modified Lentz)."""
-    if not 0.0 <= x <= 1.0:
-        raise ValueError(f"x must lie in [0, 1], got {x}")
-    if x in (0.0, 1.0):
-        return x
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _beta_fraction(x, a, b) / a
-    return 1.0 - front * _beta_fraction(1.0 - x, b, a) / b
-
-
-def _beta_fraction(x: float, a: float, b: float, tiny: float = 1e-300, eps: float = 1e-15) -> float:
-    def guard(value: float) -> float:
-        return value if abs(value) > tiny else tiny
-
-    c, d = 1.0, 1.0 / guard(1.0 - (a + b) * x / (a + 1.0))
-    result = d
-    for m in range(1, 1000):
-        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-            d = 1.0 / guard(1.0 + numerator * d)
-            c = guard(1.0 + numerator / c)
-            result *= d * c
-        if abs(d * c - 1.0) < eps:
-            break
-    return result
-
-
-def t_two_sided_p(t: float, df: int) -> float:
-    """P(|T| >= |t|) for Student's t with `df` degrees of freedom."""
-    return 0.0 if math.isinf(t) else regularized_beta(df / (df + t * t), df / 2.0, 0.5)
-
-
-def t_critical(df: int, level: float = 0.95) -> float:
-    """The t with two-sided tail probability 1 - level, by bisection on `t_two_sided_p`."""
-    alpha, low, high = 1.0 - level, 0.0, 1.0
-    while t_two_sided_p(high, df) > alpha:
-        high *= 2.0
-    for _ in range(200):
-        middle = (low + high) / 2.0
-        low, high = (middle, high) if t_two_sided_p(middle, df) > alpha else (low, middle)
-    return (low + high) / 2.0
-
-
-@dataclass
-class PairedTest:
-    """A paired t-test of `a - b` over seeds; `t` is None when every seed gave the same nonzero gap."""
-
-    n: int
-    mean_diff: float
-    sd_diff: float
-    t: float | None
-    p: float
-    ci95: tuple[float, float]
-    wins: int  # seeds on which a beat b
-
-
-def paired_t_test(a: Sequence[float], b: Sequence[float]) -> PairedTest | None:
-    """None with fewer than two pairs: one seed gives no estimate of the spread."""
-    diffs = [x - y for x, y in zip(a, b)]
-    n = len(diffs)
-    if n < 2:
-        return None
-    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
-    wins = sum(d > 0 for d in diffs)
-    if sd < 1e-12:
-        return PairedTest(n, mean, 0.0, 0.0 if abs(mean) < 1e-12 else None, 1.0 if abs(mean) < 1e-12 else 0.0,
-                          (mean, mean), wins)
-    se = sd / math.sqrt(n)
-    half = t_critical(n - 1) * se
-    return PairedTest(n, mean, sd, mean / se, t_two_sided_p(mean / se, n - 1), (mean - half, mean + half), wins)
 
 
 def _spread(values: Sequence[float]) -> dict[str, Any]:
@@ -154,11 +79,12 @@ def _images_seen(run: RunRecord, train_images: int) -> float:
 
 
 def _device_note(run_dir: Path) -> str | None:
-    """The device line train logged (e.g. 'cpu, bf16 autocast ...'), kept in the run's train.log."""
-    log = run_dir / "train.log"
-    lines = log.read_text().splitlines() if log.is_file() else []
-    found = [line[len("device: "):].split(";")[0] for line in lines if line.startswith("device: ")]
-    return found[-1] if found else None
+    """The device and precision the run recorded in status.json (e.g. 'cpu, bf16 autocast ...')."""
+    status = run_dir / "status.json"
+    try:
+        return json.loads(status.read_text()).get("hardware") if status.is_file() else None
+    except (OSError, ValueError):
+        return None
 
 
 # ---- the summary ------------------------------------------------------------------------------
@@ -238,6 +164,8 @@ def write_report(study_dir: str | Path, target_acc: float = 0.70) -> dict[str, A
     """Write report.md, summary.json and the two figures into `study_dir`; return the summary."""
     study_dir = Path(study_dir)
     summary = summarize(study_dir, target_acc)
+    from catsdogs.study_figures import plot_study_curves, plot_test_accuracy  # it imports this module
+
     plot_study_curves(study_dir, summary, study_dir / CURVES_FIGURE)
     plot_test_accuracy(summary, study_dir / ACCURACY_FIGURE)
     write_text_atomic(study_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -330,6 +258,9 @@ def format_report(summary: dict[str, Any]) -> str:
                   f"always guessing the larger class): {they} not learned yet in this budget, so {their} place in "
                   "the ranking says little. Train longer (`--epochs`, `--budget seconds:S`) or tune the learning "
                   "rate (`--tune-lr`).", ""]
+    steps = _next_steps(summary)
+    if steps:
+        lines += ["**Next steps:**", "", *(f"- {step}" for step in steps), ""]
     pairing = summary["pairing"]
     lines += ["Paired design: " + ("for each seed every optimizer started from the same initial weights "
                                    "(the init hashes below match) and saw the same shuffled order."
@@ -389,6 +320,29 @@ def format_report(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _next_steps(summary: dict[str, Any]) -> list[str]:
+    """What would make this answer firmer, read off the results."""
+    rows, n, steps = summary["ranking"], len(summary["seeds"]), []
+    tests = [c["test"] for c in summary["adjacent"] if c["test"]]
+    if n == 1 or (n < 5 and not all(c["distinguishable"] for c in summary["adjacent"])):
+        width = max((t["ci95"][1] - t["ci95"][0]) / 2 for t in tests) if tests else None
+        steps.append(f"Run more seeds (`--seeds {max(5, n + 2)}`): " + (
+            f"with {n} seeds the 95% intervals of the gaps between neighbours reach ±{100 * width:.0f} points."
+            if width is not None else "one seed gives no uncertainty at all."))
+    if all(r["epochs_to_target"]["reached"] == 0 for r in rows):
+        steps.append(f"No run reached {_pct(summary['target_val_acc'], 0)} validation accuracy: train longer "
+                     "(`--epochs`, or `--budget seconds:S`) before trusting the ranking.")
+    if not summary["tune_lr"]:
+        steps.append("Every optimizer used its default learning rate: `--tune-lr` compares each at its best, "
+                     "picked on validation accuracy only.")
+    walls = sorted(rows, key=lambda r: r["wall_seconds"]["mean"])
+    ratio = walls[-1]["wall_seconds"]["mean"] / max(walls[0]["wall_seconds"]["mean"], 1e-9)
+    if summary["budget"] == "epochs" and len(rows) > 1 and ratio > 1.5:
+        steps.append(f"At equal epochs {walls[-1]['optim']} took {ratio:.1f}× the wall time of {walls[0]['optim']}; "
+                     "`--budget seconds:S` compares them at equal time.")
+    return steps
+
+
 def format_sweep(sweep: dict[str, Any]) -> list[str]:
     lines = ["## Learning-rate sweep", "",
              f"Each optimizer's default learning rate times {', '.join(f'{f:g}' for f in sweep['factors'])}, "
@@ -421,84 +375,3 @@ def _setup_lines(summary: dict[str, Any]) -> list[str]:
             f"- Device as the runs logged it: {'; '.join(summary['devices']) or 'not recorded'}.",
             "", "Settings shared by every run:", "", "| setting | value |", "|---|---|",
             *(f"| {k} | {'—' if v is None else v} |" for k, v in shared.items())]
-
-
-# ---- figures ----------------------------------------------------------------------------------
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_study_curves(study_dir: Path, summary: dict[str, Any], out: Path) -> Path:
-    """Loss and accuracy against epoch: mean across seeds with a min-max band, one colour per optimizer."""
-    import numpy as np
-
-    plt = _pyplot()
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 4.6))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for index, row in enumerate(summary["ranking"]):
-        colour = colours[index % len(colours)]
-        histories = [read_history(study_dir / RUNS_DIR / run_name(row["optim"], s)) for s in summary["seeds"]]
-        length = max(len(h["epoch"]) for h in histories)
-        epochs = np.arange(1, length + 1)
-        for ax, key in ((loss_ax, "loss"), (acc_ax, "acc")):
-            for split, style in (("val", "-"), ("train", "--")):
-                values = np.full((len(histories), length), np.nan)
-                for i, history in enumerate(histories):
-                    values[i, :len(history[f"{split}_{key}"])] = history[f"{split}_{key}"]
-                mean = np.nanmean(values, axis=0)
-                ax.plot(epochs, mean, style, color=colour, marker="o" if split == "val" else None, markersize=3,
-                        label=f"{row['optim']} {split}")
-                ax.fill_between(epochs, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=colour,
-                                alpha=0.18 if split == "val" else 0.08, linewidth=0)
-    acc_ax.axhline(summary["target_val_acc"], color="grey", linestyle=":", linewidth=1,
-                   label=f"target {_pct(summary['target_val_acc'], 0)}")
-    n = len(summary["seeds"])
-    loss_ax.set(title=f"Loss (mean of {n} seeds, band: range)", xlabel="epoch", ylabel="cross-entropy loss")
-    acc_ax.set(title=f"Accuracy (mean of {n} seeds, band: range)", xlabel="epoch", ylabel="accuracy")
-    for ax in (loss_ax, acc_ax):
-        ax.grid(alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    acc_ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
-
-
-def plot_test_accuracy(summary: dict[str, Any], out: Path) -> Path:
-    """Mean test accuracy per optimizer, best first, with one-sd error bars and each seed as a dot."""
-    plt = _pyplot()
-    rows = summary["ranking"]
-    names = [r["optim"] for r in rows]
-    means = [r["test_acc"]["mean"] for r in rows]
-    errors = [r["test_acc"]["sd"] or 0.0 for r in rows]
-    lowest = min([summary["chance_acc"], *(v for r in rows for v in r["test_acc"]["values"])])
-    floor = max(0.0, math.floor((lowest - 0.05) * 20) / 20)  # a 0.05 step below every value and chance
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(rows), 4.2))
-    positions = range(len(rows))
-    ax.bar(positions, [m - floor for m in means], bottom=floor, yerr=errors, capsize=6, color="#8fb3d9",
-           edgecolor="#2b5d8a")
-    for x, row in zip(positions, rows):
-        values = row["test_acc"]["values"]
-        ax.plot([x] * len(values), values, "o", color="black", markersize=4, zorder=3)
-        ax.annotate(_pct(row["test_acc"]["mean"]), (x, row["test_acc"]["mean"] + (row["test_acc"]["sd"] or 0)),
-                    textcoords="offset points", xytext=(0, 6), ha="center", fontsize=9)
-    ax.axhline(summary["chance_acc"], color="grey", linestyle=":", linewidth=1, label="chance (larger class)")
-    top = max(v + e for v, e in zip(means, errors))
-    ax.set_ylim(floor, min(1.0, top + 0.06) if top < 0.995 else 1.0)
-    ax.set_xticks(list(positions), names)
-    ax.set(ylabel=f"test accuracy (axis starts at {floor:.2f})",
-           title=f"Test accuracy, {len(summary['seeds'])} seeds (bar: mean, error bar: sd, dots: seeds)")
-    ax.title.set_fontsize(10)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out

@@ -122,6 +122,7 @@ def train(cfg: TrainConfig | None, resume: str | Path | None = None, flags: Mapp
     cfg = resolve_config(cfg)
     device = select_device(cfg.device)
     precision = select_precision(cfg.precision, device)
+    hardware = f"{device.type}, {precision.note}"
     tune_allocator()
 
     train_split = read_split(cfg.data, "train", state["classes"] if state else None)
@@ -168,6 +169,10 @@ def train(cfg: TrainConfig | None, resume: str | Path | None = None, flags: Mapp
             why = ("stopped early" if progress_state.stopped_early else "used its time budget"
                    if progress_state.budget_spent else f"finished {progress_state.epoch} epochs")
             log(f"{run_dir} already {why}: nothing to do (raise --epochs to train longer)")
+            if not (run_dir / "status.json").is_file():  # killed between its last save and the status
+                done = ("early-stopped" if progress_state.stopped_early else
+                        "time-budget" if progress_state.budget_spent else "finished")
+                _write_status(run_dir, done, progress_state, cfg, init_hash, hardware, train_source, val_source)
             return TrainResult(run_dir, progress_state.epoch, progress_state.best_val_acc, "nothing-to-do")
         write_text_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
     else:
@@ -175,7 +180,7 @@ def train(cfg: TrainConfig | None, resume: str | Path | None = None, flags: Mapp
         write_text_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
 
     log(f"run folder: {run_dir}")
-    log(f"device: {device.type}, {precision.note}, channels-last; "
+    log(f"device: {hardware}, channels-last; "
         f"data: {cfg.data} ({len(train_source)} train / {len(val_source)} val images, "
         f"classes {', '.join(train_split.classes)}); cache: {_cache_note(train_source)}")
     log(f"model {cfg.model} at {cfg.image_size}px, optimizer {cfg.optim} (lr {cfg.lr:g}, batch {cfg.batch_size}), "
@@ -219,7 +224,7 @@ def train(cfg: TrainConfig | None, resume: str | Path | None = None, flags: Mapp
                 log(f"early stop: val accuracy has not improved for {cfg.patience} epochs "
                     f"(best {progress_state.best_val_acc:.4f})")
                 break
-    _write_status(run_dir, status, progress_state, cfg, init_hash, train_source, val_source)
+    _write_status(run_dir, status, progress_state, cfg, init_hash, hardware, train_source, val_source)
     if status != "interrupted":
         log(f"best val accuracy {progress_state.best_val_acc:.4f}; next: catsdogs evaluate {run_dir}")
     return TrainResult(run_dir, progress_state.epoch, progress_state.best_val_acc, status)
@@ -287,10 +292,11 @@ def _save_last(run_dir: Path, cfg: TrainConfig, loop: EpochLoop, progress: Progr
 
 
 def _write_status(run_dir: Path, status: str, progress: Progress, cfg: TrainConfig, init_hash: str,
-                  *sources: BatchSource) -> None:
+                  hardware: str, *sources: BatchSource) -> None:
     skipped = sorted({str(p) for s in sources for p in (s.failed + s.split.unreadable)})
     info = {"status": status, "epochs_done": progress.epoch, "epochs": cfg.epochs,
-            "best_val_acc": progress.best_val_acc, "init_hash": init_hash, "unreadable_images": skipped}
+            "best_val_acc": progress.best_val_acc, "init_hash": init_hash, "hardware": hardware,
+            "unreadable_images": skipped}
     if status == "early-stopped":
         info["reason"] = f"val accuracy did not improve for {cfg.patience} epochs"
     write_text_atomic(run_dir / "status.json", json.dumps(info, indent=2) + "\n")

@@ -19,7 +19,8 @@ from catsdogs.cli import main
 from catsdogs.config import TrainConfig
 from catsdogs.optim import ENTRY_POINT_GROUP, OPTIMIZERS, list_optimizers, register_optimizer
 
-COMMANDS = ["download", "split", "train", "evaluate", "plot-curves", "optimizers", "models", "schedulers"]
+COMMANDS = ["download", "split", "train", "evaluate", "plot-curves", "compare", "optimizers", "models", "schedulers",
+            "augments"]
 
 
 @pytest.fixture

@@ -17,13 +17,14 @@ from click.testing import CliRunner
 
 from catsdogs import compare as compare_module
 from catsdogs import evaluate as evaluate_module
+from catsdogs import loop as loop_module
 from catsdogs import report as report_module
 from catsdogs import train as train_module
 from catsdogs.cli import main
 from catsdogs.compare import StudySpec, parse_budget, parse_optims, run_study
 from catsdogs.config import TrainConfig
 from catsdogs.errors import CatsdogsError, UsageError
-from catsdogs.report import paired_t_test, t_critical, t_two_sided_p
+from catsdogs.stats import paired_t_test, t_critical, t_two_sided_p
 from conftest import write_tiny_split
 
 SIZE = 96  # cnn3's minimum, to keep the tests fast
@@ -140,6 +141,7 @@ def test_study_writes_runs_report_summary_and_figures(study: tuple[Path, list[st
     assert "| rank | optimizer | test accuracy (mean ± sd)" in report
     assert f"| 1 | {ranking[0]['optim']} |" in report and f"| 2 | {ranking[1]['optim']} |" in report
     assert "weak evidence" in report and "1 degree of freedom" in report
+    assert "**Next steps:**" in report and "`--tune-lr` compares each at its best" in report
     assert "equal epochs (`--budget epochs`): every run trains 1 epoch" in report
     assert "| image_size | 96 |" in report and "| precision | fp32 |" in report
 
@@ -172,16 +174,33 @@ def test_rerunning_the_study_trains_and_evaluates_nothing(study: tuple[Path, lis
     assert sum(line.endswith("[done earlier]") for line in lines) == 4
 
 
-@pytest.mark.parametrize("change, named", [({"seeds": 3}, "seeds = 42,43, but this command asks for seeds = 42,43,44"),
-                                           ({"config": {"epochs": 2}}, "epochs = 1, but this command asks for epochs = 2"),
-                                           ({"optims": ("adam",)}, "optims = minibatch-sgd,adam"),
-                                           ({"budget": "seconds:5"}, "budget = epochs")])
+CHANGES = [({"seeds": 3}, "seeds = 42,43, but this command asks for seeds = 42,43,44"),
+           ({"config": {"epochs": 2}}, "epochs = 1, but this command asks for epochs = 2"),
+           ({"config": {"image_size": 112}}, "image_size = 96, but this command asks for image_size = 112"),
+           ({"optims": ("adam",)}, "optims = minibatch-sgd,adam"),
+           ({"budget": "seconds:5"}, "budget = epochs")]
+
+
+@pytest.mark.parametrize("change, named", CHANGES)
 def test_changed_arguments_are_refused_without_force(study: tuple[Path, list[str]], data: Path, change: dict,
                                                      named: str) -> None:
     out, _ = study
     with pytest.raises(UsageError, match=f"{named}.*add --force to delete it"):
         run_study(spec_for(data, out, **change), progress=False, log=quiet)
     assert (out / "report.md").is_file() and len(list((out / "runs").iterdir())) == 4
+
+
+def test_force_deletes_the_old_study_and_starts_again(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "study"
+    run_study(spec_for(data, out, optims=("adam",), seeds=1), progress=False, log=quiet)
+    (out / "runs" / "adam-seed42" / "stale.txt").write_text("from the old study")
+    lines: list[str] = []
+    result = run_study(spec_for(data, out, optims=("adam",), seeds=1, config={"epochs": 2}), force=True,
+                       progress=False, log=lines.append)
+    assert result.status == "complete" and lines[0] == f"--force: deleting the study in {out} and starting again"
+    assert not (out / "runs" / "adam-seed42" / "stale.txt").exists()
+    assert json.loads((out / "study.json").read_text())["config"]["epochs"] == 2
+    assert result.summary["ranking"][0]["epochs_done"] == [2]
 
 
 def test_a_deleted_run_is_redone_identically_and_the_rest_kept(study: tuple[Path, list[str]], data: Path,
@@ -210,7 +229,7 @@ def test_a_deleted_run_is_redone_identically_and_the_rest_kept(study: tuple[Path
 def test_an_interrupted_study_resumes_only_the_run_in_progress(data: Path, tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "study"
     spec = StudySpec(base_config(data), ("minibatch-sgd", "vanilla-sgd"), seeds=1, out=out)
-    original, steps = train_module._Loop._step, {"n": 0}
+    original, steps = loop_module.EpochLoop._step, {"n": 0}
 
     def step(self, images, labels):
         result = original(self, images, labels)
@@ -220,7 +239,7 @@ def test_an_interrupted_study_resumes_only_the_run_in_progress(data: Path, tmp_p
         return result
 
     with monkeypatch.context() as patch:
-        patch.setattr(train_module._Loop, "_step", step)
+        patch.setattr(loop_module.EpochLoop, "_step", step)
         lines: list[str] = []
         assert run_study(spec, progress=False, log=lines.append).status == "interrupted"
     assert any("study interrupted in vanilla-sgd seed 42; run the same command again" in line for line in lines)
@@ -306,7 +325,7 @@ def test_bad_arguments_are_refused_with_one_line(data: Path, tmp_path: Path) -> 
     for bad in ("seconds", "seconds:-1", "minutes:5", "seconds:abc"):
         with pytest.raises(UsageError, match="use epochs, or seconds:S"):
             parse_budget(bad)
-    with pytest.raises(UsageError, match="the study sets lr per optimizer"):
+    with pytest.raises(UsageError, match="a study sets lr for each run itself"):
         run_study(spec_for(data, tmp_path / "a", config={"lr": 0.1}), progress=False, log=quiet)
     with pytest.raises(UsageError, match="needs --image-size of at least 96"):
         run_study(spec_for(data, tmp_path / "b", config={"image_size": 64}), progress=False, log=quiet)
