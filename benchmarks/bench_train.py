@@ -159,7 +159,7 @@ def _model_eval_rate(data: Path, image_size: int) -> float:
     model = build_model("cnn3", 2, image_size).to(memory_format=torch.channels_last)
     device = torch.device("cpu")
     start = time.perf_counter()
-    evaluate_source(model, source, select_precision("auto", device), device, 256)
+    evaluate_source(model, source, select_precision("auto", device), device)
     return len(split) / (time.perf_counter() - start)
 
 

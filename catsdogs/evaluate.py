@@ -110,7 +110,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     images = load_cache(image_split, cfg.image_size, cfg.cache, progress=progress)
     source = BatchSource(image_split, eval_preset(cfg.image_size), images, workers=0 if images is not None else 1,
                          device=torch_device)
-    loss, _, probs, labels = evaluate_source(model, source, precision, torch_device, 256, show=progress, tta=tta)
+    loss, _, probs, labels = evaluate_source(model, source, precision, torch_device, show=progress, tta=tta)
     metrics = compute_metrics(probs, labels, classes)
     metrics.update({"split": split, "loss": loss, "checkpoint": str(checkpoint_path), "tta": tta,
                     "data": str(data or cfg.data), "epoch": state.get("epoch")})
