@@ -180,6 +180,14 @@ class _FileDataset(torch.utils.data.Dataset):
         return torch.from_numpy(array), int(self.split.labels[index])
 
 
+def _copy_to(images: np.ndarray, device: torch.device, chunk: int = 1024) -> torch.Tensor:
+    """Copy a memory-mapped cache to `device` a chunk at a time, never holding it twice in RAM."""
+    target = torch.empty(images.shape, dtype=torch.uint8, device=device)
+    for start in range(0, len(images), chunk):
+        target[start:start + chunk] = torch.from_numpy(np.array(images[start:start + chunk]))
+    return target
+
+
 class BatchSource:
     """Serves uint8 NHWC batches of a split by index lists, from the cache or from the files.
 
@@ -188,17 +196,18 @@ class BatchSource:
     """
 
     def __init__(self, split: ImageSplit, preset: Preset, images: np.ndarray | None, workers: int = 0,
-                 device: torch.device | None = None) -> None:
+                 device: torch.device | None = None, resident: bool | None = None) -> None:
+        """`resident`: hold the cache on `device`; None decides by itself (CUDA, and it fits)."""
         self.split, self.preset, self.images, self.workers = split, preset, images, workers
         self.failed: list[Path] = []
         bad = {split.paths.index(p) for p in split.unreadable} if split.unreadable else set()
         self.valid = np.asarray([i for i in range(len(split)) if i not in bad], dtype=np.int64)
         self.on_device: tuple[torch.Tensor, torch.Tensor] | None = None
-        if images is not None and device is not None and device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            if images.nbytes < 0.4 * free:
-                self.on_device = (torch.from_numpy(np.ascontiguousarray(images)).to(device),
-                                  torch.from_numpy(split.labels).to(device))
+        if resident is None:
+            resident = images is not None and device is not None and device.type == "cuda" and \
+                images.nbytes < 0.4 * torch.cuda.mem_get_info(device)[0]
+        if resident and images is not None and device is not None:
+            self.on_device = (_copy_to(images, device), torch.from_numpy(split.labels).to(device))
 
     def __len__(self) -> int:
         return len(self.valid)

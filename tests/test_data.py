@@ -133,3 +133,16 @@ def test_bench_train_runs_in_tiny_mode(data: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "speed-up b/a:" in result.stdout and "GFLOP/s achieved" in result.stdout
     assert "evaluate (6 test images)" in result.stdout
+
+
+def test_a_device_resident_cache_serves_the_same_batches(data: Path) -> None:
+    """The path a GPU takes when the cache fits in its memory, exercised on the CPU."""
+    split = read_split(data, "train")
+    images = load_cache(split, 32, progress=False)
+    mapped = BatchSource(split, eval_preset(32), images)
+    resident = BatchSource(split, eval_preset(32), images, device=torch.device("cpu"), resident=True)
+    assert resident.on_device is not None and mapped.on_device is None
+    order = mapped.order(6, torch.Generator().manual_seed(2))
+    for (a, la), (b, lb) in zip(mapped.batches(order), resident.batches(order)):
+        assert torch.equal(a, b) and torch.equal(la, lb)
+    assert BatchSource(split, eval_preset(32), images, device=torch.device("cpu")).on_device is None
