@@ -146,3 +146,12 @@ def test_a_device_resident_cache_serves_the_same_batches(data: Path) -> None:
     for (a, la), (b, lb) in zip(mapped.batches(order), resident.batches(order)):
         assert torch.equal(a, b) and torch.equal(la, lb)
     assert BatchSource(split, eval_preset(32), images, device=torch.device("cpu")).on_device is None
+
+
+def test_device_check_runs_on_the_cpu() -> None:
+    """The script a session with a lent GPU runs; here it must at least work on the CPU."""
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "device_check.py"), "--device", "cpu",
+                             "--images", "16", "--size", "48"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("device: cpu") == 4
+    assert "fp16 is for GPUs" in result.stdout and "test " in result.stdout
