@@ -13,7 +13,6 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
 from catsdogs.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
@@ -314,4 +313,4 @@ def _check_unreadable(paths: list[Path], total: int) -> None:
 
 def print_config(cfg: TrainConfig) -> str:
     """The resolved config as YAML, exactly as the run folder's config.yaml would hold it."""
-    return yaml.safe_dump(resolve_config(cfg).to_dict(), sort_keys=False)
+    return config_to_yaml(resolve_config(cfg))
