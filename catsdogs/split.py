@@ -3,27 +3,23 @@
 from __future__ import annotations
 
 import csv
-import glob
 import json
 import math
 import os
 import random
 import re
-import secrets
 import shlex
-import shutil
-import tempfile
-import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
-from catsdogs import integrity
+from catsdogs import integrity, staging
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.images import IMAGE_EXTENSIONS
 from catsdogs.integrity import CONFLICT, DUPLICATE, REJECTED, SKIPPED, LeftOut, Photo
+from catsdogs.staging import MANIFEST, RECORD, REJECTED_CSV
 
 SPLITS = ("train", "val", "test")
 LAYOUTS = ("auto", "folders", "kaggle")
@@ -32,14 +28,8 @@ MODES = ("link", "copy", "symlink")
 DEFAULT_RATIOS = (0.63, 0.07, 0.30)
 NEXT_COMMAND = "catsdogs train --optim adam"
 
-MANIFEST = "manifest.csv"
-REJECTED_CSV = "rejected.csv"
-RECORD = "split.json"
 RECORD_FORMAT = 1
 MANIFEST_COLUMNS = ("path", "class", "split", "sha256", "width", "height", "file")
-# `catsdogs train` keeps decoded arrays in OUT/.cache (catsdogs.data.CACHE_DIR, not imported
-# here because it pulls in torch): derived from the split, so neither foreign nor worth keeping.
-TRAIN_CACHE = ".cache"
 
 # Kaggle "Dogs vs. Cats" train/ names carry the label: cat.123.jpg, dog.45.jpg.
 KAGGLE_NAME = re.compile(r"^([A-Za-z]+)\..+\.[^.]+$")
@@ -141,14 +131,14 @@ def split_dataset(source: str | Path, out: str | Path = "data",
     if jobs < 1:
         raise UsageError(f"--jobs {jobs} must be 1 or more (or left out to use every core)")
     source, out = _check_paths(Path(source).expanduser(), Path(out).expanduser())
-    _recover_work_folders(out)
+    staging.recover_work_folders(out)
 
     scan = integrity.scan_source(source)
     labelled, layout, layout_skipped = _label(scan.images, layout, source)
     arguments = {"ratios": list(ratios), "seed": seed, "layout": layout, "mode": mode}
     record = {"format": RECORD_FORMAT, "source": str(source), "arguments": arguments,
               "source_fingerprint": scan.fingerprint}
-    previous = _check_existing(out, record, force)
+    previous = staging.check_existing(out, record, force)
     if previous is not None:
         return SplitSummary(**{**previous, "out": out, "source": source, "unchanged": True})
 
@@ -177,7 +167,8 @@ def split_dataset(source: str | Path, out: str | Path = "data",
         found=len(scan.images) + len(scan.left_out))
     for row in rows:
         summary.counts[row["split"]][row["class"]] += 1
-    _build(source, out, rows, left_out, summary, record, progress)
+    with staging.write_atomically(out) as folder:
+        _write_split(folder, source, rows, left_out, summary, record, progress)
     return summary
 
 
@@ -188,17 +179,7 @@ def _check_paths(source: Path, out: Path) -> tuple[Path, Path]:
     if not source.is_dir():
         raise CatsdogsError(f"source {str(source)!r} is a file, not a folder: pass the folder that holds the photos")
     source, out = source.resolve(), out.resolve()
-    if out == source or out.is_relative_to(source):
-        raise CatsdogsError(f"--out {str(out)!r} is inside the source {str(source)!r}: the split would "
-                            f"be read back as photos; choose an --out outside it")
-    if source.is_relative_to(out):
-        raise CatsdogsError(f"the source {str(source)!r} is inside --out {str(out)!r}, which split "
-                            f"replaces: choose an --out outside the source")
-    if Path.cwd().resolve().is_relative_to(out) or out == Path.home().resolve():
-        # --force deletes the old folder; never let that be the one the user works in.
-        raise CatsdogsError(f"--out {str(out)!r} holds the current or home folder: choose a new folder, such as data")
-    if out.exists() and not out.is_dir():
-        raise CatsdogsError(f"--out {str(out)!r} is a file, not a folder: choose another --out")
+    staging.check_out(source, out)
     return source, out
 
 
@@ -333,137 +314,20 @@ def _table(classes: list[str], counts: dict[str, dict[str, int]]) -> list[str]:
     return lines
 
 
-def _work_folders(out: Path, kind: str) -> list[tuple[Path, int]]:
-    """Staging or old folders of `out` left beside it, with the id of the process that made them."""
-    found = []
-    if out.parent.is_dir():
-        for path in out.parent.glob(f".{glob.escape(out.name)}.{kind}-*"):
-            pid = path.name[len(out.name) + len(kind) + 3:].split("-", 1)[0]
-            if pid.isdigit():
-                found.append((path, int(pid)))
-    return sorted(found)
-
-
-def _left_by_dead_run(path: Path, pid: int) -> bool:
-    """True when the run that made `path` has ended, so the folder is a leftover."""
-    if pid == os.getpid():
-        return True  # this run has made none yet: an earlier process had the same id
-    if os.name != "posix":
-        # os.kill(pid, 0) would terminate the process on Windows; go by age instead.
-        return time.time() - path.stat().st_mtime > 24 * 3600
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-def _recover_work_folders(out: Path) -> None:
-    """Clean up after killed runs: delete their staging folders and put back an `out` they moved."""
-    for path, pid in _work_folders(out, "staging"):
-        if _left_by_dead_run(path, pid):
-            shutil.rmtree(path, ignore_errors=True)
-    for path, pid in _work_folders(out, "old"):
-        if _left_by_dead_run(path, pid):
-            # Killed between moving the old split aside and moving the new one in.
-            if out.exists():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                os.rename(path, out)
-
-
-def _check_existing(out: Path, record: dict, force: bool) -> dict | None:
-    """Return the stored summary when `out` already holds this split; refuse an `out` made otherwise."""
-    if force or not out.exists():
-        return None
-    try:
-        previous = json.loads((out / RECORD).read_text(encoding="utf-8", errors="surrogateescape"))
-        expected = {row["file"] for row in _read_csv(out / MANIFEST)} | {MANIFEST, REJECTED_CSV, RECORD}
-        stored_arguments, stored_summary = dict(previous["arguments"]), dict(previous["summary"])
-    except (OSError, ValueError, KeyError, TypeError):
-        if not any(out.iterdir()):
-            return None
-        raise CatsdogsError(f"--out {str(out)!r} already exists and was not made by catsdogs split: choose "
-                            f"another --out, or pass --force to replace it (its contents are deleted)") from None
-    changed = [f"{key} {stored_arguments.get(key)} (now {value})"
-               for key, value in record["arguments"].items() if stored_arguments.get(key) != value]
-    if previous.get("source") != record["source"]:
-        changed.insert(0, f"source {previous.get('source')} (now {record['source']})")
-    if previous.get("format") != record["format"]:
-        changed.append(f"record format {previous.get('format')} (now {record['format']})")
-    if changed:
-        raise CatsdogsError(f"--out {str(out)!r} was split with other arguments: {'; '.join(changed)}. "
-                            f"Pass --force to replace it, or choose another --out")
-    present = {path.relative_to(out).as_posix() for path in out.rglob("*") if not path.is_dir()}
-    present = {path for path in present if not path.startswith(f"{TRAIN_CACHE}/")}
-    foreign = sorted(present - expected)
-    if foreign:
-        raise CatsdogsError(f"--out {str(out)!r} holds {len(foreign)} file(s) that split did not write "
-                            f"(e.g. {foreign[0]}): move them out, or pass --force to replace the whole folder")
-    if previous.get("source_fingerprint") != record["source_fingerprint"]:
-        raise CatsdogsError(f"the source {record['source']!r} changed since --out {str(out)!r} was split "
-                            f"(files added, removed or modified): pass --force to split it again")
-    if expected - present:
-        return None  # files of ours went missing: rebuild, nothing foreign is lost
-    for key in ("rejected", "skipped"):  # JSON turned the (path, reason) pairs into lists
-        stored_summary[key] = [tuple(item) for item in stored_summary.get(key, [])]
-    return stored_summary
-
-
-def _build(source: Path, out: Path, rows: list[dict], left_out: list[LeftOut], summary: SplitSummary,
-           record: dict, progress: bool) -> None:
-    """Write the whole split into a staging folder beside `out`, then swap it into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Beside `out`, so the final rename stays on one file system and is atomic.
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-{os.getpid()}-", dir=out.parent))
-    old = None
-    try:
-        for split in SPLITS:
-            for name in summary.classes:
-                (staging / split / name).mkdir(parents=True)
-        for row in tqdm(rows, desc="Writing split", unit="file", disable=not progress):
-            summary.copied += _place(source / row["path"], staging / row["file"], summary.mode)
-        _write_csv(staging / MANIFEST, MANIFEST_COLUMNS, rows)
-        _write_csv(staging / REJECTED_CSV, ("path", "status", "reason", "detail"),
-                   [asdict(item) for item in left_out])
-        stored = {key: value for key, value in asdict(summary).items() if key not in ("out", "source", "unchanged")}
-        record = {**record, "summary": stored}
-        (staging / RECORD).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n",
-                                      encoding="utf-8", errors="surrogateescape")
-        if out.exists():
-            # Two renames, not one atomic swap (not portable); a kill between them is undone
-            # by the next run, which renames `old` back (see _recover_work_folders).
-            old = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-            os.rename(out, old)
-        os.rename(staging, out)
-    except BaseException as error:
-        # Ctrl-C included: leave no half-written split behind, and the previous one in place.
-        shutil.rmtree(staging, ignore_errors=True)
-        if old is not None and old.exists() and not out.exists():
-            os.rename(old, out)
-        if isinstance(error, OSError):
-            raise CatsdogsError(f"could not write the split beside {str(out)!r}: {error}; "
-                                f"check free space and permissions") from error
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _place(source_file: Path, target: Path, mode: str) -> bool:
-    """Put one photo at `target`; return True when a hard link had to fall back to a copy."""
-    if mode == "symlink":
-        os.symlink(os.path.realpath(source_file), target)
-        return False
-    if mode == "link":
-        try:
-            os.link(source_file, target)
-            return False
-        except OSError:
-            pass  # another file system, or one without hard links: copy instead
-    shutil.copyfile(source_file, target)
-    return mode == "link"
+def _write_split(folder: Path, source: Path, rows: list[dict], left_out: list[LeftOut], summary: SplitSummary,
+                 record: dict, progress: bool) -> None:
+    """Write the class folders, the photos, the manifest, rejected.csv and the record into `folder`."""
+    for split in SPLITS:
+        for name in summary.classes:
+            (folder / split / name).mkdir(parents=True)
+    for row in tqdm(rows, desc="Writing split", unit="file", disable=not progress):
+        summary.copied += staging.place_file(source / row["path"], folder / row["file"], summary.mode)
+    _write_csv(folder / MANIFEST, MANIFEST_COLUMNS, rows)
+    _write_csv(folder / REJECTED_CSV, ("path", "status", "reason", "detail"), [asdict(item) for item in left_out])
+    stored = {key: value for key, value in asdict(summary).items() if key not in ("out", "source", "unchanged")}
+    record = {**record, "summary": stored}
+    (folder / RECORD).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n",
+                                 encoding="utf-8", errors="surrogateescape")
 
 
 def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
@@ -473,8 +337,3 @@ def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
         writer = csv.DictWriter(file, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-
-
-def _read_csv(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as file:
-        return list(csv.DictReader(file))

@@ -1,0 +1,187 @@
+"""Tests for catsdogs.staging: re-runs, --force, foreign files, link modes, safe output folders, interruption."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_split import make_classes, read_rows, write_photo
+
+from catsdogs import staging
+from catsdogs.errors import CatsdogsError
+from catsdogs.split import split_dataset
+from catsdogs.staging import TRAIN_CACHE, check_out, place_file, write_atomically
+
+
+def test_a_rerun_with_the_same_arguments_does_nothing(tmp_path):
+    source = make_classes(tmp_path / "src", {"Cat": 8, "Dog": 8})
+    out = tmp_path / "data"
+    first = split_dataset(source, out, jobs=2, progress=False)
+    before = (out.stat().st_ino, (out / "manifest.csv").stat().st_mtime_ns)
+    again = split_dataset(source, out, jobs=2, progress=False)
+    assert again.unchanged and not first.unchanged
+    assert (out.stat().st_ino, (out / "manifest.csv").stat().st_mtime_ns) == before
+    assert again.counts == first.counts and again.found == first.found
+    assert "nothing to do" in again.format()
+    (out / TRAIN_CACHE).mkdir()
+    (out / TRAIN_CACHE / "train-96px-0123.npy").write_bytes(b"decoded arrays")  # as catsdogs train leaves
+    assert split_dataset(source, out, jobs=2, progress=False).unchanged
+
+
+def test_the_train_cache_folder_name_matches_catsdogs_data():
+    from catsdogs.data import CACHE_DIR  # imports torch, so only here
+
+    assert TRAIN_CACHE == CACHE_DIR
+
+
+def test_other_arguments_or_foreign_files_are_refused_unless_forced(tmp_path):
+    source = make_classes(tmp_path / "src", {"Cat": 8, "Dog": 8})
+    out = tmp_path / "data"
+    split_dataset(source, out, jobs=2, progress=False)
+    with pytest.raises(CatsdogsError, match=r"split with other arguments: seed 42 \(now 7\).*--force"):
+        split_dataset(source, out, seed=7, progress=False)
+    forced = split_dataset(source, out, seed=7, force=True, jobs=2, progress=False)
+    assert not forced.unchanged and '"seed": 7' in (out / "split.json").read_text()
+
+    (out / "train" / "Cat" / "mine.jpg").write_bytes(b"x")
+    with pytest.raises(CatsdogsError, match=r"holds 1 file\(s\) that split did not write \(e.g. train/Cat/mine.jpg\)"):
+        split_dataset(source, out, seed=7, progress=False)
+    split_dataset(source, out, seed=7, force=True, jobs=2, progress=False)
+    assert not (out / "train" / "Cat" / "mine.jpg").exists()
+
+    write_photo(source / "Cat" / "new.jpg", seed=999)
+    with pytest.raises(CatsdogsError, match=r"changed since .* was split .*--force"):
+        split_dataset(source, out, seed=7, progress=False)
+
+    mine = tmp_path / "mine"
+    (mine / "keep").mkdir(parents=True)
+    with pytest.raises(CatsdogsError, match=r"already exists and was not made by catsdogs split"):
+        split_dataset(source, mine, progress=False)
+
+
+@pytest.mark.parametrize("mode", ["link", "copy", "symlink"])
+def test_modes_link_copy_or_point_at_the_source(tmp_path, mode):
+    source = make_classes(tmp_path / "src", {"Cat": 4, "Dog": 4})
+    split_dataset(source, tmp_path / "out", mode=mode, jobs=1, progress=False)
+    row = read_rows(tmp_path / "out" / "manifest.csv")[0]
+    target, original = tmp_path / "out" / row["file"], source / row["path"]
+    assert target.read_bytes() == original.read_bytes()
+    assert target.is_symlink() == (mode == "symlink")
+    assert os.path.samefile(target, original) == (mode != "copy")
+
+
+# Runs a split in a child process whose hard links are slowed, so a signal lands mid-write.
+SLOW_SPLIT = """
+import os, sys, time
+link = os.link
+os.link = lambda *args, **kwargs: (time.sleep(0.02), link(*args, **kwargs))[1]
+from catsdogs.split import split_dataset
+split_dataset(sys.argv[1], sys.argv[2], seed=int(sys.argv[3]), force=True, jobs=1, progress=False)
+"""
+
+
+def interrupt_split(source: Path, out: Path, seed: int, sig: int) -> int:
+    """Start a slowed split, send `sig` once its staging folder holds a few photos; return its exit code."""
+    stale = set(out.parent.glob(f".{out.name}.staging-*"))
+    child = subprocess.Popen([sys.executable, "-c", SLOW_SPLIT, str(source), str(out), str(seed)])
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline and child.poll() is None:
+            fresh = set(out.parent.glob(f".{out.name}.staging-*")) - stale
+            staged = [p for folder in fresh for p in folder.rglob("*.jpg")]
+            if len(staged) >= 5:
+                child.send_signal(sig)
+                break
+            time.sleep(0.01)
+        return child.wait(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+
+
+def test_a_killed_run_leaves_no_output_and_the_next_run_completes(tmp_path):
+    source = make_classes(tmp_path / "src", {"Cat": 40, "Dog": 40})
+    out = tmp_path / "data"
+    assert interrupt_split(source, out, 42, signal.SIGKILL) == -signal.SIGKILL
+    assert not out.exists()
+    assert list(tmp_path.glob(".data.staging-*")), "the kill should land while staging is being written"
+    summary = split_dataset(source, out, jobs=2, progress=False)
+    assert summary.kept == 80 and not list(tmp_path.glob(".data.*"))
+    split_dataset(source, tmp_path / "reference", jobs=2, progress=False)
+    assert (out / "manifest.csv").read_bytes() == (tmp_path / "reference" / "manifest.csv").read_bytes()
+
+
+def test_an_interrupted_replacement_keeps_the_previous_split(tmp_path):
+    source = make_classes(tmp_path / "src", {"Cat": 40, "Dog": 40})
+    out = tmp_path / "data"
+    split_dataset(source, out, jobs=2, progress=False)
+    before = (out / "manifest.csv").read_bytes()
+    assert interrupt_split(source, out, 7, signal.SIGKILL) == -signal.SIGKILL
+    assert (out / "manifest.csv").read_bytes() == before
+    assert interrupt_split(source, out, 7, signal.SIGINT) != 0
+    assert (out / "manifest.csv").read_bytes() == before
+    assert split_dataset(source, out, jobs=2, progress=False).unchanged
+    assert not list(tmp_path.glob(".data.*"))  # the SIGKILLed run's staging was cleaned up too
+
+
+def test_a_run_killed_between_the_two_renames_gets_its_old_split_back(tmp_path):
+    source = make_classes(tmp_path / "src", {"Cat": 5, "Dog": 5})
+    out = tmp_path / "data"
+    split_dataset(source, out, jobs=1, progress=False)
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    out.rename(tmp_path / f".data.old-{finished.stdout.strip()}-x1")
+    assert split_dataset(source, out, jobs=1, progress=False).unchanged
+    assert not list(tmp_path.glob(".data.*"))
+
+
+def test_a_hard_link_across_file_systems_falls_back_to_a_copy(tmp_path, monkeypatch):
+    source = make_classes(tmp_path / "src", {"Cat": 3, "Dog": 3})
+
+    def cross_device(*args, **kwargs):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(staging.os, "link", cross_device)
+    original = source / "Cat" / "cat.0.jpg"
+    assert place_file(original, tmp_path / "one.jpg", "link")
+    assert (tmp_path / "one.jpg").read_bytes() == original.read_bytes()
+    assert not os.path.samefile(tmp_path / "one.jpg", original)
+    summary = split_dataset(source, tmp_path / "out", jobs=1, progress=False)
+    assert summary.copied == summary.kept == 6
+    assert "(hard links, 6 copied across filesystems)" in summary.format()
+
+
+def test_the_working_or_home_folder_is_never_an_out(tmp_path, monkeypatch):
+    source, work = tmp_path / "src", tmp_path / "work" / "here"
+    source.mkdir()
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    for out in (work, tmp_path / "work"):
+        with pytest.raises(CatsdogsError, match=r"holds the current or home folder: choose a new folder"):
+            check_out(source, out)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with pytest.raises(CatsdogsError, match=r"holds the current or home folder"):
+        check_out(source, tmp_path / "home")
+    check_out(source, tmp_path / "data")  # a new folder beside them is fine
+
+
+def test_a_failed_write_leaves_the_previous_out_and_no_staging_folder(tmp_path):
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "kept.txt").write_text("previous")
+    with pytest.raises(CatsdogsError, match=r"could not write the split beside .*data'.*check free space"):
+        with write_atomically(out) as folder:
+            (folder / "half.txt").write_text("half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(KeyboardInterrupt):
+        with write_atomically(out) as folder:
+            raise KeyboardInterrupt
+    assert [p.name for p in tmp_path.iterdir()] == ["data"] and (out / "kept.txt").read_text() == "previous"
+    with write_atomically(out) as folder:
+        (folder / "new.txt").write_text("new")
+    assert [p.name for p in out.iterdir()] == ["new.txt"] and [p.name for p in tmp_path.iterdir()] == ["data"]
