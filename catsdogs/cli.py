@@ -30,13 +30,15 @@ class CatsdogsGroup(click.Group):
 @click.group(cls=CatsdogsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="catsdogs")
 def main() -> None:
-    """From a folder of cat and dog photos to a trained, evaluated classifier.
+    """From a folder of cat and dog photos to a trained, evaluated and explained classifier.
 
     \b
     catsdogs split PetImages        # shuffled, stratified train/val/test split into data/
     catsdogs train --optim adam     # train the tutorial's CNN into runs/adam
     catsdogs evaluate               # test metrics of the latest run
     catsdogs plot-curves            # its loss and accuracy curves
+    catsdogs predict photo.jpg      # cat or dog? with the latest run's model
+    catsdogs explain --mistakes 8   # heat maps of what misled it most
     """
 
 
@@ -203,11 +205,16 @@ def compare(config_file: Path | None, optims: str | None, seeds: int | None, bud
 @click.option("--split", "split_name", default="test", show_default=True, type=click.Choice(["train", "val", "test"]),
               help="Which split to evaluate.")
 @click.option("--checkpoint", default="best", show_default=True, help="best, last, or a path to a .pt file.")
-@click.option("--data", default=None, help="Split folder. [default: the one the run trained on]")
+@click.option("--data", default=None,
+              help="A split folder, or a folder of class subfolders (Cat/, Dog/) to measure on all its photos. "
+                   "[default: the split the run trained on]")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda", "mps"]))
 @click.option("--tta", is_flag=True, help="Average each prediction with that of the mirror image.")
+@click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the results. [default: RUN_DIR, or RUN_DIR/eval-<name> with --data of another "
+                   "folder]")
 def evaluate(run_dir: Path | None, split_name: str, checkpoint: str, data: str | None, device: str,
-             tta: bool) -> None:
+             tta: bool, out: Path | None) -> None:
     """Measure a trained run on a split; writes metrics.json and confusion_matrix.png into it."""
     from catsdogs.evaluate import evaluate_run, format_metrics
     from catsdogs.runs import latest_run
@@ -215,9 +222,99 @@ def evaluate(run_dir: Path | None, split_name: str, checkpoint: str, data: str |
     if run_dir is None:
         run_dir = latest_run()
         click.echo(f"evaluating the most recent run: {run_dir}")
-    result = evaluate_run(run_dir, split=split_name, checkpoint=checkpoint, data=data, device=device, tta=tta)
+    result = evaluate_run(run_dir, split=split_name, checkpoint=checkpoint, data=data, device=device, tta=tta,
+                          out_dir=out)
     click.echo(format_metrics(result.metrics))
     click.echo(f"wrote {result.metrics_path}, {result.figure_path} and {result.predictions_path}")
+
+
+def _run_or_latest(run_dir: Path | None) -> Path:
+    from catsdogs.runs import latest_run
+
+    if run_dir is None:
+        run_dir = latest_run()
+        click.echo(f"using the most recent run: {run_dir}", err=True)
+    return run_dir
+
+
+_RUN_OPTION = click.option("--run", "run_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
+                           help="Run folder whose model to use. [default: the most recent run under runs/]")
+_CHECKPOINT_OPTION = click.option("--checkpoint", default="best", show_default=True,
+                                  help="best, last, or a path to a .pt file.")
+_DEVICE_OPTION = click.option("--device", default="auto", show_default=True,
+                              type=click.Choice(["auto", "cpu", "cuda", "mps"]))
+
+
+@main.command()
+@click.argument("photos", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_RUN_OPTION
+@_CHECKPOINT_OPTION
+@_DEVICE_OPTION
+@click.option("--tta", is_flag=True, help="Average each prediction with that of the mirror image.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the predictions to this .csv file instead of listing them.")
+def predict(photos: tuple[Path, ...], run_dir: Path | None, checkpoint: str, device: str, tta: bool,
+            out: Path | None) -> None:
+    """Classify photos, or every photo in folders, with a trained run.
+
+    Prints one line per photo: the class, its probability and the path.
+    """
+    from catsdogs.predict import collect_photos, format_prediction_lines, load_trained, predict_photos
+    from catsdogs.predict import write_predictions_csv
+
+    if out is not None and out.suffix.lower() != ".csv":
+        raise click.UsageError(f"--out {out}: give a file name ending in .csv")
+    files = collect_photos(photos)
+    trained = load_trained(_run_or_latest(run_dir), checkpoint, device)
+    result = predict_photos(trained, files, tta=tta)
+    if out is not None:
+        existed = out.exists()
+        write_predictions_csv(out, result)
+        click.echo(f"wrote {out}" + (" (replacing the file that was there)" if existed else ""))
+    else:
+        for line in format_prediction_lines(result):
+            click.echo(line)
+    counts = ", ".join(f"{n} {name}" for name, n in result.counts().items())
+    click.echo(f"{len(result.paths)} photos classified ({counts})"
+               + (f"; {len(result.unreadable)} unreadable" if result.unreadable else ""), err=True)
+    if not result.paths:
+        raise click.ClickException(f"none of the {len(files)} photos could be read")
+
+
+@main.command()
+@click.argument("photos", nargs=-1, type=click.Path(path_type=Path))
+@_RUN_OPTION
+@_CHECKPOINT_OPTION
+@_DEVICE_OPTION
+@click.option("--mistakes", default=None, type=click.IntRange(min=1),
+              help="Explain the N most confident mistakes of the run's last `evaluate` instead of PHOTOS.")
+@click.option("--target", default=None, help="Class whose evidence to show. [default: the predicted class]")
+@click.option("--layer", default=None, help="Module whose feature maps to use. [default: the deepest at least "
+                                            "5x5 cells]")
+@click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the figures and explanations.csv. [default: RUN/explain]")
+def explain(photos: tuple[Path, ...], run_dir: Path | None, checkpoint: str, device: str, mistakes: int | None,
+            target: str | None, layer: str | None, out: Path | None) -> None:
+    """Show which parts of each photo made the model decide, as Grad-CAM heat maps."""
+    from catsdogs.explain import explain_photos, worst_mistakes
+    from catsdogs.predict import collect_photos, load_trained
+
+    if bool(photos) == bool(mistakes):
+        raise click.UsageError("name photos (or folders) to explain, or use --mistakes N, not both")
+    run_dir = _run_or_latest(run_dir)
+    truths = worst_mistakes(run_dir, mistakes) if mistakes else None
+    files = list(truths) if truths else collect_photos(photos)
+    trained = load_trained(run_dir, checkpoint, device)
+    done, unreadable, used_layer = explain_photos(trained, files, out or run_dir / "explain", target, layer,
+                                                  truths=truths)
+    for item in done:
+        click.echo(f"{item.predicted:<8}{item.probability:>7.3f}  {item.photo} -> {item.figure}")
+    for photo, reason in unreadable:
+        click.echo(f"{'-':<8}{'-':>7}  {photo}: unreadable ({reason})")
+    listing = (out or run_dir / "explain") / "explanations.csv"
+    click.echo(f"{len(done)} explained at layer {used_layer}; list in {listing}", err=True)
+    if not done:
+        raise click.ClickException(f"none of the {len(files)} photos could be read")
 
 
 @main.command("plot-curves")

@@ -48,7 +48,13 @@ def read_split(data_dir: str | Path, split: str, classes: Sequence[str] | None =
     root = data_dir / split
     if not root.is_dir():
         raise CatsdogsError(f"{data_dir} has no {split}/ folder: {hint}")
-    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return read_class_folder(root, classes, hint)
+
+
+def read_class_folder(root: str | Path, classes: Sequence[str] | None = None, hint: str = "") -> ImageSplit:
+    """List `root/<class>/*` images, one subfolder per class; `classes`, when given, must match them."""
+    root = Path(root)
+    found = class_folders(root)
     if len(found) < 2 and classes is None:
         raise CatsdogsError(f"{root} has {len(found)} class folder(s) ({', '.join(found) or 'none'}); "
                             "a classifier needs at least two, one subfolder per class")
@@ -60,10 +66,15 @@ def read_split(data_dir: str | Path, split: str, classes: Sequence[str] | None =
     for index, name in enumerate(names):
         files = sorted(p for p in (root / name).rglob("*") if p.is_file() and is_image_name(p))
         if not files:
-            raise CatsdogsError(f"{root / name} holds no images (.jpg, .png, ...): {hint}")
+            raise CatsdogsError(f"{root / name} holds no images (.jpg, .png, ...)" + (f": {hint}" if hint else ""))
         paths += files
         labels += [index] * len(files)
     return ImageSplit(root, names, paths, np.asarray(labels, dtype=np.int64))
+
+
+def class_folders(root: Path) -> list[str]:
+    """The names of the visible subfolders of `root`, sorted."""
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def _cache_key(split: ImageSplit, image_size: int) -> str:

@@ -10,16 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from catsdogs.checkpoint import load_checkpoint, write_text_atomic
-from catsdogs.config import config_from_dict
-from catsdogs.data import BatchSource, load_cache, read_split
-from catsdogs.errors import CatsdogsError
-from catsdogs.hardware import select_device, select_precision, tune_allocator
-from catsdogs.models import build_model
-from catsdogs.runs import resolve_checkpoint
+from catsdogs.checkpoint import write_text_atomic
+from catsdogs.data import SPLITS, BatchSource, class_folders, load_cache, read_class_folder, read_split
 from catsdogs.loop import evaluate_source
+from catsdogs.predict import load_trained
 from catsdogs.transforms import eval_preset
 
 
@@ -83,48 +78,63 @@ class Evaluation:
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "best", data: str | None = None,
-                 device: str = "auto", progress: bool = True, tta: bool = False) -> Evaluation:
-    """Run a checkpoint of `run_dir` on a split and write the metrics and figures into `run_dir`.
+                 device: str = "auto", progress: bool = True, tta: bool = False,
+                 out_dir: str | Path | None = None) -> Evaluation:
+    """Run a checkpoint of `run_dir` on a split and write the metrics and figures into `out_dir`.
 
-    With `tta` the prediction averages each image and its mirror image; its files get a `_tta`
-    suffix so they sit beside the plain evaluation instead of replacing it.
+    `data` is a split folder, or a folder holding just the model's class subfolders: then every
+    photo in it is measured (`split` is ignored and recorded as "all").
+
+    `out_dir` defaults to the run folder for the data it trained on, and to
+    `run_dir/eval-<folder name>` for other data, so that measuring a model on new photos never
+    replaces the measurement on its own test split. With `tta` the prediction averages each
+    image and its mirror image; its files get a `_tta` suffix so they sit beside the plain ones.
     """
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CatsdogsError(f"run folder {run_dir} does not exist")
-    checkpoint_path = resolve_checkpoint(run_dir, checkpoint)
-    state = load_checkpoint(checkpoint_path)
-    cfg = config_from_dict(state["config"], str(checkpoint_path))
-    classes = list(state["classes"])
-    torch_device = select_device(device)
-    precision = select_precision(cfg.precision, torch_device)
-    tune_allocator()
-    model = build_model(cfg.model, len(classes), cfg.image_size)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError:
-        raise CatsdogsError(f"{checkpoint_path}: its weights do not fit model {cfg.model} "
-                            f"at {cfg.image_size}px") from None
-    model = model.to(torch_device, memory_format=torch.channels_last)
-    image_split = read_split(data or cfg.data, split, classes)
-    images = load_cache(image_split, cfg.image_size, cfg.cache, progress=progress)
+    trained = load_trained(run_dir, checkpoint, device)
+    cfg, classes, torch_device = trained.cfg, trained.classes, trained.device
+    out_dir = Path(out_dir) if out_dir is not None else default_output_dir(run_dir, cfg.data, data)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if data is not None and is_plain_class_folder(Path(data), classes):
+        # Photos sorted into class folders but not split: measure on all of them, and leave no
+        # cache behind in a folder that is the user's own.
+        split = "all"
+        image_split = read_class_folder(data, classes)
+        images = None
+    else:
+        image_split = read_split(data or cfg.data, split, classes)
+        images = load_cache(image_split, cfg.image_size, cfg.cache, progress=progress)
     source = BatchSource(image_split, eval_preset(cfg.image_size), images, workers=0 if images is not None else 1,
                          device=torch_device)
-    loss, _, probs, labels = evaluate_source(model, source, precision, torch_device, show=progress, tta=tta)
+    loss, _, probs, labels = evaluate_source(trained.model, source, trained.precision, torch_device, show=progress,
+                                             tta=tta)
     metrics = compute_metrics(probs, labels, classes)
-    metrics.update({"split": split, "loss": loss, "checkpoint": str(checkpoint_path), "tta": tta,
-                    "data": str(data or cfg.data), "epoch": state.get("epoch")})
-    suffix = ("" if split == "test" else f"_{split}") + ("_tta" if tta else "")
-    metrics_path = run_dir / f"metrics{suffix}.json"
+    metrics.update({"split": split, "loss": loss, "checkpoint": str(trained.checkpoint), "tta": tta,
+                    "data": str(data or cfg.data), "epoch": trained.epoch})
+    suffix = ("" if split in ("test", "all") else f"_{split}") + ("_tta" if tta else "")
+    metrics_path = out_dir / f"metrics{suffix}.json"
     write_text_atomic(metrics_path, json.dumps(metrics, indent=2) + "\n")
-    figure_path = run_dir / f"confusion_matrix{suffix}.png"
+    figure_path = out_dir / f"confusion_matrix{suffix}.png"
     save_confusion_figure(np.asarray(metrics["confusion_matrix"]), classes, figure_path,
                           title=f"{run_dir.name}: {split} accuracy {metrics['accuracy']:.3f}")
-    predictions_path = run_dir / f"predictions{suffix}.csv"
+    predictions_path = out_dir / f"predictions{suffix}.csv"
     failed = set(source.failed)
     kept = [image_split.paths[i] for i in source.valid if image_split.paths[i] not in failed]
     write_predictions(predictions_path, kept, labels, probs, classes)
     return Evaluation(metrics, metrics_path, figure_path, predictions_path)
+
+
+def is_plain_class_folder(folder: Path, classes: list[str]) -> bool:
+    """True for a folder of the model's class subfolders (Cat/, Dog/) rather than a split folder."""
+    return folder.is_dir() and not any((folder / name).is_dir() for name in SPLITS) and \
+        class_folders(folder) == sorted(classes)
+
+
+def default_output_dir(run_dir: Path, trained_on: str, data: str | None) -> Path:
+    """The run folder for the run's own split folder; `run_dir/eval-<name>` for any other."""
+    if data is None or Path(data).resolve() == Path(trained_on).resolve():
+        return run_dir
+    return run_dir / f"eval-{Path(data).resolve().name}"
 
 
 def write_predictions(path: Path, paths: list[Path], labels: np.ndarray, probs: np.ndarray,

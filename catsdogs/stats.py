@@ -80,3 +80,25 @@ def paired_t_test(a: Sequence[float], b: Sequence[float]) -> PairedTest | None:
     se = sd / math.sqrt(n)
     half = t_critical(n - 1) * se
     return PairedTest(n, mean, sd, mean / se, t_two_sided_p(mean / se, n - 1), (mean - half, mean + half), wins)
+
+
+def binomial_cdf_half(k: int, n: int) -> float:
+    """P(X <= k) for X ~ Binomial(n, 1/2), as I_{1/2}(n - k, k + 1)."""
+    if k < 0:
+        return 0.0
+    if k >= n:
+        return 1.0
+    return regularized_beta(0.5, n - k, k + 1)
+
+
+def mcnemar_exact_p(only_a: int, only_b: int) -> float:
+    """Exact two-sided McNemar test of two classifiers on the same photos.
+
+    `only_a` counts photos that model A got right and B wrong, `only_b` the reverse; photos both
+    got right or both wrong say nothing about which is better. Under "equally good" each
+    disagreement is a fair coin, so the p-value is a two-sided binomial tail.
+    """
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    return min(1.0, 2.0 * binomial_cdf_half(min(only_a, only_b), n))

@@ -47,3 +47,21 @@ def tiny_split() -> TinySplit:
     a folder under `tmp_path`.
     """
     return write_tiny_split
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A finished two-epoch cnn3 run (96 px, fp32, CPU) on a tiny split: `(run_dir, data_dir)`.
+
+    Shared by the whole session, so tests must not write into it: copy it first
+    (`shutil.copytree`) when the code under test writes into the run folder.
+    """
+    from catsdogs.config import TrainConfig
+    from catsdogs.train import train
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    data = write_tiny_split(root, per_class=(16, 4, 6), size=96)
+    cfg = TrainConfig(data=str(data), out=str(root / "run"), optim="adam", image_size=96, epochs=2, batch_size=8,
+                      device="cpu", precision="fp32")
+    result = train(cfg, progress=False, log=lambda _: None)
+    return result.run_dir, data

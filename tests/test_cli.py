@@ -19,8 +19,8 @@ from catsdogs.cli import main
 from catsdogs.config import TrainConfig
 from catsdogs.optim import ENTRY_POINT_GROUP, OPTIMIZERS, list_optimizers, register_optimizer
 
-COMMANDS = ["download", "split", "train", "evaluate", "plot-curves", "compare", "optimizers", "models", "schedulers",
-            "augments"]
+COMMANDS = ["download", "split", "train", "evaluate", "predict", "explain", "plot-curves", "compare", "optimizers",
+            "models", "schedulers", "augments"]
 
 
 @pytest.fixture
@@ -70,6 +70,8 @@ def test_help_lists_every_command(cli) -> None:
     ("plot-curves", "Plot training and validation loss and accuracy"),
     ("optimizers", "List the registered optimizers"),
     ("split", "Check every image in SOURCE"),
+    ("predict", "Classify photos, or every photo in folders"),
+    ("explain", "Show which parts of each photo made the model decide"),
 ])
 def test_each_command_has_help_from_its_docstring(cli, command: str, summary: str) -> None:
     text = ok(cli(command, "--help"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import shutil
 import signal
@@ -24,7 +23,6 @@ from catsdogs.cli import main
 from catsdogs.compare import StudySpec, parse_budget, parse_optims, run_study
 from catsdogs.config import TrainConfig
 from catsdogs.errors import CatsdogsError, UsageError
-from catsdogs.stats import paired_t_test, t_critical, t_two_sided_p
 from conftest import write_tiny_split
 
 SIZE = 96  # cnn3's minimum, to keep the tests fast
@@ -66,38 +64,6 @@ def study(data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, l
 def spec_for(data: Path, out: Path, **overrides) -> StudySpec:
     return StudySpec(base_config(data, **overrides.pop("config", {})), **{"optims": OPTIMS, "seeds": 2, "out": out,
                                                                            **overrides})
-
-
-# ---- statistics ------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("t, df, p", [(2.776, 4, 0.05), (12.706, 1, 0.05), (4.303, 2, 0.05), (2.228, 10, 0.05),
-                                      (0.0, 3, 1.0), (1.96, 100_000, 0.05)])
-def test_t_distribution_matches_table_values(t: float, df: int, p: float) -> None:
-    assert t_two_sided_p(t, df) == pytest.approx(p, abs=2e-4)
-    assert t_two_sided_p(-t, df) == t_two_sided_p(t, df)
-
-
-@pytest.mark.parametrize("t", [0.3, 1.0, 2.5, 7.0, 40.0])
-def test_t_distribution_matches_closed_forms(t: float) -> None:
-    assert t_two_sided_p(t, 1) == pytest.approx(1 - 2 / math.pi * math.atan(t), rel=1e-9)  # Cauchy
-    assert t_two_sided_p(t, 2) == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-9)
-
-
-def test_t_critical_inverts_the_tail() -> None:
-    assert t_critical(1) == pytest.approx(12.706, abs=1e-3)
-    assert t_critical(4) == pytest.approx(2.776, abs=1e-3)
-    assert t_two_sided_p(t_critical(7), 7) == pytest.approx(0.05, abs=1e-9)
-
-
-def test_paired_t_test_on_known_differences() -> None:
-    test = paired_t_test([0.80, 0.70, 0.90], [0.70, 0.65, 0.75])  # differences 0.10, 0.05, 0.15
-    assert test.mean_diff == pytest.approx(0.10) and test.sd_diff == pytest.approx(0.05)
-    assert test.t == pytest.approx(0.10 / (0.05 / math.sqrt(3)))
-    assert test.p == pytest.approx(1 - test.t / math.sqrt(2 + test.t ** 2))  # 2 degrees of freedom
-    half = t_critical(2) * 0.05 / math.sqrt(3)
-    assert test.ci95 == pytest.approx((0.10 - half, 0.10 + half)) and test.wins == 3
-    assert paired_t_test([0.9], [0.8]) is None  # one seed: no spread, no test
-    assert paired_t_test([0.6, 0.7], [0.6, 0.7]).p == 1.0
 
 
 # ---- a tiny study ----------------------------------------------------------------------------

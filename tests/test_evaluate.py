@@ -114,3 +114,45 @@ def test_format_metrics_shows_the_table() -> None:
     assert lines[3].split() == ["macro", "0.8750", "0.8333", "0.8286", "6"]
     assert "accuracy 0.8333 (6 images)" in lines[4] and "ROC AUC 0.8889" in lines[4]
     assert lines[5].endswith("[[2, 1], [0, 3]]")
+
+
+def test_evaluating_other_photos_never_replaces_the_run_s_own_results(tiny_run, tmp_path) -> None:
+    import shutil
+    from pathlib import Path
+
+    from catsdogs.evaluate import evaluate_run
+
+    run_dir, data = tiny_run
+    run = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    own = evaluate_run(run, device="cpu", progress=False)
+    assert own.metrics_path == run / "metrics.json"
+    first = own.metrics_path.read_text()
+    other = Path(shutil.copytree(data, tmp_path / "new-photos"))
+    for index in range(3):  # a different set: half the dogs gone
+        (other / "test" / "Dog" / f"{index}.jpg").unlink()
+    foreign = evaluate_run(run, data=str(other), device="cpu", progress=False)
+    assert foreign.metrics_path == run / "eval-new-photos" / "metrics.json"
+    assert foreign.predictions_path.parent == foreign.figure_path.parent == run / "eval-new-photos"
+    assert foreign.metrics["images"] == 9 and own.metrics["images"] == 12
+    assert own.metrics_path.read_text() == first
+    chosen = evaluate_run(run, data=str(other), device="cpu", progress=False, out_dir=tmp_path / "elsewhere")
+    assert chosen.metrics_path == tmp_path / "elsewhere" / "metrics.json"
+
+
+def test_a_folder_of_class_subfolders_is_measured_whole_without_a_cache(tiny_run, tmp_path) -> None:
+    import shutil
+    from pathlib import Path
+
+    from catsdogs.evaluate import evaluate_run
+
+    run_dir, data = tiny_run
+    run = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    photos = Path(shutil.copytree(data / "test", tmp_path / "my-photos"))  # Cat/ and Dog/, no split folders
+    shutil.copy(data / "val" / "Dog" / "0.jpg", photos / "Dog" / "extra.jpg")
+    result = evaluate_run(run, data=str(photos), device="cpu", progress=False)
+    assert result.metrics["split"] == "all" and result.metrics["images"] == 13
+    assert result.metrics["per_class"]["Dog"]["support"] == 7
+    assert result.metrics_path == run / "eval-my-photos" / "metrics.json"
+    assert sorted(p.name for p in photos.iterdir()) == ["Cat", "Dog"]  # nothing written into the user's folder
+    with result.predictions_path.open() as handle:
+        assert sum(1 for _ in handle) == 14

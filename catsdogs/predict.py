@@ -1,0 +1,195 @@
+"""Using a trained run: load its model once, then classify photo files and folders."""
+
+from __future__ import annotations
+
+import csv
+import io
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+from tqdm import tqdm
+
+from catsdogs.checkpoint import load_checkpoint, write_text_atomic
+from catsdogs.config import TrainConfig, config_from_dict
+from catsdogs.data import default_jobs
+from catsdogs.errors import CatsdogsError, UsageError
+from catsdogs.hardware import Precision, select_device, select_precision, tune_allocator
+from catsdogs.images import is_image_name, load_resized
+from catsdogs.loop import EVAL_BATCH
+from catsdogs.models import build_model
+from catsdogs.runs import resolve_checkpoint
+from catsdogs.transforms import normalise
+
+
+@dataclass
+class TrainedModel:
+    """A checkpoint's model in eval mode on its device, with what is needed to feed it."""
+
+    model: nn.Module
+    cfg: TrainConfig
+    classes: list[str]
+    device: torch.device
+    precision: Precision
+    checkpoint: Path
+    epoch: int | None
+
+    @torch.no_grad()
+    def probabilities(self, batch: torch.Tensor, tta: bool = False) -> torch.Tensor:
+        """Softmax probabilities of a uint8 NHWC batch (the mean with the mirror image under `tta`)."""
+        images = normalise(batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2))
+        with self.precision.autocast(self.device):
+            probs = torch.softmax(self.model(images).float(), 1)
+            if tta:
+                probs = (probs + torch.softmax(self.model(images.flip(3)).float(), 1)) / 2
+        return probs.cpu()
+
+
+def load_trained(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> TrainedModel:
+    """Build the model a run's checkpoint was trained as and load its weights (EMA ones if kept)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CatsdogsError(f"run folder {run_dir} does not exist")
+    checkpoint_path = resolve_checkpoint(run_dir, checkpoint)
+    state = load_checkpoint(checkpoint_path)
+    cfg = config_from_dict(state["config"], str(checkpoint_path))
+    classes = list(state["classes"])
+    torch_device = select_device(device)
+    tune_allocator()
+    model = build_model(cfg.model, len(classes), cfg.image_size)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError:
+        raise CatsdogsError(f"{checkpoint_path}: its weights do not fit model {cfg.model} "
+                            f"at {cfg.image_size}px") from None
+    model = model.to(torch_device, memory_format=torch.channels_last).eval()
+    return TrainedModel(model, cfg, classes, torch_device, select_precision(cfg.precision, torch_device),
+                        checkpoint_path, state.get("epoch"))
+
+
+def collect_photos(paths: Sequence[str | Path]) -> list[Path]:
+    """The photos named: files as given, folders searched recursively for image files, in order."""
+    photos: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p))
+            if not found:
+                raise UsageError(f"{path} holds no image files (.jpg, .png, ...)")
+            photos += found
+        elif path.is_file():
+            photos.append(path)
+        else:
+            raise UsageError(f"{path} does not exist")
+    if not photos:
+        raise UsageError("name at least one photo or folder of photos")
+    return list(dict.fromkeys(photos))  # the same file named twice is classified once
+
+
+def unreadable_reason(error: BaseException) -> str:
+    """A short reason a photo could not be read, for the user and the CSV."""
+    if isinstance(error, UnidentifiedImageError):
+        return "not an image"
+    if isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return "too many pixels"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:200]
+
+
+def _decode(path: Path, size: int) -> np.ndarray | str:
+    try:
+        return load_resized(path, size)
+    except Exception as error:  # noqa: BLE001 - decoders raise many types on bad data; report, go on
+        return unreadable_reason(error)
+
+
+def decode_photos(photos: Sequence[Path], size: int, jobs: int | None = None
+                  ) -> Iterator[tuple[Path, np.ndarray | str]]:
+    """Each photo decoded and resized as training saw it, or the reason it could not be; in order.
+
+    Threads suffice: PIL's decoders and OpenCV's resize release the GIL.
+    """
+    with ThreadPoolExecutor(jobs or default_jobs()) as pool:
+        yield from zip(photos, pool.map(lambda path: _decode(path, size), photos))
+
+
+@dataclass
+class Predictions:
+    """Probabilities per readable photo (rows follow `paths`), and the photos that were not."""
+
+    classes: list[str]
+    paths: list[Path] = field(default_factory=list)
+    probs: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.float32))
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def predicted(self) -> list[str]:
+        return [self.classes[i] for i in self.probs.argmax(1)] if len(self.paths) else []
+
+    def counts(self) -> dict[str, int]:
+        predicted = self.predicted
+        return {name: predicted.count(name) for name in self.classes}
+
+
+def predict_photos(trained: TrainedModel, photos: Sequence[Path], tta: bool = False, batch_size: int = EVAL_BATCH,
+                   progress: bool = True, jobs: int | None = None) -> Predictions:
+    """Classify `photos`; unreadable ones are set aside with their reason, never fatal one by one."""
+    result = Predictions(list(trained.classes))
+    batch: list[np.ndarray] = []
+    names: list[Path] = []
+    chunks: list[torch.Tensor] = []
+
+    def flush() -> None:
+        if batch:
+            chunks.append(trained.probabilities(torch.from_numpy(np.stack(batch)), tta=tta))
+            result.paths.extend(names)
+            batch.clear()
+            names.clear()
+
+    decoded = decode_photos(photos, trained.cfg.image_size, jobs)
+    for path, image in tqdm(decoded, total=len(photos), desc="classifying", unit="photo", disable=not progress,
+                            leave=False):
+        if isinstance(image, str):
+            result.unreadable.append((path, image))
+            continue
+        batch.append(image)
+        names.append(path)
+        if len(batch) == batch_size:
+            flush()
+    flush()
+    if chunks:
+        result.probs = torch.cat(chunks).numpy()
+    return result
+
+
+def write_predictions_csv(path: str | Path, predictions: Predictions) -> Path:
+    """One row per photo: path, predicted class, its probability, every class's probability, error."""
+    path = Path(path)
+    classes = predictions.classes
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "predicted", "probability", *[f"p_{c}" for c in classes], "error"])
+    for file, row in zip(predictions.paths, predictions.probs):
+        best = int(row.argmax())
+        writer.writerow([str(file), classes[best], f"{row[best]:.6f}", *[f"{p:.6f}" for p in row], ""])
+    for file, reason in predictions.unreadable:
+        writer.writerow([str(file), "", "", *["" for _ in classes], reason])
+    write_text_atomic(path, buffer.getvalue())
+    return path
+
+
+def format_prediction_lines(predictions: Predictions) -> list[str]:
+    """One line per photo for the terminal: the class, its probability, the path; then the failures."""
+    lines = []
+    for file, row in zip(predictions.paths, predictions.probs):
+        best = int(row.argmax())
+        lines.append(f"{predictions.classes[best]:<8}{row[best]:>7.3f}  {file}")
+    lines += [f"{'-':<8}{'-':>7}  {file}: unreadable ({reason})" for file, reason in predictions.unreadable]
+    return lines

@@ -1,0 +1,28 @@
+"""The benchmark scripts that need no timing run end to end on tiny inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_paired_accuracy_of_a_run_against_its_copy(tiny_run, tmp_path: Path) -> None:
+    run_dir, data = tiny_run
+    first = Path(shutil.copytree(run_dir, tmp_path / "a"))
+    second = Path(shutil.copytree(run_dir, tmp_path / "b"))
+    photos = Path(shutil.copytree(data / "test", tmp_path / "photos"))
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "paired_accuracy.py"), str(first), str(second),
+                             "--data", str(photos)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"12 photos in {photos}"
+    correct = round(json.loads((first / "eval-photos" / "metrics.json").read_text())["accuracy"] * 12)
+    assert lines[3] == f"| {first} | {correct} | {correct / 12:.4f} |"
+    assert lines[4] == f"| {second} | {correct} | {correct / 12:.4f} |"
+    # The same weights agree on every photo: nothing to tell them apart.
+    assert lines[5] == "right only by a: 0; right only by b: 0; exact McNemar p = 1.000"
