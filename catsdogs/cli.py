@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,8 @@ class CatsdogsGroup(click.Group):
 
 @click.group(cls=CatsdogsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="catsdogs")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """From a folder of cat and dog photos to a trained, evaluated and explained classifier.
 
     \b
@@ -40,6 +42,13 @@ def main() -> None:
     catsdogs predict photo.jpg      # cat or dog? with the latest run's model
     catsdogs explain --mistakes 8   # heat maps of what misled it most
     """
+    if ctx.invoked_subcommand != "train" and "WORLD_SIZE" in os.environ:
+        # Under torchrun only `train` shares out its work; another command would run N times over.
+        from catsdogs.distributed import team_from_environment
+
+        if team_from_environment().enabled:
+            raise UsageError(f"only `catsdogs train` runs under torchrun; run `catsdogs {ctx.invoked_subcommand}` "
+                             "as one process")
 
 
 @main.command()

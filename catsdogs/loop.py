@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from catsdogs.config import TrainConfig
 from catsdogs.data import BatchSource
+from catsdogs.distributed import SOLO, Team, agree_max, from_main, shard_batches, total
 from catsdogs.ema import ModelEMA
 from catsdogs.errors import CatsdogsError
 from catsdogs.hardware import Precision
@@ -30,16 +31,26 @@ EVAL_BATCH = 128
 
 
 class StopRequest:
-    """First SIGINT/SIGTERM asks the loop to stop after the current step; a second one aborts."""
+    """First SIGINT/SIGTERM asks the loop to stop after the current step; a second one aborts.
+
+    A repeat within `REPEAT_SECONDS` counts as the same request: under torchrun each process
+    gets Ctrl-C twice at once, from the terminal and from torchrun passing it on.
+    """
+
+    REPEAT_SECONDS = 1.0
 
     def __init__(self, log: Log) -> None:
         self.requested = False
         self.log = log
+        self.first_at = 0.0
 
     def handle(self, signum: int, frame: Any) -> None:
         if self.requested:
+            if time.monotonic() - self.first_at < self.REPEAT_SECONDS:
+                return
             raise KeyboardInterrupt
         self.requested = True
+        self.first_at = time.monotonic()
         self.log("\nstopping after this step and saving last.pt (press Ctrl-C again to quit at once)")
 
 
@@ -79,8 +90,12 @@ class EpochLoop:
     def __init__(self, cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
                  scaler: torch.amp.GradScaler, precision: Precision, device: torch.device,
                  train_source: BatchSource, val_source: BatchSource, order_gen: torch.Generator,
-                 aug_gen: torch.Generator, ema: ModelEMA | None = None) -> None:
+                 aug_gen: torch.Generator, ema: ModelEMA | None = None, team: Team = SOLO,
+                 net: nn.Module | None = None) -> None:
+        """`model` is the network to save; `net` what runs the steps (its DistributedDataParallel
+        wrapper when `team` has several processes), `model` itself by default."""
         self.cfg, self.model, self.optimizer, self.scaler, self.ema = cfg, model, optimizer, scaler, ema
+        self.net, self.team = net if net is not None else model, team
         self.precision, self.device = precision, device
         self.train_source, self.val_source = train_source, val_source
         self.order_gen, self.aug_gen = order_gen, aug_gen
@@ -112,17 +127,17 @@ class EpochLoop:
             progress.sums = (0.0, 0, 0, 0.0)
         else:
             self.order_gen.set_state(progress.epoch_order_state)
-        order = self.train_source.order(self.cfg.batch_size, self.order_gen)
+        order = shard_batches(self.train_source.order(self.cfg.batch_size, self.order_gen), self.team)
         loss_sum, correct, seen, seconds = progress.sums
-        self.model.train()
+        self.net.train()
         started = time.perf_counter()
         bar = tqdm(total=len(order), initial=progress.step, desc=f"epoch {progress.epoch + 1}/{self.cfg.epochs}",
                    unit="batch", disable=not show, leave=False)
         before = sum(row["seconds"] for row in progress.history)  # training time of earlier epochs
-        lr = self._set_lr(progress.global_step, self._total_steps(progress, before + seconds))
+        steps_planned = self._agreed_total(progress, before + seconds)
+        lr = self._set_lr(progress.global_step, steps_planned)
         for images, labels in self.train_source.batches(order[progress.step:], pin=self.device.type == "cuda"):
-            elapsed = seconds + time.perf_counter() - started
-            lr = self._set_lr(progress.global_step, self._total_steps(progress, before + elapsed))
+            lr = self._set_lr(progress.global_step, steps_planned)
             batch_loss, batch_correct = self._step(images, labels)
             loss_sum += batch_loss * len(labels)
             correct += batch_correct
@@ -132,16 +147,23 @@ class EpochLoop:
             elapsed = seconds + time.perf_counter() - started
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{seen / max(elapsed, 1e-9):.0f}", refresh=False)
             bar.update()
-            if self.budget_seconds is not None and before + elapsed >= self.budget_seconds:
+            budget_hit = self.budget_seconds is not None and before + elapsed >= self.budget_seconds
+            stop_hit = stop.requested and progress.step < len(order)
+            steps_planned = self._total_steps(progress, before + elapsed)
+            if self.team.enabled:  # one decision for all processes, or they would wait on each other forever
+                budget_hit, stop_hit, steps_planned = agree_max([budget_hit, stop_hit, steps_planned], self.team)
+                steps_planned = int(steps_planned)
+            if budget_hit:
                 progress.budget_spent = True  # end this epoch early: validate and record it
                 break
-            if stop.requested and progress.step < len(order):
-                progress.sums = (loss_sum, correct, seen, seconds + time.perf_counter() - started)
+            if stop_hit:
+                progress.sums = self._team_sums(loss_sum, correct, seen, seconds + time.perf_counter() - started)
                 bar.close()
                 return False
         bar.close()
         val_loss, val_acc = self.validate()
-        elapsed = seconds + time.perf_counter() - started
+        loss_sum, correct, seen, elapsed = self._team_sums(loss_sum, correct, seen,
+                                                           seconds + time.perf_counter() - started)
         progress.epoch += 1
         progress.step = 0
         progress.epoch_order_state = None
@@ -151,11 +173,22 @@ class EpochLoop:
             "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": round(elapsed, 3)})
         return True
 
+    def _agreed_total(self, progress: Progress, spent: float) -> int:
+        steps = self._total_steps(progress, spent)
+        return int(agree_max([steps], self.team)[0]) if self.team.enabled else steps
+
+    def _team_sums(self, loss_sum: float, correct: int, seen: int, seconds: float) -> tuple[float, int, int, float]:
+        """The epoch's training sums over all processes, and the slowest one's time."""
+        if not self.team.enabled:
+            return loss_sum, correct, seen, seconds
+        loss_sum, correct, seen = total([loss_sum, correct, seen], self.team)
+        return loss_sum, int(correct), int(seen), agree_max([seconds], self.team)[0]
+
     def _step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
         images = self.train_source.preset(images.to(self.device, non_blocking=True), self.aug_gen)
         labels = labels.to(self.device, non_blocking=True)
         with self.precision.autocast(self.device):
-            logits = self.model(images)
+            logits = self.net(images)
             loss = self.loss_fn(logits.float(), labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -172,7 +205,10 @@ class EpochLoop:
 
     @torch.no_grad()
     def validate(self) -> tuple[float, float]:
-        return evaluate_source(self.kept_model, self.val_source, self.precision, self.device)[:2]
+        """Validation loss and accuracy; with several processes, process 0 measures and tells the rest."""
+        result = evaluate_source(self.kept_model, self.val_source, self.precision, self.device)[:2] \
+            if self.team.main else None
+        return from_main(result, self.team) if self.team.enabled else result
 
 
 @torch.no_grad()

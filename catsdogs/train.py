@@ -18,6 +18,7 @@ from torch import nn
 from catsdogs.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
 from catsdogs.config import TrainConfig, config_from_dict, config_to_yaml
 from catsdogs.data import BatchSource, default_jobs, load_cache, read_split
+from catsdogs.distributed import SOLO, Team, finish, from_main, gather, start, team_from_environment, wait_for_all
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.hardware import select_device, select_precision, tune_allocator
 from catsdogs.models import MODELS, build_model, load_pretrained
@@ -32,6 +33,8 @@ HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "l
 # Settings a resumed run may change; everything else must match the checkpoint.
 RESUMABLE_CHANGES = ("epochs", "device", "workers", "cache", "patience", "precision", "time_budget")
 MAX_UNREADABLE_FRACTION = 0.01
+# Seeds of process r's augmentation and dropout streams are offset by r times this.
+RANK_SEED_STRIDE = 1_000_003
 
 
 
@@ -107,27 +110,49 @@ def train(cfg: TrainConfig | None, resume: str | Path | None = None, flags: Mapp
     """Train `cfg` into a new run folder, or continue the run in `resume`.
 
     When resuming, the config comes from the checkpoint and `flags` may change only
-    RESUMABLE_CHANGES (raising --epochs, say); any other differing flag is refused.
+    RESUMABLE_CHANGES (raising --epochs, say); any other differing flag is refused. Started
+    by torchrun, each process trains on its share of every batch (see catsdogs.distributed).
     """
+    team = team_from_environment()
+    if not team.main:
+        progress, log = False, _quiet
+    try:
+        return _train(cfg, resume, flags, progress, log, team)
+    finally:
+        finish(team)
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[str, Any] | None, progress: bool,
+           log: Log, team: Team) -> TrainResult:
     state = None
     if resume is not None:
         run_dir = Path(resume)
         state = load_checkpoint(run_dir / "last.pt")
-        for stale in run_dir.glob(".*.tmp"):  # left by a writer that was killed mid-save
-            stale.unlink(missing_ok=True)
+        if team.main:
+            for stale in run_dir.glob(".*.tmp"):  # left by a writer that was killed mid-save
+                stale.unlink(missing_ok=True)
         cfg = _resumed_config(state, flags or {}, run_dir)
     if cfg is None:
         raise ValueError("train() needs a config unless it resumes a run")
     cfg = resolve_config(cfg)
-    device = select_device(cfg.device)
+    device = start(team, cfg.device) if team.enabled else select_device(cfg.device)
     precision = select_precision(cfg.precision, device)
-    hardware = f"{device.type}, {precision.note}"
+    hardware = f"{device.type}, {precision.note}" + (f", {team.world} processes (torchrun)" if team.enabled else "")
     tune_allocator()
 
     train_split = read_split(cfg.data, "train", state["classes"] if state else None)
     val_split = read_split(cfg.data, "val", train_split.classes)
     jobs = default_jobs()
-    images = {s.root.name: load_cache(s, cfg.image_size, cfg.cache, jobs, progress) for s in (train_split, val_split)}
+    images = {}
+    for turn in ("main", "others"):  # process 0 builds the cache; the others then map the finished files
+        if (turn == "main") == team.main:
+            images = {s.root.name: load_cache(s, cfg.image_size, cfg.cache, jobs, progress)
+                      for s in (train_split, val_split)}
+        wait_for_all(team)
     workers = cfg.workers if cfg.workers is not None else (0 if images["train"] is not None else max(jobs - 1, 0))
     train_source = BatchSource(train_split, train_preset(cfg.image_size, cfg.hflip, cfg.vflip, cfg.augment),
                                images["train"], workers, device)
@@ -141,13 +166,15 @@ def train(cfg: TrainConfig | None, resume: str | Path | None = None, flags: Mapp
         log(f"loaded {loaded} pretrained tensors into {cfg.model}")
     init_hash = _weights_hash(model)
     model = model.to(device, memory_format=torch.channels_last)
+    if team.enabled:
+        torch.manual_seed(cfg.seed + RANK_SEED_STRIDE * team.rank)  # each process its own dropout masks
     spec = get_optimizer_spec(cfg.optim)
     optimizer = build_optimizer(cfg.optim, parameter_groups(model, cfg.weight_decay),
                                 **_optimizer_overrides(cfg, spec.defaults))
     ema = ModelEMA(model, cfg.ema) if cfg.ema else None
     scaler = torch.amp.GradScaler(device.type, enabled=precision.scale_grads)
-    order_gen = torch.Generator().manual_seed(cfg.seed)
-    aug_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    order_gen = torch.Generator().manual_seed(cfg.seed)  # the same batches in every process, then shared out
+    aug_gen = torch.Generator().manual_seed(cfg.seed + 1 + RANK_SEED_STRIDE * team.rank)
     progress_state = Progress()
 
     if state is not None:
@@ -159,8 +186,9 @@ def train(cfg: TrainConfig | None, resume: str | Path | None = None, flags: Mapp
             scaler.load_state_dict(state["scaler"])
         progress_state = _restore_progress(state)
         order_gen.set_state(state["order_gen"])
-        aug_gen.set_state(state["aug_gen"])
-        _set_rng_state(state["rng"])
+        _restore_process_randomness(state, team, aug_gen, log)
+        if not team.main:  # process 0 carries the interrupted epoch's sums for the whole team
+            progress_state.sums = (0.0, 0, 0, progress_state.sums[3])
         init_hash = state.get("init_hash", init_hash)
         spent = sum(row["seconds"] for row in progress_state.history)  # a raised --time-budget may go on
         progress_state.budget_spent = bool(cfg.time_budget) and spent >= cfg.time_budget * 60
@@ -171,27 +199,35 @@ def train(cfg: TrainConfig | None, resume: str | Path | None = None, flags: Mapp
             if not (run_dir / "status.json").is_file():  # killed between its last save and the status
                 done = ("early-stopped" if progress_state.stopped_early else
                         "time-budget" if progress_state.budget_spent else "finished")
-                _write_status(run_dir, done, progress_state, cfg, init_hash, hardware, train_source, val_source)
+                if team.main:
+                    _write_status(run_dir, done, progress_state, cfg, init_hash, hardware, train_source, val_source)
             return TrainResult(run_dir, progress_state.epoch, progress_state.best_val_acc, "nothing-to-do")
-        write_text_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
+        if team.main:
+            write_text_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
     else:
-        run_dir = new_run_dir(cfg.out or RUNS_ROOT / cfg.optim)
-        write_text_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
+        run_dir = new_run_dir(cfg.out or RUNS_ROOT / cfg.optim) if team.main else None
+        run_dir = from_main(run_dir, team)  # the folder process 0 created, numbered or not
+        if team.main:
+            write_text_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
 
     log(f"run folder: {run_dir}")
     log(f"device: {hardware}, channels-last; "
         f"data: {cfg.data} ({len(train_source)} train / {len(val_source)} val images, "
         f"classes {', '.join(train_split.classes)}); cache: {_cache_note(train_source)}")
-    log(f"model {cfg.model} at {cfg.image_size}px, optimizer {cfg.optim} (lr {cfg.lr:g}, batch {cfg.batch_size}), "
-        f"{cfg.epochs} epochs")
+    share = f", {cfg.batch_size / team.world:g} per process" if team.enabled else ""
+    log(f"model {cfg.model} at {cfg.image_size}px, optimizer {cfg.optim} (lr {cfg.lr:g}, batch {cfg.batch_size}"
+        f"{share}), {cfg.epochs} epochs")
 
-    loop = EpochLoop(cfg, model, optimizer, scaler, precision, device, train_source, val_source, order_gen, aug_gen, ema)
+    net = _data_parallel(model, device) if team.enabled else model
+    loop = EpochLoop(cfg, model, optimizer, scaler, precision, device, train_source, val_source, order_gen, aug_gen, ema,
+                     team, net)
+    save_last = _LastSaver(run_dir, cfg, loop, train_split.classes, init_hash, team)
     status = "finished"
     with stop_on_signals(log) as stop:
         while progress_state.epoch < cfg.epochs:
             completed = loop.run_epoch(progress_state, stop, progress)
             if not completed:
-                _save_last(run_dir, cfg, loop, progress_state, train_split.classes, init_hash)
+                save_last(progress_state)
                 status = "interrupted"
                 log(f"interrupted in epoch {progress_state.epoch + 1} after step {progress_state.step}; "
                     f"resume with: catsdogs train --resume {run_dir}")
@@ -206,9 +242,10 @@ def train(cfg: TrainConfig | None, resume: str | Path | None = None, flags: Mapp
                 status = "time-budget"
             if cfg.patience and progress_state.epochs_since_best >= cfg.patience and progress_state.epoch < cfg.epochs:
                 progress_state.stopped_early = True
-            write_text_atomic(run_dir / "history.csv", format_history(progress_state.history))
-            _save_last(run_dir, cfg, loop, progress_state, train_split.classes, init_hash)
-            if improved:
+            if team.main:
+                write_text_atomic(run_dir / "history.csv", format_history(progress_state.history))
+            save_last(progress_state)
+            if improved and team.main:
                 save_checkpoint(_model_state(cfg, loop.kept_model, progress_state, train_split.classes, init_hash),
                                 run_dir / "best.pt")
             log(f"epoch {row['epoch']}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
@@ -223,7 +260,8 @@ def train(cfg: TrainConfig | None, resume: str | Path | None = None, flags: Mapp
                 log(f"early stop: val accuracy has not improved for {cfg.patience} epochs "
                     f"(best {progress_state.best_val_acc:.4f})")
                 break
-    _write_status(run_dir, status, progress_state, cfg, init_hash, hardware, train_source, val_source)
+    if team.main:
+        _write_status(run_dir, status, progress_state, cfg, init_hash, hardware, train_source, val_source)
     if status != "interrupted":
         log(f"best val accuracy {progress_state.best_val_acc:.4f}; next: catsdogs evaluate {run_dir}")
     return TrainResult(run_dir, progress_state.epoch, progress_state.best_val_acc, status)
@@ -276,18 +314,58 @@ def _model_state(cfg: TrainConfig, model: nn.Module, progress: Progress, classes
             "val_acc": progress.history[-1]["val_acc"] if progress.history else None, "init_hash": init_hash}
 
 
-def _save_last(run_dir: Path, cfg: TrainConfig, loop: EpochLoop, progress: Progress, classes: list[str],
-               init_hash: str) -> None:
-    state = _model_state(cfg, loop.kept_model, progress, classes, init_hash)
-    if loop.ema is not None:  # "model" holds the averaged weights to use; a resume continues from raw_model
-        state["raw_model"] = {k: v.detach().cpu() for k, v in loop.model.state_dict().items()}
-        state["ema"] = loop.ema.state_dict()
-    state.update({
-        "optimizer": loop.optimizer.state_dict(), "scaler": loop.scaler.state_dict() if loop.scaler.is_enabled() else {},
-        "order_gen": loop.order_gen.get_state(), "aug_gen": loop.aug_gen.get_state(), "rng": _rng_state(),
-        "progress": dataclasses.asdict(progress),
-    })
-    save_checkpoint(state, run_dir / "last.pt")
+@dataclass
+class _LastSaver:
+    """Writes last.pt: everything a resume needs to continue exactly where training stood."""
+
+    run_dir: Path
+    cfg: TrainConfig
+    loop: EpochLoop
+    classes: list[str]
+    init_hash: str
+    team: Team = SOLO
+
+    def __call__(self, progress: Progress) -> None:
+        loop = self.loop
+        # Every process draws its own augmentations and dropout masks; all of them are kept.
+        ranks = gather({"aug_gen": loop.aug_gen.get_state(), "rng": _rng_state()}, self.team)
+        if not self.team.main:
+            return
+        state = _model_state(self.cfg, loop.kept_model, progress, self.classes, self.init_hash)
+        if loop.ema is not None:  # "model" holds the averaged weights to use; a resume continues from raw_model
+            state["raw_model"] = {k: v.detach().cpu() for k, v in loop.model.state_dict().items()}
+            state["ema"] = loop.ema.state_dict()
+        state.update({
+            "optimizer": loop.optimizer.state_dict(),
+            "scaler": loop.scaler.state_dict() if loop.scaler.is_enabled() else {},
+            "order_gen": loop.order_gen.get_state(), "aug_gen": ranks[0]["aug_gen"], "rng": ranks[0]["rng"],
+            "progress": dataclasses.asdict(progress),
+        })
+        if self.team.enabled:
+            state["ranks"] = ranks
+        save_checkpoint(state, self.run_dir / "last.pt")
+
+
+def _restore_process_randomness(state: Mapping[str, Any], team: Team, aug_gen: torch.Generator, log: Log) -> None:
+    """Give this process back its own generator states; exact only with as many processes as before."""
+    ranks = state.get("ranks") or [{"aug_gen": state["aug_gen"], "rng": state["rng"]}]
+    if len(ranks) == team.world:
+        aug_gen.set_state(ranks[team.rank]["aug_gen"])
+        _set_rng_state(ranks[team.rank]["rng"])
+        return
+    log(f"note: this run was saved by {len(ranks)} process(es) and continues on {team.world}: it goes on from "
+        "the same weights and step, but its augmentations differ from an uninterrupted run's")
+    _set_rng_state(ranks[0]["rng"])
+    step = int(state["progress"]["global_step"])
+    aug_gen.manual_seed(int(state["config"]["seed"]) + 1 + RANK_SEED_STRIDE * team.rank + step)
+    if team.enabled:
+        torch.manual_seed(int(state["config"]["seed"]) + RANK_SEED_STRIDE * team.rank + step)
+
+
+def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def _write_status(run_dir: Path, status: str, progress: Progress, cfg: TrainConfig, init_hash: str,
