@@ -42,6 +42,27 @@ def write_split(root: Path, per_class: tuple[int, int, int], size: int) -> Path:
     return root
 
 
+def check_predict_and_explain(run_dir: Path, data: Path, device: str, work: Path) -> None:
+    """`predict` must give evaluate's probabilities on the device; `explain` must draw its maps there."""
+    import csv
+
+    from catsdogs.explain import explain_photos
+    from catsdogs.predict import collect_photos, load_trained, predict_photos
+
+    trained = load_trained(run_dir, device=device)
+    photos = collect_photos([data / "test"])
+    start = time.perf_counter()
+    result = predict_photos(trained, photos, progress=False)
+    seconds = time.perf_counter() - start
+    with (run_dir / "predictions.csv").open() as handle:
+        expected = {row["path"]: float(row["p_Dog"]) for row in csv.DictReader(handle)}
+    gap = max(abs(expected[str(path)] - float(row[1])) for path, row in zip(result.paths, result.probs))
+    print(f"predict on {trained.device} ({trained.precision.name}): {len(result.paths)} photos in {seconds:.1f} s, "
+          f"largest difference from evaluate's probabilities {gap:.2e}")
+    done, _, layer = explain_photos(trained, photos[:4], work / "explain", progress=False)
+    print(f"explain on {trained.device}: {len(done)} figures at layer {layer}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
@@ -72,6 +93,7 @@ def main() -> int:
             print(f"{model} --precision {precision}: {chosen}")
             print(f"    {result.epochs_done} epochs in {seconds:.1f} s ({seen / seconds:.0f} img/s incl. start-up), "
                   f"best val {result.best_val_acc:.3f}, test {metrics['accuracy']:.3f} on {metrics['images']}")
+        check_predict_and_explain(result.run_dir, data, args.device, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
