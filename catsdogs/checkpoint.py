@@ -31,12 +31,21 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
+            # mkstemp makes the file private (0600); give it the mode a plain open() would.
+            os.fchmod(handle.fileno(), 0o666 & ~current_umask())
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

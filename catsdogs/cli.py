@@ -13,6 +13,12 @@ from catsdogs import __version__
 from catsdogs.errors import CatsdogsError, UsageError
 
 
+class OneLineUsageError(click.ClickException):
+    """A bad option value found after parsing: one `Error:` line, and exit code 2 like click's own."""
+
+    exit_code = 2
+
+
 class CatsdogsGroup(click.Group):
     """Turns library errors into one line and an exit code instead of a traceback."""
 
@@ -20,12 +26,23 @@ class CatsdogsGroup(click.Group):
         try:
             return super().invoke(ctx)
         except UsageError as exc:
-            raise click.UsageError(str(exc), ctx) from None
+            raise OneLineUsageError(str(exc)) from None
         except CatsdogsError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:  # a folder in the way, a full disk, no permission: not a bug to trace
+            raise click.ClickException(describe_os_error(exc)) from None
         except KeyboardInterrupt:
-            click.echo("\ninterrupted", err=True)
+            click.echo("\ninterrupted at once (a run's last.pt from its last finished epoch can still be resumed)",
+                       err=True)
             sys.exit(130)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """`PATH: reason`, the way the shell reports a failed file operation."""
+    reason = exc.strerror or str(exc)
+    if exc.filename is None:
+        return reason
+    return f"{exc.filename}: {reason}" + (f" (-> {exc.filename2})" if exc.filename2 else "")
 
 
 @click.group(cls=CatsdogsGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -160,7 +177,7 @@ def train(config_file: Path | None, resume: Path | None, print_config: bool, **f
 
     if resume is not None:
         if config_file is not None:
-            raise click.UsageError("--resume takes its settings from the checkpoint; drop --config")
+            raise UsageError("--resume takes its settings from the checkpoint; drop --config")
         if not (resume / "last.pt").is_file():
             raise click.ClickException(f"{resume} has no last.pt to resume from")
         result = run_training(None, resume=resume, flags=flags)
@@ -234,6 +251,8 @@ def evaluate(run_dir: Path | None, split_name: str, checkpoint: str, data: str |
     result = evaluate_run(run_dir, split=split_name, checkpoint=checkpoint, data=data, device=device, tta=tta,
                           out_dir=out)
     click.echo(format_metrics(result.metrics))
+    if "warning" in result.metrics:
+        click.echo(f"warning: {result.metrics['warning']}", err=True)
     click.echo(f"wrote {result.metrics_path}, {result.figure_path} and {result.predictions_path}")
 
 
@@ -272,7 +291,7 @@ def predict(photos: tuple[Path, ...], run_dir: Path | None, checkpoint: str, dev
     from catsdogs.predict import write_predictions_csv
 
     if out is not None and out.suffix.lower() != ".csv":
-        raise click.UsageError(f"--out {out}: give a file name ending in .csv")
+        raise UsageError(f"--out {out}: give a file name ending in .csv")
     files = collect_photos(photos)
     trained = load_trained(_run_or_latest(run_dir), checkpoint, device)
     result = predict_photos(trained, files, tta=tta)
@@ -309,7 +328,7 @@ def explain(photos: tuple[Path, ...], run_dir: Path | None, checkpoint: str, dev
     from catsdogs.predict import collect_photos, load_trained
 
     if bool(photos) == bool(mistakes):
-        raise click.UsageError("name photos (or folders) to explain, or use --mistakes N, not both")
+        raise UsageError("name photos (or folders) to explain, or use --mistakes N, not both")
     run_dir = _run_or_latest(run_dir)
     truths = worst_mistakes(run_dir, mistakes) if mistakes else None
     files = list(truths) if truths else collect_photos(photos)

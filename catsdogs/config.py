@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -69,6 +70,8 @@ MINIMUM: dict[str, float] = {"epochs": 1, "batch_size": 1, "image_size": 1, "lr"
                              "vflip": 0.0, "momentum": 0.0, "weight_decay": 0.0, "warmup_epochs": 0.0,
                              "patience": 1, "workers": 0, "time_budget": 0.0, "label_smoothing": 0.0, "ema": 0.0}
 PROBABILITIES = ("hflip", "vflip", "label_smoothing", "ema")
+# Fields where 0 would silently do nothing (no learning, no budget): they must be above 0.
+POSITIVE = ("lr", "time_budget")
 
 
 def _field_types() -> dict[str, Any]:
@@ -107,6 +110,8 @@ def check_value(key: str, value: Any, source: str) -> Any:
         raise CatsdogsError(f"{source}: {key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
     if key in MINIMUM and value < MINIMUM[key]:
         raise CatsdogsError(f"{source}: {key} must be at least {MINIMUM[key]:g}, got {value!r}")
+    if key in POSITIVE and value <= 0:
+        raise CatsdogsError(f"{source}: {key} must be above 0, got {value!r}")
     if key == "ema" and not 0 < value < 1:
         raise CatsdogsError(f"{source}: ema is a decay strictly between 0 and 1 (e.g. 0.999), got {value!r}")
     if key in PROBABILITIES and value > 1:
@@ -125,6 +130,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1, which PyYAML follows, reads 1e-3 as a string (it wants 1.0e-3); people write learning
+# rates as 1e-3, so exponents without a dot are floats here too.
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
 
 
 def read_yaml_overrides(path: str | Path) -> dict[str, Any]:

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from catsdogs.checkpoint import write_text_atomic
-from catsdogs.data import SPLITS, BatchSource, class_folders, load_cache, read_class_folder, read_split
+from catsdogs.data import (SPLITS, BatchSource, ImageSplit, class_folders, load_cache, read_class_folder, read_split,
+                           split_fingerprint)
 from catsdogs.loop import evaluate_source
 from catsdogs.predict import load_trained
 from catsdogs.transforms import eval_preset
@@ -104,6 +105,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     else:
         image_split = read_split(data or cfg.data, split, classes)
         images = load_cache(image_split, cfg.image_size, cfg.cache, progress=progress)
+    warning = changed_split_warning(trained.data_fingerprint, image_split, split, data is None)
     source = BatchSource(image_split, eval_preset(cfg.image_size), images, workers=0 if images is not None else 1,
                          device=torch_device)
     loss, _, probs, labels = evaluate_source(trained.model, source, trained.precision, torch_device, show=progress,
@@ -111,7 +113,10 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     metrics = compute_metrics(probs, labels, classes)
     metrics.update({"split": split, "loss": loss, "checkpoint": str(trained.checkpoint), "tta": tta,
                     "data": str(data or cfg.data), "epoch": trained.epoch})
-    suffix = ("" if split in ("test", "all") else f"_{split}") + ("_tta" if tta else "")
+    if warning:
+        metrics["warning"] = warning
+    suffix = ("" if split in ("test", "all") else f"_{split}") + checkpoint_suffix(checkpoint)
+    suffix += "_tta" if tta else ""
     metrics_path = out_dir / f"metrics{suffix}.json"
     write_text_atomic(metrics_path, json.dumps(metrics, indent=2) + "\n")
     figure_path = out_dir / f"confusion_matrix{suffix}.png"
@@ -122,6 +127,24 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     kept = [image_split.paths[i] for i in source.valid if image_split.paths[i] not in failed]
     write_predictions(predictions_path, kept, labels, probs, classes)
     return Evaluation(metrics, metrics_path, figure_path, predictions_path)
+
+
+def checkpoint_suffix(checkpoint: str) -> str:
+    """"" for best.pt (the model a run is measured by), `_last`, or `_<file stem>` for another file."""
+    if checkpoint == "best":
+        return ""
+    return "_last" if checkpoint == "last" else f"_{Path(checkpoint).stem}"
+
+
+def changed_split_warning(saved: dict[str, str | None] | None, image_split: ImageSplit, split: str,
+                          own_data: bool) -> str | None:
+    """A warning when the run's own split folder no longer holds the photos it had at training time."""
+    if not own_data or not saved or not saved.get(split):
+        return None
+    if split_fingerprint(image_split) == saved[split]:
+        return None
+    return (f"{image_split.root} is not the {split} split this run was trained with (re-split since?): "
+            "some of its photos may have been in training, so this accuracy may be too high")
 
 
 def is_plain_class_folder(folder: Path, classes: list[str]) -> bool:

@@ -126,14 +126,14 @@ def build_bncnn_m(num_classes: int, image_size: int) -> nn.Module:
     return BNCNN(num_classes, (32, 64, 128, 256), depth=3)
 
 
-@register_model("resnet18", "torchvision ResNet-18, from scratch unless --pretrained", 32)
+@register_model("resnet18", "torchvision ResNet-18, from scratch unless --pretrained", 64)
 def build_resnet18(num_classes: int, image_size: int) -> nn.Module:
     from torchvision.models import resnet18
 
     return resnet18(weights=None, num_classes=num_classes)
 
 
-@register_model("mobilenet_v3_small", "torchvision MobileNetV3-Small, from scratch unless --pretrained", 32)
+@register_model("mobilenet_v3_small", "torchvision MobileNetV3-Small, from scratch unless --pretrained", 64)
 def build_mobilenet_v3_small(num_classes: int, image_size: int) -> nn.Module:
     from torchvision.models import mobilenet_v3_small
 

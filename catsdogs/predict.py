@@ -38,6 +38,7 @@ class TrainedModel:
     precision: Precision
     checkpoint: Path
     epoch: int | None
+    data_fingerprint: dict[str, str | None] | None = None  # of the split it trained on, per split
 
     @torch.no_grad()
     def probabilities(self, batch: torch.Tensor, tta: bool = False) -> torch.Tensor:
@@ -69,7 +70,7 @@ def load_trained(run_dir: str | Path, checkpoint: str = "best", device: str = "a
                             f"at {cfg.image_size}px") from None
     model = model.to(torch_device, memory_format=torch.channels_last).eval()
     return TrainedModel(model, cfg, classes, torch_device, select_precision(cfg.precision, torch_device),
-                        checkpoint_path, state.get("epoch"))
+                        checkpoint_path, state.get("epoch"), state.get("data_fingerprint"))
 
 
 def collect_photos(paths: Sequence[str | Path]) -> list[Path]:

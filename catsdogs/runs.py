@@ -50,6 +50,9 @@ def resolve_checkpoint(run_dir: Path, which: str) -> Path:
     """`best`, `last` or a path to a .pt file; a run without it gives a clear error."""
     if which in ("best", "last"):
         path = run_dir / f"{which}.pt"
+        if which == "best" and not path.is_file() and (run_dir / "last.pt").is_file():
+            raise CatsdogsError(f"{run_dir} has no best.pt yet (it stopped before finishing an epoch): use "
+                                f"--checkpoint last for its latest weights, or `catsdogs train --resume {run_dir}`")
         if not path.is_file():
             raise CatsdogsError(f"{run_dir} has no {which}.pt: has its training finished an epoch?")
         return path

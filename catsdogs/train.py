@@ -17,7 +17,7 @@ from torch import nn
 
 from catsdogs.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
 from catsdogs.config import TrainConfig, config_from_dict, config_to_yaml
-from catsdogs.data import BatchSource, default_jobs, load_cache, read_split
+from catsdogs.data import BatchSource, ImageSplit, default_jobs, load_cache, read_split, split_fingerprint
 from catsdogs.distributed import SOLO, Team, finish, from_main, gather, start, team_from_environment, wait_for_all
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.hardware import select_device, select_precision, tune_allocator
@@ -31,7 +31,8 @@ from catsdogs.transforms import AUGMENTS, eval_preset, train_preset
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 # Settings a resumed run may change; everything else must match the checkpoint.
-RESUMABLE_CHANGES = ("epochs", "device", "workers", "cache", "patience", "precision", "time_budget")
+# `data` may move: the resume then checks that the folder holds the same split (data_fingerprint).
+RESUMABLE_CHANGES = ("epochs", "device", "workers", "cache", "patience", "precision", "time_budget", "data")
 MAX_UNREADABLE_FRACTION = 0.01
 # Seeds of process r's augmentation and dropout streams are offset by r times this.
 RANK_SEED_STRIDE = 1_000_003
@@ -139,6 +140,8 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
     if cfg is None:
         raise ValueError("train() needs a config unless it resumes a run")
     cfg = resolve_config(cfg)
+    if state is None:
+        _check_out(cfg)
     device = start(team, cfg.device) if team.enabled else select_device(cfg.device)
     precision = select_precision(cfg.precision, device)
     hardware = f"{device.type}, {precision.note}" + (f", {team.world} processes (torchrun)" if team.enabled else "")
@@ -146,6 +149,11 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
 
     train_split = read_split(cfg.data, "train", state["classes"] if state else None)
     val_split = read_split(cfg.data, "val", train_split.classes)
+    fingerprint = data_fingerprint(cfg.data, train_split, val_split)
+    if state is not None:
+        _check_same_split(state, fingerprint, cfg.data, run_dir)
+    else:  # recorded absolute, so that the run resumes and evaluates from any folder
+        cfg = dataclasses.replace(cfg, data=str(Path(cfg.data).resolve()))
     jobs = default_jobs()
     images = {}
     for turn in ("main", "others"):  # process 0 builds the cache; the others then map the finished files
@@ -157,7 +165,7 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
     train_source = BatchSource(train_split, train_preset(cfg.image_size, cfg.hflip, cfg.vflip, cfg.augment),
                                images["train"], workers, device)
     val_source = BatchSource(val_split, eval_preset(cfg.image_size), images["val"], workers, device)
-    _check_unreadable(train_split.unreadable + val_split.unreadable, len(train_split) + len(val_split))
+    _check_unreadable(train_split.unreadable + val_split.unreadable, len(train_split) + len(val_split), cfg.data)
 
     _seed_everything(cfg.seed)
     model = build_model(cfg.model, len(train_split.classes), cfg.image_size)
@@ -207,6 +215,8 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
     else:
         run_dir = new_run_dir(cfg.out or RUNS_ROOT / cfg.optim) if team.main else None
         run_dir = from_main(run_dir, team)  # the folder process 0 created, numbered or not
+        if cfg.out and Path(cfg.out) != run_dir:
+            log(f"{cfg.out} already exists, so this run goes to {run_dir} (a run never reuses a folder)")
         if team.main:
             write_text_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
 
@@ -221,7 +231,8 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
     net = _data_parallel(model, device) if team.enabled else model
     loop = EpochLoop(cfg, model, optimizer, scaler, precision, device, train_source, val_source, order_gen, aug_gen, ema,
                      team, net)
-    save_last = _LastSaver(run_dir, cfg, loop, train_split.classes, init_hash, team)
+    identity = {"classes": list(train_split.classes), "init_hash": init_hash, "data_fingerprint": fingerprint}
+    save_last = _LastSaver(run_dir, cfg, loop, identity, team)
     status = "finished"
     with stop_on_signals(log) as stop:
         while progress_state.epoch < cfg.epochs:
@@ -246,12 +257,11 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
                 write_text_atomic(run_dir / "history.csv", format_history(progress_state.history))
             save_last(progress_state)
             if improved and team.main:
-                save_checkpoint(_model_state(cfg, loop.kept_model, progress_state, train_split.classes, init_hash),
-                                run_dir / "best.pt")
+                save_checkpoint(_model_state(cfg, loop.kept_model, progress_state, identity), run_dir / "best.pt")
             log(f"epoch {row['epoch']}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
                 f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  {row['seconds']:.1f}s"
                 + ("  (best)" if improved else ""))
-            _check_unreadable(train_source.failed + val_source.failed, len(train_split) + len(val_split))
+            _check_unreadable(train_source.failed + val_source.failed, len(train_split) + len(val_split), cfg.data)
             if progress_state.budget_spent:
                 log(f"time budget of {cfg.time_budget:g} min reached after {progress_state.global_step} steps")
                 break
@@ -307,11 +317,42 @@ def _restore_progress(state: Mapping[str, Any]) -> Progress:
     return Progress(**saved)
 
 
-def _model_state(cfg: TrainConfig, model: nn.Module, progress: Progress, classes: list[str],
-                 init_hash: str) -> dict[str, Any]:
+def _model_state(cfg: TrainConfig, model: nn.Module, progress: Progress, identity: Mapping[str, Any]
+                 ) -> dict[str, Any]:
+    """Weights and what they mean: config, classes, epoch, and `identity` (init hash, data fingerprint)."""
     return {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "config": cfg.to_dict(), "classes": list(classes), "epoch": progress.epoch,
-            "val_acc": progress.history[-1]["val_acc"] if progress.history else None, "init_hash": init_hash}
+            "config": cfg.to_dict(), "epoch": progress.epoch,
+            "val_acc": progress.history[-1]["val_acc"] if progress.history else None, **identity}
+
+
+def data_fingerprint(data: str | Path, train_split: ImageSplit, val_split: ImageSplit) -> dict[str, str | None]:
+    """A hash of each split's file list (names, classes, sizes), the test split's when there is one."""
+    try:
+        test = split_fingerprint(read_split(data, "test", train_split.classes))
+    except CatsdogsError:
+        test = None
+    return {"train": split_fingerprint(train_split), "val": split_fingerprint(val_split), "test": test}
+
+
+def _check_same_split(state: Mapping[str, Any], fingerprint: Mapping[str, Any], data: str, run_dir: Path) -> None:
+    saved = state.get("data_fingerprint")
+    if saved and (saved["train"], saved["val"]) != (fingerprint["train"], fingerprint["val"]):
+        raise CatsdogsError(f"{data} does not hold the split {run_dir} started on (re-split since?); going on "
+                            "would train on photos its test set may now hold: start a new run instead")
+
+
+def _check_out(cfg: TrainConfig) -> None:
+    """Before any work: the run folder must be creatable, and not inside data/train (or val, test),
+    where it would be read as one more class."""
+    given = Path(cfg.out or RUNS_ROOT / str(cfg.optim))
+    out = given.resolve()
+    for split in ("train", "val", "test"):
+        if out.is_relative_to((Path(cfg.data) / split).resolve()):
+            raise UsageError(f"--out {given} is inside {Path(cfg.data) / split}, where it would be read as a "
+                             "class of photos: choose a folder outside the split")
+    for parent in [given, *given.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise UsageError(f"--out {given}: {parent} is a file, so the run folder cannot be made there")
 
 
 @dataclass
@@ -321,8 +362,7 @@ class _LastSaver:
     run_dir: Path
     cfg: TrainConfig
     loop: EpochLoop
-    classes: list[str]
-    init_hash: str
+    identity: Mapping[str, Any]  # classes, init_hash, data_fingerprint
     team: Team = SOLO
 
     def __call__(self, progress: Progress) -> None:
@@ -331,7 +371,7 @@ class _LastSaver:
         ranks = gather({"aug_gen": loop.aug_gen.get_state(), "rng": _rng_state()}, self.team)
         if not self.team.main:
             return
-        state = _model_state(self.cfg, loop.kept_model, progress, self.classes, self.init_hash)
+        state = _model_state(self.cfg, loop.kept_model, progress, self.identity)
         if loop.ema is not None:  # "model" holds the averaged weights to use; a resume continues from raw_model
             state["raw_model"] = {k: v.detach().cpu() for k, v in loop.model.state_dict().items()}
             state["ema"] = loop.ema.state_dict()
@@ -379,13 +419,13 @@ def _write_status(run_dir: Path, status: str, progress: Progress, cfg: TrainConf
     write_text_atomic(run_dir / "status.json", json.dumps(info, indent=2) + "\n")
 
 
-def _check_unreadable(paths: list[Path], total: int) -> None:
+def _check_unreadable(paths: list[Path], total: int, data: str = "DATA") -> None:
     if not paths:
         return
     names = ", ".join(str(p) for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
     if len(paths) > MAX_UNREADABLE_FRACTION * total:
         raise CatsdogsError(f"{len(paths)} of {total} images could not be read ({names}); "
-                            "re-run `catsdogs split` on the source folder")
+                            f"split the source again with `catsdogs split SOURCE --out {data} --force`")
     print(f"warning: skipped {len(paths)} unreadable image(s): {names}", file=sys.stderr)
 
 

@@ -146,3 +146,17 @@ def test_a_checkpoint_from_a_newer_catsdogs_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CatsdogsError, match=f"newer catsdogs \\(format {VERSION + 1}\\)") as info:
         load_checkpoint(path)
     assert str(path) in str(info.value)
+
+
+def test_atomic_files_get_the_mode_the_umask_gives(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        write_text_atomic(tmp_path / "shared.txt", "x")
+        save_checkpoint({"model": {}}, tmp_path / "m.pt")
+    finally:
+        os.umask(old)
+    for name in ("shared.txt", "m.pt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name  # not mkstemp's private 0600

@@ -343,3 +343,24 @@ def test_plot_curves_of_several_runs_writes_one_figure_here(cli, tmp_path: Path)
     make_run(tmp_path / "runs" / "momentum", history=True)
     ok(cli("plot-curves", "runs/adam", "runs/momentum", "--out", "compare.svg"))
     assert b"<svg" in (tmp_path / "compare.svg").read_bytes()[:400]
+
+
+def test_a_bad_value_found_after_parsing_is_exactly_one_line(cli) -> None:
+    result = cli("train", "--optim", "adam", "--image-size", "50", "--print-config")
+    assert result.exit_code == 2
+    assert result.output == "Error: model cnn3 needs --image-size of at least 96, got 50\n"
+
+
+@pytest.mark.parametrize(("args", "code", "reason"), [
+    (["plot-curves", "runs/adam", "--out", "afile/x.png"], 1, "afile: File exists"),  # caught by the OSError net
+    (["train", "--optim", "adam", "--out", "afile/sub", "--device", "cpu"], 2,
+     "--out afile/sub: afile is a file, so the run folder cannot be made there"),  # checked before any work
+])
+def test_a_file_in_the_way_is_one_line_not_a_traceback(cli, tmp_path: Path, tiny_split, args: list[str], code: int,
+                                                       reason: str) -> None:
+    make_run(tmp_path / "runs" / "adam", history=True)
+    tiny_split(tmp_path, size=96)
+    (tmp_path / "afile").write_text("a file, not a folder")
+    line = one_line_error(cli(*args), code)
+    assert line == f"Error: {reason}"
+    assert (tmp_path / "afile").read_text() == "a file, not a folder"

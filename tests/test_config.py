@@ -177,3 +177,18 @@ def test_shipped_config_files_are_valid_overrides(path: Path) -> None:
     assert overrides, f"{path} overrides nothing"
     expected_optim = "adam" if path.stem == "default" else path.stem
     assert build_config(path).optim == expected_optim
+
+
+@pytest.mark.parametrize(("text", "key", "expected"), [("lr: 1e-3", "lr", 0.001), ("weight_decay: 5E-4", "weight_decay", 0.0005),
+                                                      ("lr: 2.5e-2", "lr", 0.025), ("lr: +1e-1", "lr", 0.1)])
+def test_exponents_without_a_dot_are_numbers(tmp_path: Path, text: str, key: str, expected: float) -> None:
+    # YAML 1.1 (PyYAML) would read "1e-3" as a string; it is how people write learning rates.
+    (tmp_path / "c.yaml").write_text(text + "\n")
+    assert read_yaml_overrides(tmp_path / "c.yaml") == {key: pytest.approx(expected)}
+
+
+@pytest.mark.parametrize("key", ["lr", "time_budget"])
+def test_zero_that_would_do_nothing_is_refused(key: str) -> None:
+    with pytest.raises(CatsdogsError, match=f"{key} must be above 0, got 0.0"):
+        check_value(key, 0.0, "test")
+    assert check_value(key, 0.5, "test") == 0.5

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -156,3 +158,32 @@ def test_a_folder_of_class_subfolders_is_measured_whole_without_a_cache(tiny_run
     assert sorted(p.name for p in photos.iterdir()) == ["Cat", "Dog"]  # nothing written into the user's folder
     with result.predictions_path.open() as handle:
         assert sum(1 for _ in handle) == 14
+
+
+def test_other_checkpoints_write_beside_best_and_a_re_split_test_set_is_flagged(tiny_run, tmp_path) -> None:
+    import shutil
+    from pathlib import Path
+
+    from catsdogs.evaluate import evaluate_run
+
+    run_dir, data = tiny_run
+    run = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    best = evaluate_run(run, device="cpu", progress=False)
+    assert "warning" not in best.metrics
+    last = evaluate_run(run, checkpoint="last", device="cpu", progress=False)
+    assert last.metrics_path == run / "metrics_last.json" and last.predictions_path == run / "predictions_last.csv"
+    other = evaluate_run(run, checkpoint=str(run / "best.pt"), split="val", device="cpu", progress=False)
+    assert other.metrics_path == run / "metrics_val_best.json"
+    assert json.loads(best.metrics_path.read_text())["checkpoint"] == str(run / "best.pt")  # not replaced
+    # Point the copied run at a copy of its split, then re-split that copy under it.
+    from catsdogs.checkpoint import load_checkpoint, save_checkpoint
+
+    copy = Path(shutil.copytree(data, tmp_path / "data"))
+    state = load_checkpoint(run / "best.pt")
+    state["config"]["data"] = str(copy)
+    save_checkpoint(state, run / "best.pt")
+    assert "warning" not in evaluate_run(run, device="cpu", progress=False).metrics  # same photos, other place
+    (copy / "train" / "Dog" / "0.jpg").rename(copy / "test" / "Dog" / "from-train.jpg")
+    flagged = evaluate_run(run, device="cpu", progress=False).metrics
+    assert "is not the test split this run was trained with" in flagged["warning"]
+    assert flagged["images"] == 13

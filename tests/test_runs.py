@@ -82,3 +82,12 @@ def test_resolve_checkpoint_by_path(tmp_path: Path) -> None:
         resolve_checkpoint(run, str(other))
     other.write_bytes(b"x")
     assert resolve_checkpoint(run, str(other)) == other
+
+
+def test_a_run_stopped_in_its_first_epoch_points_to_last_and_resume(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"")
+    with pytest.raises(CatsdogsError, match="no best.pt yet .* --checkpoint last .* `catsdogs train --resume"):
+        resolve_checkpoint(run, "best")
+    assert resolve_checkpoint(run, "last") == run / "last.pt"

@@ -150,7 +150,7 @@ def test_extending_a_finished_run_equals_the_longer_run(data: Path, tmp_path: Pa
 
 
 @pytest.mark.parametrize("flag, value", [("model", "other"), ("image_size", 128), ("batch_size", 4),
-                                         ("optim", "momentum"), ("data", "elsewhere")])
+                                         ("optim", "momentum")])
 def test_resume_refuses_conflicting_settings(data: Path, tmp_path: Path, flag: str, value) -> None:
     run = train(make_config(data, tmp_path / "run", epochs=1), progress=False, log=quiet).run_dir
     with pytest.raises(UsageError, match=f"--{flag.replace('_', '-')} .*conflicts"):
@@ -174,9 +174,9 @@ def test_best_checkpoint_is_not_replaced_by_a_worse_model_after_resume(data: Pat
 
 
 def test_early_stopping_triggers_after_patience(data: Path, tmp_path: Path) -> None:
-    # With lr 0 the model never changes, so validation accuracy never improves after epoch 1.
+    # With lr 1e-12 the model barely changes, so validation accuracy never improves after epoch 1.
     messages: list[str] = []
-    result = train(make_config(data, tmp_path / "run", epochs=6, lr=0.0, patience=2), progress=False,
+    result = train(make_config(data, tmp_path / "run", epochs=6, lr=1e-12, patience=2), progress=False,
                    log=messages.append)
     assert result.status == "early-stopped" and result.epochs_done == 3
     assert any("early stop" in m for m in messages)
@@ -266,3 +266,45 @@ def test_sigkill_at_any_moment_leaves_a_loadable_last_checkpoint(data: Path, tmp
         process.wait()
         state = load_checkpoint(out / "last.pt")
         assert state["progress"]["epoch"] >= 1
+
+
+def test_a_run_records_its_data_folder_absolute_and_resumes_from_anywhere(data: Path, tmp_path: Path,
+                                                                        monkeypatch) -> None:
+    monkeypatch.chdir(data.parent)
+    run = train(make_config(Path("data"), tmp_path / "run", epochs=1), progress=False, log=quiet).run_dir
+    saved = load_checkpoint(run / "last.pt")
+    assert saved["config"]["data"] == str(data.resolve())
+    assert set(saved["data_fingerprint"]) == {"train", "val", "test"} and saved["data_fingerprint"]["test"]
+    monkeypatch.chdir(tmp_path)  # somewhere else entirely
+    assert train(None, resume=run, flags={"epochs": 2}, progress=False, log=quiet).epochs_done == 2
+
+
+def test_resume_follows_a_moved_split_but_refuses_a_new_one(data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    run = train(make_config(data, tmp_path / "run", epochs=1), progress=False, log=quiet).run_dir
+    moved = Path(shutil.copytree(data, tmp_path / "moved" / "data"))
+    shutil.rmtree(data)
+    result = train(None, resume=run, flags={"data": str(moved), "epochs": 2}, progress=False, log=quiet)
+    assert result.epochs_done == 2 and load_checkpoint(run / "last.pt")["config"]["data"] == str(moved)
+    # A re-split: one training photo swapped into validation.
+    (moved / "train" / "Cat" / "0.jpg").rename(moved / "val" / "Cat" / "moved-from-train.jpg")
+    with pytest.raises(CatsdogsError, match=r"does not hold the split .* \(re-split since\?\)"):
+        train(None, resume=run, flags={"epochs": 3}, progress=False, log=quiet)
+
+
+def test_a_run_folder_inside_the_split_is_refused(data: Path) -> None:
+    with pytest.raises(UsageError, match="inside .*train, where it would be read as a class"):
+        train(make_config(data, data / "train" / "run"), progress=False, log=quiet)
+    assert sorted(p.name for p in (data / "train").iterdir()) == ["Cat", "Dog"]
+
+
+def test_an_existing_out_folder_is_never_reused_and_the_run_says_where_it_went(data: Path, tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.txt").write_text("mine")
+    lines: list[str] = []
+    result = train(make_config(data, tmp_path / "run", epochs=1), progress=False, log=lines.append)
+    assert result.run_dir == tmp_path / "run-2"
+    assert f"{tmp_path / 'run'} already exists, so this run goes to {tmp_path / 'run-2'} (a run never reuses a " \
+           "folder)" in lines
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["keep.txt"]
