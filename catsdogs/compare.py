@@ -132,13 +132,14 @@ def _check(spec: StudySpec) -> tuple[TrainConfig, float | None]:
     if not 0 < spec.target_acc <= 1:
         raise UsageError(f"--target-acc is an accuracy between 0 and 1, got {spec.target_acc}")
     seconds = parse_budget(spec.budget)
-    base = dataclasses.replace(spec.base, data=str(Path(spec.base.data).resolve()))
     for name in spec.optims:
-        resolve_config(dataclasses.replace(base, optim=name))
-    read_split(base.data, "val", read_split(base.data, "train").classes)
-    if not (Path(base.data) / "test").is_dir():  # listed only, never read, until the study evaluates
-        raise CatsdogsError(f"{base.data} has no test/ folder: the study evaluates every run on it")
-    return base, seconds
+        resolve_config(dataclasses.replace(spec.base, optim=name))
+    data = Path(spec.base.data)  # as the user typed it, so messages name it as `train` does
+    read_split(data, "val", read_split(data, "train").classes)
+    if not (data / "test").is_dir():  # listed only, never read, until the study evaluates
+        raise CatsdogsError(f"{data} has no test/ folder: the study evaluates every run on it")
+    # Absolute from here on: study.json and each run's config.yaml then name the folder from any working folder.
+    return dataclasses.replace(spec.base, data=str(data.resolve())), seconds
 
 
 def _identity(spec: StudySpec, base: TrainConfig, seeds: list[int]) -> dict[str, Any]:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from catsdogs.errors import CatsdogsError
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 FORMATS = (".png", ".svg", ".pdf")
 
@@ -40,6 +44,13 @@ def run_label(run_dir: Path) -> str:
     return f"{run_dir.name} ({optim})" if optim and optim != run_dir.name else run_dir.name
 
 
+def set_epoch_ticks(ax: Axes) -> None:
+    """Whole epochs only on the x axis, even for a run of one or two epochs."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
 def plot_curves(run_dirs: list[Path], out: Path) -> Path:
     """Draw training/validation loss and accuracy of every run; the format follows `out`'s suffix."""
     if out.suffix.lower() not in FORMATS:
@@ -63,6 +74,7 @@ def plot_curves(run_dirs: list[Path], out: Path) -> Path:
     loss_ax.set(title="Training and validation loss", xlabel="epoch", ylabel="cross-entropy loss")
     acc_ax.set(title="Training and validation accuracy", xlabel="epoch", ylabel="accuracy")
     for ax in (loss_ax, acc_ax):
+        set_epoch_ticks(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -219,6 +219,21 @@ def _evidence_note(seeds: int) -> str:
             "intervals.")
 
 
+def _ranking_text(rows: list[dict[str, Any]], adjacent: list[dict[str, Any]]) -> str:
+    """'a (..) > b (..) ≈ c (..)', with '>' only where the paired test tells the gap (with one seed: any gap)."""
+    meanings = {"=": "= equal means", "≈": f"≈ a gap the seeds cannot tell apart, p ≥ {ALPHA:g}"}
+    text, signs = f"{rows[0]['optim']} ({_mean_sd(rows[0]['test_acc'])})", set()
+    for above, row, pair in zip(rows, rows[1:], adjacent):
+        if math.isclose(above["test_acc"]["mean"], row["test_acc"]["mean"], rel_tol=0.0, abs_tol=1e-12):
+            sign = "="
+        else:
+            sign = "≈" if pair["distinguishable"] is False else ">"
+        signs.add(sign)
+        text += f" {sign} {row['optim']} ({_mean_sd(row['test_acc'])})"
+    legend = [meaning for sign, meaning in meanings.items() if sign in signs]
+    return text + "." + (f" ({'; '.join(legend)})" if legend else "")
+
+
 def _comparison_rows(comparisons: list[dict[str, Any]]) -> list[str]:
     lines = ["| comparison | mean gap | 95% interval of the gap | better on | t | p | verdict |",
              "|---|---:|---:|---:|---:|---:|---|"]
@@ -228,7 +243,8 @@ def _comparison_rows(comparisons: list[dict[str, Any]]) -> list[str]:
             gap = interval = better_on = t = "—"
         else:
             gap = f"{100 * test['mean_diff']:+.1f} pp"
-            interval = f"{100 * test['ci95'][0]:+.1f} to {100 * test['ci95'][1]:+.1f} pp"
+            interval = ("none: the same gap on every seed" if test["sd_diff"] == 0 else
+                        f"{100 * test['ci95'][0]:+.1f} to {100 * test['ci95'][1]:+.1f} pp")
             better_on = f"{test['wins']} of {test['n']} seeds"
             t = "∞" if test["t"] is None else f"{test['t']:.2f}"
         lines.append(f"| {item['better']} vs {item['worse']} | {gap} | {interval} | {better_on} | {t} | "
@@ -240,11 +256,11 @@ def format_report(summary: dict[str, Any]) -> str:
     """report.md: the answer first, then the evidence, the figures, the settings and every run."""
     rows, seeds, target = summary["ranking"], summary["seeds"], summary["target_val_acc"]
     n = len(seeds)
-    order = " > ".join(f"{r['optim']} ({_mean_sd(r['test_acc'])})" for r in rows)
+    order = _ranking_text(rows, summary["adjacent"])
     real = [f"{c['better']} > {c['worse']}" for c in summary["adjacent"] if c["distinguishable"]]
     lines = [f"# Optimizer study: {', '.join(summary['optims'])}", "",
              f"**Ranking by mean test accuracy over {n} seed{'s' if n > 1 else ''} ({', '.join(map(str, seeds))}):** "
-             f"{order}.", ""]
+             f"{order}", ""]
     if n > 1:
         lines += [f"**Gaps between neighbours that the seeds can tell apart** (paired t-test, p < {ALPHA:g}): "
                   f"{', '.join(real) if real else 'none'}. {n} seeds are weak evidence: read the tests below "
@@ -256,8 +272,9 @@ def format_report(summary: dict[str, Any]) -> str:
         they, their = ("it has", "its") if len(stuck) == 1 else ("they have", "their")
         lines += [f"**Warning:** {', '.join(stuck)} stayed within 5 points of chance ({_pct(summary['chance_acc'])}, "
                   f"always guessing the larger class): {they} not learned yet in this budget, so {their} place in "
-                  "the ranking says little. Train longer (`--epochs`, `--budget seconds:S`) or tune the learning "
-                  "rate (`--tune-lr`).", ""]
+                  "the ranking says little. Train longer (`--epochs`, `--budget seconds:S`)"
+                  + ("; this study already tuned the learning rates (`--tune-lr`)."
+                     if summary["tune_lr"] else " or tune the learning rate (`--tune-lr`)."), ""]
     steps = _next_steps(summary)
     if steps:
         lines += ["**Next steps:**", "", *(f"- {step}" for step in steps), ""]
@@ -325,10 +342,7 @@ def _next_steps(summary: dict[str, Any]) -> list[str]:
     rows, n, steps = summary["ranking"], len(summary["seeds"]), []
     tests = [c["test"] for c in summary["adjacent"] if c["test"]]
     if n == 1 or (n < 5 and not all(c["distinguishable"] for c in summary["adjacent"])):
-        width = max((t["ci95"][1] - t["ci95"][0]) / 2 for t in tests) if tests else None
-        steps.append(f"Run more seeds (`--seeds {max(5, n + 2)}`): " + (
-            f"with {n} seeds the 95% intervals of the gaps between neighbours reach ±{100 * width:.0f} points."
-            if width is not None else "one seed gives no uncertainty at all."))
+        steps.append(f"Run more seeds (`--seeds {max(5, n + 2)}`): {_spread_note(tests, n)}")
     if all(r["epochs_to_target"]["reached"] == 0 for r in rows):
         steps.append(f"No run reached {_pct(summary['target_val_acc'], 0)} validation accuracy: train longer "
                      "(`--epochs`, or `--budget seconds:S`) before trusting the ranking.")
@@ -341,6 +355,18 @@ def _next_steps(summary: dict[str, Any]) -> list[str]:
         steps.append(f"At equal epochs {walls[-1]['optim']} took {ratio:.1f}× the wall time of {walls[0]['optim']}; "
                      "`--budget seconds:S` compares them at equal time.")
     return steps
+
+
+def _spread_note(tests: list[dict[str, Any]], n: int) -> str:
+    """How uncertain the gaps between neighbours are, in words that fit a zero spread too."""
+    if not tests:
+        return "one seed gives no uncertainty at all."
+    width = 100 * max((t["ci95"][1] - t["ci95"][0]) / 2 for t in tests)
+    if width == 0:
+        return (f"every seed gave the same gap between each pair of neighbours (no spread across seeds), and {n} "
+                "seeds are too few to show that other seeds would too.")
+    points = f"{width:.0f}" if width >= 1 else f"{width:.1g}"
+    return f"with {n} seeds the 95% intervals of the gaps between neighbours reach ±{points} points."
 
 
 def format_sweep(sweep: dict[str, Any]) -> list[str]:

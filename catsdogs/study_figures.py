@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from catsdogs.plots import read_history
+from catsdogs.plots import read_history, set_epoch_ticks
 from catsdogs.report import RUNS_DIR, _mean_sd, _pct, run_name
 
 
@@ -50,10 +50,7 @@ def plot_study_curves(study_dir: Path, summary: dict[str, Any], out: Path) -> Pa
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
         ax.set_xlim(0.5, longest + 0.5)
-        if longest <= 20:
-            ax.set_xticks(range(1, longest + 1))
-        else:
-            ax.xaxis.get_major_locator().set_params(integer=True)
+        set_epoch_ticks(ax)
     acc_ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(out, dpi=120)

@@ -265,6 +265,8 @@ def test_tuning_the_learning_rate_never_reads_the_test_split(tmp_path: Path, mon
     report = (out / "report.md").read_text()
     assert "## Learning-rate sweep" in report and "The test split was not read" in report
     assert "sweep (best validation accuracy)" in report
+    assert json.loads((out / "study.json").read_text())["tune_lr"] is True
+    assert "tune the learning rate (`--tune-lr`)" not in report and "`--tune-lr` compares each" not in report
 
 
 def test_a_seconds_budget_gives_every_run_the_same_time(data: Path, tmp_path: Path) -> None:
@@ -301,6 +303,20 @@ def test_bad_arguments_are_refused_with_one_line(data: Path, tmp_path: Path) -> 
         run_study(spec_for(data, tmp_path / "busy"), force=True, progress=False, log=quiet)
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_missing_data_folder_is_named_as_typed(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CatsdogsError) as info:
+        run_study(spec_for(Path("nodir"), Path("study")), progress=False, log=quiet)
+    assert str(info.value) == ("data folder nodir does not exist: run `catsdogs split PetImages` first, "
+                               "or pass --data DIR")
+    result = CliRunner().invoke(main, ["compare", "--data", "nodir", "--optims", "adam", "--device", "cpu"])
+    assert result.exit_code == 1 and result.output == f"Error: {info.value}\n"
+    shutil.rmtree(write_tiny_split(tmp_path, per_class=(2, 1, 1), size=8) / "test")
+    with pytest.raises(CatsdogsError, match="^data has no test/ folder: the study evaluates every run on it$"):
+        run_study(spec_for(Path("data"), Path("study")), progress=False, log=quiet)
+    assert not (tmp_path / "study").exists()
 
 
 def test_compare_command_end_to_end(study: tuple[Path, list[str]], data: Path) -> None:

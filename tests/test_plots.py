@@ -25,6 +25,12 @@ def make_run(folder: Path, optim: str, epochs: int = 3) -> Path:
     return folder
 
 
+def visible_ticks(ax) -> list[float]:
+    """The x tick locations inside the axes' view (a locator may also place some just outside it)."""
+    low, high = ax.get_xlim()
+    return [float(t) for t in ax.get_xticks() if low <= t <= high]
+
+
 @pytest.fixture
 def drawn(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     """What each figure showed just before plot_curves closed it: titles, legend labels, line data."""
@@ -35,7 +41,8 @@ def drawn(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
         seen.append({"titles": [ax.get_title() for ax in fig.axes],
                      "legends": [[t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes],
                      "lines": [[(list(l.get_xdata()), list(l.get_ydata())) for l in ax.get_lines()]
-                               for ax in fig.axes]})
+                               for ax in fig.axes],
+                     "xticks": [visible_ticks(ax) for ax in fig.axes]})
         close(fig)
 
     monkeypatch.setattr(plt, "close", record)
@@ -82,6 +89,13 @@ def test_one_run_draws_loss_and_accuracy_against_epoch(tmp_path: Path, drawn: li
     assert train_loss[0] == [1.0, 2.0, 3.0]
     assert train_loss[1] == pytest.approx([0.6, 0.5, 0.4])
     assert val_acc[1] == pytest.approx([0.55, 0.6, 0.65])
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 3])
+def test_the_epoch_axis_has_whole_epochs_only(tmp_path: Path, drawn: list[dict], epochs: int) -> None:
+    plot_curves([make_run(tmp_path / "adam", "adam", epochs)], tmp_path / "curves.png")
+    (figure,) = drawn
+    assert figure["xticks"] == [[float(e) for e in range(1, epochs + 1)]] * 2
 
 
 def test_several_runs_are_overlaid_with_run_and_optimizer_in_the_legend(tmp_path: Path,
