@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 
 from catsdogs.checkpoint import write_text_atomic
-from catsdogs.data import (SPLITS, BatchSource, ImageSplit, class_folders, load_cache, read_class_folder, read_split,
+from catsdogs.data import (SPLITS, BatchSource, class_folders, load_cache, read_class_folder, read_split,
                            split_fingerprint)
+from catsdogs.errors import CatsdogsError
 from catsdogs.loop import evaluate_source
 from catsdogs.predict import load_trained
 from catsdogs.transforms import eval_preset
@@ -105,7 +106,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     else:
         image_split = read_split(data or cfg.data, split, classes)
         images = load_cache(image_split, cfg.image_size, cfg.cache, progress=progress)
-    warning = changed_split_warning(trained.data_fingerprint, image_split, split, data is None)
+    warning = changed_split_warning(trained.data_fingerprint, cfg.data, classes, data is None)
     source = BatchSource(image_split, eval_preset(cfg.image_size), images, workers=0 if images is not None else 1,
                          device=torch_device)
     loss, _, probs, labels = evaluate_source(trained.model, source, trained.precision, torch_device, show=progress,
@@ -136,15 +137,23 @@ def checkpoint_suffix(checkpoint: str) -> str:
     return "_last" if checkpoint == "last" else f"_{Path(checkpoint).stem}"
 
 
-def changed_split_warning(saved: dict[str, str | None] | None, image_split: ImageSplit, split: str,
+def changed_split_warning(saved: dict[str, str | None] | None, data: str | Path, classes: list[str],
                           own_data: bool) -> str | None:
-    """A warning when the run's own split folder no longer holds the photos it had at training time."""
-    if not own_data or not saved or not saved.get(split):
+    """A warning when the run's own split folder was split again after the run was trained.
+
+    Its train and val file lists then differ from the ones recorded at training time, and the
+    test photos may include some the model trained on.
+    """
+    if not own_data or not saved:
         return None
-    if split_fingerprint(image_split) == saved[split]:
+    try:
+        now = {name: split_fingerprint(read_split(data, name, classes)) for name in ("train", "val")}
+    except CatsdogsError:
+        return f"{data} no longer holds the train/val split this run was trained with; check the test photos"
+    if all(now[name] == saved.get(name) for name in now):
         return None
-    return (f"{image_split.root} is not the {split} split this run was trained with (re-split since?): "
-            "some of its photos may have been in training, so this accuracy may be too high")
+    return (f"{data} has been split again since this run was trained (its train/val photos differ): some "
+            "test photos may have been in training, so this accuracy may be too high")
 
 
 def is_plain_class_folder(folder: Path, classes: list[str]) -> bool:

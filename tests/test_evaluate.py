@@ -185,5 +185,5 @@ def test_other_checkpoints_write_beside_best_and_a_re_split_test_set_is_flagged(
     assert "warning" not in evaluate_run(run, device="cpu", progress=False).metrics  # same photos, other place
     (copy / "train" / "Dog" / "0.jpg").rename(copy / "test" / "Dog" / "from-train.jpg")
     flagged = evaluate_run(run, device="cpu", progress=False).metrics
-    assert "is not the test split this run was trained with" in flagged["warning"]
+    assert "has been split again since this run was trained" in flagged["warning"]
     assert flagged["images"] == 13
