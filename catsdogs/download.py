@@ -7,8 +7,10 @@ stderr; the caller reports the returned `DownloadResult`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
+import itertools
 import os
 import shutil
 import stat
@@ -71,7 +73,8 @@ def download_petimages(
 
     The zip is kept after extraction (`result.archive`, about 787 MB for the real one) so that
     extracting again never needs the network; delete it by hand once `PetImages` is in place.
-    Every failure is a CatsdogsError with a one-line message; nothing the user had is deleted.
+    Every failure is a CatsdogsError with a one-line message; nothing the user had is deleted,
+    and a folder this call created is removed again when the failure leaves it empty.
     """
     dest = Path(dest)
     target = dest / PETIMAGES_DIR
@@ -83,29 +86,49 @@ def download_petimages(
             f"{target} exists but lacks non-empty {' and '.join(CLASS_DIRS)} folders; "
             "move it away (or delete it) and run the download again"
         )
+    made = list(itertools.takewhile(lambda folder: not folder.exists(), [dest, *dest.parents]))
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise CatsdogsError(f"cannot create {dest}: {error.strerror or error}") from error
 
+    part = archive.with_name(archive.name + ".part")
     downloaded = False
-    if archive.is_file():
-        # A .zip only ever appears here after verification, or because the user put it there.
-        _verify(archive, expected_size, sha256, what_next=f"move {archive} away and run the download again")
-    else:
-        part = archive.with_name(archive.name + ".part")
-        announced = _fetch(url, part, expected_size, progress, timeout)
-        downloaded = True
-        _verify(
-            part,
-            expected_size if expected_size is not None else announced,
-            sha256,
-            what_next=f"delete {part} and run the download again to fetch it afresh",
-            if_short="run the download again to resume it",
-        )
-        os.replace(part, archive)
-    _extract(archive, target, progress)
+    try:
+        if archive.is_file():
+            # A .zip only ever appears here after verification, or because the user put it there.
+            _verify(archive, expected_size, sha256, what_next=f"move {archive} away and run the download again")
+        else:
+            announced = _fetch(url, part, expected_size, progress, timeout)
+            downloaded = True
+            _verify(
+                part,
+                expected_size if expected_size is not None else announced,
+                sha256,
+                what_next=f"delete {part} and run the download again to fetch it afresh",
+                if_short="run the download again to resume it",
+            )
+            os.replace(part, archive)
+        _extract(archive, target, progress)
+    except BaseException:
+        _remove_what_holds_nothing(part, made)
+        raise
     return DownloadResult(target, archive, downloaded, True)
+
+
+def _remove_what_holds_nothing(part: Path, made: list[Path]) -> None:
+    """After a failure, remove an empty `.part` and the folders in `made` (deepest first) left empty.
+
+    A `.part` with bytes in it stays for the next run to resume, and so does its folder.
+    """
+    with contextlib.suppress(OSError):
+        if part.stat().st_size == 0:
+            part.unlink()
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or not ours to remove): nor are the folders above it
+            break
 
 
 def _archive_name(url: str) -> str:

@@ -7,17 +7,17 @@ import hashlib
 import os
 import signal
 import stat
-import warnings
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 from tqdm import tqdm
 
-from catsdogs.images import is_image_name, to_rgb
+from catsdogs.images import is_image_name, load_rgb
+from catsdogs.staging import ctrl_c_deferred
 
 # How a file that is not used is filed in rejected.csv (the `status` column).
 REJECTED = "rejected"  # meant to be a photo, but broken or unsafe
@@ -171,15 +171,8 @@ def check_image(path: str) -> ImageCheck:
             return ImageCheck(EMPTY, "", sha256, 0, 0)
         file.seek(0)
         try:
-            with warnings.catch_warnings():
-                # Odd EXIF blocks and palette transparency warn harmlessly; a bomb must not pass.
-                warnings.simplefilter("ignore")
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(file) as image:
-                    image.load()
-                    # Training applies the EXIF rotation and converts to RGB; both must work.
-                    image = to_rgb(ImageOps.exif_transpose(image))
-                    width, height = image.size
+            # Decoded as training reads it: EXIF rotation and RGB conversion must work too.
+            width, height = load_rgb(file).size
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
             return ImageCheck(BOMB, _first_line(error), sha256, 0, 0)
         except UnidentifiedImageError:
@@ -195,7 +188,7 @@ def _first_line(error: BaseException) -> str:
 
 
 def _init_worker() -> None:
-    # Ctrl-C is handled once, by the parent, which then cleans up; workers just finish.
+    # Ctrl-C is for the parent, which then ends the workers itself (see _stop_workers).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Another module may have relaxed this for training; truncation must stay an error here.
     ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -219,13 +212,31 @@ def check_images(paths: list[str], jobs: int, progress: bool = True) -> list[Ima
         chunksize = max(1, min(64, len(paths) // (jobs * 8)))
         executor = ProcessPoolExecutor(max_workers=min(jobs, len(paths)), initializer=_init_worker)
         try:
+            # The workers start here; a forked one keeps this deferral until _init_worker ignores Ctrl-C.
+            with ctrl_c_deferred():
+                checks = executor.map(check_image, paths, chunksize=chunksize)
             results = []
-            for result in executor.map(check_image, paths, chunksize=chunksize):
+            for result in checks:
                 results.append(result)
                 bar.update()
+            executor.shutdown(wait=True)
             return results
-        finally:
-            executor.shutdown(wait=True, cancel_futures=True)
+        except BaseException:
+            _stop_workers(executor)
+            raise
+
+
+def _stop_workers(executor: ProcessPoolExecutor) -> None:
+    """End the workers now, whatever they are doing, and wait until they are gone.
+
+    A graceful shutdown would let each finish its chunk, and a second Ctrl-C during it left
+    the pool's queues locked: the parent and its workers then waited on each other forever.
+    """
+    with ctrl_c_deferred():
+        # No public way to reach them before Python 3.14's executor.terminate_workers().
+        for process in list((executor._processes or {}).values()):
+            process.terminate()
+        executor.shutdown(wait=True, cancel_futures=True)
 
 
 def deduplicate(photos: list[Photo]) -> tuple[list[Photo], list[LeftOut]]:

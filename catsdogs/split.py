@@ -79,6 +79,7 @@ class SplitSummary:
             lines.append(f"  Duplicates removed (same bytes, one copy kept): {self.duplicates_removed}")
         if self.conflicts:
             lines.append(f"  Label conflicts (same bytes under two classes, all copies out): {self.conflicts}")
+        # Only a split recorded before such splits were refused (see _refuse_empty_splits) gets here.
         empty = [f"{split}/{name}" for split in SPLITS for name in self.classes if not self.counts[split][name]]
         if empty:
             lines.append(f"Warning: no photos in {', '.join(empty)}: too few photos for these ratios.")
@@ -103,10 +104,10 @@ def _check_ratios(values: tuple[float, ...], shown: str) -> tuple[float, float, 
     if len(values) != 3:
         raise UsageError(f"--ratios {shown!r} has {len(values)} numbers; give three, train,val,test, "
                          f"such as 0.63,0.07,0.30")
-    if not all(math.isfinite(value) and value >= 0 for value in values):
-        raise UsageError(f"--ratios {shown!r} must be fractions of 0 or more, such as 0.63,0.07,0.30")
-    if values[0] <= 0:
-        raise UsageError(f"--ratios {shown!r} leaves nothing to train on: the first (train) must be above 0")
+    if not all(math.isfinite(value) and value > 0 for value in values):
+        raise UsageError(f"--ratios {shown!r}: train, val and test must each be above 0 (train validates every "
+                         f"epoch; evaluate measures on test; to measure on photos elsewhere use "
+                         f"`catsdogs evaluate RUN --data FOLDER`)")
     if abs(sum(values) - 1.0) > 1e-6:
         raise UsageError(f"--ratios {shown!r} adds up to {sum(values):.6g}; the three fractions must add up to 1")
     return (float(values[0]), float(values[1]), float(values[2]))
@@ -157,6 +158,7 @@ def split_dataset(source: str | Path, out: str | Path = "data",
         raise _too_few_classes(classes, source, left_out)
 
     rows = _assign(photos, classes, ratios, seed, layout)
+    _refuse_empty_splits(rows, classes, ratios)
     summary = SplitSummary(
         out=out, source=source, layout=layout, mode=mode, classes=classes,
         counts={split: {name: 0 for name in classes} for split in SPLITS},
@@ -265,6 +267,17 @@ def _assign(photos: list[Photo], classes: list[str], ratios: tuple[float, float,
                          "width": photo.width, "height": photo.height,
                          "file": f"{split}/{name}/{file_names[photo.path]}"})
     return sorted(rows, key=lambda row: row["path"])
+
+
+def _refuse_empty_splits(rows: list[dict], classes: list[str], ratios: tuple[float, float, float]) -> None:
+    """Refuse a split that gives some class no photo in train, val or test: train and evaluate need each."""
+    counts = Counter((row["class"], row["split"]) for row in rows)
+    short = [f"of {name} ({sum(counts[name, split] for split in SPLITS)} usable) to "
+             + " or ".join(split for split in SPLITS if not counts[name, split])
+             for name in classes if not all(counts[name, split] for split in SPLITS)]
+    if short:
+        raise UsageError(f"--ratios {','.join(map(str, ratios))} gives no photo {', '.join(short)}: each class "
+                         f"needs one or more in train, val and test; add photos, or raise the smaller fractions")
 
 
 def _output_names(members: list[Photo], layout: str) -> dict[str, str]:

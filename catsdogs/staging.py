@@ -8,7 +8,8 @@ import json
 import os
 import secrets
 import shutil
-import tempfile
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -120,6 +121,27 @@ def check_existing(out: Path, record: dict, force: bool) -> dict | None:
 
 
 @contextmanager
+def ctrl_c_deferred() -> Iterator[None]:
+    """Hold off Ctrl-C while the block runs (cleanup that must finish); one that came is raised after it.
+
+    A second Ctrl-C landing inside a cleanup would otherwise cut it short, leaving staging
+    folders or worker processes behind. Only the main thread gets SIGINT, so elsewhere this
+    does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught and callable(previous):
+        previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt
+
+
+@contextmanager
 def write_atomically(out: Path) -> Iterator[Path]:
     """Yield an empty staging folder beside `out`; when the block ends, swap it into place as `out`.
 
@@ -127,8 +149,10 @@ def write_atomically(out: Path) -> Iterator[Path]:
     stays as it was; an OSError becomes a CatsdogsError that names `out`.
     """
     out.parent.mkdir(parents=True, exist_ok=True)
-    # Beside `out`, so the final rename stays on one file system and is atomic.
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-{os.getpid()}-", dir=out.parent))
+    # Beside `out`, so the final rename stays on one file system and is atomic. A plain mkdir,
+    # not mkdtemp (always 0700), so that `out` gets the mode the umask gives, readable by others.
+    staging = out.parent / f".{out.name}.staging-{os.getpid()}-{secrets.token_hex(4)}"
+    staging.mkdir()
     old = None
     try:
         yield staging
@@ -140,9 +164,10 @@ def write_atomically(out: Path) -> Iterator[Path]:
         os.rename(staging, out)
     except BaseException as error:
         # Leave no half-written split behind, and the previous one in place.
-        shutil.rmtree(staging, ignore_errors=True)
-        if old is not None and old.exists() and not out.exists():
-            os.rename(old, out)
+        with ctrl_c_deferred():
+            shutil.rmtree(staging, ignore_errors=True)
+            if old is not None and old.exists() and not out.exists():
+                os.rename(old, out)
         if isinstance(error, OSError):
             raise CatsdogsError(f"could not write the split beside {str(out)!r}: {error}; "
                                 f"check free space and permissions") from error

@@ -313,3 +313,27 @@ def test_kept_zip_is_extracted_without_network(tmp_path):
                                 sha256=hashlib.sha256(PAYLOAD).hexdigest(), progress=False)
     assert result == DownloadResult(tmp_path / "PetImages", tmp_path / ZIP_NAME, False, True)
     _assert_extracted(tmp_path)
+
+
+def test_a_failed_download_removes_the_folders_it_made(tmp_path):
+    with pytest.raises(CatsdogsError, match="Connection refused"):
+        download_petimages(tmp_path / "new" / "deeper", url=_closed_port_url(), progress=False, timeout=5.0)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "mine").mkdir()  # the user's own folder stays, even empty
+    with pytest.raises(CatsdogsError, match="Connection refused"):
+        download_petimages(tmp_path / "mine" / "new", url=_closed_port_url(), progress=False, timeout=5.0)
+    assert list(tmp_path.iterdir()) == [tmp_path / "mine"] and list((tmp_path / "mine").iterdir()) == []
+
+
+@pytest.mark.parametrize("received", [0, len(PAYLOAD) // 2])
+def test_a_dropped_download_into_a_new_folder_keeps_only_bytes_to_resume(server, tmp_path, received):
+    server.drop_after = received
+    dest = tmp_path / "new"
+    with pytest.raises(CatsdogsError, match=f"connection closed after {received} of"):
+        _fetch(server, dest)
+    if received:
+        assert [p.name for p in dest.iterdir()] == [f"{ZIP_NAME}.part"]
+        _fetch(server, dest)
+        _assert_extracted(dest)
+    else:  # an empty .part holds nothing to resume
+        assert list(tmp_path.iterdir()) == []

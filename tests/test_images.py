@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from test_split import write_blank_png
 
-from catsdogs.images import is_image_name, load_resized, load_rgb, resize_array, to_rgb
+from catsdogs.images import MAX_IMAGE_PIXELS, is_image_name, load_resized, load_rgb, resize_array, to_rgb
+from catsdogs.integrity import BOMB, check_image
 
 SIZE = 16
 
@@ -169,15 +169,23 @@ def test_a_file_that_is_not_an_image_raises(tmp_path: Path) -> None:
         load_resized(path, SIZE)
 
 
-def test_a_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
-    """A PNG header claiming 20000 x 20000 pixels (400 M, over twice the limit) in a few bytes."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", 20000, 20000, 1, 0, 0, 0, 0)
+@pytest.mark.parametrize("side, refusal", [
+    (16_000, Image.DecompressionBombWarning),  # 256 MP, just above MAX_IMAGE_PIXELS: Pillow only warns
+    (30_000, Image.DecompressionBombError),  # 900 MP, above twice it: Pillow raises by itself
+])
+def test_a_decompression_bomb_is_refused_before_decoding(tmp_path: Path, side: int, refusal: type) -> None:
+    assert side * side > MAX_IMAGE_PIXELS
     path = tmp_path / "bomb.png"
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0"))
-                     + chunk(b"IEND", b""))
-    with pytest.raises(Image.DecompressionBombError):
+    write_blank_png(path, side, side, header_only=True)
+    with pytest.raises(refusal):
         load_resized(path, SIZE)
+    assert check_image(str(path)).reason == BOMB  # split refuses it by the same bound
+
+
+def test_a_100_megapixel_photo_is_no_bomb(tmp_path: Path) -> None:
+    """Phones take 50-200 MP photos; a genuine 10000 x 10000 PNG decodes in split and in training."""
+    path = tmp_path / "big.png"
+    write_blank_png(path, 10_000, 10_000)
+    check = check_image(str(path))
+    assert (check.reason, check.width, check.height) == (None, 10_000, 10_000)
+    assert_rgb(load_resized(path, SIZE))

@@ -31,14 +31,17 @@ def write_photo(path: Path, seed: int, mode: str = "RGB", fmt: str = "JPEG", siz
     return path
 
 
-def write_blank_png(path: Path, width: int, height: int) -> None:
-    """A 1-bit PNG of any size in a few KB: the classic decompression bomb."""
+def write_blank_png(path: Path, width: int, height: int, header_only: bool = False) -> None:
+    """A 1-bit PNG of any size in a few KB: the classic decompression bomb (or a genuine huge photo).
+
+    `header_only` writes no pixel rows: only a decoder that trusts the header size is fooled.
+    """
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     packer = zlib.compressobj(9)
     row = b"\0" * (1 + (width + 7) // 8)
-    body = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    body = b"".join(packer.compress(row) for _ in range(0 if header_only else height)) + packer.flush()
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
 
@@ -79,8 +82,8 @@ def zoo(tmp_path: Path) -> tuple[Path, dict[str, object]]:
         assert header_only.size == (64, 64)
     (source / "Cat/empty.jpg").write_bytes(b"")
     (source / "Dog/text.jpg").write_text("not a photo\n")
-    write_blank_png(source / "Dog/bomb.png", 13_500, 13_500)  # above 2x MAX_IMAGE_PIXELS: PIL raises
-    write_blank_png(source / "Dog/bomb-warn.png", 10_000, 10_000)  # above 1x: PIL only warns
+    write_blank_png(source / "Dog/bomb.png", 23_000, 23_000)  # above 2x MAX_IMAGE_PIXELS: PIL raises
+    write_blank_png(source / "Dog/bomb-warn.png", 16_000, 16_000)  # above 1x: PIL only warns, split refuses
     (source / "Cat/Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0 thumbnails")
     (source / "Cat/.DS_Store").write_bytes(b"\0\0\0\1Bud1")
     (source / "Dog/notes.txt").write_text("vet on monday\n")
@@ -263,12 +266,29 @@ def test_user_errors_say_what_is_wrong(tmp_path):
     ("0.5,0.5", r"has 2 numbers; give three"),
     ("a,b,c", r"'a,b,c' is not a list of numbers"),
     ("0.6,0.3,0.3", r"adds up to 1.2"),
-    ("0,0.5,0.5", r"the first \(train\) must be above 0"),
-    ("1.2,-0.1,-0.1", r"fractions of 0 or more"),
+    ("0,0.5,0.5", r"train, val and test must each be above 0"),
+    ("1.2,-0.1,-0.1", r"train, val and test must each be above 0"),
+    ("nan,0.5,0.5", r"train, val and test must each be above 0"),
+    ("1,0,0", r"^--ratios '1,0,0': train, val and test must each be above 0 \(train validates every epoch; evaluate "
+              r"measures on test; to measure on photos elsewhere use `catsdogs evaluate RUN --data FOLDER`\)$"),
+    ("0.9,0.1,0", r"'0.9,0.1,0': train, val and test must each be above 0"),
 ])
 def test_parse_ratios_names_the_bad_value(text, message):
     with pytest.raises(UsageError, match=message):
         parse_ratios(text)
+
+
+@pytest.mark.parametrize("sizes, ratios, message", [
+    ({"Cat": 2, "Dog": 30}, (0.63, 0.07, 0.30), r"gives no photo of Cat \(2 usable\) to val: each class needs"),
+    ({"Cat": 1, "Dog": 30}, (0.63, 0.07, 0.30), r"gives no photo of Cat \(1 usable\) to val or test: "),
+    ({"Cat": 30, "Dog": 30}, (0.98, 0.01, 0.01), r"^--ratios 0.98,0.01,0.01 gives no photo of Cat \(30 usable\) to "
+                                                 r"test, of Dog \(30 usable\) to test: .*raise the smaller fractions$"),
+])
+def test_a_class_too_small_for_the_ratios_is_refused(tmp_path, sizes, ratios, message):
+    source = make_classes(tmp_path / "src", sizes)
+    with pytest.raises(UsageError, match=message):
+        split_dataset(source, tmp_path / "out", ratios=ratios, jobs=1, progress=False)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["src"]
 
 
 def test_parse_ratios_accepts_the_tutorial_split():

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from test_split import make_classes, read_rows, write_photo
 
 from catsdogs import staging
@@ -185,3 +188,70 @@ def test_a_failed_write_leaves_the_previous_out_and_no_staging_folder(tmp_path):
     with write_atomically(out) as folder:
         (folder / "new.txt").write_text("new")
     assert [p.name for p in out.iterdir()] == ["new.txt"] and [p.name for p in tmp_path.iterdir()] == ["data"]
+
+
+def test_a_second_ctrl_c_does_not_cut_the_cleanup_short(tmp_path, monkeypatch):
+    rmtree = shutil.rmtree
+
+    def interrupted_rmtree(path, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # another Ctrl-C, just as the cleanup starts
+        rmtree(path, **kwargs)
+
+    monkeypatch.setattr(staging.shutil, "rmtree", interrupted_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        with write_atomically(tmp_path / "data") as folder:
+            (folder / "half.txt").write_text("half")
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_twice_while_decoding_ends_at_once_and_leaves_nothing(tmp_path):
+    """Two SIGINTs to the process group (a double Ctrl-C, or `timeout -s INT`) while workers decode."""
+    y, x = np.mgrid[0:1500, 0:2000]
+    photo = tmp_path / "photo.jpg"  # smooth, so small on disk but slow enough to decode
+    Image.fromarray(np.stack([x % 256, y % 256, (x + y) % 256], -1).astype(np.uint8)).save(photo, quality=90)
+    for name in ("Cat", "Dog"):
+        (tmp_path / "src" / name).mkdir(parents=True)
+        for i in range(300):  # duplicates are only found after every file is decoded
+            os.link(photo, tmp_path / "src" / name / f"{i}.jpg")
+    out = tmp_path / "split-out"
+    with open(tmp_path / "stderr.txt", "w+") as stderr:
+        child = subprocess.Popen([sys.executable, "-m", "catsdogs", "split", "src", "--out", out.name, "--jobs", "2"],
+                                 cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60
+            while "Decoding images" not in (tmp_path / "stderr.txt").read_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)  # the workers are decoding by now
+            for _ in range(2):
+                os.killpg(child.pid, signal.SIGINT)
+                time.sleep(0.02)
+            returncode = child.wait(timeout=30)
+            with pytest.raises(ProcessLookupError):
+                os.killpg(child.pid, 0)  # no process of the group, no worker, is left
+        finally:
+            try:
+                os.killpg(child.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            child.wait()
+    errors = (tmp_path / "stderr.txt").read_text()
+    assert "100%" not in errors, "the signals should land while decoding"
+    # A shell shows both as 130: -SIGINT when the second Ctrl-C comes after Python's own exit began.
+    assert returncode in (130, -signal.SIGINT)
+    # What follows the line is the command line's exit, where a Ctrl-C still lands in atexit callbacks.
+    during_split, line, _ = errors.partition("interrupted")
+    assert line and "interrupted" not in _ and "Traceback" not in during_split
+    assert not out.exists() and not list(tmp_path.glob(f".{out.name}.*"))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_the_split_folder_gets_the_mode_the_umask_gives(tmp_path, umask):
+    source = make_classes(tmp_path / "src", {"Cat": 3, "Dog": 3})
+    old = os.umask(umask)
+    try:
+        split_dataset(source, tmp_path / "out", jobs=1, progress=False)
+    finally:
+        os.umask(old)
+    for folder in (tmp_path / "out", tmp_path / "out" / "train" / "Cat"):
+        assert folder.stat().st_mode & 0o777 == 0o777 & ~umask  # as a plain mkdir makes it
