@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,10 @@ class CatsdogsGroup(click.Group):
         except OSError as exc:  # a folder in the way, a full disk, no permission: not a bug to trace
             raise click.ClickException(describe_os_error(exc)) from None
         except KeyboardInterrupt:
-            click.echo("\ninterrupted at once (a run's last.pt from its last finished epoch can still be resumed)",
-                       err=True)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a further Ctrl-C must not cut the exit short
+            resumable = ctx.invoked_subcommand in ("train", "compare")
+            click.echo("\ninterrupted" + (" at once (a run's last.pt from its last finished epoch can still be "
+                                           "resumed)" if resumable else ""), err=True)
             sys.exit(130)
 
 

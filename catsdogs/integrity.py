@@ -7,11 +7,13 @@ import hashlib
 import os
 import signal
 import stat
+import threading
 from collections import defaultdict
+from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 from tqdm import tqdm
@@ -211,19 +213,45 @@ def check_images(paths: list[str], jobs: int, progress: bool = True) -> list[Ima
         # Chunks amortise the inter-process round trip without starving the progress bar.
         chunksize = max(1, min(64, len(paths) // (jobs * 8)))
         executor = ProcessPoolExecutor(max_workers=min(jobs, len(paths)), initializer=_init_worker)
-        try:
-            # The workers start here; a forked one keeps this deferral until _init_worker ignores Ctrl-C.
-            with ctrl_c_deferred():
-                checks = executor.map(check_image, paths, chunksize=chunksize)
-            results = []
-            for result in checks:
-                results.append(result)
-                bar.update()
-            executor.shutdown(wait=True)
-            return results
-        except BaseException:
-            _stop_workers(executor)
-            raise
+        with first_ctrl_c_only():
+            try:
+                # The workers start here; a forked one keeps this deferral until _init_worker ignores Ctrl-C.
+                with ctrl_c_deferred():
+                    checks = executor.map(check_image, paths, chunksize=chunksize)
+                results = []
+                for result in checks:
+                    results.append(result)
+                    bar.update()
+                executor.shutdown(wait=True)
+                return results
+            except BaseException:
+                _stop_workers(executor)
+                raise
+
+
+@contextmanager
+def first_ctrl_c_only() -> Iterator[None]:
+    """The first Ctrl-C raises KeyboardInterrupt; any more are ignored until the block has ended.
+
+    A second Ctrl-C in the instant between the first one and the start of the cleanup would
+    skip the cleanup, and the pool's exit handler then waits for the workers to finish every
+    photo. Only the main thread gets SIGINT, so elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised = []
+
+    def interrupt_once(signum: int, frame: object) -> None:
+        if not raised:
+            raised.append(signum)
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, interrupt_once)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _stop_workers(executor: ProcessPoolExecutor) -> None:
