@@ -33,30 +33,31 @@ EVAL_BATCH = 128
 class StopRequest:
     """First SIGINT/SIGTERM asks the loop to stop after the current step; a second one aborts.
 
-    A repeat within `REPEAT_SECONDS` counts as the same request: under torchrun each process
-    gets Ctrl-C twice at once, from the terminal and from torchrun passing it on.
+    Under torchrun each process gets Ctrl-C twice, from the terminal and from torchrun passing
+    it on (late, on a busy machine), so there a repeat within `repeat_window` seconds counts as
+    the same request. One process has no such echo: any second Ctrl-C aborts at once.
     """
 
-    REPEAT_SECONDS = 1.0
-
-    def __init__(self, log: Log) -> None:
+    def __init__(self, log: Log, repeat_window: float = 0.0) -> None:
         self.requested = False
         self.log = log
+        self.repeat_window = repeat_window
         self.first_at = 0.0
 
     def handle(self, signum: int, frame: Any) -> None:
         if self.requested:
-            if time.monotonic() - self.first_at < self.REPEAT_SECONDS:
+            if time.monotonic() - self.first_at < self.repeat_window:
                 return
             raise KeyboardInterrupt
         self.requested = True
         self.first_at = time.monotonic()
-        self.log("\nstopping after this step and saving last.pt (press Ctrl-C again to quit at once)")
+        again = f"again after {self.repeat_window:g} s " if self.repeat_window else "again "
+        self.log(f"\nstopping after this step and saving last.pt (press Ctrl-C {again}to quit at once)")
 
 
 @contextmanager
-def stop_on_signals(log: Log) -> Iterator[StopRequest]:
-    stop = StopRequest(log)
+def stop_on_signals(log: Log, repeat_window: float = 0.0) -> Iterator[StopRequest]:
+    stop = StopRequest(log, repeat_window)
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return

@@ -36,6 +36,8 @@ RESUMABLE_CHANGES = ("epochs", "device", "workers", "cache", "patience", "precis
 MAX_UNREADABLE_FRACTION = 0.01
 # Seeds of process r's augmentation and dropout streams are offset by r times this.
 RANK_SEED_STRIDE = 1_000_003
+# Seconds in which a second Ctrl-C under torchrun is taken as torchrun passing on the first.
+TORCHRUN_SIGNAL_ECHO = 5.0
 
 
 
@@ -234,7 +236,7 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
     identity = {"classes": list(train_split.classes), "init_hash": init_hash, "data_fingerprint": fingerprint}
     save_last = _LastSaver(run_dir, cfg, loop, identity, team)
     status = "finished"
-    with stop_on_signals(log) as stop:
+    with stop_on_signals(log, repeat_window=TORCHRUN_SIGNAL_ECHO if team.enabled else 0.0) as stop:
         while progress_state.epoch < cfg.epochs:
             completed = loop.run_epoch(progress_state, stop, progress)
             if not completed:

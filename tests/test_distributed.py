@@ -52,17 +52,21 @@ def test_team_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         team_from_environment()
 
 
-def test_ctrl_c_delivered_twice_at_once_is_one_request(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_under_torchrun_ctrl_c_delivered_twice_is_one_request(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = [100.0]
     monkeypatch.setattr(loop_module.time, "monotonic", lambda: clock[0])
-    stop = StopRequest(lambda _: None)
+    stop = StopRequest(lambda _: None, repeat_window=5.0)
     stop.handle(signal.SIGINT, None)
-    clock[0] += 0.2
-    stop.handle(signal.SIGINT, None)  # torchrun passing on the same Ctrl-C: no abort
-    assert stop.requested
     clock[0] += 2.0
+    stop.handle(signal.SIGINT, None)  # torchrun passing on the same Ctrl-C, late: no abort
+    assert stop.requested
+    clock[0] += 4.0
     with pytest.raises(KeyboardInterrupt):
         stop.handle(signal.SIGINT, None)  # a second, deliberate Ctrl-C
+    alone = StopRequest(lambda _: None)  # one process: no echo to wait for
+    alone.handle(signal.SIGINT, None)
+    with pytest.raises(KeyboardInterrupt):
+        alone.handle(signal.SIGINT, None)
 
 
 def test_other_commands_refuse_to_run_under_torchrun() -> None:
