@@ -10,7 +10,7 @@ install:
 test:
 	$(PYTHON) -m pytest -q
 
-# The four commands of the product on $(DATA); fetches the PetImages download when it is missing.
+# The product's commands on $(DATA), ending with heat maps of the worst test mistakes; fetches the PetImages download when it is missing.
 demo:
 	@if [ ! -d "$(DATA)" ]; then \
 	  if [ "$(notdir $(DATA))" = "PetImages" ]; then \
@@ -24,6 +24,7 @@ demo:
 	catsdogs train --optim adam
 	catsdogs evaluate
 	catsdogs plot-curves
+	catsdogs explain --mistakes 8
 
 bench:
 	$(PYTHON) benchmarks/bench_split.py
