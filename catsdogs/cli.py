@@ -28,6 +28,9 @@ class CatsdogsGroup(click.Group):
             return super().invoke(ctx)
         except UsageError as exc:
             raise OneLineUsageError(str(exc)) from None
+        except click.UsageError as exc:  # click's own: a bad option or value, in one line too
+            where = exc.ctx.command_path if exc.ctx is not None else "catsdogs"
+            raise OneLineUsageError(f"{exc.format_message()} (see `{where} --help`)") from None
         except CatsdogsError as exc:
             raise click.ClickException(str(exc)) from None
         except OSError as exc:  # a folder in the way, a full disk, no permission: not a bug to trace
@@ -256,6 +259,11 @@ def evaluate(run_dir: Path | None, split_name: str, checkpoint: str, data: str |
     click.echo(format_metrics(result.metrics))
     if "warning" in result.metrics:
         click.echo(f"warning: {result.metrics['warning']}", err=True)
+    unreadable = result.metrics["unreadable_images"]
+    if unreadable:
+        click.echo(f"warning: {len(unreadable)} photo(s) could not be read and were left out (listed in "
+                   f"{result.metrics_path.name}): {', '.join(unreadable[:3])}" + (" ..." if len(unreadable) > 3 else ""),
+                   err=True)
     click.echo(f"wrote {result.metrics_path}, {result.figure_path} and {result.predictions_path}")
 
 
@@ -277,7 +285,7 @@ _DEVICE_OPTION = click.option("--device", default="auto", show_default=True,
 
 
 @main.command()
-@click.argument("photos", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("photos", nargs=-1, required=True, type=click.Path(path_type=Path, readable=False))
 @_RUN_OPTION
 @_CHECKPOINT_OPTION
 @_DEVICE_OPTION
@@ -290,12 +298,13 @@ def predict(photos: tuple[Path, ...], run_dir: Path | None, checkpoint: str, dev
 
     Prints one line per photo: the class, its probability and the path.
     """
-    from catsdogs.predict import collect_photos, format_prediction_lines, load_trained, predict_photos
-    from catsdogs.predict import write_predictions_csv
+    from catsdogs.predict import format_prediction_lines, load_trained, predict_photos, write_predictions_csv
 
     if out is not None and out.suffix.lower() != ".csv":
         raise UsageError(f"--out {out}: give a file name ending in .csv")
-    files = collect_photos(photos)
+    if out is not None and not out.parent.is_dir():
+        raise UsageError(f"--out {out}: folder {out.parent} does not exist")
+    files = _photos_or_report(photos)
     trained = load_trained(_run_or_latest(run_dir), checkpoint, device)
     result = predict_photos(trained, files, tta=tta)
     if out is not None:
@@ -305,15 +314,36 @@ def predict(photos: tuple[Path, ...], run_dir: Path | None, checkpoint: str, dev
     else:
         for line in format_prediction_lines(result):
             click.echo(line)
+    for photo, reason in result.unreadable:  # on stderr, so that stdout stays one photo per line
+        click.echo(f"unreadable: {photo} ({reason})", err=True)
     counts = ", ".join(f"{n} {name}" for name, n in result.counts().items())
-    click.echo(f"{len(result.paths)} photos classified ({counts})"
+    click.echo(f"{_photos(len(result.paths))} classified ({counts})"
                + (f"; {len(result.unreadable)} unreadable" if result.unreadable else ""), err=True)
     if not result.paths:
-        raise click.ClickException(f"none of the {len(files)} photos could be read")
+        raise click.ClickException(_none_readable(len(files)))
+
+
+def _none_readable(count: int) -> str:
+    return "the photo could not be read" if count == 1 else f"none of the {count} photos could be read"
+
+
+def _photos(count: int) -> str:
+    return f"{count} photo" + ("" if count == 1 else "s")
+
+
+def _photos_or_report(paths: tuple[Path, ...]) -> list[Path]:
+    """The photos named (folders searched), telling on stderr what could not be searched."""
+    from catsdogs.predict import collect_photos
+
+    skipped: list[str] = []
+    files = collect_photos(paths, skipped)
+    for note in skipped:
+        click.echo(f"skipped: {note}", err=True)
+    return files
 
 
 @main.command()
-@click.argument("photos", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("photos", nargs=-1, type=click.Path(path_type=Path, readable=False))
 @_RUN_OPTION
 @_CHECKPOINT_OPTION
 @_DEVICE_OPTION
@@ -328,24 +358,26 @@ def explain(photos: tuple[Path, ...], run_dir: Path | None, checkpoint: str, dev
             target: str | None, layer: str | None, out: Path | None) -> None:
     """Show which parts of each photo made the model decide, as Grad-CAM heat maps."""
     from catsdogs.explain import explain_photos, worst_mistakes
-    from catsdogs.predict import collect_photos, load_trained
+    from catsdogs.predict import load_trained
 
-    if bool(photos) == bool(mistakes):
+    if photos and mistakes:
         raise UsageError("name photos (or folders) to explain, or use --mistakes N, not both")
+    if not photos and not mistakes:
+        raise UsageError("name photos (or folders) to explain, or use --mistakes N")
     run_dir = _run_or_latest(run_dir)
     truths = worst_mistakes(run_dir, mistakes) if mistakes else None
-    files = list(truths) if truths else collect_photos(photos)
+    files = list(truths) if truths else _photos_or_report(photos)
     trained = load_trained(run_dir, checkpoint, device)
     done, unreadable, used_layer = explain_photos(trained, files, out or run_dir / "explain", target, layer,
                                                   truths=truths)
     for item in done:
         click.echo(f"{item.predicted:<8}{item.probability:>7.3f}  {item.photo} -> {item.figure}")
     for photo, reason in unreadable:
-        click.echo(f"{'-':<8}{'-':>7}  {photo}: unreadable ({reason})")
+        click.echo(f"unreadable: {photo} ({reason})", err=True)
     listing = (out or run_dir / "explain") / "explanations.csv"
-    click.echo(f"{len(done)} explained at layer {used_layer}; list in {listing}", err=True)
+    click.echo(f"{_photos(len(done))} explained at layer {used_layer}; list in {listing}", err=True)
     if not done:
-        raise click.ClickException(f"none of the {len(files)} photos could be read")
+        raise click.ClickException(_none_readable(len(files)))
 
 
 @main.command("plot-curves")

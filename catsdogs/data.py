@@ -51,19 +51,23 @@ def read_split(data_dir: str | Path, split: str, classes: Sequence[str] | None =
     return read_class_folder(root, classes, hint)
 
 
-def read_class_folder(root: str | Path, classes: Sequence[str] | None = None, hint: str = "") -> ImageSplit:
-    """List `root/<class>/*` images, one subfolder per class; `classes`, when given, must match them."""
+def read_class_folder(root: str | Path, classes: Sequence[str] | None = None, hint: str = "",
+                      some_classes: bool = False) -> ImageSplit:
+    """List `root/<class>/*` images, one subfolder per class; `classes`, when given, must match them
+    (or, with `some_classes`, include them: photos of only some of the model's classes)."""
     root = Path(root)
     found = class_folders(root)
     if len(found) < 2 and classes is None:
         raise CatsdogsError(f"{root} has {len(found)} class folder(s) ({', '.join(found) or 'none'}); "
                             "a classifier needs at least two, one subfolder per class")
     names = list(classes) if classes is not None else found
-    if classes is not None and found != sorted(names):
+    if classes is not None and found != sorted(names) and not (some_classes and found and set(found) <= set(names)):
         raise CatsdogsError(f"{root} has classes {found}, but the model was trained on {sorted(names)}")
     paths: list[Path] = []
     labels: list[int] = []
     for index, name in enumerate(names):
+        if some_classes and name not in found:
+            continue
         files = sorted(p for p in (root / name).rglob("*") if p.is_file() and is_image_name(p))
         if not files:
             raise CatsdogsError(f"{root / name} holds no images (.jpg, .png, ...)" + (f": {hint}" if hint else ""))

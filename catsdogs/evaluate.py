@@ -96,12 +96,11 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     trained = load_trained(run_dir, checkpoint, device)
     cfg, classes, torch_device = trained.cfg, trained.classes, trained.device
     out_dir = Path(out_dir) if out_dir is not None else default_output_dir(run_dir, cfg.data, data)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if data is not None and is_plain_class_folder(Path(data), classes):
         # Photos sorted into class folders but not split: measure on all of them, and leave no
         # cache behind in a folder that is the user's own.
         split = "all"
-        image_split = read_class_folder(data, classes)
+        image_split = read_class_folder(data, classes, some_classes=True)
         images = None
     else:
         image_split = read_split(data or cfg.data, split, classes)
@@ -112,10 +111,13 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     loss, _, probs, labels = evaluate_source(trained.model, source, trained.precision, torch_device, show=progress,
                                              tta=tta)
     metrics = compute_metrics(probs, labels, classes)
-    metrics.update({"split": split, "loss": loss, "checkpoint": str(trained.checkpoint), "tta": tta,
-                    "data": str(data or cfg.data), "epoch": trained.epoch})
+    failed = set(source.failed)
+    unreadable = sorted(str(p) for p in set(image_split.unreadable) | failed)
+    metrics.update({"split": split, "loss": loss, "checkpoint": str(trained.checkpoint.resolve()), "tta": tta,
+                    "data": str(data or cfg.data), "epoch": trained.epoch, "unreadable_images": unreadable})
     if warning:
         metrics["warning"] = warning
+    out_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed evaluation leaves no empty folder
     suffix = ("" if split in ("test", "all") else f"_{split}") + checkpoint_suffix(checkpoint)
     suffix += "_tta" if tta else ""
     metrics_path = out_dir / f"metrics{suffix}.json"
@@ -124,7 +126,6 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     save_confusion_figure(np.asarray(metrics["confusion_matrix"]), classes, figure_path,
                           title=f"{run_dir.name}: {split} accuracy {metrics['accuracy']:.3f}")
     predictions_path = out_dir / f"predictions{suffix}.csv"
-    failed = set(source.failed)
     kept = [image_split.paths[i] for i in source.valid if image_split.paths[i] not in failed]
     write_predictions(predictions_path, kept, labels, probs, classes)
     return Evaluation(metrics, metrics_path, figure_path, predictions_path)
@@ -157,9 +158,18 @@ def changed_split_warning(saved: dict[str, str | None] | None, data: str | Path,
 
 
 def is_plain_class_folder(folder: Path, classes: list[str]) -> bool:
-    """True for a folder of the model's class subfolders (Cat/, Dog/) rather than a split folder."""
-    return folder.is_dir() and not any((folder / name).is_dir() for name in SPLITS) and \
-        class_folders(folder) == sorted(classes)
+    """True for a folder of class subfolders (Cat/, Dog/, or some of the model's classes) rather
+    than a split folder; other subfolders are refused naming both sets of classes."""
+    if not folder.is_dir() or any((folder / name).is_dir() for name in SPLITS):
+        return False
+    found = class_folders(folder)
+    if found and set(found) <= set(classes):
+        return True
+    if found:
+        raise CatsdogsError(f"{folder} has class folders {found}, but the model knows {sorted(classes)}: name the "
+                            "subfolders after the model's classes (case matters), or pass a split folder")
+    raise CatsdogsError(f"{folder} has no class subfolders ({', '.join(classes)}) and no {'/, '.join(SPLITS)}/ "
+                        "folders: sort the photos into one subfolder per class, or use `catsdogs predict`")
 
 
 def default_output_dir(run_dir: Path, trained_on: str, data: str | None) -> Path:

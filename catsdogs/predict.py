@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,9 @@ from catsdogs.loop import EVAL_BATCH
 from catsdogs.models import build_model
 from catsdogs.runs import resolve_checkpoint
 from catsdogs.transforms import normalise
+
+
+RUN_FILES = ("config.yaml", "last.pt", "best.pt")
 
 
 @dataclass
@@ -56,6 +60,9 @@ def load_trained(run_dir: str | Path, checkpoint: str = "best", device: str = "a
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CatsdogsError(f"run folder {run_dir} does not exist")
+    if checkpoint in ("best", "last") and not any((run_dir / name).is_file() for name in RUN_FILES):
+        raise CatsdogsError(f"{run_dir} is not a run folder (no config.yaml or checkpoints): name a folder that "
+                            "`catsdogs train` made, e.g. runs/adam")
     checkpoint_path = resolve_checkpoint(run_dir, checkpoint)
     state = load_checkpoint(checkpoint_path)
     cfg = config_from_dict(state["config"], str(checkpoint_path))
@@ -73,23 +80,55 @@ def load_trained(run_dir: str | Path, checkpoint: str = "best", device: str = "a
                         checkpoint_path, state.get("epoch"), state.get("data_fingerprint"))
 
 
-def collect_photos(paths: Sequence[str | Path]) -> list[Path]:
-    """The photos named: files as given, folders searched recursively for image files, in order."""
+def collect_photos(paths: Sequence[str | Path], skipped: list[str] | None = None) -> list[Path]:
+    """The photos named: files as given, folders searched recursively for image files, in order.
+
+    Links to folders are followed (each real folder once, so a link loop ends); what cannot be
+    searched (an unreadable folder, a broken or looping link) is described in `skipped`.
+    """
+    skipped = skipped if skipped is not None else []
     photos: list[Path] = []
     for given in paths:
         path = Path(given)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p))
+            found = _walk_images(path, skipped)
             if not found:
                 raise UsageError(f"{path} holds no image files (.jpg, .png, ...)")
             photos += found
         elif path.is_file():
             photos.append(path)
+        elif path.is_symlink():
+            raise UsageError(f"{path} is a broken or looping link")
         else:
             raise UsageError(f"{path} does not exist")
     if not photos:
         raise UsageError("name at least one photo or folder of photos")
     return list(dict.fromkeys(photos))  # the same file named twice is classified once
+
+
+def _walk_images(folder: Path, skipped: list[str]) -> list[Path]:
+    found: list[Path] = []
+    seen: set[str] = set()
+
+    def report(error: OSError) -> None:
+        skipped.append(f"{error.filename}: {error.strerror or error}")
+
+    for here, dirs, files in os.walk(folder, followlinks=True, onerror=report):
+        real = os.path.realpath(here)
+        if real in seen:  # a link back into a folder already searched
+            dirs.clear()
+            continue
+        seen.add(real)
+        dirs.sort()
+        for name in sorted(files):
+            file = Path(here) / name
+            if not is_image_name(file):
+                continue
+            if file.is_file():
+                found.append(file)
+            else:
+                skipped.append(f"{file}: a broken or looping link")
+    return found
 
 
 def unreadable_reason(error: BaseException) -> str:
@@ -187,10 +226,10 @@ def write_predictions_csv(path: str | Path, predictions: Predictions) -> Path:
 
 
 def format_prediction_lines(predictions: Predictions) -> list[str]:
-    """One line per photo for the terminal: the class, its probability, the path; then the failures."""
+    """One line per classified photo for the terminal: the class, its probability, the path (last,
+    so that names with spaces stay whole). Unreadable photos are the caller's to report apart."""
     lines = []
     for file, row in zip(predictions.paths, predictions.probs):
         best = int(row.argmax())
         lines.append(f"{predictions.classes[best]:<8}{row[best]:>7.3f}  {file}")
-    lines += [f"{'-':<8}{'-':>7}  {file}: unreadable ({reason})" for file, reason in predictions.unreadable]
     return lines

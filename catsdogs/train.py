@@ -144,6 +144,9 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
     cfg = resolve_config(cfg)
     if state is None:
         _check_out(cfg)
+    if team.enabled and cfg.batch_size < team.world:
+        raise UsageError(f"--batch-size {cfg.batch_size} is smaller than the {team.world} processes: each needs at "
+                         f"least one image a step (use --batch-size {team.world} or more, or fewer processes)")
     device = start(team, cfg.device) if team.enabled else select_device(cfg.device)
     precision = select_precision(cfg.precision, device)
     hardware = f"{device.type}, {precision.note}" + (f", {team.world} processes (torchrun)" if team.enabled else "")
@@ -154,6 +157,8 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
     fingerprint = data_fingerprint(train_split, val_split)
     if state is not None:
         _check_same_split(state, fingerprint, cfg.data, run_dir)
+        if team.main:
+            _point_best_at(run_dir, cfg.data)
     else:  # recorded absolute, so that the run resumes and evaluates from any folder
         cfg = dataclasses.replace(cfg, data=str(Path(cfg.data).resolve()))
     jobs = default_jobs()
@@ -226,7 +231,7 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
     log(f"device: {hardware}, channels-last; "
         f"data: {cfg.data} ({len(train_source)} train / {len(val_source)} val images, "
         f"classes {', '.join(train_split.classes)}); cache: {_cache_note(train_source)}")
-    share = f", {cfg.batch_size / team.world:g} per process" if team.enabled else ""
+    share = f", {_per_process(cfg.batch_size, team.world)} per process" if team.enabled else ""
     log(f"model {cfg.model} at {cfg.image_size}px, optimizer {cfg.optim} (lr {cfg.lr:g}, batch {cfg.batch_size}"
         f"{share}), {cfg.epochs} epochs")
 
@@ -243,7 +248,7 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
                 save_last(progress_state)
                 status = "interrupted"
                 log(f"interrupted in epoch {progress_state.epoch + 1} after step {progress_state.step}; "
-                    f"resume with: catsdogs train --resume {run_dir}")
+                    f"resume with: {_resume_command(run_dir, team)}")
                 break
             row = progress_state.history[-1]
             improved = row["val_acc"] > progress_state.best_val_acc
@@ -306,11 +311,32 @@ def _resumed_config(state: Mapping[str, Any], flags: Mapping[str, Any], run_dir:
         if key not in RESUMABLE_CHANGES:
             raise UsageError(f"--{key.replace('_', '-')} {value} conflicts with the run being resumed "
                              f"({key} = {getattr(saved, key)}); a resumed run keeps its {key}")
-        changes[key] = value
+        changes[key] = str(Path(value).resolve()) if key == "data" else value
     if "epochs" in changes and changes["epochs"] < state["progress"]["epoch"]:
         raise UsageError(f"--epochs {changes['epochs']} is fewer than the {state['progress']['epoch']} "
                          "epochs already done")
     return dataclasses.replace(saved, **changes)
+
+
+def _per_process(batch_size: int, world: int) -> str:
+    share, extra = divmod(batch_size, world)
+    return f"{share}" if extra == 0 else f"{share}-{share + 1}"
+
+
+def _resume_command(run_dir: Path, team: Team) -> str:
+    if team.enabled:  # an exact resume needs as many processes again
+        return f"torchrun --standalone --nproc_per_node={team.world} -m catsdogs train --resume {run_dir}"
+    return f"catsdogs train --resume {run_dir}"
+
+
+def _point_best_at(run_dir: Path, data: str) -> None:
+    """After a resume with a moved split, best.pt (which evaluate reads) names the new folder too."""
+    best = run_dir / "best.pt"
+    if best.is_file():
+        state = load_checkpoint(best)
+        if state["config"].get("data") != data:
+            state["config"]["data"] = data
+            save_checkpoint(state, best)
 
 
 def _restore_progress(state: Mapping[str, Any]) -> Progress:

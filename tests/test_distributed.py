@@ -162,7 +162,8 @@ def test_ctrl_c_stops_every_process_at_the_same_step_and_resumes_exactly(data: P
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C in a terminal: torchrun and both workers
     out = finish(process)
-    assert "interrupted in epoch" in out and "resume with: catsdogs train --resume" in out, out
+    assert "interrupted in epoch" in out, out
+    assert f"resume with: torchrun --standalone --nproc_per_node=2 -m catsdogs train --resume {run}" in out, out
     state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
     done = state["progress"]["epoch"]
     assert json.loads((run / "status.json").read_text())["status"] == "interrupted"
@@ -173,3 +174,17 @@ def test_ctrl_c_stops_every_process_at_the_same_step_and_resumes_exactly(data: P
                      data.parent)
     assert again.wait(300) == 0, finish(again)
     assert_same_run(data.parent / "runs" / "uninterrupted", run)
+
+
+def test_a_batch_smaller_than_the_team_is_refused_before_anything_starts(data: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from catsdogs.config import TrainConfig
+    from catsdogs.train import train
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "0")
+    cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"), optim="adam", image_size=96, batch_size=2,
+                      device="cpu")
+    with pytest.raises(UsageError, match="--batch-size 2 is smaller than the 3 processes"):
+        train(cfg, progress=False, log=lambda _: None)
+    assert not (tmp_path / "run").exists()

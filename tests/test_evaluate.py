@@ -187,3 +187,46 @@ def test_other_checkpoints_write_beside_best_and_a_re_split_test_set_is_flagged(
     flagged = evaluate_run(run, device="cpu", progress=False).metrics
     assert "has been split again since this run was trained" in flagged["warning"]
     assert flagged["images"] == 13
+
+
+def test_unreadable_photos_are_recorded_and_a_failed_evaluation_leaves_no_folder(tiny_run, tmp_path) -> None:
+    import shutil
+    from pathlib import Path
+
+    from catsdogs.errors import CatsdogsError
+    from catsdogs.evaluate import evaluate_run
+
+    run_dir, data = tiny_run
+    run = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    photos = Path(shutil.copytree(data / "test", tmp_path / "mixed"))
+    (photos / "Cat" / "text.jpg").write_text("not a photo")
+    (photos / "Dog" / "zero.jpg").write_bytes(b"")
+    result = evaluate_run(run, data=str(photos), device="cpu", progress=False)
+    assert result.metrics["images"] == 12
+    assert result.metrics["unreadable_images"] == [str(photos / "Cat" / "text.jpg"), str(photos / "Dog" / "zero.jpg")]
+    # A folder whose classes the model does not know: one clear error, and no empty eval-* folder.
+    (tmp_path / "foxes" / "Fox").mkdir(parents=True)
+    (tmp_path / "foxes" / "Cat").mkdir()
+    with pytest.raises(CatsdogsError, match=r"has class folders \['Cat', 'Fox'\], but the model knows"):
+        evaluate_run(run, data=str(tmp_path / "foxes"), device="cpu", progress=False)
+    (tmp_path / "flat").mkdir()
+    shutil.copy(data / "test" / "Cat" / "0.jpg", tmp_path / "flat" / "cat.0.jpg")
+    with pytest.raises(CatsdogsError, match="has no class subfolders .* use `catsdogs predict`"):
+        evaluate_run(run, data=str(tmp_path / "flat"), device="cpu", progress=False)
+    assert sorted(p.name for p in run.glob("eval-*")) == ["eval-mixed"]
+
+
+def test_photos_of_only_some_classes_are_measured(tiny_run, tmp_path) -> None:
+    import shutil
+    from pathlib import Path
+
+    from catsdogs.evaluate import evaluate_run
+
+    run_dir, data = tiny_run
+    run = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    cats = tmp_path / "only-cats"
+    shutil.copytree(data / "test" / "Cat", cats / "Cat")
+    metrics = evaluate_run(run, data=str(cats), device="cpu", progress=False).metrics
+    assert metrics["images"] == 6 and metrics["per_class"]["Cat"]["support"] == 6
+    assert metrics["per_class"]["Dog"]["support"] == 0 and metrics["roc_auc"] is None
+    assert metrics["accuracy"] == pytest.approx(metrics["confusion_matrix"][0][0] / 6)

@@ -123,15 +123,22 @@ def test_predict_command_writes_csv_and_says_when_it_replaces(tiny_run, tmp_path
 @pytest.mark.parametrize(("args", "code", "message"), [
     (["nowhere.jpg"], 2, "nowhere.jpg does not exist"),
     (["--out", "predictions.txt", "PHOTO"], 2, "give a file name ending in .csv"),
-    (["--checkpoint", "last", "--run", "empty-run", "PHOTO"], 1, "empty-run has no last.pt"),
-    (["BROKEN"], 1, "none of the 1 photos could be read"),
+    (["--run", "empty-run", "PHOTO"], 1, "empty-run is not a run folder (no config.yaml or checkpoints)"),
+    (["--checkpoint", "last", "--run", "started-run", "PHOTO"], 1, "started-run has no last.pt"),
+    (["--out", "nowhere/p.csv", "PHOTO"], 2, "--out nowhere/p.csv: folder nowhere does not exist"),
+    (["LOOP"], 2, "loop.jpg is a broken or looping link"),
+    (["BROKEN"], 1, "the photo could not be read"),
 ])
 def test_predict_command_errors_are_one_line(tiny_run, tmp_path: Path, monkeypatch, args, code, message) -> None:
     run_dir, data = tiny_run
     monkeypatch.chdir(tmp_path)
     (tmp_path / "empty-run").mkdir()
+    (tmp_path / "started-run").mkdir()
+    (tmp_path / "started-run" / "config.yaml").write_text("optim: adam\n")
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
-    args = [{"PHOTO": str(data / "test" / "Cat" / "0.jpg"), "BROKEN": "broken.jpg"}.get(a, a) for a in args]
+    (tmp_path / "loop.jpg").symlink_to("loop.jpg")
+    args = [{"PHOTO": str(data / "test" / "Cat" / "0.jpg"), "BROKEN": "broken.jpg", "LOOP": "loop.jpg"}.get(a, a)
+            for a in args]
     if "--run" not in args:
         args = ["--run", str(run_dir), *args]
     result = invoke("predict", "--device", "cpu", *args)
@@ -139,3 +146,33 @@ def test_predict_command_errors_are_one_line(tiny_run, tmp_path: Path, monkeypat
     assert "Traceback" not in result.output
     errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1 and message in errors[0], result.output
+
+
+def test_folders_behind_links_are_searched_once_and_what_is_skipped_is_said(tiny_run, tmp_path: Path) -> None:
+    run_dir, data = tiny_run
+    photos = tmp_path / "photos"
+    (photos / "real").mkdir(parents=True)
+    shutil.copy(data / "test" / "Cat" / "0.jpg", photos / "real" / "a.jpg")
+    (photos / "linked").symlink_to(data / "test" / "Dog", target_is_directory=True)  # 6 photos behind a link
+    (photos / "real" / "back").symlink_to(photos, target_is_directory=True)  # a loop
+    (photos / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    skipped: list[str] = []
+    found = collect_photos([photos], skipped)
+    assert sorted(p.name for p in found) == ["0.jpg", "1.jpg", "2.jpg", "3.jpg", "4.jpg", "5.jpg", "a.jpg"]
+    assert skipped == [f"{photos / 'dangling.jpg'}: a broken or looping link"]
+    result = invoke("predict", "--run", str(run_dir), "--device", "cpu", str(photos))
+    assert result.exit_code == 0, result.output
+    assert f"skipped: {photos / 'dangling.jpg'}: a broken or looping link" in result.stderr
+    assert "7 photos classified" in result.stderr
+
+
+def test_stdout_holds_only_the_classified_photos(tiny_run, tmp_path: Path) -> None:
+    run_dir, data = tiny_run
+    shutil.copy(data / "test" / "Dog" / "0.jpg", tmp_path / "good photo.jpg")
+    (tmp_path / "text.jpg").write_text("not a photo")
+    result = invoke("predict", "--run", str(run_dir), "--device", "cpu", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].endswith(f"  {tmp_path / 'good photo.jpg'}")
+    assert f"unreadable: {tmp_path / 'text.jpg'} (not an image)" in result.stderr
+    assert "1 photo classified" in result.stderr and "1 unreadable" in result.stderr

@@ -279,14 +279,17 @@ def test_a_run_records_its_data_folder_absolute_and_resumes_from_anywhere(data: 
     assert train(None, resume=run, flags={"epochs": 2}, progress=False, log=quiet).epochs_done == 2
 
 
-def test_resume_follows_a_moved_split_but_refuses_a_new_one(data: Path, tmp_path: Path) -> None:
+def test_resume_follows_a_moved_split_but_refuses_a_new_one(data: Path, tmp_path: Path, monkeypatch) -> None:
     import shutil
 
     run = train(make_config(data, tmp_path / "run", epochs=1), progress=False, log=quiet).run_dir
     moved = Path(shutil.copytree(data, tmp_path / "moved" / "data"))
     shutil.rmtree(data)
-    result = train(None, resume=run, flags={"data": str(moved), "epochs": 2}, progress=False, log=quiet)
-    assert result.epochs_done == 2 and load_checkpoint(run / "last.pt")["config"]["data"] == str(moved)
+    monkeypatch.chdir(tmp_path / "moved")  # given relative, recorded absolute
+    result = train(None, resume=run, flags={"data": "data", "epochs": 2}, progress=False, log=quiet)
+    assert result.epochs_done == 2
+    for name in ("last.pt", "best.pt"):  # best.pt is what evaluate reads: it follows the move too
+        assert load_checkpoint(run / name)["config"]["data"] == str(moved), name
     # A re-split: one training photo swapped into validation.
     (moved / "train" / "Cat" / "0.jpg").rename(moved / "val" / "Cat" / "moved-from-train.jpg")
     with pytest.raises(CatsdogsError, match=r"does not hold the split .* \(re-split since\?\)"):
