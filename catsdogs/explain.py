@@ -5,9 +5,10 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -16,12 +17,14 @@ from tqdm import tqdm
 
 from catsdogs.checkpoint import atomic_write, write_text_atomic
 from catsdogs.errors import CatsdogsError, UsageError
-from catsdogs.predict import TrainedModel, decode_photos
+from catsdogs.predict import TrainedModel, decode_photos, predict_photos
 from catsdogs.transforms import normalise
 
 # The map is read at the deepest layer still this many cells across: deeper layers know more
 # about the class, but a 1x1 or 3x3 map (cnn3's last pool at 128 px) cannot say where.
 MIN_CELLS = 5
+SHOWN_CHOICES = 8  # layers named when a --layer cannot be used
+COLUMNS = ["photo", "predicted", "probability", "explained", "true", "figure", "error"]  # of explanations.csv
 
 
 @dataclass(frozen=True)
@@ -32,12 +35,17 @@ class LayerChoice:
 
 def feature_layers(model: nn.Module, image_size: int) -> list[LayerChoice]:
     """Every module whose output is a C x H x W map, in the order their forward passes finish."""
+    return [layer for layer in _trace_outputs(model, image_size) if len(layer.shape) == 3]
+
+
+def _trace_outputs(model: nn.Module, image_size: int) -> list[LayerChoice]:
+    """Every module's tensor output shape for one image, in the order their forward passes finish."""
     seen: list[LayerChoice] = []
     names = {module: name for name, module in model.named_modules() if name}
     hooks = []
 
     def record(module: nn.Module, _: Any, output: Any) -> None:
-        if isinstance(output, torch.Tensor) and output.dim() == 4:
+        if isinstance(output, torch.Tensor) and output.dim() >= 1:
             seen.append(LayerChoice(names[module], tuple(output.shape[1:])))
 
     for module in names:
@@ -56,11 +64,48 @@ def feature_layers(model: nn.Module, image_size: int) -> list[LayerChoice]:
 
 def choose_layer(model: nn.Module, image_size: int, min_cells: int = MIN_CELLS) -> LayerChoice:
     """The last feature map at least `min_cells` wide and high (or the widest, at tiny sizes)."""
-    layers = feature_layers(model, image_size)
+    return _deepest_wide(feature_layers(model, image_size), type(model).__name__, min_cells)
+
+
+def _deepest_wide(layers: list[LayerChoice], model_name: str, min_cells: int) -> LayerChoice:
     if not layers:
-        raise CatsdogsError(f"{type(model).__name__} has no convolutional feature map to explain")
+        raise CatsdogsError(f"{model_name} has no convolutional feature map to explain")
     wide = [layer for layer in layers if min(layer.shape[1:]) >= min_cells]
     return wide[-1] if wide else max(layers, key=lambda layer: min(layer.shape[1:]))
+
+
+def _spatial_layers(outputs: list[LayerChoice]) -> list[LayerChoice]:
+    """The layers that can say where (a C x H x W map, H and W at least 2), deepest first.
+
+    A module called more than once (a shared ReLU) counts with its last output, the one Grad-CAM reads.
+    """
+    last = {layer.name: layer for layer in outputs}
+    order = dict.fromkeys(layer.name for layer in reversed(outputs))  # by last finish, deepest first
+    return [last[name] for name in order if len(last[name].shape) == 3 and min(last[name].shape[1:]) >= 2]
+
+
+def _check_layer(name: str, outputs: list[LayerChoice], module_names: set[str]) -> str:
+    """`name` if its output is a spatial map; otherwise a UsageError listing the layers that are."""
+    choices = _spatial_layers(outputs)
+    if any(layer.name == name for layer in choices):
+        return name
+    shown = ", ".join(f"{layer.name} ({_size(layer.shape)})" for layer in choices[:SHOWN_CHOICES])
+    more = len(choices) - SHOWN_CHOICES
+    listing = f"choose one of {shown}" + (f" or {more} shallower" if more > 0 else "")
+    if name not in module_names:
+        raise UsageError(f"no layer {name} in the model; {listing}")
+    shape = {layer.name: layer.shape for layer in outputs}.get(name)
+    if shape is None:
+        said = "it is not run when classifying"
+    elif len(shape) == 3:
+        said = f"it outputs a {_size(shape)} map"
+    else:
+        said = f"it outputs {math.prod(shape)} values per photo"
+    raise UsageError(f"layer {name} has no spatial feature map ({said}): {listing}")
+
+
+def _size(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
 
 
 class GradCAM:
@@ -76,10 +121,13 @@ class GradCAM:
         for module in self.model.modules():
             if getattr(module, "inplace", False):
                 module.inplace = False
-        self.layer = layer or choose_layer(self.model, image_size).name
         modules = dict(self.model.named_modules())
-        if self.layer not in modules:
-            raise UsageError(f"no layer {self.layer} in the model; choose one of {', '.join(n for n in modules if n)}")
+        outputs = _trace_outputs(self.model, image_size)
+        if layer is None:
+            maps = [output for output in outputs if len(output.shape) == 3]
+            self.layer = _deepest_wide(maps, type(model).__name__, MIN_CELLS).name
+        else:
+            self.layer = _check_layer(layer, outputs, set(modules) - {""})
         self.module = modules[self.layer]
         self.device = next(self.model.parameters()).device
 
@@ -120,37 +168,75 @@ def explain_photos(trained: TrainedModel, photos: Sequence[Path], out_dir: str |
                    layer: str | None = None, progress: bool = True, truths: Mapping[Path, str] | None = None) -> tuple[list[Explanation], list[tuple[Path, str]], str]:
     """Write one figure per photo (the photo, and the heat map over it) and explanations.csv into `out_dir`.
 
-    `truths` gives known classes (of evaluated photos) to show beside the prediction. Returns the
-    explanations, the photos that could not be read with the reason, and the layer used.
+    The probability and the class in the title and the list are those `predict_photos` gives, at
+    the run's precision; the heat map explains that class (or `target`). An explanations.csv
+    already in `out_dir` is kept up to date, not replaced: a photo explained again gets its row
+    and its figure name back, other photos keep theirs while their figure is there, and a new
+    photo never takes the figure name of another. `truths` gives known classes (of evaluated
+    photos) to show beside the prediction. Returns the explanations, the photos that could not
+    be read with the reason, and the layer used.
     """
     if target is not None and target not in trained.classes:
         raise UsageError(f"--target must be one of {', '.join(trained.classes)}, got {target!r}")
     size = trained.cfg.image_size
     cam = GradCAM(trained.model, size, layer)
     out_dir = Path(out_dir)
+    listing = out_dir / "explanations.csv"
+    photos = list(dict.fromkeys(photos))
+    rows = _rows_to_keep(listing, photos)
+    used_names = {row["figure"] for row in rows.values() if row["figure"]}
     out_dir.mkdir(parents=True, exist_ok=True)
+    predictions = predict_photos(trained, photos, progress=progress)
     done: list[Explanation] = []
-    unreadable: list[tuple[Path, str]] = []
-    used_names: set[str] = set()
-    decoded = decode_photos(photos, size)
-    for photo, image in tqdm(decoded, total=len(photos), desc="explaining", unit="photo", disable=not progress,
-                             leave=False):
-        if isinstance(image, str):
+    unreadable = list(predictions.unreadable)
+    decoded = decode_photos(predictions.paths, size)
+    for (photo, image), probs in tqdm(zip(decoded, predictions.probs), total=len(predictions.paths),
+                                      desc="explaining", unit="photo", disable=not progress, leave=False):
+        if isinstance(image, str):  # changed since it was classified a moment ago
             unreadable.append((photo, image))
             continue
+        best = int(probs.argmax())
+        explained = best if target is None else trained.classes.index(target)
         batch = normalise(torch.tensor(image)[None].permute(0, 3, 1, 2))  # a copy: a decoded array may be read-only
-        target_index = None if target is None else trained.classes.index(target)
-        heat, probs = cam(batch, target_index)
-        best = int(probs[0].argmax())
-        explained = trained.classes[best if target_index is None else target_index]
+        heat, _ = cam(batch, explained)
         truth = (truths or {}).get(photo, "")
-        figure = out_dir / _figure_name(photo, used_names)
-        title = f"{photo.name}: {trained.classes[best]} {float(probs[0, best]):.3f}"
+        earlier = rows.get(str(photo), {}).get("figure")
+        figure = out_dir / (earlier or _figure_name(photo, used_names))
+        title = f"{photo.name}: {trained.classes[best]} {float(probs[best]):.3f}"
         title += f" (true: {truth})" if truth else ""
-        save_explanation_figure(image, heat[0].numpy(), figure, title, f"evidence for {explained} ({cam.layer})")
-        done.append(Explanation(photo, figure, trained.classes[best], float(probs[0, best]), explained, truth))
-    write_explanations_csv(out_dir / "explanations.csv", done, unreadable)
+        subtitle = f"evidence for {trained.classes[explained]} ({cam.layer})"
+        save_explanation_figure(image, heat[0].numpy(), figure, title, subtitle)
+        done.append(Explanation(photo, figure, trained.classes[best], float(probs[best]), trained.classes[explained],
+                                truth))
+        rows[str(photo)] = _explanation_row(done[-1])
+    for photo, reason in unreadable:
+        rows[str(photo)] = dict.fromkeys(COLUMNS, "") | {"photo": str(photo), "error": reason}
+    write_explanations_csv(listing, rows.values())
     return done, unreadable, cam.layer
+
+
+def _rows_to_keep(listing: Path, photos: Sequence[Path]) -> dict[str, dict[str, str]]:
+    """The rows of an earlier explanations.csv, by photo, that stay listed: those of `photos` (to be
+    replaced in place, their figure names kept) and those of other photos whose figure is still there."""
+    if not listing.is_file():
+        return {}
+    with open(listing, newline="") as handle:
+        reader = csv.DictReader(handle, restval="")
+        rows = list(reader)
+    if reader.fieldnames is None:
+        return {}
+    if reader.fieldnames != COLUMNS:
+        raise CatsdogsError(f"{listing} is not a list written by `catsdogs explain`: move it, or explain into "
+                            f"another folder")
+    given = {str(photo) for photo in photos}
+    kept = {}
+    for row in rows:
+        figure = row["figure"]
+        if not (figure.endswith(".png") and Path(figure).name == figure):
+            figure = ""  # only a plain file name in this folder: a hand-edited list must not aim writes elsewhere
+        if row["photo"] in given or (figure and (listing.parent / figure).is_file()):
+            kept[row["photo"]] = {**row, "figure": figure}
+    return kept
 
 
 def _figure_name(photo: Path, used: set[str]) -> str:
@@ -163,15 +249,17 @@ def _figure_name(photo: Path, used: set[str]) -> str:
     return name
 
 
-def write_explanations_csv(path: Path, done: list[Explanation], unreadable: list[tuple[Path, str]]) -> None:
+def _explanation_row(item: Explanation) -> dict[str, str]:
+    return {"photo": str(item.photo), "predicted": item.predicted, "probability": f"{item.probability:.6f}",
+            "explained": item.explained, "true": item.truth, "figure": item.figure.name, "error": ""}
+
+
+def write_explanations_csv(path: Path, rows: Iterable[Mapping[str, str]]) -> None:
+    """One row per photo, in the columns of COLUMNS; an unreadable photo has only its path and the error."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["photo", "predicted", "probability", "explained", "true", "figure", "error"])
-    for item in done:
-        writer.writerow([str(item.photo), item.predicted, f"{item.probability:.6f}", item.explained, item.truth,
-                         item.figure.name, ""])
-    for photo, reason in unreadable:
-        writer.writerow([str(photo), "", "", "", "", "", reason])
+    writer = csv.DictWriter(buffer, COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
     write_text_atomic(path, buffer.getvalue())
 
 

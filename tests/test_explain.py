@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import re
 import shutil
 from pathlib import Path
 
@@ -12,10 +14,12 @@ from click.testing import CliRunner, Result
 from torch import nn
 
 from catsdogs.cli import main
-from catsdogs.errors import CatsdogsError
+from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.evaluate import evaluate_run
-from catsdogs.explain import MIN_CELLS, GradCAM, choose_layer, worst_mistakes
+from catsdogs.explain import MIN_CELLS, GradCAM, choose_layer, explain_photos, feature_layers, worst_mistakes
+from catsdogs.hardware import Precision
 from catsdogs.models import MODELS, build_model
+from catsdogs.predict import load_trained, predict_photos
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -96,6 +100,33 @@ def test_cnn3_at_128px_reads_a_map_that_can_still_say_where() -> None:
     assert layer.shape[1:] == (7, 7)
 
 
+@pytest.mark.parametrize(("layer", "message"), [
+    ("head.3", "layer head.3 has no spatial feature map (it outputs 2 values per photo): "),  # a Linear
+    ("head.1", "layer head.1 has no spatial feature map (it outputs 192 values per photo): "),  # a Flatten
+    ("head.0", "layer head.0 has no spatial feature map (it outputs a 192x1x1 map): "),  # the global pool
+    ("head.9", "no layer head.9 in the model; "),
+])
+def test_a_layer_that_cannot_say_where_is_refused_with_the_ones_that_can(layer: str, message: str) -> None:
+    model = build_model("bncnn-s", 2, 128)
+    with pytest.raises(UsageError) as caught:
+        GradCAM(model, 128, layer)
+    text = str(caught.value)
+    assert "\n" not in text
+    assert text.startswith(message + "choose one of features (192x8x8), features.20 (192x8x8), ")
+    offered = re.findall(r"([\w.]+) \((\d+)x(\d+)x(\d+)\)", text)
+    assert len(offered) == 8 and text.endswith(" or 14 shallower")
+    maps = {choice.name: choice.shape for choice in feature_layers(model, 128)}
+    assert all(maps[name] == tuple(map(int, shape)) and min(maps[name][1:]) >= 2 for name, *shape in offered)
+    assert [name for name, *_ in offered][-1] == "features.14"  # deepest first: the 16x16 maps come after
+
+
+def test_a_layer_the_user_names_is_used() -> None:
+    cam = GradCAM(build_model("bncnn-s", 2, 128), 128, "features.14")
+    assert cam.layer == "features.14"
+    heat, _ = cam(torch.randn(1, 3, 128, 128))
+    assert heat.shape == (1, 128, 128)
+
+
 def write_predictions(path: Path, rows: list[tuple[str, str, str, float]]) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -133,7 +164,7 @@ def test_explain_command_writes_figures_and_a_list(tiny_run, tmp_path: Path) -> 
         rows = list(csv.DictReader(handle))
     assert [row["photo"] for row in rows] == list(map(str, photos))
     assert all(row["explained"] == row["predicted"] and row["error"] == "" for row in rows)
-    assert "2 explained at layer" in result.output
+    assert "2 photos explained at layer" in result.output
 
 
 def test_explain_mistakes_reads_the_last_evaluation(tiny_run, tmp_path: Path) -> None:
@@ -159,7 +190,12 @@ def test_explain_mistakes_reads_the_last_evaluation(tiny_run, tmp_path: Path) ->
     ([], 2, "name photos (or folders) to explain, or use --mistakes N"),
     (["--mistakes", "2", "PHOTO"], 2, "not both"),
     (["--target", "Horse", "PHOTO"], 2, "--target must be one of Cat, Dog"),
-    (["--layer", "nonsense", "PHOTO"], 2, "no layer nonsense in the model"),
+    (["--layer", "nonsense", "PHOTO"], 2, "no layer nonsense in the model; choose one of features.7 (128x2x2), "
+                                          "features.6 (128x2x2), features.5 (64x5x5), "),
+    (["--layer", "classifier.4", "PHOTO"], 2, "layer classifier.4 has no spatial feature map (it outputs 2 values "
+                                              "per photo): choose one of features.7 (128x2x2), "),
+    (["--layer", "features.8", "PHOTO"], 2, "layer features.8 has no spatial feature map (it outputs a 128x1x1 "
+                                            "map): choose one of features.7 (128x2x2), "),
 ])
 def test_explain_command_errors_are_one_line(tiny_run, tmp_path: Path, monkeypatch, args, code, message) -> None:
     run_dir, data = tiny_run
@@ -170,3 +206,58 @@ def test_explain_command_errors_are_one_line(tiny_run, tmp_path: Path, monkeypat
     assert "Traceback" not in result.output
     errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1 and message in errors[0], result.output
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_explaining_into_the_same_folder_again_keeps_the_earlier_list(tiny_run, tmp_path: Path) -> None:
+    run_dir, data = tiny_run
+    trained = load_trained(run_dir, device="cpu")
+    out = tmp_path / "x"
+    cat0, cat1, cat2, dog0 = (data / "test" / "Cat" / "0.jpg", data / "test" / "Cat" / "1.jpg",
+                              data / "test" / "Cat" / "2.jpg", data / "test" / "Dog" / "0.jpg")
+    explain_photos(trained, [cat0, cat1, cat2], out, progress=False)
+    cat0_figure = (out / "0_gradcam.png").read_bytes()
+    (out / "2_gradcam.png").unlink()  # a figure the user deleted: its row goes too
+    done, unreadable, _ = explain_photos(trained, [dog0, cat1], out, target="Dog", progress=False)
+    assert [(item.photo, item.figure.name) for item in done] == [(dog0, "0-2_gradcam.png"), (cat1, "1_gradcam.png")]
+    assert unreadable == []
+    rows = read_rows(out / "explanations.csv")
+    assert [(row["photo"], row["figure"], row["explained"]) for row in rows] == [
+        (str(cat0), "0_gradcam.png", trained.classes[int(predict_photos(trained, [cat0], progress=False).probs.argmax())]),
+        (str(cat1), "1_gradcam.png", "Dog"),  # explained again: replaced where it was
+        (str(dog0), "0-2_gradcam.png", "Dog"),  # another photo's 0.jpg: a figure name of its own
+    ]
+    assert list(rows[0]) == ["photo", "predicted", "probability", "explained", "true", "figure", "error"]
+    assert (out / "0_gradcam.png").read_bytes() == cat0_figure
+    assert sorted(p.name for p in out.iterdir()) == ["0-2_gradcam.png", "0_gradcam.png", "1_gradcam.png",
+                                                     "explanations.csv"]
+
+
+def test_a_list_explain_did_not_write_is_left_alone(tiny_run, tmp_path: Path) -> None:
+    run_dir, data = tiny_run
+    (tmp_path / "explanations.csv").write_text("name,score\nx,1\n")
+    with pytest.raises(CatsdogsError, match="explanations.csv is not a list written by `catsdogs explain`"):
+        explain_photos(load_trained(run_dir, device="cpu"), [data / "test" / "Cat" / "0.jpg"], tmp_path,
+                       progress=False)
+    assert (tmp_path / "explanations.csv").read_text() == "name,score\nx,1\n"
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_explain_reports_the_probabilities_predict_does(tiny_run, tmp_path: Path) -> None:
+    run_dir, data = tiny_run
+    # At bf16 (a CPU's autocast) the run's model and Grad-CAM's fp32 copy disagree in the 4th decimal.
+    trained = dataclasses.replace(load_trained(run_dir, device="cpu"),
+                                  precision=Precision("bf16", torch.bfloat16, False, "bf16 autocast"))
+    photos = sorted((data / "test").rglob("*.jpg"))
+    predicted = predict_photos(trained, photos, progress=False)
+    done, _, _ = explain_photos(trained, photos, tmp_path, progress=False)
+    rows = read_rows(tmp_path / "explanations.csv")
+    assert [row["photo"] for row in rows] == list(map(str, predicted.paths))
+    assert [row["predicted"] for row in rows] == predicted.predicted
+    assert [row["explained"] for row in rows] == predicted.predicted  # the map explains the class reported
+    assert [float(row["probability"]) for row in rows] == pytest.approx(predicted.probs.max(1).tolist(), abs=1e-6)
+    assert [item.probability for item in done] == pytest.approx(predicted.probs.max(1).tolist(), abs=1e-6)
