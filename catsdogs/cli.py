@@ -350,8 +350,8 @@ def _photos_or_report(paths: tuple[Path, ...]) -> list[Path]:
 @click.option("--mistakes", default=None, type=click.IntRange(min=1),
               help="Explain the N most confident mistakes of the run's last `evaluate` instead of PHOTOS.")
 @click.option("--target", default=None, help="Class whose evidence to show. [default: the predicted class]")
-@click.option("--layer", default=None, help="Module whose feature maps to use. [default: the deepest at least "
-                                            "5x5 cells]")
+@click.option("--layer", default=None, help="Module whose feature maps to use (a map at least 2x2). [default: the "
+                                            "deepest at least 5x5 cells]")
 @click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the figures and explanations.csv. [default: RUN/explain]")
 def explain(photos: tuple[Path, ...], run_dir: Path | None, checkpoint: str, device: str, mistakes: int | None,
