@@ -194,6 +194,7 @@ def train(config_file: Path | None, resume: Path | None, print_config: bool, **f
             return
         result = run_training(cfg)
     if result.status == "interrupted":
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # saved already: a late Ctrl-C must not cut the exit short
         sys.exit(130)  # like a shell's Ctrl-C, so scripts can tell an unfinished run
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -16,26 +17,25 @@ import torch
 from torch import nn
 
 from catsdogs.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
-from catsdogs.config import TrainConfig, config_from_dict, config_to_yaml
-from catsdogs.data import BatchSource, ImageSplit, default_jobs, load_cache, read_split, split_fingerprint
-from catsdogs.distributed import SOLO, Team, finish, from_main, gather, start, team_from_environment, wait_for_all
+from catsdogs.config import TrainConfig, config_to_yaml
+from catsdogs.data import BatchSource, default_jobs, load_cache, read_split
+from catsdogs.distributed import Team, finish, from_main, start, team_from_environment, wait_for_all
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.hardware import select_device, select_precision, tune_allocator
 from catsdogs.models import MODELS, build_model, load_pretrained
 from catsdogs.optim import build_optimizer, get_optimizer_spec, load_optimizer_plugins, parameter_groups
 from catsdogs.runs import RUNS_ROOT, new_run_dir
 from catsdogs.schedules import SCHEDULERS
+from catsdogs.staging import ctrl_c_deferred
 from catsdogs.ema import ModelEMA
 from catsdogs.loop import EpochLoop, Log, Progress, stop_on_signals
+from catsdogs.resume import (RANK_SEED_STRIDE, LastSaver, check_same_split, data_fingerprint, model_state,
+                             point_best_at, restore_process_randomness, restore_progress, resume_command,
+                             resumed_config)
 from catsdogs.transforms import AUGMENTS, eval_preset, train_preset
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
-# Settings a resumed run may change; everything else must match the checkpoint.
-# `data` may move: the resume then checks that the folder holds the same split (data_fingerprint).
-RESUMABLE_CHANGES = ("epochs", "device", "workers", "cache", "patience", "precision", "time_budget", "data")
 MAX_UNREADABLE_FRACTION = 0.01
-# Seeds of process r's augmentation and dropout streams are offset by r times this.
-RANK_SEED_STRIDE = 1_000_003
 # Seconds in which a second Ctrl-C under torchrun is taken as torchrun passing on the first.
 TORCHRUN_SIGNAL_ECHO = 5.0
 
@@ -71,24 +71,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _rng_state() -> dict[str, Any]:
-    """Global random states as plain values, so the checkpoint loads with weights_only=True."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": [kind, keys.tolist(), pos, has_gauss, gauss]}
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(_as_tuple(state["python"]))
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
-
-
-def _as_tuple(value: Any) -> Any:
-    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
 def _weights_hash(model: nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
@@ -122,7 +104,8 @@ def train(cfg: TrainConfig | None, resume: str | Path | None = None, flags: Mapp
     try:
         return _train(cfg, resume, flags, progress, log, team)
     finally:
-        finish(team)
+        with ctrl_c_deferred() if team.enabled else contextlib.nullcontext():
+            finish(team)
 
 
 def _quiet(_: str) -> None:
@@ -138,7 +121,7 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
         if team.main:
             for stale in run_dir.glob(".*.tmp"):  # left by a writer that was killed mid-save
                 stale.unlink(missing_ok=True)
-        cfg = _resumed_config(state, flags or {}, run_dir)
+        cfg = resumed_config(state, flags or {}, run_dir)
     if cfg is None:
         raise ValueError("train() needs a config unless it resumes a run")
     cfg = resolve_config(cfg)
@@ -156,9 +139,9 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
     val_split = read_split(cfg.data, "val", train_split.classes)
     fingerprint = data_fingerprint(train_split, val_split)
     if state is not None:
-        _check_same_split(state, fingerprint, cfg.data, run_dir)
+        check_same_split(state, fingerprint, cfg.data, run_dir)
         if team.main:
-            _point_best_at(run_dir, cfg.data)
+            point_best_at(run_dir, cfg.data)
     else:  # recorded absolute, so that the run resumes and evaluates from any folder
         cfg = dataclasses.replace(cfg, data=str(Path(cfg.data).resolve()))
     jobs = default_jobs()
@@ -199,9 +182,9 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
         optimizer.load_state_dict(state["optimizer"])
         if precision.scale_grads and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        progress_state = _restore_progress(state)
+        progress_state = restore_progress(state)
         order_gen.set_state(state["order_gen"])
-        _restore_process_randomness(state, team, aug_gen, log)
+        restore_process_randomness(state, team, aug_gen, log)
         if not team.main:  # process 0 carries the interrupted epoch's sums for the whole team
             progress_state.sums = (0.0, 0, 0, progress_state.sums[3])
         init_hash = state.get("init_hash", init_hash)
@@ -239,7 +222,7 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
     loop = EpochLoop(cfg, model, optimizer, scaler, precision, device, train_source, val_source, order_gen, aug_gen, ema,
                      team, net)
     identity = {"classes": list(train_split.classes), "init_hash": init_hash, "data_fingerprint": fingerprint}
-    save_last = _LastSaver(run_dir, cfg, loop, identity, team)
+    save_last = LastSaver(run_dir, cfg, loop, identity, team)
     status = "finished"
     with stop_on_signals(log, repeat_window=TORCHRUN_SIGNAL_ECHO if team.enabled else 0.0) as stop:
         while progress_state.epoch < cfg.epochs:
@@ -248,7 +231,7 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
                 save_last(progress_state)
                 status = "interrupted"
                 log(f"interrupted in epoch {progress_state.epoch + 1} after step {progress_state.step}; "
-                    f"resume with: {_resume_command(run_dir, team)}")
+                    f"resume with: {resume_command(run_dir, team)}")
                 break
             row = progress_state.history[-1]
             improved = row["val_acc"] > progress_state.best_val_acc
@@ -264,7 +247,7 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
                 write_text_atomic(run_dir / "history.csv", format_history(progress_state.history))
             save_last(progress_state)
             if improved and team.main:
-                save_checkpoint(_model_state(cfg, loop.kept_model, progress_state, identity), run_dir / "best.pt")
+                save_checkpoint(model_state(cfg, loop.kept_model, progress_state, identity), run_dir / "best.pt")
             log(f"epoch {row['epoch']}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
                 f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  {row['seconds']:.1f}s"
                 + ("  (best)" if improved else ""))
@@ -277,10 +260,12 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
                 log(f"early stop: val accuracy has not improved for {cfg.patience} epochs "
                     f"(best {progress_state.best_val_acc:.4f})")
                 break
-    if team.main:
-        _write_status(run_dir, status, progress_state, cfg, init_hash, hardware, train_source, val_source)
-    if status != "interrupted":
-        log(f"best val accuracy {progress_state.best_val_acc:.4f}; next: catsdogs evaluate {run_dir}")
+        # Still inside the signal handling: under torchrun a Ctrl-C reaches each process twice, and
+        # the second copy may come only now; it must not cut the status file short.
+        if team.main:
+            _write_status(run_dir, status, progress_state, cfg, init_hash, hardware, train_source, val_source)
+        if status != "interrupted":
+            log(f"best val accuracy {progress_state.best_val_acc:.4f}; next: catsdogs evaluate {run_dir}")
     return TrainResult(run_dir, progress_state.epoch, progress_state.best_val_acc, status)
 
 
@@ -302,68 +287,9 @@ def _optimizer_overrides(cfg: TrainConfig, defaults: Mapping[str, Any]) -> dict[
     return overrides
 
 
-def _resumed_config(state: Mapping[str, Any], flags: Mapping[str, Any], run_dir: Path) -> TrainConfig:
-    saved = config_from_dict(state["config"], f"{run_dir / 'last.pt'}")
-    changes = {}
-    for key, value in flags.items():
-        if value is None or value == getattr(saved, key):
-            continue
-        if key not in RESUMABLE_CHANGES:
-            raise UsageError(f"--{key.replace('_', '-')} {value} conflicts with the run being resumed "
-                             f"({key} = {getattr(saved, key)}); a resumed run keeps its {key}")
-        changes[key] = str(Path(value).resolve()) if key == "data" else value
-    if "epochs" in changes and changes["epochs"] < state["progress"]["epoch"]:
-        raise UsageError(f"--epochs {changes['epochs']} is fewer than the {state['progress']['epoch']} "
-                         "epochs already done")
-    return dataclasses.replace(saved, **changes)
-
-
 def _per_process(batch_size: int, world: int) -> str:
     share, extra = divmod(batch_size, world)
     return f"{share}" if extra == 0 else f"{share}-{share + 1}"
-
-
-def _resume_command(run_dir: Path, team: Team) -> str:
-    if team.enabled:  # an exact resume needs as many processes again
-        return f"torchrun --standalone --nproc_per_node={team.world} -m catsdogs train --resume {run_dir}"
-    return f"catsdogs train --resume {run_dir}"
-
-
-def _point_best_at(run_dir: Path, data: str) -> None:
-    """After a resume with a moved split, best.pt (which evaluate reads) names the new folder too."""
-    best = run_dir / "best.pt"
-    if best.is_file():
-        state = load_checkpoint(best)
-        if state["config"].get("data") != data:
-            state["config"]["data"] = data
-            save_checkpoint(state, best)
-
-
-def _restore_progress(state: Mapping[str, Any]) -> Progress:
-    saved = dict(state["progress"])
-    saved["sums"] = tuple(saved["sums"])
-    return Progress(**saved)
-
-
-def _model_state(cfg: TrainConfig, model: nn.Module, progress: Progress, identity: Mapping[str, Any]
-                 ) -> dict[str, Any]:
-    """Weights and what they mean: config, classes, epoch, and `identity` (init hash, data fingerprint)."""
-    return {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "config": cfg.to_dict(), "epoch": progress.epoch,
-            "val_acc": progress.history[-1]["val_acc"] if progress.history else None, **identity}
-
-
-def data_fingerprint(train_split: ImageSplit, val_split: ImageSplit) -> dict[str, str]:
-    """A hash of the train and val file lists (names, classes, sizes). The test split is never read
-    in training, not even its names: a learning-rate sweep must provably not touch it."""
-    return {"train": split_fingerprint(train_split), "val": split_fingerprint(val_split)}
-
-
-def _check_same_split(state: Mapping[str, Any], fingerprint: Mapping[str, Any], data: str, run_dir: Path) -> None:
-    saved = state.get("data_fingerprint")
-    if saved and (saved["train"], saved["val"]) != (fingerprint["train"], fingerprint["val"]):
-        raise CatsdogsError(f"{data} does not hold the split {run_dir} started on (re-split since?); going on "
-                            "would train on photos its test set may now hold: start a new run instead")
 
 
 def _check_out(cfg: TrainConfig) -> None:
@@ -378,53 +304,6 @@ def _check_out(cfg: TrainConfig) -> None:
     for parent in [given, *given.parents]:
         if parent.exists() and not parent.is_dir():
             raise UsageError(f"--out {given}: {parent} is a file, so the run folder cannot be made there")
-
-
-@dataclass
-class _LastSaver:
-    """Writes last.pt: everything a resume needs to continue exactly where training stood."""
-
-    run_dir: Path
-    cfg: TrainConfig
-    loop: EpochLoop
-    identity: Mapping[str, Any]  # classes, init_hash, data_fingerprint
-    team: Team = SOLO
-
-    def __call__(self, progress: Progress) -> None:
-        loop = self.loop
-        # Every process draws its own augmentations and dropout masks; all of them are kept.
-        ranks = gather({"aug_gen": loop.aug_gen.get_state(), "rng": _rng_state()}, self.team)
-        if not self.team.main:
-            return
-        state = _model_state(self.cfg, loop.kept_model, progress, self.identity)
-        if loop.ema is not None:  # "model" holds the averaged weights to use; a resume continues from raw_model
-            state["raw_model"] = {k: v.detach().cpu() for k, v in loop.model.state_dict().items()}
-            state["ema"] = loop.ema.state_dict()
-        state.update({
-            "optimizer": loop.optimizer.state_dict(),
-            "scaler": loop.scaler.state_dict() if loop.scaler.is_enabled() else {},
-            "order_gen": loop.order_gen.get_state(), "aug_gen": ranks[0]["aug_gen"], "rng": ranks[0]["rng"],
-            "progress": dataclasses.asdict(progress),
-        })
-        if self.team.enabled:
-            state["ranks"] = ranks
-        save_checkpoint(state, self.run_dir / "last.pt")
-
-
-def _restore_process_randomness(state: Mapping[str, Any], team: Team, aug_gen: torch.Generator, log: Log) -> None:
-    """Give this process back its own generator states; exact only with as many processes as before."""
-    ranks = state.get("ranks") or [{"aug_gen": state["aug_gen"], "rng": state["rng"]}]
-    if len(ranks) == team.world:
-        aug_gen.set_state(ranks[team.rank]["aug_gen"])
-        _set_rng_state(ranks[team.rank]["rng"])
-        return
-    log(f"note: this run was saved by {len(ranks)} process(es) and continues on {team.world}: it goes on from "
-        "the same weights and step, but its augmentations differ from an uninterrupted run's")
-    _set_rng_state(ranks[0]["rng"])
-    step = int(state["progress"]["global_step"])
-    aug_gen.manual_seed(int(state["config"]["seed"]) + 1 + RANK_SEED_STRIDE * team.rank + step)
-    if team.enabled:
-        torch.manual_seed(int(state["config"]["seed"]) + RANK_SEED_STRIDE * team.rank + step)
 
 
 def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
