@@ -262,9 +262,9 @@ def evaluate(run_dir: Path | None, split_name: str, checkpoint: str, data: str |
         click.echo(f"warning: {result.metrics['warning']}", err=True)
     unreadable = result.metrics["unreadable_images"]
     if unreadable:
+        more = " ..." if len(unreadable) > 3 else ""
         click.echo(f"warning: {len(unreadable)} photo(s) could not be read and were left out (listed in "
-                   f"{result.metrics_path.name}): {', '.join(unreadable[:3])}" + (" ..." if len(unreadable) > 3 else ""),
-                   err=True)
+                   f"{result.metrics_path.name}): {', '.join(unreadable[:3])}{more}", err=True)
     click.echo(f"wrote {result.metrics_path}, {result.figure_path} and {result.predictions_path}")
 
 

@@ -7,3 +7,9 @@ class CatsdogsError(Exception):
 
 class UsageError(CatsdogsError):
     """A bad option value or combination (the CLI exits with code 2)."""
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type's name when empty), for a one-line report."""
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:limit]

@@ -35,7 +35,11 @@ class LayerChoice:
 
 def feature_layers(model: nn.Module, image_size: int) -> list[LayerChoice]:
     """Every module whose output is a C x H x W map, in the order their forward passes finish."""
-    return [layer for layer in _trace_outputs(model, image_size) if len(layer.shape) == 3]
+    return _maps(_trace_outputs(model, image_size))
+
+
+def _maps(outputs: list[LayerChoice]) -> list[LayerChoice]:
+    return [layer for layer in outputs if len(layer.shape) == 3]
 
 
 def _trace_outputs(model: nn.Module, image_size: int) -> list[LayerChoice]:
@@ -124,8 +128,7 @@ class GradCAM:
         modules = dict(self.model.named_modules())
         outputs = _trace_outputs(self.model, image_size)
         if layer is None:
-            maps = [output for output in outputs if len(output.shape) == 3]
-            self.layer = _deepest_wide(maps, type(model).__name__, MIN_CELLS).name
+            self.layer = _deepest_wide(_maps(outputs), type(model).__name__, MIN_CELLS).name
         else:
             self.layer = _check_layer(layer, outputs, set(modules) - {""})
         self.module = modules[self.layer]
@@ -165,7 +168,8 @@ class Explanation:
 
 
 def explain_photos(trained: TrainedModel, photos: Sequence[Path], out_dir: str | Path, target: str | None = None,
-                   layer: str | None = None, progress: bool = True, truths: Mapping[Path, str] | None = None) -> tuple[list[Explanation], list[tuple[Path, str]], str]:
+                   layer: str | None = None, progress: bool = True, truths: Mapping[Path, str] | None = None
+                   ) -> tuple[list[Explanation], list[tuple[Path, str]], str]:
     """Write one figure per photo (the photo, and the heat map over it) and explanations.csv into `out_dir`.
 
     The probability and the class in the title and the list are those `predict_photos` gives, at

@@ -18,6 +18,7 @@ from typing import Iterator, NamedTuple
 from PIL import Image, ImageFile, UnidentifiedImageError
 from tqdm import tqdm
 
+from catsdogs.errors import first_line
 from catsdogs.images import is_image_name, load_rgb
 from catsdogs.staging import ctrl_c_deferred
 
@@ -176,17 +177,12 @@ def check_image(path: str) -> ImageCheck:
             # Decoded as training reads it: EXIF rotation and RGB conversion must work too.
             width, height = load_rgb(file).size
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-            return ImageCheck(BOMB, _first_line(error), sha256, 0, 0)
+            return ImageCheck(BOMB, first_line(error), sha256, 0, 0)
         except UnidentifiedImageError:
             return ImageCheck(NOT_AN_IMAGE, "no image format recognised", sha256, 0, 0)
         except Exception as error:  # noqa: BLE001 - decoders raise many types on bad data
-            return ImageCheck(CORRUPT, _first_line(error), sha256, 0, 0)
+            return ImageCheck(CORRUPT, first_line(error), sha256, 0, 0)
     return ImageCheck(None, "", sha256, width, height)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return (text[0] if text else type(error).__name__)[:200]
 
 
 def _init_worker() -> None:

@@ -150,10 +150,10 @@ class EpochLoop:
             bar.update()
             budget_hit = self.budget_seconds is not None and before + elapsed >= self.budget_seconds
             stop_hit = stop.requested and progress.step < len(order)
-            steps_planned = self._total_steps(progress, before + elapsed)
-            if self.team.enabled:  # one decision for all processes, or they would wait on each other forever
-                budget_hit, stop_hit, steps_planned = agree_max([budget_hit, stop_hit, steps_planned], self.team)
-                steps_planned = int(steps_planned)
+            # One decision for all processes, or they would wait on each other forever.
+            budget_hit, stop_hit, steps_planned = agree_max(
+                [budget_hit, stop_hit, self._total_steps(progress, before + elapsed)], self.team)
+            steps_planned = int(steps_planned)
             if budget_hit:
                 progress.budget_spent = True  # end this epoch early: validate and record it
                 break
@@ -175,13 +175,10 @@ class EpochLoop:
         return True
 
     def _agreed_total(self, progress: Progress, spent: float) -> int:
-        steps = self._total_steps(progress, spent)
-        return int(agree_max([steps], self.team)[0]) if self.team.enabled else steps
+        return int(agree_max([self._total_steps(progress, spent)], self.team)[0])
 
     def _team_sums(self, loss_sum: float, correct: int, seen: int, seconds: float) -> tuple[float, int, int, float]:
         """The epoch's training sums over all processes, and the slowest one's time."""
-        if not self.team.enabled:
-            return loss_sum, correct, seen, seconds
         loss_sum, correct, seen = total([loss_sum, correct, seen], self.team)
         return loss_sum, int(correct), int(seen), agree_max([seconds], self.team)[0]
 
@@ -209,7 +206,7 @@ class EpochLoop:
         """Validation loss and accuracy; with several processes, process 0 measures and tells the rest."""
         result = evaluate_source(self.kept_model, self.val_source, self.precision, self.device)[:2] \
             if self.team.main else None
-        return from_main(result, self.team) if self.team.enabled else result
+        return from_main(result, self.team)
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from catsdogs.checkpoint import load_checkpoint, write_text_atomic
 from catsdogs.config import TrainConfig, config_from_dict
 from catsdogs.data import default_jobs
-from catsdogs.errors import CatsdogsError, UsageError
+from catsdogs.errors import CatsdogsError, UsageError, first_line
 from catsdogs.hardware import Precision, select_device, select_precision, tune_allocator
 from catsdogs.images import is_image_name, load_resized
 from catsdogs.loop import EVAL_BATCH
@@ -139,8 +139,7 @@ def unreadable_reason(error: BaseException) -> str:
         return "too many pixels"
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
-    lines = str(error).strip().splitlines()
-    return (lines[0] if lines else type(error).__name__)[:200]
+    return first_line(error)
 
 
 def _decode(path: Path, size: int) -> np.ndarray | str:

@@ -219,8 +219,8 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
         f"{share}), {cfg.epochs} epochs")
 
     net = _data_parallel(model, device) if team.enabled else model
-    loop = EpochLoop(cfg, model, optimizer, scaler, precision, device, train_source, val_source, order_gen, aug_gen, ema,
-                     team, net)
+    loop = EpochLoop(cfg, model, optimizer, scaler, precision, device, train_source, val_source, order_gen, aug_gen,
+                     ema, team, net)
     identity = {"classes": list(train_split.classes), "init_hash": init_hash, "data_fingerprint": fingerprint}
     save_last = LastSaver(run_dir, cfg, loop, identity, team)
     status = "finished"
