@@ -124,8 +124,9 @@ def summarize(study_dir: Path, target_acc: float) -> dict[str, Any]:
             "statuses": [r.status.get("status", "unknown") for r in mine],
         })
     rows.sort(key=lambda row: (-row["test_acc"]["mean"], -row["best_val_acc"]["mean"]))
-    for rank, row in enumerate(rows, 1):
-        row["rank"] = rank
+    for place, (above, row) in enumerate(zip([None, *rows], rows), 1):
+        # Equal means share a rank (1, 1, 3), as the report's text shows them with "=".
+        row["rank"] = above["rank"] if above is not None and _same_mean(above, row) else place
 
     def compare(a: str, b: str) -> dict[str, Any]:
         test = paired_t_test([runs[(a, s)].metrics["accuracy"] for s in seeds],
@@ -219,12 +220,17 @@ def _evidence_note(seeds: int) -> str:
             "intervals.")
 
 
+def _same_mean(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two ranking rows have the same mean test accuracy (up to float rounding)."""
+    return math.isclose(a["test_acc"]["mean"], b["test_acc"]["mean"], rel_tol=0.0, abs_tol=1e-12)
+
+
 def _ranking_text(rows: list[dict[str, Any]], adjacent: list[dict[str, Any]]) -> str:
     """'a (..) > b (..) ≈ c (..)', with '>' only where the paired test tells the gap (with one seed: any gap)."""
     meanings = {"=": "= equal means", "≈": f"≈ a gap the seeds cannot tell apart, p ≥ {ALPHA:g}"}
     text, signs = f"{rows[0]['optim']} ({_mean_sd(rows[0]['test_acc'])})", set()
     for above, row, pair in zip(rows, rows[1:], adjacent):
-        if math.isclose(above["test_acc"]["mean"], row["test_acc"]["mean"], rel_tol=0.0, abs_tol=1e-12):
+        if _same_mean(above, row):
             sign = "="
         else:
             sign = "≈" if pair["distinguishable"] is False else ">"

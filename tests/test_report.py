@@ -48,7 +48,8 @@ def ranking_line(report: str) -> str:
 
 
 def test_equal_means_are_shown_as_ties(tmp_path: Path) -> None:
-    _, report = report_for(tmp_path, {name: [0.5, 0.5, 0.5] for name in ("vanilla-sgd", "minibatch-sgd", "adam")})
+    summary, report = report_for(tmp_path, {name: [0.5, 0.5, 0.5] for name in ("vanilla-sgd", "minibatch-sgd", "adam")})
+    assert [row["rank"] for row in summary["ranking"]] == [1, 1, 1]
     assert ranking_line(report) == ("vanilla-sgd (50.0 ± 0.0%) = minibatch-sgd (50.0 ± 0.0%) = adam (50.0 ± 0.0%). "
                                     "(= equal means)")
 
@@ -63,8 +64,11 @@ def test_only_a_gap_the_paired_test_tells_apart_gets_a_greater_than(tmp_path: Pa
 
 
 def test_one_seed_orders_different_means_and_ties_equal_ones(tmp_path: Path) -> None:
-    _, report = report_for(tmp_path, {"momentum": [0.5], "adam": [0.9], "minibatch-sgd": [0.5]})
+    summary, report = report_for(tmp_path, {"momentum": [0.5], "adam": [0.9], "minibatch-sgd": [0.5]})
     assert ranking_line(report) == "adam (90.0%) > momentum (50.0%) = minibatch-sgd (50.0%). (= equal means)"
+    assert [(row["optim"], row["rank"]) for row in summary["ranking"]] == [("adam", 1), ("momentum", 2),
+                                                                           ("minibatch-sgd", 2)]
+    assert "| 2 | minibatch-sgd |" in report
 
 
 def test_a_gap_without_spread_across_seeds_is_said_plainly(tmp_path: Path) -> None:
