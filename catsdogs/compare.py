@@ -23,6 +23,7 @@ from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.evaluate import evaluate_run
 from catsdogs.optim import get_optimizer_spec, load_optimizer_plugins
 from catsdogs.plots import read_history
+from catsdogs.progress import progress_bar
 from catsdogs.report import (RUNS_DIR, STUDY_FILE, SWEEP_DIR, TUNING_FILE, read_json, run_name, sweep_name,
                              write_report)
 from catsdogs.train import resolve_config, train
@@ -316,8 +317,9 @@ class _StudyBar:
     def __init__(self, runs: list[_Planned], show: bool, log: Log) -> None:
         self.runs, self.log, self.done = runs, log, 0
         self.seconds: dict[tuple[str, str], list[float]] = {}
-        self.bar = tqdm(total=len(runs), desc="study", unit="run", disable=not show, dynamic_ncols=True,
-                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} runs [{elapsed}{postfix}]")
+        self.bar = progress_bar(
+            total=len(runs), desc="study", unit="run", show=show, dynamic_ncols=True,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} runs [{elapsed}{postfix}]")
 
     def echo(self, line: str) -> None:
         with tqdm.external_write_mode():

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from catsdogs.errors import CatsdogsError
 from catsdogs.images import is_image_name, load_resized
+from catsdogs.progress import progress_bar
 from catsdogs.transforms import Preset
 
 CACHE_DIR = ".cache"
@@ -157,8 +158,8 @@ def _build_cache(split: ImageSplit, size: int, array_path: Path, meta_path: Path
     images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(split), size, size, 3))
     unreadable: list[int] = []
     work = [(str(p), size) for p in split.paths]
-    bar = tqdm(total=len(work), desc=f"caching {split.root.name} at {size}px", unit="img",
-               disable=not progress, leave=False)
+    bar = progress_bar(total=len(work), desc=f"caching {split.root.name} at {size}px", unit="img",
+                       show=progress, leave=False)
     try:
         if jobs > 1 and len(work) > 64:
             with ProcessPoolExecutor(max_workers=jobs, initializer=ignore_sigint) as pool:

@@ -1,8 +1,8 @@
 """Fetch Microsoft's "Kaggle Cats and Dogs" archive, resuming and verifying it, and extract it safely.
 
 Only the standard library and tqdm: urllib for HTTP (with `Range` to resume), hashlib to check
-the archive, zipfile to read it. Nothing is printed here apart from tqdm's progress bars on
-stderr; the caller reports the returned `DownloadResult`.
+the archive, zipfile to read it. Nothing is printed here apart from tqdm's progress bars on a
+terminal's stderr; the caller reports the returned `DownloadResult`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from tqdm import tqdm
 
 from catsdogs.errors import CatsdogsError
+from catsdogs.progress import progress_bar
 
 # Linked from https://www.microsoft.com/en-us/download/details.aspx?id=54765 and used by
 # TensorFlow Datasets and Hugging Face `cats_vs_dogs`; size and SHA-256 are the ones recorded in
@@ -191,9 +191,9 @@ def _fetch(url: str, part: Path, expected_size: int | None, progress: bool, time
             total = start + length
         received = 0
         try:
-            with open(part, mode) as out, tqdm(
+            with open(part, mode) as out, progress_bar(
                 total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=part.name.removesuffix(".part"), disable=not progress,
+                desc=part.name.removesuffix(".part"), show=progress,
             ) as bar:
                 while chunk := response.read(_CHUNK):
                     out.write(chunk)
@@ -277,7 +277,7 @@ def _extract(archive: Path, target: Path, progress: bool) -> None:
             staging.mkdir()
             try:
                 root = staging.resolve()
-                for info, relative in tqdm(plan, desc="extracting", unit="file", disable=not progress):
+                for info, relative in progress_bar(plan, desc="extracting", unit="file", show=progress):
                     out_path = staging / relative
                     # Belt and braces: the resolved path must still be inside the staging folder.
                     if not out_path.resolve().is_relative_to(root):

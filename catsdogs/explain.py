@@ -13,11 +13,11 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from catsdogs.checkpoint import atomic_write, write_text_atomic
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.predict import TrainedModel, decode_photos, predict_photos
+from catsdogs.progress import progress_bar
 from catsdogs.transforms import normalise
 
 # The map is read at the deepest layer still this many cells across: deeper layers know more
@@ -194,8 +194,8 @@ def explain_photos(trained: TrainedModel, photos: Sequence[Path], out_dir: str |
     done: list[Explanation] = []
     unreadable = list(predictions.unreadable)
     decoded = decode_photos(predictions.paths, size)
-    for (photo, image), probs in tqdm(zip(decoded, predictions.probs), total=len(predictions.paths),
-                                      desc="explaining", unit="photo", disable=not progress, leave=False):
+    for (photo, image), probs in progress_bar(zip(decoded, predictions.probs), total=len(predictions.paths),
+                                              desc="explaining", unit="photo", show=progress, leave=False):
         if isinstance(image, str):  # changed since it was classified a moment ago
             unreadable.append((photo, image))
             continue

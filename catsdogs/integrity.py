@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Iterator, NamedTuple
 
 from PIL import Image, ImageFile, UnidentifiedImageError
-from tqdm import tqdm
 
 from catsdogs.errors import first_line
 from catsdogs.images import is_image_name, load_rgb
+from catsdogs.progress import progress_bar
 from catsdogs.staging import ctrl_c_deferred
 
 # How a file that is not used is filed in rejected.csv (the `status` column).
@@ -194,7 +194,7 @@ def _init_worker() -> None:
 
 def check_images(paths: list[str], jobs: int, progress: bool = True) -> list[ImageCheck]:
     """Run `check_image` on every path, in `jobs` processes; results keep the order of `paths`."""
-    bar = tqdm(total=len(paths), desc="Decoding images", unit="img", disable=not progress)
+    bar = progress_bar(total=len(paths), desc="Decoding images", unit="img", show=progress)
     with bar:
         if jobs == 1 or len(paths) < 2:
             relaxed, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False

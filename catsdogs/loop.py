@@ -14,7 +14,6 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from catsdogs.config import TrainConfig
 from catsdogs.data import BatchSource
@@ -22,6 +21,7 @@ from catsdogs.distributed import SOLO, Team, agree_max, from_main, shard_batches
 from catsdogs.ema import ModelEMA
 from catsdogs.errors import CatsdogsError
 from catsdogs.hardware import Precision
+from catsdogs.progress import progress_bar
 from catsdogs.schedules import lr_factor
 
 Log = Callable[[str], None]
@@ -132,8 +132,8 @@ class EpochLoop:
         loss_sum, correct, seen, seconds = progress.sums
         self.net.train()
         started = time.perf_counter()
-        bar = tqdm(total=len(order), initial=progress.step, desc=f"epoch {progress.epoch + 1}/{self.cfg.epochs}",
-                   unit="batch", disable=not show, leave=False)
+        bar = progress_bar(total=len(order), initial=progress.step, unit="batch", show=show, leave=False,
+                           desc=f"epoch {progress.epoch + 1}/{self.cfg.epochs}")
         before = sum(row["seconds"] for row in progress.history)  # training time of earlier epochs
         steps_planned = self._agreed_total(progress, before + seconds)
         lr = self._set_lr(progress.global_step, steps_planned)
@@ -222,8 +222,8 @@ def evaluate_source(model: nn.Module, source: BatchSource, precision: Precision,
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     loss_sum, probs, labels_all = 0.0, [], []
     order = source.order(batch_size, None)
-    for images, labels in tqdm(source.batches(order), total=len(order), desc="evaluating", unit="batch",
-                               disable=not show, leave=False):
+    for images, labels in progress_bar(source.batches(order), total=len(order), desc="evaluating", unit="batch",
+                                       show=show, leave=False):
         images = source.preset(images.to(device, non_blocking=True))
         labels = labels.to(device)
         with precision.autocast(device):

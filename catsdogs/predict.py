@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
-from tqdm import tqdm
 
 from catsdogs.checkpoint import load_checkpoint, write_text_atomic
 from catsdogs.config import TrainConfig, config_from_dict
@@ -24,6 +23,7 @@ from catsdogs.hardware import Precision, select_device, select_precision, tune_a
 from catsdogs.images import is_image_name, load_resized
 from catsdogs.loop import EVAL_BATCH
 from catsdogs.models import build_model
+from catsdogs.progress import progress_bar
 from catsdogs.runs import resolve_checkpoint
 from catsdogs.transforms import normalise
 
@@ -193,8 +193,8 @@ def predict_photos(trained: TrainedModel, photos: Sequence[Path], tta: bool = Fa
             names.clear()
 
     decoded = decode_photos(photos, trained.cfg.image_size, jobs)
-    for path, image in tqdm(decoded, total=len(photos), desc="classifying", unit="photo", disable=not progress,
-                            leave=False):
+    for path, image in progress_bar(decoded, total=len(photos), desc="classifying", unit="photo", show=progress,
+                                    leave=False):
         if isinstance(image, str):
             result.unreadable.append((path, image))
             continue

@@ -13,12 +13,12 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
 
 from catsdogs import integrity, staging
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.images import IMAGE_EXTENSIONS
 from catsdogs.integrity import CONFLICT, DUPLICATE, REJECTED, SKIPPED, LeftOut, Photo
+from catsdogs.progress import progress_bar
 from catsdogs.staging import MANIFEST, RECORD, REJECTED_CSV
 
 SPLITS = ("train", "val", "test")
@@ -333,7 +333,7 @@ def _write_split(folder: Path, source: Path, rows: list[dict], left_out: list[Le
     for split in SPLITS:
         for name in summary.classes:
             (folder / split / name).mkdir(parents=True)
-    for row in tqdm(rows, desc="Writing split", unit="file", disable=not progress):
+    for row in progress_bar(rows, desc="Writing split", unit="file", show=progress):
         summary.copied += staging.place_file(source / row["path"], folder / row["file"], summary.mode)
     _write_csv(folder / MANIFEST, MANIFEST_COLUMNS, rows)
     _write_csv(folder / REJECTED_CSV, ("path", "status", "reason", "detail"), [asdict(item) for item in left_out])

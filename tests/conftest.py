@@ -65,3 +65,15 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
                       device="cpu", precision="fp32")
     result = train(cfg, progress=False, log=lambda _: None)
     return result.run_dir, data
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (a process pool's or torchrun's workers), from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found

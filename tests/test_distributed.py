@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import children
 
 from catsdogs import loop as loop_module
 from catsdogs.cli import main
@@ -86,18 +87,6 @@ def torchrun(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
                "-m", "catsdogs", "train", *args]
     return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             **kwargs)
-
-
-def children(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (torchrun's workers), from /proc."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
 
 
 def assert_finished(process: subprocess.Popen) -> str:
