@@ -249,7 +249,9 @@ def compare(config_file: Path | None, optims: str | None, seeds: int | None, bud
 def evaluate(run_dir: Path | None, split_name: str, checkpoint: str, data: str | None, device: str,
              tta: bool, out: Path | None) -> None:
     """Measure a trained run on a split; writes metrics.json and confusion_matrix.png into it."""
-    from catsdogs.evaluate import evaluate_run, format_metrics
+    from catsdogs.evaluate import evaluate_run
+    from catsdogs.images import describe_left_out
+    from catsdogs.metrics import format_metrics
     from catsdogs.runs import latest_run
 
     if run_dir is None:
@@ -258,6 +260,9 @@ def evaluate(run_dir: Path | None, split_name: str, checkpoint: str, data: str |
     result = evaluate_run(run_dir, split=split_name, checkpoint=checkpoint, data=data, device=device, tta=tta,
                           out_dir=out)
     click.echo(format_metrics(result.metrics))
+    left_out = [(Path(item["path"]), item["reason"]) for item in result.metrics["left_out"]]
+    for line in describe_left_out(left_out):
+        click.echo(f"left out: {line}", err=True)
     if "warning" in result.metrics:
         click.echo(f"warning: {result.metrics['warning']}", err=True)
     unreadable = result.metrics["unreadable_images"]
@@ -333,13 +338,14 @@ def _photos(count: int) -> str:
 
 
 def _photos_or_report(paths: tuple[Path, ...]) -> list[Path]:
-    """The photos named (folders searched), telling on stderr what could not be searched."""
+    """The photos named (folders searched), telling on stderr what else the folders held."""
+    from catsdogs.images import describe_left_out
     from catsdogs.predict import collect_photos
 
-    skipped: list[str] = []
-    files = collect_photos(paths, skipped)
-    for note in skipped:
-        click.echo(f"skipped: {note}", err=True)
+    left_out: list[tuple[Path, str]] = []
+    files = collect_photos(paths, left_out)
+    for line in describe_left_out(left_out):
+        click.echo(f"left out: {line}", err=True)
     return files
 
 

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from catsdogs.errors import CatsdogsError
-from catsdogs.images import is_image_name, load_resized
+from catsdogs.images import describe_left_out, find_photos, is_hidden, load_resized
 from catsdogs.progress import progress_bar
 from catsdogs.transforms import Preset
 
@@ -35,6 +35,7 @@ class ImageSplit:
     paths: list[Path]
     labels: np.ndarray
     unreadable: list[Path] = field(default_factory=list)
+    left_out: list[tuple[Path, str]] = field(default_factory=list)  # what the class folders held besides photos
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -66,15 +67,19 @@ def read_class_folder(root: str | Path, classes: Sequence[str] | None = None, hi
         raise CatsdogsError(f"{root} has classes {found}, but the model was trained on {sorted(names)}")
     paths: list[Path] = []
     labels: list[int] = []
+    left_out: list[tuple[Path, str]] = []
     for index, name in enumerate(names):
         if some_classes and name not in found:
             continue
-        files = sorted(p for p in (root / name).rglob("*") if p.is_file() and is_image_name(p))
-        if not files:
-            raise CatsdogsError(f"{root / name} holds no images (.jpg, .png, ...)" + (f": {hint}" if hint else ""))
-        paths += files
-        labels += [index] * len(files)
-    return ImageSplit(root, names, paths, np.asarray(labels, dtype=np.int64))
+        search = find_photos(root / name)
+        if not search.photos:
+            besides = "; ".join(describe_left_out(search.left_out, examples=2))
+            raise CatsdogsError(f"{root / name} holds no photo files (.jpg, .png, ...)"
+                                + (f"; it holds {besides}" if besides else "") + (f": {hint}" if hint else ""))
+        paths += search.photos
+        labels += [index] * len(search.photos)
+        left_out += search.left_out
+    return ImageSplit(root, names, paths, np.asarray(labels, dtype=np.int64), left_out=left_out)
 
 
 def split_fingerprint(split: ImageSplit) -> str:
@@ -86,8 +91,8 @@ def split_fingerprint(split: ImageSplit) -> str:
 
 
 def class_folders(root: Path) -> list[str]:
-    """The names of the visible subfolders of `root`, sorted."""
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """The names of the subfolders of `root` that can hold photos (not hidden), sorted."""
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not is_hidden(p.name))
 
 
 def _cache_key(split: ImageSplit, image_size: int) -> str:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,59 +18,10 @@ from catsdogs.data import (SPLITS, BatchSource, class_folders, load_cache, read_
                            split_fingerprint)
 from catsdogs.errors import CatsdogsError
 from catsdogs.loop import evaluate_source
+from catsdogs.metrics import compute_metrics
 from catsdogs.predict import load_trained
+from catsdogs.staging import MANIFEST
 from catsdogs.transforms import eval_preset
-
-
-def accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
-    """Correct predictions over all predictions: a fraction between 0 and 1."""
-    return float((np.asarray(predicted) == np.asarray(labels)).mean()) if len(labels) else 0.0
-
-
-def confusion_matrix(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Rows are true classes, columns predicted classes."""
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (labels, predicted), 1)
-    return matrix
-
-
-def binary_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
-    """ROC AUC as the probability that a positive outranks a negative (ties count half)."""
-    positive = positive.astype(bool)
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), dtype=np.float64)
-    sorted_scores = scores[order]
-    # Average ranks over ties so equal scores contribute one half.
-    unique, start, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    average = start + (counts + 1) / 2.0
-    ranks[order] = np.repeat(average, counts)
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def compute_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """Accuracy, per-class and macro precision/recall/F1, confusion matrix and ROC AUC."""
-    predicted = probs.argmax(1)
-    matrix = confusion_matrix(predicted, labels, len(classes))
-    per_class = {}
-    for index, name in enumerate(classes):
-        tp = matrix[index, index]
-        precision = tp / matrix[:, index].sum() if matrix[:, index].sum() else 0.0
-        recall = tp / matrix[index, :].sum() if matrix[index, :].sum() else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[name] = {"precision": float(precision), "recall": float(recall), "f1": float(f1),
-                           "support": int(matrix[index, :].sum())}
-    macro = {key: float(np.mean([m[key] for m in per_class.values()])) for key in ("precision", "recall", "f1")}
-    if len(classes) == 2:
-        auc = binary_auc(probs[:, 1], labels == 1)
-    else:  # macro one-vs-rest
-        aucs = [binary_auc(probs[:, i], labels == i) for i in range(len(classes))]
-        aucs = [a for a in aucs if a is not None]
-        auc = float(np.mean(aucs)) if aucs else None
-    return {"accuracy": accuracy(predicted, labels), "images": int(len(labels)), "classes": list(classes),
-            "per_class": per_class, "macro": macro, "confusion_matrix": matrix.tolist(), "roc_auc": auc}
 
 
 @dataclass
@@ -88,24 +41,34 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     photo in it is measured (`split` is ignored and recorded as "all").
 
     `out_dir` defaults to the run folder for the data it trained on, and to
-    `run_dir/eval-<folder name>` for other data, so that measuring a model on new photos never
-    replaces the measurement on its own test split. With `tta` the prediction averages each
-    image and its mirror image; its files get a `_tta` suffix so they sit beside the plain ones.
+    `run_dir/eval-<folder name>` for other data (`eval-<name>-2` and so on when that holds the
+    results of another folder of the same name), so that measuring a model on new photos never
+    replaces another measurement. Files that are not this evaluation's earlier results are never
+    replaced. With `tta` the prediction averages each image and its mirror image; its files get a
+    `_tta` suffix so they sit beside the plain ones.
     """
     run_dir = Path(run_dir)
     trained = load_trained(run_dir, checkpoint, device)
     cfg, classes, torch_device = trained.cfg, trained.classes, trained.device
-    out_dir = Path(out_dir) if out_dir is not None else default_output_dir(run_dir, cfg.data, data)
-    if data is not None and is_plain_class_folder(Path(data), classes):
+    measured = Path(data or cfg.data).resolve()
+    own_split = measured == Path(cfg.data).resolve()
+    plain = data is not None and is_plain_class_folder(Path(data), classes)
+    split = "all" if plain else split
+    suffix = ("" if split in ("test", "all") else f"_{split}") + checkpoint_suffix(checkpoint) + ("_tta" if tta else "")
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        refuse_to_replace(out_dir, suffix, measured)
+    else:
+        out_dir = run_dir if own_split else free_output_dir(run_dir / f"eval-{measured.name}", suffix, measured)
+    if plain:
         # Photos sorted into class folders but not split: measure on all of them, and leave no
         # cache behind in a folder that is the user's own.
-        split = "all"
-        image_split = read_class_folder(data, classes, some_classes=True)
+        image_split = read_class_folder(measured, classes, some_classes=True)
         images = None
     else:
-        image_split = read_split(data or cfg.data, split, classes)
+        image_split = read_split(measured, split, classes)
         images = load_cache(image_split, cfg.image_size, cfg.cache, progress=progress)
-    warning = changed_split_warning(trained.data_fingerprint, cfg.data, classes, data is None)
+    warning = changed_split_warning(trained.data_fingerprint, cfg.data, classes, own_split)
     source = BatchSource(image_split, eval_preset(cfg.image_size), images, workers=0 if images is not None else 1,
                          device=torch_device)
     loss, _, probs, labels = evaluate_source(trained.model, source, trained.precision, torch_device, show=progress,
@@ -113,22 +76,86 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     metrics = compute_metrics(probs, labels, classes)
     failed = set(source.failed)
     unreadable = sorted(str(p) for p in set(image_split.unreadable) | failed)
+    kept = [image_split.paths[i] for i in source.valid if image_split.paths[i] not in failed]
     metrics.update({"split": split, "loss": loss, "checkpoint": str(trained.checkpoint.resolve()), "tta": tta,
-                    "data": str(data or cfg.data), "epoch": trained.epoch, "unreadable_images": unreadable})
+                    "data": str(measured), "epoch": trained.epoch, "unreadable_images": unreadable,
+                    "left_out": [{"path": str(path), "reason": reason} for path, reason in image_split.left_out]})
+    if not own_split:
+        seen = seen_in_training(kept, cfg.data)
+        metrics["seen_in_training"] = seen
+        if seen:
+            warning = (f"{seen} of these {len(kept)} photos are in the train or val split this run learned from "
+                       "(the same bytes), so this accuracy is too high; measure on photos the run never saw")
     if warning:
         metrics["warning"] = warning
     out_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed evaluation leaves no empty folder
-    suffix = ("" if split in ("test", "all") else f"_{split}") + checkpoint_suffix(checkpoint)
-    suffix += "_tta" if tta else ""
     metrics_path = out_dir / f"metrics{suffix}.json"
     write_text_atomic(metrics_path, json.dumps(metrics, indent=2) + "\n")
     figure_path = out_dir / f"confusion_matrix{suffix}.png"
     save_confusion_figure(np.asarray(metrics["confusion_matrix"]), classes, figure_path,
                           title=f"{run_dir.name}: {split} accuracy {metrics['accuracy']:.3f}")
     predictions_path = out_dir / f"predictions{suffix}.csv"
-    kept = [image_split.paths[i] for i in source.valid if image_split.paths[i] not in failed]
     write_predictions(predictions_path, kept, labels, probs, classes)
     return Evaluation(metrics, metrics_path, figure_path, predictions_path)
+
+
+def _result_files(folder: Path, suffix: str) -> list[Path]:
+    return [folder / f"metrics{suffix}.json", folder / f"confusion_matrix{suffix}.png",
+            folder / f"predictions{suffix}.csv"]
+
+
+def _measured_in(metrics_file: Path) -> Path | None:
+    """The photo folder an earlier `evaluate` recorded in `metrics_file`; None when it is not one of ours."""
+    try:
+        recorded = json.loads(metrics_file.read_text())
+        return Path(recorded["data"]).resolve() if "confusion_matrix" in recorded else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def refuse_to_replace(folder: Path, suffix: str, measured: Path) -> None:
+    """Refuse a results folder where writing would replace anything but an earlier evaluation of
+    the same photos (a file of the user's, or the results for another folder)."""
+    if not any(path.exists() for path in _result_files(folder, suffix)):
+        return
+    metrics_file = _result_files(folder, suffix)[0]
+    before = _measured_in(metrics_file)
+    if before is None:
+        clash = next(path for path in _result_files(folder, suffix) if path.exists())
+        raise CatsdogsError(f"{clash} exists and is not a result of `catsdogs evaluate`: choose another --out, "
+                            "or move it")
+    if before != measured:
+        raise CatsdogsError(f"{folder} already holds the evaluation on {before} ({metrics_file.name}): choose "
+                            "another --out for these photos")
+
+
+def free_output_dir(base: Path, suffix: str, measured: Path) -> Path:
+    """`base`, or `base-2`, `base-3`...: the first that is new, empty, or holds results for `measured`."""
+    for number in itertools.count(1):
+        folder = base if number == 1 else base.with_name(f"{base.name}-{number}")
+        if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
+            return folder
+        recorded = {_measured_in(path) for path in folder.glob("metrics*.json")}
+        if folder.is_dir() and recorded == {measured}:
+            return folder
+    raise AssertionError("unreachable")
+
+
+def seen_in_training(photos: list[Path], trained_on: str | Path) -> int | None:
+    """How many of `photos` have the bytes of a train or val photo in the run's split manifest
+    (None when the manifest is gone)."""
+    try:
+        with (Path(trained_on) / MANIFEST).open(newline="") as handle:
+            learned = {row["sha256"] for row in csv.DictReader(handle) if row["split"] in ("train", "val")}
+    except (OSError, KeyError, csv.Error):
+        return None
+    count = 0
+    for photo in photos:
+        try:
+            count += hashlib.sha256(photo.read_bytes()).hexdigest() in learned
+        except OSError:
+            continue
+    return count
 
 
 def checkpoint_suffix(checkpoint: str) -> str:
@@ -172,13 +199,6 @@ def is_plain_class_folder(folder: Path, classes: list[str]) -> bool:
                         "folders: sort the photos into one subfolder per class, or use `catsdogs predict`")
 
 
-def default_output_dir(run_dir: Path, trained_on: str, data: str | None) -> Path:
-    """The run folder for the run's own split folder; `run_dir/eval-<name>` for any other."""
-    if data is None or Path(data).resolve() == Path(trained_on).resolve():
-        return run_dir
-    return run_dir / f"eval-{Path(data).resolve().name}"
-
-
 def write_predictions(path: Path, paths: list[Path], labels: np.ndarray, probs: np.ndarray,
                       classes: list[str]) -> None:
     buffer = io.StringIO()
@@ -209,18 +229,3 @@ def save_confusion_figure(matrix: np.ndarray, classes: list[str], path: Path, ti
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def format_metrics(metrics: dict[str, Any]) -> str:
-    """A readable table of the metrics for the terminal."""
-    lines = [f"{'class':<12}{'precision':>10}{'recall':>10}{'f1':>10}{'images':>8}"]
-    for name, m in metrics["per_class"].items():
-        lines.append(f"{name:<12}{m['precision']:>10.4f}{m['recall']:>10.4f}{m['f1']:>10.4f}{m['support']:>8}")
-    macro = metrics["macro"]
-    lines.append(f"{'macro':<12}{macro['precision']:>10.4f}{macro['recall']:>10.4f}{macro['f1']:>10.4f}"
-                 f"{metrics['images']:>8}")
-    auc = metrics["roc_auc"]
-    lines.append(f"accuracy {metrics['accuracy']:.4f} ({metrics['images']} images)"
-                 + (f"   ROC AUC {auc:.4f}" if auc is not None else ""))
-    lines.append("confusion matrix (rows true, columns predicted): " + str(metrics["confusion_matrix"]))
-    return "\n".join(lines)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Sequence
 
 import cv2
 import numpy as np
@@ -83,3 +84,71 @@ def is_image_name(path: str | Path) -> bool:
 
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
+
+# Never photos: names that begin with "." (.DS_Store, the ._ copies macOS writes beside each
+# file, .ipynb_checkpoints/, .git/) and the metadata folder of macOS zips. split, evaluate and
+# predict all leave them out, and say so.
+METADATA_FOLDERS = frozenset({"__MACOSX"})
+HIDDEN_FILE = "hidden file"
+HIDDEN_FOLDER = "hidden or metadata folder, not searched"
+NOT_PHOTO_NAME = f"not named as a photo ({', '.join(sorted(IMAGE_EXTENSIONS))})"
+BROKEN_LINK = "a broken or looping link"
+
+
+def is_hidden(name: str) -> bool:
+    """Whether a file or folder of this name is one that no search for photos looks into."""
+    return name.startswith(".") or name in METADATA_FOLDERS
+
+
+@dataclass
+class PhotoSearch:
+    """The photo files under a folder, in sorted order, and every other thing met, with why."""
+
+    photos: list[Path]
+    left_out: list[tuple[Path, str]]
+
+
+def find_photos(folder: Path) -> PhotoSearch:
+    """Every photo-named file under `folder`, following links to folders (each real folder once, so
+    a loop ends). Hidden files and folders, other files, broken links and folders that cannot be
+    read are listed in `left_out` with the reason."""
+    search = PhotoSearch([], [])
+    seen: set[str] = set()
+
+    def report(error: OSError) -> None:
+        search.left_out.append((Path(error.filename), error.strerror or str(error)))
+
+    for here, dirs, files in os.walk(folder, followlinks=True, onerror=report):
+        real = os.path.realpath(here)
+        if real in seen:  # a link back into a folder already searched
+            dirs.clear()
+            continue
+        seen.add(real)
+        search.left_out += [(Path(here) / name, HIDDEN_FOLDER) for name in sorted(dirs) if is_hidden(name)]
+        dirs[:] = sorted(name for name in dirs if not is_hidden(name))
+        for name in sorted(files):
+            file = Path(here) / name
+            if is_hidden(name):
+                search.left_out.append((file, HIDDEN_FILE))
+            elif not is_image_name(name):
+                search.left_out.append((file, NOT_PHOTO_NAME))
+            elif file.is_file():
+                search.photos.append(file)
+            else:
+                search.left_out.append((file, BROKEN_LINK if file.is_symlink() else "not a regular file"))
+    return search
+
+
+def describe_left_out(left_out: Sequence[tuple[Path, str]], examples: int = 3) -> list[str]:
+    """One line per reason: `PATH: reason` for a few, `N files: reason (e.g. A, B, C)` for more."""
+    by_reason: dict[str, list[Path]] = {}
+    for path, reason in left_out:
+        by_reason.setdefault(reason, []).append(path)
+    lines = []
+    for reason, paths in by_reason.items():
+        if len(paths) <= examples:
+            lines += [f"{path}: {reason}" for path in paths]
+        else:
+            shown = ", ".join(str(path) for path in paths[:examples])
+            lines.append(f"{len(paths)} files: {reason} (e.g. {shown})")
+    return lines

@@ -18,7 +18,7 @@ from typing import Iterator, NamedTuple
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from catsdogs.errors import first_line
-from catsdogs.images import is_image_name, load_rgb
+from catsdogs.images import HIDDEN_FILE, HIDDEN_FOLDER, is_hidden, is_image_name, load_rgb
 from catsdogs.progress import progress_bar
 from catsdogs.staging import ctrl_c_deferred
 
@@ -41,8 +41,6 @@ FOLDER_LINK = "link to a folder inside the source (its files are read there)"
 NOT_IMAGE_FILE = "not an image file"
 NOT_REGULAR = "not a regular file"
 
-# Folders that hold no photos, only tool metadata (macOS zips add __MACOSX with ._ copies).
-IGNORED_FOLDERS = frozenset({"__MACOSX"})
 
 
 @dataclass(frozen=True)
@@ -108,8 +106,14 @@ def scan_source(source: Path) -> SourceScan:
         for entry in entries:
             rel = Path(entry.path).relative_to(source).as_posix()
             if entry.is_dir(follow_symlinks=False):
-                if not entry.name.startswith(".") and entry.name not in IGNORED_FOLDERS:
+                if is_hidden(entry.name):
+                    # Not in the fingerprint: Finder and Jupyter rewrite these while nothing else changes.
+                    left_out.append(LeftOut(rel, SKIPPED, HIDDEN_FOLDER))
+                else:
                     pending.append(Path(entry.path))
+                continue
+            if is_hidden(entry.name):
+                left_out.append(LeftOut(rel, SKIPPED, HIDDEN_FILE))
                 continue
             problem = _link_problem(Path(entry.path), source) if entry.is_symlink() else None
             if problem is not None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from catsdogs.config import TrainConfig, config_from_dict
 from catsdogs.data import default_jobs
 from catsdogs.errors import CatsdogsError, UsageError, first_line
 from catsdogs.hardware import Precision, select_device, select_precision, tune_allocator
-from catsdogs.images import is_image_name, load_resized
+from catsdogs.images import describe_left_out, find_photos, load_resized
 from catsdogs.loop import EVAL_BATCH
 from catsdogs.models import build_model
 from catsdogs.progress import progress_bar
@@ -80,21 +79,24 @@ def load_trained(run_dir: str | Path, checkpoint: str = "best", device: str = "a
                         checkpoint_path, state.get("epoch"), state.get("data_fingerprint"))
 
 
-def collect_photos(paths: Sequence[str | Path], skipped: list[str] | None = None) -> list[Path]:
-    """The photos named: files as given, folders searched recursively for image files, in order.
+def collect_photos(paths: Sequence[str | Path], left_out: list[tuple[Path, str]] | None = None) -> list[Path]:
+    """The photos named: files as given, folders searched recursively for photo files, in order.
 
-    Links to folders are followed (each real folder once, so a link loop ends); what cannot be
-    searched (an unreadable folder, a broken or looping link) is described in `skipped`.
+    Links to folders are followed (each real folder once, so a link loop ends); what a folder held
+    besides photos (hidden and other files, broken links, unreadable folders) goes to `left_out`.
     """
-    skipped = skipped if skipped is not None else []
+    left_out = left_out if left_out is not None else []
     photos: list[Path] = []
     for given in paths:
         path = Path(given)
         if path.is_dir():
-            found = _walk_images(path, skipped)
-            if not found:
-                raise UsageError(f"{path} holds no image files (.jpg, .png, ...)")
-            photos += found
+            search = find_photos(path)
+            left_out += search.left_out
+            if not search.photos:
+                besides = "; ".join(describe_left_out(search.left_out, examples=2))
+                raise UsageError(f"{path} holds no photo files (.jpg, .png, ...)" + (f"; it holds {besides}"
+                                                                                      if besides else ""))
+            photos += search.photos
         elif path.is_file():
             photos.append(path)
         elif path.is_symlink():
@@ -104,31 +106,6 @@ def collect_photos(paths: Sequence[str | Path], skipped: list[str] | None = None
     if not photos:
         raise UsageError("name at least one photo or folder of photos")
     return list(dict.fromkeys(photos))  # the same file named twice is classified once
-
-
-def _walk_images(folder: Path, skipped: list[str]) -> list[Path]:
-    found: list[Path] = []
-    seen: set[str] = set()
-
-    def report(error: OSError) -> None:
-        skipped.append(f"{error.filename}: {error.strerror or error}")
-
-    for here, dirs, files in os.walk(folder, followlinks=True, onerror=report):
-        real = os.path.realpath(here)
-        if real in seen:  # a link back into a folder already searched
-            dirs.clear()
-            continue
-        seen.add(real)
-        dirs.sort()
-        for name in sorted(files):
-            file = Path(here) / name
-            if not is_image_name(file):
-                continue
-            if file.is_file():
-                found.append(file)
-            else:
-                skipped.append(f"{file}: a broken or looping link")
-    return found
 
 
 def unreadable_reason(error: BaseException) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from catsdogs import integrity, staging
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.images import IMAGE_EXTENSIONS
-from catsdogs.integrity import CONFLICT, DUPLICATE, REJECTED, SKIPPED, LeftOut, Photo
+from catsdogs.integrity import CONFLICT, DUPLICATE, LINK_OUTSIDE, REJECTED, SKIPPED, LeftOut, Photo
 from catsdogs.progress import progress_bar
 from catsdogs.staging import MANIFEST, RECORD, REJECTED_CSV
 
@@ -83,7 +83,8 @@ class SplitSummary:
         empty = [f"{split}/{name}" for split in SPLITS for name in self.classes if not self.counts[split][name]]
         if empty:
             lines.append(f"Warning: no photos in {', '.join(empty)}: too few photos for these ratios.")
-        lines.append(f"Every file left out and why: {out}/{REJECTED_CSV}; every photo kept: {out}/{MANIFEST}.")
+        lines.append((f"Every file left out and why: {out}/{REJECTED_CSV}; every" if left_out else "Every")
+                     + f" photo kept: {out}/{MANIFEST}.")
         # train reads ./data unless told otherwise.
         command = NEXT_COMMAND if self.out == Path("data").resolve() else f"{NEXT_COMMAND} --data {shlex.quote(out)}"
         lines += ["", f"Next: {command}"]
@@ -135,6 +136,8 @@ def split_dataset(source: str | Path, out: str | Path = "data",
     staging.recover_work_folders(out)
 
     scan = integrity.scan_source(source)
+    if not scan.images:
+        raise _no_usable_photos(source, scan.left_out)
     labelled, layout, layout_skipped = _label(scan.images, layout, source)
     arguments = {"ratios": list(ratios), "seed": seed, "layout": layout, "mode": mode}
     record = {"format": RECORD_FORMAT, "source": str(source), "arguments": arguments,
@@ -189,10 +192,6 @@ def _label(images: list[str], layout: str, source: Path) -> tuple[list[tuple[str
     """Pair each image with its class by the folder layout or the Kaggle names; return the layout used."""
     nested = sum("/" in rel for rel in images)
     named = sum("/" not in rel and bool(KAGGLE_NAME.match(rel)) for rel in images)
-    if not images:
-        raise CatsdogsError(f"no images found in {str(source)!r} (looked for "
-                            f"{', '.join(sorted(IMAGE_EXTENSIONS))}): pass the folder that holds "
-                            f"Cat/ and Dog/ subfolders, or Kaggle's cat.N.jpg files")
     if layout == "auto":
         layout = "folders" if nested >= named else "kaggle"
         if layout == "folders":
@@ -300,12 +299,25 @@ def _output_names(members: list[Photo], layout: str) -> dict[str, str]:
     return names
 
 
+def _no_usable_photos(source: Path, left_out: list[LeftOut]) -> CatsdogsError:
+    """The error for a source without one usable photo, saying what it held instead."""
+    if not left_out:
+        return CatsdogsError(f"no images found in {str(source)!r} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
+                             f": pass the folder that holds one subfolder per class (e.g. Cat/ and Dog/), or "
+                             f"Kaggle-style files (cat.N.jpg)")
+    reasons = Counter(item.reason for item in left_out)
+    listed = ", ".join(f"{reason}: {number}" for reason, number in sorted(reasons.items()))
+    if reasons[LINK_OUTSIDE] >= len(left_out) / 2:
+        advice = ("split reads only files inside the source, so that it cannot be led elsewhere: pass the folder "
+                  "the links point into, or copy the photos in")
+    else:
+        advice = "put the photos in one subfolder per class (e.g. Cat/ and Dog/), or name them like cat.N.jpg"
+    return CatsdogsError(f"no usable photos in {str(source)!r} ({listed}): {advice}")
+
+
 def _too_few_classes(classes: list[str], source: Path, left_out: list[LeftOut]) -> CatsdogsError:
     if not classes:
-        reasons = Counter(item.reason for item in left_out)
-        listed = ", ".join(f"{reason}: {number}" for reason, number in sorted(reasons.items()))
-        return CatsdogsError(f"no usable photos in {str(source)!r} ({listed}): put the photos in one "
-                             f"subfolder per class (Cat/, Dog/), or name them like Kaggle's cat.N.jpg")
+        return _no_usable_photos(source, left_out)
     return CatsdogsError(f"only one class ({classes[0]!r}) has usable photos in {str(source)!r}; split "
                          f"needs two or more: put each class in its own subfolder, e.g. Cat/ and Dog/")
 

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 from test_split import write_blank_png
 
-from catsdogs.images import MAX_IMAGE_PIXELS, is_image_name, load_resized, load_rgb, resize_array, to_rgb
+from catsdogs.images import (MAX_IMAGE_PIXELS, describe_left_out, is_image_name, load_resized, load_rgb, resize_array,
+                             to_rgb)
 from catsdogs.integrity import BOMB, check_image
 
 SIZE = 16
@@ -189,3 +190,10 @@ def test_a_100_megapixel_photo_is_no_bomb(tmp_path: Path) -> None:
     check = check_image(str(path))
     assert (check.reason, check.width, check.height) == (None, 10_000, 10_000)
     assert_rgb(load_resized(path, SIZE))
+
+
+def test_left_out_files_are_listed_a_few_at_a_time() -> None:
+    many = [(Path(f"notes/{i}.txt"), "not named as a photo") for i in range(5)]
+    assert describe_left_out([(Path("a/.DS_Store"), "hidden file"), *many]) == [
+        "a/.DS_Store: hidden file", "5 files: not named as a photo (e.g. notes/0.txt, notes/1.txt, notes/2.txt)"]
+    assert describe_left_out([]) == []

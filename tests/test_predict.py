@@ -52,7 +52,7 @@ def test_collect_photos_walks_folders_and_keeps_named_files(tmp_path: Path) -> N
 
 @pytest.mark.parametrize(("make", "message"), [
     (lambda root: root / "missing.jpg", "does not exist"),
-    (lambda root: root, "holds no image files"),
+    (lambda root: root, r"holds no photo files \(.jpg, .png, ...\); it holds .*readme.txt: not named as a photo"),
 ])
 def test_collect_photos_refuses_what_is_not_there(tmp_path: Path, make, message: str) -> None:
     (tmp_path / "readme.txt").write_text("no photos here")
@@ -148,7 +148,7 @@ def test_predict_command_errors_are_one_line(tiny_run, tmp_path: Path, monkeypat
     assert len(errors) == 1 and message in errors[0], result.output
 
 
-def test_folders_behind_links_are_searched_once_and_what_is_skipped_is_said(tiny_run, tmp_path: Path) -> None:
+def test_folders_behind_links_are_searched_once_and_what_is_left_out_is_said(tiny_run, tmp_path: Path) -> None:
     run_dir, data = tiny_run
     photos = tmp_path / "photos"
     (photos / "real").mkdir(parents=True)
@@ -156,13 +156,21 @@ def test_folders_behind_links_are_searched_once_and_what_is_skipped_is_said(tiny
     (photos / "linked").symlink_to(data / "test" / "Dog", target_is_directory=True)  # 6 photos behind a link
     (photos / "real" / "back").symlink_to(photos, target_is_directory=True)  # a loop
     (photos / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
-    skipped: list[str] = []
-    found = collect_photos([photos], skipped)
+    (photos / "real" / "IMG_1.HEIC").write_bytes(b"\0")  # an iPhone photo, not readable here
+    (photos / "real" / ".DS_Store").write_bytes(b"\0")
+    (photos / ".ipynb_checkpoints").mkdir()
+    shutil.copy(data / "test" / "Cat" / "0.jpg", photos / ".ipynb_checkpoints" / "a-checkpoint.jpg")
+    left_out: list[tuple[Path, str]] = []
+    found = collect_photos([photos], left_out)
     assert sorted(p.name for p in found) == ["0.jpg", "1.jpg", "2.jpg", "3.jpg", "4.jpg", "5.jpg", "a.jpg"]
-    assert skipped == [f"{photos / 'dangling.jpg'}: a broken or looping link"]
+    assert sorted((path.relative_to(photos).as_posix(), reason) for path, reason in left_out) == [
+        (".ipynb_checkpoints", "hidden or metadata folder, not searched"), ("dangling.jpg", "a broken or looping link"),
+        ("real/.DS_Store", "hidden file"),
+        ("real/IMG_1.HEIC", "not named as a photo (.bmp, .gif, .jpeg, .jpg, .png, .tif, .tiff, .webp)")]
     result = invoke("predict", "--run", str(run_dir), "--device", "cpu", str(photos))
     assert result.exit_code == 0, result.output
-    assert f"skipped: {photos / 'dangling.jpg'}: a broken or looping link" in result.stderr
+    assert f"left out: {photos / 'dangling.jpg'}: a broken or looping link" in result.stderr
+    assert f"left out: {photos / 'real' / 'IMG_1.HEIC'}: not named as a photo" in result.stderr
     assert "7 photos classified" in result.stderr
 
 

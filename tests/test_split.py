@@ -86,6 +86,9 @@ def zoo(tmp_path: Path) -> tuple[Path, dict[str, object]]:
     write_blank_png(source / "Dog/bomb-warn.png", 16_000, 16_000)  # above 1x: PIL only warns, split refuses
     (source / "Cat/Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0 thumbnails")
     (source / "Cat/.DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    write_photo(source / "Cat/._c03.jpg", seed=303)  # macOS's copy beside each file, and hidden photos
+    write_photo(source / "Dog/.ipynb_checkpoints/d04-checkpoint.jpg", seed=304)
+    write_photo(source / "__MACOSX/Cat/._c04.jpg", seed=305)
     (source / "Dog/notes.txt").write_text("vet on monday\n")
     (source / "README.txt").write_text("photos\n")
     write_photo(source / "stray.jpg", seed=301)
@@ -101,7 +104,10 @@ def zoo(tmp_path: Path) -> tuple[Path, dict[str, object]]:
         "Cat/truncated.jpg": ("rejected", "truncated or corrupt data"), "Cat/empty.jpg": ("rejected", "empty file"),
         "Dog/text.jpg": ("rejected", "not an image"), "Dog/bomb.png": ("rejected", "decompression bomb"),
         "Dog/bomb-warn.png": ("rejected", "decompression bomb"),
-        "Cat/Thumbs.db": ("skipped", "not an image file"), "Cat/.DS_Store": ("skipped", "not an image file"),
+        "Cat/Thumbs.db": ("skipped", "not an image file"), "Cat/.DS_Store": ("skipped", "hidden file"),
+        "Cat/._c03.jpg": ("skipped", "hidden file"),
+        "Dog/.ipynb_checkpoints": ("skipped", "hidden or metadata folder, not searched"),
+        "__MACOSX": ("skipped", "hidden or metadata folder, not searched"),
         "Dog/notes.txt": ("skipped", "not an image file"), "README.txt": ("skipped", "not an image file"),
         "stray.jpg": ("skipped", "not in a class folder"),
         "Cat/dup.jpg": ("duplicate", "duplicate"), "Dog/link-to-d03.jpg": ("duplicate", "duplicate"),
@@ -142,7 +148,8 @@ def test_every_file_is_kept_once_or_reported_with_its_reason(zoo, tmp_path):
     assert (summary.duplicates_removed, summary.conflicts) == (2, 2)
     assert summary.classes == ["Cat", "Dog"]
     report = summary.format()
-    assert "Rejected, decompression bomb: 2" in report and "Skipped, not an image file: 4" in report
+    assert "Rejected, decompression bomb: 2" in report and "Skipped, not an image file: 3" in report
+    assert "Skipped, hidden file: 2" in report and "Skipped, hidden or metadata folder, not searched: 2" in report
     assert f"total {summary.counts['train']['Cat'] + summary.counts['train']['Dog']:>6}" in report
     assert report.rstrip().endswith(f"Next: catsdogs train --optim adam --data {out}")
     again = split_dataset(source, out, jobs=2, progress=False)  # every odd name survives the record
@@ -256,6 +263,14 @@ def test_user_errors_say_what_is_wrong(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CatsdogsError, match=r"no images found in .*empty'"):
         split_dataset(tmp_path / "empty", tmp_path / "out", progress=False)
+    linked = tmp_path / "linked"  # a dataset made of links to photos kept elsewhere
+    for name, count in {"defect": 3, "ok": 2}.items():
+        (linked / name).mkdir(parents=True)
+        for index, photo in enumerate(sorted((make_classes(tmp_path / "elsewhere", {name: count}) / name).iterdir())):
+            (linked / name / f"{index}.jpg").symlink_to(photo)
+    with pytest.raises(CatsdogsError, match=r"no usable photos in .*linked' \(link points outside the source: 5\): "
+                                            r"split reads only files inside the source.*pass the folder the links"):
+        split_dataset(linked, tmp_path / "out", progress=False)
     only_cats = make_classes(tmp_path / "cats", {"Cat": 3})
     with pytest.raises(CatsdogsError, match=r"only one class \('Cat'\) has usable photos"):
         split_dataset(only_cats, tmp_path / "out", progress=False)
