@@ -184,6 +184,9 @@ def train(config_file: Path | None, resume: Path | None, print_config: bool, **f
     if resume is not None:
         if config_file is not None:
             raise UsageError("--resume takes its settings from the checkpoint; drop --config")
+        if not resume.is_dir():
+            raise click.ClickException(f"run folder {resume} does not exist: pass the folder of the run to continue "
+                                       "(the one the interrupted run printed)")
         if not (resume / "last.pt").is_file():
             raise click.ClickException(f"{resume} has no last.pt to resume from")
         result = run_training(None, resume=resume, flags=flags)
@@ -304,19 +307,22 @@ def predict(photos: tuple[Path, ...], run_dir: Path | None, checkpoint: str, dev
 
     Prints one line per photo: the class, its probability and the path.
     """
-    from catsdogs.predict import format_prediction_lines, load_trained, predict_photos, write_predictions_csv
+    from catsdogs.predict import (check_predictions_out, format_prediction_lines, load_trained, predict_photos,
+                                  write_predictions_csv)
 
     if out is not None and out.suffix.lower() != ".csv":
         raise UsageError(f"--out {out}: give a file name ending in .csv")
     if out is not None and not out.parent.is_dir():
         raise UsageError(f"--out {out}: folder {out.parent} does not exist")
+    if out is not None:
+        check_predictions_out(out)
     files = _photos_or_report(photos)
     trained = load_trained(_run_or_latest(run_dir), checkpoint, device)
     result = predict_photos(trained, files, tta=tta)
     if out is not None:
         existed = out.exists()
         write_predictions_csv(out, result)
-        click.echo(f"wrote {out}" + (" (replacing the file that was there)" if existed else ""))
+        click.echo(f"wrote {out}" + (" (replacing the earlier predictions there)" if existed else ""))
     else:
         for line in format_prediction_lines(result):
             click.echo(line)

@@ -44,7 +44,8 @@ class ImageSplit:
 def read_split(data_dir: str | Path, split: str, classes: Sequence[str] | None = None) -> ImageSplit:
     """List `data_dir/split/<class>/*` images; `classes`, when given, must match the folders."""
     data_dir = Path(data_dir)
-    hint = "run `catsdogs split PetImages` first, or pass --data DIR"
+    hint = (f"run `catsdogs split SOURCE --out {data_dir}` first (SOURCE: PetImages, or your photos in one "
+            "subfolder per class), or pass --data DIR")
     if not data_dir.is_dir():
         raise CatsdogsError(f"data folder {data_dir} does not exist: {hint}")
     root = data_dir / split

@@ -6,6 +6,7 @@ import copy
 import csv
 import io
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -186,7 +187,9 @@ def explain_photos(trained: TrainedModel, photos: Sequence[Path], out_dir: str |
     cam = GradCAM(trained.model, size, layer)
     out_dir = Path(out_dir)
     listing = out_dir / "explanations.csv"
-    photos = list(dict.fromkeys(photos))
+    # Absolute (links kept as named): the same photo named from another folder is the same row.
+    photos = list(dict.fromkeys(Path(os.path.abspath(photo)) for photo in photos))
+    truths = {Path(os.path.abspath(photo)): truth for photo, truth in (truths or {}).items()}
     rows = _rows_to_keep(listing, photos)
     used_names = {row["figure"] for row in rows.values() if row["figure"]}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -203,7 +206,7 @@ def explain_photos(trained: TrainedModel, photos: Sequence[Path], out_dir: str |
         explained = best if target is None else trained.classes.index(target)
         batch = normalise(torch.tensor(image)[None].permute(0, 3, 1, 2))  # a copy: a decoded array may be read-only
         heat, _ = cam(batch, explained)
-        truth = (truths or {}).get(photo, "")
+        truth = truths.get(photo, "")
         earlier = rows.get(str(photo), {}).get("figure")
         figure = out_dir / (earlier or _figure_name(photo, used_names))
         title = f"{photo.name}: {trained.classes[best]} {float(probs[best]):.3f}"

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 FORMATS = (".png", ".svg", ".pdf")
+SIGNATURE = "catsdogs plot-curves"  # in each figure's metadata, so a later run may replace it
 
 
 def read_history(run_dir: Path) -> dict[str, list[float]]:
@@ -55,6 +56,9 @@ def plot_curves(run_dirs: list[Path], out: Path) -> Path:
     """Draw training/validation loss and accuracy of every run; the format follows `out`'s suffix."""
     if out.suffix.lower() not in FORMATS:
         raise CatsdogsError(f"--out {out}: use a .png, .svg or .pdf file name")
+    in_a_run = out.resolve().parent in {run.resolve() for run in run_dirs}  # a run folder's files are ours
+    if out.exists() and not in_a_run and not drawn_by_catsdogs(out):
+        raise CatsdogsError(f"{out} exists and is not a figure drawn by catsdogs: choose another --out, or move it")
     histories = [(run_label(run), read_history(run)) for run in run_dirs]
     import matplotlib
 
@@ -79,6 +83,15 @@ def plot_curves(run_dirs: list[Path], out: Path) -> Path:
         ax.legend(fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=120, metadata={("Software" if out.suffix.lower() == ".png" else "Creator"): SIGNATURE})
     plt.close(fig)
     return out
+
+
+def drawn_by_catsdogs(path: Path) -> bool:
+    """Whether the figure at `path` carries the signature `plot_curves` writes into its metadata
+    (uncompressed in PNG, SVG and PDF alike)."""
+    try:
+        return SIGNATURE.encode() in path.read_bytes()
+    except OSError:
+        return False

@@ -185,13 +185,32 @@ def predict_photos(trained: TrainedModel, photos: Sequence[Path], tta: bool = Fa
     return result
 
 
+PREDICTIONS_HEADER = ("path", "predicted", "probability")  # then p_<class>..., error
+
+
+def check_predictions_out(path: Path) -> None:
+    """Refuse an --out file whose writing would replace anything but an earlier predictions CSV."""
+    if path.is_dir():
+        raise UsageError(f"--out {path} is a folder: give a file name ending in .csv")
+    if not path.exists():
+        return
+    try:
+        with open(path, newline="") as handle:
+            header = next(csv.reader(handle), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        header = []
+    if tuple(header[:3]) != PREDICTIONS_HEADER or header[-1:] != ["error"]:
+        raise UsageError(f"--out {path} exists and is not a CSV written by `catsdogs predict`: choose another "
+                         "name, or move it")
+
+
 def write_predictions_csv(path: str | Path, predictions: Predictions) -> Path:
     """One row per photo: path, predicted class, its probability, every class's probability, error."""
     path = Path(path)
     classes = predictions.classes
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["path", "predicted", "probability", *[f"p_{c}" for c in classes], "error"])
+    writer.writerow([*PREDICTIONS_HEADER, *[f"p_{c}" for c in classes], "error"])
     for file, row in zip(predictions.paths, predictions.probs):
         best = int(row.argmax())
         writer.writerow([str(file), classes[best], f"{row[best]:.6f}", *[f"{p:.6f}" for p in row], ""])
@@ -205,7 +224,8 @@ def format_prediction_lines(predictions: Predictions) -> list[str]:
     """One line per classified photo for the terminal: the class, its probability, the path (last,
     so that names with spaces stay whole). Unreadable photos are the caller's to report apart."""
     lines = []
+    width = max(8, *(len(name) + 1 for name in predictions.classes))
     for file, row in zip(predictions.paths, predictions.probs):
         best = int(row.argmax())
-        lines.append(f"{predictions.classes[best]:<8}{row[best]:>7.3f}  {file}")
+        lines.append(f"{predictions.classes[best]:<{width}}{row[best]:>7.3f}  {file}")
     return lines

@@ -32,7 +32,8 @@ RECORD_FORMAT = 1
 MANIFEST_COLUMNS = ("path", "class", "split", "sha256", "width", "height", "file")
 
 # Kaggle "Dogs vs. Cats" train/ names carry the label: cat.123.jpg, dog.45.jpg.
-KAGGLE_NAME = re.compile(r"^([A-Za-z]+)\..+\.[^.]+$")
+# Other labels may carry digits, _ and - (ok_part.3.jpg); a name starting with a digit has none.
+KAGGLE_NAME = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*)\..+\.[^.]+$")
 NOT_IN_CLASS_FOLDER = "not in a class folder"
 NO_LABEL_IN_NAME = "no class label in the file name"
 MODE_WORDS = {"link": "hard links", "copy": "copies", "symlink": "symbolic links"}

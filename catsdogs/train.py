@@ -18,7 +18,7 @@ from torch import nn
 
 from catsdogs.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
 from catsdogs.config import TrainConfig, config_to_yaml
-from catsdogs.data import BatchSource, default_jobs, load_cache, read_split
+from catsdogs.data import BatchSource, ImageSplit, default_jobs, load_cache, read_split
 from catsdogs.distributed import Team, finish, from_main, start, team_from_environment, wait_for_all
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.hardware import select_device, select_precision, tune_allocator
@@ -144,6 +144,13 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
             point_best_at(run_dir, cfg.data)
     else:  # recorded absolute, so that the run resumes and evaluates from any folder
         cfg = dataclasses.replace(cfg, data=str(Path(cfg.data).resolve()))
+    # The model before the cache: a wrong model, size or weights file is told before minutes of decoding.
+    _seed_everything(cfg.seed)
+    model = build_model(cfg.model, len(train_split.classes), cfg.image_size)
+    if cfg.pretrained and state is None:
+        loaded = load_pretrained(model, cfg.model, cfg.pretrained)
+        log(f"loaded {loaded} pretrained tensors into {cfg.model}")
+    init_hash = _weights_hash(model)
     jobs = default_jobs()
     images = {}
     for turn in ("main", "others"):  # process 0 builds the cache; the others then map the finished files
@@ -157,12 +164,6 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
     val_source = BatchSource(val_split, eval_preset(cfg.image_size), images["val"], workers, device)
     _check_unreadable(train_split.unreadable + val_split.unreadable, len(train_split) + len(val_split), cfg.data)
 
-    _seed_everything(cfg.seed)
-    model = build_model(cfg.model, len(train_split.classes), cfg.image_size)
-    if cfg.pretrained and state is None:
-        loaded = load_pretrained(model, cfg.model, cfg.pretrained)
-        log(f"loaded {loaded} pretrained tensors into {cfg.model}")
-    init_hash = _weights_hash(model)
     model = model.to(device, memory_format=torch.channels_last)
     if team.enabled:
         torch.manual_seed(cfg.seed + RANK_SEED_STRIDE * team.rank)  # each process its own dropout masks
@@ -265,7 +266,8 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
         if team.main:
             _write_status(run_dir, status, progress_state, cfg, init_hash, hardware, train_source, val_source)
         if status != "interrupted":
-            log(f"best val accuracy {progress_state.best_val_acc:.4f}; next: catsdogs evaluate {run_dir}")
+            log(f"best val accuracy {progress_state.best_val_acc:.4f}{_baseline_note(val_split)}; "
+                f"next: catsdogs evaluate {run_dir}")
     return TrainResult(run_dir, progress_state.epoch, progress_state.best_val_acc, status)
 
 
@@ -310,6 +312,15 @@ def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _baseline_note(split: ImageSplit) -> str:
+    """For unbalanced classes, what always answering the largest one scores: accuracy alone flatters."""
+    counts = np.bincount(split.labels, minlength=len(split.classes))
+    if not len(split) or counts.max() / len(split) < 1 / len(split.classes) + 0.1:
+        return ""
+    return (f" (unbalanced classes: always answering {split.classes[int(counts.argmax())]} scores "
+            f"{counts.max() / len(split):.4f}; see balanced accuracy in `catsdogs evaluate`)")
 
 
 def _write_status(run_dir: Path, status: str, progress: Progress, cfg: TrainConfig, init_hash: str,

@@ -293,6 +293,9 @@ def test_evaluate_a_run_without_checkpoints(cli, tmp_path: Path) -> None:
     assert "Error: runs/adam has no best.pt" in result.output
     line = one_line_error(cli("evaluate", "runs/adam", "--checkpoint", "last"), 1)
     assert "runs/adam has no last.pt" in line
+    line = one_line_error(cli("train", "--resume", "runs/adma"), 1)
+    assert line == "Error: run folder runs/adma does not exist: pass the folder of the run to continue (the one " \
+                   "the interrupted run printed)"
 
 
 def test_evaluate_a_checkpoint_from_elsewhere(cli, tmp_path: Path) -> None:

@@ -309,8 +309,8 @@ def test_a_missing_data_folder_is_named_as_typed(tmp_path: Path, monkeypatch) ->
     monkeypatch.chdir(tmp_path)
     with pytest.raises(CatsdogsError) as info:
         run_study(spec_for(Path("nodir"), Path("study")), progress=False, log=quiet)
-    assert str(info.value) == ("data folder nodir does not exist: run `catsdogs split PetImages` first, "
-                               "or pass --data DIR")
+    assert str(info.value) == ("data folder nodir does not exist: run `catsdogs split SOURCE --out nodir` first "
+                               "(SOURCE: PetImages, or your photos in one subfolder per class), or pass --data DIR")
     result = CliRunner().invoke(main, ["compare", "--data", "nodir", "--optims", "adam", "--device", "cpu"])
     assert result.exit_code == 1 and result.output == f"Error: {info.value}\n"
     shutil.rmtree(write_tiny_split(tmp_path, per_class=(2, 1, 1), size=8) / "test")

@@ -237,6 +237,18 @@ def test_explaining_into_the_same_folder_again_keeps_the_earlier_list(tiny_run, 
                                                      "explanations.csv"]
 
 
+def test_a_photo_named_from_another_folder_is_the_same_row(tiny_run, tmp_path: Path, monkeypatch) -> None:
+    run_dir, data = tiny_run
+    trained = load_trained(run_dir, device="cpu")
+    out = tmp_path / "x"
+    explain_photos(trained, [data / "test" / "Cat" / "0.jpg"], out, progress=False)
+    monkeypatch.chdir(data / "test")
+    explain_photos(trained, [Path("Cat") / "0.jpg"], out, progress=False)  # the same photo, relative
+    rows = read_rows(out / "explanations.csv")
+    assert [(row["photo"], row["figure"]) for row in rows] == [(str(data / "test" / "Cat" / "0.jpg"), "0_gradcam.png")]
+    assert sorted(p.name for p in out.iterdir()) == ["0_gradcam.png", "explanations.csv"]
+
+
 def test_a_list_explain_did_not_write_is_left_alone(tiny_run, tmp_path: Path) -> None:
     run_dir, data = tiny_run
     (tmp_path / "explanations.csv").write_text("name,score\nx,1\n")

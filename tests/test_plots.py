@@ -71,6 +71,21 @@ def test_svg_output_is_an_svg_document(tmp_path: Path) -> None:
     assert head.startswith(b"<?xml") and b"<svg" in head
 
 
+@pytest.mark.parametrize("suffix", [".png", ".svg", ".pdf"])
+def test_a_figure_of_the_user_s_is_never_replaced_but_an_earlier_plot_is(tmp_path: Path, suffix: str) -> None:
+    run = make_run(tmp_path / "adam", "adam")
+    mine = tmp_path / f"holiday{suffix}"
+    mine.write_bytes(b"my own figure")
+    with pytest.raises(CatsdogsError, match=f"holiday{suffix} exists and is not a figure drawn by catsdogs"):
+        plot_curves([run], mine)
+    assert mine.read_bytes() == b"my own figure"
+    out = plot_curves([run], tmp_path / f"curves{suffix}")
+    first = out.read_bytes()
+    assert plot_curves([run, make_run(tmp_path / "sgd", "sgd")], out) == out and out.read_bytes() != first
+    (run / "curves.png").write_bytes(b"stale")  # inside the run folder, the file is the run's own
+    assert plot_curves([run], run / "curves.png").read_bytes().startswith(b"\x89PNG")
+
+
 @pytest.mark.parametrize("name", ["curves.jpg", "curves", "curves.png.txt"])
 def test_other_extensions_are_refused(tmp_path: Path, name: str) -> None:
     run = make_run(tmp_path / "adam", "adam")

@@ -116,8 +116,13 @@ def test_predict_command_writes_csv_and_says_when_it_replaces(tiny_run, tmp_path
     assert f"wrote {out}\n" in first.output and "replacing" not in first.output
     assert len(read_csv(out)) == 12
     again = invoke("predict", "--run", str(run_dir), "--device", "cpu", "--out", str(out), str(data / "test" / "Cat"))
-    assert again.exit_code == 0 and "replacing the file that was there" in again.output
+    assert again.exit_code == 0 and "replacing the earlier predictions there" in again.output
     assert len(read_csv(out)) == 6
+    mine = tmp_path / "mine.csv"  # a file of the user's is never replaced
+    mine.write_text("name,amount\nrent,900\n")
+    refused = invoke("predict", "--run", str(run_dir), "--device", "cpu", "--out", str(mine), str(data / "test"))
+    assert refused.exit_code == 2 and mine.read_text() == "name,amount\nrent,900\n"
+    assert f"Error: --out {mine} exists and is not a CSV written by `catsdogs predict`" in refused.output
 
 
 @pytest.mark.parametrize(("args", "code", "message"), [

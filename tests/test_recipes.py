@@ -179,3 +179,13 @@ def test_pretrained_weights_load_from_a_file_and_never_download(tmp_path: Path, 
         load_pretrained(target, "resnet18", "cache")
     with pytest.raises(UsageError, match="cnn3 has no pretrained weights"):
         load_pretrained(build_model("cnn3", 2, 96), "cnn3", "cache")
+
+
+def test_missing_pretrained_weights_are_told_before_the_cache_is_built(data: Path, tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
+    cfg = build_config(None, dict(data=str(data), out=str(tmp_path / "run"), optim="adam", model="resnet18",
+                                  pretrained="cache", image_size=72, device="cpu"))
+    with pytest.raises(CatsdogsError, match="pretrained weights not found"):
+        train(cfg, progress=False, log=quiet)
+    assert not list(data.glob(".cache/*72*")) and not (tmp_path / "run").exists()

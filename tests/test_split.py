@@ -195,6 +195,12 @@ def test_kaggle_flat_layout_gives_the_same_split_as_class_folders(tmp_path):
     assert one.skipped == [("1.jpg", "no class label in the file name")]
     files = [sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg")) for out in (tmp_path / "a", tmp_path / "b")]
     assert files[0] == files[1] and len(files[0]) == 30
+    parts = tmp_path / "parts"  # a practitioner's labels, with _ and a digit; capitalised like cat -> Cat
+    for i in range(6):
+        write_photo(parts / f"ok_part.{i}.jpg", seed=700 + i)
+        write_photo(parts / f"defect2.{i}.png", seed=800 + i, fmt="PNG")
+    assert split_dataset(parts, tmp_path / "c", ratios=(0.5, 0.17, 0.33), progress=False).classes == [
+        "Defect2", "Ok_part"]
 
 
 def test_kaggle_train_sample_is_detected(tmp_path):

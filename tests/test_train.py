@@ -311,3 +311,16 @@ def test_an_existing_out_folder_is_never_reused_and_the_run_says_where_it_went(d
     assert f"{tmp_path / 'run'} already exists, so this run goes to {tmp_path / 'run-2'} (a run never reuses a " \
            "folder)" in lines
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["keep.txt"]
+
+
+def test_unbalanced_validation_photos_get_the_majority_baseline_beside_the_best_accuracy(data: Path,
+                                                                                          tmp_path: Path) -> None:
+    lines: list[str] = []
+    train(make_config(data, tmp_path / "balanced", epochs=1), progress=False, log=lines.append)
+    assert lines[-1].startswith("best val accuracy ") and "always answering" not in lines[-1]
+    for index in range(4):  # val: 6 cats, 2 dogs
+        (data / "val" / "Dog" / f"{index}.jpg").unlink()
+    lines.clear()
+    train(make_config(data, tmp_path / "unbalanced", epochs=1), progress=False, log=lines.append)
+    assert ("(unbalanced classes: always answering Cat scores 0.7500; see balanced accuracy in `catsdogs evaluate`)"
+            in lines[-1])
