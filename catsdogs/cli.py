@@ -37,9 +37,11 @@ class CatsdogsGroup(click.Group):
             raise click.ClickException(describe_os_error(exc)) from None
         except KeyboardInterrupt:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a further Ctrl-C must not cut the exit short
-            resumable = ctx.invoked_subcommand in ("train", "compare")
-            click.echo("\ninterrupted" + (" at once (a run's last.pt from its last finished epoch can still be "
-                                           "resumed)" if resumable else ""), err=True)
+            after = {"train": " at once",  # train has said what is left to resume
+                     "compare": " at once: run the same command again to continue the study (finished runs are "
+                                "kept, an interrupted one resumes from its last save)",
+                     "split": ": nothing was written"}
+            click.echo(f"\ninterrupted{after.get(ctx.invoked_subcommand or '', '')}", err=True)
             sys.exit(130)
 
 
@@ -101,7 +103,8 @@ def download(dest: Path) -> None:
 @click.option("--mode", default="link", show_default=True, type=click.Choice(["link", "copy", "symlink"]),
               help="How files land in the split: hard links (copies across filesystems), copies or symlinks.")
 @click.option("--jobs", default=None, type=click.IntRange(min=1), help="Processes decoding images [all cores].")
-@click.option("--force", is_flag=True, help="Replace an existing output folder made with other arguments.")
+@click.option("--force", is_flag=True, help="Replace an output folder that split made with other arguments (never a "
+                                          "folder split did not make).")
 def split(source: Path, out: Path, ratios: str, seed: int, layout: str, mode: str, jobs: int | None,
           force: bool) -> None:
     """Check every image in SOURCE and split it into train/val/test folders."""

@@ -146,7 +146,12 @@ def read_yaml_overrides(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CatsdogsError(f"config file {path} does not exist")
     try:
-        loaded = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CatsdogsError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at position {exc.start}): "
+                            "save it as UTF-8, or check that it is the config file you meant") from None
+    try:
+        loaded = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" (line {line + 1})" if line is not None else ""

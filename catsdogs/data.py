@@ -46,6 +46,8 @@ def read_split(data_dir: str | Path, split: str, classes: Sequence[str] | None =
     data_dir = Path(data_dir)
     hint = (f"run `catsdogs split SOURCE --out {data_dir}` first (SOURCE: PetImages, or your photos in one "
             "subfolder per class), or pass --data DIR")
+    if data_dir.exists() and not data_dir.is_dir():
+        raise CatsdogsError(f"{data_dir} is a file, not a split folder: pass the folder `catsdogs split` made")
     if not data_dir.is_dir():
         raise CatsdogsError(f"data folder {data_dir} does not exist: {hint}")
     root = data_dir / split

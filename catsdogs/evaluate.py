@@ -48,6 +48,9 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     `_tta` suffix so they sit beside the plain ones.
     """
     run_dir = Path(run_dir)
+    if data is not None and not Path(data).is_dir():
+        raise CatsdogsError(f"--data {data} {'is not a folder' if Path(data).exists() else 'does not exist'}: pass "
+                            "a split folder, or a folder with one subfolder of photos per class")
     trained = load_trained(run_dir, checkpoint, device)
     cfg, classes, torch_device = trained.cfg, trained.classes, trained.device
     measured = Path(data or cfg.data).resolve()
@@ -55,11 +58,12 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     plain = data is not None and is_plain_class_folder(Path(data), classes)
     split = "all" if plain else split
     suffix = ("" if split in ("test", "all") else f"_{split}") + checkpoint_suffix(checkpoint) + ("_tta" if tta else "")
+    evaluation = (measured, trained.checkpoint.resolve())
     if out_dir is not None:
         out_dir = Path(out_dir)
-        refuse_to_replace(out_dir, suffix, measured)
+        refuse_to_replace(out_dir, suffix, evaluation)
     else:
-        out_dir = run_dir if own_split else free_output_dir(run_dir / f"eval-{measured.name}", suffix, measured)
+        out_dir = run_dir if own_split else free_output_dir(run_dir / f"eval-{measured.name}", suffix, evaluation)
     if plain:
         # Photos sorted into class folders but not split: measure on all of them, and leave no
         # cache behind in a folder that is the user's own.
@@ -104,39 +108,42 @@ def _result_files(folder: Path, suffix: str) -> list[Path]:
             folder / f"predictions{suffix}.csv"]
 
 
-def _measured_in(metrics_file: Path) -> Path | None:
-    """The photo folder an earlier `evaluate` recorded in `metrics_file`; None when it is not one of ours."""
+def _evaluation_in(metrics_file: Path) -> tuple[Path, Path] | None:
+    """The (photo folder, checkpoint) an earlier `evaluate` recorded in `metrics_file`; None when it is
+    not one of ours."""
     try:
         recorded = json.loads(metrics_file.read_text())
-        return Path(recorded["data"]).resolve() if "confusion_matrix" in recorded else None
+        if "confusion_matrix" not in recorded:
+            return None
+        return Path(recorded["data"]).resolve(), Path(recorded["checkpoint"]).resolve()
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def refuse_to_replace(folder: Path, suffix: str, measured: Path) -> None:
+def refuse_to_replace(folder: Path, suffix: str, evaluation: tuple[Path, Path]) -> None:
     """Refuse a results folder where writing would replace anything but an earlier evaluation of
-    the same photos (a file of the user's, or the results for another folder)."""
+    the same checkpoint on the same photos (a file of the user's, another run's results)."""
     if not any(path.exists() for path in _result_files(folder, suffix)):
         return
     metrics_file = _result_files(folder, suffix)[0]
-    before = _measured_in(metrics_file)
+    before = _evaluation_in(metrics_file)
     if before is None:
         clash = next(path for path in _result_files(folder, suffix) if path.exists())
         raise CatsdogsError(f"{clash} exists and is not a result of `catsdogs evaluate`: choose another --out, "
                             "or move it")
-    if before != measured:
-        raise CatsdogsError(f"{folder} already holds the evaluation on {before} ({metrics_file.name}): choose "
-                            "another --out for these photos")
+    if before != evaluation:
+        raise CatsdogsError(f"{folder} already holds the evaluation of {before[1]} on {before[0]} "
+                            f"({metrics_file.name}): choose another --out")
 
 
-def free_output_dir(base: Path, suffix: str, measured: Path) -> Path:
-    """`base`, or `base-2`, `base-3`...: the first that is new, empty, or holds results for `measured`."""
+def free_output_dir(base: Path, suffix: str, evaluation: tuple[Path, Path]) -> Path:
+    """`base`, or `base-2`, `base-3`...: the first that is new, empty, or holds only results of `evaluation`."""
     for number in itertools.count(1):
         folder = base if number == 1 else base.with_name(f"{base.name}-{number}")
         if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
             return folder
-        recorded = {_measured_in(path) for path in folder.glob("metrics*.json")}
-        if folder.is_dir() and recorded == {measured}:
+        recorded = {_evaluation_in(path) for path in folder.glob("metrics*.json")}
+        if folder.is_dir() and recorded == {evaluation}:
             return folder
     raise AssertionError("unreachable")
 

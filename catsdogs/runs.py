@@ -39,11 +39,14 @@ def list_runs(root: str | Path = RUNS_ROOT) -> list[Path]:
 
 
 def latest_run(root: str | Path = RUNS_ROOT) -> Path:
+    """The run with the most recent activity among those with a checkpoint (any run when none has one):
+    a run stopped before its first save has nothing to evaluate, plot or resume."""
     runs = list_runs(root)
     if not runs:
         raise CatsdogsError(f"no runs under {root}/: train one with `catsdogs train --optim adam`, "
                             "or name a run folder")
-    return runs[-1]
+    saved = [run for run in runs if (run / "last.pt").is_file() or (run / "best.pt").is_file()]
+    return (saved or runs)[-1]
 
 
 def resolve_checkpoint(run_dir: Path, which: str) -> Path:

@@ -83,8 +83,12 @@ def recover_work_folders(out: Path) -> None:
 
 
 def check_existing(out: Path, record: dict, force: bool) -> dict | None:
-    """Return the stored summary when `out` already holds this split; refuse an `out` made otherwise."""
-    if force or not out.exists():
+    """Return the stored summary when `out` already holds this split; refuse an `out` made otherwise.
+
+    `force` replaces only a folder this command made and holding nothing else: a folder of the
+    user's (a mistyped --out naming runs/, say) is never deleted.
+    """
+    if not out.exists():
         return None
     try:
         previous = json.loads((out / RECORD).read_text(encoding="utf-8", errors="surrogateescape"))
@@ -94,7 +98,15 @@ def check_existing(out: Path, record: dict, force: bool) -> dict | None:
         if not any(out.iterdir()):
             return None
         raise CatsdogsError(f"--out {str(out)!r} already exists and was not made by catsdogs split: choose "
-                            f"another --out, or pass --force to replace it (its contents are deleted)") from None
+                            f"another --out (split deletes no folder it did not make, even with --force)") from None
+    present = {path.relative_to(out).as_posix() for path in out.rglob("*") if not path.is_dir()}
+    present = {path for path in present if not path.startswith(f"{TRAIN_CACHE}/")}
+    foreign = sorted(present - expected)
+    if foreign:
+        raise CatsdogsError(f"--out {str(out)!r} holds {len(foreign)} file(s) that split did not write "
+                            f"(e.g. {foreign[0]}): move them out, or choose another --out")
+    if force:
+        return None
     changed = [f"{key} {stored_arguments.get(key)} (now {value})"
                for key, value in record["arguments"].items() if stored_arguments.get(key) != value]
     if previous.get("source") != record["source"]:
@@ -104,12 +116,6 @@ def check_existing(out: Path, record: dict, force: bool) -> dict | None:
     if changed:
         raise CatsdogsError(f"--out {str(out)!r} was split with other arguments: {'; '.join(changed)}. "
                             f"Pass --force to replace it, or choose another --out")
-    present = {path.relative_to(out).as_posix() for path in out.rglob("*") if not path.is_dir()}
-    present = {path for path in present if not path.startswith(f"{TRAIN_CACHE}/")}
-    foreign = sorted(present - expected)
-    if foreign:
-        raise CatsdogsError(f"--out {str(out)!r} holds {len(foreign)} file(s) that split did not write "
-                            f"(e.g. {foreign[0]}): move them out, or pass --force to replace the whole folder")
     if previous.get("source_fingerprint") != record["source_fingerprint"]:
         raise CatsdogsError(f"the source {record['source']!r} changed since --out {str(out)!r} was split "
                             f"(files added, removed or modified): pass --force to split it again")

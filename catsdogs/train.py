@@ -225,49 +225,57 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
     identity = {"classes": list(train_split.classes), "init_hash": init_hash, "data_fingerprint": fingerprint}
     save_last = LastSaver(run_dir, cfg, loop, identity, team)
     status = "finished"
-    with stop_on_signals(log, repeat_window=TORCHRUN_SIGNAL_ECHO if team.enabled else 0.0) as stop:
-        while progress_state.epoch < cfg.epochs:
-            completed = loop.run_epoch(progress_state, stop, progress)
-            if not completed:
+    try:
+        with stop_on_signals(log, repeat_window=TORCHRUN_SIGNAL_ECHO if team.enabled else 0.0) as stop:
+            while progress_state.epoch < cfg.epochs:
+                completed = loop.run_epoch(progress_state, stop, progress)
+                if not completed:
+                    save_last(progress_state)
+                    status = "interrupted"
+                    log(f"interrupted in epoch {progress_state.epoch + 1} after step {progress_state.step}; "
+                        f"resume with: {resume_command(run_dir, team)}")
+                    break
+                row = progress_state.history[-1]
+                improved = row["val_acc"] > progress_state.best_val_acc
+                if improved:
+                    progress_state.best_val_acc, progress_state.epochs_since_best = row["val_acc"], 0
+                else:
+                    progress_state.epochs_since_best += 1
+                if progress_state.budget_spent:
+                    status = "time-budget"
+                if (cfg.patience and progress_state.epochs_since_best >= cfg.patience
+                        and progress_state.epoch < cfg.epochs):
+                    progress_state.stopped_early = True
+                if team.main:
+                    write_text_atomic(run_dir / "history.csv", format_history(progress_state.history))
                 save_last(progress_state)
-                status = "interrupted"
-                log(f"interrupted in epoch {progress_state.epoch + 1} after step {progress_state.step}; "
-                    f"resume with: {resume_command(run_dir, team)}")
-                break
-            row = progress_state.history[-1]
-            improved = row["val_acc"] > progress_state.best_val_acc
-            if improved:
-                progress_state.best_val_acc, progress_state.epochs_since_best = row["val_acc"], 0
-            else:
-                progress_state.epochs_since_best += 1
-            if progress_state.budget_spent:
-                status = "time-budget"
-            if cfg.patience and progress_state.epochs_since_best >= cfg.patience and progress_state.epoch < cfg.epochs:
-                progress_state.stopped_early = True
+                if improved and team.main:
+                    save_checkpoint(model_state(cfg, loop.kept_model, progress_state, identity), run_dir / "best.pt")
+                log(f"epoch {row['epoch']}/{cfg.epochs}  train loss {row['train_loss']:.4f} "
+                    f"acc {row['train_acc']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  "
+                    f"{row['seconds']:.1f}s"
+                    + ("  (best)" if improved else ""))
+                _check_unreadable(train_source.failed + val_source.failed, len(train_split) + len(val_split),
+                                  cfg.data)
+                if progress_state.budget_spent:
+                    log(f"time budget of {cfg.time_budget:g} min reached after {progress_state.global_step} steps")
+                    break
+                if progress_state.stopped_early:
+                    status = "early-stopped"
+                    log(f"early stop: val accuracy has not improved for {cfg.patience} epochs "
+                        f"(best {progress_state.best_val_acc:.4f})")
+                    break
+            # Still inside the signal handling: under torchrun a Ctrl-C reaches each process twice, and
+            # the second copy may come only now; it must not cut the status file short.
             if team.main:
-                write_text_atomic(run_dir / "history.csv", format_history(progress_state.history))
-            save_last(progress_state)
-            if improved and team.main:
-                save_checkpoint(model_state(cfg, loop.kept_model, progress_state, identity), run_dir / "best.pt")
-            log(f"epoch {row['epoch']}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
-                f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  {row['seconds']:.1f}s"
-                + ("  (best)" if improved else ""))
-            _check_unreadable(train_source.failed + val_source.failed, len(train_split) + len(val_split), cfg.data)
-            if progress_state.budget_spent:
-                log(f"time budget of {cfg.time_budget:g} min reached after {progress_state.global_step} steps")
-                break
-            if progress_state.stopped_early:
-                status = "early-stopped"
-                log(f"early stop: val accuracy has not improved for {cfg.patience} epochs "
-                    f"(best {progress_state.best_val_acc:.4f})")
-                break
-        # Still inside the signal handling: under torchrun a Ctrl-C reaches each process twice, and
-        # the second copy may come only now; it must not cut the status file short.
+                _write_status(run_dir, status, progress_state, cfg, init_hash, hardware, train_source, val_source)
+            if status != "interrupted":
+                log(f"best val accuracy {progress_state.best_val_acc:.4f}{_baseline_note(val_split)}; "
+                    f"next: catsdogs evaluate {run_dir}")
+    except KeyboardInterrupt:  # a second Ctrl-C: out at once, but say what is left
         if team.main:
-            _write_status(run_dir, status, progress_state, cfg, init_hash, hardware, train_source, val_source)
-        if status != "interrupted":
-            log(f"best val accuracy {progress_state.best_val_acc:.4f}{_baseline_note(val_split)}; "
-                f"next: catsdogs evaluate {run_dir}")
+            _after_abort(run_dir, team, log)
+        raise
     return TrainResult(run_dir, progress_state.epoch, progress_state.best_val_acc, status)
 
 
@@ -312,6 +320,21 @@ def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _after_abort(run_dir: Path, team: Team, log: Log) -> None:
+    """Say what an abort left to resume, and remove a run folder that would hold nothing but its config
+    (it would pass for the most recent run and fail every command)."""
+    if (run_dir / "last.pt").is_file():
+        log(f"stopped at once; the last save can be resumed with: {resume_command(run_dir, team)}")
+        return
+    for leftover in [run_dir / "config.yaml", run_dir / "status.json", *run_dir.glob(".*.tmp")]:
+        leftover.unlink(missing_ok=True)
+    try:
+        run_dir.rmdir()
+        log(f"stopped before anything was saved: nothing to resume, so {run_dir} is removed")
+    except OSError:
+        log(f"stopped before anything was saved: nothing to resume in {run_dir}")
 
 
 def _baseline_note(split: ImageSplit) -> str:

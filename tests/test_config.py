@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
 from catsdogs.config import (TrainConfig, build_config, check_value, config_from_dict, config_to_yaml,
                              field_names, read_yaml_overrides)
+from catsdogs.cli import main
 from catsdogs.errors import CatsdogsError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -146,6 +148,18 @@ def test_broken_yaml_names_the_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(CatsdogsError, match=r"not valid YAML \(line \d+\)") as info:
         read_yaml_overrides(path)
     assert str(path) in str(info.value)
+
+
+def test_a_file_that_is_not_utf8_is_one_clear_error(tmp_path: Path) -> None:
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(b"# caf\xe9\noptim: adam\n")  # a comment saved by a Latin-1 editor
+    with pytest.raises(CatsdogsError, match=r"latin1.yaml: not UTF-8 text \(byte 0xe9 at position 5\): save it as"):
+        read_yaml_overrides(latin1)
+    photo = tmp_path / "holiday.jpg"  # the wrong file passed to --config
+    photo.write_bytes(b"\xff\xd8\xff\xe0\0\x10JFIF")
+    result = CliRunner().invoke(main, ["train", "--config", str(photo), "--print-config"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.startswith(f"Error: {photo}: not UTF-8 text (byte 0xff at position 0)")
 
 
 def test_a_bad_flag_is_named_as_a_flag() -> None:

@@ -120,6 +120,9 @@ def test_an_unreadable_image_is_left_out_of_the_cache_and_reported(data: Path) -
 def test_read_split_errors_say_what_to_do(tmp_path: Path, data: Path) -> None:
     with pytest.raises(CatsdogsError, match=r"nowhere does not exist: run `catsdogs split SOURCE --out .*nowhere` first \(SOURCE: PetImages"):
         read_split(tmp_path / "nowhere", "train")
+    (tmp_path / "photo.jpg").write_bytes(b"x")
+    with pytest.raises(CatsdogsError, match="photo.jpg is a file, not a split folder"):
+        read_split(tmp_path / "photo.jpg", "train")
     with pytest.raises(CatsdogsError, match="has no holdout/ folder"):
         read_split(data, "holdout")
     with pytest.raises(CatsdogsError, match=r"classes \['Cat', 'Dog'\], but the model was trained on"):

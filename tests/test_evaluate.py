@@ -90,6 +90,10 @@ def test_unreadable_photos_are_recorded_and_a_failed_evaluation_leaves_no_folder
     with pytest.raises(CatsdogsError, match="has no class subfolders .* use `catsdogs predict`"):
         evaluate_run(run, data=str(tmp_path / "flat"), device="cpu", progress=False)
     assert sorted(p.name for p in run.glob("eval-*")) == ["eval-mixed"]
+    with pytest.raises(CatsdogsError, match=r"--data .*nowhere does not exist: pass a split folder, or a folder"):
+        evaluate_run(run, data=str(tmp_path / "nowhere"), device="cpu", progress=False)
+    with pytest.raises(CatsdogsError, match=r"--data .*0.jpg is not a folder"):
+        evaluate_run(run, data=str(data / "test" / "Cat" / "0.jpg"), device="cpu", progress=False)
 
 
 def test_photos_of_only_some_classes_are_measured(tiny_run, tmp_path) -> None:
@@ -123,9 +127,13 @@ def test_two_folders_of_the_same_name_get_their_own_results_and_user_files_are_k
     with pytest.raises(CatsdogsError, match="predictions.csv exists and is not a result of `catsdogs evaluate`"):
         evaluate_run(run, data=str(first), device="cpu", progress=False, out_dir=mine)
     assert (mine / "predictions.csv").read_text() == "my own notes\n"
-    with pytest.raises(CatsdogsError, match=f"already holds the evaluation on {first}"):
+    with pytest.raises(CatsdogsError, match=f"already holds the evaluation of {run / 'best.pt'} on {first}"):
         evaluate_run(run, data=str(second), device="cpu", progress=False, out_dir=run / "eval-photos")
     evaluate_run(run, data=str(first), device="cpu", progress=False, out_dir=run / "eval-photos")  # updating is fine
+    other_run = Path(shutil.copytree(run_dir, tmp_path / "other-run"))  # the same split, another model
+    evaluate_run(other_run, device="cpu", progress=False)
+    with pytest.raises(CatsdogsError, match=f"already holds the evaluation of {other_run / 'best.pt'} on {data}"):
+        evaluate_run(run, device="cpu", progress=False, out_dir=other_run)
 
 
 def test_photos_behind_folder_links_are_measured_and_what_else_is_there_is_recorded(tiny_run, tmp_path) -> None:

@@ -39,13 +39,15 @@ def test_a_new_run_dir_never_reuses_a_folder_even_with_a_gap(tmp_path: Path) -> 
 
 def test_latest_run_is_the_most_recently_active(tmp_path: Path) -> None:
     root = tmp_path / "runs"
-    make_run(root / "adam", config_yaml=1_000, history_csv=5_000)  # started first, trained last
-    make_run(root / "momentum", config_yaml=3_000)
+    make_run(root / "adam", config_yaml=1_000, history_csv=5_000, best_pt=5_000)  # started first, trained last
+    make_run(root / "momentum", config_yaml=3_000, best_pt=3_000)
     make_run(root / "vanilla-sgd", config_yaml=2_000, last_pt=4_000)
     assert list_runs(root) == [root / "momentum", root / "vanilla-sgd", root / "adam"]
     assert latest_run(root) == root / "adam"
     os.utime(root / "momentum" / "config.yaml", (9_000, 9_000))
     assert latest_run(root) == root / "momentum"
+    make_run(root / "r18", config_yaml=10_000)  # stopped before its first save: nothing to use
+    assert list_runs(root)[-1] == root / "r18" and latest_run(root) == root / "momentum"
 
 
 def test_runs_are_found_at_any_depth_and_folders_without_config_are_ignored(tmp_path: Path) -> None:

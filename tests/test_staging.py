@@ -44,7 +44,7 @@ def test_the_train_cache_folder_name_matches_catsdogs_data():
     assert TRAIN_CACHE == CACHE_DIR
 
 
-def test_other_arguments_or_foreign_files_are_refused_unless_forced(tmp_path):
+def test_other_arguments_are_refused_unless_forced_and_foreign_files_always(tmp_path):
     source = make_classes(tmp_path / "src", {"Cat": 8, "Dog": 8})
     out = tmp_path / "data"
     split_dataset(source, out, jobs=2, progress=False)
@@ -54,19 +54,25 @@ def test_other_arguments_or_foreign_files_are_refused_unless_forced(tmp_path):
     assert not forced.unchanged and '"seed": 7' in (out / "split.json").read_text()
 
     (out / "train" / "Cat" / "mine.jpg").write_bytes(b"x")
-    with pytest.raises(CatsdogsError, match=r"holds 1 file\(s\) that split did not write \(e.g. train/Cat/mine.jpg\)"):
-        split_dataset(source, out, seed=7, progress=False)
-    split_dataset(source, out, seed=7, force=True, jobs=2, progress=False)
-    assert not (out / "train" / "Cat" / "mine.jpg").exists()
+    for force in (False, True):  # a file of the user's is never deleted, not even with --force
+        with pytest.raises(CatsdogsError, match=r"holds 1 file\(s\) that split did not write "
+                                                r"\(e.g. train/Cat/mine.jpg\): move them out"):
+            split_dataset(source, out, seed=7, force=force, progress=False)
+    assert (out / "train" / "Cat" / "mine.jpg").read_bytes() == b"x"
+    (out / "train" / "Cat" / "mine.jpg").unlink()
 
     write_photo(source / "Cat" / "new.jpg", seed=999)
     with pytest.raises(CatsdogsError, match=r"changed since .* was split .*--force"):
         split_dataset(source, out, seed=7, progress=False)
 
-    mine = tmp_path / "mine"
-    (mine / "keep").mkdir(parents=True)
-    with pytest.raises(CatsdogsError, match=r"already exists and was not made by catsdogs split"):
-        split_dataset(source, mine, progress=False)
+    mine = tmp_path / "runs"  # a mistyped --out naming a folder of the user's
+    (mine / "adam").mkdir(parents=True)
+    (mine / "adam" / "best.pt").write_bytes(b"weights")
+    for force in (False, True):
+        with pytest.raises(CatsdogsError, match=r"already exists and was not made by catsdogs split: choose "
+                                                r"another --out \(split deletes no folder it did not make"):
+            split_dataset(source, mine, force=force, progress=False)
+    assert (mine / "adam" / "best.pt").read_bytes() == b"weights"
 
 
 @pytest.mark.parametrize("mode", ["link", "copy", "symlink"])

@@ -229,6 +229,32 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(data: Path, tmp_pa
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.parametrize("at_step", [2, 5 + 2])
+def test_a_second_ctrl_c_says_what_is_left_and_leaves_no_empty_run(data: Path, tmp_path: Path, monkeypatch,
+                                                                   at_step: int) -> None:
+    original = loop_module.EpochLoop._step
+    calls = {"n": 0}
+
+    def step(self, images, labels):
+        calls["n"] += 1
+        if calls["n"] == at_step:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C twice: out at once
+        return original(self, images, labels)
+
+    monkeypatch.setattr(loop_module.EpochLoop, "_step", step)
+    messages: list[str] = []
+    out = tmp_path / "runs" / "r"
+    with pytest.raises(KeyboardInterrupt):
+        train(make_config(data, out, epochs=3), progress=False, log=messages.append)
+    if at_step == 2:  # in the first epoch, before any save: the folder would only hold config.yaml
+        assert messages[-1] == f"stopped before anything was saved: nothing to resume, so {out} is removed"
+        assert not out.exists()
+    else:  # epoch 1 was saved
+        assert messages[-1] == f"stopped at once; the last save can be resumed with: catsdogs train --resume {out}"
+        assert load_checkpoint(out / "last.pt")["progress"]["epoch"] == 1
+
+
 def _train_command(data: Path, out: Path, epochs: int) -> list[str]:
     return [sys.executable, "-m", "catsdogs", "train", "--data", str(data), "--optim", "adam", "--image-size",
             str(SIZE), "--batch-size", "2", "--epochs", str(epochs), "--device", "cpu", "--out", str(out)]
