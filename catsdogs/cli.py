@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -181,6 +182,7 @@ def shared_run_options(func: Any) -> Any:
 def train(config_file: Path | None, resume: Path | None, print_config: bool, **flags: Any) -> None:
     """Train a model on the split's train/ folder, validating on val/ every epoch."""
     from catsdogs.config import build_config
+    from catsdogs.runs import RUNS_ROOT
     from catsdogs.train import print_config as resolved_yaml
     from catsdogs.train import train as run_training
 
@@ -195,6 +197,8 @@ def train(config_file: Path | None, resume: Path | None, print_config: bool, **f
         result = run_training(None, resume=resume, flags=flags)
     else:
         cfg = build_config(config_file, flags)
+        if config_file is not None and cfg.out is None:  # a recipe's runs are named after it: runs/cpu-fast
+            cfg = dataclasses.replace(cfg, out=str(RUNS_ROOT / config_file.stem))
         if print_config:
             click.echo(resolved_yaml(cfg), nl=False)
             return
@@ -382,6 +386,8 @@ def explain(photos: tuple[Path, ...], run_dir: Path | None, checkpoint: str, dev
         raise UsageError("name photos (or folders) to explain, or use --mistakes N")
     run_dir = _run_or_latest(run_dir)
     truths = worst_mistakes(run_dir, mistakes) if mistakes else None
+    if truths and len(truths) < mistakes:
+        click.echo(f"the last evaluation of {run_dir} made only {len(truths)} mistakes: explaining them all", err=True)
     files = list(truths) if truths else _photos_or_report(photos)
     trained = load_trained(run_dir, checkpoint, device)
     done, unreadable, used_layer = explain_photos(trained, files, out or run_dir / "explain", target, layer,

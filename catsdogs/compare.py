@@ -175,8 +175,9 @@ def _open_study(out: Path, identity: dict[str, Any], force: bool, log: Log) -> N
             if change:
                 key, old, new = change
                 raise UsageError(f"{out} holds a study made with {key} = {_show(old)}, but this command asks for "
-                                 f"{key} = {_show(new)}; repeat its arguments to continue it, or add --force to "
-                                 "delete it and start again")
+                                 f"{key} = {_show(new)}; repeat its arguments to continue it, give this one "
+                                 f"another --out (e.g. --out {out.name}-2), or add --force to delete it and start "
+                                 "again")
             log(f"continuing the study in {out}")
             return
     out.mkdir(parents=True, exist_ok=True)

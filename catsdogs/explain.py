@@ -277,7 +277,8 @@ def save_explanation_figure(image: np.ndarray, heat: np.ndarray, path: Path, tit
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(7, 3.8))
+    # The colour bar gets its own narrow column, so both panels are drawn at the same size.
+    fig, (left, right, bar) = plt.subplots(1, 3, figsize=(7.4, 3.8), width_ratios=(1, 1, 0.05))
     left.imshow(image)
     left.set_title("input", fontsize=9)
     right.imshow(image)
@@ -285,7 +286,7 @@ def save_explanation_figure(image: np.ndarray, heat: np.ndarray, path: Path, tit
     right.set_title(subtitle, fontsize=9)
     for ax in (left, right):
         ax.axis("off")
-    fig.colorbar(shown, ax=right, fraction=0.046, pad=0.04)
+    fig.colorbar(shown, cax=bar).set_label("relative evidence (1 = strongest in this photo)", fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     with atomic_write(path) as handle:

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 FORMATS = (".png", ".svg", ".pdf")
+MAX_INLINE_LEGEND = 2  # more runs than this get one legend outside the panels, not over the lines
 SIGNATURE = "catsdogs plot-curves"  # in each figure's metadata, so a later run may replace it
 
 
@@ -59,7 +60,10 @@ def plot_curves(run_dirs: list[Path], out: Path) -> Path:
     in_a_run = out.resolve().parent in {run.resolve() for run in run_dirs}  # a run folder's files are ours
     if out.exists() and not in_a_run and not drawn_by_catsdogs(out):
         raise CatsdogsError(f"{out} exists and is not a figure drawn by catsdogs: choose another --out, or move it")
-    histories = [(run_label(run), read_history(run)) for run in run_dirs]
+    unique: dict[Path, Path] = {}
+    for run in run_dirs:  # a run named twice is drawn once
+        unique.setdefault(run.resolve(), run)
+    histories = [(run_label(run), read_history(run)) for run in unique.values()]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,10 +84,21 @@ def plot_curves(run_dirs: list[Path], out: Path) -> Path:
     for ax in (loss_ax, acc_ax):
         set_epoch_ticks(ax)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if len(histories) <= MAX_INLINE_LEGEND:
+            ax.legend(fontsize=8)
+    if len(histories) > MAX_INLINE_LEGEND:
+        # One legend beside both panels: a colour per run, and the two line styles once.
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], color=colours[i % len(colours)], label=label)
+                   for i, (label, _) in enumerate(histories)]
+        handles += [Line2D([], [], color="grey", linestyle="--", marker=".", label="train"),
+                    Line2D([], [], color="grey", linestyle="-", marker="o", markersize=3, label="val")]
+        fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, handlelength=3)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120, metadata={("Software" if out.suffix.lower() == ".png" else "Creator"): SIGNATURE})
+    fig.savefig(out, dpi=120, bbox_inches="tight",
+                metadata={("Software" if out.suffix.lower() == ".png" else "Creator"): SIGNATURE})
     plt.close(fig)
     return out
 

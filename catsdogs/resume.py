@@ -52,7 +52,8 @@ def resumed_config(state: Mapping[str, Any], flags: Mapping[str, Any], run_dir: 
             continue
         if key not in RESUMABLE_CHANGES:
             raise UsageError(f"--{key.replace('_', '-')} {value} conflicts with the run being resumed "
-                             f"({key} = {getattr(saved, key)}); a resumed run keeps its {key}")
+                             f"({key} = {getattr(saved, key)}); a resumed run keeps the {key.replace('_', ' ')} "
+                             "it started with (train a new run to change it)")
         changes[key] = str(Path(value).resolve()) if key == "data" else value
     if "epochs" in changes and changes["epochs"] < state["progress"]["epoch"]:
         raise UsageError(f"--epochs {changes['epochs']} is fewer than the {state['progress']['epoch']} "

@@ -217,7 +217,7 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
         f"classes {', '.join(train_split.classes)}); cache: {_cache_note(train_source)}")
     share = f", {_per_process(cfg.batch_size, team.world)} per process" if team.enabled else ""
     log(f"model {cfg.model} at {cfg.image_size}px, optimizer {cfg.optim} (lr {cfg.lr:g}, batch {cfg.batch_size}"
-        f"{share}), {cfg.epochs} epochs")
+        f"{share}), {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}")
 
     net = _data_parallel(model, device) if team.enabled else model
     loop = EpochLoop(cfg, model, optimizer, scaler, precision, device, train_source, val_source, order_gen, aug_gen,
@@ -262,7 +262,8 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
                     break
                 if progress_state.stopped_early:
                     status = "early-stopped"
-                    log(f"early stop: val accuracy has not improved for {cfg.patience} epochs "
+                    log(f"early stop: val accuracy has not improved for {cfg.patience} "
+                        f"epoch{'s' if cfg.patience != 1 else ''} "
                         f"(best {progress_state.best_val_acc:.4f})")
                     break
             # Still inside the signal handling: under torchrun a Ctrl-C reaches each process twice, and
@@ -350,7 +351,7 @@ def _write_status(run_dir: Path, status: str, progress: Progress, cfg: TrainConf
                   hardware: str, *sources: BatchSource) -> None:
     skipped = sorted({str(p) for s in sources for p in (s.failed + s.split.unreadable)})
     info = {"status": status, "epochs_done": progress.epoch, "epochs": cfg.epochs,
-            "best_val_acc": progress.best_val_acc, "init_hash": init_hash, "hardware": hardware,
+            "best_val_acc": progress.best_val_acc if progress.history else None, "init_hash": init_hash, "hardware": hardware,
             "unreadable_images": skipped}
     if status == "early-stopped":
         info["reason"] = f"val accuracy did not improve for {cfg.patience} epochs"

@@ -184,6 +184,9 @@ def test_print_config_precedence(cli, tmp_path: Path) -> None:
     assert config["hflip"] == 0.25 and config["model"] == "cnn3"  # untouched defaults
     flagged = printed_config(cli("train", "--config", "study.yaml", "--optim", "adam", "--print-config"))
     assert (flagged["optim"], flagged["lr"], flagged["momentum"]) == ("adam", 0.05, None)
+    assert config["out"] == flagged["out"] == "runs/study"  # a config's runs are named after it
+    named = printed_config(cli("train", "--config", "study.yaml", "--out", "runs/mine", "--print-config"))
+    assert named["out"] == "runs/mine"
 
 
 def test_shipped_config_prints(cli) -> None:

@@ -39,7 +39,9 @@ def drawn(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
 
     def record(fig=None) -> None:
         seen.append({"titles": [ax.get_title() for ax in fig.axes],
-                     "legends": [[t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes],
+                     "legends": [[t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes
+                                 if ax.get_legend()],
+                     "figure_legend": [t.get_text() for legend in fig.legends for t in legend.get_texts()],
                      "lines": [[(list(l.get_xdata()), list(l.get_ydata())) for l in ax.get_lines()]
                                for ax in fig.axes],
                      "xticks": [visible_ticks(ax) for ax in fig.axes]})
@@ -122,6 +124,16 @@ def test_several_runs_are_overlaid_with_run_and_optimizer_in_the_legend(tmp_path
     expected = ["adam-2 (adam) train", "adam-2 (adam) val", "baseline (momentum) train", "baseline (momentum) val"]
     assert figure["legends"] == [expected, expected]
     assert [len(x) for x, _ in figure["lines"][0]] == [3, 3, 2, 2]
+
+
+def test_many_runs_share_one_legend_outside_and_a_run_named_twice_is_drawn_once(tmp_path: Path,
+                                                                                drawn: list[dict]) -> None:
+    runs = [make_run(tmp_path / f"seed{i}", "adam") for i in range(4)]
+    plot_curves([*runs, runs[0]], tmp_path / "study.png")
+    (figure,) = drawn
+    assert figure["legends"] == []  # nothing over the lines
+    assert figure["figure_legend"] == ["seed0 (adam)", "seed1 (adam)", "seed2 (adam)", "seed3 (adam)", "train", "val"]
+    assert [len(lines) for lines in figure["lines"]] == [8, 8]  # train and val of each run, once
 
 
 def test_run_label_names_the_optimizer_only_when_the_folder_does_not(tmp_path: Path) -> None:
