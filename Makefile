@@ -26,9 +26,10 @@ demo:
 	catsdogs plot-curves
 	catsdogs explain --mistakes 8
 
+# The speed benchmarks on $(DATA) (class folders) and on the split of it in data/ (`catsdogs split $(DATA)` first).
 bench:
-	$(PYTHON) benchmarks/bench_split.py
-	$(PYTHON) benchmarks/bench_train.py
+	$(PYTHON) benchmarks/bench_split.py --data $(DATA)
+	$(PYTHON) benchmarks/bench_train.py --data data
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache

@@ -3,8 +3,8 @@
     python benchmarks/bench_precision.py --data data --seeds 3 --epochs 10 --image-size 128
 
 Prints, per precision, the test accuracy of each seed's best checkpoint, their mean and
-standard deviation, the training images/s, and the difference of the means against the
-spread across seeds.
+sample standard deviation, the training images/s, and the difference of the means with a
+paired t-test over the seeds (a seed gives both precisions the same start).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 from catsdogs.config import TrainConfig
 from catsdogs.evaluate import evaluate_run
 from catsdogs.hardware import cpu_has_bf16
+from catsdogs.stats import paired_t_test
 from catsdogs.train import train
 
 
@@ -60,14 +61,21 @@ def main() -> int:
                 print(f"  {precision} seed {seed}: test accuracy {accuracies[-1]:.4f}  "
                       f"({time.perf_counter() - start:.0f} s, {rates[-1]:.0f} img/s incl. validation)")
             results[precision] = accuracies
-            print(f"{precision}: mean {statistics.mean(accuracies):.4f}  sd {statistics.pstdev(accuracies):.4f}  "
-                  f"{statistics.mean(rates):.0f} img/s")
+            sd = f"{statistics.stdev(accuracies):.4f}" if len(accuracies) > 1 else "-"
+            print(f"{precision}: mean {statistics.mean(accuracies):.4f}  sd {sd}  {statistics.mean(rates):.0f} img/s")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     difference = statistics.mean(results["bf16"]) - statistics.mean(results["fp32"])
-    spread = max(statistics.pstdev(results["fp32"]), statistics.pstdev(results["bf16"]))
-    verdict = "within" if abs(difference) <= spread else "outside"
-    print(f"bf16 - fp32 = {difference:+.4f}, {verdict} the spread across seeds ({spread:.4f})")
+    # A seed gives both precisions the same initial weights and batches: compare them pair by pair,
+    # as `catsdogs compare` does (sample standard deviations, paired t-test).
+    test = paired_t_test(results["bf16"], results["fp32"])
+    if test is None:
+        print(f"bf16 - fp32 = {difference:+.4f} (one seed: no spread to compare it with)")
+    else:
+        low, high = test.ci95
+        verdict = "these seeds cannot tell them apart" if test.p >= 0.05 else "a difference the seeds show"
+        print(f"bf16 - fp32 = {difference:+.4f}; paired by seed: 95% interval {low:+.4f} to {high:+.4f}, "
+              f"p = {test.p:.2f}: {verdict}")
     return 0
 
 

@@ -72,7 +72,8 @@ def main() -> None:
     args = parser.parse_args()
     data = args.data.resolve()
     if not data.is_dir():
-        parser.error(f"--data {data} is not a folder")
+        parser.error(f"--data {data} is not a folder: pass a folder of class subfolders, e.g. --data PetImages "
+                     "(the default is the development machine's ../shared/data/PetImages-dev)")
     files = sorted(str(path) for path in data.rglob("*") if path.is_file())
     for path in files:  # warm the page cache, so neither approach pays for the first read
         Path(path).read_bytes()

@@ -438,10 +438,14 @@ def optimizers() -> None:
 @click.option("--image-size", default=224, show_default=True, type=click.IntRange(min=1),
               help="Image side at which to count FLOPs.")
 def models(image_size: int) -> None:
-    """List the registered models with their size and cost per image."""
+    """List the registered models with their size and cost per image.
+
+    GFLOP/img is the forward pass of one image, counted by torch.utils.flop_counter; a training
+    step costs about three times that (forward, and backward for activations and weights).
+    """
     from catsdogs.models import MODELS, build_model, count_flops, count_parameters
 
-    click.echo(f"{'model':<20}{'params':>10}{'GFLOP/img':>11}{'train GFLOP':>13}  description (at {image_size}px)")
+    click.echo(f"{'model':<20}{'params':>10}{'GFLOP/img':>11}{'train ~3x':>13}  description (at {image_size}px)")
     for name in MODELS.names():
         spec = MODELS.get(name)
         if image_size < spec.min_image_size:

@@ -104,6 +104,7 @@ class EpochLoop:
         self.steps_per_epoch = math.ceil(len(train_source) / cfg.batch_size)
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
         self.budget_seconds = cfg.time_budget * 60.0 if cfg.time_budget else None
+        self.partial_epoch: tuple[int, int] | None = None  # (steps done, steps planned) when the budget cut one
 
     def _total_steps(self, progress: Progress, spent: float) -> int:
         """Steps the schedule spans: all epochs, or what the time budget allows at the pace so far."""
@@ -156,6 +157,8 @@ class EpochLoop:
             steps_planned = int(steps_planned)
             if budget_hit:
                 progress.budget_spent = True  # end this epoch early: validate and record it
+                if progress.step < len(order):
+                    self.partial_epoch = (progress.step, len(order))
                 break
             if stop_hit:
                 progress.sums = self._team_sums(loss_sum, correct, seen, seconds + time.perf_counter() - started)

@@ -258,7 +258,10 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
                 _check_unreadable(train_source.failed + val_source.failed, len(train_split) + len(val_split),
                                   cfg.data)
                 if progress_state.budget_spent:
-                    log(f"time budget of {cfg.time_budget:g} min reached after {progress_state.global_step} steps")
+                    cut = loop.partial_epoch
+                    log(f"time budget of {cfg.time_budget:g} min reached after {progress_state.global_step} steps"
+                        + (f"; epoch {row['epoch']} stopped after {cut[0]} of its {cut[1]} steps, and its row in "
+                           "history.csv covers those" if cut else ""))
                     break
                 if progress_state.stopped_early:
                     status = "early-stopped"

@@ -143,9 +143,14 @@ def test_time_budget_stops_within_the_budget(data: Path, tmp_path: Path) -> None
                                   epochs=1000, batch_size=2, time_budget=budget_minutes, scheduler="onecycle",
                                   device="cpu", precision="fp32"))
     start = time.perf_counter()
-    result = train(cfg, progress=False, log=quiet)
+    lines: list[str] = []
+    result = train(cfg, progress=False, log=lines.append)
     elapsed = time.perf_counter() - start
     assert result.status == "time-budget"
+    steps = len(list((data / "train").rglob("*.jpg"))) // 2  # batch 2
+    cut = [line for line in lines if line.startswith("time budget of 0.05 min reached after ")]
+    assert len(cut) == 1 and (f" of its {steps} steps, and its row in history.csv covers those" in cut[0]
+                              or f" {steps * result.epochs_done} steps" in cut[0])  # or it ended with an epoch
     assert 1 <= result.epochs_done < 1000
     status = json.loads((result.run_dir / "status.json").read_text())
     assert status["status"] == "time-budget"

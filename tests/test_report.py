@@ -97,3 +97,26 @@ def test_learning_rate_advice_follows_whether_the_study_tuned_it(tmp_path: Path,
     assert ("tune the learning rate (`--tune-lr`)" in warning) is not tune_lr
     assert ("this study already tuned the learning rates (`--tune-lr`)" in warning) is tune_lr
     assert ("Every optimizer used its default learning rate: `--tune-lr`" in report) is not tune_lr
+
+
+def epoch_seconds(study: Path, optim: str, seed: int, seconds: list[float]) -> None:
+    rows = [f"{e},0.69,0.5,0.69,0.5,0.01,{s}" for e, s in enumerate(seconds, 1)]
+    (study / "runs" / run_name(optim, seed) / "history.csv").write_text(HISTORY.splitlines()[0] + "\n"
+                                                                        + "\n".join(rows) + "\n")
+
+
+def test_time_advice_needs_a_gap_in_the_typical_epoch_on_every_seed(tmp_path: Path) -> None:
+    accuracies = {"adam": [0.6, 0.65], "momentum": [0.55, 0.5]}
+    study = write_study(tmp_path / "a", accuracies)
+    for seed in (42, 43):  # momentum's first epoch was slow (a busy machine); its others match adam's
+        epoch_seconds(study, "adam", seed, [2.0, 2.0, 2.0])
+        epoch_seconds(study, "momentum", seed, [30.0, 2.1, 2.0])
+    summary = summarize(study, target_acc=0.7)
+    assert [row["epoch_seconds"]["values"] for row in summary["ranking"]] == [[2.0, 2.0], [2.1, 2.1]]
+    assert "At equal epochs" not in format_report(summary)
+    study = write_study(tmp_path / "b", accuracies)
+    for seed in (42, 43):  # vanilla SGD's one photo a step: slower in every epoch of every seed
+        epoch_seconds(study, "adam", seed, [2.0, 2.0, 2.0])
+        epoch_seconds(study, "momentum", seed, [9.0, 8.0, 8.5])
+    assert ("At equal epochs momentum took 4.2× the time per epoch of adam (median epochs, every seed)"
+            in format_report(summarize(study, target_acc=0.7)))
