@@ -123,6 +123,11 @@ def _decode(path: Path, size: int) -> np.ndarray | str:
     try:
         return load_resized(path, size)
     except Exception as error:  # noqa: BLE001 - decoders raise many types on bad data; report, go on
+        try:
+            if path.stat().st_size == 0:
+                return "empty file"  # as split calls it
+        except OSError:
+            pass
         return unreadable_reason(error)
 
 

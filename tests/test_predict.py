@@ -183,9 +183,11 @@ def test_stdout_holds_only_the_classified_photos(tiny_run, tmp_path: Path) -> No
     run_dir, data = tiny_run
     shutil.copy(data / "test" / "Dog" / "0.jpg", tmp_path / "good photo.jpg")
     (tmp_path / "text.jpg").write_text("not a photo")
+    (tmp_path / "zero.jpg").write_bytes(b"")
     result = invoke("predict", "--run", str(run_dir), "--device", "cpu", str(tmp_path))
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert len(lines) == 1 and lines[0].endswith(f"  {tmp_path / 'good photo.jpg'}")
     assert f"unreadable: {tmp_path / 'text.jpg'} (not an image)" in result.stderr
-    assert "1 photo classified" in result.stderr and "1 unreadable" in result.stderr
+    assert f"unreadable: {tmp_path / 'zero.jpg'} (empty file)" in result.stderr  # as split says it
+    assert "1 photo classified" in result.stderr and "2 unreadable" in result.stderr
