@@ -162,7 +162,8 @@ def _first_change(saved: dict[str, Any], wanted: dict[str, Any]) -> tuple[str, A
 
 
 def _open_study(out: Path, identity: dict[str, Any], force: bool, log: Log) -> None:
-    """Start a study folder, or continue one made with the same arguments; --force starts afresh."""
+    """Start a study folder, or continue one made with the same arguments (or more seeds); --force
+    starts afresh."""
     marker = out / STUDY_FILE
     if out.exists() and any(out.iterdir()):
         if not marker.is_file():
@@ -171,7 +172,16 @@ def _open_study(out: Path, identity: dict[str, Any], force: bool, log: Log) -> N
             log(f"--force: deleting the study in {out} and starting again")
             shutil.rmtree(out)
         else:
-            change = _first_change(read_json(marker), identity)
+            saved = read_json(marker)
+            change = _first_change(saved, identity)
+            old_seeds, new_seeds = saved.get("seeds") or [], identity["seeds"]
+            if (change and change[0] == "seeds" and new_seeds[:len(old_seeds)] == old_seeds
+                    and _first_change({**saved, "seeds": new_seeds}, identity) is None):
+                # More seeds, as the report advises: the finished runs stay, the new seeds' runs are added.
+                log(f"extending the study in {out} from {len(old_seeds)} to {len(new_seeds)} seeds "
+                    f"(adding {_show(new_seeds[len(old_seeds):])}; finished runs are kept)")
+                write_text_atomic(marker, json.dumps({**saved, "seeds": new_seeds}, indent=2) + "\n")
+                return
             if change:
                 key, old, new = change
                 raise UsageError(f"{out} holds a study made with {key} = {_show(old)}, but this command asks for "

@@ -140,7 +140,7 @@ def test_rerunning_the_study_trains_and_evaluates_nothing(study: tuple[Path, lis
     assert sum(line.endswith("[done earlier]") for line in lines) == 4
 
 
-CHANGES = [({"seeds": 3}, "seeds = 42,43, but this command asks for seeds = 42,43,44"),
+CHANGES = [({"seeds": 1}, "seeds = 42,43, but this command asks for seeds = 42"),
            ({"config": {"epochs": 2}}, "epochs = 1, but this command asks for epochs = 2"),
            ({"config": {"image_size": 112}}, "image_size = 96, but this command asks for image_size = 112"),
            ({"optims": ("adam",)}, "optims = minibatch-sgd,adam"),
@@ -154,6 +154,20 @@ def test_changed_arguments_are_refused_without_force(study: tuple[Path, list[str
     with pytest.raises(UsageError, match=f"{named}.*add --force to delete it"):
         run_study(spec_for(data, out, **change), progress=False, log=quiet)
     assert (out / "report.md").is_file() and len(list((out / "runs").iterdir())) == 4
+
+
+def test_more_seeds_extend_a_study_and_keep_its_runs(study: tuple[Path, list[str]], data: Path,
+                                                      tmp_path: Path) -> None:
+    out = Path(shutil.copytree(study[0], tmp_path / "study"))
+    lines: list[str] = []
+    result = run_study(spec_for(data, out, seeds=3), progress=False, log=lines.append)
+    assert result.status == "complete"
+    assert lines[0] == f"extending the study in {out} from 2 to 3 seeds (adding 44; finished runs are kept)"
+    assert sum(line.endswith("[done earlier]") for line in lines) == 4
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(f"{o}-seed{s}" for o in OPTIMS
+                                                                       for s in (42, 43, 44))
+    assert json.loads((out / "study.json").read_text())["seeds"] == [42, 43, 44]
+    assert [len(row["test_acc"]["values"]) for row in result.summary["ranking"]] == [3, 3]
 
 
 def test_force_deletes_the_old_study_and_starts_again(data: Path, tmp_path: Path) -> None:
