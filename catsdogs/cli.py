@@ -132,6 +132,9 @@ _TRAIN_OPTIONS = [
                  help="Where to train. [default: auto]"),
     click.option("--precision", default=None, type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
                  help="Numeric precision; auto uses bf16 where the hardware has it. [default: auto]"),
+    click.option("--micro-batch", default=None, type=int,
+                 help="Images per forward/backward pass: a batch takes several, with the same gradient, in less "
+                      "memory. [default: the whole batch]"),
     click.option("--workers", default=None, type=int, help="Loader processes when not cached. [default: auto]"),
     click.option("--cache", default=None, type=click.Choice(["auto", "off", "rebuild"]),
                  help="Decode each split once into a memory-mapped array. [default: auto]"),

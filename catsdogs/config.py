@@ -51,6 +51,10 @@ class TrainConfig:
     device: str = "auto"  # auto|cpu|cuda|mps; auto picks CUDA, then MPS, then CPU
     precision: str = "auto"  # auto|fp32|bf16|fp16; auto: bf16 where the hardware has it, else fp32
     workers: int | None = None  # DataLoader worker processes when reading files; None: automatic
+    # Images per forward/backward pass (gradient accumulation): a batch takes several passes whose
+    # gradients add up to the batch's (except that batch norm sees each pass alone), in less memory.
+    # None: the whole batch in one pass.
+    micro_batch: int | None = None
 
     # Output: the run folder; None means runs/<optim>, numbered when it exists.
     out: str | None = None
@@ -68,7 +72,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # Lower bounds of numeric fields (inclusive); an upper bound of 1 for probabilities.
 MINIMUM: dict[str, float] = {"epochs": 1, "batch_size": 1, "image_size": 1, "lr": 0.0, "hflip": 0.0,
                              "vflip": 0.0, "momentum": 0.0, "weight_decay": 0.0, "warmup_epochs": 0.0,
-                             "patience": 1, "workers": 0, "time_budget": 0.0, "label_smoothing": 0.0, "ema": 0.0}
+                             "patience": 1, "workers": 0, "time_budget": 0.0, "label_smoothing": 0.0, "ema": 0.0,
+                             "micro_batch": 1}
 PROBABILITIES = ("hflip", "vflip", "label_smoothing", "ema")
 # Fields where 0 would silently do nothing (no learning, no budget): they must be above 0.
 POSITIVE = ("lr", "time_budget")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import signal
@@ -105,6 +106,7 @@ class EpochLoop:
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
         self.budget_seconds = cfg.time_budget * 60.0 if cfg.time_budget else None
         self.partial_epoch: tuple[int, int] | None = None  # (steps done, steps planned) when the budget cut one
+        self.micro_batch = cfg.micro_batch  # None: each batch in one pass
 
     def _total_steps(self, progress: Progress, spent: float) -> int:
         """Steps the schedule spans: all epochs, or what the time budget allows at the pace so far."""
@@ -186,18 +188,30 @@ class EpochLoop:
         return loss_sum, int(correct), int(seen), agree_max([seconds], self.team)[0]
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
+        """One optimizer step on the batch, in passes of `micro_batch` images whose gradients add up
+        to the batch's (each pass's mean loss weighted by its share of the batch)."""
         images = self.train_source.preset(images.to(self.device, non_blocking=True), self.aug_gen)
         labels = labels.to(self.device, non_blocking=True)
-        with self.precision.autocast(self.device):
-            logits = self.net(images)
-            loss = self.loss_fn(logits.float(), labels)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        size = self.micro_batch or len(labels)
+        passes = list(zip(images.split(size), labels.split(size)))
+        loss_sum, correct = 0.0, 0
+        for index, (part, part_labels) in enumerate(passes):
+            # Under DistributedDataParallel the gradients are averaged across processes once, at the last pass.
+            quiet = index < len(passes) - 1 and isinstance(self.net, nn.parallel.DistributedDataParallel)
+            with self.net.no_sync() if quiet else contextlib.nullcontext():
+                with self.precision.autocast(self.device):
+                    logits = self.net(part)
+                    loss = self.loss_fn(logits.float(), part_labels)
+                share = len(part_labels) / len(labels)
+                self.scaler.scale(loss * share if len(passes) > 1 else loss).backward()
+            loss_sum += float(loss.detach()) * share
+            correct += int((logits.argmax(1) == part_labels).sum())
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.ema is not None:
             self.ema.update(self.model)
-        return float(loss.detach()), int((logits.argmax(1) == labels).sum())
+        return loss_sum, correct
 
     @property
     def kept_model(self) -> nn.Module:

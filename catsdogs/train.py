@@ -354,8 +354,8 @@ def _write_status(run_dir: Path, status: str, progress: Progress, cfg: TrainConf
                   hardware: str, *sources: BatchSource) -> None:
     skipped = sorted({str(p) for s in sources for p in (s.failed + s.split.unreadable)})
     info = {"status": status, "epochs_done": progress.epoch, "epochs": cfg.epochs,
-            "best_val_acc": progress.best_val_acc if progress.history else None, "init_hash": init_hash, "hardware": hardware,
-            "unreadable_images": skipped}
+            "best_val_acc": progress.best_val_acc if progress.history else None, "init_hash": init_hash,
+            "hardware": hardware, "unreadable_images": skipped}
     if status == "early-stopped":
         info["reason"] = f"val accuracy did not improve for {cfg.patience} epochs"
     write_text_atomic(run_dir / "status.json", json.dumps(info, indent=2) + "\n")
