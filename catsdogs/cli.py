@@ -323,7 +323,8 @@ def predict(photos: tuple[Path, ...], run_dir: Path | None, checkpoint: str, dev
     if out is not None and out.suffix.lower() != ".csv":
         raise UsageError(f"--out {out}: give a file name ending in .csv")
     if out is not None and not out.parent.is_dir():
-        raise UsageError(f"--out {out}: folder {out.parent} does not exist")
+        raise UsageError(f"--out {out}: folder {out.parent} does not exist (create it first, or name a file in an "
+                         "existing folder)")
     if out is not None:
         check_predictions_out(out)
     files = _photos_or_report(photos)
@@ -411,7 +412,7 @@ def explain(photos: tuple[Path, ...], run_dir: Path | None, checkpoint: str, dev
               help="Figure file (.png, .svg or .pdf). [default: RUN_DIR/curves.png, or curves.png for several]")
 def plot_curves_command(run_dirs: tuple[Path, ...], out: Path | None) -> None:
     """Plot training and validation loss and accuracy against epoch, overlaying several runs."""
-    from catsdogs.plots import plot_curves
+    from catsdogs.plots import DEFAULT_NAME, plot_curves
     from catsdogs.runs import latest_run
 
     runs = list(run_dirs)
@@ -421,7 +422,7 @@ def plot_curves_command(run_dirs: tuple[Path, ...], out: Path | None) -> None:
     for run in runs:
         if not run.is_dir():
             raise click.ClickException(f"run folder {run} does not exist")
-    target = out or (runs[0] / "curves.png" if len(runs) == 1 else Path("curves.png"))
+    target = out or (runs[0] / DEFAULT_NAME if len(runs) == 1 else Path(DEFAULT_NAME))
     click.echo(f"wrote {plot_curves(runs, target)}")
 
 

@@ -173,10 +173,12 @@ def _open_study(out: Path, identity: dict[str, Any], force: bool, log: Log) -> N
             shutil.rmtree(out)
         else:
             saved = read_json(marker)
-            change = _first_change(saved, identity)
             old_seeds, new_seeds = saved.get("seeds") or [], identity["seeds"]
-            if (change and change[0] == "seeds" and new_seeds[:len(old_seeds)] == old_seeds
-                    and _first_change({**saved, "seeds": new_seeds}, identity) is None):
+            more_seeds = new_seeds[:len(old_seeds)] == old_seeds
+            # With more seeds, the change to name is any other one: the seeds alone would be fine.
+            change = (more_seeds and _first_change({**saved, "seeds": new_seeds}, identity)) or _first_change(
+                saved, identity)
+            if change and change[0] == "seeds" and more_seeds:
                 # More seeds, as the report advises: the finished runs stay, the new seeds' runs are added.
                 log(f"extending the study in {out} from {len(old_seeds)} to {len(new_seeds)} seeds "
                     f"(adding {_show(new_seeds[len(old_seeds):])}; finished runs are kept)")

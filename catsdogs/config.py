@@ -149,7 +149,8 @@ def read_yaml_overrides(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file into validated overrides; errors name the file and the key."""
     path = Path(path)
     if not path.is_file():
-        raise CatsdogsError(f"config file {path} does not exist")
+        raise CatsdogsError(f"config file {path} does not exist: check the path (the shipped ones are in configs/ "
+                            "and configs/recipes/)")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

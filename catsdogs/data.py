@@ -17,11 +17,13 @@ import torch
 from tqdm import tqdm
 
 from catsdogs.errors import CatsdogsError
-from catsdogs.images import describe_left_out, find_photos, is_hidden, load_resized
+from catsdogs.images import (HIDDEN_FILE, HIDDEN_FOLDER, describe_left_out, find_photos, is_hidden,
+                             load_resized)
 from catsdogs.progress import progress_bar
 from catsdogs.transforms import Preset
 
 CACHE_DIR = ".cache"
+NOT_IN_CLASS_FOLDER = "not in a class folder"  # as split calls it
 CACHE_VERSION = 1  # bump when load_resized changes what it produces
 SPLITS = ("train", "val", "test")
 
@@ -68,21 +70,56 @@ def read_class_folder(root: str | Path, classes: Sequence[str] | None = None, hi
     names = list(classes) if classes is not None else found
     if classes is not None and found != sorted(names) and not (some_classes and found and set(found) <= set(names)):
         raise CatsdogsError(f"{root} has classes {found}, but the model was trained on {sorted(names)}")
-    paths: list[Path] = []
-    labels: list[int] = []
     left_out: list[tuple[Path, str]] = []
+    for entry in sorted(root.iterdir()):  # what lies beside the class folders
+        if not entry.is_dir():
+            left_out.append((entry, HIDDEN_FILE if is_hidden(entry.name) else NOT_IN_CLASS_FOLDER))
+        elif is_hidden(entry.name):
+            left_out.append((entry, HIDDEN_FOLDER))
+    by_class: dict[int, list[Path]] = {}
     for index, name in enumerate(names):
         if some_classes and name not in found:
             continue
         search = find_photos(root / name)
-        if not search.photos:
+        left_out += search.left_out
+        if search.photos:
+            by_class[index] = search.photos
+        elif not some_classes:  # a class of the model with no photos here is fine when measuring some classes
             besides = "; ".join(describe_left_out(search.left_out, examples=2))
             raise CatsdogsError(f"{root / name} holds no photo files (.jpg, .png, ...)"
                                 + (f"; it holds {besides}" if besides else "") + (f": {hint}" if hint else ""))
-        paths += search.photos
-        labels += [index] * len(search.photos)
-        left_out += search.left_out
+    if not by_class:
+        raise CatsdogsError(f"{root} holds no photo files (.jpg, .png, ...) in its class folders "
+                            f"({', '.join(found)})" + (f": {hint}" if hint else ""))
+    paths, labels = _one_label_per_file(by_class, names, left_out)
     return ImageSplit(root, names, paths, np.asarray(labels, dtype=np.int64), left_out=left_out)
+
+
+def _one_label_per_file(by_class: dict[int, list[Path]], names: Sequence[str],
+                        left_out: list[tuple[Path, str]]) -> tuple[list[Path], list[int]]:
+    """The photos with their labels, each real file once: links can make a file appear twice in a
+    class (kept once) or in two classes (a label conflict: every copy is left out, as split does)."""
+    classes_of: dict[str, set[int]] = {}
+    for index, photos in by_class.items():
+        for photo in photos:
+            classes_of.setdefault(os.path.realpath(photo), set()).add(index)
+    paths: list[Path] = []
+    labels: list[int] = []
+    taken: set[str] = set()
+    for index, photos in by_class.items():
+        for photo in photos:
+            real = os.path.realpath(photo)
+            if len(classes_of[real]) > 1:
+                others = sorted(names[i] for i in classes_of[real])
+                left_out.append((photo, f"the same file under {' and '.join(others)} (through a link)"))
+            elif real in taken:
+                left_out.append((photo, "the same file again (through a link)"))
+            else:
+                taken.add(real)
+                paths.append(photo)
+                labels.append(index)
+    return paths, labels
+
 
 
 def split_fingerprint(split: ImageSplit) -> str:

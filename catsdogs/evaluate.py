@@ -20,6 +20,7 @@ from catsdogs.errors import CatsdogsError
 from catsdogs.loop import evaluate_source
 from catsdogs.metrics import compute_metrics
 from catsdogs.predict import load_trained
+from catsdogs.runs import RUN_MARKER
 from catsdogs.staging import MANIFEST
 from catsdogs.transforms import eval_preset
 
@@ -61,6 +62,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     evaluation = (measured, trained.checkpoint.resolve())
     if out_dir is not None:
         out_dir = Path(out_dir)
+        _check_out(out_dir, run_dir, measured, own_split)
         refuse_to_replace(out_dir, suffix, evaluation)
     else:
         out_dir = run_dir if own_split else free_output_dir(run_dir / f"eval-{measured.name}", suffix, evaluation)
@@ -118,6 +120,19 @@ def _evaluation_in(metrics_file: Path) -> tuple[Path, Path] | None:
         return Path(recorded["data"]).resolve(), Path(recorded["checkpoint"]).resolve()
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _check_out(out_dir: Path, run_dir: Path, measured: Path, own_split: bool) -> None:
+    """--out may not lie among the photos measured (the folder stays untouched) nor be a run folder
+    other than this run's own evaluation place (its metrics.json is what `explain --mistakes` reads)."""
+    where = out_dir.resolve()
+    if where == measured or where.is_relative_to(measured):
+        raise CatsdogsError(f"--out {out_dir} is inside {measured}, the photos being measured: choose a folder "
+                            "outside it")
+    is_run = any((out_dir / name).is_file() for name in (RUN_MARKER, "best.pt", "last.pt"))
+    if is_run and not (where == run_dir.resolve() and own_split):
+        raise CatsdogsError(f"--out {out_dir} is a run folder, whose metrics.json is its own evaluation: choose "
+                            "another --out")
 
 
 def refuse_to_replace(folder: Path, suffix: str, evaluation: tuple[Path, Path]) -> None:

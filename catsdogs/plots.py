@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 FORMATS = (".png", ".svg", ".pdf")
 MAX_INLINE_LEGEND = 2  # more runs than this get one legend outside the panels, not over the lines
+DEFAULT_NAME = "curves.png"
 SIGNATURE = "catsdogs plot-curves"  # in each figure's metadata, so a later run may replace it
 
 
@@ -57,8 +58,9 @@ def plot_curves(run_dirs: list[Path], out: Path) -> Path:
     """Draw training/validation loss and accuracy of every run; the format follows `out`'s suffix."""
     if out.suffix.lower() not in FORMATS:
         raise CatsdogsError(f"--out {out}: use a .png, .svg or .pdf file name")
-    in_a_run = out.resolve().parent in {run.resolve() for run in run_dirs}  # a run folder's files are ours
-    if out.exists() and not in_a_run and not drawn_by_catsdogs(out):
+    # A run's curves.png is ours (older versions did not sign it); any other file must carry the signature.
+    runs_own = out.name == DEFAULT_NAME and out.resolve().parent in {run.resolve() for run in run_dirs}
+    if out.exists() and not runs_own and not drawn_by_catsdogs(out):
         raise CatsdogsError(f"{out} exists and is not a figure drawn by catsdogs: choose another --out, or move it")
     unique: dict[Path, Path] = {}
     for run in run_dirs:  # a run named twice is drawn once

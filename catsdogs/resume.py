@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -64,8 +65,9 @@ def resumed_config(state: Mapping[str, Any], flags: Mapping[str, Any], run_dir: 
 
 def resume_command(run_dir: Path, team: Team) -> str:
     if team.enabled:  # an exact resume needs as many processes again
-        return f"torchrun --standalone --nproc_per_node={team.world} -m catsdogs train --resume {run_dir}"
-    return f"catsdogs train --resume {run_dir}"
+        return (f"torchrun --standalone --nproc_per_node={team.world} -m catsdogs train --resume "
+                f"{shlex.quote(str(run_dir))}")
+    return f"catsdogs train --resume {shlex.quote(str(run_dir))}"
 
 
 def point_best_at(run_dir: Path, data: str) -> None:

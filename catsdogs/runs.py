@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from catsdogs.errors import CatsdogsError
@@ -55,7 +56,7 @@ def resolve_checkpoint(run_dir: Path, which: str) -> Path:
         path = run_dir / f"{which}.pt"
         if which == "best" and not path.is_file() and (run_dir / "last.pt").is_file():
             raise CatsdogsError(f"{run_dir} has no best.pt yet (it stopped before finishing an epoch): use "
-                                f"--checkpoint last for its latest weights, or `catsdogs train --resume {run_dir}`")
+                                f"--checkpoint last for its latest weights, or `catsdogs train --resume {shlex.quote(str(run_dir))}`")
         if not path.is_file():
             raise CatsdogsError(f"{run_dir} has no {which}.pt: has its training finished an epoch?")
         return path

@@ -185,8 +185,19 @@ def _check_paths(source: Path, out: Path) -> tuple[Path, Path]:
     if not source.is_dir():
         raise CatsdogsError(f"source {str(source)!r} is a file, not a folder: pass the folder that holds the photos")
     source, out = source.resolve(), out.resolve()
+    if (source / RECORD).is_file() and (source / MANIFEST).is_file():
+        # Its train/val/test folders would become three classes.
+        raise CatsdogsError(f"{str(source)!r} is a split folder made by catsdogs split (it has {RECORD}): pass "
+                            f"the photos it was split from ({_recorded_source(source)})")
     staging.check_out(source, out)
     return source, out
+
+
+def _recorded_source(split_folder: Path) -> str:
+    try:
+        return str(json.loads((split_folder / RECORD).read_text(encoding="utf-8"))["source"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "the folder of class subfolders"
 
 
 def _label(images: list[str], layout: str, source: Path) -> tuple[list[tuple[str, str]], str, list[LeftOut]]:

@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import random
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,6 +217,7 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
         f"data: {cfg.data} ({len(train_source)} train / {len(val_source)} val images, "
         f"classes {', '.join(train_split.classes)}); cache: {_cache_note(train_source)}")
     share = f", {_per_process(cfg.batch_size, team.world)} per process" if team.enabled else ""
+    share += f", in passes of {cfg.micro_batch}" if cfg.micro_batch and cfg.micro_batch < cfg.batch_size else ""
     log(f"model {cfg.model} at {cfg.image_size}px, optimizer {cfg.optim} (lr {cfg.lr:g}, batch {cfg.batch_size}"
         f"{share}), {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}")
 
@@ -275,7 +277,7 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
                 _write_status(run_dir, status, progress_state, cfg, init_hash, hardware, train_source, val_source)
             if status != "interrupted":
                 log(f"best val accuracy {progress_state.best_val_acc:.4f}{_baseline_note(val_split)}; "
-                    f"next: catsdogs evaluate {run_dir}")
+                    f"next: catsdogs evaluate {shlex.quote(str(run_dir))}")
     except KeyboardInterrupt:  # a second Ctrl-C: out at once, but say what is left
         if team.main:
             _after_abort(run_dir, team, log)

@@ -168,6 +168,8 @@ def test_more_seeds_extend_a_study_and_keep_its_runs(study: tuple[Path, list[str
                                                                        for s in (42, 43, 44))
     assert json.loads((out / "study.json").read_text())["seeds"] == [42, 43, 44]
     assert [len(row["test_acc"]["values"]) for row in result.summary["ranking"]] == [3, 3]
+    with pytest.raises(UsageError, match="epochs = 1, but this command asks for epochs = 2"):  # not the seeds
+        run_study(spec_for(data, out, seeds=4, config={"epochs": 2}), progress=False, log=quiet)
 
 
 def test_force_deletes_the_old_study_and_starts_again(data: Path, tmp_path: Path) -> None:

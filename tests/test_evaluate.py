@@ -97,7 +97,6 @@ def test_unreadable_photos_are_recorded_and_a_failed_evaluation_leaves_no_folder
 
 
 def test_photos_of_only_some_classes_are_measured(tiny_run, tmp_path) -> None:
-
     run_dir, data = tiny_run
     run = Path(shutil.copytree(run_dir, tmp_path / "run"))
     cats = tmp_path / "only-cats"
@@ -106,6 +105,30 @@ def test_photos_of_only_some_classes_are_measured(tiny_run, tmp_path) -> None:
     assert metrics["images"] == 6 and metrics["per_class"]["Cat"]["support"] == 6
     assert metrics["per_class"]["Dog"]["support"] == 0 and metrics["roc_auc"] is None
     assert metrics["accuracy"] == pytest.approx(metrics["confusion_matrix"][0][0] / 6)
+    (cats / "Dog").mkdir()  # an empty class folder is a class without photos, as a missing one
+    assert evaluate_run(run, data=str(cats), device="cpu", progress=False).metrics["images"] == 6
+    (cats / "Cat").rename(tmp_path / "Cat-later")
+    (cats / "Cat").mkdir()
+    with pytest.raises(CatsdogsError, match="holds no photo files .* in its class folders"):
+        evaluate_run(run, data=str(cats), device="cpu", progress=False)
+
+
+def test_a_link_that_puts_a_photo_under_two_classes_leaves_it_out(tiny_run, tmp_path) -> None:
+    run_dir, data = tiny_run
+    run = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    photos = Path(shutil.copytree(data / "test", tmp_path / "photos"))
+    (photos / "Cat" / "dogs").symlink_to("../Dog", target_is_directory=True)  # every dog also under Cat
+    (photos / "Dog" / "again").symlink_to(".", target_is_directory=True)  # the dogs twice under Dog
+    (photos / "notes.txt").write_text("beside the class folders")
+    metrics = evaluate_run(run, data=str(photos), device="cpu", progress=False).metrics
+    assert metrics["per_class"]["Cat"]["support"] == 6 and metrics["per_class"]["Dog"]["support"] == 0
+    reasons = {(Path(item["path"]).relative_to(photos).as_posix(), item["reason"]) for item in metrics["left_out"]}
+    assert ("Cat/dogs/0.jpg", "the same file under Cat and Dog (through a link)") in reasons
+    assert ("Dog/0.jpg", "the same file under Cat and Dog (through a link)") in reasons
+    assert ("notes.txt", "not in a class folder") in reasons
+    (photos / "Cat" / "dogs").unlink()
+    metrics = evaluate_run(run, data=str(photos), device="cpu", progress=False).metrics
+    assert metrics["per_class"]["Dog"]["support"] == 6  # Dog/again/* is the same files: counted once
 
 
 def test_two_folders_of_the_same_name_get_their_own_results_and_user_files_are_kept(tiny_run, tmp_path) -> None:
@@ -130,10 +153,15 @@ def test_two_folders_of_the_same_name_get_their_own_results_and_user_files_are_k
     with pytest.raises(CatsdogsError, match=f"already holds the evaluation of {run / 'best.pt'} on {first}"):
         evaluate_run(run, data=str(second), device="cpu", progress=False, out_dir=run / "eval-photos")
     evaluate_run(run, data=str(first), device="cpu", progress=False, out_dir=run / "eval-photos")  # updating is fine
-    other_run = Path(shutil.copytree(run_dir, tmp_path / "other-run"))  # the same split, another model
-    evaluate_run(other_run, device="cpu", progress=False)
-    with pytest.raises(CatsdogsError, match=f"already holds the evaluation of {other_run / 'best.pt'} on {data}"):
-        evaluate_run(run, device="cpu", progress=False, out_dir=other_run)
+    other_run = Path(shutil.copytree(run_dir, tmp_path / "other-run"))  # another run, evaluated or not
+    for data_given in (None, str(first)):
+        with pytest.raises(CatsdogsError, match=f"--out {other_run} is a run folder, whose metrics.json is its own"):
+            evaluate_run(run, data=data_given, device="cpu", progress=False, out_dir=other_run)
+    with pytest.raises(CatsdogsError, match=f"--out {run} is a run folder"):  # its own folder, for other photos
+        evaluate_run(run, data=str(first), device="cpu", progress=False, out_dir=run)
+    with pytest.raises(CatsdogsError, match=f"--out {first / 'results'} is inside {first}, the photos being measured"):
+        evaluate_run(run, data=str(first), device="cpu", progress=False, out_dir=first / "results")
+    assert not (first / "results").exists()
 
 
 def test_photos_behind_folder_links_are_measured_and_what_else_is_there_is_recorded(tiny_run, tmp_path) -> None:

@@ -84,8 +84,11 @@ def test_a_figure_of_the_user_s_is_never_replaced_but_an_earlier_plot_is(tmp_pat
     out = plot_curves([run], tmp_path / f"curves{suffix}")
     first = out.read_bytes()
     assert plot_curves([run, make_run(tmp_path / "sgd", "sgd")], out) == out and out.read_bytes() != first
-    (run / "curves.png").write_bytes(b"stale")  # inside the run folder, the file is the run's own
+    (run / "curves.png").write_bytes(b"stale")  # the run's own figure, perhaps drawn by an older version
     assert plot_curves([run], run / "curves.png").read_bytes().startswith(b"\x89PNG")
+    (run / "notes.png").write_bytes(b"the user's")  # another file in a run folder is the user's
+    with pytest.raises(CatsdogsError, match="notes.png exists and is not a figure drawn by catsdogs"):
+        plot_curves([run], run / "notes.png")
 
 
 @pytest.mark.parametrize("name", ["curves.jpg", "curves", "curves.png.txt"])

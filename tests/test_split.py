@@ -266,6 +266,10 @@ def test_user_errors_say_what_is_wrong(tmp_path):
         arguments = {"source": source, "out": tmp_path / "out", "progress": False, **overrides}
         with pytest.raises(CatsdogsError, match=message):
             split_dataset(**arguments)
+    split_dataset(source, tmp_path / "made", progress=False)
+    with pytest.raises(CatsdogsError, match=rf"made' is a split folder made by catsdogs split \(it has split.json\): "
+                                            rf"pass the photos it was split from \({source}"):
+        split_dataset(tmp_path / "made", tmp_path / "again", progress=False)
     (tmp_path / "empty").mkdir()
     with pytest.raises(CatsdogsError, match=r"no images found in .*empty'"):
         split_dataset(tmp_path / "empty", tmp_path / "out", progress=False)

@@ -360,3 +360,6 @@ def test_a_batch_in_several_passes_gets_the_same_gradient(data: Path, tmp_path: 
     whole, parts = (load_checkpoint(runs[m] / "last.pt")["model"] for m in (None, 3))
     assert all(torch.allclose(whole[k], parts[k], atol=1e-5) for k in whole)  # float sums differ in order only
     assert history_without_time(runs[None]) == history_without_time(runs[3])
+    lines: list[str] = []
+    train(make_config(data, tmp_path / "shown", epochs=1, micro_batch=3), progress=False, log=lines.append)
+    assert any("(lr 0.001, batch 8, in passes of 3), 1 epoch" in line for line in lines)
