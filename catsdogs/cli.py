@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -89,7 +90,7 @@ def download(dest: Path) -> None:
         click.echo(f"{result.path} already holds the photos; nothing to do.")
     else:
         click.echo(f"Extracted to {result.path}; archive kept at {result.archive} (delete it to free 787 MB).")
-    click.echo(f"Next: catsdogs split {result.path}")
+    click.echo(f"Next: catsdogs split {shlex.quote(str(result.path))}")
 
 
 @main.command()

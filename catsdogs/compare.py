@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shlex
 import shutil
 import statistics
 import time
@@ -188,7 +189,7 @@ def _open_study(out: Path, identity: dict[str, Any], force: bool, log: Log) -> N
                 key, old, new = change
                 raise UsageError(f"{out} holds a study made with {key} = {_show(old)}, but this command asks for "
                                  f"{key} = {_show(new)}; repeat its arguments to continue it, give this one "
-                                 f"another --out (e.g. --out {out.name}-2), or add --force to delete it and start "
+                                 f"another --out (e.g. --out {shlex.quote(out.name + '-2')}), or add --force to delete it and start "
                                  "again")
             log(f"continuing the study in {out}")
             return

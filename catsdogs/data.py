@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -46,8 +47,8 @@ class ImageSplit:
 def read_split(data_dir: str | Path, split: str, classes: Sequence[str] | None = None) -> ImageSplit:
     """List `data_dir/split/<class>/*` images; `classes`, when given, must match the folders."""
     data_dir = Path(data_dir)
-    hint = (f"run `catsdogs split SOURCE --out {data_dir}` first (SOURCE: PetImages, or your photos in one "
-            "subfolder per class), or pass --data DIR")
+    hint = (f"run `catsdogs split SOURCE --out {shlex.quote(str(data_dir))}` first (SOURCE: PetImages, or your "
+            "photos in one subfolder per class), or pass --data DIR")
     if data_dir.exists() and not data_dir.is_dir():
         raise CatsdogsError(f"{data_dir} is a file, not a split folder: pass the folder `catsdogs split` made")
     if not data_dir.is_dir():
@@ -92,23 +93,33 @@ def read_class_folder(root: str | Path, classes: Sequence[str] | None = None, hi
         raise CatsdogsError(f"{root} holds no photo files (.jpg, .png, ...) in its class folders "
                             f"({', '.join(found)})" + (f": {hint}" if hint else ""))
     paths, labels = _one_label_per_file(by_class, names, left_out)
+    if not paths:
+        raise CatsdogsError(f"every photo in {root} was left out: {'; '.join(describe_left_out(left_out, 2))}")
     return ImageSplit(root, names, paths, np.asarray(labels, dtype=np.int64), left_out=left_out)
 
 
 def _one_label_per_file(by_class: dict[int, list[Path]], names: Sequence[str],
                         left_out: list[tuple[Path, str]]) -> tuple[list[Path], list[int]]:
-    """The photos with their labels, each real file once: links can make a file appear twice in a
-    class (kept once) or in two classes (a label conflict: every copy is left out, as split does)."""
-    classes_of: dict[str, set[int]] = {}
+    """The photos with their labels, each file once: links (symbolic or hard) can make a file appear
+    twice in a class (kept once) or in two classes (a label conflict: every copy is left out, as
+    split does)."""
+    def identity(photo: Path) -> tuple[int, int] | str:
+        try:
+            info = os.stat(photo)
+            return info.st_dev, info.st_ino
+        except OSError:  # gone since the search: the decoder reports it
+            return str(photo)
+
+    classes_of: dict[tuple[int, int] | str, set[int]] = {}
     for index, photos in by_class.items():
         for photo in photos:
-            classes_of.setdefault(os.path.realpath(photo), set()).add(index)
+            classes_of.setdefault(identity(photo), set()).add(index)
     paths: list[Path] = []
     labels: list[int] = []
-    taken: set[str] = set()
+    taken: set[tuple[int, int] | str] = set()
     for index, photos in by_class.items():
         for photo in photos:
-            real = os.path.realpath(photo)
+            real = identity(photo)
             if len(classes_of[real]) > 1:
                 others = sorted(names[i] for i in classes_of[real])
                 left_out.append((photo, f"the same file under {' and '.join(others)} (through a link)"))

@@ -61,11 +61,16 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     suffix = ("" if split in ("test", "all") else f"_{split}") + checkpoint_suffix(checkpoint) + ("_tta" if tta else "")
     evaluation = (measured, trained.checkpoint.resolve())
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        _check_out(out_dir, run_dir, measured, own_split)
+        out_dir = Path(out_dir).resolve()  # `new/..` must be judged where it lands, not as a missing folder
+        _check_out(out_dir, run_dir, [measured, Path(cfg.data).resolve(), *_class_folders_of(measured)], own_split)
         refuse_to_replace(out_dir, suffix, evaluation)
+    elif own_split:
+        out_dir = run_dir
+        if checkpoint not in ("best", "last"):  # two files named best.pt share a suffix
+            refuse_to_replace(out_dir, suffix, evaluation)
     else:
-        out_dir = run_dir if own_split else free_output_dir(run_dir / f"eval-{measured.name}", suffix, evaluation)
+        out_dir = free_output_dir(run_dir / f"eval-{measured.name}", measured)
+        refuse_to_replace(out_dir, suffix, evaluation)
     if plain:
         # Photos sorted into class folders but not split: measure on all of them, and leave no
         # cache behind in a folder that is the user's own.
@@ -122,15 +127,21 @@ def _evaluation_in(metrics_file: Path) -> tuple[Path, Path] | None:
         return None
 
 
-def _check_out(out_dir: Path, run_dir: Path, measured: Path, own_split: bool) -> None:
-    """--out may not lie among the photos measured (the folder stays untouched) nor be a run folder
-    other than this run's own evaluation place (its metrics.json is what `explain --mistakes` reads)."""
-    where = out_dir.resolve()
-    if where == measured or where.is_relative_to(measured):
-        raise CatsdogsError(f"--out {out_dir} is inside {measured}, the photos being measured: choose a folder "
-                            "outside it")
+def _class_folders_of(folder: Path) -> list[Path]:
+    """The real places of a folder's class subfolders (links included)."""
+    return [sub.resolve() for sub in folder.iterdir() if sub.is_dir()] if folder.is_dir() else []
+
+
+def _check_out(out_dir: Path, run_dir: Path, photo_folders: list[Path], own_split: bool) -> None:
+    """--out (resolved) may not lie among photos (those measured, and the run's split, which must
+    stay untouched) nor be a run folder other than this run's own evaluation place (its
+    metrics.json is what `explain --mistakes` reads)."""
+    for photos in photo_folders:
+        if out_dir == photos or out_dir.is_relative_to(photos):
+            raise CatsdogsError(f"--out {out_dir} is inside {photos}, a folder of photos that must stay as it "
+                                "is: choose a folder outside it")
     is_run = any((out_dir / name).is_file() for name in (RUN_MARKER, "best.pt", "last.pt"))
-    if is_run and not (where == run_dir.resolve() and own_split):
+    if is_run and not (out_dir == run_dir.resolve() and own_split):
         raise CatsdogsError(f"--out {out_dir} is a run folder, whose metrics.json is its own evaluation: choose "
                             "another --out")
 
@@ -151,14 +162,15 @@ def refuse_to_replace(folder: Path, suffix: str, evaluation: tuple[Path, Path]) 
                             f"({metrics_file.name}): choose another --out")
 
 
-def free_output_dir(base: Path, suffix: str, evaluation: tuple[Path, Path]) -> Path:
-    """`base`, or `base-2`, `base-3`...: the first that is new, empty, or holds only results of `evaluation`."""
+def free_output_dir(base: Path, measured: Path) -> Path:
+    """`base`, or `base-2`, `base-3`...: the first that is new, empty, or holds only results on the
+    photos in `measured` (other checkpoints and --tta sit there beside each other, by suffix)."""
     for number in itertools.count(1):
         folder = base if number == 1 else base.with_name(f"{base.name}-{number}")
         if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
             return folder
         recorded = {_evaluation_in(path) for path in folder.glob("metrics*.json")}
-        if folder.is_dir() and recorded == {evaluation}:
+        if folder.is_dir() and None not in recorded and {data for data, _ in recorded} == {measured}:
             return folder
     raise AssertionError("unreachable")
 

@@ -58,9 +58,10 @@ def plot_curves(run_dirs: list[Path], out: Path) -> Path:
     """Draw training/validation loss and accuracy of every run; the format follows `out`'s suffix."""
     if out.suffix.lower() not in FORMATS:
         raise CatsdogsError(f"--out {out}: use a .png, .svg or .pdf file name")
+    target = out.resolve() if ".." in out.parts else out  # judged where it lands: `missing/..` is no new folder
     # A run's curves.png is ours (older versions did not sign it); any other file must carry the signature.
-    runs_own = out.name == DEFAULT_NAME and out.resolve().parent in {run.resolve() for run in run_dirs}
-    if out.exists() and not runs_own and not drawn_by_catsdogs(out):
+    runs_own = target.name == DEFAULT_NAME and target.resolve().parent in {run.resolve() for run in run_dirs}
+    if target.exists() and not runs_own and not drawn_by_catsdogs(target):
         raise CatsdogsError(f"{out} exists and is not a figure drawn by catsdogs: choose another --out, or move it")
     unique: dict[Path, Path] = {}
     for run in run_dirs:  # a run named twice is drawn once
@@ -98,8 +99,8 @@ def plot_curves(run_dirs: list[Path], out: Path) -> Path:
                     Line2D([], [], color="grey", linestyle="-", marker="o", markersize=3, label="val")]
         fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, handlelength=3)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120, bbox_inches="tight",
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target, dpi=120, bbox_inches="tight",
                 metadata={("Software" if out.suffix.lower() == ".png" else "Creator"): SIGNATURE})
     plt.close(fig)
     return out

@@ -185,10 +185,14 @@ def _check_paths(source: Path, out: Path) -> tuple[Path, Path]:
     if not source.is_dir():
         raise CatsdogsError(f"source {str(source)!r} is a file, not a folder: pass the folder that holds the photos")
     source, out = source.resolve(), out.resolve()
-    if (source / RECORD).is_file() and (source / MANIFEST).is_file():
+    made_by_split = (source / RECORD).is_file() or (source / MANIFEST).is_file() or (
+        {entry.name for entry in source.iterdir() if entry.is_dir() and not entry.name.startswith(".")}
+        == set(SPLITS))
+    if made_by_split:
         # Its train/val/test folders would become three classes.
-        raise CatsdogsError(f"{str(source)!r} is a split folder made by catsdogs split (it has {RECORD}): pass "
-                            f"the photos it was split from ({_recorded_source(source)})")
+        raise CatsdogsError(f"{str(source)!r} is a split folder (its folders are {', '.join(SPLITS)}), whose "
+                            f"splits would become classes: pass the photos it was split from "
+                            f"({_recorded_source(source)})")
     staging.check_out(source, out)
     return source, out
 

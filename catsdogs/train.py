@@ -369,7 +369,7 @@ def _check_unreadable(paths: list[Path], total: int, data: str = "DATA") -> None
     names = ", ".join(str(p) for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
     if len(paths) > MAX_UNREADABLE_FRACTION * total:
         raise CatsdogsError(f"{len(paths)} of {total} images could not be read ({names}); "
-                            f"split the source again with `catsdogs split SOURCE --out {data} --force`")
+                            f"split the source again with `catsdogs split SOURCE --out {shlex.quote(str(data))} --force`")
     print(f"warning: skipped {len(paths)} unreadable image(s): {names}", file=sys.stderr)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import shutil
 from pathlib import Path
@@ -159,7 +160,7 @@ def test_two_folders_of_the_same_name_get_their_own_results_and_user_files_are_k
             evaluate_run(run, data=data_given, device="cpu", progress=False, out_dir=other_run)
     with pytest.raises(CatsdogsError, match=f"--out {run} is a run folder"):  # its own folder, for other photos
         evaluate_run(run, data=str(first), device="cpu", progress=False, out_dir=run)
-    with pytest.raises(CatsdogsError, match=f"--out {first / 'results'} is inside {first}, the photos being measured"):
+    with pytest.raises(CatsdogsError, match=f"--out {first / 'results'} is inside {first}, a folder of photos"):
         evaluate_run(run, data=str(first), device="cpu", progress=False, out_dir=first / "results")
     assert not (first / "results").exists()
 
@@ -203,3 +204,58 @@ def test_photos_the_run_learned_from_are_counted_and_flagged(tiny_run, tmp_path)
     assert metrics["warning"].startswith("4 of these 16 photos are in the train or val split this run learned from")
     clean = evaluate_run(run, data=str(copy / "test"), device="cpu", progress=False).metrics
     assert clean["seen_in_training"] == 0 and "warning" not in clean
+
+
+def test_out_is_judged_where_it_lands_and_photo_folders_stay_untouched(tiny_run, tmp_path) -> None:
+    run_dir, data = tiny_run
+    run = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    copy = Path(shutil.copytree(data, tmp_path / "data"))
+    state = load_checkpoint(run / "best.pt")
+    state["config"]["data"] = str(copy)
+    save_checkpoint(state, run / "best.pt")
+    photos = Path(shutil.copytree(data / "val", tmp_path / "photos"))
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "metrics.json").write_text("{}")
+    with pytest.raises(CatsdogsError, match="metrics.json exists and is not a result of `catsdogs evaluate`"):
+        evaluate_run(run, data=str(photos), device="cpu", progress=False, out_dir=keep / "missing" / "..")
+    assert (keep / "metrics.json").read_text() == "{}" and not (keep / "missing").exists()
+    with pytest.raises(CatsdogsError, match=f"--out {copy / 'test' / 'Cat'} is inside {copy}, a folder of photos"):
+        evaluate_run(run, device="cpu", progress=False, out_dir=copy / "test" / "Cat")  # the run's own split
+    elsewhere = tmp_path / "elsewhere-cats"
+    (photos / "Cat").rename(elsewhere)
+    (photos / "Cat").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(CatsdogsError, match=f"--out {elsewhere} is inside {elsewhere}, a folder of photos"):
+        evaluate_run(run, data=str(photos), device="cpu", progress=False, out_dir=elsewhere)
+    # Other checkpoints and --tta on the same photos sit beside each other, in one folder.
+    first = evaluate_run(run, data=str(photos), device="cpu", progress=False)
+    last = evaluate_run(run, data=str(photos), checkpoint="last", device="cpu", progress=False, tta=True)
+    assert last.metrics_path == first.metrics_path.parent / "metrics_last_tta.json"
+    # Two checkpoint files of one name would share a suffix: the second is refused, not written over the first.
+    other = tmp_path / "elsewhere" / "best.pt"
+    other.parent.mkdir()
+    shutil.copy(run / "last.pt", other)
+    evaluate_run(run, checkpoint=str(run / "best.pt"), device="cpu", progress=False)
+    with pytest.raises(CatsdogsError, match=f"already holds the evaluation of {run / 'best.pt'}"):
+        evaluate_run(run, checkpoint=str(other), device="cpu", progress=False)
+
+
+def test_hard_links_are_the_same_file(tiny_run, tmp_path) -> None:
+    run_dir, data = tiny_run
+    run = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    photos = Path(shutil.copytree(data / "test", tmp_path / "photos"))
+    os.link(photos / "Dog" / "0.jpg", photos / "Cat" / "dog-0.jpg")  # the same file under both classes
+    os.link(photos / "Cat" / "1.jpg", photos / "Cat" / "again-1.jpg")  # twice in one class
+    metrics = evaluate_run(run, data=str(photos), device="cpu", progress=False).metrics
+    assert (metrics["per_class"]["Cat"]["support"], metrics["per_class"]["Dog"]["support"]) == (6, 5)
+    reasons = sorted((Path(item["path"]).name, item["reason"]) for item in metrics["left_out"])
+    assert reasons == [("0.jpg", "the same file under Cat and Dog (through a link)"),
+                       ("again-1.jpg", "the same file again (through a link)"),
+                       ("dog-0.jpg", "the same file under Cat and Dog (through a link)")]
+    cats, dogs = sorted((photos / "Cat").iterdir()), sorted((photos / "Dog").iterdir())
+    for photo in cats:  # every photo under both classes: nothing left to measure
+        os.link(photo, photos / "Dog" / f"cat-{photo.name}")
+    for photo in dogs:
+        os.link(photo, photos / "Cat" / f"from-dog-{photo.name}")
+    with pytest.raises(CatsdogsError, match=f"every photo in {photos} was left out: "):
+        evaluate_run(run, data=str(photos), device="cpu", progress=False)

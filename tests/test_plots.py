@@ -89,6 +89,9 @@ def test_a_figure_of_the_user_s_is_never_replaced_but_an_earlier_plot_is(tmp_pat
     (run / "notes.png").write_bytes(b"the user's")  # another file in a run folder is the user's
     with pytest.raises(CatsdogsError, match="notes.png exists and is not a figure drawn by catsdogs"):
         plot_curves([run], run / "notes.png")
+    with pytest.raises(CatsdogsError, match="notes.png exists and is not a figure drawn by catsdogs"):
+        plot_curves([run], run / "missing" / ".." / "notes.png")  # judged where it lands
+    assert (run / "notes.png").read_bytes() == b"the user's" and not (run / "missing").exists()
 
 
 @pytest.mark.parametrize("name", ["curves.jpg", "curves", "curves.png.txt"])

@@ -267,9 +267,12 @@ def test_user_errors_say_what_is_wrong(tmp_path):
         with pytest.raises(CatsdogsError, match=message):
             split_dataset(**arguments)
     split_dataset(source, tmp_path / "made", progress=False)
-    with pytest.raises(CatsdogsError, match=rf"made' is a split folder made by catsdogs split \(it has split.json\): "
-                                            rf"pass the photos it was split from \({source}"):
-        split_dataset(tmp_path / "made", tmp_path / "again", progress=False)
+    for record in ("split.json", "manifest.csv", None):  # without its records, its three folders tell it
+        with pytest.raises(CatsdogsError, match=r"made' is a split folder \(its folders are train, val, test\), "
+                                                r"whose splits would become classes: pass the photos it was split "):
+            split_dataset(tmp_path / "made", tmp_path / "again", progress=False)
+        if record:
+            (tmp_path / "made" / record).unlink()
     (tmp_path / "empty").mkdir()
     with pytest.raises(CatsdogsError, match=r"no images found in .*empty'"):
         split_dataset(tmp_path / "empty", tmp_path / "out", progress=False)
