@@ -153,7 +153,9 @@ def _identity(spec: StudySpec, base: TrainConfig, seeds: list[int]) -> dict[str,
 
 def _first_change(saved: dict[str, Any], wanted: dict[str, Any]) -> tuple[str, Any, Any] | None:
     defaults = TrainConfig().to_dict()  # a key added to TrainConfig after the study counts as its default
-    for key in ("optims", "seeds", "budget", "tune_lr"):
+    if sorted(saved.get("optims") or []) != sorted(wanted["optims"]):  # their order is only the listing's
+        return "optims", saved.get("optims"), wanted["optims"]
+    for key in ("seeds", "budget", "tune_lr"):
         if saved.get(key) != wanted[key]:
             return key, saved.get(key), wanted[key]
     for key, value in wanted["config"].items():

@@ -138,6 +138,9 @@ def test_rerunning_the_study_trains_and_evaluates_nothing(study: tuple[Path, lis
     assert result.status == "complete"
     assert lines[0] == f"continuing the study in {out}"
     assert sum(line.endswith("[done earlier]") for line in lines) == 4
+    lines.clear()  # the same optimizers listed in another order: the same study
+    assert run_study(spec_for(data, out, optims=OPTIMS[::-1]), progress=False, log=lines.append).status == "complete"
+    assert lines[0] == f"continuing the study in {out}"
 
 
 CHANGES = [({"seeds": 1}, "seeds = 42,43, but this command asks for seeds = 42"),
