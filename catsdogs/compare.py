@@ -177,11 +177,9 @@ def _open_study(out: Path, identity: dict[str, Any], force: bool, log: Log) -> N
         else:
             saved = read_json(marker)
             old_seeds, new_seeds = saved.get("seeds") or [], identity["seeds"]
-            more_seeds = new_seeds[:len(old_seeds)] == old_seeds
-            # With more seeds, the change to name is any other one: the seeds alone would be fine.
-            change = (more_seeds and _first_change({**saved, "seeds": new_seeds}, identity)) or _first_change(
-                saved, identity)
-            if change and change[0] == "seeds" and more_seeds:
+            # Any change but the seeds first: more seeds alone are fine, so they are named only when alone.
+            change = _first_change({**saved, "seeds": new_seeds}, identity) or _first_change(saved, identity)
+            if change and change[0] == "seeds" and new_seeds[:len(old_seeds)] == old_seeds:
                 # More seeds, as the report advises: the finished runs stay, the new seeds' runs are added.
                 log(f"extending the study in {out} from {len(old_seeds)} to {len(new_seeds)} seeds "
                     f"(adding {_show(new_seeds[len(old_seeds):])}; finished runs are kept)")
@@ -191,8 +189,8 @@ def _open_study(out: Path, identity: dict[str, Any], force: bool, log: Log) -> N
                 key, old, new = change
                 raise UsageError(f"{out} holds a study made with {key} = {_show(old)}, but this command asks for "
                                  f"{key} = {_show(new)}; repeat its arguments to continue it, give this one "
-                                 f"another --out (e.g. --out {shlex.quote(out.name + '-2')}), or add --force to delete it and start "
-                                 "again")
+                                 f"another --out (e.g. --out {shlex.quote(out.name + '-2')}), or add --force to "
+                                 "delete it and start again")
             log(f"continuing the study in {out}")
             return
     out.mkdir(parents=True, exist_ok=True)

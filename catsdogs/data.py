@@ -18,13 +18,12 @@ import torch
 from tqdm import tqdm
 
 from catsdogs.errors import CatsdogsError
-from catsdogs.images import (HIDDEN_FILE, HIDDEN_FOLDER, describe_left_out, find_photos, is_hidden,
-                             load_resized)
+from catsdogs.images import (HIDDEN_FILE, HIDDEN_FOLDER, NOT_IN_CLASS_FOLDER, describe_left_out, find_photos,
+                             is_hidden, load_resized, no_photos_message)
 from catsdogs.progress import progress_bar
 from catsdogs.transforms import Preset
 
 CACHE_DIR = ".cache"
-NOT_IN_CLASS_FOLDER = "not in a class folder"  # as split calls it
 CACHE_VERSION = 1  # bump when load_resized changes what it produces
 SPLITS = ("train", "val", "test")
 
@@ -86,9 +85,7 @@ def read_class_folder(root: str | Path, classes: Sequence[str] | None = None, hi
         if search.photos:
             by_class[index] = search.photos
         elif not some_classes:  # a class of the model with no photos here is fine when measuring some classes
-            besides = "; ".join(describe_left_out(search.left_out, examples=2))
-            raise CatsdogsError(f"{root / name} holds no photo files (.jpg, .png, ...)"
-                                + (f"; it holds {besides}" if besides else "") + (f": {hint}" if hint else ""))
+            raise CatsdogsError(no_photos_message(root / name, search.left_out) + (f": {hint}" if hint else ""))
     if not by_class:
         raise CatsdogsError(f"{root} holds no photo files (.jpg, .png, ...) in its class folders "
                             f"({', '.join(found)})" + (f": {hint}" if hint else ""))
@@ -130,7 +127,6 @@ def _one_label_per_file(by_class: dict[int, list[Path]], names: Sequence[str],
                 paths.append(photo)
                 labels.append(index)
     return paths, labels
-
 
 
 def split_fingerprint(split: ImageSplit) -> str:

@@ -54,15 +54,16 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
                             "a split folder, or a folder with one subfolder of photos per class")
     trained = load_trained(run_dir, checkpoint, device)
     cfg, classes, torch_device = trained.cfg, trained.classes, trained.device
-    measured = Path(data or cfg.data).resolve()
-    own_split = measured == Path(cfg.data).resolve()
+    trained_on = Path(cfg.data).resolve()
+    measured = Path(data).resolve() if data is not None else trained_on
+    own_split = measured == trained_on
     plain = data is not None and is_plain_class_folder(Path(data), classes)
     split = "all" if plain else split
     suffix = ("" if split in ("test", "all") else f"_{split}") + checkpoint_suffix(checkpoint) + ("_tta" if tta else "")
     evaluation = (measured, trained.checkpoint.resolve())
     if out_dir is not None:
         out_dir = Path(out_dir).resolve()  # `new/..` must be judged where it lands, not as a missing folder
-        _check_out(out_dir, run_dir, [measured, Path(cfg.data).resolve(), *_class_folders_of(measured)], own_split)
+        _check_out(out_dir, run_dir, [measured, trained_on, *_class_folders_of(measured)], own_split)
         refuse_to_replace(out_dir, suffix, evaluation)
     elif own_split:
         out_dir = run_dir

@@ -299,7 +299,8 @@ def worst_mistakes(run_dir: str | Path, count: int, predictions: str = "predicti
     """The `count` photos the run's last evaluation got wrong most confidently, with their true class."""
     path = Path(run_dir) / predictions
     if not path.is_file():
-        raise CatsdogsError(f"{run_dir} has no {predictions}: run `catsdogs evaluate {shlex.quote(str(run_dir))}` first")
+        raise CatsdogsError(f"{run_dir} has no {predictions}: run `catsdogs evaluate {shlex.quote(str(run_dir))}` "
+                            "first")
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     if rows and not {"path", "label", "predicted"} <= set(rows[0]):

@@ -93,6 +93,7 @@ HIDDEN_FILE = "hidden file"
 HIDDEN_FOLDER = "hidden or metadata folder, not searched"
 NOT_PHOTO_NAME = f"not named as a photo ({', '.join(sorted(IMAGE_EXTENSIONS))})"
 BROKEN_LINK = "a broken or looping link"
+NOT_IN_CLASS_FOLDER = "not in a class folder"
 
 
 def is_hidden(name: str) -> bool:
@@ -152,3 +153,9 @@ def describe_left_out(left_out: Sequence[tuple[Path, str]], examples: int = 3) -
             shown = ", ".join(str(path) for path in paths[:examples])
             lines.append(f"{len(paths)} files: {reason} (e.g. {shown})")
     return lines
+
+
+def no_photos_message(folder: Path, left_out: Sequence[tuple[Path, str]]) -> str:
+    """`FOLDER holds no photo files`, and what it holds instead."""
+    besides = "; ".join(describe_left_out(left_out, examples=2))
+    return f"{folder} holds no photo files (.jpg, .png, ...)" + (f"; it holds {besides}" if besides else "")

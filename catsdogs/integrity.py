@@ -42,7 +42,6 @@ NOT_IMAGE_FILE = "not an image file"
 NOT_REGULAR = "not a regular file"
 
 
-
 @dataclass(frozen=True)
 class LeftOut:
     """One file that is not in the split, and why; a row of rejected.csv."""

@@ -19,7 +19,7 @@ from catsdogs.config import TrainConfig, config_from_dict
 from catsdogs.data import default_jobs
 from catsdogs.errors import CatsdogsError, UsageError, first_line
 from catsdogs.hardware import Precision, select_device, select_precision, tune_allocator
-from catsdogs.images import describe_left_out, find_photos, load_resized
+from catsdogs.images import find_photos, load_resized, no_photos_message
 from catsdogs.loop import EVAL_BATCH
 from catsdogs.models import build_model
 from catsdogs.progress import progress_bar
@@ -93,9 +93,7 @@ def collect_photos(paths: Sequence[str | Path], left_out: list[tuple[Path, str]]
             search = find_photos(path)
             left_out += search.left_out
             if not search.photos:
-                besides = "; ".join(describe_left_out(search.left_out, examples=2))
-                raise UsageError(f"{path} holds no photo files (.jpg, .png, ...)" + (f"; it holds {besides}"
-                                                                                      if besides else ""))
+                raise UsageError(no_photos_message(path, search.left_out))
             photos += search.photos
         elif path.is_file():
             photos.append(path)

@@ -55,8 +55,9 @@ def resolve_checkpoint(run_dir: Path, which: str) -> Path:
     if which in ("best", "last"):
         path = run_dir / f"{which}.pt"
         if which == "best" and not path.is_file() and (run_dir / "last.pt").is_file():
+            resume = f"catsdogs train --resume {shlex.quote(str(run_dir))}"
             raise CatsdogsError(f"{run_dir} has no best.pt yet (it stopped before finishing an epoch): use "
-                                f"--checkpoint last for its latest weights, or `catsdogs train --resume {shlex.quote(str(run_dir))}`")
+                                f"--checkpoint last for its latest weights, or `{resume}`")
         if not path.is_file():
             raise CatsdogsError(f"{run_dir} has no {which}.pt: has its training finished an epoch?")
         return path

@@ -13,10 +13,9 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-
 from catsdogs import integrity, staging
 from catsdogs.errors import CatsdogsError, UsageError
-from catsdogs.images import IMAGE_EXTENSIONS
+from catsdogs.images import IMAGE_EXTENSIONS, NOT_IN_CLASS_FOLDER, is_hidden
 from catsdogs.integrity import CONFLICT, DUPLICATE, LINK_OUTSIDE, REJECTED, SKIPPED, LeftOut, Photo
 from catsdogs.progress import progress_bar
 from catsdogs.staging import MANIFEST, RECORD, REJECTED_CSV
@@ -34,7 +33,6 @@ MANIFEST_COLUMNS = ("path", "class", "split", "sha256", "width", "height", "file
 # Kaggle "Dogs vs. Cats" train/ names carry the label: cat.123.jpg, dog.45.jpg.
 # Other labels may carry digits, _ and - (ok_part.3.jpg); a name starting with a digit has none.
 KAGGLE_NAME = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*)\..+\.[^.]+$")
-NOT_IN_CLASS_FOLDER = "not in a class folder"
 NO_LABEL_IN_NAME = "no class label in the file name"
 MODE_WORDS = {"link": "hard links", "copy": "copies", "symlink": "symbolic links"}
 
@@ -186,7 +184,7 @@ def _check_paths(source: Path, out: Path) -> tuple[Path, Path]:
         raise CatsdogsError(f"source {str(source)!r} is a file, not a folder: pass the folder that holds the photos")
     source, out = source.resolve(), out.resolve()
     made_by_split = (source / RECORD).is_file() or (source / MANIFEST).is_file() or (
-        {entry.name for entry in source.iterdir() if entry.is_dir() and not entry.name.startswith(".")}
+        {entry.name for entry in source.iterdir() if entry.is_dir() and not is_hidden(entry.name)}
         == set(SPLITS))
     if made_by_split:
         # Its train/val/test folders would become three classes.

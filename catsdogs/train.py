@@ -21,18 +21,18 @@ from catsdogs.checkpoint import load_checkpoint, save_checkpoint, write_text_ato
 from catsdogs.config import TrainConfig, config_to_yaml
 from catsdogs.data import BatchSource, ImageSplit, default_jobs, load_cache, read_split
 from catsdogs.distributed import Team, finish, from_main, start, team_from_environment, wait_for_all
+from catsdogs.ema import ModelEMA
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.hardware import select_device, select_precision, tune_allocator
+from catsdogs.loop import EpochLoop, Log, Progress, stop_on_signals
 from catsdogs.models import MODELS, build_model, load_pretrained
 from catsdogs.optim import build_optimizer, get_optimizer_spec, load_optimizer_plugins, parameter_groups
-from catsdogs.runs import RUNS_ROOT, new_run_dir
-from catsdogs.schedules import SCHEDULERS
-from catsdogs.staging import ctrl_c_deferred
-from catsdogs.ema import ModelEMA
-from catsdogs.loop import EpochLoop, Log, Progress, stop_on_signals
 from catsdogs.resume import (RANK_SEED_STRIDE, LastSaver, check_same_split, data_fingerprint, model_state,
                              point_best_at, restore_process_randomness, restore_progress, resume_command,
                              resumed_config)
+from catsdogs.runs import RUNS_ROOT, new_run_dir
+from catsdogs.schedules import SCHEDULERS
+from catsdogs.staging import ctrl_c_deferred
 from catsdogs.transforms import AUGMENTS, eval_preset, train_preset
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
@@ -369,7 +369,8 @@ def _check_unreadable(paths: list[Path], total: int, data: str = "DATA") -> None
     names = ", ".join(str(p) for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
     if len(paths) > MAX_UNREADABLE_FRACTION * total:
         raise CatsdogsError(f"{len(paths)} of {total} images could not be read ({names}); "
-                            f"split the source again with `catsdogs split SOURCE --out {shlex.quote(str(data))} --force`")
+                            f"split the source again with `catsdogs split SOURCE --out {shlex.quote(str(data))} "
+                            "--force`")
     print(f"warning: skipped {len(paths)} unreadable image(s): {names}", file=sys.stderr)
 
 
