@@ -2,6 +2,7 @@
 
     catsdogs split ../shared/data/PetImages-large --out data-large --ratios 0.9,0.05,0.05
     python benchmarks/bench_recipes.py --data data-large --runs cnn3 cpu-fast
+    python benchmarks/bench_recipes.py --data data-large --runs gpu --device cpu   # a recipe elsewhere
 
 Each entry trains into a fresh folder and is evaluated on the split's test photos, which no
 run ever sees during training; the script prints one markdown row per entry as it finishes.
@@ -42,6 +43,8 @@ def main() -> int:
     parser.add_argument("--runs", nargs="+", default=["cnn3", "cpu-fast"])
     parser.add_argument("--keep", type=Path, default=None, help="keep run folders here instead of a temp dir")
     parser.add_argument("--tta", action="store_true", help="also report test accuracy with flip TTA")
+    parser.add_argument("--device", default=None,
+                        help="run every entry on this device instead of the recipe's (cpu runs gpu.yaml here)")
     args = parser.parse_args()
     if not (args.data / "train").is_dir():
         print(f"{args.data} is not a split folder: run `catsdogs split` first", file=sys.stderr)
@@ -56,6 +59,8 @@ def main() -> int:
         for name in args.runs:
             recipe, flags = describe(name)
             flags.update(data=str(args.data), out=str(work / name))
+            if args.device:
+                flags["device"] = args.device
             cfg = build_config(recipe, flags)
             start = time.perf_counter()
             result = train(cfg, progress=False, log=lambda line: None)
@@ -67,7 +72,8 @@ def main() -> int:
             last = load_checkpoint(result.run_dir / "last.pt")
             steps, batch_size = last["progress"]["global_step"], last["config"]["batch_size"]
             images = min(steps * batch_size, counts["train"] * len(rows))  # the last batch may be short
-            line = (f"| {name} | {cfg.model} | {cfg.image_size} | {len(rows)} | {seconds / 60:.1f} "
+            label = name if args.device is None else f"{name} on {args.device}"
+            line = (f"| {label} | {cfg.model} | {cfg.image_size} | {len(rows)} | {seconds / 60:.1f} "
                     f"(wall {wall / 60:.1f}) | {images / seconds:.0f} | {accuracy:.4f} |")
             if args.tta:
                 line += f" {evaluate_run(result.run_dir, progress=False, tta=True).metrics['accuracy']:.4f} |"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import hashlib
 import json
 import os
 import secrets
@@ -92,7 +93,8 @@ def check_existing(out: Path, record: dict, force: bool) -> dict | None:
         return None
     try:
         previous = json.loads((out / RECORD).read_text(encoding="utf-8", errors="surrogateescape"))
-        expected = {row["file"] for row in _read_csv(out / MANIFEST)} | {MANIFEST, REJECTED_CSV, RECORD}
+        rows = _read_csv(out / MANIFEST)
+        expected = {row["file"] for row in rows} | {MANIFEST, REJECTED_CSV, RECORD}
         stored_arguments, stored_summary = dict(previous["arguments"]), dict(previous["summary"])
     except (OSError, ValueError, KeyError, TypeError):
         if not any(out.iterdir()):
@@ -106,6 +108,11 @@ def check_existing(out: Path, record: dict, force: bool) -> dict | None:
         raise CatsdogsError(f"--out {str(out)!r} holds {len(foreign)} file(s) that split did not write "
                             f"(e.g. {foreign[0]}): move them out, or choose another --out")
     if force:
+        changed_photos = _replaced_photos(out, Path(str(previous.get("source", ""))), rows)
+        if changed_photos:
+            raise CatsdogsError(f"--out {str(out)!r} holds {len(changed_photos)} photo(s) that are no longer what "
+                                f"split wrote there (e.g. {changed_photos[0]}): move them out, or choose another "
+                                f"--out (--force deletes only what split wrote)")
         return None
     changed = [f"{key} {stored_arguments.get(key)} (now {value})"
                for key, value in record["arguments"].items() if stored_arguments.get(key) != value]
@@ -124,6 +131,36 @@ def check_existing(out: Path, record: dict, force: bool) -> dict | None:
     for key in ("rejected", "skipped"):  # JSON turned the (path, reason) pairs into lists
         stored_summary[key] = [tuple(item) for item in stored_summary.get(key, [])]
     return stored_summary
+
+
+def _replaced_photos(out: Path, source: Path, rows: list[dict]) -> list[str]:
+    """Files under split's names whose deletion would lose something: neither a link nor what split wrote.
+
+    A symbolic link, or a hard link to the source photo, holds nothing the source lacks; a copy
+    is compared with the manifest's hash, so only copy mode reads the photos again.
+    """
+    replaced = []
+    for row in rows:
+        path = out / row["file"]
+        try:
+            if path.is_symlink():
+                continue
+            stat = path.stat()
+            try:
+                original = (source / row["path"]).stat()
+                if (stat.st_dev, stat.st_ino) == (original.st_dev, original.st_ino):
+                    continue
+            except OSError:
+                pass  # the source photo is gone: only the hash can tell
+            digest = hashlib.sha256()
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError:
+            continue  # missing or unreadable: nothing to lose by replacing it
+        if row.get("sha256") and digest.hexdigest() != row["sha256"]:
+            replaced.append(row["file"])
+    return replaced
 
 
 @contextmanager

@@ -76,6 +76,33 @@ def test_other_arguments_are_refused_unless_forced_and_foreign_files_always(tmp_
 
 
 @pytest.mark.parametrize("mode", ["link", "copy", "symlink"])
+def test_force_keeps_a_photo_the_user_put_under_a_split_name(tmp_path, mode):
+    source = make_classes(tmp_path / "src", {"Cat": 6, "Dog": 6})
+    out = tmp_path / "data"
+    split_dataset(source, out, mode=mode, jobs=2, progress=False)
+    rows = read_rows(out / "manifest.csv")
+    edited = source / rows[0]["path"]  # the user edits a source photo in place: split may replace its copy
+    with edited.open("r+b") as handle:
+        handle.seek(-4, os.SEEK_END)
+        handle.write(b"\x00\x01\x02\x03")
+    assert not split_dataset(source, out, mode=mode, force=True, jobs=2, progress=False).unchanged
+
+    rows = read_rows(out / "manifest.csv")
+    replaced = out / rows[1]["file"]  # a photo of the user's under a name split wrote
+    replaced.unlink()
+    write_photo(replaced, seed=4242)
+    kept = replaced.read_bytes()
+    with pytest.raises(CatsdogsError, match=r"holds 1 photo\(s\) that are no longer what split wrote there "
+                                            rf"\(e.g. {rows[1]['file']}\): move them out"):
+        split_dataset(source, out, mode=mode, seed=7, force=True, progress=False)
+    assert replaced.read_bytes() == kept
+    replaced.unlink()  # moved out: --force goes ahead
+    assert '"seed": 7' not in (out / "split.json").read_text()
+    split_dataset(source, out, mode=mode, seed=7, force=True, jobs=2, progress=False)
+    assert '"seed": 7' in (out / "split.json").read_text()
+
+
+@pytest.mark.parametrize("mode", ["link", "copy", "symlink"])
 def test_modes_link_copy_or_point_at_the_source(tmp_path, mode):
     source = make_classes(tmp_path / "src", {"Cat": 4, "Dog": 4})
     split_dataset(source, tmp_path / "out", mode=mode, jobs=1, progress=False)
