@@ -202,7 +202,8 @@ def train(config_file: Path | None, resume: Path | None, print_config: bool, **f
     else:
         cfg = build_config(config_file, flags)
         if config_file is not None and cfg.out is None:  # a recipe's runs are named after it: runs/cpu-fast
-            cfg = dataclasses.replace(cfg, out=str(RUNS_ROOT / config_file.stem))
+            name = config_file.stem.lstrip(".") or "run"  # never a hidden folder: .yaml makes runs/yaml
+            cfg = dataclasses.replace(cfg, out=str(RUNS_ROOT / name))
         if print_config:
             click.echo(resolved_yaml(cfg), nl=False)
             return

@@ -187,6 +187,8 @@ def test_print_config_precedence(cli, tmp_path: Path) -> None:
     assert config["out"] == flagged["out"] == "runs/study"  # a config's runs are named after it
     named = printed_config(cli("train", "--config", "study.yaml", "--out", "runs/mine", "--print-config"))
     assert named["out"] == "runs/mine"
+    (tmp_path / ".yaml").write_text("optim: adam\n")
+    assert printed_config(cli("train", "--config", ".yaml", "--print-config"))["out"] == "runs/yaml"  # not hidden
 
 
 def test_shipped_config_prints(cli) -> None:
