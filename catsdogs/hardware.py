@@ -55,10 +55,12 @@ def select_precision(name: str, device: torch.device) -> Precision:
     if name == "fp32":
         return FP32
     if device.type == "cuda":
-        bf16 = torch.cuda.is_bf16_supported()
+        # Compute capability 8 (Ampere) and later compute in bf16; torch.cuda.is_bf16_supported()
+        # also says yes to the slow emulation of older GPUs (T4, V100), where fp16 is the fast choice.
+        bf16 = torch.cuda.get_device_capability(device)[0] >= 8
         if name == "bf16" or (name == "auto" and bf16):
             if not bf16:
-                return Precision("fp32", None, False, "fp32 (this GPU has no bf16; try --precision fp16)")
+                return Precision("fp32", None, False, "fp32 (this GPU has no native bf16; try --precision fp16)")
             return Precision("bf16", torch.bfloat16, False, "bf16 autocast")
         return Precision("fp16", torch.float16, True, "fp16 autocast with gradient scaling")
     if device.type == "cpu":
@@ -69,9 +71,12 @@ def select_precision(name: str, device: torch.device) -> Precision:
         if name == "bf16":
             return Precision("fp32", None, False, "fp32 (bf16 requested, but this CPU has no native bf16)")
         return FP32
-    if device.type == "mps" and name in ("fp16", "bf16"):
-        note = "fp16 autocast" + (" (bf16 requested; MPS autocast runs fp16)" if name == "bf16" else "")
-        return Precision("fp16", torch.float16, False, note)
+    if device.type == "mps" and name == "fp16":
+        return Precision("fp16", torch.float16, True, "fp16 autocast with gradient scaling")
+    if device.type == "mps" and name == "bf16":  # MPS autocast computes bf16 from macOS 14
+        if torch.backends.mps.is_macos_or_newer(14, 0):
+            return Precision("bf16", torch.bfloat16, False, "bf16 autocast")
+        return Precision("fp32", None, False, "fp32 (bf16 on MPS needs macOS 14; try --precision fp16)")
     return FP32
 
 

@@ -55,19 +55,34 @@ def test_auto_on_a_cpu_without_bf16_is_plain_fp32(monkeypatch: pytest.MonkeyPatc
     assert select_precision("auto", CPU) is FP32
 
 
-@pytest.mark.parametrize(("name", "bf16", "expected"), [
-    ("auto", True, ("bf16", torch.bfloat16, False)),
-    ("auto", False, ("fp16", torch.float16, True)),
-    ("bf16", True, ("bf16", torch.bfloat16, False)),
-    ("bf16", False, ("fp32", None, False)),
-    ("fp16", True, ("fp16", torch.float16, True)),
+@pytest.mark.parametrize(("name", "capability", "expected"), [
+    ("auto", (9, 0), ("bf16", torch.bfloat16, False)),  # H100/H200
+    ("auto", (8, 0), ("bf16", torch.bfloat16, False)),  # A100
+    ("auto", (7, 5), ("fp16", torch.float16, True)),  # T4: bf16 only emulated, so fp16
+    ("auto", (7, 0), ("fp16", torch.float16, True)),  # V100
+    ("bf16", (8, 6), ("bf16", torch.bfloat16, False)),
+    ("bf16", (7, 5), ("fp32", None, False)),
+    ("fp16", (9, 0), ("fp16", torch.float16, True)),
 ])
-def test_precision_on_cuda(monkeypatch: pytest.MonkeyPatch, name: str, bf16: bool, expected: tuple) -> None:
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+def test_precision_on_cuda(monkeypatch: pytest.MonkeyPatch, name: str, capability: tuple, expected: tuple) -> None:
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *args, **kwargs: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)  # as with emulation
     precision = select_precision(name, CUDA)
     assert (precision.name, precision.dtype, precision.scale_grads) == expected
-    if name == "bf16" and not bf16:
-        assert "this GPU has no bf16" in precision.note
+    if name == "bf16" and expected[0] == "fp32":
+        assert "this GPU has no native bf16; try --precision fp16" in precision.note
+
+
+@pytest.mark.parametrize(("name", "macos14", "expected"), [
+    ("auto", True, ("fp32", None, False)),
+    ("fp16", False, ("fp16", torch.float16, True)),  # fp16 gradients underflow without scaling
+    ("bf16", True, ("bf16", torch.bfloat16, False)),
+    ("bf16", False, ("fp32", None, False)),
+])
+def test_precision_on_mps(monkeypatch: pytest.MonkeyPatch, name: str, macos14: bool, expected: tuple) -> None:
+    monkeypatch.setattr(torch.backends.mps, "is_macos_or_newer", lambda major, minor: macos14)
+    precision = select_precision(name, torch.device("mps"))
+    assert (precision.name, precision.dtype, precision.scale_grads) == expected
 
 
 def test_fp32_autocast_is_a_no_op() -> None:
