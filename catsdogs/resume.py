@@ -31,12 +31,23 @@ RANK_SEED_STRIDE = 1_000_003
 def rng_state() -> dict[str, Any]:
     """Global random states as plain values, so the checkpoint loads with weights_only=True."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": [kind, keys.tolist(), pos, has_gauss, gauss]}
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [kind, keys.tolist(), pos, has_gauss, gauss]}
+    # Dropout on a GPU draws from the GPU's own generator, which torch.get_rng_state() leaves out.
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()  # this process's device
+    elif torch.backends.mps.is_available():
+        state["mps"] = torch.mps.get_rng_state()
+    return state
 
 
 def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what rng_state() saved; an accelerator's state only where that accelerator is used now."""
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    if "mps" in state and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(state["mps"])
     random.setstate(_as_tuple(state["python"]))
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))

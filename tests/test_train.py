@@ -363,3 +363,30 @@ def test_a_batch_in_several_passes_gets_the_same_gradient(data: Path, tmp_path: 
     lines: list[str] = []
     train(make_config(data, tmp_path / "shown", epochs=1, micro_batch=3), progress=False, log=lines.append)
     assert any("(lr 0.001, batch 8, in passes of 3), 1 epoch" in line for line in lines)
+
+
+@pytest.mark.parametrize("accelerator", ["cuda", "mps"])
+def test_the_accelerators_random_state_is_saved_and_restored(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                             accelerator: str) -> None:
+    """Dropout on a GPU draws from the GPU's generator: a resume must continue it, not restart it."""
+    from catsdogs.resume import rng_state, set_rng_state
+
+    generator = {"state": torch.arange(16, dtype=torch.uint8)}  # stands in for the device's generator
+    module = torch.cuda if accelerator == "cuda" else torch.mps
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: accelerator == "cuda")
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: accelerator == "cuda")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: accelerator == "mps")
+    monkeypatch.setattr(module, "get_rng_state", lambda *args: generator["state"].clone())
+    monkeypatch.setattr(module, "set_rng_state", lambda state, *args: generator.update(state=state.clone()))
+    torch.save(rng_state(), tmp_path / "rng.pt")
+    generator["state"] = torch.zeros(16, dtype=torch.uint8)  # the stream moved on (or a fresh process seeded it)
+    saved = torch.load(tmp_path / "rng.pt", weights_only=True)
+    assert set(saved) == {"torch", "python", "numpy", accelerator}
+    set_rng_state(saved)
+    assert torch.equal(generator["state"], torch.arange(16, dtype=torch.uint8))
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # resumed on the CPU: the state is not needed
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    generator["state"] = torch.zeros(16, dtype=torch.uint8)
+    set_rng_state(saved)
+    assert not generator["state"].any()
