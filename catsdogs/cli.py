@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from catsdogs import __version__
-from catsdogs.errors import CatsdogsError, UsageError
+from catsdogs.errors import CatsdogsError, UsageError, first_line
 
 
 class OneLineUsageError(click.ClickException):
@@ -37,6 +37,13 @@ class CatsdogsGroup(click.Group):
             raise click.ClickException(str(exc)) from None
         except OSError as exc:  # a folder in the way, a full disk, no permission: not a bug to trace
             raise click.ClickException(describe_os_error(exc)) from None
+        except RuntimeError as exc:  # torch.OutOfMemoryError is one; other RuntimeErrors are bugs to trace
+            if not is_out_of_memory(exc):
+                raise
+            advice = ("train the same batches in passes with --micro-batch N, or use a smaller --batch-size or "
+                      "--image-size" if ctx.invoked_subcommand in ("train", "compare") else
+                      "free the memory other programs hold, or use --device cpu")
+            raise click.ClickException(f"out of memory ({first_line(exc)}): {advice}") from None
         except KeyboardInterrupt:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a further Ctrl-C must not cut the exit short
             after = {"train": " at once",  # train has said what is left to resume
@@ -45,6 +52,11 @@ class CatsdogsGroup(click.Group):
                      "split": ": nothing was written"}
             click.echo(f"\ninterrupted{after.get(ctx.invoked_subcommand or '', '')}", err=True)
             sys.exit(130)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A GPU's (torch.OutOfMemoryError) or the CPU allocator's failure to allocate."""
+    return type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(exc)
 
 
 def describe_os_error(exc: OSError) -> str:

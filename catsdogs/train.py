@@ -278,9 +278,9 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
             if status != "interrupted":
                 log(f"best val accuracy {progress_state.best_val_acc:.4f}{_baseline_note(val_split)}; "
                     f"next: catsdogs evaluate {shlex.quote(str(run_dir))}")
-    except KeyboardInterrupt:  # a second Ctrl-C: out at once, but say what is left
+    except BaseException as exc:  # a second Ctrl-C, or a failure (out of memory): say what is left
         if team.main:
-            _after_abort(run_dir, team, log)
+            _after_abort(run_dir, team, log, "stopped at once" if isinstance(exc, KeyboardInterrupt) else "failed")
         raise
     return TrainResult(run_dir, progress_state.epoch, progress_state.best_val_acc, status)
 
@@ -328,19 +328,19 @@ def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def _after_abort(run_dir: Path, team: Team, log: Log) -> None:
-    """Say what an abort left to resume, and remove a run folder that would hold nothing but its config
-    (it would pass for the most recent run and fail every command)."""
+def _after_abort(run_dir: Path, team: Team, log: Log, what: str) -> None:
+    """Say what an abort (`what`: stopped at once, failed) left to resume, and remove a run folder that
+    would hold nothing but its config (it would pass for the most recent run and fail every command)."""
     if (run_dir / "last.pt").is_file():
-        log(f"stopped at once; the last save can be resumed with: {resume_command(run_dir, team)}")
+        log(f"{what}; the last save can be resumed with: {resume_command(run_dir, team)}")
         return
     for leftover in [run_dir / "config.yaml", run_dir / "status.json", *run_dir.glob(".*.tmp")]:
         leftover.unlink(missing_ok=True)
     try:
         run_dir.rmdir()
-        log(f"stopped before anything was saved: nothing to resume, so {run_dir} is removed")
+        log(f"{what.split()[0]} before anything was saved: nothing to resume, so {run_dir} is removed")
     except OSError:
-        log(f"stopped before anything was saved: nothing to resume in {run_dir}")
+        log(f"{what.split()[0]} before anything was saved: nothing to resume in {run_dir}")
 
 
 def _baseline_note(split: ImageSplit) -> str:

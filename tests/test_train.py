@@ -255,6 +255,40 @@ def test_a_second_ctrl_c_says_what_is_left_and_leaves_no_empty_run(data: Path, t
         assert load_checkpoint(out / "last.pt")["progress"]["epoch"] == 1
 
 
+@pytest.mark.parametrize("at_step", [2, 5 + 2])
+def test_running_out_of_memory_is_one_line_and_leaves_no_empty_run(data: Path, tmp_path: Path, monkeypatch,
+                                                                   at_step: int) -> None:
+    from click.testing import CliRunner
+
+    from catsdogs.cli import main
+
+    original = loop_module.EpochLoop._step
+    calls = {"n": 0}
+
+    def step(self, images, labels):
+        calls["n"] += 1
+        if calls["n"] == at_step:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.77 GiB total)")
+        return original(self, images, labels)
+
+    monkeypatch.setattr(loop_module.EpochLoop, "_step", step)
+    out = tmp_path / "runs" / "r"
+    result = CliRunner().invoke(main, ["train", "--data", str(data), "--optim", "adam", "--image-size", str(SIZE),
+                                       "--batch-size", "8", "--epochs", "3", "--device", "cpu", "--out", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    lines = result.output.strip().splitlines()  # the log (stdout) and the error (stderr), in either order
+    assert ("Error: out of memory (CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.77 GiB total)): "
+            "train the same batches in passes with --micro-batch N, or use a smaller --batch-size or "
+            "--image-size") in lines
+    assert len([line for line in lines if line.startswith("Error")]) == 1
+    if at_step == 2:  # before any save: the folder would only hold config.yaml
+        assert f"failed before anything was saved: nothing to resume, so {out} is removed" in lines
+        assert not out.exists()
+    else:
+        assert f"failed; the last save can be resumed with: catsdogs train --resume {out}" in lines
+        assert load_checkpoint(out / "last.pt")["progress"]["epoch"] == 1
+
+
 def _train_command(data: Path, out: Path, epochs: int) -> list[str]:
     return [sys.executable, "-m", "catsdogs", "train", "--data", str(data), "--optim", "adam", "--image-size",
             str(SIZE), "--batch-size", "2", "--epochs", str(epochs), "--device", "cpu", "--out", str(out)]
