@@ -22,6 +22,7 @@ from catsdogs.config import TrainConfig
 from catsdogs.data import read_split
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.evaluate import evaluate_run
+from catsdogs.hardware import select_device
 from catsdogs.optim import get_optimizer_spec, load_optimizer_plugins
 from catsdogs.plots import read_history
 from catsdogs.progress import progress_bar
@@ -396,6 +397,7 @@ def run_study(spec: StudySpec, force: bool = False, progress: bool = True, log: 
     base, seconds = _check(spec)
     spec = dataclasses.replace(spec, out=Path(spec.out))
     seeds = [base.seed + k for k in range(spec.seeds)]
+    select_device(base.device)  # a --device this machine lacks is told before the study folder is made
     _open_study(spec.out, _identity(spec, base, seeds), force, log)
     sweep = _plan_sweep(base, spec, seconds, seeds[0]) if spec.tune_lr else []
     bar = _StudyBar(sweep + _plan_study(base, spec, seconds, seeds, {}), progress, log)

@@ -11,6 +11,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from click.testing import CliRunner
 
@@ -322,6 +323,14 @@ def test_bad_arguments_are_refused_with_one_line(data: Path, tmp_path: Path) -> 
         run_study(spec_for(data, tmp_path / "busy"), force=True, progress=False, log=quiet)
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_device_this_machine_lacks_is_refused_before_the_study_folder(data: Path, tmp_path: Path,
+                                                                        monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(CatsdogsError, match="--device cuda: no CUDA GPU"):
+        run_study(spec_for(data, tmp_path / "gpu", config={"device": "cuda"}), progress=False, log=quiet)
+    assert not (tmp_path / "gpu").exists()  # else the same study with --device cpu would ask for --force
 
 
 def test_a_missing_data_folder_is_named_as_typed(tmp_path: Path, monkeypatch) -> None:
