@@ -264,6 +264,16 @@ def _copy_to(images: np.ndarray, device: torch.device, chunk: int = 1024) -> tor
     return target
 
 
+def fits_on_gpu(nbytes: int, device: torch.device) -> bool:
+    """Whether `nbytes` of decoded images may live on `device`: at most 40% of the memory still free,
+    leaving the rest to the model, its optimizer and the activations of a batch."""
+    if device.type != "cuda":
+        return False
+    free = torch.cuda.mem_get_info(device)[0]
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)  # held by torch, unused
+    return nbytes < 0.4 * free
+
+
 class BatchSource:
     """Serves uint8 NHWC batches of a split by index lists, from the cache or from the files.
 
@@ -280,8 +290,7 @@ class BatchSource:
         self.valid = np.asarray([i for i in range(len(split)) if i not in bad], dtype=np.int64)
         self.on_device: tuple[torch.Tensor, torch.Tensor] | None = None
         if resident is None:
-            resident = images is not None and device is not None and device.type == "cuda" and \
-                images.nbytes < 0.4 * torch.cuda.mem_get_info(device)[0]
+            resident = images is not None and device is not None and fits_on_gpu(images.nbytes, device)
         if resident and images is not None and device is not None:
             self.on_device = (_copy_to(images, device), torch.from_numpy(split.labels).to(device))
 

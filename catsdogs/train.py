@@ -19,7 +19,7 @@ from torch import nn
 
 from catsdogs.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
 from catsdogs.config import TrainConfig, config_to_yaml
-from catsdogs.data import BatchSource, ImageSplit, default_jobs, load_cache, read_split
+from catsdogs.data import BatchSource, ImageSplit, default_jobs, fits_on_gpu, load_cache, read_split
 from catsdogs.distributed import Team, finish, from_main, start, team_from_environment, wait_for_all
 from catsdogs.ema import ModelEMA
 from catsdogs.errors import CatsdogsError, UsageError
@@ -160,9 +160,13 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
                       for s in (train_split, val_split)}
         wait_for_all(team)
     workers = cfg.workers if cfg.workers is not None else (0 if images["train"] is not None else max(jobs - 1, 0))
+    # Both caches on the GPU or neither, judged together; only process 0 validates, so only it holds val there.
+    resident = images["train"] is not None and images["val"] is not None and \
+        fits_on_gpu(images["train"].nbytes + images["val"].nbytes, device)
     train_source = BatchSource(train_split, train_preset(cfg.image_size, cfg.hflip, cfg.vflip, cfg.augment),
-                               images["train"], workers, device)
-    val_source = BatchSource(val_split, eval_preset(cfg.image_size), images["val"], workers, device)
+                               images["train"], workers, device, resident=resident)
+    val_source = BatchSource(val_split, eval_preset(cfg.image_size), images["val"], workers, device,
+                             resident=resident and team.main)
     _check_unreadable(train_split.unreadable + val_split.unreadable, len(train_split) + len(val_split), cfg.data)
 
     model = model.to(device, memory_format=torch.channels_last)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from catsdogs.data import CACHE_DIR, BatchSource, load_cache, read_split
+from catsdogs.data import CACHE_DIR, BatchSource, fits_on_gpu, load_cache, read_split
 from catsdogs.errors import CatsdogsError
 from catsdogs.images import load_resized
 from catsdogs.transforms import eval_preset, train_preset
@@ -158,3 +158,14 @@ def test_device_check_runs_on_the_cpu() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("device: cpu") == 4
     assert "fp16 is for GPUs" in result.stdout and "test " in result.stdout
+
+
+def test_the_gpu_cache_counts_memory_torch_holds_but_does_not_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    gib = 1 << 30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (10 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 30 * gib)  # an earlier run of compare
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 5 * gib)
+    cuda = torch.device("cuda", 0)
+    assert fits_on_gpu(13 * gib, cuda)  # 40% of 10 free + 25 held unused
+    assert not fits_on_gpu(14 * gib, cuda)
+    assert not fits_on_gpu(1, torch.device("cpu"))
