@@ -6,8 +6,10 @@
 It writes a small split of generated photos (no dataset needed), then for each precision
 trains cnn3 for two epochs and a recipe model for a few steps, evaluates the best checkpoint,
 and prints what the run chose (device, precision, cache placement), the images/s, and the
-accuracy. Meant for a few minutes on a lent GPU machine; every line it prints is a fact to
-record.
+accuracy. Then: predict and explain on the device, an interrupted run resumed against a
+straight one, the TrivialAugment and RandAugment presets, configs/recipes/gpu.yaml for two
+epochs with TTA, and on CUDA a run under torchrun (NCCL) and its resume. Meant for a few
+minutes on a lent GPU machine; every line it prints is a fact to record.
 """
 
 from __future__ import annotations
@@ -63,6 +65,57 @@ def check_predict_and_explain(run_dir: Path, data: Path, device: str, work: Path
     print(f"explain on {trained.device}: {len(done)} figures at layer {layer}")
 
 
+def check_resume(data: Path, device: str, work: Path) -> None:
+    """An interrupted run resumed against a straight one: on a GPU they should agree closely, not exactly."""
+    from catsdogs.checkpoint import load_checkpoint
+
+    runs = {}
+    for name, epochs in (("straight", 2), ("resumed", 1)):
+        cfg = TrainConfig(data=str(data), optim="adam", model="cnn3", epochs=epochs, image_size=128,
+                          device=device, out=str(work / f"resume-{name}"))
+        runs[name] = train(cfg, progress=False, log=lambda line: None).run_dir
+    train(None, resume=runs["resumed"], flags={"epochs": 2}, progress=False, log=lambda line: None)
+    a, b = (load_checkpoint(runs[name] / "last.pt")["model"] for name in ("straight", "resumed"))
+    gap = max(float((a[key].float() - b[key].float()).abs().max()) for key in a)
+    print(f"resume after 1 of 2 epochs: largest weight difference from a straight run {gap:.2e}")
+
+
+def check_augments_and_recipe(data: Path, device: str, work: Path, size: int) -> None:
+    """The torchvision v2 presets on the device's batches, and the GPU recipe cut short (at `size` px), with TTA."""
+    from catsdogs.config import build_config
+
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "recipes" / "gpu.yaml"
+    runs = [(f"augment {name}", TrainConfig(data=str(data), optim="adam", model="cnn3", epochs=1, image_size=128,
+                                             device=device, augment=name, out=str(work / f"augment-{name}")))
+            for name in ("trivialaugment", "randaugment")]
+    runs.append(("gpu.yaml, 2 epochs", build_config(recipe, {"data": str(data), "out": str(work / "recipe"),
+                                                             "device": device, "epochs": 2,
+                                                             "image_size": max(size, 64)})))
+    for label, cfg in runs:
+        start = time.perf_counter()
+        result = train(cfg, progress=False, log=lambda line: None)
+        seconds = time.perf_counter() - start
+        plain = evaluate_run(result.run_dir, device=device, progress=False).metrics["accuracy"]
+        tta = evaluate_run(result.run_dir, device=device, progress=False, tta=True).metrics["accuracy"]
+        print(f"{label}: {result.epochs_done} epoch(s) in {seconds:.1f} s, test {plain:.3f}, with TTA {tta:.3f}")
+
+
+def check_torchrun(data: Path, work: Path) -> None:
+    """Training under torchrun with NCCL, on up to two GPUs, then its resume command."""
+    import subprocess
+
+    count = min(2, torch.cuda.device_count())
+    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={count}",
+            "-m", "catsdogs", "train"]
+    out = work / "torchrun"
+    for args in (["--data", str(data), "--optim", "adam", "--image-size", "128", "--epochs", "1", "--out", str(out)],
+                 ["--resume", str(out), "--epochs", "2"]):
+        done = subprocess.run(base + args, capture_output=True, text=True, timeout=300)
+        lines = [line for line in done.stdout.splitlines() + done.stderr.splitlines() if line.strip()]
+        print(f"torchrun, {count} process(es), {args[0]}: exit {done.returncode}; "
+              + " | ".join(line for line in lines if line.startswith(("device:", "epoch", "best", "Error"))))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
@@ -94,6 +147,10 @@ def main() -> int:
             print(f"    {result.epochs_done} epochs in {seconds:.1f} s ({seen / seconds:.0f} img/s incl. start-up), "
                   f"best val {result.best_val_acc:.3f}, test {metrics['accuracy']:.3f} on {metrics['images']}")
         check_predict_and_explain(result.run_dir, data, args.device, work)
+        check_resume(data, args.device, work)
+        check_augments_and_recipe(data, args.device, work, args.size)
+        if torch.cuda.is_available() and args.device in ("auto", "cuda"):
+            check_torchrun(data, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -154,10 +154,12 @@ def test_a_device_resident_cache_serves_the_same_batches(data: Path) -> None:
 def test_device_check_runs_on_the_cpu() -> None:
     """The script a session with a lent GPU runs; here it must at least work on the CPU."""
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "device_check.py"), "--device", "cpu",
-                             "--images", "16", "--size", "48"], capture_output=True, text=True, timeout=300)
+                             "--images", "16", "--size", "64"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("device: cpu") == 4
     assert "fp16 is for GPUs" in result.stdout and "test " in result.stdout
+    assert "resume after 1 of 2 epochs: largest weight difference from a straight run 0.00e+00" in result.stdout
+    assert "augment randaugment: 1 epoch(s)" in result.stdout and "gpu.yaml, 2 epochs: 2 epoch(s)" in result.stdout
 
 
 def test_the_gpu_cache_counts_memory_torch_holds_but_does_not_use(monkeypatch: pytest.MonkeyPatch) -> None:
