@@ -38,13 +38,13 @@ class TrainConfig:
     momentum: float | None = None  # None: the optimizer's own default (SGD variants only)
     weight_decay: float | None = None  # None: the optimizer's own default; never on biases or norms
     label_smoothing: float = 0.0  # cross-entropy label smoothing (0.1 is common)
-    ema: float | None = None  # decay of an exponential moving average of the weights (e.g. 0.999)
+    ema: float | None = None  # decay of an exponential moving average of the weights (e.g. 0.999); 0: off
 
     # Schedule and stopping.
     scheduler: str = "constant"  # constant|step|cosine|onecycle (see `catsdogs schedulers`)
     warmup_epochs: float = 0.0  # linear warmup before the schedule, in epochs
-    patience: int | None = None  # stop when val accuracy has not improved for this many epochs
-    time_budget: float | None = None  # minutes of training; stops then, and the schedule is fitted to it
+    patience: int | None = None  # stop when val accuracy has not improved for this many epochs; 0: off
+    time_budget: float | None = None  # minutes of training; stops then, and the schedule is fitted to it; 0: off
 
     # Reproducibility and hardware.
     seed: int = 42
@@ -72,11 +72,16 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # Lower bounds of numeric fields (inclusive); an upper bound of 1 for probabilities.
 MINIMUM: dict[str, float] = {"epochs": 1, "batch_size": 1, "image_size": 1, "lr": 0.0, "hflip": 0.0,
                              "vflip": 0.0, "momentum": 0.0, "weight_decay": 0.0, "warmup_epochs": 0.0,
-                             "patience": 1, "workers": 0, "time_budget": 0.0, "label_smoothing": 0.0, "ema": 0.0,
+                             "patience": 0, "workers": 0, "time_budget": 0.0, "label_smoothing": 0.0, "ema": 0.0,
                              "micro_batch": 1}
-PROBABILITIES = ("hflip", "vflip", "label_smoothing", "ema")
-# Fields where 0 would silently do nothing (no learning, no budget): they must be above 0.
-POSITIVE = ("lr", "time_budget")
+PROBABILITIES = ("hflip", "vflip")
+# Fields where 0 would silently do nothing (no learning): they must be above 0.
+POSITIVE = ("lr",)
+# Fields where 0 means off, so that a flag can undo what a config file turns on (--ema 0).
+OFF_AT_ZERO = ("ema", "time_budget", "patience")
+# Fields that must stay below 1: at 1 nothing is learnt (label smoothing) or the steps never fade (momentum).
+BELOW_ONE = {"ema": "a decay below 1 (e.g. 0.999; 0: off)", "label_smoothing": "below 1 (e.g. 0.1; 1 leaves "
+             "nothing to learn)", "momentum": "below 1 (e.g. 0.9; at 1 or more the steps grow without end)"}
 
 
 def _field_types() -> dict[str, Any]:
@@ -114,11 +119,12 @@ def check_value(key: str, value: Any, source: str) -> Any:
     if key in CHOICES and value not in CHOICES[key]:
         raise CatsdogsError(f"{source}: {key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
     if key in MINIMUM and value < MINIMUM[key]:
-        raise CatsdogsError(f"{source}: {key} must be at least {MINIMUM[key]:g}, got {value!r}")
+        raise CatsdogsError(f"{source}: {key} must be at least {MINIMUM[key]:g}"
+                            + (" (0: off)" if key in OFF_AT_ZERO else "") + f", got {value!r}")
     if key in POSITIVE and value <= 0:
         raise CatsdogsError(f"{source}: {key} must be above 0, got {value!r}")
-    if key == "ema" and not 0 < value < 1:
-        raise CatsdogsError(f"{source}: ema is a decay strictly between 0 and 1 (e.g. 0.999), got {value!r}")
+    if key in BELOW_ONE and value >= 1:
+        raise CatsdogsError(f"{source}: {key} must be {BELOW_ONE[key]}, got {value!r}")
     if key in PROBABILITIES and value > 1:
         raise CatsdogsError(f"{source}: {key} is a probability between 0 and 1, got {value!r}")
     return value

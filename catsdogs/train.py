@@ -197,9 +197,15 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
         spent = sum(row["seconds"] for row in progress_state.history)  # a raised --time-budget may go on
         progress_state.budget_spent = bool(cfg.time_budget) and spent >= cfg.time_budget * 60
         if progress_state.epoch >= cfg.epochs or progress_state.stopped_early or progress_state.budget_spent:
-            why = ("stopped early" if progress_state.stopped_early else "used its time budget"
-                   if progress_state.budget_spent else f"finished {progress_state.epoch} epochs")
-            log(f"{run_dir} already {why}: nothing to do (raise --epochs to train longer)")
+            if progress_state.stopped_early:
+                why = (f"stopped early: nothing to do (to train longer, start a new run with a larger --patience, "
+                       "or --patience 0)")
+            elif progress_state.budget_spent:
+                why = ("used its time budget, and its schedule, fitted to that time, has ended: nothing to do (to "
+                       "train longer, start a new run with a larger --time-budget)")
+            else:
+                why = f"finished {progress_state.epoch} epochs: nothing to do (raise --epochs to train longer)"
+            log(f"{run_dir} already {why}")
             if not (run_dir / "status.json").is_file():  # killed between its last save and the status
                 done = ("early-stopped" if progress_state.stopped_early else
                         "time-budget" if progress_state.budget_spent else "finished")

@@ -105,9 +105,11 @@ def test_every_precision_choice_is_accepted(choice: str) -> None:
                                                 ("workers: -1\n", "workers must be at least 0"),
                                                 ("hflip: 1.5\n", "hflip is a probability between 0 and 1"),
                                                 ("vflip: -0.5\n", "vflip must be at least 0"),
-                                                ("label_smoothing: 1.5\n", "label_smoothing is a probability"),
-                                                ("ema: 1\n", "ema is a decay strictly between 0 and 1"),
-                                                ("ema: 0.0\n", "ema is a decay strictly between 0 and 1")])
+                                                ("label_smoothing: 1\n", "label_smoothing must be below 1"),
+                                                ("momentum: 1.0\n", "momentum must be below 1"),
+                                                ("ema: 1\n", r"ema must be a decay below 1 \(e.g. 0.999; 0: off\)"),
+                                                ("ema: -0.1\n", r"ema must be at least 0 \(0: off\)"),
+                                                ("time_budget: -1\n", r"time_budget must be at least 0 \(0: off\)")])
 def test_out_of_range_values_are_refused(tmp_path: Path, text: str, fragment: str) -> None:
     with pytest.raises(CatsdogsError, match=fragment):
         read_yaml_overrides(write_yaml(tmp_path, text))
@@ -201,8 +203,14 @@ def test_exponents_without_a_dot_are_numbers(tmp_path: Path, text: str, key: str
     assert read_yaml_overrides(tmp_path / "c.yaml") == {key: pytest.approx(expected)}
 
 
-@pytest.mark.parametrize("key", ["lr", "time_budget"])
-def test_zero_that_would_do_nothing_is_refused(key: str) -> None:
-    with pytest.raises(CatsdogsError, match=f"{key} must be above 0, got 0.0"):
-        check_value(key, 0.0, "test")
-    assert check_value(key, 0.5, "test") == 0.5
+def test_zero_that_would_do_nothing_is_refused() -> None:
+    with pytest.raises(CatsdogsError, match="lr must be above 0, got 0.0"):
+        check_value("lr", 0.0, "test")
+    assert check_value("lr", 0.5, "test") == 0.5
+
+
+def test_a_flag_of_0_turns_off_what_a_config_file_turns_on(tmp_path: Path) -> None:
+    recipe = write_yaml(tmp_path, "optim: adam\nema: 0.999\ntime_budget: 20\npatience: 3\n")
+    assert (build_config(recipe).ema, build_config(recipe).time_budget) == (0.999, 20.0)
+    off = build_config(recipe, {"ema": 0.0, "time_budget": 0.0, "patience": 0})
+    assert (off.ema, off.time_budget, off.patience) == (0.0, 0.0, 0)

@@ -159,6 +159,19 @@ def test_time_budget_stops_within_the_budget(data: Path, tmp_path: Path) -> None
     # It stops at the first step past the budget, so it overshoots by at most a step and a validation.
     assert budget_minutes * 60 <= history_seconds < budget_minutes * 60 + 2.0
     assert elapsed < 60
+    again: list[str] = []  # more epochs do not extend it: the schedule has ended, and the advice says so
+    assert train(None, resume=result.run_dir, flags={"epochs": 2000}, progress=False,
+                 log=again.append).status == "nothing-to-do"
+    assert again[-1].endswith("start a new run with a larger --time-budget)")
+
+
+def test_ema_0_from_a_flag_trains_without_an_average(data: Path, tmp_path: Path) -> None:
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "recipes" / "cpu-fast.yaml"
+    cfg = build_config(recipe, dict(data=str(data), out=str(tmp_path / "run"), epochs=1, image_size=32,
+                                    batch_size=8, device="cpu", ema=0.0, time_budget=0.0))
+    result = train(cfg, progress=False, log=quiet)
+    last = load_checkpoint(result.run_dir / "last.pt")
+    assert "raw_model" not in last and "ema" not in last and result.status == "finished"
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
