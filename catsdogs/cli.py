@@ -463,6 +463,8 @@ def models(image_size: int) -> None:
     GFLOP/img is the forward pass of one image, counted by torch.utils.flop_counter; a training
     step costs about three times that (forward, and backward for activations and weights).
     """
+    import torch
+
     from catsdogs.models import MODELS, build_model, count_flops, count_parameters
 
     click.echo(f"{'model':<20}{'params':>10}{'GFLOP/img':>11}{'train ~3x':>13}  description (at {image_size}px)")
@@ -471,7 +473,8 @@ def models(image_size: int) -> None:
         if image_size < spec.min_image_size:
             click.echo(f"{name:<20}{'':>34}  needs at least {spec.min_image_size}px")
             continue
-        model = build_model(name, 2, image_size)
+        with torch.device("meta"):  # shapes only: no memory, however large --image-size
+            model = build_model(name, 2, image_size)
         flops = count_flops(model, image_size) / 1e9
         click.echo(f"{name:<20}{count_parameters(model) / 1e6:>9.2f}M{flops:>11.3f}{3 * flops:>13.3f}  "
                    f"{spec.description}")

@@ -74,6 +74,9 @@ MINIMUM: dict[str, float] = {"epochs": 1, "batch_size": 1, "image_size": 1, "lr"
                              "vflip": 0.0, "momentum": 0.0, "weight_decay": 0.0, "warmup_epochs": 0.0,
                              "patience": 0, "workers": 0, "time_budget": 0.0, "label_smoothing": 0.0, "ema": 0.0,
                              "micro_batch": 1}
+# Upper bounds: photos are resized to image_size squared, and past this nothing is gained for a
+# two-class photo classifier while the decoded cache grows with the square (2048 px: 12 MB a photo).
+MAXIMUM: dict[str, float] = {"image_size": 2048}
 PROBABILITIES = ("hflip", "vflip")
 # Fields where 0 would silently do nothing (no learning): they must be above 0.
 POSITIVE = ("lr",)
@@ -121,6 +124,8 @@ def check_value(key: str, value: Any, source: str) -> Any:
     if key in MINIMUM and value < MINIMUM[key]:
         raise CatsdogsError(f"{source}: {key} must be at least {MINIMUM[key]:g}"
                             + (" (0: off)" if key in OFF_AT_ZERO else "") + f", got {value!r}")
+    if key in MAXIMUM and value > MAXIMUM[key]:
+        raise CatsdogsError(f"{source}: {key} must be at most {MAXIMUM[key]:g}, got {value!r}")
     if key in POSITIVE and value <= 0:
         raise CatsdogsError(f"{source}: {key} must be above 0, got {value!r}")
     if key in BELOW_ONE and value >= 1:

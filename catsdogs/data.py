@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -202,17 +203,36 @@ def _remove_stale(cache_dir: Path, prefix: str, keep: str) -> None:
     for old in cache_dir.glob(f"{prefix}*"):
         if not old.name.startswith(keep):
             old.unlink(missing_ok=True)
+    for partial in cache_dir.glob(f".{prefix}*.tmp"):  # .NAME.npy.PID.tmp of a build that was killed
+        if not _running(partial.name.split(".")[-2]):
+            partial.unlink(missing_ok=True)
+
+
+def _running(pid: str) -> bool:
+    """Whether process `pid` still runs (and may still be writing its file)."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def _build_cache(split: ImageSplit, size: int, array_path: Path, meta_path: Path, jobs: int,
                  progress: bool) -> np.ndarray:
     tmp = array_path.with_name(f".{array_path.name}.{os.getpid()}.tmp")
-    images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(split), size, size, 3))
+    need, free = len(split) * size * size * 3, shutil.disk_usage(array_path.parent).free
+    if need > free:
+        raise CatsdogsError(f"the decoded cache of {len(split)} photos at {size}px needs {_gb(need)} in "
+                            f"{array_path.parent}, which has {_gb(free)} free: free some space, use a smaller "
+                            "--image-size, or --cache off (decoding the photos every epoch)")
     unreadable: list[int] = []
     work = [(str(p), size) for p in split.paths]
     bar = progress_bar(total=len(work), desc=f"caching {split.root.name} at {size}px", unit="img",
                        show=progress, leave=False)
     try:
+        images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(split), size, size, 3))
         if jobs > 1 and len(work) > 64:
             with ProcessPoolExecutor(max_workers=jobs, initializer=ignore_sigint) as pool:
                 results = pool.map(_load_or_none, work, chunksize=32)
@@ -229,6 +249,10 @@ def _build_cache(split: ImageSplit, size: int, array_path: Path, meta_path: Path
     meta_path.write_text(json.dumps(meta))
     split.unreadable = [split.paths[i] for i in unreadable]
     return np.load(array_path, mmap_mode="r")
+
+
+def _gb(nbytes: int) -> str:
+    return f"{nbytes / 1e9:.1f} GB" if nbytes >= 1e8 else f"{nbytes / 1e6:.1f} MB"
 
 
 def _fill(images: np.ndarray, results: Iterator[np.ndarray | None], unreadable: list[int], bar: tqdm) -> None:

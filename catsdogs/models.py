@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -184,9 +186,11 @@ def count_flops(model: nn.Module, image_size: int) -> float:
     """Forward FLOPs of one image, counted by torch.utils.flop_counter (a multiply-add is 2)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    was_training = model.training
-    model.eval()
+    # On the meta device: shapes only, no memory for activations (or weights), however large the image.
+    probe = model if all(p.is_meta for p in model.parameters()) else copy.deepcopy(model).to("meta")
+    was_training = probe.training
+    probe.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 3, image_size, image_size))
-    model.train(was_training)
+        probe(torch.zeros(1, 3, image_size, image_size, device="meta"))
+    probe.train(was_training)
     return float(counter.get_total_flops())

@@ -146,6 +146,12 @@ def test_models_lists_cnn3_with_its_size_and_cost(cli) -> None:
     assert "the tutorial's 3-block CNN" in line
 
 
+def test_models_at_a_huge_size_counts_without_memory(cli) -> None:
+    # cnn3 at 100,000 px: 3.1 billion weights and 120 GB of input if built for real; on the meta device, none.
+    (line,) = [line for line in ok(cli("models", "--image-size", "100000")).splitlines() if line.startswith("cnn3 ")]
+    assert line.split()[1] == "3123.09M"
+
+
 def test_models_below_a_models_minimum_size_says_so(cli) -> None:
     (line,) = [line for line in ok(cli("models", "--image-size", "64")).splitlines() if line.startswith("cnn3 ")]
     assert "needs at least 96px" in line

@@ -103,6 +103,7 @@ def test_every_precision_choice_is_accepted(choice: str) -> None:
 @pytest.mark.parametrize(("text", "fragment"), [("epochs: 0\n", "epochs must be at least 1"),
                                                 ("lr: -0.1\n", "lr must be at least 0"),
                                                 ("workers: -1\n", "workers must be at least 0"),
+                                                ("image_size: 20000\n", "image_size must be at most 2048"),
                                                 ("hflip: 1.5\n", "hflip is a probability between 0 and 1"),
                                                 ("vflip: -0.5\n", "vflip must be at least 0"),
                                                 ("label_smoothing: 1\n", "label_smoothing must be below 1"),

@@ -171,3 +171,41 @@ def test_the_gpu_cache_counts_memory_torch_holds_but_does_not_use(monkeypatch: p
     assert fits_on_gpu(13 * gib, cuda)  # 40% of 10 free + 25 held unused
     assert not fits_on_gpu(14 * gib, cuda)
     assert not fits_on_gpu(1, torch.device("cpu"))
+
+
+def test_a_cache_that_cannot_fit_is_refused_with_its_size_and_leaves_nothing(data: Path, monkeypatch) -> None:
+    import collections
+
+    from catsdogs import data as data_module
+
+    split = read_split(data, "train")
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(data_module.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 50_000, 50_000))
+    with pytest.raises(CatsdogsError, match=r"the decoded cache of 20 photos at 64px needs 0.2 MB in .*\.cache, "
+                                            r"which has 0.1 MB free: .*--cache off"):
+        load_cache(split, 64, progress=False)  # 20 x 64 x 64 x 3 = 245,760 bytes
+    monkeypatch.undo()
+
+    def no_memory(path, **kwargs):  # the file is made, then mapping it fails
+        Path(path).write_bytes(b"\0" * 128)
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(np.lib.format, "open_memmap", no_memory)
+    with pytest.raises(OSError, match="Cannot allocate memory"):
+        load_cache(split, 64, progress=False)
+    assert not [p.name for p in (data / CACHE_DIR).iterdir() if p.name.endswith(".tmp")]
+
+
+def test_the_partial_cache_of_a_killed_build_is_removed(data: Path) -> None:
+    split = read_split(data, "train")
+    load_cache(split, 32, progress=False)
+    cache = data / CACHE_DIR
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    killed = cache / f".train-32px-0123456789abcdef.npy.{dead}.tmp"
+    building = cache / f".train-32px-fedcba9876543210.npy.{os.getpid()}.tmp"  # a build still running
+    for partial in (killed, building):
+        partial.write_bytes(b"partial")
+    (data / "train" / "Cat" / "extra.jpg").write_bytes((data / "train" / "Cat").glob("*.jpg").__next__().read_bytes())
+    load_cache(read_split(data, "train"), 32, progress=False)  # another file list: a new cache is built
+    assert not killed.exists() and building.exists()
