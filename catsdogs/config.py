@@ -117,6 +117,8 @@ def check_value(key: str, value: Any, source: str) -> Any:
         value, ok = float(value), True
     if not ok:
         raise CatsdogsError(f"{source}: {key} must be {kind.__name__}, got {value!r}")
+    if isinstance(value, str) and not value.strip():  # --pretrained "$UNSET" must not mean "none"
+        raise CatsdogsError(f"{source}: {key} must not be empty")
     if isinstance(value, float) and not math.isfinite(value):
         raise CatsdogsError(f"{source}: {key} must be a finite number, got {value!r}")
     if key in CHOICES and value not in CHOICES[key]:

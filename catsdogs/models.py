@@ -157,15 +157,18 @@ def pretrained_file(name: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
 
 
-def load_pretrained(model: nn.Module, name: str, source: str) -> int:
+def load_pretrained(model: nn.Module, name: str, source: str) -> tuple[int, list[str]]:
     """Load ImageNet weights from `source` (a file, or "cache" for torchvision's cache) into `model`.
 
     Never downloads. Layers whose shapes differ (the 1000-class head) keep their fresh weights.
-    Returns how many tensors were loaded.
+    Returns how many tensors were loaded, and what was left at random besides the head (each
+    `NAME (file SHAPE, model SHAPE)`, or `NAME (not in the file)`).
     """
     from catsdogs.errors import CatsdogsError
 
     path = pretrained_file(name) if source == "cache" else Path(source)
+    if path.is_dir():
+        raise CatsdogsError(f"--pretrained {path} is a folder: give the weights file itself (a .pth or .pt)")
     if not path.is_file():
         raise CatsdogsError(f"pretrained weights not found at {path}; download the torchvision weights of {name} "
                             "on a machine with internet and pass the file with --pretrained PATH")
@@ -179,7 +182,14 @@ def load_pretrained(model: nn.Module, name: str, source: str) -> int:
     if len(fitting) < len(own) // 2:
         raise CatsdogsError(f"{path} does not hold {name} weights ({len(fitting)} of {len(own)} tensors fit)")
     model.load_state_dict(fitting, strict=False)
-    return len(fitting)
+    head = next(name for name, module in reversed(list(model.named_modules())) if isinstance(module, nn.Linear))
+
+    def shape(tensor: torch.Tensor) -> str:
+        return "x".join(str(n) for n in tensor.shape)
+
+    missed = [f"{key} (file {shape(state[key])}, model {shape(own[key])})" if key in state else f"{key} (not in the file)"
+              for key in own if key not in fitting and not key.startswith(f"{head}.")]
+    return len(fitting), missed
 
 
 def count_flops(model: nn.Module, image_size: int) -> float:

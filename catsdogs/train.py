@@ -149,8 +149,9 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
     _seed_everything(cfg.seed)
     model = build_model(cfg.model, len(train_split.classes), cfg.image_size)
     if cfg.pretrained and state is None:
-        loaded = load_pretrained(model, cfg.model, cfg.pretrained)
-        log(f"loaded {loaded} pretrained tensors into {cfg.model}")
+        loaded, missed = load_pretrained(model, cfg.model, cfg.pretrained)
+        log(f"loaded {loaded} pretrained tensors into {cfg.model} (its {len(train_split.classes)}-class head starts "
+            "fresh)" + (f"; left at random, as the file's do not fit: {', '.join(missed)}" if missed else ""))
     init_hash = _weights_hash(model)
     jobs = default_jobs()
     images = {}

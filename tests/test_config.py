@@ -204,6 +204,12 @@ def test_exponents_without_a_dot_are_numbers(tmp_path: Path, text: str, key: str
     assert read_yaml_overrides(tmp_path / "c.yaml") == {key: pytest.approx(expected)}
 
 
+@pytest.mark.parametrize("key", ["pretrained", "data", "out", "model"])
+def test_an_empty_string_is_refused_not_taken_as_none(key: str) -> None:
+    with pytest.raises(CatsdogsError, match=f"--{key.replace('_', '-')}: {key} must not be empty"):
+        build_config(flags={key: "", "optim": "adam"})
+
+
 def test_zero_that_would_do_nothing_is_refused() -> None:
     with pytest.raises(CatsdogsError, match="lr must be above 0, got 0.0"):
         check_value("lr", 0.0, "test")

@@ -189,9 +189,19 @@ def test_pretrained_weights_load_from_a_file_and_never_download(tmp_path: Path, 
     weights = tmp_path / "resnet18.pth"
     torch.save(source.state_dict(), weights)
     target = build_model("resnet18", 2, 64)
-    loaded = load_pretrained(target, "resnet18", str(weights))
-    assert loaded == len(target.state_dict()) - 2  # all but the 1000-class head
+    loaded, missed = load_pretrained(target, "resnet18", str(weights))
+    assert loaded == len(target.state_dict()) - 2 and missed == []  # all but the 1000-class head
     assert torch.equal(target.conv1.weight, source.conv1.weight)
+    state = source.state_dict()
+    state["conv1.weight"] = state["conv1.weight"][:, :1]  # weights for grey photos: one input channel
+    del state["layer1.0.bn1.running_mean"]
+    torch.save(state, weights)
+    fresh = build_model("resnet18", 2, 64)
+    loaded, missed = load_pretrained(fresh, "resnet18", str(weights))
+    assert loaded == len(fresh.state_dict()) - 4
+    assert missed == ["conv1.weight (file 64x1x7x7, model 64x3x7x7)", "layer1.0.bn1.running_mean (not in the file)"]
+    with pytest.raises(CatsdogsError, match=r"--pretrained .* is a folder: give the weights file itself"):
+        load_pretrained(target, "resnet18", str(tmp_path))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
     with pytest.raises(CatsdogsError, match="pretrained weights not found at .*resnet18-.*pth"):
         load_pretrained(target, "resnet18", "cache")
