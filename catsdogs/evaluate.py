@@ -17,6 +17,7 @@ from catsdogs.checkpoint import write_text_atomic
 from catsdogs.data import (SPLITS, BatchSource, class_folders, load_cache, read_class_folder, read_split,
                            split_fingerprint)
 from catsdogs.errors import CatsdogsError
+from catsdogs.figures import pyplot, save_figure
 from catsdogs.loop import evaluate_source
 from catsdogs.metrics import compute_metrics
 from catsdogs.predict import load_trained
@@ -245,11 +246,7 @@ def write_predictions(path: Path, paths: list[Path], labels: np.ndarray, probs: 
 
 
 def save_confusion_figure(matrix: np.ndarray, classes: list[str], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     size = 1.2 + 0.9 * len(classes)
     fig, ax = plt.subplots(figsize=(size + 1, size))
     ax.imshow(matrix, cmap="Blues")
@@ -261,6 +258,4 @@ def save_confusion_figure(matrix: np.ndarray, classes: list[str], path: Path, ti
     peak = matrix.max() or 1
     for (row, col), value in np.ndenumerate(matrix):
         ax.text(col, row, str(value), ha="center", va="center", color="white" if value > peak / 2 else "black")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)

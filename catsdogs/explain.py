@@ -18,6 +18,7 @@ from torch import nn
 
 from catsdogs.checkpoint import atomic_write, write_text_atomic
 from catsdogs.errors import CatsdogsError, UsageError
+from catsdogs.figures import pyplot, save_figure
 from catsdogs.predict import TrainedModel, decode_photos, predict_photos
 from catsdogs.progress import progress_bar
 from catsdogs.transforms import normalise
@@ -273,11 +274,7 @@ def write_explanations_csv(path: Path, rows: Iterable[Mapping[str, str]]) -> Non
 
 def save_explanation_figure(image: np.ndarray, heat: np.ndarray, path: Path, title: str, subtitle: str) -> None:
     """The photo as the model saw it, and the heat map blended over it, side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     # The colour bar gets its own narrow column, so both panels are drawn at the same size.
     fig, (left, right, bar) = plt.subplots(1, 3, figsize=(7.4, 3.8), width_ratios=(1, 1, 0.05))
     left.imshow(image)
@@ -289,10 +286,8 @@ def save_explanation_figure(image: np.ndarray, heat: np.ndarray, path: Path, tit
         ax.axis("off")
     fig.colorbar(shown, cax=bar).set_label("relative evidence (1 = strongest in this photo)", fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     with atomic_write(path) as handle:
-        fig.savefig(handle, format="png", dpi=110)
-    plt.close(fig)
+        save_figure(fig, handle, format="png", dpi=110)
 
 
 def worst_mistakes(run_dir: str | Path, count: int, predictions: str = "predictions.csv") -> dict[Path, str]:

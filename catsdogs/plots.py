@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from catsdogs.errors import CatsdogsError
+from catsdogs.figures import pyplot, save_figure
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -67,11 +68,7 @@ def plot_curves(run_dirs: list[Path], out: Path) -> Path:
     for run in run_dirs:  # a run named twice is drawn once
         unique.setdefault(run.resolve(), run)
     histories = [(run_label(run), read_history(run)) for run in unique.values()]
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, (label, history) in enumerate(histories):
@@ -98,11 +95,9 @@ def plot_curves(run_dirs: list[Path], out: Path) -> Path:
         handles += [Line2D([], [], color="grey", linestyle="--", marker=".", label="train"),
                     Line2D([], [], color="grey", linestyle="-", marker="o", markersize=3, label="val")]
         fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, handlelength=3)
-    fig.tight_layout()
     target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, dpi=120, bbox_inches="tight",
+    save_figure(fig, target, dpi=120, bbox_inches="tight",
                 metadata={("Software" if out.suffix.lower() == ".png" else "Creator"): SIGNATURE})
-    plt.close(fig)
     return out
 
 

@@ -6,24 +6,17 @@ import math
 from pathlib import Path
 from typing import Any
 
+from catsdogs.figures import pyplot, save_figure
 from catsdogs.plots import read_history, set_epoch_ticks
 from catsdogs.report import RUNS_DIR, _mean_sd, _pct, run_name
 
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_study_curves(study_dir: Path, summary: dict[str, Any], out: Path) -> Path:
     """Loss and accuracy against epoch: mean across seeds with a min-max band, one colour per optimizer."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 4.6))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, row in enumerate(summary["ranking"]):
@@ -52,15 +45,13 @@ def plot_study_curves(study_dir: Path, summary: dict[str, Any], out: Path) -> Pa
         ax.set_xlim(0.5, longest + 0.5)
         set_epoch_ticks(ax)
     acc_ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    save_figure(fig, out, dpi=120)
     return out
 
 
 def plot_test_accuracy(summary: dict[str, Any], out: Path) -> Path:
     """Mean test accuracy per optimizer, best first, with one-sd error bars and each seed as a dot."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = summary["ranking"]
     means = [r["test_acc"]["mean"] for r in rows]
     errors = [r["test_acc"]["sd"] or 0.0 for r in rows]
@@ -83,7 +74,5 @@ def plot_test_accuracy(summary: dict[str, Any], out: Path) -> Path:
     ax.set_title(f"Test accuracy over {len(summary['seeds'])} seeds\nbar: mean, error bar: 1 sd, dots: single seeds",
                  fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    save_figure(fig, out, dpi=120)
     return out

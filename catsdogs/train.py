@@ -199,7 +199,7 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
         progress_state.budget_spent = bool(cfg.time_budget) and spent >= cfg.time_budget * 60
         if progress_state.epoch >= cfg.epochs or progress_state.stopped_early or progress_state.budget_spent:
             if progress_state.stopped_early:
-                why = (f"stopped early: nothing to do (to train longer, start a new run with a larger --patience, "
+                why = ("stopped early: nothing to do (to train longer, start a new run with a larger --patience, "
                        "or --patience 0)")
             elif progress_state.budget_spent:
                 why = ("used its time budget, and its schedule, fitted to that time, has ended: nothing to do (to "
