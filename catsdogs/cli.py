@@ -343,8 +343,8 @@ def predict(photos: tuple[Path, ...], run_dir: Path | None, checkpoint: str, dev
                          "existing folder)")
     if out is not None:
         check_predictions_out(out)
+    trained = load_trained(_run_or_latest(run_dir), checkpoint, device)  # a bad --run is told before the photos
     files = _photos_or_report(photos)
-    trained = load_trained(_run_or_latest(run_dir), checkpoint, device)
     result = predict_photos(trained, files, tta=tta)
     if out is not None:
         existed = out.exists()
@@ -408,8 +408,8 @@ def explain(photos: tuple[Path, ...], run_dir: Path | None, checkpoint: str, dev
     truths = worst_mistakes(run_dir, mistakes) if mistakes else None
     if truths and len(truths) < mistakes:
         click.echo(f"the last evaluation of {run_dir} made only {len(truths)} mistakes: explaining them all", err=True)
-    files = list(truths) if truths else _photos_or_report(photos)
     trained = load_trained(run_dir, checkpoint, device)
+    files = list(truths) if truths else _photos_or_report(photos)
     done, unreadable, used_layer = explain_photos(trained, files, out or run_dir / "explain", target, layer,
                                                   truths=truths)
     for item in done:

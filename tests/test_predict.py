@@ -130,6 +130,7 @@ def test_predict_command_writes_csv_and_says_when_it_replaces(tiny_run, tmp_path
     (["--out", "predictions.txt", "PHOTO"], 2, "give a file name ending in .csv"),
     (["--run", "empty-run", "PHOTO"], 1, "empty-run is not a run folder (no config.yaml or checkpoints)"),
     (["--checkpoint", "last", "--run", "started-run", "PHOTO"], 1, "started-run has no last.pt"),
+    (["--run", "empty-run", "FOLDER"], 1, "empty-run is not a run folder"),  # told before the folder's search
     (["--out", "nowhere/p.csv", "PHOTO"], 2, "--out nowhere/p.csv: folder nowhere does not exist"),
     (["LOOP"], 2, "loop.jpg is a broken or looping link"),
     (["BROKEN"], 1, "the photo could not be read"),
@@ -142,8 +143,11 @@ def test_predict_command_errors_are_one_line(tiny_run, tmp_path: Path, monkeypat
     (tmp_path / "started-run" / "config.yaml").write_text("optim: adam\n")
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
     (tmp_path / "loop.jpg").symlink_to("loop.jpg")
-    args = [{"PHOTO": str(data / "test" / "Cat" / "0.jpg"), "BROKEN": "broken.jpg", "LOOP": "loop.jpg"}.get(a, a)
-            for a in args]
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / ".DS_Store").write_bytes(b"finder")  # would be named in a `left out:` line
+    shutil.copy(data / "test" / "Cat" / "0.jpg", tmp_path / "folder" / "a.jpg")
+    args = [{"PHOTO": str(data / "test" / "Cat" / "0.jpg"), "BROKEN": "broken.jpg", "LOOP": "loop.jpg",
+             "FOLDER": "folder"}.get(a, a) for a in args]
     if "--run" not in args:
         args = ["--run", str(run_dir), *args]
     result = invoke("predict", "--device", "cpu", *args)
@@ -151,6 +155,8 @@ def test_predict_command_errors_are_one_line(tiny_run, tmp_path: Path, monkeypat
     assert "Traceback" not in result.output
     errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1 and message in errors[0], result.output
+    if code == 1 and "run folder" in message:
+        assert result.output.strip() == errors[0]  # nothing about the photos before it
 
 
 def test_folders_behind_links_are_searched_once_and_what_is_left_out_is_said(tiny_run, tmp_path: Path) -> None:
