@@ -11,7 +11,7 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -249,7 +249,7 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
                         f"resume with: {resume_command(run_dir, team)}")
                     break
                 row = progress_state.history[-1]
-                improved = row["val_acc"] > progress_state.best_val_acc
+                improved = _better(row, progress_state.history[:-1])
                 if improved:
                     progress_state.best_val_acc, progress_state.epochs_since_best = row["val_acc"], 0
                 else:
@@ -294,6 +294,18 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
             _after_abort(run_dir, team, log, "stopped at once" if isinstance(exc, KeyboardInterrupt) else "failed")
         raise
     return TrainResult(run_dir, progress_state.epoch, progress_state.best_val_acc, status)
+
+
+def _better(row: Mapping[str, Any], earlier: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether this epoch beats every earlier one: higher val accuracy, or the same and lower val loss.
+
+    Ties are common where one class dominates: a model answering the larger class scores the same
+    accuracy for many epochs while it learns, and the loss tells the later, better one apart.
+    """
+    def key(r: Mapping[str, Any]) -> tuple[float, float]:
+        return r["val_acc"], -r["val_loss"]
+
+    return all(key(row) > key(other) for other in earlier)
 
 
 def _cache_note(source: BatchSource) -> str:

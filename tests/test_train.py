@@ -166,11 +166,21 @@ def test_best_checkpoint_is_not_replaced_by_a_worse_model_after_resume(data: Pat
     train(None, resume=run, flags={"epochs": 3}, progress=False, log=quiet)
     best_after = load_checkpoint(run / "best.pt")
     history = load_checkpoint(run / "last.pt")["progress"]["history"]
-    if history[-1]["val_acc"] <= best_before["val_acc"]:
-        assert best_after["epoch"] == best_before["epoch"]
-    else:
-        assert best_after["epoch"] == 3
+    # The best epoch: highest val accuracy, then lowest val loss; the first of exact ties.
+    expected = min(history, key=lambda r: (-r["val_acc"], r["val_loss"], r["epoch"]))["epoch"]
+    assert best_after["epoch"] == expected and expected in (best_before["epoch"], 3)
     assert best_after["val_acc"] == max(r["val_acc"] for r in history)
+
+
+def test_of_epochs_with_the_same_val_accuracy_the_lower_loss_is_the_best() -> None:
+    from catsdogs.train import _better
+
+    first = {"val_acc": 0.84, "val_loss": 0.52}  # an unbalanced val split: the larger class is 84%
+    assert _better(first, [])
+    assert _better({"val_acc": 0.84, "val_loss": 0.41}, [first])  # the same answers, but learning
+    assert not _better({"val_acc": 0.84, "val_loss": 0.52}, [first])  # an exact tie keeps the earlier
+    assert not _better({"val_acc": 0.83, "val_loss": 0.10}, [first])  # accuracy first
+    assert _better({"val_acc": 0.85, "val_loss": 0.90}, [first, {"val_acc": 0.84, "val_loss": 0.41}])
 
 
 def test_early_stopping_triggers_after_patience(data: Path, tmp_path: Path) -> None:
