@@ -161,6 +161,8 @@ _TRAIN_OPTIONS = [
     click.option("--weight-decay", default=None, type=float,
                  help="Weight decay (never on biases or norms). [default: the optimizer's]"),
     click.option("--label-smoothing", default=None, type=float, help="Cross-entropy label smoothing. [default: 0]"),
+    click.option("--class-weights", default=None, type=click.Choice(["none", "balanced"]),
+                 help="balanced: weight each class's loss by how rare it is, for unbalanced photos. [default: none]"),
     click.option("--ema", default=None, type=float,
                  help="Keep and use an exponential moving average of the weights with this decay, e.g. 0.999 "
                       "(0: off)."),

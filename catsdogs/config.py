@@ -38,6 +38,9 @@ class TrainConfig:
     momentum: float | None = None  # None: the optimizer's own default (SGD variants only)
     weight_decay: float | None = None  # None: the optimizer's own default; never on biases or norms
     label_smoothing: float = 0.0  # cross-entropy label smoothing (0.1 is common)
+    # none, or balanced: each class's loss weighted by photos / (classes x its photos), so that
+    # a class with few photos counts as much as a large one.
+    class_weights: str = "none"
     ema: float | None = None  # decay of an exponential moving average of the weights (e.g. 0.999); 0: off
 
     # Schedule and stopping.
@@ -65,6 +68,7 @@ class TrainConfig:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "cache": ("auto", "off", "rebuild"),
+    "class_weights": ("none", "balanced"),
     "device": ("auto", "cpu", "cuda", "mps"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
 }

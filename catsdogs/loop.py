@@ -86,6 +86,19 @@ class Progress:
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
+def class_weights(source: BatchSource, scheme: str) -> torch.Tensor | None:
+    """Per-class loss weights for `scheme` (none, balanced) from the training photos' labels.
+
+    balanced: photos / (classes x the class's photos), as scikit-learn's class_weight="balanced";
+    a class without photos gets weight 0 (it has no loss to weigh).
+    """
+    if scheme == "none":
+        return None
+    counts = np.bincount(source.split.labels[source.valid], minlength=len(source.split.classes))
+    weights = np.where(counts > 0, len(source.valid) / (len(counts) * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
 class EpochLoop:
     """The per-epoch work: training steps with progress, then validation."""
 
@@ -101,7 +114,12 @@ class EpochLoop:
         self.precision, self.device = precision, device
         self.train_source, self.val_source = train_source, val_source
         self.order_gen, self.aug_gen = order_gen, aug_gen
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        # Summed, then divided by the whole batch's total weight: passes of a micro-batch add up to
+        # the batch's loss exactly, with class weights too.
+        self.class_weight = class_weights(train_source, cfg.class_weights)
+        self.loss_fn = nn.CrossEntropyLoss(
+            weight=None if self.class_weight is None else self.class_weight.to(device),
+            label_smoothing=cfg.label_smoothing, reduction="sum")
         self.steps_per_epoch = math.ceil(len(train_source) / cfg.batch_size)
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
         self.budget_seconds = cfg.time_budget * 60.0 if cfg.time_budget else None
@@ -191,6 +209,7 @@ class EpochLoop:
         """One optimizer step on the batch, in passes of `micro_batch` images whose gradients add up
         to the batch's (each pass's mean loss weighted by its share of the batch)."""
         images = self.train_source.preset(images.to(self.device, non_blocking=True), self.aug_gen)
+        weight = len(labels) if self.class_weight is None else float(self.class_weight[labels.cpu()].sum())
         labels = labels.to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
         size = self.micro_batch or len(labels)
@@ -202,10 +221,9 @@ class EpochLoop:
             with self.net.no_sync() if quiet else contextlib.nullcontext():
                 with self.precision.autocast(self.device):
                     logits = self.net(part)
-                    loss = self.loss_fn(logits.float(), part_labels)
-                share = len(part_labels) / len(labels)
-                self.scaler.scale(loss * share if len(passes) > 1 else loss).backward()
-            loss_sum += float(loss.detach()) * share
+                    loss = self.loss_fn(logits.float(), part_labels) / weight  # this pass's part of the batch's
+                self.scaler.scale(loss).backward()
+            loss_sum += float(loss.detach())
             correct += int((logits.argmax(1) == part_labels).sum())
         self.scaler.step(self.optimizer)
         self.scaler.update()

@@ -409,6 +409,27 @@ def test_a_batch_in_several_passes_gets_the_same_gradient(data: Path, tmp_path: 
     assert any("(lr 0.001, batch 8, in passes of 3), 1 epoch" in line for line in lines)
 
 
+def test_balanced_class_weights_weigh_the_rare_class_and_passes_still_add_up(data: Path, tmp_path: Path) -> None:
+    from catsdogs.data import BatchSource, read_split
+    from catsdogs.loop import class_weights
+    from catsdogs.transforms import eval_preset
+
+    for extra in sorted((data / "train" / "Dog").iterdir())[6:]:  # 20 cats, 6 dogs
+        extra.unlink()
+    source = BatchSource(read_split(data, "train"), eval_preset(SIZE), None)
+    assert class_weights(source, "none") is None
+    assert class_weights(source, "balanced").tolist() == pytest.approx([26 / (2 * 20), 26 / (2 * 6)])
+    runs = {}
+    for scheme, micro in (("none", None), ("balanced", None), ("balanced", 3)):
+        cfg = make_config(data, tmp_path / f"{scheme}-{micro}", class_weights=scheme, micro_batch=micro)
+        runs[scheme, micro] = load_checkpoint(train(cfg, progress=False, log=quiet).run_dir / "last.pt")
+    whole, parts = runs["balanced", None]["model"], runs["balanced", 3]["model"]
+    assert all(torch.allclose(whole[k], parts[k], atol=1e-5) for k in whole)
+    plain = runs["none", None]["model"]
+    assert not all(torch.allclose(whole[k], plain[k], atol=1e-3) for k in whole)  # the weights change the steps
+    assert runs["balanced", None]["config"]["class_weights"] == "balanced"
+
+
 @pytest.mark.parametrize("accelerator", ["cuda", "mps"])
 def test_the_accelerators_random_state_is_saved_and_restored(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                              accelerator: str) -> None:
