@@ -121,7 +121,9 @@ class EpochLoop:
             weight=None if self.class_weight is None else self.class_weight.to(device),
             label_smoothing=cfg.label_smoothing, reduction="sum")
         self.steps_per_epoch = math.ceil(len(train_source) / cfg.batch_size)
-        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        # The schedule scales the configured lr: never the groups' lr, which a resumed optimizer
+        # brings back as it was at the interruption (mid-schedule).
+        self.base_lrs = [cfg.lr for _ in optimizer.param_groups]
         self.budget_seconds = cfg.time_budget * 60.0 if cfg.time_budget else None
         self.partial_epoch: tuple[int, int] | None = None  # (steps done, steps planned) when the budget cut one
         self.micro_batch = cfg.micro_batch  # None: each batch in one pass

@@ -213,6 +213,8 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
                 if team.main:
                     _write_status(run_dir, done, progress_state, cfg, init_hash, hardware, train_source, val_source)
             return TrainResult(run_dir, progress_state.epoch, progress_state.best_val_acc, "nothing-to-do")
+        log(f"resuming {run_dir} in epoch {progress_state.epoch + 1}"
+            + (f" after step {progress_state.step}" if progress_state.step else ", from its start"))
         if team.main:
             write_text_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
     else:
@@ -261,9 +263,11 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
                     progress_state.stopped_early = True
                 if team.main:
                     write_text_atomic(run_dir / "history.csv", format_history(progress_state.history))
-                save_last(progress_state)
+                # best.pt before last.pt: a kill between the two then redoes this epoch on resume (and
+                # writes best.pt again), where the other order would leave best.pt an epoch behind for good.
                 if improved and team.main:
                     save_checkpoint(model_state(cfg, loop.kept_model, progress_state, identity), run_dir / "best.pt")
+                save_last(progress_state)
                 log(f"epoch {row['epoch']}/{cfg.epochs}  train loss {row['train_loss']:.4f} "
                     f"acc {row['train_acc']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  "
                     f"{row['seconds']:.1f}s"

@@ -116,10 +116,11 @@ def _interrupt_after(monkeypatch, steps: int) -> None:
     monkeypatch.setattr(loop_module.EpochLoop, "_step", step)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "auto"])
+@pytest.mark.parametrize(("precision", "scheduler"), [("fp32", "constant"), ("auto", "constant"),
+                                                     ("fp32", "onecycle")])  # the recipes' schedule
 def test_interrupted_mid_epoch_then_resumed_equals_straight_run(data: Path, tmp_path: Path, monkeypatch,
-                                                                 precision: str) -> None:
-    cfg = dict(epochs=4, precision=precision)
+                                                                 precision: str, scheduler: str) -> None:
+    cfg = dict(epochs=4, precision=precision, scheduler=scheduler)
     straight = train(make_config(data, tmp_path / "straight", **cfg), progress=False, log=quiet).run_dir
     steps_per_epoch = 5  # 40 training images, batch 8
     with monkeypatch.context() as patch:
@@ -130,8 +131,10 @@ def test_interrupted_mid_epoch_then_resumed_equals_straight_run(data: Path, tmp_
     assert any(f"catsdogs train --resume {broken.run_dir}" in m for m in messages)
     state = load_checkpoint(broken.run_dir / "last.pt")
     assert state["progress"]["epoch"] == 2 and state["progress"]["step"] == 2
-    resumed = train(None, resume=broken.run_dir, progress=False, log=quiet)
+    said: list[str] = []
+    resumed = train(None, resume=broken.run_dir, progress=False, log=said.append)
     assert resumed.status == "finished" and resumed.epochs_done == 4
+    assert said[0] == f"resuming {broken.run_dir} in epoch 3 after step 2"
     assert history_without_time(straight) == history_without_time(broken.run_dir)
     assert_same_weights(straight / "last.pt", broken.run_dir / "last.pt")
     assert_same_weights(straight / "best.pt", broken.run_dir / "best.pt")
@@ -155,6 +158,25 @@ def test_resume_refuses_conflicting_settings(data: Path, tmp_path: Path, flag: s
     run = train(make_config(data, tmp_path / "run", epochs=1), progress=False, log=quiet).run_dir
     with pytest.raises(UsageError, match=f"--{flag.replace('_', '-')} .*conflicts"):
         train(None, resume=run, flags={flag: value, "epochs": 2}, progress=False, log=quiet)
+
+
+def test_best_pt_is_written_before_the_last_pt_that_counts_its_epoch(data: Path, tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    """A kill between the two saves must not leave best.pt behind a last.pt that already knows the epoch."""
+    from catsdogs import train as train_module
+
+    original = train_module.LastSaver.__call__
+    seen: list[tuple[int, int]] = []
+
+    def save_last(self, progress):
+        if progress.step == 0 and progress.history:  # an epoch's end
+            best = min(progress.history, key=lambda r: (-r["val_acc"], r["val_loss"], r["epoch"]))["epoch"]
+            seen.append((load_checkpoint(self.run_dir / "best.pt")["epoch"], best))
+        return original(self, progress)
+
+    monkeypatch.setattr(train_module.LastSaver, "__call__", save_last)
+    train(make_config(data, tmp_path / "run", epochs=3), progress=False, log=quiet)
+    assert len(seen) == 3 and all(on_disk == best for on_disk, best in seen)
 
 
 def test_best_checkpoint_is_not_replaced_by_a_worse_model_after_resume(data: Path, tmp_path: Path) -> None:
