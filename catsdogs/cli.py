@@ -50,8 +50,18 @@ class CatsdogsGroup(click.Group):
                      "compare": " at once: run the same command again to continue the study (finished runs are "
                                 "kept, an interrupted one resumes from its last save)",
                      "split": ": nothing was written"}
-            click.echo(f"\ninterrupted{after.get(ctx.invoked_subcommand or '', '')}", err=True)
+            echo_safely(f"\ninterrupted{after.get(ctx.invoked_subcommand or '', '')}", err=True)
             sys.exit(130)
+
+
+def echo_safely(line: str, err: bool = False) -> None:
+    """click.echo for the log of long work. A closed pipe (`| tee` ended by the same Ctrl-C, or
+    `| head`) must not stop the work nor lose its save: the rest of that stream goes nowhere."""
+    try:
+        click.echo(line, err=err)
+    except BrokenPipeError:
+        stream = sys.stderr if err else sys.stdout
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -214,7 +224,7 @@ def train(config_file: Path | None, resume: Path | None, print_config: bool, **f
                                        "(the one the interrupted run printed)")
         if not (resume / "last.pt").is_file():
             raise click.ClickException(f"{resume} has no last.pt to resume from")
-        result = run_training(None, resume=resume, flags=flags)
+        result = run_training(None, resume=resume, flags=flags, log=echo_safely)
     else:
         cfg = build_config(config_file, flags)
         if config_file is not None and cfg.out is None:  # a recipe's runs are named after it: runs/cpu-fast
@@ -223,7 +233,7 @@ def train(config_file: Path | None, resume: Path | None, print_config: bool, **f
         if print_config:
             click.echo(resolved_yaml(cfg), nl=False)
             return
-        result = run_training(cfg)
+        result = run_training(cfg, log=echo_safely)
     if result.status == "interrupted":
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # saved already: a late Ctrl-C must not cut the exit short
         sys.exit(130)  # like a shell's Ctrl-C, so scripts can tell an unfinished run
@@ -258,7 +268,7 @@ def compare(config_file: Path | None, optims: str | None, seeds: int | None, bud
     chosen = {"seeds": seeds, "budget": budget, "target_acc": target_acc, "out": out}
     spec = StudySpec(build_config(config_file, flags), parse_optims(optims), tune_lr=tune_lr,
                      **{key: value for key, value in chosen.items() if value is not None})
-    result = run_study(spec, force=force, log=click.echo)
+    result = run_study(spec, force=force, log=echo_safely)
     if result.status == "interrupted":
         sys.exit(130)  # like a shell's Ctrl-C, so scripts can tell an unfinished study
     click.echo(f"report: {result.report}")

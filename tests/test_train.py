@@ -344,6 +344,24 @@ def test_ctrl_c_in_a_real_process_saves_and_prints_the_resume_command(data: Path
     assert json.loads((out / "status.json").read_text())["status"] == "interrupted"
 
 
+def test_ctrl_c_saves_even_when_the_log_pipe_is_gone(data: Path, tmp_path: Path) -> None:
+    """`catsdogs train | tee log`: the same Ctrl-C ends tee, and the log lines then meet a closed pipe."""
+    out = tmp_path / "run"
+    process = subprocess.Popen(_train_command(data, out, 50), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (out / "history.csv").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.3)  # into the next epoch
+    process.stdout.close()  # tee is gone
+    process.send_signal(signal.SIGINT)
+    stderr = process.communicate(timeout=120)[1].decode()
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "Broken pipe" not in stderr, stderr
+    assert json.loads((out / "status.json").read_text())["status"] == "interrupted"
+    state = load_checkpoint(out / "last.pt")
+    assert state["progress"]["step"] > 0 or state["progress"]["epoch"] >= 2  # the position in the epoch is kept
+
+
 def test_sigkill_at_any_moment_leaves_a_loadable_last_checkpoint(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     for delay in (0.05, 0.2, 0.45):
