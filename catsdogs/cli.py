@@ -27,6 +27,14 @@ class CatsdogsGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
+            return self._invoke(ctx)
+        except click.ClickException as exc:
+            if os.environ.get("RANK", "0") != "0":  # under torchrun process 0 says it, once
+                sys.exit(exc.exit_code)
+            raise
+
+    def _invoke(self, ctx: click.Context) -> Any:
+        try:
             return super().invoke(ctx)
         except UsageError as exc:
             raise OneLineUsageError(str(exc)) from None
@@ -38,6 +46,9 @@ class CatsdogsGroup(click.Group):
         except OSError as exc:  # a folder in the way, a full disk, no permission: not a bug to trace
             raise click.ClickException(describe_os_error(exc)) from None
         except RuntimeError as exc:  # torch.OutOfMemoryError is one; other RuntimeErrors are bugs to trace
+            if lost_a_peer(exc):
+                raise click.ClickException(f"another process of this torchrun run stopped ({first_line(exc)}); "
+                                           "its own message says why") from None
             if not is_out_of_memory(exc):
                 raise
             advice = ("train the same batches in passes with --micro-batch N, or use a smaller --batch-size or "
@@ -62,6 +73,15 @@ def echo_safely(line: str, err: bool = False) -> None:
     except BrokenPipeError:
         stream = sys.stderr if err else sys.stdout
         os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+
+
+def lost_a_peer(exc: BaseException) -> bool:
+    """Under torchrun: a collective failed because another process died (gloo, NCCL)."""
+    if os.environ.get("WORLD_SIZE", "1") in ("", "1"):
+        return False
+    text = f"{type(exc).__name__} {exc}"
+    return any(mark in text for mark in ("DistBackendError", "DistNetworkError", "gloo", "NCCL",
+                                         "Connection reset by peer", "Connection closed by peer"))
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

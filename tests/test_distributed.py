@@ -75,6 +75,24 @@ def test_other_commands_refuse_to_run_under_torchrun() -> None:
     result = CliRunner().invoke(main, ["evaluate"], env={"WORLD_SIZE": "2", "RANK": "0"})
     assert result.exit_code == 2
     assert "only `catsdogs train` runs under torchrun; run `catsdogs evaluate` as one process" in result.output
+    other = CliRunner().invoke(main, ["evaluate"], env={"WORLD_SIZE": "2", "RANK": "1"})
+    assert other.exit_code == 2 and other.output == ""  # said once, by process 0
+
+
+def test_a_process_that_died_is_one_line_from_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    import catsdogs.train
+
+    def lost(*args, **kwargs):
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:28297: "
+                           "Connection reset by peer")
+
+    monkeypatch.setattr(catsdogs.train, "train", lost)
+    result = CliRunner().invoke(main, ["train", "--optim", "adam"], env={"WORLD_SIZE": "2", "RANK": "0"})
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.startswith("Error: another process of this torchrun run stopped ([../third_party/gloo")
+    assert result.output.rstrip().endswith("its own message says why")
+    alone = CliRunner().invoke(main, ["train", "--optim", "adam"])  # not under torchrun: a bug, traced
+    assert isinstance(alone.exception, RuntimeError)
 
 
 # ---- real runs: two processes on the CPU ------------------------------------------------------
