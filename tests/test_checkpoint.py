@@ -160,3 +160,30 @@ def test_atomic_files_get_the_mode_the_umask_gives(tmp_path: Path) -> None:
         os.umask(old)
     for name in ("shared.txt", "m.pt"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name  # not mkstemp's private 0600
+
+
+def test_a_folder_that_refuses_the_write_is_named_by_the_file_meant(tmp_path: Path, monkeypatch) -> None:
+    import errno
+    import tempfile
+
+    from catsdogs import checkpoint
+
+    target = tmp_path / "history.csv"
+
+    def read_only(prefix, suffix, dir):
+        raise PermissionError(errno.EPERM, "Operation not permitted", f"{dir}/{prefix}k2buxi3g{suffix}")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tempfile, "mkstemp", read_only)
+        with pytest.raises(OSError) as info:
+            write_text_atomic(target, "epoch\n")
+    assert info.value.filename == str(target) and info.value.strerror == "Operation not permitted"
+
+    def refused(source, destination):  # made, but cannot take the name (immutable file there)
+        raise PermissionError(errno.EPERM, "Operation not permitted", source)
+
+    monkeypatch.setattr(checkpoint.os, "replace", refused)
+    with pytest.raises(OSError) as info:
+        write_text_atomic(target, "epoch\n")
+    assert info.value.filename == str(target)
+    assert [p.name for p in tmp_path.iterdir()] == []  # the temporary file is gone
