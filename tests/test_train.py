@@ -261,20 +261,28 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(data: Path, tmp_pa
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
 
 
-@pytest.mark.parametrize("at_step", [2, 5 + 2])
-def test_a_second_ctrl_c_says_what_is_left_and_leaves_no_empty_run(data: Path, tmp_path: Path, monkeypatch,
-                                                                   at_step: int) -> None:
+def _before_step(monkeypatch, number: int, act) -> None:
+    """Call `act()` just before training step `number` (1-based) of this process."""
     original = loop_module.EpochLoop._step
     calls = {"n": 0}
 
     def step(self, images, labels):
         calls["n"] += 1
-        if calls["n"] == at_step:
-            os.kill(os.getpid(), signal.SIGINT)
-            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C twice: out at once
+        if calls["n"] == number:
+            act()
         return original(self, images, labels)
 
     monkeypatch.setattr(loop_module.EpochLoop, "_step", step)
+
+
+@pytest.mark.parametrize("at_step", [2, 5 + 2])
+def test_a_second_ctrl_c_says_what_is_left_and_leaves_no_empty_run(data: Path, tmp_path: Path, monkeypatch,
+                                                                   at_step: int) -> None:
+    def ctrl_c_twice() -> None:  # out at once
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    _before_step(monkeypatch, at_step, ctrl_c_twice)
     messages: list[str] = []
     out = tmp_path / "runs" / "r"
     with pytest.raises(KeyboardInterrupt):
@@ -294,16 +302,10 @@ def test_running_out_of_memory_is_one_line_and_leaves_no_empty_run(data: Path, t
 
     from catsdogs.cli import main
 
-    original = loop_module.EpochLoop._step
-    calls = {"n": 0}
+    def out_of_memory() -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.77 GiB total)")
 
-    def step(self, images, labels):
-        calls["n"] += 1
-        if calls["n"] == at_step:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.77 GiB total)")
-        return original(self, images, labels)
-
-    monkeypatch.setattr(loop_module.EpochLoop, "_step", step)
+    _before_step(monkeypatch, at_step, out_of_memory)
     out = tmp_path / "runs" / "r"
     result = CliRunner().invoke(main, ["train", "--data", str(data), "--optim", "adam", "--image-size", str(SIZE),
                                        "--batch-size", "8", "--epochs", "3", "--device", "cpu", "--out", str(out)])
