@@ -22,6 +22,7 @@ from catsdogs.distributed import SOLO, Team, agree_max, from_main, shard_batches
 from catsdogs.ema import ModelEMA
 from catsdogs.errors import CatsdogsError
 from catsdogs.hardware import Precision
+from catsdogs.metrics import balanced_accuracy
 from catsdogs.progress import progress_bar
 from catsdogs.schedules import lr_factor
 
@@ -187,7 +188,7 @@ class EpochLoop:
                 bar.close()
                 return False
         bar.close()
-        val_loss, val_acc = self.validate()
+        val_loss, val_acc, val_balanced_acc = self.validate()
         loss_sum, correct, seen, elapsed = self._team_sums(loss_sum, correct, seen,
                                                            seconds + time.perf_counter() - started)
         progress.epoch += 1
@@ -196,7 +197,8 @@ class EpochLoop:
         progress.sums = (0.0, 0, 0, 0.0)
         progress.history.append({
             "epoch": progress.epoch, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-            "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": round(elapsed, 3)})
+            "val_loss": val_loss, "val_acc": val_acc, "val_balanced_acc": val_balanced_acc, "lr": lr,
+            "seconds": round(elapsed, 3)})
         return True
 
     def _agreed_total(self, progress: Progress, spent: float) -> int:
@@ -239,10 +241,13 @@ class EpochLoop:
         return self.ema.module if self.ema is not None else self.model
 
     @torch.no_grad()
-    def validate(self) -> tuple[float, float]:
-        """Validation loss and accuracy; with several processes, process 0 measures and tells the rest."""
-        result = evaluate_source(self.kept_model, self.val_source, self.precision, self.device)[:2] \
-            if self.team.main else None
+    def validate(self) -> tuple[float, float, float]:
+        """Validation loss, accuracy and balanced accuracy; with several processes, process 0 measures
+        and tells the rest."""
+        result = None
+        if self.team.main:
+            loss, acc, probs, labels = evaluate_source(self.kept_model, self.val_source, self.precision, self.device)
+            result = loss, acc, balanced_accuracy(probs.argmax(1), labels, len(self.val_source.split.classes))
         return from_main(result, self.team)
 
 

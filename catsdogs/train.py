@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import hashlib
 import json
 import random
@@ -35,7 +36,7 @@ from catsdogs.schedules import SCHEDULERS
 from catsdogs.staging import ctrl_c_deferred
 from catsdogs.transforms import AUGMENTS, eval_preset, train_preset
 
-HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc", "lr", "seconds")
 MAX_UNREADABLE_FRACTION = 0.01
 # Seconds in which a second Ctrl-C under torchrun is taken as torchrun passing on the first.
 TORCHRUN_SIGNAL_ECHO = 5.0
@@ -83,7 +84,7 @@ def _weights_hash(model: nn.Module) -> str:
 def format_history(rows: list[dict[str, Any]]) -> str:
     lines = [",".join(HISTORY_COLUMNS)]
     for row in rows:
-        lines.append(",".join(_fmt(row[c]) for c in HISTORY_COLUMNS))
+        lines.append(",".join(_fmt(row.get(c, math.nan)) for c in HISTORY_COLUMNS))  # nan: a run of an older catsdogs
     return "\n".join(lines) + "\n"
 
 
@@ -251,7 +252,7 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
                         f"resume with: {resume_command(run_dir, team)}")
                     break
                 row = progress_state.history[-1]
-                improved = _better(row, progress_state.history[:-1])
+                improved = _better(row, progress_state.history[:-1], _selected_by(cfg))
                 if improved:
                     progress_state.best_val_acc, progress_state.epochs_since_best = row["val_acc"], 0
                 else:
@@ -268,9 +269,11 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
                 if improved and team.main:
                     save_checkpoint(model_state(cfg, loop.kept_model, progress_state, identity), run_dir / "best.pt")
                 save_last(progress_state)
+                balanced = (f" balanced {row['val_balanced_acc']:.4f}" if _selected_by(cfg) == "val_balanced_acc"
+                            else "")
                 log(f"epoch {row['epoch']}/{cfg.epochs}  train loss {row['train_loss']:.4f} "
-                    f"acc {row['train_acc']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  "
-                    f"{row['seconds']:.1f}s"
+                    f"acc {row['train_acc']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
+                    f"{balanced}  {row['seconds']:.1f}s"
                     + ("  (best)" if improved else ""))
                 _check_unreadable(train_source.failed + val_source.failed, len(train_split) + len(val_split),
                                   cfg.data)
@@ -282,17 +285,20 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
                     break
                 if progress_state.stopped_early:
                     status = "early-stopped"
-                    log(f"early stop: val accuracy has not improved for {cfg.patience} "
+                    log(f"early stop: {_selected_name(cfg)} has not improved for {cfg.patience} "
                         f"epoch{'s' if cfg.patience != 1 else ''} "
-                        f"(best {progress_state.best_val_acc:.4f})")
+                        f"(best {_best_row(progress_state.history, cfg)[_selected_by(cfg)]:.4f})")
                     break
             # Still inside the signal handling: under torchrun a Ctrl-C reaches each process twice, and
             # the second copy may come only now; it must not cut the status file short.
             if team.main:
                 _write_status(run_dir, status, progress_state, cfg, init_hash, hardware, train_source, val_source)
             if status != "interrupted":
-                log(f"best val accuracy {progress_state.best_val_acc:.4f}{_baseline_note(val_split)}; "
-                    f"next: catsdogs evaluate {shlex.quote(str(run_dir))}")
+                best = _best_row(progress_state.history, cfg)
+                score = (f"best val balanced accuracy {best['val_balanced_acc']:.4f} (accuracy {best['val_acc']:.4f})"
+                         if _selected_by(cfg) == "val_balanced_acc" else
+                         f"best val accuracy {best['val_acc']:.4f}{_baseline_note(val_split)}")
+                log(f"{score}; next: catsdogs evaluate {shlex.quote(str(run_dir))}")
     except BaseException as exc:  # a second Ctrl-C, or a failure (out of memory): say what is left
         if team.main:
             _after_abort(run_dir, team, log, "stopped at once" if isinstance(exc, KeyboardInterrupt) else "failed")
@@ -300,14 +306,33 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
     return TrainResult(run_dir, progress_state.epoch, progress_state.best_val_acc, status)
 
 
-def _better(row: Mapping[str, Any], earlier: Sequence[Mapping[str, Any]]) -> bool:
-    """Whether this epoch beats every earlier one: higher val accuracy, or the same and lower val loss.
+def _selected_by(cfg: TrainConfig) -> str:
+    """The history column best.pt is chosen by: balanced accuracy when rare classes are to count as
+    much as common ones (--class-weights balanced), accuracy otherwise."""
+    return "val_balanced_acc" if cfg.class_weights == "balanced" else "val_acc"
+
+
+def _selected_name(cfg: TrainConfig) -> str:
+    return "val balanced accuracy" if _selected_by(cfg) == "val_balanced_acc" else "val accuracy"
+
+
+def _best_row(history: Sequence[Mapping[str, Any]], cfg: TrainConfig) -> Mapping[str, Any]:
+    """The epoch best.pt holds: each epoch that beat all before it took the place."""
+    best = history[0]
+    for index, row in enumerate(history):
+        if _better(row, history[:index], _selected_by(cfg)):
+            best = row
+    return best
+
+
+def _better(row: Mapping[str, Any], earlier: Sequence[Mapping[str, Any]], column: str = "val_acc") -> bool:
+    """Whether this epoch beats every earlier one: a higher `column`, or the same and a lower val loss.
 
     Ties are common where one class dominates: a model answering the larger class scores the same
     accuracy for many epochs while it learns, and the loss tells the later, better one apart.
     """
     def key(r: Mapping[str, Any]) -> tuple[float, float]:
-        return r["val_acc"], -r["val_loss"]
+        return r.get(column, r["val_acc"]), -r["val_loss"]
 
     return all(key(row) > key(other) for other in earlier)
 
@@ -386,7 +411,7 @@ def _write_status(run_dir: Path, status: str, progress: Progress, cfg: TrainConf
             "best_val_acc": progress.best_val_acc if progress.history else None, "init_hash": init_hash,
             "hardware": hardware, "unreadable_images": skipped}
     if status == "early-stopped":
-        info["reason"] = f"val accuracy did not improve for {cfg.patience} epochs"
+        info["reason"] = f"{_selected_name(cfg)} did not improve for {cfg.patience} epochs"
     write_text_atomic(run_dir / "status.json", json.dumps(info, indent=2) + "\n")
 
 

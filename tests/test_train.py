@@ -205,6 +205,16 @@ def test_of_epochs_with_the_same_val_accuracy_the_lower_loss_is_the_best() -> No
     assert _better({"val_acc": 0.85, "val_loss": 0.90}, [first, {"val_acc": 0.84, "val_loss": 0.41}])
 
 
+def test_with_balanced_class_weights_the_best_epoch_is_the_best_balanced_accuracy() -> None:
+    from catsdogs.train import _best_row
+
+    history = [{"epoch": 1, "val_acc": 0.857, "val_balanced_acc": 0.500, "val_loss": 0.50},  # all the larger class
+               {"epoch": 2, "val_acc": 0.700, "val_balanced_acc": 0.725, "val_loss": 0.70},
+               {"epoch": 3, "val_acc": 0.690, "val_balanced_acc": 0.725, "val_loss": 0.65}]
+    assert _best_row(history, TrainConfig(class_weights="balanced"))["epoch"] == 3  # tie: lower loss
+    assert _best_row(history, TrainConfig())["epoch"] == 1
+
+
 def test_early_stopping_triggers_after_patience(data: Path, tmp_path: Path) -> None:
     # With lr 1e-12 the model barely changes, so validation accuracy never improves after epoch 1.
     messages: list[str] = []
@@ -465,6 +475,15 @@ def test_balanced_class_weights_weigh_the_rare_class_and_passes_still_add_up(dat
     for scheme, micro in (("none", None), ("balanced", None), ("balanced", 3)):
         cfg = make_config(data, tmp_path / f"{scheme}-{micro}", class_weights=scheme, micro_batch=micro)
         runs[scheme, micro] = load_checkpoint(train(cfg, progress=False, log=quiet).run_dir / "last.pt")
+    # history.csv's val balanced accuracy is evaluate's, for the epoch best.pt holds
+    from catsdogs.evaluate import evaluate_run
+
+    run = tmp_path / "balanced-None"
+    best = load_checkpoint(run / "best.pt")["epoch"]
+    with (run / "history.csv").open() as handle:
+        row = next(r for r in csv.DictReader(handle) if int(r["epoch"]) == best)
+    measured = evaluate_run(run, split="val", progress=False).metrics["balanced_accuracy"]
+    assert float(row["val_balanced_acc"]) == pytest.approx(measured, abs=1e-6)
     whole, parts = runs["balanced", None]["model"], runs["balanced", 3]["model"]
     assert all(torch.allclose(whole[k], parts[k], atol=1e-5) for k in whole)
     plain = runs["none", None]["model"]
