@@ -211,7 +211,7 @@ class EpochLoop:
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
         """One optimizer step on the batch, in passes of `micro_batch` images whose gradients add up
-        to the batch's (each pass's mean loss weighted by its share of the batch)."""
+        to the batch's (each pass's summed loss divided by the whole batch's total weight)."""
         images = self.train_source.preset(images.to(self.device, non_blocking=True), self.aug_gen)
         weight = len(labels) if self.class_weight is None else float(self.class_weight[labels.cpu()].sum())
         labels = labels.to(self.device, non_blocking=True)

@@ -187,8 +187,8 @@ def load_pretrained(model: nn.Module, name: str, source: str) -> tuple[int, list
     def shape(tensor: torch.Tensor) -> str:
         return "x".join(str(n) for n in tensor.shape)
 
-    missed = [f"{key} (file {shape(state[key])}, model {shape(own[key])})" if key in state else f"{key} (not in the file)"
-              for key in own if key not in fitting and not key.startswith(f"{head}.")]
+    missed = [f"{key} (file {shape(state[key])}, model {shape(own[key])})" if key in state
+              else f"{key} (not in the file)" for key in own if key not in fitting and not key.startswith(f"{head}.")]
     return len(fitting), missed
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import hashlib
 import json
+import math
 import random
 import shlex
 import sys
@@ -84,7 +84,8 @@ def _weights_hash(model: nn.Module) -> str:
 def format_history(rows: list[dict[str, Any]]) -> str:
     lines = [",".join(HISTORY_COLUMNS)]
     for row in rows:
-        lines.append(",".join(_fmt(row.get(c, math.nan)) for c in HISTORY_COLUMNS))  # nan: a run of an older catsdogs
+        # nan: a column that rows saved by an older catsdogs lack
+        lines.append(",".join(_fmt(row.get(c, math.nan)) for c in HISTORY_COLUMNS))
     return "\n".join(lines) + "\n"
 
 
