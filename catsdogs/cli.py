@@ -47,8 +47,9 @@ class CatsdogsGroup(click.Group):
             raise click.ClickException(describe_os_error(exc)) from None
         except RuntimeError as exc:  # torch.OutOfMemoryError is one; other RuntimeErrors are bugs to trace
             if lost_a_peer(exc):
-                raise click.ClickException(f"another process of this torchrun run stopped ({first_line(exc)}); "
-                                           "its own message says why") from None
+                raise click.ClickException("another process of this torchrun run stopped (killed, or failed: see its "
+                                           f"message above, if any, and torchrun's report): {first_line(exc, 120)}"
+                                           ) from None
             if not is_out_of_memory(exc):
                 raise
             advice = ("train the same batches in passes with --micro-batch N, or use a smaller --batch-size or "

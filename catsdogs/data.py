@@ -192,18 +192,19 @@ def load_cache(split: ImageSplit, image_size: int, mode: str = "auto", jobs: int
             pass  # a damaged cache is rebuilt below
     try:
         cache_dir.mkdir(exist_ok=True)
-        _remove_stale(cache_dir, f"{split.root.name}-{image_size}px-", keep=stem)
+        _remove_stale(cache_dir, f"{split.root.name}-{image_size}px-", keep=stem, split_name=split.root.name)
         return _build_cache(split, image_size, array_path, meta_path, jobs or default_jobs(), progress)
     except PermissionError:
         print(f"note: cannot write a cache in {cache_dir}; reading the images every epoch", file=sys.stderr)
         return None
 
 
-def _remove_stale(cache_dir: Path, prefix: str, keep: str) -> None:
+def _remove_stale(cache_dir: Path, prefix: str, keep: str, split_name: str) -> None:
+    """Remove this size's other caches (another file list), and any size's file of a killed build."""
     for old in cache_dir.glob(f"{prefix}*"):
         if not old.name.startswith(keep):
             old.unlink(missing_ok=True)
-    for partial in cache_dir.glob(f".{prefix}*.tmp"):  # .NAME.npy.PID.tmp of a build that was killed
+    for partial in cache_dir.glob(f".{split_name}-*px-*.tmp"):  # .NAME.npy.PID.tmp of a build that was killed
         if not _running(partial.name.split(".")[-2]):
             partial.unlink(missing_ok=True)
 

@@ -12,4 +12,8 @@ class UsageError(CatsdogsError):
 def first_line(error: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message (its type's name when empty), for a one-line report."""
     text = str(error).strip().splitlines()
-    return (text[0] if text else type(error).__name__)[:limit]
+    line = text[0] if text else type(error).__name__
+    if len(line) <= limit:
+        return line
+    cut = line[:limit - 4]
+    return (cut.rsplit(" ", 1)[0] if " " in cut else cut) + " ..."  # whole words, and say it goes on

@@ -152,8 +152,10 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
     model = build_model(cfg.model, len(train_split.classes), cfg.image_size)
     if cfg.pretrained and state is None:
         loaded, missed = load_pretrained(model, cfg.model, cfg.pretrained)
-        log(f"loaded {loaded} pretrained tensors into {cfg.model} (its {len(train_split.classes)}-class head starts "
-            "fresh)" + (f"; left at random, as the file's do not fit: {', '.join(missed)}" if missed else ""))
+        fresh_head = loaded + len(missed) < len(model.state_dict())  # the rest is the head, when it did not fit
+        log(f"loaded {loaded} pretrained tensors into {cfg.model}"
+            + (f" (its {len(train_split.classes)}-class head starts fresh)" if fresh_head else "")
+            + (f"; left at random, as the file's do not fit: {', '.join(missed)}" if missed else ""))
     init_hash = _weights_hash(model)
     jobs = default_jobs()
     images = {}
@@ -197,8 +199,11 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
         if not team.main:  # process 0 carries the interrupted epoch's sums for the whole team
             progress_state.sums = (0.0, 0, 0, progress_state.sums[3])
         init_hash = state.get("init_hash", init_hash)
-        spent = sum(row["seconds"] for row in progress_state.history)  # a raised --time-budget may go on
-        progress_state.budget_spent = bool(cfg.time_budget) and spent >= cfg.time_budget * 60
+        # A budget once spent has ended its schedule: a changed --time-budget would restart it (the lr
+        # jumping back up), which no straight run does. A budget not yet spent may be raised or removed.
+        spent = sum(row["seconds"] for row in progress_state.history)
+        budget_before = state["config"].get("time_budget")
+        progress_state.budget_spent = any(bool(b) and spent >= b * 60 for b in (budget_before, cfg.time_budget))
         if progress_state.epoch >= cfg.epochs or progress_state.stopped_early or progress_state.budget_spent:
             if progress_state.stopped_early:
                 why = ("stopped early: nothing to do (to train longer, start a new run with a larger --patience, "
@@ -297,8 +302,8 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
             if status != "interrupted":
                 best = _best_row(progress_state.history, cfg)
                 score = (f"best val balanced accuracy {best['val_balanced_acc']:.4f} (accuracy {best['val_acc']:.4f})"
-                         if _selected_by(cfg) == "val_balanced_acc" else
-                         f"best val accuracy {best['val_acc']:.4f}{_baseline_note(val_split)}")
+                         if _selected_by(cfg) == "val_balanced_acc" else f"best val accuracy {best['val_acc']:.4f}")
+                score += _baseline_note(val_split)
                 log(f"{score}; next: catsdogs evaluate {shlex.quote(str(run_dir))}")
     except BaseException as exc:  # a second Ctrl-C, or a failure (out of memory): say what is left
         if team.main:

@@ -187,3 +187,11 @@ def test_a_folder_that_refuses_the_write_is_named_by_the_file_meant(tmp_path: Pa
         write_text_atomic(target, "epoch\n")
     assert info.value.filename == str(target)
     assert [p.name for p in tmp_path.iterdir()] == []  # the temporary file is gone
+
+
+def test_first_line_cuts_a_long_message_at_a_word_and_says_so() -> None:
+    from catsdogs.errors import first_line
+
+    assert first_line(RuntimeError("short\nsecond line")) == "short"
+    assert first_line(RuntimeError("word " * 60), 50) == "word word word word word word word word word ..."
+    assert first_line(RuntimeError("")) == "RuntimeError"

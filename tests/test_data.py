@@ -203,9 +203,10 @@ def test_the_partial_cache_of_a_killed_build_is_removed(data: Path) -> None:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
     killed = cache / f".train-32px-0123456789abcdef.npy.{dead}.tmp"
+    abandoned = cache / f".train-512px-0123456789abcdef.npy.{dead}.tmp"  # killed at a size never built again
     building = cache / f".train-32px-fedcba9876543210.npy.{os.getpid()}.tmp"  # a build still running
-    for partial in (killed, building):
+    for partial in (killed, abandoned, building):
         partial.write_bytes(b"partial")
     (data / "train" / "Cat" / "extra.jpg").write_bytes((data / "train" / "Cat").glob("*.jpg").__next__().read_bytes())
     load_cache(read_split(data, "train"), 32, progress=False)  # another file list: a new cache is built
-    assert not killed.exists() and building.exists()
+    assert not killed.exists() and not abandoned.exists() and building.exists()

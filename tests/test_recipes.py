@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from catsdogs.checkpoint import load_checkpoint
@@ -163,6 +164,10 @@ def test_time_budget_stops_within_the_budget(data: Path, tmp_path: Path) -> None
     assert train(None, resume=result.run_dir, flags={"epochs": 2000}, progress=False,
                  log=again.append).status == "nothing-to-do"
     assert again[-1].endswith("start a new run with a larger --time-budget)")
+    for budget in (5.0, 0.0):  # a changed budget would restart the ended schedule
+        assert train(None, resume=result.run_dir, flags={"time_budget": budget}, progress=False,
+                     log=quiet).status == "nothing-to-do"
+    assert yaml.safe_load((result.run_dir / "config.yaml").read_text())["time_budget"] == budget_minutes
 
 
 def test_ema_0_from_a_flag_trains_without_an_average(data: Path, tmp_path: Path) -> None:
@@ -207,6 +212,22 @@ def test_pretrained_weights_load_from_a_file_and_never_download(tmp_path: Path, 
         load_pretrained(target, "resnet18", "cache")
     with pytest.raises(UsageError, match="cnn3 has no pretrained weights"):
         load_pretrained(build_model("cnn3", 2, 96), "cnn3", "cache")
+
+
+@pytest.mark.parametrize("classes", [1000, 2])
+def test_the_pretrained_line_says_whether_the_head_starts_fresh(data: Path, tmp_path: Path, classes: int) -> None:
+    weights = tmp_path / "weights.pth"
+    torch.save(build_model("mobilenet_v3_small", classes, 64).state_dict(), weights)
+    lines: list[str] = []
+    cfg = build_config(None, dict(data=str(data), out=str(tmp_path / "run"), optim="adam", model="mobilenet_v3_small",
+                                  pretrained=str(weights), image_size=64, epochs=1, batch_size=8, device="cpu"))
+    train(cfg, progress=False, log=lines.append)
+    (line,) = [line for line in lines if line.startswith("loaded ")]
+    total = len(build_model("mobilenet_v3_small", 2, 64).state_dict())
+    if classes == 1000:  # torchvision's ImageNet head does not fit two classes
+        assert line == f"loaded {total - 2} pretrained tensors into mobilenet_v3_small (its 2-class head starts fresh)"
+    else:  # a two-class model's weights: all of them, head included
+        assert line == f"loaded {total} pretrained tensors into mobilenet_v3_small"
 
 
 def test_missing_pretrained_weights_are_told_before_the_cache_is_built(data: Path, tmp_path: Path,
