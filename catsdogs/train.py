@@ -303,7 +303,7 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
                 best = _best_row(progress_state.history, cfg)
                 score = (f"best val balanced accuracy {best['val_balanced_acc']:.4f} (accuracy {best['val_acc']:.4f})"
                          if _selected_by(cfg) == "val_balanced_acc" else f"best val accuracy {best['val_acc']:.4f}")
-                score += _baseline_note(val_split)
+                score += _baseline_note(val_split, balanced_shown=_selected_by(cfg) == "val_balanced_acc")
                 log(f"{score}; next: catsdogs evaluate {shlex.quote(str(run_dir))}")
     except BaseException as exc:  # a second Ctrl-C, or a failure (out of memory): say what is left
         if team.main:
@@ -401,13 +401,14 @@ def _after_abort(run_dir: Path, team: Team, log: Log, what: str) -> None:
         log(f"{what.split()[0]} before anything was saved: nothing to resume in {run_dir}")
 
 
-def _baseline_note(split: ImageSplit) -> str:
+def _baseline_note(split: ImageSplit, balanced_shown: bool = False) -> str:
     """For unbalanced classes, what always answering the largest one scores: accuracy alone flatters."""
     counts = np.bincount(split.labels, minlength=len(split.classes))
     if not len(split) or counts.max() / len(split) < 1 / len(split.classes) + 0.1:
         return ""
     return (f" (unbalanced classes: always answering {split.classes[int(counts.argmax())]} scores "
-            f"{counts.max() / len(split):.4f}; see balanced accuracy in `catsdogs evaluate`)")
+            f"{counts.max() / len(split):.4f}" + ("" if balanced_shown else
+                                                  "; see balanced accuracy in `catsdogs evaluate`") + ")")
 
 
 def _write_status(run_dir: Path, status: str, progress: Progress, cfg: TrainConfig, init_hash: str,
