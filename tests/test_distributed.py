@@ -126,7 +126,10 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 
 def assert_same_run(a: Path, b: Path) -> None:
     first, second = weights(a / "last.pt"), weights(b / "last.pt")
-    assert all(torch.equal(first[k], second[k]) for k in first)
+    differing = {k: float((first[k].float() - second[k].float()).abs().max()) for k in first
+                 if not torch.equal(first[k], second[k])}
+    # On failure, say how: which tensors by how much, and both histories (a rare failure must be diagnosable).
+    assert not differing, f"{differing}\n{history_without_time(a)}\n{history_without_time(b)}"
     assert history_without_time(a) == history_without_time(b)
 
 
