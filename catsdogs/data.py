@@ -22,6 +22,7 @@ from catsdogs.errors import CatsdogsError
 from catsdogs.images import (HIDDEN_FILE, HIDDEN_FOLDER, NOT_IN_CLASS_FOLDER, describe_left_out, find_photos,
                              is_hidden, load_resized, no_photos_message)
 from catsdogs.progress import progress_bar
+from catsdogs.staging import left_by_dead_run
 from catsdogs.transforms import Preset
 
 CACHE_DIR = ".cache"
@@ -192,32 +193,23 @@ def load_cache(split: ImageSplit, image_size: int, mode: str = "auto", jobs: int
             pass  # a damaged cache is rebuilt below
     try:
         cache_dir.mkdir(exist_ok=True)
-        _remove_stale(cache_dir, f"{split.root.name}-{image_size}px-", keep=stem, split_name=split.root.name)
+        _remove_stale(cache_dir, split.root.name, image_size, keep=stem)
         return _build_cache(split, image_size, array_path, meta_path, jobs or default_jobs(), progress)
     except PermissionError:
         print(f"note: cannot write a cache in {cache_dir}; reading the images every epoch", file=sys.stderr)
         return None
 
 
-def _remove_stale(cache_dir: Path, prefix: str, keep: str, split_name: str) -> None:
+def _remove_stale(cache_dir: Path, split_name: str, image_size: int, keep: str) -> None:
     """Remove this size's other caches (another file list), and any size's file of a killed build."""
-    for old in cache_dir.glob(f"{prefix}*"):
+    for old in cache_dir.glob(f"{split_name}-{image_size}px-*"):
         if not old.name.startswith(keep):
             old.unlink(missing_ok=True)
     for partial in cache_dir.glob(f".{split_name}-*px-*.tmp"):  # .NAME.npy.PID.tmp of a build that was killed
-        if not _running(partial.name.split(".")[-2]):
+        pid = partial.name.split(".")[-2]
+        # A file of this process is no killed build's.
+        if pid.isdigit() and int(pid) != os.getpid() and left_by_dead_run(partial, int(pid)):
             partial.unlink(missing_ok=True)
-
-
-def _running(pid: str) -> bool:
-    """Whether process `pid` still runs (and may still be writing its file)."""
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
 
 
 def _build_cache(split: ImageSplit, size: int, array_path: Path, meta_path: Path, jobs: int,

@@ -21,7 +21,6 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-
 from catsdogs.errors import CatsdogsError
 from catsdogs.progress import progress_bar
 

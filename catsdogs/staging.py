@@ -53,8 +53,9 @@ def _work_folders(out: Path, kind: str) -> list[tuple[Path, int]]:
     return sorted(found)
 
 
-def _left_by_dead_run(path: Path, pid: int) -> bool:
-    """True when the run that made `path` has ended, so the folder is a leftover."""
+def left_by_dead_run(path: Path, pid: int) -> bool:
+    """True when the run that made `path` (a folder or file named with its process id) has ended,
+    so `path` is a leftover."""
     if pid == os.getpid():
         return True  # this run has made none yet: an earlier process had the same id
     if os.name != "posix":
@@ -72,10 +73,10 @@ def _left_by_dead_run(path: Path, pid: int) -> bool:
 def recover_work_folders(out: Path) -> None:
     """Clean up after killed runs: delete their staging folders and put back an `out` they moved."""
     for path, pid in _work_folders(out, "staging"):
-        if _left_by_dead_run(path, pid):
+        if left_by_dead_run(path, pid):
             shutil.rmtree(path, ignore_errors=True)
     for path, pid in _work_folders(out, "old"):
-        if _left_by_dead_run(path, pid):
+        if left_by_dead_run(path, pid):
             # Killed between moving the old split aside and moving the new one in.
             if out.exists():
                 shutil.rmtree(path, ignore_errors=True)
@@ -152,13 +153,10 @@ def _replaced_photos(out: Path, source: Path, rows: list[dict]) -> list[str]:
                     continue
             except OSError:
                 pass  # the source photo is gone: only the hash can tell
-            digest = hashlib.sha256()
-            with path.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
         except OSError:
             continue  # missing or unreadable: nothing to lose by replacing it
-        if row.get("sha256") and digest.hexdigest() != row["sha256"]:
+        if row.get("sha256") and digest != row["sha256"]:
             replaced.append(row["file"])
     return replaced
 

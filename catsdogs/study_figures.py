@@ -11,7 +11,6 @@ from catsdogs.plots import read_history, set_epoch_ticks
 from catsdogs.report import RUNS_DIR, _mean_sd, _pct, run_name
 
 
-
 def plot_study_curves(study_dir: Path, summary: dict[str, Any], out: Path) -> Path:
     """Loss and accuracy against epoch: mean across seeds with a min-max band, one colour per optimizer."""
     import numpy as np

@@ -42,7 +42,6 @@ MAX_UNREADABLE_FRACTION = 0.01
 TORCHRUN_SIGNAL_ECHO = 5.0
 
 
-
 def resolve_config(cfg: TrainConfig) -> TrainConfig:
     """Fill the optimizer's own defaults (batch size, lr, ...) and check names and sizes."""
     load_optimizer_plugins()
@@ -247,6 +246,8 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
     identity = {"classes": list(train_split.classes), "init_hash": init_hash, "data_fingerprint": fingerprint}
     save_last = LastSaver(run_dir, cfg, loop, identity, team)
     status = "finished"
+    column = _selected_by(cfg)  # what makes an epoch the best
+    by_balanced = column == "val_balanced_acc"
     try:
         with stop_on_signals(log, repeat_window=TORCHRUN_SIGNAL_ECHO if team.enabled else 0.0) as stop:
             while progress_state.epoch < cfg.epochs:
@@ -258,7 +259,7 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
                         f"resume with: {resume_command(run_dir, team)}")
                     break
                 row = progress_state.history[-1]
-                improved = _better(row, progress_state.history[:-1], _selected_by(cfg))
+                improved = _better(row, progress_state.history[:-1], column)
                 if improved:
                     progress_state.best_val_acc, progress_state.epochs_since_best = row["val_acc"], 0
                 else:
@@ -275,8 +276,7 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
                 if improved and team.main:
                     save_checkpoint(model_state(cfg, loop.kept_model, progress_state, identity), run_dir / "best.pt")
                 save_last(progress_state)
-                balanced = (f" balanced {row['val_balanced_acc']:.4f}" if _selected_by(cfg) == "val_balanced_acc"
-                            else "")
+                balanced = f" balanced {row['val_balanced_acc']:.4f}" if by_balanced else ""
                 log(f"epoch {row['epoch']}/{cfg.epochs}  train loss {row['train_loss']:.4f} "
                     f"acc {row['train_acc']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
                     f"{balanced}  {row['seconds']:.1f}s"
@@ -293,7 +293,7 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
                     status = "early-stopped"
                     log(f"early stop: {_selected_name(cfg)} has not improved for {cfg.patience} "
                         f"epoch{'s' if cfg.patience != 1 else ''} "
-                        f"(best {_best_row(progress_state.history, cfg)[_selected_by(cfg)]:.4f})")
+                        f"(best {_best_row(progress_state.history, cfg)[column]:.4f})")
                     break
             # Still inside the signal handling: under torchrun a Ctrl-C reaches each process twice, and
             # the second copy may come only now; it must not cut the status file short.
@@ -302,8 +302,8 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
             if status != "interrupted":
                 best = _best_row(progress_state.history, cfg)
                 score = (f"best val balanced accuracy {best['val_balanced_acc']:.4f} (accuracy {best['val_acc']:.4f})"
-                         if _selected_by(cfg) == "val_balanced_acc" else f"best val accuracy {best['val_acc']:.4f}")
-                score += _baseline_note(val_split, balanced_shown=_selected_by(cfg) == "val_balanced_acc")
+                         if by_balanced else f"best val accuracy {best['val_acc']:.4f}")
+                score += _baseline_note(val_split, balanced_shown=by_balanced)
                 log(f"{score}; next: catsdogs evaluate {shlex.quote(str(run_dir))}")
     except BaseException as exc:  # a second Ctrl-C, or a failure (out of memory): say what is left
         if team.main:
