@@ -25,14 +25,14 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from catsdogs.config import TrainConfig
-from catsdogs.data import CACHE_DIR, BatchSource, load_cache, read_split
-from catsdogs.evaluate import evaluate_run
-from catsdogs.hardware import select_precision
-from catsdogs.models import build_model
-from catsdogs.loop import evaluate_source
-from catsdogs.train import train
-from catsdogs.transforms import eval_preset
+from catsdogs.data.cache import CACHE_DIR, BatchSource, load_cache, read_split
+from catsdogs.data.transforms import eval_preset
+from catsdogs.inference.evaluate import evaluate_run
+from catsdogs.training.config import TrainConfig
+from catsdogs.training.hardware import select_precision
+from catsdogs.training.loop import evaluate_source
+from catsdogs.training.models import build_model
+from catsdogs.training.train import train
 
 
 def training_flops_per_image(image_size: int) -> float:

@@ -114,7 +114,7 @@ def main(ctx: click.Context) -> None:
     """
     if ctx.invoked_subcommand != "train" and "WORLD_SIZE" in os.environ:
         # Under torchrun only `train` shares out its work; another command would run N times over.
-        from catsdogs.distributed import team_from_environment
+        from catsdogs.training.distributed import team_from_environment
 
         if team_from_environment().enabled:
             raise UsageError(f"only `catsdogs train` runs under torchrun; run `catsdogs {ctx.invoked_subcommand}` "
@@ -126,7 +126,7 @@ def main(ctx: click.Context) -> None:
               help="Folder that will hold PetImages/ and the downloaded zip.")
 def download(dest: Path) -> None:
     """Download Microsoft's Kaggle Cats and Dogs photos (787 MB) and extract them to DEST/PetImages."""
-    from catsdogs.download import download_petimages
+    from catsdogs.data.download import download_petimages
 
     result = download_petimages(dest)
     if not result.extracted:
@@ -153,7 +153,7 @@ def download(dest: Path) -> None:
 def split(source: Path, out: Path, ratios: str, seed: int, layout: str, mode: str, jobs: int | None,
           force: bool) -> None:
     """Check every image in SOURCE and split it into train/val/test folders."""
-    from catsdogs.split import parse_ratios, split_dataset
+    from catsdogs.data.split import parse_ratios, split_dataset
 
     summary = split_dataset(source, out, parse_ratios(ratios), seed=seed, layout=layout, mode=mode, jobs=jobs,
                             force=force)
@@ -232,10 +232,10 @@ def shared_run_options(func: Any) -> Any:
 @click.option("--print-config", is_flag=True, help="Print the resolved config and exit without training.")
 def train(config_file: Path | None, resume: Path | None, print_config: bool, **flags: Any) -> None:
     """Train a model on the split's train/ folder, validating on val/ every epoch."""
-    from catsdogs.config import build_config
-    from catsdogs.runs import RUNS_ROOT
-    from catsdogs.train import print_config as resolved_yaml
-    from catsdogs.train import train as run_training
+    from catsdogs.training.config import build_config
+    from catsdogs.training.runs import RUNS_ROOT
+    from catsdogs.training.train import print_config as resolved_yaml
+    from catsdogs.training.train import train as run_training
 
     if resume is not None:
         if config_file is not None:
@@ -283,8 +283,8 @@ def compare(config_file: Path | None, optims: str | None, seeds: int | None, bud
     For each seed every optimizer starts from the same initial weights and sees the same data
     order. Re-running the same command skips finished runs and resumes unfinished ones.
     """
-    from catsdogs.compare import StudySpec, parse_optims, run_study
-    from catsdogs.config import build_config
+    from catsdogs.study.compare import StudySpec, parse_optims, run_study
+    from catsdogs.training.config import build_config
 
     chosen = {"seeds": seeds, "budget": budget, "target_acc": target_acc, "out": out}
     spec = StudySpec(build_config(config_file, flags), parse_optims(optims), tune_lr=tune_lr,
@@ -311,10 +311,10 @@ def compare(config_file: Path | None, optims: str | None, seeds: int | None, bud
 def evaluate(run_dir: Path | None, split_name: str, checkpoint: str, data: str | None, device: str,
              tta: bool, out: Path | None) -> None:
     """Measure a trained run on a split; writes metrics.json and confusion_matrix.png into it."""
-    from catsdogs.evaluate import evaluate_run
-    from catsdogs.images import describe_left_out
-    from catsdogs.metrics import format_metrics
-    from catsdogs.runs import latest_run
+    from catsdogs.data.images import describe_left_out
+    from catsdogs.inference.evaluate import evaluate_run
+    from catsdogs.inference.metrics import format_metrics
+    from catsdogs.training.runs import latest_run
 
     if run_dir is None:
         run_dir = latest_run()
@@ -336,7 +336,7 @@ def evaluate(run_dir: Path | None, split_name: str, checkpoint: str, data: str |
 
 
 def _run_or_latest(run_dir: Path | None) -> Path:
-    from catsdogs.runs import latest_run
+    from catsdogs.training.runs import latest_run
 
     if run_dir is None:
         run_dir = latest_run()
@@ -366,8 +366,8 @@ def predict(photos: tuple[Path, ...], run_dir: Path | None, checkpoint: str, dev
 
     Prints one line per photo: the class, its probability and the path.
     """
-    from catsdogs.predict import (check_predictions_out, format_prediction_lines, load_trained, predict_photos,
-                                  write_predictions_csv)
+    from catsdogs.inference.predict import (check_predictions_out, format_prediction_lines, load_trained,
+                                            predict_photos, write_predictions_csv)
 
     if out is not None and out.suffix.lower() != ".csv":
         raise UsageError(f"--out {out}: give a file name ending in .csv")
@@ -405,8 +405,8 @@ def _photos(count: int) -> str:
 
 def _photos_or_report(paths: tuple[Path, ...]) -> list[Path]:
     """The photos named (folders searched), telling on stderr what else the folders held."""
-    from catsdogs.images import describe_left_out
-    from catsdogs.predict import collect_photos
+    from catsdogs.data.images import describe_left_out
+    from catsdogs.inference.predict import collect_photos
 
     left_out: list[tuple[Path, str]] = []
     files = collect_photos(paths, left_out)
@@ -430,8 +430,8 @@ def _photos_or_report(paths: tuple[Path, ...]) -> list[Path]:
 def explain(photos: tuple[Path, ...], run_dir: Path | None, checkpoint: str, device: str, mistakes: int | None,
             target: str | None, layer: str | None, out: Path | None) -> None:
     """Show which parts of each photo made the model decide, as Grad-CAM heat maps."""
-    from catsdogs.explain import explain_photos, worst_mistakes
-    from catsdogs.predict import load_trained
+    from catsdogs.inference.explain import explain_photos, worst_mistakes
+    from catsdogs.inference.predict import load_trained
 
     if photos and mistakes:
         raise UsageError("name photos (or folders) to explain, or use --mistakes N, not both")
@@ -461,8 +461,8 @@ def explain(photos: tuple[Path, ...], run_dir: Path | None, checkpoint: str, dev
               help="Figure file (.png, .svg or .pdf). [default: RUN_DIR/curves.png, or curves.png for several]")
 def plot_curves_command(run_dirs: tuple[Path, ...], out: Path | None) -> None:
     """Plot training and validation loss and accuracy against epoch, overlaying several runs."""
-    from catsdogs.plots import DEFAULT_NAME, plot_curves
-    from catsdogs.runs import latest_run
+    from catsdogs.inference.plots import DEFAULT_NAME, plot_curves
+    from catsdogs.training.runs import latest_run
 
     runs = list(run_dirs)
     if not runs:
@@ -478,7 +478,7 @@ def plot_curves_command(run_dirs: tuple[Path, ...], out: Path | None) -> None:
 @main.command()
 def optimizers() -> None:
     """List the registered optimizers with their defaults."""
-    from catsdogs.optim import OPTIMIZERS, load_optimizer_plugins
+    from catsdogs.training.optim import OPTIMIZERS, load_optimizer_plugins
 
     load_optimizer_plugins()
     for name in OPTIMIZERS.names():
@@ -498,7 +498,7 @@ def models(image_size: int) -> None:
     """
     import torch
 
-    from catsdogs.models import MODELS, build_model, count_flops, count_parameters
+    from catsdogs.training.models import MODELS, build_model, count_flops, count_parameters
 
     click.echo(f"{'model':<20}{'params':>10}{'GFLOP/img':>11}{'train ~3x':>13}  description (at {image_size}px)")
     for name in MODELS.names():
@@ -516,7 +516,7 @@ def models(image_size: int) -> None:
 @main.command()
 def augments() -> None:
     """List the training augmentation presets."""
-    from catsdogs.transforms import AUGMENTS
+    from catsdogs.data.transforms import AUGMENTS
 
     for name in AUGMENTS.names():
         doc = (AUGMENTS.get(name).__doc__ or "").strip().splitlines()[0]
@@ -526,7 +526,7 @@ def augments() -> None:
 @main.command()
 def schedulers() -> None:
     """List the learning-rate schedules."""
-    from catsdogs.schedules import SCHEDULERS
+    from catsdogs.training.schedules import SCHEDULERS
 
     for name in SCHEDULERS.names():
         doc = (SCHEDULERS.get(name).__doc__ or "").strip()
