@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from catsdogs.atomic import write_text_atomic
 from catsdogs.data.cache import (SPLITS, BatchSource, class_folders, load_cache, read_class_folder, read_split,
                                  split_fingerprint)
 from catsdogs.data.staging import MANIFEST
@@ -21,7 +22,6 @@ from catsdogs.errors import CatsdogsError
 from catsdogs.figures import pyplot, save_figure
 from catsdogs.inference.metrics import compute_metrics
 from catsdogs.inference.predict import load_trained
-from catsdogs.training.checkpoint import write_text_atomic
 from catsdogs.training.loop import evaluate_source
 from catsdogs.training.runs import RUN_MARKER
 

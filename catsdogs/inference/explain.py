@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from catsdogs.atomic import atomic_write, write_text_atomic
 from catsdogs.data.transforms import normalise
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.figures import pyplot, save_figure
 from catsdogs.inference.predict import TrainedModel, decode_photos, predict_photos
 from catsdogs.progress import progress_bar
-from catsdogs.training.checkpoint import atomic_write, write_text_atomic
 
 # The map is read at the deepest layer still this many cells across: deeper layers know more
 # about the class, but a 1x1 or 3x3 map (cnn3's last pool at 128 px) cannot say where.

@@ -14,12 +14,13 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
+from catsdogs.atomic import write_text_atomic
 from catsdogs.data.cache import default_jobs
 from catsdogs.data.images import find_photos, load_resized, no_photos_message
 from catsdogs.data.transforms import normalise
 from catsdogs.errors import CatsdogsError, UsageError, first_line
 from catsdogs.progress import progress_bar
-from catsdogs.training.checkpoint import load_checkpoint, write_text_atomic
+from catsdogs.training.checkpoint import load_checkpoint
 from catsdogs.training.config import TrainConfig, config_from_dict
 from catsdogs.training.hardware import Precision, select_device, select_precision, tune_allocator
 from catsdogs.training.loop import EVAL_BATCH

@@ -17,6 +17,7 @@ import yaml
 from tqdm import tqdm
 
 from catsdogs import __version__
+from catsdogs.atomic import write_text_atomic
 from catsdogs.data.cache import read_split
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.inference.evaluate import evaluate_run
@@ -24,7 +25,6 @@ from catsdogs.inference.plots import read_history
 from catsdogs.progress import progress_bar
 from catsdogs.study.report import (RUNS_DIR, STUDY_FILE, SWEEP_DIR, TUNING_FILE, read_json, run_name, sweep_name,
                                    write_report)
-from catsdogs.training.checkpoint import write_text_atomic
 from catsdogs.training.config import TrainConfig
 from catsdogs.training.hardware import select_device
 from catsdogs.training.optim import get_optimizer_spec, load_optimizer_plugins

@@ -11,11 +11,12 @@ from typing import Any, Sequence
 
 import yaml
 
+from catsdogs.atomic import write_text_atomic
 from catsdogs.data.cache import read_split
 from catsdogs.errors import CatsdogsError
 from catsdogs.inference.plots import read_history
 from catsdogs.study.stats import paired_t_test
-from catsdogs.training.checkpoint import load_checkpoint, write_text_atomic
+from catsdogs.training.checkpoint import load_checkpoint
 
 RUNS_DIR, SWEEP_DIR = "runs", "sweep"
 STUDY_FILE, TUNING_FILE = "study.json", "tuning.json"

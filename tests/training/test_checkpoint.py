@@ -1,4 +1,4 @@
-"""Tests for catsdogs.checkpoint: atomic writes, and loading only safe catsdogs checkpoints."""
+"""Tests for catsdogs.training.checkpoint: saving atomically, and loading only safe catsdogs checkpoints."""
 
 from __future__ import annotations
 
@@ -8,45 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from catsdogs.atomic import write_text_atomic
 from catsdogs.errors import CatsdogsError
-from catsdogs.training.checkpoint import (FORMAT, VERSION, atomic_write, load_checkpoint, save_checkpoint,
-                                          write_text_atomic)
-
-
-def test_atomic_write_replaces_the_file_and_leaves_nothing_else(tmp_path: Path) -> None:
-    path = tmp_path / "last.pt"
-    path.write_bytes(b"old")
-    with atomic_write(path) as handle:
-        handle.write(b"new contents")
-    assert path.read_bytes() == b"new contents"
-    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
-
-
-def test_a_writer_failing_midway_leaves_the_old_file_and_no_temp_file(tmp_path: Path) -> None:
-    path = tmp_path / "last.pt"
-    path.write_bytes(b"the previous checkpoint")
-    with pytest.raises(RuntimeError, match="disk on fire"):
-        with atomic_write(path) as handle:
-            handle.write(b"half of a new ")
-            raise RuntimeError("disk on fire")
-    assert path.read_bytes() == b"the previous checkpoint"
-    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
-
-
-def test_a_failed_first_write_leaves_no_file_at_all(tmp_path: Path) -> None:
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_write(tmp_path / "best.pt") as handle:
-            handle.write(b"partial")
-            raise KeyboardInterrupt
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_write_text_atomic(tmp_path: Path) -> None:
-    path = tmp_path / "history.csv"
-    write_text_atomic(path, "epoch,loss\n1,0.5\n")
-    write_text_atomic(path, "epoch,loss\n1,0.5\n2,0.4\n")
-    assert path.read_text() == "epoch,loss\n1,0.5\n2,0.4\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["history.csv"]
+from catsdogs.training.checkpoint import FORMAT, VERSION, load_checkpoint, save_checkpoint
 
 
 def test_save_then_load_round_trips_a_plain_dict(tmp_path: Path) -> None:
@@ -161,33 +125,6 @@ def test_atomic_files_get_the_mode_the_umask_gives(tmp_path: Path) -> None:
         os.umask(old)
     for name in ("shared.txt", "m.pt"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name  # not mkstemp's private 0600
-
-
-def test_a_folder_that_refuses_the_write_is_named_by_the_file_meant(tmp_path: Path, monkeypatch) -> None:
-    import errno
-    import tempfile
-
-    from catsdogs.training import checkpoint
-
-    target = tmp_path / "history.csv"
-
-    def read_only(prefix, suffix, dir):
-        raise PermissionError(errno.EPERM, "Operation not permitted", f"{dir}/{prefix}k2buxi3g{suffix}")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(tempfile, "mkstemp", read_only)
-        with pytest.raises(OSError) as info:
-            write_text_atomic(target, "epoch\n")
-    assert info.value.filename == str(target) and info.value.strerror == "Operation not permitted"
-
-    def refused(source, destination):  # made, but cannot take the name (immutable file there)
-        raise PermissionError(errno.EPERM, "Operation not permitted", source)
-
-    monkeypatch.setattr(checkpoint.os, "replace", refused)
-    with pytest.raises(OSError) as info:
-        write_text_atomic(target, "epoch\n")
-    assert info.value.filename == str(target)
-    assert [p.name for p in tmp_path.iterdir()] == []  # the temporary file is gone
 
 
 def test_first_line_cuts_a_long_message_at_a_word_and_says_so() -> None:
