@@ -217,3 +217,11 @@ def test_a_plugin_whose_function_raises_warns(plugins, capsys) -> None:
     assert len(problems) == 1 and "needs torch 9" in problems[0]
     assert "needs torch 9" in capsys.readouterr().err
     assert list_optimizers() == BUILT_INS
+
+
+def test_the_readme_import_path_still_registers_into_the_one_registry() -> None:
+    """The README's plugin example imports `catsdogs.optim`, an alias of `catsdogs.training.optim`."""
+    import catsdogs.optim as alias
+
+    assert alias.register_optimizer is optim.register_optimizer and alias.OPTIMIZERS is optim.OPTIMIZERS
+    assert alias.ENTRY_POINT_GROUP == "catsdogs.optimizers"
