@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shlex
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import click
 
 from catsdogs import __version__
 from catsdogs.errors import CatsdogsError, UsageError, first_line
+from catsdogs.interrupts import ignore_ctrl_c
 
 
 class OneLineUsageError(click.ClickException):
@@ -57,7 +57,7 @@ class CatsdogsGroup(click.Group):
                       "free the memory other programs hold, or use --device cpu")
             raise click.ClickException(f"out of memory ({first_line(exc)}): {advice}") from None
         except KeyboardInterrupt:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a further Ctrl-C must not cut the exit short
+            ignore_ctrl_c()  # a further Ctrl-C must not cut the exit short
             after = {"train": " at once",  # train has said what is left to resume
                      "compare": " at once: run the same command again to continue the study (finished runs are "
                                 "kept, an interrupted one resumes from its last save)",
@@ -256,7 +256,7 @@ def train(config_file: Path | None, resume: Path | None, print_config: bool, **f
             return
         result = run_training(cfg, log=echo_safely)
     if result.status == "interrupted":
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # saved already: a late Ctrl-C must not cut the exit short
+        ignore_ctrl_c()  # saved already: a late Ctrl-C must not cut the exit short
         sys.exit(130)  # like a shell's Ctrl-C, so scripts can tell an unfinished run
 
 

@@ -7,7 +7,6 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from catsdogs.data.images import (HIDDEN_FILE, HIDDEN_FOLDER, NOT_IN_CLASS_FOLDE
 from catsdogs.data.staging import left_by_dead_run
 from catsdogs.data.transforms import Preset
 from catsdogs.errors import CatsdogsError
+from catsdogs.interrupts import ignore_ctrl_c
 from catsdogs.progress import progress_bar
 
 CACHE_DIR = ".cache"
@@ -160,11 +160,6 @@ def _load_or_none(args: tuple[str, int]) -> np.ndarray | None:
         return None
 
 
-def ignore_sigint(*_: object) -> None:
-    """In helper processes: leave Ctrl-C to the main process, which stops them cleanly."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def default_jobs() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -227,7 +222,7 @@ def _build_cache(split: ImageSplit, size: int, array_path: Path, meta_path: Path
     try:
         images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(split), size, size, 3))
         if jobs > 1 and len(work) > 64:
-            with ProcessPoolExecutor(max_workers=jobs, initializer=ignore_sigint) as pool:
+            with ProcessPoolExecutor(max_workers=jobs, initializer=ignore_ctrl_c) as pool:
                 results = pool.map(_load_or_none, work, chunksize=32)
                 _fill(images, results, unreadable, bar)
         else:
@@ -337,7 +332,7 @@ class BatchSource:
             return
         loader = torch.utils.data.DataLoader(
             _FileDataset(self.split, self.preset), batch_sampler=[list(b) for b in order],
-            num_workers=self.workers, pin_memory=pin, worker_init_fn=ignore_sigint if self.workers else None,
+            num_workers=self.workers, pin_memory=pin, worker_init_fn=ignore_ctrl_c if self.workers else None,
             # Its own generator: otherwise the loader draws a seed from the global RNG and shifts dropout.
             generator=torch.Generator().manual_seed(0))
         for position, (images, labels) in enumerate(loader):

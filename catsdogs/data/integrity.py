@@ -5,21 +5,18 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import signal
 import stat
-import threading
 from collections import defaultdict
-from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from catsdogs.data.images import HIDDEN_FILE, HIDDEN_FOLDER, is_hidden, is_image_name, load_rgb
-from catsdogs.data.staging import ctrl_c_deferred
 from catsdogs.errors import first_line
+from catsdogs.interrupts import ctrl_c_deferred, first_ctrl_c_only, ignore_ctrl_c
 from catsdogs.progress import progress_bar
 
 # How a file that is not used is filed in rejected.csv (the `status` column).
@@ -190,7 +187,7 @@ def check_image(path: str) -> ImageCheck:
 
 def _init_worker() -> None:
     # Ctrl-C is for the parent, which then ends the workers itself (see _stop_workers).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ignore_ctrl_c()
     # Another module may have relaxed this for training; truncation must stay an error here.
     ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -226,31 +223,6 @@ def check_images(paths: list[str], jobs: int, progress: bool = True) -> list[Ima
             except BaseException:
                 _stop_workers(executor)
                 raise
-
-
-@contextmanager
-def first_ctrl_c_only() -> Iterator[None]:
-    """The first Ctrl-C raises KeyboardInterrupt; any more are ignored until the block has ended.
-
-    A second Ctrl-C in the instant between the first one and the start of the cleanup would
-    skip the cleanup, and the pool's exit handler then waits for the workers to finish every
-    photo. Only the main thread gets SIGINT, so elsewhere this does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    raised = []
-
-    def interrupt_once(signum: int, frame: object) -> None:
-        if not raised:
-            raised.append(signum)
-            raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, interrupt_once)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _stop_workers(executor: ProcessPoolExecutor) -> None:

@@ -9,14 +9,13 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from catsdogs.errors import CatsdogsError
+from catsdogs.interrupts import ctrl_c_deferred
 
 # The files split writes besides the photos; the re-run check reads the first and the last.
 MANIFEST = "manifest.csv"
@@ -159,27 +158,6 @@ def _replaced_photos(out: Path, source: Path, rows: list[dict]) -> list[str]:
         if row.get("sha256") and digest != row["sha256"]:
             replaced.append(row["file"])
     return replaced
-
-
-@contextmanager
-def ctrl_c_deferred() -> Iterator[None]:
-    """Hold off Ctrl-C while the block runs (cleanup that must finish); one that came is raised after it.
-
-    A second Ctrl-C landing inside a cleanup would otherwise cut it short, leaving staging
-    folders or worker processes behind. Only the main thread gets SIGINT, so elsewhere this
-    does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught and callable(previous):
-        previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt
 
 
 @contextmanager

@@ -6,11 +6,10 @@ import contextlib
 import dataclasses
 import math
 import signal
-import threading
 import time
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -19,6 +18,7 @@ from torch import nn
 from catsdogs.data.cache import BatchSource
 from catsdogs.errors import CatsdogsError
 from catsdogs.inference.metrics import balanced_accuracy
+from catsdogs.interrupts import CtrlC, on_ctrl_c
 from catsdogs.progress import progress_bar
 from catsdogs.training.config import TrainConfig
 from catsdogs.training.distributed import SOLO, Team, agree_max, from_main, shard_batches, total
@@ -32,43 +32,16 @@ Log = Callable[[str], None]
 EVAL_BATCH = 128
 
 
-class StopRequest:
-    """First SIGINT/SIGTERM asks the loop to stop after the current step; a second one aborts.
+def stop_on_signals(log: Log, repeat_window: float = 0.0) -> AbstractContextManager[CtrlC]:
+    """First SIGINT/SIGTERM asks the loop to stop after the current step (`requested`); a second one aborts.
 
-    Under torchrun each process gets Ctrl-C twice, from the terminal and from torchrun passing
-    it on (late, on a busy machine), so there a repeat within `repeat_window` seconds counts as
-    the same request. One process has no such echo: any second Ctrl-C aborts at once.
+    Under torchrun a repeat within `repeat_window` seconds is torchrun passing on the same
+    Ctrl-C (see CtrlC). One process has no such echo: any second Ctrl-C aborts at once.
     """
-
-    def __init__(self, log: Log, repeat_window: float = 0.0) -> None:
-        self.requested = False
-        self.log = log
-        self.repeat_window = repeat_window
-        self.first_at = 0.0
-
-    def handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            if time.monotonic() - self.first_at < self.repeat_window:
-                return
-            raise KeyboardInterrupt
-        self.requested = True
-        self.first_at = time.monotonic()
-        again = f"again after {self.repeat_window:g} s " if self.repeat_window else "again "
-        self.log(f"\nstopping after this step and saving last.pt (press Ctrl-C {again}to quit at once)")
-
-
-@contextmanager
-def stop_on_signals(log: Log, repeat_window: float = 0.0) -> Iterator[StopRequest]:
-    stop = StopRequest(log, repeat_window)
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-    previous = {sig: signal.signal(sig, stop.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    again = f"again after {repeat_window:g} s " if repeat_window else "again "
+    notice = f"\nstopping after this step and saving last.pt (press Ctrl-C {again}to quit at once)"
+    return on_ctrl_c(CtrlC(first="note", again="raise", repeat_window=repeat_window, notice=lambda: log(notice)),
+                     signals=(signal.SIGINT, signal.SIGTERM))
 
 
 @dataclass
@@ -145,7 +118,7 @@ class EpochLoop:
             group["lr"] = base * factor
         return self.base_lrs[0] * factor
 
-    def run_epoch(self, progress: Progress, stop: StopRequest, show: bool) -> bool:
+    def run_epoch(self, progress: Progress, stop: CtrlC, show: bool) -> bool:
         """Train one epoch (or its remainder after a resume); False when stopped part-way."""
         if progress.step == 0 or progress.epoch_order_state is None:
             progress.epoch_order_state = self.order_gen.get_state()

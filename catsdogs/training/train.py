@@ -20,9 +20,9 @@ from torch import nn
 
 from catsdogs.atomic import write_text_atomic
 from catsdogs.data.cache import BatchSource, ImageSplit, default_jobs, fits_on_gpu, load_cache, read_split
-from catsdogs.data.staging import ctrl_c_deferred
 from catsdogs.data.transforms import AUGMENTS, eval_preset, train_preset
 from catsdogs.errors import CatsdogsError, UsageError
+from catsdogs.interrupts import ctrl_c_deferred
 from catsdogs.training.checkpoint import load_checkpoint, save_checkpoint
 from catsdogs.training.config import TrainConfig, config_to_yaml
 from catsdogs.training.distributed import Team, finish, from_main, start, team_from_environment, wait_for_all

@@ -18,11 +18,11 @@ import torch
 from click.testing import CliRunner
 from tests.conftest import children
 
+from catsdogs import interrupts
 from catsdogs.cli import main
 from catsdogs.errors import UsageError
-from catsdogs.training import loop as loop_module
 from catsdogs.training.distributed import SOLO, Team, shard_batches, team_from_environment
-from catsdogs.training.loop import StopRequest
+from catsdogs.training.loop import stop_on_signals
 
 TRAIN = ["--optim", "adam", "--image-size", "96", "--batch-size", "16", "--device", "cpu", "--precision", "fp32"]
 
@@ -56,19 +56,19 @@ def test_team_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_under_torchrun_ctrl_c_delivered_twice_is_one_request(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = [100.0]
-    monkeypatch.setattr(loop_module.time, "monotonic", lambda: clock[0])
-    stop = StopRequest(lambda _: None, repeat_window=5.0)
-    stop.handle(signal.SIGINT, None)
-    clock[0] += 2.0
-    stop.handle(signal.SIGINT, None)  # torchrun passing on the same Ctrl-C, late: no abort
-    assert stop.requested
-    clock[0] += 4.0
-    with pytest.raises(KeyboardInterrupt):
-        stop.handle(signal.SIGINT, None)  # a second, deliberate Ctrl-C
-    alone = StopRequest(lambda _: None)  # one process: no echo to wait for
-    alone.handle(signal.SIGINT, None)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(interrupts.time, "monotonic", lambda: clock[0])
+    with stop_on_signals(lambda _: None, repeat_window=5.0) as stop:
+        stop.handle(signal.SIGINT, None)
+        clock[0] += 2.0
+        stop.handle(signal.SIGINT, None)  # torchrun passing on the same Ctrl-C, late: no abort
+        assert stop.requested
+        clock[0] += 4.0
+        with pytest.raises(KeyboardInterrupt):
+            stop.handle(signal.SIGINT, None)  # a second, deliberate Ctrl-C
+    with stop_on_signals(lambda _: None) as alone:  # one process: no echo to wait for
         alone.handle(signal.SIGINT, None)
+        with pytest.raises(KeyboardInterrupt):
+            alone.handle(signal.SIGINT, None)
 
 
 def test_other_commands_refuse_to_run_under_torchrun() -> None:
