@@ -12,14 +12,6 @@ def accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
     return float((np.asarray(predicted) == np.asarray(labels)).mean()) if len(labels) else 0.0
 
 
-def balanced_accuracy(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
-    """The mean recall over the classes that have photos: always answering one class scores 1 / classes."""
-    matrix = confusion_matrix(np.asarray(predicted), np.asarray(labels), num_classes)
-    support = matrix.sum(1)
-    present = support > 0
-    return float((np.diag(matrix)[present] / support[present]).mean()) if present.any() else 0.0
-
-
 def confusion_matrix(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Rows are true classes, columns predicted classes."""
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
