@@ -8,7 +8,7 @@ from typing import Any
 
 from catsdogs.figures import pyplot, save_figure
 from catsdogs.inference.plots import read_history, set_epoch_ticks
-from catsdogs.study.report import RUNS_DIR, _mean_sd, _pct, run_name
+from catsdogs.study.stats import mean_sd, percent
 
 
 def plot_study_curves(study_dir: Path, summary: dict[str, Any], out: Path) -> Path:
@@ -20,7 +20,7 @@ def plot_study_curves(study_dir: Path, summary: dict[str, Any], out: Path) -> Pa
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, row in enumerate(summary["ranking"]):
         colour = colours[index % len(colours)]
-        histories = [read_history(study_dir / RUNS_DIR / run_name(row["optim"], s)) for s in summary["seeds"]]
+        histories = [read_history(study_dir / run["run"]) for run in summary["runs"] if run["optim"] == row["optim"]]
         length = max(len(h["epoch"]) for h in histories)
         epochs = np.arange(1, length + 1)
         for ax, key in ((loss_ax, "loss"), (acc_ax, "acc")):
@@ -34,7 +34,7 @@ def plot_study_curves(study_dir: Path, summary: dict[str, Any], out: Path) -> Pa
                 ax.fill_between(epochs, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=colour,
                                 alpha=0.18 if split == "val" else 0.08, linewidth=0)
     acc_ax.axhline(summary["target_val_acc"], color="grey", linestyle=":", linewidth=1,
-                   label=f"target {_pct(summary['target_val_acc'], 0)}")
+                   label=f"target {percent(summary['target_val_acc'], 0)}")
     n = len(summary["seeds"])
     loss_ax.set(title=f"Loss (mean of {n} seeds, band: range)", xlabel="epoch", ylabel="cross-entropy loss")
     acc_ax.set(title=f"Accuracy (mean of {n} seeds, band: range)", xlabel="epoch", ylabel="accuracy")
@@ -64,11 +64,11 @@ def plot_test_accuracy(summary: dict[str, Any], out: Path) -> Path:
         values = row["test_acc"]["values"]
         ax.plot([x] * len(values), values, "o", color="black", markersize=4, zorder=3)
     chance = summary["chance_acc"]
-    ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label=f"chance {_pct(chance)} (larger class)")
+    ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label=f"chance {percent(chance)} (larger class)")
     ax.legend(fontsize=8, loc="upper right")
     top = max(max(v + e for v, e in zip(means, errors)), max(v for r in rows for v in r["test_acc"]["values"]))
     ax.set_ylim(floor, min(1.0, top + 0.03))
-    ax.set_xticks(positions, [f"{r['optim']}\n{_mean_sd(r['test_acc'])}" for r in rows], fontsize=9)
+    ax.set_xticks(positions, [f"{r['optim']}\n{mean_sd(r['test_acc'])}" for r in rows], fontsize=9)
     ax.set_ylabel(f"test accuracy (axis starts at {floor:.2f})")
     ax.set_title(f"Test accuracy over {len(summary['seeds'])} seeds\nbar: mean, error bar: 1 sd, dots: single seeds",
                  fontsize=10)

@@ -15,7 +15,8 @@ from catsdogs.atomic import write_text_atomic
 from catsdogs.data.cache import read_split
 from catsdogs.errors import CatsdogsError
 from catsdogs.inference.plots import read_history
-from catsdogs.study.stats import paired_t_test
+from catsdogs.study.figures import plot_study_curves, plot_test_accuracy
+from catsdogs.study.stats import mean_sd, paired_t_test, percent
 from catsdogs.training.checkpoint import load_checkpoint
 
 RUNS_DIR, SWEEP_DIR = "runs", "sweep"
@@ -168,8 +169,6 @@ def write_report(study_dir: str | Path, target_acc: float = 0.70) -> dict[str, A
     """Write report.md, summary.json and the two figures into `study_dir`; return the summary."""
     study_dir = Path(study_dir)
     summary = summarize(study_dir, target_acc)
-    from catsdogs.study.figures import plot_study_curves, plot_test_accuracy  # it imports this module
-
     plot_study_curves(study_dir, summary, study_dir / CURVES_FIGURE)
     plot_test_accuracy(summary, study_dir / ACCURACY_FIGURE)
     write_text_atomic(study_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -179,22 +178,12 @@ def write_report(study_dir: str | Path, target_acc: float = 0.70) -> dict[str, A
 
 # ---- report.md --------------------------------------------------------------------------------
 
-def _pct(value: float | None, digits: int = 1) -> str:
-    return "—" if value is None else f"{100 * value:.{digits}f}%"
-
-
-def _mean_sd(spread: dict[str, Any], pct: bool = True, digits: int = 1) -> str:
-    show = (lambda v: f"{100 * v:.{digits}f}") if pct else (lambda v: f"{v:.{digits}f}")
-    text = show(spread["mean"]) + ("" if spread["sd"] is None else f" ± {show(spread['sd'])}")
-    return text + ("%" if pct else "")
-
-
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _seconds(spread: dict[str, Any]) -> str:
-    return _mean_sd(spread, pct=False, digits=1 if spread["mean"] < 10 else 0) + " s"
+    return mean_sd(spread, pct=False, digits=1 if spread["mean"] < 10 else 0) + " s"
 
 
 def _verdict(comparison: dict[str, Any]) -> str:
@@ -231,14 +220,14 @@ def _same_mean(a: dict[str, Any], b: dict[str, Any]) -> bool:
 def _ranking_text(rows: list[dict[str, Any]], adjacent: list[dict[str, Any]]) -> str:
     """'a (..) > b (..) ≈ c (..)', with '>' only where the paired test tells the gap (with one seed: any gap)."""
     meanings = {"=": "= equal means", "≈": f"≈ a gap the seeds cannot tell apart, p ≥ {ALPHA:g}"}
-    text, signs = f"{rows[0]['optim']} ({_mean_sd(rows[0]['test_acc'])})", set()
+    text, signs = f"{rows[0]['optim']} ({mean_sd(rows[0]['test_acc'])})", set()
     for above, row, pair in zip(rows, rows[1:], adjacent):
         if _same_mean(above, row):
             sign = "="
         else:
             sign = "≈" if pair["distinguishable"] is False else ">"
         signs.add(sign)
-        text += f" {sign} {row['optim']} ({_mean_sd(row['test_acc'])})"
+        text += f" {sign} {row['optim']} ({mean_sd(row['test_acc'])})"
     legend = [meaning for sign, meaning in meanings.items() if sign in signs]
     return text + "." + (f" ({'; '.join(legend)})" if legend else "")
 
@@ -279,7 +268,8 @@ def format_report(summary: dict[str, Any]) -> str:
     stuck = [r["optim"] for r in rows if r["test_acc"]["mean"] < summary["chance_acc"] + 0.05]
     if stuck:
         they, their = ("it has", "its") if len(stuck) == 1 else ("they have", "their")
-        lines += [f"**Warning:** {', '.join(stuck)} stayed within 5 points of chance ({_pct(summary['chance_acc'])}, "
+        chance = percent(summary["chance_acc"])
+        lines += [f"**Warning:** {', '.join(stuck)} stayed within 5 points of chance ({chance}, "
                   f"always guessing the larger class): {they} not learned yet in this budget, so {their} place in "
                   "the ranking says little. Train longer (`--epochs`, `--budget seconds:S`)"
                   + ("; this study already tuned the learning rates (`--tune-lr`)."
@@ -296,18 +286,18 @@ def format_report(summary: dict[str, Any]) -> str:
 
     lines += ["## Ranking", "",
               f"| rank | optimizer | test accuracy (mean ± sd) | per seed | best val accuracy | final train loss | "
-              f"epochs to val accuracy ≥ {_pct(target, 0)} | wall time per run | training images/s |",
+              f"epochs to val accuracy ≥ {percent(target, 0)} | wall time per run | training images/s |",
               "|---:|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         to_target = r["epochs_to_target"]
         reached = ("not reached" if to_target["mean"] is None else
                    f"{to_target['mean']:.1f}" + ("" if to_target["reached"] == to_target["of"] else
                                                   f" ({to_target['reached']} of {to_target['of']} seeds)"))
-        lines.append(f"| {r['rank']} | {r['optim']} | {_mean_sd(r['test_acc'])} | "
-                     f"{', '.join(_pct(v) for v in r['test_acc']['values'])} | {_mean_sd(r['best_val_acc'])} | "
-                     f"{_mean_sd(r['final_train_loss'], pct=False, digits=3)} | {reached} | "
+        lines.append(f"| {r['rank']} | {r['optim']} | {mean_sd(r['test_acc'])} | "
+                     f"{', '.join(percent(v) for v in r['test_acc']['values'])} | {mean_sd(r['best_val_acc'])} | "
+                     f"{mean_sd(r['final_train_loss'], pct=False, digits=3)} | {reached} | "
                      f"{_seconds(r['wall_seconds'])} | "
-                     f"{_mean_sd(r['images_per_second'], pct=False, digits=0)} |")
+                     f"{mean_sd(r['images_per_second'], pct=False, digits=0)} |")
     lines += ["", "Test accuracy is that of each run's best checkpoint (highest validation accuracy) on the test "
               f"split ({summary['data']['test_images']} images), which training and tuning never read. sd is the "
               "standard deviation across seeds. Wall time covers training and validation; images/s divides the "
@@ -339,7 +329,7 @@ def format_report(summary: dict[str, Any]) -> str:
               "|---|---|---:|---:|---:|---|---:|"]
     for run in summary["runs"]:
         lines.append(f"| [{run['run']}]({run['run']}) | {run['status']} | {run['epochs']} | "
-                     f"{_pct(run['best_val_acc'])} | {_pct(run['test_acc'])} | `{run['init_hash']}` | "
+                     f"{percent(run['best_val_acc'])} | {percent(run['test_acc'])} | `{run['init_hash']}` | "
                      f"{run['seconds']:.{1 if run['seconds'] < 10 else 0}f} s |")
     lines += ["", "Re-running the same `catsdogs compare` command skips finished runs, resumes unfinished ones and "
               "rewrites this report; study.json holds the arguments it was made with.", ""]
@@ -353,7 +343,7 @@ def _next_steps(summary: dict[str, Any]) -> list[str]:
     if n == 1 or (n < 5 and not all(c["distinguishable"] for c in summary["adjacent"])):
         steps.append(f"Run more seeds (`--seeds {max(5, n + 2)}`): {_spread_note(tests, n)}")
     if all(r["epochs_to_target"]["reached"] == 0 for r in rows):
-        steps.append(f"No run reached {_pct(summary['target_val_acc'], 0)} validation accuracy: train longer "
+        steps.append(f"No run reached {percent(summary['target_val_acc'], 0)} validation accuracy: train longer "
                      "(`--epochs`, or `--budget seconds:S`) before trusting the ranking.")
     if not summary["tune_lr"]:
         steps.append("Every optimizer used its default learning rate: `--tune-lr` compares each at its best, "
@@ -390,7 +380,7 @@ def format_sweep(sweep: dict[str, Any]) -> list[str]:
              "chosen |", "|---|---:|---:|---:|---:|---:|---|"]
     for row in sweep["rows"]:
         mark = "**yes**" + (" (edge of the grid: widen it)" if row["at_edge"] else "") if row["chosen"] else ""
-        lines.append(f"| {row['optim']} | {row['lr']:g} | {row['factor']:g} | {_pct(row['best_val_acc'])} | "
+        lines.append(f"| {row['optim']} | {row['lr']:g} | {row['factor']:g} | {percent(row['best_val_acc'])} | "
                      f"{row['best_val_loss']:.3f} | {row['final_train_loss']:.3f} | {mark} |")
     return lines
 

@@ -1,11 +1,11 @@
-"""Student's t without scipy: the paired test the optimizer study uses to call a gap real or not."""
+"""Student's t without scipy (the paired test that calls a study's gap real or not), and mean ± sd as text."""
 
 from __future__ import annotations
 
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 
 def regularized_beta(x: float, a: float, b: float) -> float:
@@ -102,3 +102,15 @@ def mcnemar_exact_p(only_a: int, only_b: int) -> float:
     if n == 0:
         return 1.0
     return min(1.0, 2.0 * binomial_cdf_half(min(only_a, only_b), n))
+
+
+def percent(value: float | None, digits: int = 1) -> str:
+    """A fraction as a percentage, `—` for none: 0.8123 -> "81.2%"."""
+    return "—" if value is None else f"{100 * value:.{digits}f}%"
+
+
+def mean_sd(spread: dict[str, Any], pct: bool = True, digits: int = 1) -> str:
+    """A spread ({"mean", "sd"}) as "81.2 ± 1.3%", or without the sd where there is one value."""
+    show = (lambda v: f"{100 * v:.{digits}f}") if pct else (lambda v: f"{v:.{digits}f}")
+    text = show(spread["mean"]) + ("" if spread["sd"] is None else f" ± {show(spread['sd'])}")
+    return text + ("%" if pct else "")

@@ -1,4 +1,4 @@
-"""Tests for catsdogs.study_figures: the study's curves figure, read off hand-made run histories."""
+"""Tests for catsdogs.study.figures: the study's curves figure, read off hand-made run histories."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ def write_histories(study: Path, optims: tuple[str, ...], epochs: int) -> dict:
                     "0.001,1.0\n" for e in range(1, epochs + 1)]
             (run / "history.csv").write_text(HEADER + "".join(rows))
     return {"ranking": [{"optim": o, "epochs_done": [epochs] * len(SEEDS)} for o in optims], "seeds": SEEDS,
-            "target_val_acc": 0.7}
+            "target_val_acc": 0.7,
+            "runs": [{"run": f"{RUNS_DIR}/{run_name(o, s)}", "optim": o, "seed": s} for o in optims for s in SEEDS]}
 
 
 @pytest.mark.parametrize("epochs", [1, 2, 3, 25])
