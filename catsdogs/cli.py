@@ -203,8 +203,8 @@ _TRAIN_OPTIONS = [
 
 
 def _flag_name(option: Any) -> str:
-    """The parameter name a click.option decorator declares (it records its Option on the function)."""
-    return option(lambda: None).__click_params__[0].name
+    """The parameter name a click.option decorator declares, read off a throwaway command's `params`."""
+    return click.command()(option(lambda: None)).params[0].name
 
 
 TRAIN_OPTIONS = {_flag_name(option): option for option in _TRAIN_OPTIONS}
