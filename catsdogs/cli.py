@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shlex
 import sys
@@ -232,8 +231,7 @@ def shared_run_options(func: Any) -> Any:
 @click.option("--print-config", is_flag=True, help="Print the resolved config and exit without training.")
 def train(config_file: Path | None, resume: Path | None, print_config: bool, **flags: Any) -> None:
     """Train a model on the split's train/ folder, validating on val/ every epoch."""
-    from catsdogs.training.config import build_config
-    from catsdogs.training.runs import RUNS_ROOT
+    from catsdogs.training.train import new_run_config
     from catsdogs.training.train import print_config as resolved_yaml
     from catsdogs.training.train import train as run_training
 
@@ -247,10 +245,7 @@ def train(config_file: Path | None, resume: Path | None, print_config: bool, **f
             raise click.ClickException(f"{resume} has no last.pt to resume from")
         result = run_training(None, resume=resume, flags=flags, log=echo_safely)
     else:
-        cfg = build_config(config_file, flags)
-        if config_file is not None and cfg.out is None:  # a recipe's runs are named after it: runs/cpu-fast
-            name = config_file.stem.lstrip(".") or "run"  # never a hidden folder: .yaml makes runs/yaml
-            cfg = dataclasses.replace(cfg, out=str(RUNS_ROOT / name))
+        cfg = new_run_config(config_file, flags)  # a recipe's runs are named after it: runs/cpu-fast
         if print_config:
             click.echo(resolved_yaml(cfg), nl=False)
             return

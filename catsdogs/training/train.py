@@ -24,7 +24,7 @@ from catsdogs.data.transforms import AUGMENTS, eval_preset, train_preset
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.interrupts import ctrl_c_deferred
 from catsdogs.training.checkpoint import load_checkpoint, save_checkpoint
-from catsdogs.training.config import TrainConfig, config_to_yaml
+from catsdogs.training.config import TrainConfig, build_config, config_to_yaml
 from catsdogs.training.distributed import Team, finish, from_main, start, team_from_environment, wait_for_all
 from catsdogs.training.ema import ModelEMA
 from catsdogs.training.hardware import select_device, select_precision, tune_allocator
@@ -41,6 +41,18 @@ HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "v
 MAX_UNREADABLE_FRACTION = 0.01
 # Seconds in which a second Ctrl-C under torchrun is taken as torchrun passing on the first.
 TORCHRUN_SIGNAL_ECHO = 5.0
+
+
+def new_run_config(config_file: Path | None, flags: Mapping[str, Any]) -> TrainConfig:
+    """The settings of a new run: defaults < `config_file` < `flags` (see build_config).
+
+    Without --out, a config file's runs are named after it: configs/recipes/cpu-fast.yaml trains
+    into runs/cpu-fast (numbered if it exists), never a hidden folder (`.yaml` makes runs/yaml).
+    """
+    cfg = build_config(config_file, flags)
+    if config_file is not None and cfg.out is None:
+        cfg = dataclasses.replace(cfg, out=str(RUNS_ROOT / (Path(config_file).stem.lstrip(".") or "run")))
+    return cfg
 
 
 def resolve_config(cfg: TrainConfig) -> TrainConfig:

@@ -20,7 +20,7 @@ from catsdogs.training import train as train_module
 from catsdogs.training.checkpoint import load_checkpoint
 from catsdogs.training.config import TrainConfig
 from catsdogs.training.schedules import lr_factor
-from catsdogs.training.train import HISTORY_COLUMNS, train
+from catsdogs.training.train import HISTORY_COLUMNS, new_run_config, train
 
 SIZE = 96  # cnn3's minimum, to keep the tests fast
 
@@ -516,3 +516,14 @@ def test_the_accelerators_random_state_is_saved_and_restored(monkeypatch: pytest
     generator["state"] = torch.zeros(16, dtype=torch.uint8)
     set_rng_state(saved)
     assert not generator["state"].any()
+
+
+def test_a_config_files_runs_are_named_after_it(tmp_path: Path) -> None:
+    recipe = tmp_path / "cpu-fast.yaml"
+    recipe.write_text("optim: adam\n")
+    assert new_run_config(recipe, {}).out == "runs/cpu-fast"
+    assert new_run_config(recipe, {"out": "runs/mine"}).out == "runs/mine"  # --out wins
+    hidden = tmp_path / ".yaml"
+    hidden.write_text("optim: adam\n")
+    assert new_run_config(hidden, {}).out == "runs/yaml"  # never a hidden folder
+    assert new_run_config(None, {"optim": "adam"}).out is None  # train names it runs/<optim>
