@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from catsdogs import __version__
-from catsdogs.errors import CatsdogsError, UsageError, first_line
+from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.interrupts import ignore_ctrl_c
 
 
@@ -45,16 +45,14 @@ class CatsdogsGroup(click.Group):
         except OSError as exc:  # a folder in the way, a full disk, no permission: not a bug to trace
             raise click.ClickException(describe_os_error(exc)) from None
         except RuntimeError as exc:  # torch.OutOfMemoryError is one; other RuntimeErrors are bugs to trace
-            if lost_a_peer(exc):
-                raise click.ClickException("another process of this torchrun run stopped (killed, or failed: see its "
-                                           f"message above, if any, and torchrun's report): {first_line(exc, 120)}"
-                                           ) from None
-            if not is_out_of_memory(exc):
+            from catsdogs.training.distributed import lost_peer_message
+            from catsdogs.training.hardware import out_of_memory_message
+
+            message = (lost_peer_message(exc)
+                       or out_of_memory_message(exc, training=ctx.invoked_subcommand in ("train", "compare")))
+            if message is None:
                 raise
-            advice = ("train the same batches in passes with --micro-batch N, or use a smaller --batch-size or "
-                      "--image-size" if ctx.invoked_subcommand in ("train", "compare") else
-                      "free the memory other programs hold, or use --device cpu")
-            raise click.ClickException(f"out of memory ({first_line(exc)}): {advice}") from None
+            raise click.ClickException(message) from None
         except KeyboardInterrupt:
             ignore_ctrl_c()  # a further Ctrl-C must not cut the exit short
             after = {"train": " at once",  # train has said what is left to resume
@@ -73,20 +71,6 @@ def echo_safely(line: str, err: bool = False) -> None:
     except BrokenPipeError:
         stream = sys.stderr if err else sys.stdout
         os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
-
-
-def lost_a_peer(exc: BaseException) -> bool:
-    """Under torchrun: a collective failed because another process died (gloo, NCCL)."""
-    if os.environ.get("WORLD_SIZE", "1") in ("", "1"):
-        return False
-    text = f"{type(exc).__name__} {exc}"
-    return any(mark in text for mark in ("DistBackendError", "DistNetworkError", "gloo", "NCCL",
-                                         "Connection reset by peer", "Connection closed by peer"))
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """A GPU's (torch.OutOfMemoryError) or the CPU allocator's failure to allocate."""
-    return type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(exc)
 
 
 def describe_os_error(exc: OSError) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from catsdogs.errors import UsageError
+from catsdogs.errors import UsageError, first_line
 
 
 @dataclass(frozen=True)
@@ -133,3 +133,20 @@ def gather(value: Any, team: Team) -> list[Any]:
 def wait_for_all(team: Team) -> None:
     if team.enabled:
         dist.barrier()
+
+
+def lost_a_peer(exc: BaseException) -> bool:
+    """Under torchrun: a collective failed because another process died (gloo, NCCL)."""
+    if os.environ.get("WORLD_SIZE", "1") in ("", "1"):
+        return False
+    text = f"{type(exc).__name__} {exc}"
+    return any(mark in text for mark in ("DistBackendError", "DistNetworkError", "gloo", "NCCL",
+                                         "Connection reset by peer", "Connection closed by peer"))
+
+
+def lost_peer_message(exc: BaseException) -> str | None:
+    """One line for the user when another process of the torchrun run stopped; None for other errors."""
+    if not lost_a_peer(exc):
+        return None
+    return ("another process of this torchrun run stopped (killed, or failed: see its message above, if any, "
+            f"and torchrun's report): {first_line(exc, 120)}")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from catsdogs.errors import CatsdogsError
+from catsdogs.errors import CatsdogsError, first_line
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -106,3 +106,20 @@ def tune_allocator() -> bool:
     ok &= mallopt(_M_TRIM_THRESHOLD, 2**30) == 1
     ok &= mallopt(_M_TOP_PAD, 512 * 2**20) == 1
     return bool(ok)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A GPU's (torch.OutOfMemoryError) or the CPU allocator's failure to allocate."""
+    return type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(exc)
+
+
+def out_of_memory_message(exc: BaseException, training: bool) -> str | None:
+    """One line for the user on running out of memory, with what to change; None for other errors.
+
+    `training`: the work that failed trains models (train, compare), where smaller steps help.
+    """
+    if not is_out_of_memory(exc):
+        return None
+    advice = ("train the same batches in passes with --micro-batch N, or use a smaller --batch-size or "
+              "--image-size" if training else "free the memory other programs hold, or use --device cpu")
+    return f"out of memory ({first_line(exc)}): {advice}"

@@ -250,3 +250,16 @@ def test_a_batch_smaller_than_the_team_is_refused_before_anything_starts(data: P
     with pytest.raises(UsageError, match="--batch-size 2 is smaller than the 3 processes"):
         train(cfg, progress=False, log=lambda _: None)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_lost_peer_is_one_line_only_under_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
+    from catsdogs.training.distributed import lost_peer_message
+
+    error = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert lost_peer_message(error) is None  # one process: a bug to trace
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert lost_peer_message(error) == (
+        "another process of this torchrun run stopped (killed, or failed: see its message above, if any, and "
+        "torchrun's report): [../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer")
+    assert lost_peer_message(RuntimeError("shape mismatch")) is None

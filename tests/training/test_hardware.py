@@ -113,3 +113,14 @@ def test_mps_where_there_is_none_is_a_clear_error(no_accelerators: None) -> None
 def test_an_unknown_device_lists_the_choices() -> None:
     with pytest.raises(CatsdogsError, match="unknown device 'tpu'; choose auto, cpu, cuda or mps"):
         select_device("tpu")
+
+
+def test_out_of_memory_is_one_line_with_advice_for_the_work_that_failed() -> None:
+    gpu = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+    assert hardware.out_of_memory_message(gpu, training=True) == (
+        "out of memory (CUDA out of memory. Tried to allocate 2.00 GiB): train the same batches in passes with "
+        "--micro-batch N, or use a smaller --batch-size or --image-size")
+    cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried ...")
+    assert hardware.out_of_memory_message(cpu, training=False).endswith(
+        ": free the memory other programs hold, or use --device cpu")
+    assert hardware.out_of_memory_message(RuntimeError("shape mismatch"), training=True) is None
