@@ -5,9 +5,9 @@ Run from the repository root, on a folder written by `catsdogs split`:
     python benchmarks/bench_train.py --data data
 
 (a) the tutorial: torchvision ImageFolder + Resize + RandomHorizontalFlip + ToTensor through a
-DataLoader, float32, NCHW, decoding every image every epoch; (b) `catsdogs.train.train` with its
-defaults (decode-once cache built inside the timing, bf16 autocast where the CPU has it,
-channels-last). Both train cnn3 with Adam for the same epochs at the same batch size and image
+DataLoader, float32, NCHW, decoding every image every epoch; (b) `catsdogs.training.train.train`
+with its defaults (decode-once cache built inside the timing, bf16 autocast where the CPU has
+it, channels-last). Both train cnn3 with Adam for the same epochs at the same batch size and image
 size, validating after every epoch, in this one process; the ratio b/a is the speed-up.
 """
 

@@ -111,7 +111,7 @@ def train(cfg: TrainConfig | None, resume: str | Path | None = None, flags: Mapp
 
     When resuming, the config comes from the checkpoint and `flags` may change only
     RESUMABLE_CHANGES (raising --epochs, say); any other differing flag is refused. Started
-    by torchrun, each process trains on its share of every batch (see catsdogs.distributed).
+    by torchrun, each process trains on its share of every batch (see training/distributed.py).
     """
     team = team_from_environment()
     if not team.main:

@@ -1,4 +1,4 @@
-"""Tests for catsdogs.download against a local HTTP server serving a small generated zip."""
+"""Tests for catsdogs.data.download against a local HTTP server serving a small generated zip."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for catsdogs.images: every colour mode becomes RGB, EXIF orientation is honoured, resizing."""
+"""Tests for catsdogs.data.images: every colour mode becomes RGB, EXIF orientation is honoured, resizing."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for catsdogs.split: file checks, leakage, layouts, determinism, ratios and reports."""
+"""Tests for catsdogs.data.split: file checks, leakage, layouts, determinism, ratios and reports."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for catsdogs.staging: re-runs, --force, foreign files, link modes, safe output folders, interruption."""
+"""Tests for catsdogs.data.staging: re-runs, --force, foreign files, link modes, safe output folders, interruption."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for catsdogs.transforms: train flips with the configured probability, eval never flips."""
+"""Tests for catsdogs.data.transforms: train flips with the configured probability, eval never flips."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for catsdogs.explain and `catsdogs explain`: Grad-CAM where the answer is known, every model, CLI."""
+"""Tests for catsdogs.inference.explain and `catsdogs explain`: Grad-CAM where the answer is known, every model, CLI."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for catsdogs.plots: curves from history.csv in PNG, SVG or PDF, several runs overlaid."""
+"""Tests for catsdogs.inference.plots: curves from history.csv in PNG, SVG or PDF, several runs overlaid."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for catsdogs.predict and `catsdogs predict`: the same numbers as evaluate, bad files, TTA."""
+"""Tests for catsdogs.inference.predict and `catsdogs predict`: the same numbers as evaluate, bad files, TTA."""
 
 from __future__ import annotations
 

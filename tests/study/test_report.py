@@ -1,4 +1,4 @@
-"""Tests for catsdogs.report: report.md's wording, read off hand-made study folders (no training)."""
+"""Tests for catsdogs.study.report: report.md's wording, read off hand-made study folders (no training)."""
 
 from __future__ import annotations
 

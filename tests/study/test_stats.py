@@ -1,4 +1,4 @@
-"""Tests for catsdogs.stats against table values, closed forms and sums worked out by hand."""
+"""Tests for catsdogs.study.stats against table values, closed forms and sums worked out by hand."""
 
 from __future__ import annotations
 

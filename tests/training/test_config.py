@@ -1,4 +1,4 @@
-"""Tests for catsdogs.config: defaults < YAML file < flags, and errors naming the file and the key."""
+"""Tests for catsdogs.training.config: defaults < YAML file < flags, and errors naming the file and the key."""
 
 from __future__ import annotations
 

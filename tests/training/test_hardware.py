@@ -1,4 +1,4 @@
-"""Tests for catsdogs.hardware: device choice and precision fallbacks, with the reason given."""
+"""Tests for catsdogs.training.hardware: device choice and precision fallbacks, with the reason given."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for catsdogs.models: the registry and the tutorial's cnn3, which returns logits."""
+"""Tests for catsdogs.training.models: the registry and the tutorial's cnn3, which returns logits."""
 
 from __future__ import annotations
 

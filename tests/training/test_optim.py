@@ -1,4 +1,4 @@
-"""Tests for catsdogs.optim: the built-in registry, training with every entry, user and plugin entries."""
+"""Tests for catsdogs.training.optim: the built-in registry, training with every entry, user and plugin entries."""
 
 from __future__ import annotations
 

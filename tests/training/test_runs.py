@@ -1,4 +1,4 @@
-"""Tests for catsdogs.runs: fresh numbered run folders, the most recent run, checkpoint names."""
+"""Tests for catsdogs.training.runs: fresh numbered run folders, the most recent run, checkpoint names."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for catsdogs.schedules: the shape of each schedule and the linear warmup."""
+"""Tests for catsdogs.training.schedules: the shape of each schedule and the linear warmup."""
 
 from __future__ import annotations
 
