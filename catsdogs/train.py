@@ -433,6 +433,12 @@ def _check_unreadable(paths: list[Path], total: int, data: str = "DATA") -> None
     print(f"warning: skipped {len(paths)} unreadable image(s): {names}", file=sys.stderr)
 
 
-def print_config(cfg: TrainConfig) -> str:
-    """The resolved config as YAML, exactly as the run folder's config.yaml would hold it."""
+def print_config(cfg: TrainConfig | None, resume: str | Path | None = None,
+                 flags: Mapping[str, Any] | None = None) -> str:
+    """The resolved config as YAML, exactly as the run folder's config.yaml would hold it: that of
+    `cfg`, or, with `resume`, the settings a resume of that run with `flags` would train with."""
+    if resume is not None:
+        cfg = resumed_config(load_checkpoint(Path(resume) / "last.pt"), flags or {}, Path(resume))
+    if cfg is None:
+        raise ValueError("print_config() needs a config unless it shows a resumed run's")
     return config_to_yaml(resolve_config(cfg))

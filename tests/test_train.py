@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from catsdogs import loop as loop_module
 from catsdogs import train as train_module
@@ -158,6 +159,22 @@ def test_resume_refuses_conflicting_settings(data: Path, tmp_path: Path, flag: s
     run = train(make_config(data, tmp_path / "run", epochs=1), progress=False, log=quiet).run_dir
     with pytest.raises(UsageError, match=f"--{flag.replace('_', '-')} .*conflicts"):
         train(None, resume=run, flags={flag: value, "epochs": 2}, progress=False, log=quiet)
+
+
+def test_print_config_of_a_resume_shows_the_resumed_settings_and_trains_nothing(data: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from catsdogs.cli import main
+
+    run = train(make_config(data, tmp_path / "run", epochs=1), progress=False, log=quiet).run_dir
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    before = {path.name: path.read_bytes() for path in run.iterdir()}
+    result = CliRunner().invoke(main, ["train", "--resume", str(run), "--epochs", "3", "--print-config"])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.output) == {**saved, "epochs": 3}  # the run's settings, with the allowed change
+    assert {path.name: path.read_bytes() for path in run.iterdir()} == before  # no epoch trained, nothing written
+    refused = CliRunner().invoke(main, ["train", "--resume", str(run), "--lr", "0.5", "--print-config"])
+    assert refused.exit_code == 2 and "--lr 0.5 conflicts with the run being resumed" in refused.output
 
 
 def test_best_pt_is_written_before_the_last_pt_that_counts_its_epoch(data: Path, tmp_path: Path,
