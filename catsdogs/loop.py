@@ -79,7 +79,6 @@ class Progress:
     step: int = 0  # batches done inside the current epoch
     epoch_order_state: torch.Tensor | None = None  # order generator state at the epoch's start
     sums: tuple[float, int, int, float] = (0.0, 0, 0, 0.0)  # loss sum, correct, seen, seconds
-    best_val_acc: float = -1.0
     epochs_since_best: int = 0
     stopped_early: bool = False
     budget_spent: bool = False
