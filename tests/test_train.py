@@ -117,11 +117,13 @@ def _interrupt_after(monkeypatch, steps: int) -> None:
     monkeypatch.setattr(loop_module.EpochLoop, "_step", step)
 
 
-@pytest.mark.parametrize(("precision", "scheduler"), [("fp32", "constant"), ("auto", "constant"),
-                                                     ("fp32", "onecycle")])  # the recipes' schedule
+@pytest.mark.parametrize(("precision", "scheduler", "augment"),
+                         [("fp32", "constant", "flip"), ("auto", "constant", "flip"),
+                          ("fp32", "onecycle", "flip"),  # the recipes' schedule
+                          ("fp32", "constant", "trivialaugment"), ("fp32", "constant", "randaugment")])
 def test_interrupted_mid_epoch_then_resumed_equals_straight_run(data: Path, tmp_path: Path, monkeypatch,
-                                                                 precision: str, scheduler: str) -> None:
-    cfg = dict(epochs=4, precision=precision, scheduler=scheduler)
+                                                                 precision: str, scheduler: str, augment: str) -> None:
+    cfg = dict(epochs=4, precision=precision, scheduler=scheduler, augment=augment)
     straight = train(make_config(data, tmp_path / "straight", **cfg), progress=False, log=quiet).run_dir
     steps_per_epoch = 5  # 40 training images, batch 8
     with monkeypatch.context() as patch:
