@@ -212,7 +212,8 @@ def shared_run_options(func: Any) -> Any:
 @click.option("--out", default=None, help="Run folder. [default: runs/<optim>, numbered if it exists]")
 @click.option("--resume", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Continue the run in this folder from its last.pt.")
-@click.option("--print-config", is_flag=True, help="Print the resolved config and exit without training.")
+@click.option("--print-config", is_flag=True,
+              help="Print the resolved config (with --resume, the resumed run's) and exit without training.")
 def train(config_file: Path | None, resume: Path | None, print_config: bool, **flags: Any) -> None:
     """Train a model on the split's train/ folder, validating on val/ every epoch."""
     from catsdogs.training.train import new_run_config
@@ -227,6 +228,9 @@ def train(config_file: Path | None, resume: Path | None, print_config: bool, **f
                                        "(the one the interrupted run printed)")
         if not (resume / "last.pt").is_file():
             raise click.ClickException(f"{resume} has no last.pt to resume from")
+        if print_config:
+            click.echo(resolved_yaml(None, resume=resume, flags=flags), nl=False)
+            return
         result = run_training(None, resume=resume, flags=flags, log=echo_safely)
     else:
         cfg = new_run_config(config_file, flags)  # a recipe's runs are named after it: runs/cpu-fast

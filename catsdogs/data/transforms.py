@@ -145,10 +145,22 @@ def random_resized_crop_jitter(images: torch.Tensor, generator: torch.Generator 
     return images.clamp(0, 255)
 
 
-def _per_image(transform: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
-    """torchvision's automatic policies draw one op per call: call them once per image."""
+def _per_image(transform: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+               generator: torch.Generator | None) -> torch.Tensor:
+    """torchvision's automatic policies draw one op per call: call them once per image.
+
+    They draw from torch's global generator, which also drives dropout and which they take no
+    generator to replace: so they run on a copy of it seeded from `generator`, and the global one
+    is left as it was. Their ops are then a function of `generator` alone, as every other
+    augmentation's, and a resumed run repeats them.
+    """
     images = images.to(torch.uint8) if images.dtype != torch.uint8 else images
-    return torch.stack([transform(image) for image in images])
+    if generator is None:
+        return torch.stack([transform(image) for image in images])
+    seed = int(torch.randint(0, 2**63 - 1, (), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return torch.stack([transform(image) for image in images])
 
 
 @register_augment("trivialaugment")
@@ -156,7 +168,7 @@ def trivial_augment(images: torch.Tensor, generator: torch.Generator | None) -> 
     """Random crop, then TrivialAugmentWide (torchvision v2): one random op of random strength."""
     from torchvision.transforms import v2
 
-    return _per_image(v2.TrivialAugmentWide(), random_crop(images, generator).round().to(torch.uint8))
+    return _per_image(v2.TrivialAugmentWide(), random_crop(images, generator).round().to(torch.uint8), generator)
 
 
 @register_augment("randaugment")
@@ -164,7 +176,7 @@ def rand_augment(images: torch.Tensor, generator: torch.Generator | None) -> tor
     """Random crop, then RandAugment (torchvision v2): two random ops at magnitude 9."""
     from torchvision.transforms import v2
 
-    return _per_image(v2.RandAugment(), random_crop(images, generator).round().to(torch.uint8))
+    return _per_image(v2.RandAugment(), random_crop(images, generator).round().to(torch.uint8), generator)
 
 
 def train_preset(image_size: int, hflip: float = 0.25, vflip: float = 0.0, augment: str = "flip") -> Preset:

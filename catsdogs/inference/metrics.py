@@ -110,3 +110,4 @@ def format_metrics(metrics: dict[str, Any]) -> str:
                      f"{baseline['accuracy']:.4f}; balanced accuracy (the mean recall) is not fooled by that")
     lines.append("confusion matrix (rows true, columns predicted): " + str(metrics["confusion_matrix"]))
     return "\n".join(lines)
+

@@ -23,11 +23,12 @@ from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.inference.evaluate import evaluate_run
 from catsdogs.inference.plots import read_history
 from catsdogs.progress import progress_bar
-from catsdogs.study.report import (RUNS_DIR, STUDY_FILE, SWEEP_DIR, TUNING_FILE, read_json, run_name, sweep_name,
-                                   write_report)
+from catsdogs.study.report import (RUNS_DIR, STUDY_FILE, SWEEP_DIR, TUNING_FILE, best_row, read_json, run_name,
+                                   score_name, sweep_name, write_report)
 from catsdogs.training.config import TrainConfig
 from catsdogs.training.hardware import select_device
 from catsdogs.training.optim import get_optimizer_spec, load_optimizer_plugins
+from catsdogs.training.selection import best_epoch, selected_by
 from catsdogs.training.train import resolve_config, train
 
 DEFAULT_OPTIMS = ("vanilla-sgd", "minibatch-sgd", "momentum", "adam")
@@ -304,26 +305,35 @@ def _test_accuracy(run_dir: Path, device: str, progress: bool) -> float:
 
 
 def _choose_lrs(runs: list[_Planned], spec: StudySpec, seconds: float | None) -> dict[str, Any]:
-    """Each optimizer's best sweep learning rate by validation accuracy (ties: lower validation loss)."""
-    rows = []
+    """Each optimizer's best sweep learning rate, by train's own rule (metrics.best_epoch): each run's
+    best epoch, then the learning rate whose best epoch the same rule puts first."""
+    column = selected_by(spec.base.class_weights)
+    rows, bests = [], []
     for run in runs:
         history = read_history(run.run_dir)
-        losses = [loss for loss in history["val_loss"] if math.isfinite(loss)]
+        best = best_row(history, spec.base.class_weights)
+        balanced = best.get("val_balanced_acc", math.nan)
+        bests.append(best)
         rows.append({"optim": run.cfg.optim, "lr": run.cfg.lr, "factor": run.factor,
-                     "best_val_acc": max(history["val_acc"]), "best_val_loss": min(losses, default=math.inf),
-                     "final_train_loss": history["train_loss"][-1], "epochs": len(history["epoch"])})
+                     "best_epoch": int(best["epoch"]), "best_val_acc": best["val_acc"],
+                     "best_val_balanced_acc": None if math.isnan(balanced) else balanced,
+                     "best_val_loss": best["val_loss"], "final_train_loss": history["train_loss"][-1],
+                     "epochs": len(history["epoch"])})
     chosen = {}
     for optim in spec.optims:
-        mine = [row for row in rows if row["optim"] == optim]
-        best = max(mine, key=lambda row: (row["best_val_acc"], -row["best_val_loss"]))
+        picked = [index for index, row in enumerate(rows) if row["optim"] == optim]
+        winner = best_epoch([bests[index] for index in picked], column)
+        best = next(rows[index] for index in picked if bests[index] is winner)
         chosen[optim] = best["lr"]
-        for row in mine:
+        for row in (rows[index] for index in picked):
             row["chosen"] = row is best
             row["at_edge"] = row is best and row["factor"] in (min(LR_FACTORS), max(LR_FACTORS))
     length = (f"{runs[0].cfg.epochs} epoch{'s' if runs[0].cfg.epochs > 1 else ''}" if seconds is None
               else f"{seconds * TUNE_FRACTION:g} s")
     return {"factors": list(LR_FACTORS), "seed": runs[0].cfg.seed, "length": length, "chosen": chosen,
-            "rows": rows, "selected_by": "best validation accuracy; the test split is never read"}
+            "rows": rows, "best_chosen_by": column,
+            "selected_by": f"best validation {score_name(column)}, as train picks best.pt; the test split is never "
+                           "read"}
 
 
 class _StudyBar:
@@ -422,7 +432,7 @@ def run_study(spec: StudySpec, force: bool = False, progress: bool = True, log: 
             tuning = _choose_lrs(sweep, spec, seconds)
             write_text_atomic(spec.out / TUNING_FILE, json.dumps(tuning, indent=2) + "\n")
             lrs = tuning["chosen"]
-            bar.echo("learning rates chosen on validation accuracy: "
+            bar.echo(f"learning rates chosen on validation {score_name(selected_by(base.class_weights))}: "
                      + ", ".join(f"{optim} {lr:g}" for optim, lr in lrs.items()))
         if not all(complete(run) for run in _plan_study(base, spec, seconds, seeds, lrs)):
             return StudyResult(spec.out, "interrupted")

@@ -18,6 +18,7 @@ from catsdogs.inference.plots import read_history
 from catsdogs.study.figures import plot_study_curves, plot_test_accuracy
 from catsdogs.study.stats import mean_sd, paired_t_test, percent
 from catsdogs.training.checkpoint import load_checkpoint
+from catsdogs.training.selection import best_epoch, selected_by
 
 RUNS_DIR, SWEEP_DIR = "runs", "sweep"
 STUDY_FILE, TUNING_FILE = "study.json", "tuning.json"
@@ -53,6 +54,22 @@ class RunRecord:
     history: dict[str, list[float]]
     status: dict[str, Any]
     metrics: dict[str, Any] | None
+
+    @property
+    def best(self) -> dict[str, float]:
+        """The row of history.csv that best.pt holds."""
+        return best_row(self.history, self.config.get("class_weights"))
+
+
+def best_row(history: dict[str, list[float]], class_weights: str | None) -> dict[str, float]:
+    """The epoch a run kept as best.pt (train's own rule, metrics.best_epoch), from history.csv's columns."""
+    rows = [dict(zip(history, values)) for values in zip(*history.values())]
+    return dict(best_epoch(rows, selected_by(class_weights or "none")))
+
+
+def score_name(column: str) -> str:
+    """The history column a best epoch is chosen by (metrics.selected_by), in words."""
+    return "balanced accuracy" if column == "val_balanced_acc" else "accuracy"
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -91,6 +108,22 @@ def _device_note(run_dir: Path) -> str | None:
 
 # ---- the summary ------------------------------------------------------------------------------
 
+def _finite(value: float | None) -> float | None:
+    """None for a value history.csv lacks (nan: a column older catsdogs did not write)."""
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def _balanced_spread(best_rows: list[dict[str, float]]) -> dict[str, Any] | None:
+    values = [_finite(row.get("val_balanced_acc")) for row in best_rows]
+    return None if None in values else _spread(values)
+
+
+def _best_key(chosen_by: str, item: dict[str, Any]) -> str:
+    """The key of a ranking row's or run's best-epoch score that the best epoch was chosen by."""
+    balanced = chosen_by == "val_balanced_acc" and item.get("best_val_balanced_acc") is not None
+    return "best_val_balanced_acc" if balanced else "best_val_acc"
+
+
 def summarize(study_dir: Path, target_acc: float) -> dict[str, Any]:
     """Everything the report says, as plain values (summary.json holds exactly this)."""
     study = read_json(study_dir / STUDY_FILE)
@@ -105,6 +138,7 @@ def summarize(study_dir: Path, target_acc: float) -> dict[str, Any]:
     train_images = len([p for p in train_split.paths if p not in unreadable])
     first = runs[(optims[0], seeds[0])].metrics
     chance = max(sum(row) for row in first["confusion_matrix"]) / first["images"]
+    chosen_by = selected_by(shared.get("class_weights") or "none")
 
     rows = []
     for optim in optims:
@@ -116,7 +150,9 @@ def summarize(study_dir: Path, target_acc: float) -> dict[str, Any]:
         rows.append({
             "optim": optim,
             "test_acc": _spread([r.metrics["accuracy"] for r in mine]),
-            "best_val_acc": _spread([max(r.history["val_acc"]) for r in mine]),
+            # best.pt's epoch, chosen as train chose it: its accuracy, and its balanced accuracy
+            "best_val_acc": _spread([r.best["val_acc"] for r in mine]),
+            "best_val_balanced_acc": _balanced_spread([r.best for r in mine]),
             "final_train_loss": _spread([r.history["train_loss"][-1] for r in mine]),
             "epochs_done": [len(r.history["epoch"]) for r in mine],
             "epochs_to_target": {"values": reached, "mean": statistics.fmean(got) if got else None,
@@ -127,7 +163,7 @@ def summarize(study_dir: Path, target_acc: float) -> dict[str, Any]:
             "images_per_second": _spread([_images_seen(r, train_images) / max(s, 1e-9) for r, s in zip(mine, seconds)]),
             "statuses": [r.status.get("status", "unknown") for r in mine],
         })
-    rows.sort(key=lambda row: (-row["test_acc"]["mean"], -row["best_val_acc"]["mean"]))
+    rows.sort(key=lambda row: (-row["test_acc"]["mean"], -row[_best_key(chosen_by, row)]["mean"]))
     for place, (above, row) in enumerate(zip([None, *rows], rows), 1):
         # Equal means share a rank (1, 1, 3), as the report's text shows them with "=".
         row["rank"] = above["rank"] if above is not None and _same_mean(above, row) else place
@@ -141,12 +177,13 @@ def summarize(study_dir: Path, target_acc: float) -> dict[str, Any]:
     order = [row["optim"] for row in rows]
     hashes = {str(s): {o: runs[(o, s)].status.get("init_hash") for o in optims} for s in seeds}
     tuning = read_json(study_dir / TUNING_FILE) if (study_dir / TUNING_FILE).is_file() else None
+    lr_from = f"sweep (best validation {score_name(chosen_by)})" if tuning else "optimizer default"
     hyper = {o: {k: runs[(o, seeds[0])].config.get(k) for k in ("lr", "momentum", "batch_size", "weight_decay")}
-             | {"lr_from": "sweep (best validation accuracy)" if tuning else "optimizer default"} for o in optims}
+             | {"lr_from": lr_from} for o in optims}
     claims = [compare(a, b) for a, b in zip(TUTORIAL_RANKING, TUTORIAL_RANKING[1:]) if {a, b} <= set(optims)]
     return {
         "study": str(study_dir), "optims": optims, "seeds": seeds, "budget": study["budget"],
-        "tune_lr": study["tune_lr"], "target_val_acc": target_acc, "chance_acc": chance,
+        "tune_lr": study["tune_lr"], "target_val_acc": target_acc, "chance_acc": chance, "best_chosen_by": chosen_by,
         "data": {"path": shared["data"], "train_images": train_images,
                  "val_images": len(read_split(shared["data"], "val")), "test_images": first["images"]},
         "shared_settings": {k: v for k, v in shared.items() if k not in NOT_SHARED},
@@ -158,7 +195,8 @@ def summarize(study_dir: Path, target_acc: float) -> dict[str, Any]:
                     "init_hash": hashes},
         "sweep": tuning,
         "runs": [{"run": f"{RUNS_DIR}/{r.run_dir.name}", "optim": o, "seed": s, "status": r.status.get("status"),
-                  "epochs": len(r.history["epoch"]), "best_val_acc": max(r.history["val_acc"]),
+                  "epochs": len(r.history["epoch"]), "best_epoch": int(r.best["epoch"]),
+                  "best_val_acc": r.best["val_acc"], "best_val_balanced_acc": _finite(r.best.get("val_balanced_acc")),
                   "test_acc": r.metrics["accuracy"], "init_hash": r.status.get("init_hash"),
                   "seconds": sum(r.history["seconds"])} for (o, s), r in runs.items()],
         "figures": {"curves": CURVES_FIGURE, "test_accuracy": ACCURACY_FIGURE},
@@ -284,8 +322,10 @@ def format_report(summary: dict[str, Any]) -> str:
                                    "optimizers for a seed (see the init hashes under Runs)**; the paired tests "
                                    "below assume they match."), ""]
 
+    chosen_by = summary.get("best_chosen_by", "val_acc")
+    score = score_name(chosen_by)
     lines += ["## Ranking", "",
-              f"| rank | optimizer | test accuracy (mean ± sd) | per seed | best val accuracy | final train loss | "
+              f"| rank | optimizer | test accuracy (mean ± sd) | per seed | best val {score} | final train loss | "
               f"epochs to val accuracy ≥ {percent(target, 0)} | wall time per run | training images/s |",
               "|---:|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -294,12 +334,14 @@ def format_report(summary: dict[str, Any]) -> str:
                    f"{to_target['mean']:.1f}" + ("" if to_target["reached"] == to_target["of"] else
                                                   f" ({to_target['reached']} of {to_target['of']} seeds)"))
         lines.append(f"| {r['rank']} | {r['optim']} | {mean_sd(r['test_acc'])} | "
-                     f"{', '.join(percent(v) for v in r['test_acc']['values'])} | {mean_sd(r['best_val_acc'])} | "
+                     f"{', '.join(percent(v) for v in r['test_acc']['values'])} | "
+                     f"{mean_sd(r[_best_key(chosen_by, r)])} | "
                      f"{mean_sd(r['final_train_loss'], pct=False, digits=3)} | {reached} | "
                      f"{_seconds(r['wall_seconds'])} | "
                      f"{mean_sd(r['images_per_second'], pct=False, digits=0)} |")
-    lines += ["", "Test accuracy is that of each run's best checkpoint (highest validation accuracy) on the test "
-              f"split ({summary['data']['test_images']} images), which training and tuning never read. sd is the "
+    lines += ["", f"Test accuracy is that of each run's best checkpoint (the epoch of highest validation {score}, "
+              "ties going to the lower validation loss, as `train` chose it) on the test split "
+              f"({summary['data']['test_images']} images), which training and tuning never read. sd is the "
               "standard deviation across seeds. Wall time covers training and validation; images/s divides the "
               "training images seen by that time.", "",
               "## Are the gaps between neighbours real?", "", *_comparison_rows(summary["adjacent"]), "",
@@ -325,11 +367,11 @@ def format_report(summary: dict[str, Any]) -> str:
     if summary["sweep"]:
         lines += ["", *format_sweep(summary["sweep"])]
     lines += ["", "## Setup", "", *_setup_lines(summary), "", "## Runs", "",
-              "| run | status | epochs | best val accuracy | test accuracy | init hash | wall time |",
-              "|---|---|---:|---:|---:|---|---:|"]
+              f"| run | status | epochs | best epoch | its val {score} | test accuracy | init hash | wall time |",
+              "|---|---|---:|---:|---:|---:|---|---:|"]
     for run in summary["runs"]:
-        lines.append(f"| [{run['run']}]({run['run']}) | {run['status']} | {run['epochs']} | "
-                     f"{percent(run['best_val_acc'])} | {percent(run['test_acc'])} | `{run['init_hash']}` | "
+        lines.append(f"| [{run['run']}]({run['run']}) | {run['status']} | {run['epochs']} | {run['best_epoch']} | "
+                     f"{percent(run[_best_key(chosen_by, run)])} | {percent(run['test_acc'])} | `{run['init_hash']}` | "
                      f"{run['seconds']:.{1 if run['seconds'] < 10 else 0}f} s |")
     lines += ["", "Re-running the same `catsdogs compare` command skips finished runs, resumes unfinished ones and "
               "rewrites this report; study.json holds the arguments it was made with.", ""]
@@ -372,16 +414,20 @@ def _spread_note(tests: list[dict[str, Any]], n: int) -> str:
 
 
 def format_sweep(sweep: dict[str, Any]) -> list[str]:
+    chosen_by = sweep.get("best_chosen_by", "val_acc")
+    score = score_name(chosen_by)
     lines = ["## Learning-rate sweep", "",
              f"Each optimizer's default learning rate times {', '.join(f'{f:g}' for f in sweep['factors'])}, "
-             f"trained with seed {sweep['seed']} for {sweep['length']}; the best by validation accuracy (ties: "
-             "lowest validation loss) was used for the study. The test split was not read.", "",
-             "| optimizer | learning rate | × default | best val accuracy | lowest val loss | final train loss | "
+             f"trained with seed {sweep['seed']} for {sweep['length']}; each run's best epoch chosen as `train` "
+             f"chooses it (highest validation {score}, ties: lower validation loss), and the learning rate whose "
+             "best epoch was best by the same rule was used for the study. The test split was not read.", "",
+             f"| optimizer | learning rate | × default | best val {score} | its val loss | final train loss | "
              "chosen |", "|---|---:|---:|---:|---:|---:|---|"]
     for row in sweep["rows"]:
         mark = "**yes**" + (" (edge of the grid: widen it)" if row["at_edge"] else "") if row["chosen"] else ""
-        lines.append(f"| {row['optim']} | {row['lr']:g} | {row['factor']:g} | {percent(row['best_val_acc'])} | "
-                     f"{row['best_val_loss']:.3f} | {row['final_train_loss']:.3f} | {mark} |")
+        lines.append(f"| {row['optim']} | {row['lr']:g} | {row['factor']:g} | "
+                     f"{percent(row[_best_key(chosen_by, row)])} | {row['best_val_loss']:.3f} | "
+                     f"{row['final_train_loss']:.3f} | {mark} |")
     return lines
 
 

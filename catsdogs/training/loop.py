@@ -51,7 +51,6 @@ class Progress:
     step: int = 0  # batches done inside the current epoch
     epoch_order_state: torch.Tensor | None = None  # order generator state at the epoch's start
     sums: tuple[float, int, int, float] = (0.0, 0, 0, 0.0)  # loss sum, correct, seen, seconds
-    best_val_acc: float = -1.0
     epochs_since_best: int = 0
     stopped_early: bool = False
     budget_spent: bool = False
@@ -136,7 +135,7 @@ class EpochLoop:
         for images, labels in self.train_source.batches(order[progress.step:], pin=self.device.type == "cuda"):
             lr = self._set_lr(progress.global_step, steps_planned)
             batch_loss, batch_correct = self._step(images, labels)
-            loss_sum += batch_loss * len(labels)
+            loss_sum += batch_loss
             correct += batch_correct
             seen += len(labels)
             progress.step += 1
@@ -183,9 +182,18 @@ class EpochLoop:
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
         """One optimizer step on the batch, in passes of `micro_batch` images whose gradients add up
-        to the batch's (each pass's summed loss divided by the whole batch's total weight)."""
+        to the batch's (each pass's summed loss divided by the whole batch's total weight).
+
+        Under DistributedDataParallel, which averages the processes' gradients, the batch is the
+        processes' shares together: each divides by the mean over processes of the shares' weights,
+        so that the average is the whole batch's gradient however the images and the class weight
+        fall between the shares. Returns this share's part of the batch's mean loss times the
+        batch's images (its part of the epoch's loss sum), and its correct answers.
+        """
         images = self.train_source.preset(images.to(self.device, non_blocking=True), self.aug_gen)
         weight = len(labels) if self.class_weight is None else float(self.class_weight[labels.cpu()].sum())
+        weight, count = total([weight, len(labels)], self.team)
+        weight /= self.team.world
         labels = labels.to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
         size = self.micro_batch or len(labels)
@@ -205,7 +213,7 @@ class EpochLoop:
         self.scaler.update()
         if self.ema is not None:
             self.ema.update(self.model)
-        return loss_sum, correct
+        return loss_sum * count / self.team.world, correct
 
     @property
     def kept_model(self) -> nn.Module:

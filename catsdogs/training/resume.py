@@ -94,6 +94,7 @@ def point_best_at(run_dir: Path, data: str) -> None:
 def restore_progress(state: Mapping[str, Any]) -> Progress:
     saved = dict(state["progress"])
     saved["sums"] = tuple(saved["sums"])
+    saved.pop("best_val_acc", None)  # kept by older catsdogs; the best epoch is read off the history now
     return Progress(**saved)
 
 

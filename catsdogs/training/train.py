@@ -12,7 +12,7 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from catsdogs.training.optim import build_optimizer, get_optimizer_spec, load_op
 from catsdogs.training.resume import (RANK_SEED_STRIDE, LastSaver, check_same_split, data_fingerprint, model_state,
                                       point_best_at, restore_process_randomness, restore_progress, resume_command,
                                       resumed_config)
+from catsdogs.training.selection import best_epoch, better_epoch, selected_by
 from catsdogs.training.runs import RUNS_ROOT, new_run_dir
 from catsdogs.training.schedules import SCHEDULERS
 
@@ -75,8 +76,26 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
 class TrainResult:
     run_dir: Path
     epochs_done: int
-    best_val_acc: float
     status: str  # finished | early-stopped | time-budget | interrupted | nothing-to-do
+    # The epoch best.pt holds (see best_epoch: by val_balanced_acc under --class-weights balanced, by
+    # val_acc otherwise), and its val accuracy and balanced accuracy; None before a first epoch.
+    best_epoch: int | None = None
+    best_val_acc: float | None = None
+    best_val_balanced_acc: float | None = None
+
+
+def _result(run_dir: Path, progress: Progress, cfg: TrainConfig, status: str) -> TrainResult:
+    best = _best(progress, cfg)
+    return TrainResult(run_dir, progress.epoch, status, **best)
+
+
+def _best(progress: Progress, cfg: TrainConfig) -> dict[str, Any]:
+    """best_epoch, best_val_acc and best_val_balanced_acc of the run so far, as status.json holds them."""
+    if not progress.history:
+        return {"best_epoch": None, "best_val_acc": None, "best_val_balanced_acc": None}
+    row = best_epoch(progress.history, selected_by(cfg.class_weights))
+    return {"best_epoch": int(row["epoch"]), "best_val_acc": row["val_acc"],
+            "best_val_balanced_acc": row.get("val_balanced_acc")}
 
 
 def _seed_everything(seed: int) -> None:
@@ -231,7 +250,7 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
                         "time-budget" if progress_state.budget_spent else "finished")
                 if team.main:
                     _write_status(run_dir, done, progress_state, cfg, init_hash, hardware, train_source, val_source)
-            return TrainResult(run_dir, progress_state.epoch, progress_state.best_val_acc, "nothing-to-do")
+            return _result(run_dir, progress_state, cfg, "nothing-to-do")
         log(f"resuming {run_dir} in epoch {progress_state.epoch + 1}"
             + (f" after step {progress_state.step}" if progress_state.step else ", from its start"))
         if team.main:
@@ -259,7 +278,7 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
     identity = {"classes": list(train_split.classes), "init_hash": init_hash, "data_fingerprint": fingerprint}
     save_last = LastSaver(run_dir, cfg, loop, identity, team)
     status = "finished"
-    column = _selected_by(cfg)  # what makes an epoch the best
+    column = selected_by(cfg.class_weights)  # what makes an epoch the best
     by_balanced = column == "val_balanced_acc"
     try:
         with stop_on_signals(log, repeat_window=TORCHRUN_SIGNAL_ECHO if team.enabled else 0.0) as stop:
@@ -272,9 +291,9 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
                         f"resume with: {resume_command(run_dir, team)}")
                     break
                 row = progress_state.history[-1]
-                improved = _better(row, progress_state.history[:-1], column)
+                improved = better_epoch(row, progress_state.history[:-1], column)
                 if improved:
-                    progress_state.best_val_acc, progress_state.epochs_since_best = row["val_acc"], 0
+                    progress_state.epochs_since_best = 0
                 else:
                     progress_state.epochs_since_best += 1
                 if progress_state.budget_spent:
@@ -306,14 +325,14 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
                     status = "early-stopped"
                     log(f"early stop: {_selected_name(cfg)} has not improved for {cfg.patience} "
                         f"epoch{'s' if cfg.patience != 1 else ''} "
-                        f"(best {_best_row(progress_state.history, cfg)[column]:.4f})")
+                        f"(best {best_epoch(progress_state.history, column)[column]:.4f})")
                     break
             # Still inside the signal handling: under torchrun a Ctrl-C reaches each process twice, and
             # the second copy may come only now; it must not cut the status file short.
             if team.main:
                 _write_status(run_dir, status, progress_state, cfg, init_hash, hardware, train_source, val_source)
             if status != "interrupted":
-                best = _best_row(progress_state.history, cfg)
+                best = best_epoch(progress_state.history, column)
                 score = (f"best val balanced accuracy {best['val_balanced_acc']:.4f} (accuracy {best['val_acc']:.4f})"
                          if by_balanced else f"best val accuracy {best['val_acc']:.4f}")
                 score += _baseline_note(val_split, balanced_shown=by_balanced)
@@ -322,38 +341,11 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
         if team.main:
             _after_abort(run_dir, team, log, "stopped at once" if isinstance(exc, KeyboardInterrupt) else "failed")
         raise
-    return TrainResult(run_dir, progress_state.epoch, progress_state.best_val_acc, status)
-
-
-def _selected_by(cfg: TrainConfig) -> str:
-    """The history column best.pt is chosen by: balanced accuracy when rare classes are to count as
-    much as common ones (--class-weights balanced), accuracy otherwise."""
-    return "val_balanced_acc" if cfg.class_weights == "balanced" else "val_acc"
+    return _result(run_dir, progress_state, cfg, status)
 
 
 def _selected_name(cfg: TrainConfig) -> str:
-    return "val balanced accuracy" if _selected_by(cfg) == "val_balanced_acc" else "val accuracy"
-
-
-def _best_row(history: Sequence[Mapping[str, Any]], cfg: TrainConfig) -> Mapping[str, Any]:
-    """The epoch best.pt holds: each epoch that beat all before it took the place."""
-    best = history[0]
-    for index, row in enumerate(history):
-        if _better(row, history[:index], _selected_by(cfg)):
-            best = row
-    return best
-
-
-def _better(row: Mapping[str, Any], earlier: Sequence[Mapping[str, Any]], column: str = "val_acc") -> bool:
-    """Whether this epoch beats every earlier one: a higher `column`, or the same and a lower val loss.
-
-    Ties are common where one class dominates: a model answering the larger class scores the same
-    accuracy for many epochs while it learns, and the loss tells the later, better one apart.
-    """
-    def key(r: Mapping[str, Any]) -> tuple[float, float]:
-        return r.get(column, r["val_acc"]), -r["val_loss"]
-
-    return all(key(row) > key(other) for other in earlier)
+    return "val balanced accuracy" if selected_by(cfg.class_weights) == "val_balanced_acc" else "val accuracy"
 
 
 def _cache_note(source: BatchSource) -> str:
@@ -428,8 +420,9 @@ def _write_status(run_dir: Path, status: str, progress: Progress, cfg: TrainConf
                   hardware: str, *sources: BatchSource) -> None:
     skipped = sorted({str(p) for s in sources for p in (s.failed + s.split.unreadable)})
     info = {"status": status, "epochs_done": progress.epoch, "epochs": cfg.epochs,
-            "best_val_acc": progress.best_val_acc if progress.history else None, "init_hash": init_hash,
-            "hardware": hardware, "unreadable_images": skipped}
+            # best.pt's epoch, and its val accuracy and balanced accuracy: chosen by best_chosen_by
+            **_best(progress, cfg), "best_chosen_by": selected_by(cfg.class_weights),
+            "init_hash": init_hash, "hardware": hardware, "unreadable_images": skipped}
     if status == "early-stopped":
         info["reason"] = f"{_selected_name(cfg)} did not improve for {cfg.patience} epochs"
     write_text_atomic(run_dir / "status.json", json.dumps(info, indent=2) + "\n")
@@ -446,6 +439,12 @@ def _check_unreadable(paths: list[Path], total: int, data: str = "DATA") -> None
     print(f"warning: skipped {len(paths)} unreadable image(s): {names}", file=sys.stderr)
 
 
-def print_config(cfg: TrainConfig) -> str:
-    """The resolved config as YAML, exactly as the run folder's config.yaml would hold it."""
+def print_config(cfg: TrainConfig | None, resume: str | Path | None = None,
+                 flags: Mapping[str, Any] | None = None) -> str:
+    """The resolved config as YAML, exactly as the run folder's config.yaml would hold it: that of
+    `cfg`, or, with `resume`, the settings a resume of that run with `flags` would train with."""
+    if resume is not None:
+        cfg = resumed_config(load_checkpoint(Path(resume) / "last.pt"), flags or {}, Path(resume))
+    if cfg is None:
+        raise ValueError("print_config() needs a config unless it shows a resumed run's")
     return config_to_yaml(resolve_config(cfg))

@@ -148,11 +148,17 @@ def test_crop_cuts_a_window_of_the_reflection_padded_image() -> None:
     assert len(shifts) > 1  # the offsets are drawn per image
 
 
-@pytest.mark.parametrize("name", ["crop", "rrc", "rrc-jitter"])
+@pytest.mark.parametrize("name", ["crop", "rrc", "rrc-jitter", "trivialaugment", "randaugment"])
 def test_generator_driven_augmentations_repeat_with_the_same_seed(name: str) -> None:
-    batch = uint8_batch(4).permute(0, 3, 1, 2)
+    """Every draw comes from the generator given: the global RNG (dropout's, saved apart on resume) neither
+    decides the result nor moves."""
+    batch = uint8_batch(8).permute(0, 3, 1, 2)
     augment = AUGMENTS.get(name)
+    torch.manual_seed(100)
+    global_state = torch.get_rng_state()
     first = augment(batch, torch.Generator().manual_seed(1))
+    assert torch.equal(torch.get_rng_state(), global_state)
+    torch.manual_seed(200)
     again = augment(batch, torch.Generator().manual_seed(1))
     other = augment(batch, torch.Generator().manual_seed(2))
     assert torch.equal(first, again)

@@ -149,3 +149,4 @@ def test_long_class_names_keep_the_table_aligned() -> None:
     lines = format_metrics(compute_metrics(probs, labels, ["Good Parts", "bad_pärts ünï longer"])).splitlines()
     columns = {line.index("images") + len("images") if i == 0 else len(line) for i, line in enumerate(lines[:4])}
     assert lines[2].startswith("bad_pärts ünï longer  ") and len(columns) == 1  # every row ends under "images"
+

@@ -247,6 +247,30 @@ def test_an_interrupted_study_resumes_only_the_run_in_progress(data: Path, tmp_p
     assert "epoch 1/1" in (out / "runs" / "vanilla-sgd-seed42" / "train.log").read_text()
 
 
+@pytest.mark.parametrize(("class_weights", "chosen"), [("balanced", 0.01), ("none", 0.001)])
+def test_the_sweep_picks_the_learning_rate_by_train_s_own_best_epoch_rule(tmp_path: Path, class_weights: str,
+                                                                         chosen: float) -> None:
+    histories = {0.001: [(0.50, 0.857, 0.500), (0.70, 0.700, 0.720)],  # best plain accuracy, in epoch 1
+                 0.01: [(0.60, 0.800, 0.750), (0.65, 0.790, 0.740)]}  # best balanced accuracy, in epoch 1
+    runs = []
+    for factor, (lr, scores) in zip((1.0, 10.0), histories.items()):
+        run = tmp_path / f"adam-lr{lr:g}"
+        run.mkdir()
+        rows = [f"{e},0.6,0.7,{loss},{acc},{balanced},{lr},1.0" for e, (loss, acc, balanced) in enumerate(scores, 1)]
+        (run / "history.csv").write_text("epoch,train_loss,train_acc,val_loss,val_acc,val_balanced_acc,lr,seconds\n"
+                                         + "\n".join(rows) + "\n")
+        runs.append(compare_module._Planned("sweep", base_config(tmp_path, optim="adam", lr=lr, out=str(run)), factor))
+    spec = StudySpec(base_config(tmp_path, class_weights=class_weights), ("adam",), seeds=1, tune_lr=True)
+    tuning = compare_module._choose_lrs(runs, spec, None)
+    assert tuning["chosen"] == {"adam": chosen}
+    by_lr = {row["lr"]: row for row in tuning["rows"]}
+    if class_weights == "balanced":  # each run's best epoch by balanced accuracy: epoch 2, then epoch 1
+        assert [(by_lr[lr]["best_epoch"], by_lr[lr]["best_val_balanced_acc"]) for lr in histories] == [(2, 0.72),
+                                                                                                       (1, 0.75)]
+    else:
+        assert [(by_lr[lr]["best_epoch"], by_lr[lr]["best_val_acc"]) for lr in histories] == [(1, 0.857), (1, 0.8)]
+
+
 def test_tuning_the_learning_rate_never_reads_the_test_split(tmp_path: Path, monkeypatch) -> None:
     data = write_tiny_split(tmp_path, per_class=(12, 4, 4), size=SIZE)
     out = tmp_path / "study"

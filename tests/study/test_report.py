@@ -15,12 +15,14 @@ TEST_IMAGES = 20  # accuracies below are multiples of 1/20
 HISTORY = "epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds\n1,0.69,0.5,0.69,0.5,0.01,2.0\n"
 
 
-def write_study(root: Path, accuracies: dict[str, list[float]], tune_lr: bool = False) -> Path:
-    """A finished study folder with the given test accuracy per optimizer and seed (seeds 42, 43, ...)."""
+def write_study(root: Path, accuracies: dict[str, list[float]], tune_lr: bool = False, history: str = HISTORY,
+                **settings) -> Path:
+    """A finished study folder with the given test accuracy per optimizer and seed (seeds 42, 43, ...), each
+    run with `history` as its history.csv and `settings` added to its config."""
     data = write_tiny_split(root, per_class=(2, 1, 1), size=8)
     study = root / "study"
     seeds = [42 + k for k in range(len(next(iter(accuracies.values()))))]
-    config = {"data": str(data), "epochs": 1, "patience": None, "image_size": 96}
+    config = {"data": str(data), "epochs": 1, "patience": None, "image_size": 96, **settings}
     study.mkdir()
     (study / "study.json").write_text(json.dumps({"optims": list(accuracies), "seeds": seeds, "budget": "epochs",
                                                   "tune_lr": tune_lr, "config": config}))
@@ -30,7 +32,7 @@ def write_study(root: Path, accuracies: dict[str, list[float]], tune_lr: bool = 
             run.mkdir(parents=True)
             (run / "config.yaml").write_text(yaml.safe_dump({**config, "optim": optim, "seed": seed, "lr": 0.01,
                                                              "batch_size": 8}))
-            (run / "history.csv").write_text(HISTORY)
+            (run / "history.csv").write_text(history)
             (run / "status.json").write_text(json.dumps({"status": "finished", "init_hash": f"h{seed}"}))
             (run / "metrics.json").write_text(json.dumps({"accuracy": accuracy, "images": TEST_IMAGES,
                                                           "confusion_matrix": [[10, 0], [10, 0]]}))
@@ -120,3 +122,33 @@ def test_time_advice_needs_a_gap_in_the_typical_epoch_on_every_seed(tmp_path: Pa
         epoch_seconds(study, "momentum", seed, [9.0, 8.0, 8.5])
     assert ("At equal epochs momentum took 4.2× the time per epoch of adam (median epochs, every seed)"
             in format_report(summarize(study, target_acc=0.7)))
+
+
+# Epoch 1 answers the larger class: the best plain accuracy, and the worst balanced accuracy.
+UNBALANCED_HISTORY = ("epoch,train_loss,train_acc,val_loss,val_acc,val_balanced_acc,lr,seconds\n"
+                      "1,0.60,0.70,0.50,0.857,0.500,0.01,2.0\n"
+                      "2,0.50,0.75,0.70,0.700,0.725,0.01,2.0\n"
+                      "3,0.40,0.80,0.65,0.690,0.740,0.01,2.0\n")
+
+
+@pytest.mark.parametrize(("class_weights", "best"), [("balanced", (3, 0.690, 0.740)), ("none", (1, 0.857, 0.500))])
+def test_the_report_takes_each_run_s_best_epoch_as_train_chose_it(tmp_path: Path, class_weights: str, best) -> None:
+    study = write_study(tmp_path, {"adam": [0.7, 0.7]}, history=UNBALANCED_HISTORY, class_weights=class_weights)
+    summary = summarize(study, target_acc=0.7)
+    for run in summary["runs"]:
+        assert (run["best_epoch"], run["best_val_acc"], run["best_val_balanced_acc"]) == best
+    (row,) = summary["ranking"]
+    assert (row["best_val_acc"]["mean"], row["best_val_balanced_acc"]["mean"]) == pytest.approx(best[1:])
+    report = format_report(summary)
+    score = "balanced accuracy" if class_weights == "balanced" else "accuracy"
+    assert f"| run | status | epochs | best epoch | its val {score} |" in report
+    shown = best[2] if class_weights == "balanced" else best[1]
+    assert f"| [runs/adam-seed42](runs/adam-seed42) | finished | 3 | {best[0]} | {100 * shown:.1f}% |" in report
+    assert f"best checkpoint (the epoch of highest validation {score}," in report
+
+
+def test_runs_written_before_balanced_accuracy_was_recorded_are_still_reported(tmp_path: Path) -> None:
+    summary, report = report_for(tmp_path, {"adam": [0.6], "momentum": [0.5]})  # HISTORY lacks the column
+    assert [(run["best_epoch"], run["best_val_acc"], run["best_val_balanced_acc"]) for run in summary["runs"]] == [
+        (1, 0.5, None), (1, 0.5, None)]
+    assert summary["ranking"][0]["best_val_balanced_acc"] is None and "| 1 | 50.0% |" in report

@@ -98,12 +98,12 @@ def test_a_process_that_died_is_one_line_from_the_others(monkeypatch: pytest.Mon
 
 # ---- real runs: two processes on the CPU ------------------------------------------------------
 
-def torchrun(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
+def torchrun(args: list[str], cwd: Path, program: tuple[str, ...] = ("-m", "catsdogs"), **kwargs) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         env.pop(name, None)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "catsdogs", "train", *args]
+               *program, "train", *args]
     return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             **kwargs)
 
@@ -193,6 +193,47 @@ def test_passes_smaller_than_a_process_s_batch_give_the_same_run(data: Path, str
     assert all(torch.allclose(first[k], second[k], atol=1e-5) for k in first)
     rows = [history_without_time(r)[1:] for r in (straight[0], run)]
     assert np.allclose(np.array(rows[0], dtype=float), np.array(rows[1], dtype=float), atol=2e-6)
+
+
+# catsdogs with one more model: a linear one, with neither dropout (whose masks differ per process) nor batch
+# norm (whose statistics are per process), so that two processes and one compute the very same gradient.
+LINEAR_CATSDOGS = """
+import torch
+from catsdogs.cli import main
+from catsdogs.training.models import register_model
+
+@register_model("linear", "pooled pixels to logits", min_image_size=8)
+def build(num_classes, image_size):
+    return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(48, num_classes))
+
+main()
+"""
+
+
+def test_two_processes_step_as_one_under_class_weights_and_uneven_shares(tmp_path: Path) -> None:
+    """Each step's gradient is the whole batch's: 15 images a step go 8 and 7 to the processes, in passes of 4,
+    and the classes (20 cats, 10 dogs) weigh 0.75 and 1.5. Two processes must train what one process does."""
+    from conftest import write_tiny_split
+
+    data = write_tiny_split(tmp_path, per_class=(20, 4, 4), size=32)
+    for index in range(10, 20):
+        (data / "train" / "Dog" / f"{index}.jpg").unlink()
+    script, settings = tmp_path / "linear_catsdogs.py", tmp_path / "settings.yaml"
+    script.write_text(LINEAR_CATSDOGS)
+    settings.write_text("hflip: 0.0\n")  # flips are drawn per process: none, so that both runs see the same images
+    args = ["--data", str(data), "--config", str(settings), "--model", "linear", "--image-size", "32", "--optim",
+            "minibatch-sgd", "--lr", "0.5", "--batch-size", "15", "--epochs", "2", "--class-weights", "balanced",
+            "--device", "cpu", "--precision", "fp32"]
+    alone = subprocess.run([sys.executable, str(script), "train", *args, "--out", str(tmp_path / "one")],
+                           capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0, alone.stdout + alone.stderr
+    assert_finished(torchrun([*args, "--micro-batch", "4", "--out", str(tmp_path / "two")], tmp_path,
+                             program=(str(script),)))
+    one, two = weights(tmp_path / "one" / "last.pt"), weights(tmp_path / "two" / "last.pt")
+    assert all(torch.allclose(one[k], two[k], rtol=0, atol=1e-6) for k in one), {
+        k: float((one[k] - two[k]).abs().max()) for k in one}
+    rows = [np.array(history_without_time(tmp_path / run)[1:], dtype=float) for run in ("one", "two")]
+    assert np.allclose(rows[0], rows[1], rtol=0, atol=1e-6)  # the weighted training loss too
 
 
 def test_ctrl_c_stops_every_process_at_the_same_step_and_resumes_exactly(data: Path) -> None:

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.training import loop as loop_module
 from catsdogs.training import train as train_module
-from catsdogs.training.checkpoint import load_checkpoint
+from catsdogs.training.checkpoint import load_checkpoint, save_checkpoint
 from catsdogs.training.config import TrainConfig
 from catsdogs.training.schedules import lr_factor
 from catsdogs.training.train import HISTORY_COLUMNS, new_run_config, train
@@ -116,11 +117,13 @@ def _interrupt_after(monkeypatch, steps: int) -> None:
     monkeypatch.setattr(loop_module.EpochLoop, "_step", step)
 
 
-@pytest.mark.parametrize(("precision", "scheduler"), [("fp32", "constant"), ("auto", "constant"),
-                                                     ("fp32", "onecycle")])  # the recipes' schedule
+@pytest.mark.parametrize(("precision", "scheduler", "augment"),
+                         [("fp32", "constant", "flip"), ("auto", "constant", "flip"),
+                          ("fp32", "onecycle", "flip"),  # the recipes' schedule
+                          ("fp32", "constant", "trivialaugment"), ("fp32", "constant", "randaugment")])
 def test_interrupted_mid_epoch_then_resumed_equals_straight_run(data: Path, tmp_path: Path, monkeypatch,
-                                                                 precision: str, scheduler: str) -> None:
-    cfg = dict(epochs=4, precision=precision, scheduler=scheduler)
+                                                                 precision: str, scheduler: str, augment: str) -> None:
+    cfg = dict(epochs=4, precision=precision, scheduler=scheduler, augment=augment)
     straight = train(make_config(data, tmp_path / "straight", **cfg), progress=False, log=quiet).run_dir
     steps_per_epoch = 5  # 40 training images, batch 8
     with monkeypatch.context() as patch:
@@ -160,6 +163,22 @@ def test_resume_refuses_conflicting_settings(data: Path, tmp_path: Path, flag: s
         train(None, resume=run, flags={flag: value, "epochs": 2}, progress=False, log=quiet)
 
 
+def test_print_config_of_a_resume_shows_the_resumed_settings_and_trains_nothing(data: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from catsdogs.cli import main
+
+    run = train(make_config(data, tmp_path / "run", epochs=1), progress=False, log=quiet).run_dir
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    before = {path.name: path.read_bytes() for path in run.iterdir()}
+    result = CliRunner().invoke(main, ["train", "--resume", str(run), "--epochs", "3", "--print-config"])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.output) == {**saved, "epochs": 3}  # the run's settings, with the allowed change
+    assert {path.name: path.read_bytes() for path in run.iterdir()} == before  # no epoch trained, nothing written
+    refused = CliRunner().invoke(main, ["train", "--resume", str(run), "--lr", "0.5", "--print-config"])
+    assert refused.exit_code == 2 and "--lr 0.5 conflicts with the run being resumed" in refused.output
+
+
 def test_best_pt_is_written_before_the_last_pt_that_counts_its_epoch(data: Path, tmp_path: Path,
                                                                     monkeypatch) -> None:
     """A kill between the two saves must not leave best.pt behind a last.pt that already knows the epoch."""
@@ -179,40 +198,43 @@ def test_best_pt_is_written_before_the_last_pt_that_counts_its_epoch(data: Path,
     assert len(seen) == 3 and all(on_disk == best for on_disk, best in seen)
 
 
-def test_best_checkpoint_is_not_replaced_by_a_worse_model_after_resume(data: Path, tmp_path: Path) -> None:
+def _validation_gives(monkeypatch, scores: list[tuple[float, float, float]]) -> None:
+    """Each epoch's validation returns the next (val loss, val accuracy, val balanced accuracy) of `scores`."""
+    given = iter(scores)
+    monkeypatch.setattr(loop_module.EpochLoop, "validate", lambda self: next(given))
+
+
+def test_best_checkpoint_is_not_replaced_by_a_worse_model_after_resume(data: Path, tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    _validation_gives(monkeypatch, [(0.6, 0.60, 0.60), (0.5, 0.80, 0.80), (0.4, 0.70, 0.70), (0.3, 0.90, 0.90)])
     run = train(make_config(data, tmp_path / "run", epochs=2), progress=False, log=quiet).run_dir
-    best_before = load_checkpoint(run / "best.pt")
-    # lr 0 would be a conflicting flag; instead check the recorded best is carried over.
-    last = load_checkpoint(run / "last.pt")
-    assert last["progress"]["best_val_acc"] == pytest.approx(max(r["val_acc"] for r in last["progress"]["history"]))
-    train(None, resume=run, flags={"epochs": 3}, progress=False, log=quiet)
-    best_after = load_checkpoint(run / "best.pt")
-    history = load_checkpoint(run / "last.pt")["progress"]["history"]
-    # The best epoch: highest val accuracy, then lowest val loss; the first of exact ties.
-    expected = min(history, key=lambda r: (-r["val_acc"], r["val_loss"], r["epoch"]))["epoch"]
-    assert best_after["epoch"] == expected and expected in (best_before["epoch"], 3)
-    assert best_after["val_acc"] == max(r["val_acc"] for r in history)
+    best_before = (run / "best.pt").read_bytes()
+    assert load_checkpoint(run / "best.pt")["epoch"] == 2
+    worse = train(None, resume=run, flags={"epochs": 3}, progress=False, log=quiet)  # epoch 3 scores 0.70
+    assert (run / "best.pt").read_bytes() == best_before
+    assert (worse.best_epoch, worse.best_val_acc) == (2, 0.80)
+    older = load_checkpoint(run / "last.pt")
+    older["progress"]["best_val_acc"] = 0.80  # as catsdogs saved it before the best epoch was read off the history
+    save_checkpoint(older, run / "last.pt")
+    better = train(None, resume=run, flags={"epochs": 4}, progress=False, log=quiet)  # epoch 4 scores 0.90
+    assert load_checkpoint(run / "best.pt")["epoch"] == 4 and (better.best_epoch, better.best_val_acc) == (4, 0.90)
 
 
-def test_of_epochs_with_the_same_val_accuracy_the_lower_loss_is_the_best() -> None:
-    from catsdogs.training.train import _better
-
-    first = {"val_acc": 0.84, "val_loss": 0.52}  # an unbalanced val split: the larger class is 84%
-    assert _better(first, [])
-    assert _better({"val_acc": 0.84, "val_loss": 0.41}, [first])  # the same answers, but learning
-    assert not _better({"val_acc": 0.84, "val_loss": 0.52}, [first])  # an exact tie keeps the earlier
-    assert not _better({"val_acc": 0.83, "val_loss": 0.10}, [first])  # accuracy first
-    assert _better({"val_acc": 0.85, "val_loss": 0.90}, [first, {"val_acc": 0.84, "val_loss": 0.41}])
+# Epoch 1 answers the larger class: the best plain accuracy, and the worst balanced accuracy.
+UNBALANCED_SCORES = [(0.50, 0.857, 0.500), (0.70, 0.700, 0.725), (0.65, 0.690, 0.740)]
 
 
-def test_with_balanced_class_weights_the_best_epoch_is_the_best_balanced_accuracy() -> None:
-    from catsdogs.training.train import _best_row
-
-    history = [{"epoch": 1, "val_acc": 0.857, "val_balanced_acc": 0.500, "val_loss": 0.50},  # all the larger class
-               {"epoch": 2, "val_acc": 0.700, "val_balanced_acc": 0.725, "val_loss": 0.70},
-               {"epoch": 3, "val_acc": 0.690, "val_balanced_acc": 0.725, "val_loss": 0.65}]
-    assert _best_row(history, TrainConfig(class_weights="balanced"))["epoch"] == 3  # tie: lower loss
-    assert _best_row(history, TrainConfig())["epoch"] == 1
+@pytest.mark.parametrize(("class_weights", "best"), [("balanced", (3, 0.690, 0.740)), ("none", (1, 0.857, 0.500))])
+def test_status_and_result_name_the_best_epoch_and_both_of_its_accuracies(data: Path, tmp_path: Path, monkeypatch,
+                                                                          class_weights: str, best) -> None:
+    _validation_gives(monkeypatch, UNBALANCED_SCORES)
+    result = train(make_config(data, tmp_path / "run", epochs=3, class_weights=class_weights), progress=False,
+                   log=quiet)
+    status = json.loads((result.run_dir / "status.json").read_text())
+    assert (status["best_epoch"], status["best_val_acc"], status["best_val_balanced_acc"]) == best
+    assert (result.best_epoch, result.best_val_acc, result.best_val_balanced_acc) == best
+    assert status["best_chosen_by"] == ("val_balanced_acc" if class_weights == "balanced" else "val_acc")
+    assert load_checkpoint(result.run_dir / "best.pt")["epoch"] == best[0]
 
 
 def test_early_stopping_triggers_after_patience(data: Path, tmp_path: Path) -> None:
