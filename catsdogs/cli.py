@@ -476,6 +476,34 @@ def plot_curves_command(run_dirs: tuple[Path, ...], out: Path | None) -> None:
 
 
 @main.command()
+@click.argument("data", required=False, type=click.Path(path_type=Path))
+@click.option("--split", "split_name", default="train", show_default=True, type=click.Choice(["train", "val", "test"]),
+              help="Which split of a split folder (a plain folder of class folders has none).")
+@click.option("--n", "count", default=32, show_default=True, type=int, help="Photos in the grid.")
+@click.option("--augment", default=None, is_flag=False, flag_value="", metavar="[RUN_DIR]",
+              help="Show the first training images as the model gets them (resized, augmented), under the "
+                   "default settings or those of RUN_DIR (and from its data unless DATA is given).")
+@click.option("--seed", default=None, type=int, help="Seed of the draw. [default: 42, or the run's with --augment]")
+@click.option("--out", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Figure file (.png, .svg or .pdf). [default: show-<split>.png, show-train-augmented.png]")
+def show(data: Path | None, split_name: str, count: int, augment: str | None, seed: int | None,
+         out: Path | None) -> None:
+    """Draw a grid of random photos of a split (default: data, train), each titled with its class.
+
+    DATA is a split folder or a folder of class folders. With --augment the grid shows what
+    training feeds the model, through the same code and random seeds as `catsdogs train`.
+    """
+    from catsdogs.show import show as draw
+
+    grid, written = draw(data, split_name, count, augment, seed, out)
+    if grid.unreadable:
+        click.echo(f"passed over {_photos(len(grid.unreadable))} that could not be read: "
+                   f"{', '.join(str(p) for p in grid.unreadable[:3])}" + (" ..." if len(grid.unreadable) > 3 else ""),
+                   err=True)
+    click.echo(f"wrote {written} ({_photos(len(grid.pixels))})")
+
+
+@main.command()
 def optimizers() -> None:
     """List the registered optimizers with their defaults."""
     from catsdogs.optim import OPTIMIZERS, load_optimizer_plugins

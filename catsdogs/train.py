@@ -34,7 +34,7 @@ from catsdogs.resume import (RANK_SEED_STRIDE, LastSaver, check_same_split, data
 from catsdogs.runs import RUNS_ROOT, new_run_dir
 from catsdogs.schedules import SCHEDULERS
 from catsdogs.staging import ctrl_c_deferred
-from catsdogs.transforms import AUGMENTS, eval_preset, train_preset
+from catsdogs.transforms import AUGMENTS, Preset, eval_preset, train_preset
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc", "lr", "seconds")
 MAX_UNREADABLE_FRACTION = 0.01
@@ -56,6 +56,19 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
                          f"got {cfg.image_size}")
     fill = {"batch_size": spec.batch_size, **{k: spec.defaults.get(k) for k in ("lr", "momentum", "weight_decay")}}
     return dataclasses.replace(cfg, **{k: v for k, v in fill.items() if getattr(cfg, k) is None and v is not None})
+
+
+def training_preset(cfg: TrainConfig) -> Preset:
+    """How the run's training images reach the model: resize, its augmentation and flips, normalise."""
+    return train_preset(cfg.image_size, cfg.hflip, cfg.vflip, cfg.augment)
+
+
+def training_generators(seed: int, rank: int = 0) -> tuple[torch.Generator, torch.Generator]:
+    """The run's batch-order generator (the same in every process, whose batches are then shared out)
+    and process `rank`'s augmentation generator. `catsdogs show --augment` draws with these too."""
+    order_gen = torch.Generator().manual_seed(seed)
+    aug_gen = torch.Generator().manual_seed(seed + 1 + RANK_SEED_STRIDE * rank)
+    return order_gen, aug_gen
 
 
 @dataclass
@@ -167,8 +180,8 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
     # Both caches on the GPU or neither, judged together; only process 0 validates, so only it holds val there.
     resident = images["train"] is not None and images["val"] is not None and \
         fits_on_gpu(images["train"].nbytes + images["val"].nbytes, device)
-    train_source = BatchSource(train_split, train_preset(cfg.image_size, cfg.hflip, cfg.vflip, cfg.augment),
-                               images["train"], workers, device, resident=resident)
+    train_source = BatchSource(train_split, training_preset(cfg), images["train"], workers, device,
+                               resident=resident)
     val_source = BatchSource(val_split, eval_preset(cfg.image_size), images["val"], workers, device,
                              resident=resident and team.main)
     _check_unreadable(train_split.unreadable + val_split.unreadable, len(train_split) + len(val_split), cfg.data)
@@ -181,8 +194,7 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
                                 **_optimizer_overrides(cfg, spec.defaults))
     ema = ModelEMA(model, cfg.ema) if cfg.ema else None
     scaler = torch.amp.GradScaler(device.type, enabled=precision.scale_grads)
-    order_gen = torch.Generator().manual_seed(cfg.seed)  # the same batches in every process, then shared out
-    aug_gen = torch.Generator().manual_seed(cfg.seed + 1 + RANK_SEED_STRIDE * team.rank)
+    order_gen, aug_gen = training_generators(cfg.seed, team.rank)
     progress_state = Progress()
 
     if state is not None:
