@@ -503,6 +503,22 @@ def show(data: Path | None, split_name: str, count: int, augment: str | None, se
     click.echo(f"wrote {written} ({_photos(len(grid.pixels))})")
 
 
+@main.command("report")
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
+def report_command(run_dir: Path | None) -> None:
+    """Write RUN_DIR/report.html: one page with the run's config, data, curves, test metrics,
+    calibration, worst mistakes and training images, that opens offline in any browser."""
+    from catsdogs.run_report import write_run_report
+
+    result = write_run_report(_run_or_latest(run_dir))
+    by_command: dict[str, list[str]] = {}
+    for part, command in result.missing:
+        by_command.setdefault(command, []).append(part)
+    for command, parts in by_command.items():
+        click.echo(f"not in the report yet: {', '.join(parts)}" + (f" (run `{command}`)" if command else ""), err=True)
+    click.echo(f"wrote {result.path}")
+
+
 @main.command()
 def optimizers() -> None:
     """List the registered optimizers with their defaults."""

@@ -429,5 +429,6 @@ def run_study(spec: StudySpec, force: bool = False, progress: bool = True, log: 
     finally:
         bar.close()
     summary = write_report(spec.out, spec.target_acc)
-    log(f"wrote {spec.out / 'report.md'}, {spec.out / 'summary.json'} and the figures beside them")
+    log(f"wrote {spec.out / 'report.md'} (and as one page, {spec.out / 'report.html'}), {spec.out / 'summary.json'} "
+        "and the figures beside them")
     return StudyResult(spec.out, "complete", summary)

@@ -164,15 +164,17 @@ def summarize(study_dir: Path, target_acc: float) -> dict[str, Any]:
 
 
 def write_report(study_dir: str | Path, target_acc: float = 0.70) -> dict[str, Any]:
-    """Write report.md, summary.json and the two figures into `study_dir`; return the summary."""
+    """Write report.md, report.html, summary.json and the two figures into `study_dir`; return the summary."""
     study_dir = Path(study_dir)
     summary = summarize(study_dir, target_acc)
-    from catsdogs.study_figures import plot_study_curves, plot_test_accuracy  # it imports this module
+    from catsdogs.report_html import format_report_html  # they import this module
+    from catsdogs.study_figures import plot_study_curves, plot_test_accuracy
 
     plot_study_curves(study_dir, summary, study_dir / CURVES_FIGURE)
     plot_test_accuracy(summary, study_dir / ACCURACY_FIGURE)
     write_text_atomic(study_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_text_atomic(study_dir / "report.md", format_report(summary))
+    write_text_atomic(study_dir / "report.html", format_report_html(study_dir, summary))
     return summary
 
 
