@@ -199,6 +199,8 @@ _TRAIN_OPTIONS = [
                       "(0: off)."),
     click.option("--pretrained", default=None,
                  help="Start from torchvision ImageNet weights: a file, or 'cache' for torchvision's cache."),
+    click.option("--tensorboard/--no-tensorboard", default=None,
+                 help="Also write TensorBoard event files into RUN_DIR/tb (pip install 'catsdogs[tensorboard]').")
 ]
 
 

@@ -34,6 +34,7 @@ from catsdogs.resume import (RANK_SEED_STRIDE, LastSaver, check_same_split, data
 from catsdogs.runs import RUNS_ROOT, new_run_dir
 from catsdogs.schedules import SCHEDULERS
 from catsdogs.staging import ctrl_c_deferred
+from catsdogs.tensorboard_log import Board, check_tensorboard
 from catsdogs.transforms import AUGMENTS, Preset, eval_preset, train_preset
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc", "lr", "seconds")
@@ -140,6 +141,8 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
     if cfg is None:
         raise ValueError("train() needs a config unless it resumes a run")
     cfg = resolve_config(cfg)
+    if cfg.tensorboard:
+        check_tensorboard()
     if state is None:
         _check_out(cfg)
     if team.enabled and cfg.batch_size < team.world:
@@ -257,6 +260,8 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
                      ema, team, net)
     identity = {"classes": list(train_split.classes), "init_hash": init_hash, "data_fingerprint": fingerprint}
     save_last = LastSaver(run_dir, cfg, loop, identity, team)
+    if cfg.tensorboard and team.main:  # process 0 alone writes, as it alone writes history.csv
+        loop.board = Board(run_dir, progress_state.global_step, train_split.classes)
     status = "finished"
     column = _selected_by(cfg)  # what makes an epoch the best
     by_balanced = column == "val_balanced_acc"
@@ -288,6 +293,8 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
                 if improved and team.main:
                     save_checkpoint(model_state(cfg, loop.kept_model, progress_state, identity), run_dir / "best.pt")
                 save_last(progress_state)
+                if loop.board is not None:  # after the save, so that a resume never writes the epoch twice
+                    loop.board.epoch(row)
                 balanced = f" balanced {row['val_balanced_acc']:.4f}" if by_balanced else ""
                 log(f"epoch {row['epoch']}/{cfg.epochs}  train loss {row['train_loss']:.4f} "
                     f"acc {row['train_acc']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
@@ -311,6 +318,8 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
             # the second copy may come only now; it must not cut the status file short.
             if team.main:
                 _write_status(run_dir, status, progress_state, cfg, init_hash, hardware, train_source, val_source)
+            if status != "interrupted" and loop.board is not None:
+                loop.board.finish(cfg, progress_state.history, status)
             if status != "interrupted":
                 best = _best_row(progress_state.history, cfg)
                 score = (f"best val balanced accuracy {best['val_balanced_acc']:.4f} (accuracy {best['val_acc']:.4f})"
@@ -321,6 +330,9 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
         if team.main:
             _after_abort(run_dir, team, log, "stopped at once" if isinstance(exc, KeyboardInterrupt) else "failed")
         raise
+    finally:
+        if loop.board is not None:
+            loop.board.close()
     return TrainResult(run_dir, progress_state.epoch, progress_state.best_val_acc, status)
 
 
