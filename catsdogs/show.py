@@ -4,10 +4,12 @@ visualize_batch)."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,8 +91,7 @@ def draw_photos(data: str | Path, split: str = "train", n: int = 32, seed: int =
     if not chosen:
         raise CatsdogsError(f"none of the {len(unreadable)} photos in {photos.root} could be read")
     chosen = [chosen[i] for i in rng.permutation(len(chosen))]  # classes mixed, not alternating
-    where = photos.root
-    caption = (f"{where}: {_count(len(chosen), 'random photo')} (seed {seed})"
+    caption = (f"{photos.root}: {_count(len(chosen), 'random photo')} (seed {seed})"
                + (f"; only {len(chosen)} of the {n} asked for" if len(chosen) < n else ""))
     return PhotoGrid([pixels for _, pixels in chosen], [photos.classes[photos.labels[i]] for i, _ in chosen],
                      [photos.paths[i] for i, _ in chosen], caption, unreadable=unreadable)
@@ -169,7 +170,7 @@ def save_grid(grid: PhotoGrid, out: str | Path) -> Path:
     return out
 
 
-def grid_figure(grid: PhotoGrid, columns: int = COLUMNS):  # -> matplotlib Figure
+def grid_figure(grid: PhotoGrid, columns: int = COLUMNS) -> Any:  # a matplotlib Figure
     """The photos in rows of `columns`, each titled with its class, the caption above."""
     plt = pyplot()
     columns = min(columns, len(grid.pixels))
@@ -186,8 +187,6 @@ def grid_figure(grid: PhotoGrid, columns: int = COLUMNS):  # -> matplotlib Figur
 
 def png_bytes(grid: PhotoGrid, columns: int = COLUMNS) -> bytes:
     """The grid as PNG bytes, for a page that embeds it."""
-    import io
-
     buffer = io.BytesIO()
     save_figure(grid_figure(grid, columns), buffer, format="png", dpi=80)
     return buffer.getvalue()
