@@ -182,6 +182,8 @@ _TRAIN_OPTIONS = [
                       "(0: off)."),
     click.option("--pretrained", default=None,
                  help="Start from torchvision ImageNet weights: a file, or 'cache' for torchvision's cache."),
+    click.option("--tensorboard/--no-tensorboard", default=None,
+                 help="Also write TensorBoard event files into RUN_DIR/tb (pip install 'catsdogs[tensorboard]').")
 ]
 
 
@@ -456,6 +458,50 @@ def plot_curves_command(run_dirs: tuple[Path, ...], out: Path | None) -> None:
             raise click.ClickException(f"run folder {run} does not exist")
     target = out or (runs[0] / DEFAULT_NAME if len(runs) == 1 else Path(DEFAULT_NAME))
     click.echo(f"wrote {plot_curves(runs, target)}")
+
+
+@main.command()
+@click.argument("data", required=False, type=click.Path(path_type=Path))
+@click.option("--split", "split_name", default="train", show_default=True, type=click.Choice(["train", "val", "test"]),
+              help="Which split of a split folder (a plain folder of class folders has none).")
+@click.option("--n", "count", default=32, show_default=True, type=int, help="Photos in the grid.")
+@click.option("--augment", default=None, is_flag=False, flag_value="", metavar="[RUN_DIR]",
+              help="Show the first training images as the model gets them (resized, augmented), under the "
+                   "default settings or those of RUN_DIR (and from its data unless DATA is given).")
+@click.option("--seed", default=None, type=int, help="Seed of the draw. [default: 42, or the run's with --augment]")
+@click.option("--out", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Figure file (.png, .svg or .pdf). [default: show-<split>.png, show-train-augmented.png]")
+def show(data: Path | None, split_name: str, count: int, augment: str | None, seed: int | None,
+         out: Path | None) -> None:
+    """Draw a grid of random photos of a split (default: data, train), each titled with its class.
+
+    DATA is a split folder or a folder of class folders. With --augment the grid shows what
+    training feeds the model, through the same code and random seeds as `catsdogs train`.
+    """
+    from catsdogs.inference.show import show as draw
+
+    grid, written = draw(data, split_name, count, augment, seed, out)
+    if grid.unreadable:
+        click.echo(f"passed over {_photos(len(grid.unreadable))} that could not be read: "
+                   f"{', '.join(str(p) for p in grid.unreadable[:3])}" + (" ..." if len(grid.unreadable) > 3 else ""),
+                   err=True)
+    click.echo(f"wrote {written} ({_photos(len(grid.pixels))})")
+
+
+@main.command("report")
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
+def report_command(run_dir: Path | None) -> None:
+    """Write RUN_DIR/report.html: one page with the run's config, data, curves, test metrics,
+    calibration, worst mistakes and training images, that opens offline in any browser."""
+    from catsdogs.inference.run_report import write_run_report
+
+    result = write_run_report(_run_or_latest(run_dir))
+    by_command: dict[str, list[str]] = {}
+    for part, command in result.missing:
+        by_command.setdefault(command, []).append(part)
+    for command, parts in by_command.items():
+        click.echo(f"not in the report yet: {', '.join(parts)}" + (f" (run `{command}`)" if command else ""), err=True)
+    click.echo(f"wrote {result.path}")
 
 
 @main.command()

@@ -77,6 +77,13 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def denormalise(batch: torch.Tensor) -> torch.Tensor:
+    """The inverse of `normalise`: an NCHW batch the model gets back as 0..255 uint8 NHWC pixels, to draw."""
+    mean = torch.tensor(MEAN, device=batch.device).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(STD, device=batch.device).view(1, 3, 1, 1) * 255.0
+    return (batch.float() * std + mean).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
 def _uniform(n: int, low: float, high: float, generator: torch.Generator | None) -> torch.Tensor:
     return low + (high - low) * torch.rand(n, generator=generator)
 

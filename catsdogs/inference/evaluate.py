@@ -18,6 +18,7 @@ from catsdogs.data.cache import (SPLITS, BatchSource, class_folders, load_cache,
                                  split_fingerprint)
 from catsdogs.data.staging import MANIFEST
 from catsdogs.data.transforms import eval_preset
+from catsdogs.inference.calibration import expected_calibration_error
 from catsdogs.errors import CatsdogsError
 from catsdogs.figures import pyplot, save_figure
 from catsdogs.inference.metrics import compute_metrics
@@ -87,6 +88,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     loss, _, probs, labels = evaluate_source(trained.model, source, trained.precision, torch_device, show=progress,
                                              tta=tta)
     metrics = compute_metrics(probs, labels, classes)
+    metrics["ece"] = expected_calibration_error(probs, labels)  # confidence against accuracy, 15 bins
     failed = set(source.failed)
     unreadable = sorted(str(p) for p in set(image_split.unreadable) | failed)
     kept = [image_split.paths[i] for i in source.valid if image_split.paths[i] not in failed]

@@ -103,7 +103,8 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     auc = metrics["roc_auc"]
     lines.append(f"accuracy {metrics['accuracy']:.4f} ({metrics['images']} images)"
                  + (f"   balanced accuracy {metrics['balanced_accuracy']:.4f}" if "balanced_accuracy" in metrics
-                    else "") + (f"   ROC AUC {auc:.4f}" if auc is not None else ""))
+                    else "") + (f"   ROC AUC {auc:.4f}" if auc is not None else "")
+                 + (f"   calibration error (ECE) {metrics['ece']:.4f}" if metrics.get("ece") is not None else ""))
     if "majority_baseline" in metrics and is_unbalanced(metrics):
         baseline = metrics["majority_baseline"]
         lines.append(f"unbalanced classes: always answering {baseline['class']} would score "

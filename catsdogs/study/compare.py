@@ -41,8 +41,8 @@ DONE = ("finished", "early-stopped", "time-budget")
 PER_RUN = {"optim": "list optimizers with --optims", "lr": "each optimizer uses its own (or --tune-lr)",
            "batch_size": "each optimizer uses its own (1 for vanilla-sgd)", "momentum": "each optimizer uses its own",
            "time_budget": "use --budget seconds:S", "out": "use --out STUDY_DIR"}
-# Settings a re-run may change: they change how fast runs go, never what they learn.
-FREE = ("workers", "cache")
+# Settings a re-run may change: they change how fast runs go or what they log, never what they learn.
+FREE = ("workers", "cache", "tensorboard")
 
 Log = Callable[[str], None]
 
@@ -439,5 +439,6 @@ def run_study(spec: StudySpec, force: bool = False, progress: bool = True, log: 
     finally:
         bar.close()
     summary = write_report(spec.out, spec.target_acc)
-    log(f"wrote {spec.out / 'report.md'}, {spec.out / 'summary.json'} and the figures beside them")
+    log(f"wrote {spec.out / 'report.md'} (and as one page, {spec.out / 'report.html'}), {spec.out / 'summary.json'} "
+        "and the figures beside them")
     return StudyResult(spec.out, "complete", summary)

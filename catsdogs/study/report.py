@@ -19,6 +19,7 @@ from catsdogs.study.figures import plot_study_curves, plot_test_accuracy
 from catsdogs.study.stats import mean_sd, paired_t_test, percent
 from catsdogs.training.checkpoint import load_checkpoint
 from catsdogs.training.selection import best_epoch, selected_by
+from catsdogs.inference.webpage import markdown_to_html, page
 
 RUNS_DIR, SWEEP_DIR = "runs", "sweep"
 STUDY_FILE, TUNING_FILE = "study.json", "tuning.json"
@@ -204,13 +205,14 @@ def summarize(study_dir: Path, target_acc: float) -> dict[str, Any]:
 
 
 def write_report(study_dir: str | Path, target_acc: float = 0.70) -> dict[str, Any]:
-    """Write report.md, summary.json and the two figures into `study_dir`; return the summary."""
+    """Write report.md, report.html, summary.json and the two figures into `study_dir`; return the summary."""
     study_dir = Path(study_dir)
     summary = summarize(study_dir, target_acc)
     plot_study_curves(study_dir, summary, study_dir / CURVES_FIGURE)
     plot_test_accuracy(summary, study_dir / ACCURACY_FIGURE)
     write_text_atomic(study_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_text_atomic(study_dir / "report.md", format_report(summary))
+    write_text_atomic(study_dir / "report.html", format_report_html(study_dir, summary))
     return summary
 
 
@@ -449,3 +451,10 @@ def _setup_lines(summary: dict[str, Any]) -> list[str]:
             f"- Device as the runs logged it: {'; '.join(summary['devices']) or 'not recorded'}.",
             "", "Settings shared by every run:", "", "| setting | value |", "|---|---|",
             *(f"| {k} | {'—' if v is None else v} |" for k, v in shared.items())]
+
+
+def format_report_html(study_dir: Path, summary: dict[str, Any]) -> str:
+    """report.md's text, from the same summary, as one self-contained page with the study's figures inside."""
+    figures = {name: (study_dir / name).read_bytes() for name in summary["figures"].values()
+               if (study_dir / name).is_file()}
+    return page(f"Optimizer study: {', '.join(summary['optims'])}", markdown_to_html(format_report(summary), figures))

@@ -61,6 +61,7 @@ class TrainConfig:
 
     # Output: the run folder; None means runs/<optim>, numbered when it exists.
     out: str | None = None
+    tensorboard: bool = False  # also write TensorBoard event files into RUN_DIR/tb (needs catsdogs[tensorboard])
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

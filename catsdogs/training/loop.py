@@ -99,6 +99,7 @@ class EpochLoop:
         self.budget_seconds = cfg.time_budget * 60.0 if cfg.time_budget else None
         self.partial_epoch: tuple[int, int] | None = None  # (steps done, steps planned) when the budget cut one
         self.micro_batch = cfg.micro_batch  # None: each batch in one pass
+        self.board: Any = None  # a catsdogs.training.tensorboard_log.Board when the run writes TensorBoard events
 
     def _total_steps(self, progress: Progress, spent: float) -> int:
         """Steps the schedule spans: all epochs, or what the time budget allows at the pace so far."""
@@ -140,6 +141,8 @@ class EpochLoop:
             seen += len(labels)
             progress.step += 1
             progress.global_step += 1
+            if self.board is not None:
+                self.board.step(progress.global_step, batch_loss, lr)
             elapsed = seconds + time.perf_counter() - started
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{seen / max(elapsed, 1e-9):.0f}", refresh=False)
             bar.update()
@@ -191,6 +194,8 @@ class EpochLoop:
         batch's images (its part of the epoch's loss sum), and its correct answers.
         """
         images = self.train_source.preset(images.to(self.device, non_blocking=True), self.aug_gen)
+        if self.board is not None:
+            self.board.batch(images, labels)  # the run's first batch, as the model gets it
         weight = len(labels) if self.class_weight is None else float(self.class_weight[labels.cpu()].sum())
         weight, count = total([weight, len(labels)], self.team)
         weight /= self.team.world

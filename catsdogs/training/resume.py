@@ -23,7 +23,7 @@ from catsdogs.training.loop import EpochLoop, Log, Progress
 # Settings a resumed run may change; everything else must match the checkpoint.
 # `data` may move: the resume then checks that the folder holds the same split (data_fingerprint).
 RESUMABLE_CHANGES = ("epochs", "device", "workers", "cache", "patience", "precision", "time_budget", "data",
-                     "micro_batch")
+                     "micro_batch", "tensorboard")
 # Seeds of process r's augmentation and dropout streams are offset by r times this.
 RANK_SEED_STRIDE = 1_000_003
 

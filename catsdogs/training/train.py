@@ -20,7 +20,7 @@ from torch import nn
 
 from catsdogs.atomic import write_text_atomic
 from catsdogs.data.cache import BatchSource, ImageSplit, default_jobs, fits_on_gpu, load_cache, read_split
-from catsdogs.data.transforms import AUGMENTS, eval_preset, train_preset
+from catsdogs.data.transforms import AUGMENTS, Preset, eval_preset, train_preset
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.interrupts import ctrl_c_deferred
 from catsdogs.training.checkpoint import load_checkpoint, save_checkpoint
@@ -34,6 +34,7 @@ from catsdogs.training.optim import build_optimizer, get_optimizer_spec, load_op
 from catsdogs.training.resume import (RANK_SEED_STRIDE, LastSaver, check_same_split, data_fingerprint, model_state,
                                       point_best_at, restore_process_randomness, restore_progress, resume_command,
                                       resumed_config)
+from catsdogs.training.tensorboard_log import Board, check_tensorboard
 from catsdogs.training.selection import best_epoch, better_epoch, selected_by
 from catsdogs.training.runs import RUNS_ROOT, new_run_dir
 from catsdogs.training.schedules import SCHEDULERS
@@ -70,6 +71,19 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
                          f"got {cfg.image_size}")
     fill = {"batch_size": spec.batch_size, **{k: spec.defaults.get(k) for k in ("lr", "momentum", "weight_decay")}}
     return dataclasses.replace(cfg, **{k: v for k, v in fill.items() if getattr(cfg, k) is None and v is not None})
+
+
+def training_preset(cfg: TrainConfig) -> Preset:
+    """How the run's training images reach the model: resize, its augmentation and flips, normalise."""
+    return train_preset(cfg.image_size, cfg.hflip, cfg.vflip, cfg.augment)
+
+
+def training_generators(seed: int, rank: int = 0) -> tuple[torch.Generator, torch.Generator]:
+    """The run's batch-order generator (the same in every process, whose batches are then shared out)
+    and process `rank`'s augmentation generator. `catsdogs show --augment` draws with these too."""
+    order_gen = torch.Generator().manual_seed(seed)
+    aug_gen = torch.Generator().manual_seed(seed + 1 + RANK_SEED_STRIDE * rank)
+    return order_gen, aug_gen
 
 
 @dataclass
@@ -159,6 +173,8 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
     if cfg is None:
         raise ValueError("train() needs a config unless it resumes a run")
     cfg = resolve_config(cfg)
+    if cfg.tensorboard:
+        check_tensorboard()
     if state is None:
         _check_out(cfg)
     if team.enabled and cfg.batch_size < team.world:
@@ -199,8 +215,8 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
     # Both caches on the GPU or neither, judged together; only process 0 validates, so only it holds val there.
     resident = images["train"] is not None and images["val"] is not None and \
         fits_on_gpu(images["train"].nbytes + images["val"].nbytes, device)
-    train_source = BatchSource(train_split, train_preset(cfg.image_size, cfg.hflip, cfg.vflip, cfg.augment),
-                               images["train"], workers, device, resident=resident)
+    train_source = BatchSource(train_split, training_preset(cfg), images["train"], workers, device,
+                               resident=resident)
     val_source = BatchSource(val_split, eval_preset(cfg.image_size), images["val"], workers, device,
                              resident=resident and team.main)
     _check_unreadable(train_split.unreadable + val_split.unreadable, len(train_split) + len(val_split), cfg.data)
@@ -213,8 +229,7 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
                                 **_optimizer_overrides(cfg, spec.defaults))
     ema = ModelEMA(model, cfg.ema) if cfg.ema else None
     scaler = torch.amp.GradScaler(device.type, enabled=precision.scale_grads)
-    order_gen = torch.Generator().manual_seed(cfg.seed)  # the same batches in every process, then shared out
-    aug_gen = torch.Generator().manual_seed(cfg.seed + 1 + RANK_SEED_STRIDE * team.rank)
+    order_gen, aug_gen = training_generators(cfg.seed, team.rank)
     progress_state = Progress()
 
     if state is not None:
@@ -277,6 +292,8 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
                      ema, team, net)
     identity = {"classes": list(train_split.classes), "init_hash": init_hash, "data_fingerprint": fingerprint}
     save_last = LastSaver(run_dir, cfg, loop, identity, team)
+    if cfg.tensorboard and team.main:  # process 0 alone writes, as it alone writes history.csv
+        loop.board = Board(run_dir, progress_state.global_step, train_split.classes)
     status = "finished"
     column = selected_by(cfg.class_weights)  # what makes an epoch the best
     by_balanced = column == "val_balanced_acc"
@@ -308,6 +325,8 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
                 if improved and team.main:
                     save_checkpoint(model_state(cfg, loop.kept_model, progress_state, identity), run_dir / "best.pt")
                 save_last(progress_state)
+                if loop.board is not None:  # after the save, so that a resume never writes the epoch twice
+                    loop.board.epoch(row)
                 balanced = f" balanced {row['val_balanced_acc']:.4f}" if by_balanced else ""
                 log(f"epoch {row['epoch']}/{cfg.epochs}  train loss {row['train_loss']:.4f} "
                     f"acc {row['train_acc']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
@@ -331,6 +350,8 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
             # the second copy may come only now; it must not cut the status file short.
             if team.main:
                 _write_status(run_dir, status, progress_state, cfg, init_hash, hardware, train_source, val_source)
+            if status != "interrupted" and loop.board is not None:
+                loop.board.finish(cfg, progress_state.history, status)
             if status != "interrupted":
                 best = best_epoch(progress_state.history, column)
                 score = (f"best val balanced accuracy {best['val_balanced_acc']:.4f} (accuracy {best['val_acc']:.4f})"
@@ -341,6 +362,9 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
         if team.main:
             _after_abort(run_dir, team, log, "stopped at once" if isinstance(exc, KeyboardInterrupt) else "failed")
         raise
+    finally:
+        if loop.board is not None:
+            loop.board.close()
     return _result(run_dir, progress_state, cfg, status)
 
 
