@@ -302,7 +302,7 @@ class BatchSource:
                  device: torch.device | None = None, resident: bool | None = None) -> None:
         """`resident`: hold the cache on `device`; None decides by itself (CUDA, and it fits)."""
         self.split, self.preset, self.images, self.workers = split, preset, images, workers
-        self.failed: list[Path] = []
+        self.failed: list[Path] = []  # files that could not be decoded when served, each once, in order met
         bad = {split.paths.index(p) for p in split.unreadable} if split.unreadable else set()
         self.valid = np.asarray([i for i in range(len(split)) if i not in bad], dtype=np.int64)
         self.on_device: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -343,7 +343,9 @@ class BatchSource:
         for position, (images, labels) in enumerate(loader):
             keep = labels >= 0
             if not bool(keep.all()):
-                self.failed += [self.split.paths[i] for i, ok in zip(order[position], keep.tolist()) if not ok]
+                for index, ok in zip(order[position], keep.tolist()):
+                    if not ok and self.split.paths[index] not in self.failed:  # each file once, however many epochs
+                        self.failed.append(self.split.paths[index])
                 images, labels = images[keep], labels[keep]
             if len(labels):
                 yield images, labels

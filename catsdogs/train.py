@@ -9,7 +9,6 @@ import json
 import math
 import random
 import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -21,7 +20,7 @@ from torch import nn
 from catsdogs.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
 from catsdogs.config import TrainConfig, config_to_yaml
 from catsdogs.data import BatchSource, ImageSplit, default_jobs, fits_on_gpu, load_cache, read_split
-from catsdogs.distributed import Team, finish, from_main, start, team_from_environment, wait_for_all
+from catsdogs.distributed import Team, finish, from_main, gather, start, team_from_environment, wait_for_all
 from catsdogs.ema import ModelEMA
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.hardware import select_device, select_precision, tune_allocator
@@ -171,7 +170,8 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
                                images["train"], workers, device, resident=resident)
     val_source = BatchSource(val_split, eval_preset(cfg.image_size), images["val"], workers, device,
                              resident=resident and team.main)
-    _check_unreadable(train_split.unreadable + val_split.unreadable, len(train_split) + len(val_split), cfg.data)
+    warned: set[Path] = set()  # unreadable files already named in a warning
+    _check_unreadable((train_source, val_source), team, warned, cfg.data, log)
 
     model = model.to(device, memory_format=torch.channels_last)
     if team.enabled:
@@ -281,8 +281,7 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
                     f"acc {row['train_acc']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
                     f"{balanced}  {row['seconds']:.1f}s"
                     + ("  (best)" if improved else ""))
-                _check_unreadable(train_source.failed + val_source.failed, len(train_split) + len(val_split),
-                                  cfg.data)
+                _check_unreadable((train_source, val_source), team, warned, cfg.data, log)
                 if progress_state.budget_spent:
                     cut = loop.partial_epoch
                     log(f"time budget of {cfg.time_budget:g} min reached after {progress_state.global_step} steps"
@@ -422,15 +421,31 @@ def _write_status(run_dir: Path, status: str, progress: Progress, cfg: TrainConf
     write_text_atomic(run_dir / "status.json", json.dumps(info, indent=2) + "\n")
 
 
-def _check_unreadable(paths: list[Path], total: int, data: str = "DATA") -> None:
-    if not paths:
-        return
-    names = ", ".join(str(p) for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
-    if len(paths) > MAX_UNREADABLE_FRACTION * total:
-        raise CatsdogsError(f"{len(paths)} of {total} images could not be read ({names}); "
+def _check_unreadable(sources: tuple[BatchSource, ...], team: Team, warned: set[Path], data: str, log: Log) -> None:
+    """Stop the run when more than MAX_UNREADABLE_FRACTION of its photos could not be read, else warn
+    once about each such file not yet in `warned` (and add it there).
+
+    A file counts once however often it fails: with --cache off it fails in every epoch. Under torchrun
+    each process decodes its own share, so the processes pool what they met first: every one then
+    decides alike, and process 0's status.json lists them all.
+    """
+    for source in sources:
+        for met in gather(source.failed, team):
+            source.failed += [path for path in met if path not in source.failed]
+    bad = sorted({path for s in sources for path in (*s.split.unreadable, *s.failed)}, key=str)
+    total = sum(len(s.split) for s in sources)
+    if len(bad) > MAX_UNREADABLE_FRACTION * total:
+        raise CatsdogsError(f"{len(bad)} of {total} images could not be read ({_some(bad)}); "
                             f"split the source again with `catsdogs split SOURCE --out {shlex.quote(str(data))} "
                             "--force`")
-    print(f"warning: skipped {len(paths)} unreadable image(s): {names}", file=sys.stderr)
+    new = [path for path in bad if path not in warned]
+    if new:
+        log(f"warning: skipped {len(new)} unreadable image(s): {_some(new)}")
+        warned.update(new)
+
+
+def _some(paths: list[Path]) -> str:
+    return ", ".join(str(p) for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
 
 
 def print_config(cfg: TrainConfig) -> str:

@@ -250,3 +250,18 @@ def test_a_batch_smaller_than_the_team_is_refused_before_anything_starts(data: P
     with pytest.raises(UsageError, match="--batch-size 2 is smaller than the 3 processes"):
         train(cfg, progress=False, log=lambda _: None)
     assert not (tmp_path / "run").exists()
+
+
+def test_an_unreadable_photo_is_warned_once_and_recorded_whichever_process_met_it(tmp_path: Path) -> None:
+    from conftest import write_tiny_split
+
+    data = write_tiny_split(tmp_path, per_class=(50, 1, 1), size=32)  # 102 photos: one bad one is under 1%
+    victim = data / "train" / "Dog" / "7.jpg"
+    victim.write_bytes(b"garbage, not a jpeg")
+    process = torchrun(["--data", str(data), "--epochs", "2", "--out", "runs/bad", "--cache", "off", "--workers", "0",
+                        *TRAIN], tmp_path)
+    out = assert_finished(process)
+    assert out.count("warning:") == 1, out  # in epoch 1, by process 0, whichever process decoded it
+    assert f"warning: skipped 1 unreadable image(s): {victim}" in out
+    status = json.loads((tmp_path / "runs" / "bad" / "status.json").read_text())
+    assert status["unreadable_images"] == [str(victim)]

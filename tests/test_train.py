@@ -257,6 +257,21 @@ def test_an_image_broken_after_the_split_is_skipped_and_reported(data: Path, tmp
     assert status["unreadable_images"] == [str(victim)]
 
 
+def test_a_file_that_fails_every_epoch_counts_once(tmp_path: Path, tiny_split) -> None:
+    # 220 train and val photos: one bad file is under the 1% limit (2.2), three would be over it.
+    data = tiny_split(tmp_path / "split", per_class=(100, 10, 10), size=32)
+    victim = data / "train" / "Cat" / "0.jpg"
+    victim.write_bytes(b"garbage, not a jpeg")
+    messages: list[str] = []
+    result = train(make_config(data, tmp_path / "run", epochs=3, cache="off", workers=0, batch_size=32),
+                   progress=False, log=messages.append)
+    assert result.status == "finished" and result.epochs_done == 3
+    warnings = [m for m in messages if "unreadable" in m]
+    assert warnings == [f"warning: skipped 1 unreadable image(s): {victim}"]  # in epoch 1 only
+    status = json.loads((result.run_dir / "status.json").read_text())
+    assert status["unreadable_images"] == [str(victim)]
+
+
 def test_full_disk_while_saving_keeps_the_previous_checkpoint(data: Path, tmp_path: Path, monkeypatch) -> None:
     run = train(make_config(data, tmp_path / "run", epochs=1), progress=False, log=quiet).run_dir
     before = (run / "last.pt").read_bytes()
