@@ -181,7 +181,8 @@ _TRAIN_OPTIONS = [
                       "memory. [default: the whole batch]"),
     click.option("--workers", default=None, type=int, help="Loader processes when not cached. [default: auto]"),
     click.option("--cache", default=None, type=click.Choice(["auto", "off", "rebuild"]),
-                 help="Decode each split once into a memory-mapped array. [default: auto]"),
+                 help="Decode each split once into a memory-mapped array (rebuild: decode again, in this run "
+                      "only). [default: auto]"),
     click.option("--scheduler", default=None, help="Learning-rate schedule (see `catsdogs schedulers`)."),
     click.option("--patience", default=None, type=int,
                  help="Stop after this many epochs without a better val accuracy (0: never)."),

@@ -80,7 +80,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
         images = None
     else:
         image_split = read_split(measured, split, classes)
-        images = load_cache(image_split, cfg.image_size, cfg.cache, progress=progress)
+        # A run saved before --cache rebuild acted only once may hold rebuild: evaluating never rebuilds.
+        images = load_cache(image_split, cfg.image_size, "off" if cfg.cache == "off" else "auto", progress=progress)
     warning = changed_split_warning(trained.data_fingerprint, cfg.data, classes, own_split)
     source = BatchSource(image_split, eval_preset(cfg.image_size), images, workers=0 if images is not None else 1,
                          device=torch_device)

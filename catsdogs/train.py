@@ -54,7 +54,11 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         raise UsageError(f"model {cfg.model} needs --image-size of at least {model.min_image_size}, "
                          f"got {cfg.image_size}")
     fill = {"batch_size": spec.batch_size, **{k: spec.defaults.get(k) for k in ("lr", "momentum", "weight_decay")}}
-    return dataclasses.replace(cfg, **{k: v for k, v in fill.items() if getattr(cfg, k) is None and v is not None})
+    # --cache rebuild acts once, in the run that asks (train notes it before this): what the run saves,
+    # and so what evaluate, compare and a resume read, is auto.
+    cache = "auto" if cfg.cache == "rebuild" else cfg.cache
+    return dataclasses.replace(cfg, cache=cache,
+                               **{k: v for k, v in fill.items() if getattr(cfg, k) is None and v is not None})
 
 
 @dataclass
@@ -125,6 +129,7 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
         cfg = resumed_config(state, flags or {}, run_dir)
     if cfg is None:
         raise ValueError("train() needs a config unless it resumes a run")
+    rebuild = cfg.cache == "rebuild"
     cfg = resolve_config(cfg)
     if state is None:
         _check_out(cfg)
@@ -159,8 +164,8 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
     images = {}
     for turn in ("main", "others"):  # process 0 builds the cache; the others then map the finished files
         if (turn == "main") == team.main:
-            images = {s.root.name: load_cache(s, cfg.image_size, cfg.cache, jobs, progress)
-                      for s in (train_split, val_split)}
+            mode = "rebuild" if rebuild and team.main else cfg.cache  # the others map what process 0 rebuilt
+            images = {s.root.name: load_cache(s, cfg.image_size, mode, jobs, progress) for s in (train_split, val_split)}
         wait_for_all(team)
     workers = cfg.workers if cfg.workers is not None else (0 if images["train"] is not None else max(jobs - 1, 0))
     # Both caches on the GPU or neither, judged together; only process 0 validates, so only it holds val there.

@@ -272,6 +272,32 @@ def test_a_file_that_fails_every_epoch_counts_once(tmp_path: Path, tiny_split) -
     assert status["unreadable_images"] == [str(victim)]
 
 
+def test_cache_rebuild_acts_once_in_the_run_that_asks(data: Path, tmp_path: Path, monkeypatch) -> None:
+    from catsdogs import data as data_module
+    from catsdogs.evaluate import evaluate_run
+    from catsdogs.train import print_config
+
+    built: list[str] = []
+    build = data_module._build_cache
+    monkeypatch.setattr(data_module, "_build_cache", lambda split, *args: built.append(split.root.name) or
+                        build(split, *args))
+    cfg = make_config(data, tmp_path / "run", epochs=1)
+    run = train(cfg, progress=False, log=quiet).run_dir  # makes the caches
+    built.clear()
+    rebuilt = train(make_config(data, tmp_path / "rebuilt", epochs=1, cache="rebuild"), progress=False, log=quiet)
+    assert built == ["train", "val"]
+    assert "cache: auto\n" in (rebuilt.run_dir / "config.yaml").read_text()
+    assert load_checkpoint(rebuilt.run_dir / "last.pt")["config"]["cache"] == "auto"
+    assert "cache: auto\n" in print_config(make_config(data, None, cache="rebuild"))  # as config.yaml holds it
+    built.clear()
+    train(None, resume=rebuilt.run_dir, flags={"epochs": 2}, progress=False, log=quiet)
+    evaluate_run(rebuilt.run_dir, split="val", progress=False)
+    assert built == []  # neither the resume nor evaluate decodes again
+    train(None, resume=run, flags={"epochs": 2, "cache": "rebuild"}, progress=False, log=quiet)
+    assert built == ["train", "val"]  # a resume may ask for it, once
+    assert "cache: auto\n" in (run / "config.yaml").read_text()
+
+
 def test_full_disk_while_saving_keeps_the_previous_checkpoint(data: Path, tmp_path: Path, monkeypatch) -> None:
     run = train(make_config(data, tmp_path / "run", epochs=1), progress=False, log=quiet).run_dir
     before = (run / "last.pt").read_bytes()
