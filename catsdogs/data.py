@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from catsdogs.checkpoint import write_text_atomic
 from catsdogs.errors import CatsdogsError
 from catsdogs.images import (HIDDEN_FILE, HIDDEN_FOLDER, NOT_IN_CLASS_FOLDER, describe_left_out, find_photos,
                              is_hidden, load_resized, no_photos_message)
@@ -28,6 +30,9 @@ from catsdogs.transforms import Preset
 CACHE_DIR = ".cache"
 CACHE_VERSION = 1  # bump when load_resized changes what it produces
 SPLITS = ("train", "val", "test")
+# What writing in a folder raises when it cannot be written: a read-only mount (EROFS), or a folder
+# of another user's (EACCES, EPERM). The cache is then skipped, not the run.
+CANNOT_WRITE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 @dataclass
@@ -175,7 +180,8 @@ def load_cache(split: ImageSplit, image_size: int, mode: str = "auto", jobs: int
 
     The file sits in `<data>/.cache/`, named by a key over the file list, sizes, modification
     times and image size, so a changed split or size gets a new cache and a stale one is never
-    read. Returns None when `mode` is "off" or the data folder cannot be written.
+    read. Returns None when `mode` is "off" or the data folder cannot be written (see CANNOT_WRITE);
+    a full disk, found before the build or during it, raises CatsdogsError saying how much room it needs.
     """
     if mode == "off":
         return None
@@ -195,9 +201,14 @@ def load_cache(split: ImageSplit, image_size: int, mode: str = "auto", jobs: int
         cache_dir.mkdir(exist_ok=True)
         _remove_stale(cache_dir, split.root.name, image_size, keep=stem)
         return _build_cache(split, image_size, array_path, meta_path, jobs or default_jobs(), progress)
-    except PermissionError:
-        print(f"note: cannot write a cache in {cache_dir}; reading the images every epoch", file=sys.stderr)
-        return None
+    except OSError as error:
+        if error.errno in CANNOT_WRITE:
+            print(f"note: cannot write a cache in {cache_dir} ({error.strerror}); reading the images every epoch",
+                  file=sys.stderr)
+            return None
+        if error.errno == errno.ENOSPC:
+            raise _no_room(len(split), image_size, cache_dir) from None
+        raise
 
 
 def _remove_stale(cache_dir: Path, split_name: str, image_size: int, keep: str) -> None:
@@ -215,11 +226,8 @@ def _remove_stale(cache_dir: Path, split_name: str, image_size: int, keep: str) 
 def _build_cache(split: ImageSplit, size: int, array_path: Path, meta_path: Path, jobs: int,
                  progress: bool) -> np.ndarray:
     tmp = array_path.with_name(f".{array_path.name}.{os.getpid()}.tmp")
-    need, free = len(split) * size * size * 3, shutil.disk_usage(array_path.parent).free
-    if need > free:
-        raise CatsdogsError(f"the decoded cache of {len(split)} photos at {size}px needs {_gb(need)} in "
-                            f"{array_path.parent}, which has {_gb(free)} free: free some space, use a smaller "
-                            "--image-size, or --cache off (decoding the photos every epoch)")
+    if len(split) * size * size * 3 > shutil.disk_usage(array_path.parent).free:
+        raise _no_room(len(split), size, array_path.parent)
     unreadable: list[int] = []
     work = [(str(p), size) for p in split.paths]
     bar = progress_bar(total=len(work), desc=f"caching {split.root.name} at {size}px", unit="img",
@@ -234,14 +242,22 @@ def _build_cache(split: ImageSplit, size: int, array_path: Path, meta_path: Path
             _fill(images, map(_load_or_none, work), unreadable, bar)
         images.flush()
         del images
+        # The metadata first: the array's name appearing last completes the pair a later run reads.
+        meta = {"version": CACHE_VERSION, "count": len(split), "image_size": size, "unreadable": unreadable}
+        write_text_atomic(meta_path, json.dumps(meta))
         os.replace(tmp, array_path)
     finally:
         bar.close()
         tmp.unlink(missing_ok=True)
-    meta = {"version": CACHE_VERSION, "count": len(split), "image_size": size, "unreadable": unreadable}
-    meta_path.write_text(json.dumps(meta))
     split.unreadable = [split.paths[i] for i in unreadable]
     return np.load(array_path, mmap_mode="r")
+
+
+def _no_room(count: int, size: int, folder: Path) -> CatsdogsError:
+    need, free = count * size * size * 3, shutil.disk_usage(folder if folder.is_dir() else folder.parent).free
+    return CatsdogsError(f"the decoded cache of {count} photos at {size}px needs {_gb(need)} in {folder}, which has "
+                         f"{_gb(free)} free: free some space, use a smaller --image-size, or --cache off (decoding "
+                         "the photos every epoch)")
 
 
 def _gb(nbytes: int) -> str:
