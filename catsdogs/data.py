@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from catsdogs.checkpoint import write_text_atomic
+from catsdogs.cpus import usable_cpus
 from catsdogs.errors import CatsdogsError
 from catsdogs.images import (HIDDEN_FILE, HIDDEN_FOLDER, NOT_IN_CLASS_FOLDER, describe_left_out, find_photos,
                              is_hidden, load_resized, no_photos_message)
@@ -170,10 +171,6 @@ def ignore_sigint(*_: object) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def default_jobs() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def load_cache(split: ImageSplit, image_size: int, mode: str = "auto", jobs: int | None = None,
                progress: bool = True) -> np.ndarray | None:
     """Return a memory-mapped N x S x S x 3 uint8 array of the split, building it if needed.
@@ -200,7 +197,7 @@ def load_cache(split: ImageSplit, image_size: int, mode: str = "auto", jobs: int
     try:
         cache_dir.mkdir(exist_ok=True)
         _remove_stale(cache_dir, split.root.name, image_size, keep=stem)
-        return _build_cache(split, image_size, array_path, meta_path, jobs or default_jobs(), progress)
+        return _build_cache(split, image_size, array_path, meta_path, jobs or usable_cpus(), progress)
     except OSError as error:
         if error.errno in CANNOT_WRITE:
             print(f"note: cannot write a cache in {cache_dir} ({error.strerror}); reading the images every epoch",

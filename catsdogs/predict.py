@@ -16,7 +16,7 @@ from torch import nn
 
 from catsdogs.checkpoint import load_checkpoint, write_text_atomic
 from catsdogs.config import TrainConfig, config_from_dict
-from catsdogs.data import default_jobs
+from catsdogs.cpus import usable_cpus
 from catsdogs.errors import CatsdogsError, UsageError, first_line
 from catsdogs.hardware import Precision, select_device, select_precision, tune_allocator
 from catsdogs.images import find_photos, load_resized, no_photos_message
@@ -135,7 +135,7 @@ def decode_photos(photos: Sequence[Path], size: int, jobs: int | None = None
 
     Threads suffice: PIL's decoders and OpenCV's resize release the GIL.
     """
-    with ThreadPoolExecutor(jobs or default_jobs()) as pool:
+    with ThreadPoolExecutor(jobs or usable_cpus()) as pool:
         yield from zip(photos, pool.map(lambda path: _decode(path, size), photos))
 
 

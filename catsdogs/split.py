@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import random
 import re
 import shlex
@@ -14,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from catsdogs import integrity, staging
+from catsdogs.cpus import usable_cpus
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.images import IMAGE_EXTENSIONS, NOT_IN_CLASS_FOLDER, is_hidden
 from catsdogs.integrity import CONFLICT, DUPLICATE, LINK_OUTSIDE, REJECTED, SKIPPED, LeftOut, Photo
@@ -128,9 +128,9 @@ def split_dataset(source: str | Path, out: str | Path = "data",
         raise UsageError(f"--layout {layout!r} is not one of: {', '.join(LAYOUTS)}")
     if mode not in MODES:
         raise UsageError(f"--mode {mode!r} is not one of: {', '.join(MODES)}")
-    jobs = (os.cpu_count() or 1) if jobs is None else jobs
+    jobs = usable_cpus() if jobs is None else jobs
     if jobs < 1:
-        raise UsageError(f"--jobs {jobs} must be 1 or more (or left out to use every core)")
+        raise UsageError(f"--jobs {jobs} must be 1 or more (or left out to use every CPU this process may run on)")
     source, out = _check_paths(Path(source).expanduser(), Path(out).expanduser())
     staging.recover_work_folders(out)
 

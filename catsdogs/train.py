@@ -19,7 +19,8 @@ from torch import nn
 
 from catsdogs.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
 from catsdogs.config import TrainConfig, config_to_yaml
-from catsdogs.data import BatchSource, ImageSplit, default_jobs, fits_on_gpu, load_cache, read_split
+from catsdogs.cpus import usable_cpus
+from catsdogs.data import BatchSource, ImageSplit, fits_on_gpu, load_cache, read_split
 from catsdogs.distributed import Team, finish, from_main, gather, start, team_from_environment, wait_for_all
 from catsdogs.ema import ModelEMA
 from catsdogs.errors import CatsdogsError, UsageError
@@ -160,7 +161,7 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
             + (f" (its {len(train_split.classes)}-class head starts fresh)" if fresh_head else "")
             + (f"; left at random, as the file's do not fit: {', '.join(missed)}" if missed else ""))
     init_hash = _weights_hash(model)
-    jobs = default_jobs()
+    jobs = usable_cpus()
     images = {}
     for turn in ("main", "others"):  # process 0 builds the cache; the others then map the finished files
         if (turn == "main") == team.main:

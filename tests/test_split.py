@@ -240,6 +240,21 @@ def test_same_seed_gives_identical_files_and_another_seed_differs(tmp_path):
     assert other.keys() == first.keys() and other != first
 
 
+def test_its_decoding_pool_has_as_many_processes_as_cpus_it_may_run_on(tmp_path, monkeypatch):
+    from catsdogs import integrity
+
+    source = make_classes(tmp_path / "src", {"Cat": 3, "Dog": 3})
+    # A machine of 64 cores of which this process may use 2 (taskset, a container's or a batch job's CPU set).
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 5}, raising=False)
+    pools: list[int] = []
+    check = integrity.check_images
+    monkeypatch.setattr(integrity, "check_images", lambda paths, jobs, progress: pools.append(jobs) or
+                        check(paths, 1, progress))
+    split_dataset(source, tmp_path / "data", progress=False)
+    assert pools == [2]
+
+
 def test_the_report_tells_train_where_the_split_is(tmp_path, monkeypatch):
     source = make_classes(tmp_path / "src", {"Cat": 4, "Dog": 4})
     monkeypatch.chdir(tmp_path)
