@@ -13,6 +13,7 @@ from typing import Any, Iterator
 import torch
 
 from catsdogs.errors import CatsdogsError
+from catsdogs.names import utf8
 
 FORMAT = "catsdogs-checkpoint"
 VERSION = 1
@@ -54,8 +55,10 @@ def current_umask() -> int:
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    with atomic_write(path, "w") as handle:
-        handle.write(text)
+    """Write `text` atomically as UTF-8, whatever the locale; a file name in it that is not UTF-8 is
+    written escaped (see catsdogs.names), so the file is valid UTF-8."""
+    with atomic_write(path) as handle:
+        handle.write(utf8(text))
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:

@@ -139,9 +139,11 @@ def _one_label_per_file(by_class: dict[int, list[Path]], names: Sequence[str],
 
 def split_fingerprint(split: ImageSplit) -> str:
     """A hash of the split's file names, classes and sizes: equal for the same photos anywhere."""
-    digest = hashlib.sha256(" ".join(split.classes).encode())
+    # surrogateescape: the bytes of a name that is not UTF-8 (Linux allows them), where strict would fail.
+    digest = hashlib.sha256(" ".join(split.classes).encode("utf-8", "surrogateescape"))
     for path, label in zip(split.paths, split.labels):
-        digest.update(f"{path.relative_to(split.root).as_posix()}\0{label}\0{path.stat().st_size}\n".encode())
+        line = f"{path.relative_to(split.root).as_posix()}\0{label}\0{path.stat().st_size}\n"
+        digest.update(line.encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:16]
 
 
@@ -151,10 +153,11 @@ def class_folders(root: Path) -> list[str]:
 
 
 def _cache_key(split: ImageSplit, image_size: int) -> str:
-    digest = hashlib.sha256(f"v{CACHE_VERSION} {image_size} {split.classes}".encode())
+    digest = hashlib.sha256(f"v{CACHE_VERSION} {image_size} {split.classes}".encode("utf-8", "surrogateescape"))
     for path, label in zip(split.paths, split.labels):
         stat = path.stat()
-        digest.update(f"{path.relative_to(split.root)}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        line = f"{path.relative_to(split.root)}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n"
+        digest.update(line.encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:16]
 
 

@@ -20,6 +20,7 @@ from catsdogs.errors import CatsdogsError
 from catsdogs.figures import pyplot, save_figure
 from catsdogs.loop import evaluate_source
 from catsdogs.metrics import compute_metrics
+from catsdogs.names import escape_names, unescape_name
 from catsdogs.predict import load_trained
 from catsdogs.runs import RUN_MARKER
 from catsdogs.staging import MANIFEST
@@ -104,7 +105,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
         metrics["warning"] = warning
     out_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed evaluation leaves no empty folder
     metrics_path = out_dir / f"metrics{suffix}.json"
-    write_text_atomic(metrics_path, json.dumps(metrics, indent=2) + "\n")
+    write_text_atomic(metrics_path, json.dumps(escape_names(metrics), indent=2) + "\n")
     figure_path = out_dir / f"confusion_matrix{suffix}.png"
     save_confusion_figure(np.asarray(metrics["confusion_matrix"]), classes, figure_path,
                           title=f"{run_dir.name}: {split} accuracy {metrics['accuracy']:.3f}")
@@ -125,7 +126,8 @@ def _evaluation_in(metrics_file: Path) -> tuple[Path, Path] | None:
         recorded = json.loads(metrics_file.read_text())
         if "confusion_matrix" not in recorded:
             return None
-        return Path(recorded["data"]).resolve(), Path(recorded["checkpoint"]).resolve()
+        # Names written escaped where they are not UTF-8 (see catsdogs.names): the folders' own again.
+        return Path(unescape_name(recorded["data"])).resolve(), Path(unescape_name(recorded["checkpoint"])).resolve()
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -182,7 +184,8 @@ def seen_in_training(photos: list[Path], trained_on: str | Path) -> int | None:
     """How many of `photos` have the bytes of a train or val photo in the run's split manifest
     (None when the manifest is gone)."""
     try:
-        with (Path(trained_on) / MANIFEST).open(newline="") as handle:
+        # surrogateescape: a manifest of an older split may hold names that are not UTF-8.
+        with (Path(trained_on) / MANIFEST).open(encoding="utf-8", errors="surrogateescape", newline="") as handle:
             learned = {row["sha256"] for row in csv.DictReader(handle) if row["split"] in ("train", "val")}
     except (OSError, KeyError, csv.Error):
         return None

@@ -18,7 +18,7 @@ from typing import Iterator, NamedTuple
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from catsdogs.errors import first_line
-from catsdogs.images import HIDDEN_FILE, HIDDEN_FOLDER, is_hidden, is_image_name, load_rgb
+from catsdogs.images import HIDDEN_FILE, HIDDEN_FOLDER, MIN_SIDE, TooSmall, is_hidden, is_image_name, load_rgb
 from catsdogs.progress import progress_bar
 from catsdogs.staging import ctrl_c_deferred
 
@@ -33,6 +33,7 @@ EMPTY = "empty file"
 NOT_AN_IMAGE = "not an image"
 CORRUPT = "truncated or corrupt data"
 BOMB = "decompression bomb"
+TOO_SMALL = f"under {MIN_SIDE} pixels on a side"
 UNREADABLE = "unreadable"
 DANGLING_LINK = "dangling link"
 LINK_OUTSIDE = "link points outside the source"
@@ -183,6 +184,8 @@ def check_image(path: str) -> ImageCheck:
             return ImageCheck(BOMB, first_line(error), sha256, 0, 0)
         except UnidentifiedImageError:
             return ImageCheck(NOT_AN_IMAGE, "no image format recognised", sha256, 0, 0)
+        except TooSmall as error:
+            return ImageCheck(TOO_SMALL, str(error), sha256, 0, 0)
         except Exception as error:  # noqa: BLE001 - decoders raise many types on bad data
             return ImageCheck(CORRUPT, first_line(error), sha256, 0, 0)
     return ImageCheck(None, "", sha256, width, height)

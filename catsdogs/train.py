@@ -27,6 +27,7 @@ from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.hardware import select_device, select_precision, tune_allocator
 from catsdogs.loop import EpochLoop, Log, Progress, stop_on_signals
 from catsdogs.models import MODELS, build_model, load_pretrained
+from catsdogs.names import escape_names
 from catsdogs.optim import build_optimizer, get_optimizer_spec, load_optimizer_plugins, parameter_groups
 from catsdogs.resume import (RANK_SEED_STRIDE, LastSaver, check_same_split, data_fingerprint, model_state,
                              point_best_at, restore_process_randomness, restore_progress, resume_command,
@@ -424,7 +425,7 @@ def _write_status(run_dir: Path, status: str, progress: Progress, cfg: TrainConf
             "hardware": hardware, "unreadable_images": skipped}
     if status == "early-stopped":
         info["reason"] = f"{_selected_name(cfg)} did not improve for {cfg.patience} epochs"
-    write_text_atomic(run_dir / "status.json", json.dumps(info, indent=2) + "\n")
+    write_text_atomic(run_dir / "status.json", json.dumps(escape_names(info), indent=2) + "\n")
 
 
 def _check_unreadable(sources: tuple[BatchSource, ...], team: Team, warned: set[Path], data: str, log: Log) -> None:

@@ -272,6 +272,25 @@ def test_a_file_that_fails_every_epoch_counts_once(tmp_path: Path, tiny_split) -
     assert status["unreadable_images"] == [str(victim)]
 
 
+@pytest.mark.parametrize("cache", ["auto", "off"])
+def test_names_that_are_not_utf8_train_and_a_tiny_photo_is_left_out(data: Path, tmp_path: Path, monkeypatch,
+                                                                     cache: str) -> None:
+    from PIL import Image
+
+    # A split folder made by hand (or by an older split) holding names Linux allows but UTF-8 does not.
+    (data / "train" / "Cat" / "0.jpg").rename(data / "train" / "Cat" / os.fsdecode(b"\xff.jpg"))
+    tiny = data / "train" / "Dog" / os.fsdecode(b"pixel\xe9.png")
+    Image.new("RGB", (1, 1), (60, 70, 190)).save(tiny)
+    monkeypatch.setattr(train_module, "MAX_UNREADABLE_FRACTION", 0.1)
+    messages: list[str] = []
+    run = train(make_config(data, tmp_path / "run", epochs=1, cache=cache), progress=False,
+                log=messages.append).run_dir
+    shown = str(data / "train" / "Dog" / "pixel\\xe9.png")  # as every file catsdogs writes names it
+    assert [m for m in messages if "unreadable" in m] == [f"warning: skipped 1 unreadable image(s): {tiny}"]
+    status = json.loads((run / "status.json").read_bytes().decode("utf-8"))  # strict: valid UTF-8
+    assert status["unreadable_images"] == [shown]  # the pixel only: the odd name was read
+
+
 def test_cache_rebuild_acts_once_in_the_run_that_asks(data: Path, tmp_path: Path, monkeypatch) -> None:
     from catsdogs import data as data_module
     from catsdogs.evaluate import evaluate_run
