@@ -24,6 +24,7 @@ from typing import Callable
 import cv2
 from imutils import paths
 
+from catsdogs.cpus import usable_cpus
 from catsdogs.data.split import DEFAULT_RATIOS, split_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +78,7 @@ def main() -> None:
     files = sorted(str(path) for path in data.rglob("*") if path.is_file())
     for path in files:  # warm the page cache, so neither approach pays for the first read
         Path(path).read_bytes()
-    jobs = os.cpu_count() or 1
+    jobs = usable_cpus()
     # Scratch beside the data's file system is not guaranteed; split reports any copy fallback.
     runs = {
         "tutorial": lambda out: tutorial_split(data, out),

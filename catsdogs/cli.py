@@ -130,7 +130,7 @@ def download(dest: Path) -> None:
               help="folders: one subfolder per class (PetImages); kaggle: flat cat.N.jpg/dog.N.jpg.")
 @click.option("--mode", default="link", show_default=True, type=click.Choice(["link", "copy", "symlink"]),
               help="How files land in the split: hard links (copies across filesystems), copies or symlinks.")
-@click.option("--jobs", default=None, type=click.IntRange(min=1), help="Processes decoding images [all cores].")
+@click.option("--jobs", default=None, type=click.IntRange(min=1), help="Processes decoding images [the CPUs this process may run on].")
 @click.option("--force", is_flag=True, help="Replace an output folder that split made with other arguments (never a "
                                           "folder split did not make).")
 def split(source: Path, out: Path, ratios: str, seed: int, layout: str, mode: str, jobs: int | None,
@@ -164,7 +164,8 @@ _TRAIN_OPTIONS = [
                       "memory. [default: the whole batch]"),
     click.option("--workers", default=None, type=int, help="Loader processes when not cached. [default: auto]"),
     click.option("--cache", default=None, type=click.Choice(["auto", "off", "rebuild"]),
-                 help="Decode each split once into a memory-mapped array. [default: auto]"),
+                 help="Decode each split once into a memory-mapped array (rebuild: decode again, in this run "
+                      "only). [default: auto]"),
     click.option("--scheduler", default=None, help="Learning-rate schedule (see `catsdogs schedulers`)."),
     click.option("--patience", default=None, type=int,
                  help="Stop after this many epochs without a better val accuracy (0: never)."),

@@ -13,8 +13,8 @@ ENTRY = {"catsdogs.cli", "catsdogs.__main__"}
 # Old import paths kept for users, each re-exporting its module's new home (the README's plugin
 # example imports catsdogs.optim): these may import upward, and only from that home.
 ALIASES = {"catsdogs.optim": "catsdogs.training.optim"}
-HELPERS = {"catsdogs", "catsdogs.atomic", "catsdogs.errors", "catsdogs.figures", "catsdogs.interrupts",
-           "catsdogs.progress", "catsdogs.registry"}
+HELPERS = {"catsdogs", "catsdogs.atomic", "catsdogs.cpus", "catsdogs.errors", "catsdogs.figures",
+           "catsdogs.interrupts", "catsdogs.names", "catsdogs.progress", "catsdogs.registry"}
 
 Edge = tuple[str, str, str]  # importer, imported, where: "catsdogs/data/cache.py:12"
 

@@ -19,6 +19,16 @@ from PIL import Image, ImageOps
 MAX_IMAGE_PIXELS = 250_000_000
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 
+# A photo under this many pixels on a side holds no cat or dog to learn (icons, tracking pixels, a
+# thumbnail's remains): split leaves it out, and train, evaluate and predict refuse it alike, as
+# Ultralytics' image check does (under 10 pixels).
+MIN_SIDE = 10
+
+
+class TooSmall(ValueError):
+    """A photo under MIN_SIDE pixels on a side."""
+
+
 # OpenCV's own thread pool would fight the DataLoader workers and torch for the same cores.
 cv2.setNumThreads(1)
 
@@ -48,13 +58,16 @@ def load_rgb(path: str | os.PathLike | BinaryIO, draft_size: int | None = None) 
     `draft_size` lets the JPEG decoder shrink by a power of two while staying at least that
     large on both sides, which is much faster for big photos and loses nothing after a resize.
     An image of more than MAX_IMAGE_PIXELS raises Image.DecompressionBombWarning (or, above
-    twice that, Image.DecompressionBombError) before anything is decoded.
+    twice that, Image.DecompressionBombError) before anything is decoded, and one under MIN_SIDE
+    pixels on a side raises TooSmall.
     """
     with warnings.catch_warnings():
         # Palette images with transparency and odd EXIF blocks warn; the conversion handles them.
         warnings.simplefilter("ignore")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as image:
+            if min(image.size) < MIN_SIDE:
+                raise TooSmall(f"{image.width}x{image.height} pixels, under {MIN_SIDE} on a side")
             if draft_size and image.format == "JPEG":
                 image.draft("RGB", (draft_size, draft_size))
             image.load()

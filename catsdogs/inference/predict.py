@@ -15,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from catsdogs.atomic import write_text_atomic
-from catsdogs.data.cache import default_jobs
+from catsdogs.cpus import usable_cpus
 from catsdogs.data.images import find_photos, load_resized, no_photos_message
 from catsdogs.data.transforms import normalise
 from catsdogs.errors import CatsdogsError, UsageError, first_line
@@ -26,7 +26,6 @@ from catsdogs.training.hardware import Precision, select_device, select_precisio
 from catsdogs.training.loop import EVAL_BATCH
 from catsdogs.training.models import build_model
 from catsdogs.training.runs import resolve_checkpoint
-
 
 RUN_FILES = ("config.yaml", "last.pt", "best.pt")
 
@@ -136,7 +135,7 @@ def decode_photos(photos: Sequence[Path], size: int, jobs: int | None = None
 
     Threads suffice: PIL's decoders and OpenCV's resize release the GIL.
     """
-    with ThreadPoolExecutor(jobs or default_jobs()) as pool:
+    with ThreadPoolExecutor(jobs or usable_cpus()) as pool:
         yield from zip(photos, pool.map(lambda path: _decode(path, size), photos))
 
 

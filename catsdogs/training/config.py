@@ -26,7 +26,8 @@ class TrainConfig:
     hflip: float = 0.25  # probability of a horizontal flip in training (the tutorial's 0.25)
     vflip: float = 0.0  # probability of a vertical flip in training (off, as in the tutorial)
     augment: str = "flip"  # flip|crop|rrc|rrc-jitter|trivialaugment|randaugment (see `catsdogs augments`)
-    cache: str = "auto"  # auto|off|rebuild: decode each split once into a memory-mapped uint8 array
+    cache: str = "auto"  # auto|off|rebuild: decode each split once into a memory-mapped uint8 array (rebuild:
+    # decode again, in the run that asks only; that run saves auto)
 
     # Model and optimizer: names from `catsdogs models` and `catsdogs optimizers`.
     model: str = "cnn3"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import subprocess
 import sys
@@ -194,6 +196,40 @@ def test_a_cache_that_cannot_fit_is_refused_with_its_size_and_leaves_nothing(dat
     with pytest.raises(OSError, match="Cannot allocate memory"):
         load_cache(split, 64, progress=False)
     assert not [p.name for p in (data / CACHE_DIR).iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES, errno.EPERM])
+def test_a_folder_that_cannot_be_written_reads_the_images_every_epoch(data: Path, monkeypatch, capsys,
+                                                                      code: int) -> None:
+    def refused(path, **kwargs):  # what creating the cache file raises there
+        raise OSError(code, os.strerror(code), str(path))
+
+    monkeypatch.setattr(np.lib.format, "open_memmap", refused)
+    assert load_cache(read_split(data, "train"), 32, progress=False) is None
+    assert f"({os.strerror(code)}); reading the images every epoch" in capsys.readouterr().err
+
+
+def test_a_disk_that_fills_during_the_build_is_the_same_error_as_one_found_full_before(data: Path,
+                                                                                        monkeypatch) -> None:
+    real_open = io.open
+
+    def fill_up(file, mode="r", *args, **kwargs):  # a file opened for writing takes half its data, then ENOSPC
+        handle = real_open(file, mode, *args, **kwargs)
+        if "w" in mode:
+            def write(data):
+                handle.__class__.write(handle, data[:len(data) // 2])
+                handle.flush()
+                raise OSError(errno.ENOSPC, "No space left on device")
+            handle.write = write
+        return handle
+
+    monkeypatch.setattr(io, "open", fill_up)  # the metadata file, written after the array
+    with pytest.raises(CatsdogsError, match=r"the decoded cache of 20 photos at 32px needs 0.1 MB in .*\.cache, "
+                                            r"which has .* free: .*--cache off"):
+        load_cache(read_split(data, "train"), 32, progress=False)
+    monkeypatch.undo()
+    assert list((data / CACHE_DIR).iterdir()) == []  # no half-written metadata, and no array without it
+    assert load_cache(read_split(data, "train"), 32, progress=False) is not None
 
 
 def test_the_partial_cache_of_a_killed_build_is_removed(data: Path) -> None:

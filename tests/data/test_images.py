@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tests.data.test_split import write_blank_png
 
-from catsdogs.data.images import (MAX_IMAGE_PIXELS, describe_left_out, is_image_name, load_resized, load_rgb,
+from catsdogs.data.images import (MAX_IMAGE_PIXELS, TooSmall, describe_left_out, is_image_name, load_resized, load_rgb,
                                   resize_array, to_rgb)
-from catsdogs.data.integrity import BOMB, check_image
+from catsdogs.data.integrity import BOMB, TOO_SMALL, check_image
+from tests.data.test_split import write_blank_png
 
 SIZE = 16
 
@@ -181,6 +181,18 @@ def test_a_decompression_bomb_is_refused_before_decoding(tmp_path: Path, side: i
     with pytest.raises(refusal):
         load_resized(path, SIZE)
     assert check_image(str(path)).reason == BOMB  # split refuses it by the same bound
+
+
+@pytest.mark.parametrize("width, height", [(1, 1), (9, 40), (40, 9)])
+def test_a_photo_under_ten_pixels_on_a_side_is_refused_by_every_reader(tmp_path: Path, width: int,
+                                                                       height: int) -> None:
+    path = save(Image.new("RGB", (width, height), (200, 60, 60)), tmp_path / "tiny.png")
+    with pytest.raises(TooSmall, match=f"^{width}x{height} pixels, under 10 on a side$"):
+        load_resized(path, SIZE)  # training's cache and loaders, evaluate and predict
+    assert check_image(str(path)).reason == TOO_SMALL  # split
+    ten = save(Image.new("RGB", (10, 10), (200, 60, 60)), tmp_path / "ten.png")
+    assert_rgb(load_resized(ten, SIZE))
+    assert check_image(str(ten)).reason is None
 
 
 def test_a_100_megapixel_photo_is_no_bomb(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from catsdogs.errors import UsageError
-from catsdogs.training.models import MODELS, CNN3, build_model, count_parameters, list_models, register_model
+from catsdogs.training.models import CNN3, MODELS, build_model, count_parameters, list_models, register_model
 
 
 @pytest.fixture

@@ -279,6 +279,66 @@ def test_an_image_broken_after_the_split_is_skipped_and_reported(data: Path, tmp
     assert status["unreadable_images"] == [str(victim)]
 
 
+def test_a_file_that_fails_every_epoch_counts_once(tmp_path: Path, tiny_split) -> None:
+    # 220 train and val photos: one bad file is under the 1% limit (2.2), three would be over it.
+    data = tiny_split(tmp_path / "split", per_class=(100, 10, 10), size=32)
+    victim = data / "train" / "Cat" / "0.jpg"
+    victim.write_bytes(b"garbage, not a jpeg")
+    messages: list[str] = []
+    result = train(make_config(data, tmp_path / "run", epochs=3, cache="off", workers=0, batch_size=32),
+                   progress=False, log=messages.append)
+    assert result.status == "finished" and result.epochs_done == 3
+    warnings = [m for m in messages if "unreadable" in m]
+    assert warnings == [f"warning: skipped 1 unreadable image(s): {victim}"]  # in epoch 1 only
+    status = json.loads((result.run_dir / "status.json").read_text())
+    assert status["unreadable_images"] == [str(victim)]
+
+
+@pytest.mark.parametrize("cache", ["auto", "off"])
+def test_names_that_are_not_utf8_train_and_a_tiny_photo_is_left_out(data: Path, tmp_path: Path, monkeypatch,
+                                                                     cache: str) -> None:
+    from PIL import Image
+
+    # A split folder made by hand (or by an older split) holding names Linux allows but UTF-8 does not.
+    (data / "train" / "Cat" / "0.jpg").rename(data / "train" / "Cat" / os.fsdecode(b"\xff.jpg"))
+    tiny = data / "train" / "Dog" / os.fsdecode(b"pixel\xe9.png")
+    Image.new("RGB", (1, 1), (60, 70, 190)).save(tiny)
+    monkeypatch.setattr(train_module, "MAX_UNREADABLE_FRACTION", 0.1)
+    messages: list[str] = []
+    run = train(make_config(data, tmp_path / "run", epochs=1, cache=cache), progress=False,
+                log=messages.append).run_dir
+    shown = str(data / "train" / "Dog" / "pixel\\xe9.png")  # as every file catsdogs writes names it
+    assert [m for m in messages if "unreadable" in m] == [f"warning: skipped 1 unreadable image(s): {tiny}"]
+    status = json.loads((run / "status.json").read_bytes().decode("utf-8"))  # strict: valid UTF-8
+    assert status["unreadable_images"] == [shown]  # the pixel only: the odd name was read
+
+
+def test_cache_rebuild_acts_once_in_the_run_that_asks(data: Path, tmp_path: Path, monkeypatch) -> None:
+    from catsdogs.data import cache as data_module
+    from catsdogs.inference.evaluate import evaluate_run
+    from catsdogs.training.train import print_config
+
+    built: list[str] = []
+    build = data_module._build_cache
+    monkeypatch.setattr(data_module, "_build_cache", lambda split, *args: built.append(split.root.name) or
+                        build(split, *args))
+    cfg = make_config(data, tmp_path / "run", epochs=1)
+    run = train(cfg, progress=False, log=quiet).run_dir  # makes the caches
+    built.clear()
+    rebuilt = train(make_config(data, tmp_path / "rebuilt", epochs=1, cache="rebuild"), progress=False, log=quiet)
+    assert built == ["train", "val"]
+    assert "cache: auto\n" in (rebuilt.run_dir / "config.yaml").read_text()
+    assert load_checkpoint(rebuilt.run_dir / "last.pt")["config"]["cache"] == "auto"
+    assert "cache: auto\n" in print_config(make_config(data, None, cache="rebuild"))  # as config.yaml holds it
+    built.clear()
+    train(None, resume=rebuilt.run_dir, flags={"epochs": 2}, progress=False, log=quiet)
+    evaluate_run(rebuilt.run_dir, split="val", progress=False)
+    assert built == []  # neither the resume nor evaluate decodes again
+    train(None, resume=run, flags={"epochs": 2, "cache": "rebuild"}, progress=False, log=quiet)
+    assert built == ["train", "val"]  # a resume may ask for it, once
+    assert "cache: auto\n" in (run / "config.yaml").read_text()
+
+
 def test_full_disk_while_saving_keeps_the_previous_checkpoint(data: Path, tmp_path: Path, monkeypatch) -> None:
     run = train(make_config(data, tmp_path / "run", epochs=1), progress=False, log=quiet).run_dir
     before = (run / "last.pt").read_bytes()
