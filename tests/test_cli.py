@@ -16,8 +16,8 @@ from click.testing import CliRunner, Result
 import catsdogs
 import catsdogs.optim as optim
 from catsdogs.cli import main
-from catsdogs.config import TrainConfig
-from catsdogs.optim import ENTRY_POINT_GROUP, OPTIMIZERS, list_optimizers, register_optimizer
+from catsdogs.config import TrainConfig, read_yaml_overrides
+from catsdogs.optim import ENTRY_POINT_GROUP, OPTIMIZERS, get_optimizer_spec, list_optimizers, register_optimizer
 
 COMMANDS = ["download", "split", "train", "evaluate", "predict", "explain", "plot-curves", "compare", "optimizers",
             "models", "schedulers", "augments"]
@@ -197,12 +197,29 @@ def test_print_config_precedence(cli, tmp_path: Path) -> None:
     assert printed_config(cli("train", "--config", ".yaml", "--print-config"))["out"] == "runs/yaml"  # not hidden
 
 
-def test_shipped_config_prints(cli) -> None:
-    root = Path(__file__).resolve().parents[1] / "configs" / "vanilla-sgd.yaml"
-    if not root.is_file():
-        pytest.skip("configs/vanilla-sgd.yaml is not in this checkout")
-    config = printed_config(cli("train", "--config", str(root), "--print-config"))
-    assert (config["optim"], config["batch_size"]) == ("vanilla-sgd", 1)
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# What the README promises in configs/: a default, the tutorial's optimizers, the recipes.
+SHIPPED_CONFIGS = ["adam.yaml", "default.yaml", "minibatch-sgd.yaml", "momentum.yaml", "recipes/cpu-best.yaml",
+                   "recipes/cpu-fast.yaml", "recipes/gpu.yaml", "vanilla-sgd.yaml"]
+
+
+def test_the_shipped_configs_are_the_documented_ones() -> None:
+    assert sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml")) == SHIPPED_CONFIGS
+
+
+@pytest.mark.parametrize("name", SHIPPED_CONFIGS)
+def test_shipped_config_prints(cli, name: str) -> None:
+    path = CONFIGS / name
+    assert path.is_file(), f"{path} is shipped with catsdogs and must be there"
+    config = printed_config(cli("train", "--config", str(path), "--print-config"))
+    overrides = read_yaml_overrides(path)
+    assert {key: config[key] for key in overrides} == overrides  # what the file sets, as it sets it
+    assert config["out"] == f"runs/{path.stem}"
+    spec = get_optimizer_spec(config["optim"])  # what it leaves unset: the optimizer's defaults, then ours
+    assert config["batch_size"] == overrides.get("batch_size", spec.batch_size)
+    assert config["lr"] == overrides.get("lr", spec.defaults["lr"])
+    untouched = set(TrainConfig().to_dict()) - set(overrides) - {"out", "batch_size", "lr", "momentum", "weight_decay"}
+    assert {key: config[key] for key in untouched} == {key: TrainConfig().to_dict()[key] for key in untouched}
 
 
 # --- errors: one line, non-zero exit, no traceback -------------------------------------------------
