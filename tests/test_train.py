@@ -160,38 +160,52 @@ def test_resume_refuses_conflicting_settings(data: Path, tmp_path: Path, flag: s
         train(None, resume=run, flags={flag: value, "epochs": 2}, progress=False, log=quiet)
 
 
+def scripted_validation(monkeypatch, scores: list[tuple[float, float]]) -> None:
+    """Validation reports these (val_loss, val_acc) pairs, one per epoch in order, balanced accuracy = accuracy."""
+    remaining = iter(scores)
+
+    def validate(self) -> tuple[float, float, float]:
+        loss, acc = next(remaining)
+        return loss, acc, acc
+
+    monkeypatch.setattr(loop_module.EpochLoop, "validate", validate)
+
+
 def test_best_pt_is_written_before_the_last_pt_that_counts_its_epoch(data: Path, tmp_path: Path,
                                                                     monkeypatch) -> None:
     """A kill between the two saves must not leave best.pt behind a last.pt that already knows the epoch."""
-    from catsdogs import train as train_module
-
     original = train_module.LastSaver.__call__
     seen: list[tuple[int, int]] = []
 
     def save_last(self, progress):
-        if progress.step == 0 and progress.history:  # an epoch's end
-            best = min(progress.history, key=lambda r: (-r["val_acc"], r["val_loss"], r["epoch"]))["epoch"]
-            seen.append((load_checkpoint(self.run_dir / "best.pt")["epoch"], best))
+        if progress.step == 0 and progress.history:  # an epoch's end: which epoch does best.pt hold by now?
+            seen.append((progress.history[-1]["epoch"], load_checkpoint(self.run_dir / "best.pt")["epoch"]))
         return original(self, progress)
 
     monkeypatch.setattr(train_module.LastSaver, "__call__", save_last)
+    scripted_validation(monkeypatch, [(0.6, 0.50), (0.5, 0.75), (0.4, 0.70)])  # epoch 2 stays the best
     train(make_config(data, tmp_path / "run", epochs=3), progress=False, log=quiet)
-    assert len(seen) == 3 and all(on_disk == best for on_disk, best in seen)
+    assert seen == [(1, 1), (2, 2), (3, 2)]
 
 
-def test_best_checkpoint_is_not_replaced_by_a_worse_model_after_resume(data: Path, tmp_path: Path) -> None:
-    run = train(make_config(data, tmp_path / "run", epochs=2), progress=False, log=quiet).run_dir
-    best_before = load_checkpoint(run / "best.pt")
-    # lr 0 would be a conflicting flag; instead check the recorded best is carried over.
-    last = load_checkpoint(run / "last.pt")
-    assert last["progress"]["best_val_acc"] == pytest.approx(max(r["val_acc"] for r in last["progress"]["history"]))
+@pytest.mark.parametrize(("third", "best"), [
+    ((0.60, 0.90), 3),  # a higher accuracy, whatever its loss
+    ((0.40, 0.75), 3),  # the same accuracy with a lower loss: the model still learns
+    ((0.60, 0.75), 2),  # the same accuracy and a higher loss: the earlier epoch stays
+    ((0.10, 0.70), 2),  # a lower accuracy, whatever its loss
+], ids=["higher-acc", "same-acc-lower-loss", "same-acc-higher-loss", "lower-acc"])
+def test_the_best_epoch_is_carried_across_a_resume(data: Path, tmp_path: Path, monkeypatch, third, best: int) -> None:
+    with monkeypatch.context() as patch:
+        scripted_validation(patch, [(0.70, 0.50), (0.50, 0.75)])
+        run = train(make_config(data, tmp_path / "run", epochs=2), progress=False, log=quiet).run_dir
+    before = load_checkpoint(run / "best.pt")
+    assert before["epoch"] == 2
+    scripted_validation(monkeypatch, [third])
     train(None, resume=run, flags={"epochs": 3}, progress=False, log=quiet)
-    best_after = load_checkpoint(run / "best.pt")
-    history = load_checkpoint(run / "last.pt")["progress"]["history"]
-    # The best epoch: highest val accuracy, then lowest val loss; the first of exact ties.
-    expected = min(history, key=lambda r: (-r["val_acc"], r["val_loss"], r["epoch"]))["epoch"]
-    assert best_after["epoch"] == expected and expected in (best_before["epoch"], 3)
-    assert best_after["val_acc"] == max(r["val_acc"] for r in history)
+    after = load_checkpoint(run / "best.pt")
+    assert after["epoch"] == best
+    holds = before["model"] if best == 2 else load_checkpoint(run / "last.pt")["model"]  # epoch 3's weights
+    assert all(torch.equal(after["model"][key], holds[key]) for key in holds)
 
 
 def test_of_epochs_with_the_same_val_accuracy_the_lower_loss_is_the_best() -> None:
