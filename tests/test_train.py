@@ -13,12 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from catsdogs import loop as loop_module
 from catsdogs import train as train_module
 from catsdogs.checkpoint import load_checkpoint
 from catsdogs.config import TrainConfig
 from catsdogs.errors import CatsdogsError, UsageError
+from catsdogs.optim import get_optimizer_spec
 from catsdogs.schedules import lr_factor
 from catsdogs.train import HISTORY_COLUMNS, train
 
@@ -65,7 +67,7 @@ def test_run_folder_holds_config_history_and_safe_checkpoints(data: Path, tmp_pa
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     for row in rows:
         assert 0.0 <= float(row["train_acc"]) <= 1.0 and 0.0 <= float(row["val_acc"]) <= 1.0
-        assert float(row["lr"]) == pytest.approx(0.001)
+        assert float(row["lr"]) == pytest.approx(get_optimizer_spec("adam").defaults["lr"])  # constant schedule
     for name in ("last.pt", "best.pt"):
         state = torch.load(run / name, map_location="cpu", weights_only=True)
         assert state["classes"] == ["Cat", "Dog"]
@@ -73,15 +75,17 @@ def test_run_folder_holds_config_history_and_safe_checkpoints(data: Path, tmp_pa
         assert "classifier.4.weight" in state["model"]
     last = load_checkpoint(run / "last.pt")
     assert last["epoch"] == 2 and "optimizer" in last
-    config_text = (run / "config.yaml").read_text()
-    assert "lr: 0.001" in config_text and "image_size: 96" in config_text
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert (saved["lr"], saved["image_size"]) == (get_optimizer_spec("adam").defaults["lr"], 96)
     assert json.loads((run / "status.json").read_text())["status"] == "finished"
 
 
 def test_optimizer_defaults_fill_the_resolved_config(data: Path, tmp_path: Path) -> None:
     cfg = make_config(data, tmp_path / "run", optim="momentum", batch_size=None, epochs=1)
     resolved = train_module.resolve_config(cfg)
-    assert (resolved.batch_size, resolved.lr, resolved.momentum) == (100, 0.01, 0.9)
+    spec = get_optimizer_spec("momentum")
+    assert (resolved.batch_size, resolved.lr, resolved.momentum) == (spec.batch_size, spec.defaults["lr"],
+                                                                    spec.defaults["momentum"])
     assert train_module.resolve_config(make_config(data, tmp_path, optim="vanilla-sgd", batch_size=None)).batch_size == 1
 
 
