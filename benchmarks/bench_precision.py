@@ -21,11 +21,13 @@ from pathlib import Path
 from catsdogs.config import TrainConfig
 from catsdogs.evaluate import evaluate_run
 from catsdogs.hardware import cpu_has_bf16
+from catsdogs.process import configure_process
 from catsdogs.stats import paired_t_test
 from catsdogs.train import train
 
 
 def main() -> int:
+    configure_process()  # as the catsdogs commands do (see catsdogs.process), so results match theirs
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("data"))
     parser.add_argument("--seeds", type=int, default=3)

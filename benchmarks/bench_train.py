@@ -31,6 +31,7 @@ from catsdogs.evaluate import evaluate_run
 from catsdogs.hardware import select_precision
 from catsdogs.models import build_model
 from catsdogs.loop import evaluate_source
+from catsdogs.process import configure_process
 from catsdogs.train import train
 from catsdogs.transforms import eval_preset
 
@@ -91,6 +92,7 @@ def tutorial_evaluate(data: Path, image_size: int, workers: int) -> tuple[float,
 
 
 def main() -> int:
+    configure_process()  # as the catsdogs commands do (see catsdogs.process), so results match theirs
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("data"), help="a folder written by `catsdogs split`")
     parser.add_argument("--image-size", type=int, default=224)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from catsdogs.errors import CatsdogsError
+from catsdogs.process import tune_allocator  # noqa: F401 - where train() imports it from
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -78,31 +79,3 @@ def select_precision(name: str, device: torch.device) -> Precision:
             return Precision("bf16", torch.bfloat16, False, "bf16 autocast")
         return Precision("fp32", None, False, "fp32 (bf16 on MPS needs macOS 14; try --precision fp16)")
     return FP32
-
-
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
-
-
-def tune_allocator() -> bool:
-    """Keep glibc from unmapping and re-zeroing large activation buffers on every step.
-
-    With default settings each tensor above the mmap threshold is mapped and unmapped per
-    step, and the kernel zero-fills fresh pages: on a small CPU that costs as much time as the
-    arithmetic. Raising the thresholds lets freed blocks be reused. Linux/glibc only; set
-    CATSDOGS_MALLOC=default to leave the allocator alone. Returns whether it changed anything.
-    """
-    import ctypes
-    import os
-    import sys
-
-    if os.environ.get("CATSDOGS_MALLOC", "").lower() == "default" or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False  # musl or another libc: nothing to tune
-    ok = mallopt(_M_MMAP_THRESHOLD, 32 * 2**20) == 1
-    ok &= mallopt(_M_TRIM_THRESHOLD, 2**30) == 1
-    ok &= mallopt(_M_TOP_PAD, 512 * 2**20) == 1
-    return bool(ok)

@@ -18,7 +18,7 @@ from catsdogs.checkpoint import load_checkpoint, write_text_atomic
 from catsdogs.config import TrainConfig, config_from_dict
 from catsdogs.data import default_jobs
 from catsdogs.errors import CatsdogsError, UsageError, first_line
-from catsdogs.hardware import Precision, select_device, select_precision, tune_allocator
+from catsdogs.hardware import Precision, select_device, select_precision
 from catsdogs.images import find_photos, load_resized, no_photos_message
 from catsdogs.loop import EVAL_BATCH
 from catsdogs.models import build_model
@@ -67,7 +67,6 @@ def load_trained(run_dir: str | Path, checkpoint: str = "best", device: str = "a
     cfg = config_from_dict(state["config"], str(checkpoint_path))
     classes = list(state["classes"])
     torch_device = select_device(device)
-    tune_allocator()
     model = build_model(cfg.model, len(classes), cfg.image_size)
     try:
         model.load_state_dict(state["model"])
