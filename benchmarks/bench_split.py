@@ -26,6 +26,7 @@ from imutils import paths
 
 from catsdogs.cpus import usable_cpus
 from catsdogs.data.split import DEFAULT_RATIOS, split_dataset
+from catsdogs.process import configure_process
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "PetImages-dev"
@@ -67,6 +68,7 @@ def time_runs(runs: dict[str, Callable[[Path], object]], repeat: int, scratch: P
 
 
 def main() -> None:
+    configure_process()  # as the catsdogs commands do (see catsdogs.process), so results match theirs
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="a PetImages-style folder (Cat/, Dog/)")
     parser.add_argument("--repeat", type=int, default=5, help="runs per approach; the median is reported")

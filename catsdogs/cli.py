@@ -95,6 +95,9 @@ def main(ctx: click.Context) -> None:
     catsdogs predict photo.jpg      # cat or dog? with the latest run's model
     catsdogs explain --mistakes 8   # heat maps of what misled it most
     """
+    from catsdogs.process import configure_process
+
+    configure_process()  # Pillow's pixel limit, OpenCV's threads, the allocator: see catsdogs.process
     if ctx.invoked_subcommand != "train" and "WORLD_SIZE" in os.environ:
         # Under torchrun only `train` shares out its work; another command would run N times over.
         from catsdogs.training.distributed import team_from_environment

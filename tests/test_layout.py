@@ -9,7 +9,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "catsdogs"
 # The stages of the pipeline, lowest first: a module may import from its own stage or one below.
 STAGES = {"helpers": 0, "data": 1, "training": 2, "inference": 3, "study": 4, "cli": 5}
-ENTRY = {"catsdogs.cli", "catsdogs.__main__"}
+ENTRY = {"catsdogs.cli", "catsdogs.__main__", "catsdogs.process"}  # process: the entry points' set-up
 # Old import paths kept for users, each re-exporting its module's new home (the README's plugin
 # example imports catsdogs.optim): these may import upward, and only from that home.
 ALIASES = {"catsdogs.optim": "catsdogs.training.optim"}

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from catsdogs.data.images import load_resized
 from catsdogs.registry import Registry
 
 # ImageNet statistics: a common, harmless choice that also suits pretrained torchvision weights.
@@ -31,12 +29,13 @@ def list_augments() -> list[str]:
 
 @dataclass(frozen=True)
 class Preset:
-    """How images reach the model.
+    """How decoded images reach the model.
 
-    `load` turns a file into a size x size x 3 uint8 tensor (decode, EXIF orientation, RGB,
-    resize): the expensive part, done once per image when the split is cached. Calling the
-    preset on a uint8 NHWC batch applies the augmentation and random flips (training only),
-    converts to float and normalises, returning an NCHW float batch in channels-last memory.
+    The photos arrive as size x size x 3 uint8 arrays (`catsdogs.images.load_resized`: decode,
+    EXIF orientation, RGB, resize; the expensive part, done once per image when the split is
+    cached). Calling the preset on a uint8 NHWC batch applies the augmentation and random flips
+    (training only), converts to float and normalises, returning an NCHW float batch in
+    channels-last memory.
     """
 
     image_size: int
@@ -44,9 +43,6 @@ class Preset:
     vflip: float = 0.0
     train: bool = False
     augment: str = "flip"
-
-    def load(self, path: str | os.PathLike) -> torch.Tensor:
-        return torch.from_numpy(load_resized(path, self.image_size))
 
     def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if batch.dtype != torch.uint8 or batch.dim() != 4 or batch.shape[-1] != 3:

@@ -22,7 +22,7 @@ from catsdogs.errors import CatsdogsError, UsageError, first_line
 from catsdogs.progress import progress_bar
 from catsdogs.training.checkpoint import load_checkpoint
 from catsdogs.training.config import TrainConfig, config_from_dict
-from catsdogs.training.hardware import Precision, select_device, select_precision, tune_allocator
+from catsdogs.training.hardware import Precision, select_device, select_precision
 from catsdogs.training.loop import EVAL_BATCH
 from catsdogs.training.models import build_model
 from catsdogs.training.runs import resolve_checkpoint
@@ -67,7 +67,6 @@ def load_trained(run_dir: str | Path, checkpoint: str = "best", device: str = "a
     cfg = config_from_dict(state["config"], str(checkpoint_path))
     classes = list(state["classes"])
     torch_device = select_device(device)
-    tune_allocator()
     model = build_model(cfg.model, len(classes), cfg.image_size)
     try:
         model.load_state_dict(state["model"])

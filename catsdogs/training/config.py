@@ -7,7 +7,7 @@ import math
 import re
 import types
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -212,9 +212,5 @@ def config_to_yaml(cfg: TrainConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
-def field_names() -> list[str]:
-    return [f.name for f in fields(TrainConfig)]
-
-
 __all__ = ["TrainConfig", "build_config", "check_value", "config_from_dict", "config_to_yaml",
-           "field_names", "read_yaml_overrides"]
+           "read_yaml_overrides"]

@@ -131,15 +131,6 @@ def test_read_split_errors_say_what_to_do(tmp_path: Path, data: Path) -> None:
         read_split(data, "test", ["Bird", "Cat"])
 
 
-def test_bench_train_runs_in_tiny_mode(data: Path) -> None:
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--data", str(data),
-                             "--tiny", "--image-size", "96", "--batch-size", "8"],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert "speed-up b/a:" in result.stdout and "GFLOP/s achieved" in result.stdout
-    assert "evaluate (6 test images)" in result.stdout
-
-
 def test_a_device_resident_cache_serves_the_same_batches(data: Path) -> None:
     """The path a GPU takes when the cache fits in its memory, exercised on the CPU."""
     split = read_split(data, "train")
@@ -151,17 +142,6 @@ def test_a_device_resident_cache_serves_the_same_batches(data: Path) -> None:
     for (a, la), (b, lb) in zip(mapped.batches(order), resident.batches(order)):
         assert torch.equal(a, b) and torch.equal(la, lb)
     assert BatchSource(split, eval_preset(32), images, device=torch.device("cpu")).on_device is None
-
-
-def test_device_check_runs_on_the_cpu() -> None:
-    """The script a session with a lent GPU runs; here it must at least work on the CPU."""
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "device_check.py"), "--device", "cpu",
-                             "--images", "16", "--size", "64"], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.count("device: cpu") == 4
-    assert "fp16 is for GPUs" in result.stdout and "test " in result.stdout
-    assert "resume after 1 of 2 epochs: largest weight difference from a straight run 0.00e+00" in result.stdout
-    assert "augment randaugment: 1 epoch(s)" in result.stdout and "gpu.yaml, 2 epochs: 2 epoch(s)" in result.stdout
 
 
 def test_the_gpu_cache_counts_memory_torch_holds_but_does_not_use(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,8 +18,9 @@ import yaml
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.training import loop as loop_module
 from catsdogs.training import train as train_module
-from catsdogs.training.checkpoint import load_checkpoint, save_checkpoint
+from catsdogs.training.checkpoint import load_checkpoint
 from catsdogs.training.config import TrainConfig
+from catsdogs.training.optim import get_optimizer_spec
 from catsdogs.training.schedules import lr_factor
 from catsdogs.training.train import HISTORY_COLUMNS, new_run_config, train
 
@@ -66,7 +67,7 @@ def test_run_folder_holds_config_history_and_safe_checkpoints(data: Path, tmp_pa
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     for row in rows:
         assert 0.0 <= float(row["train_acc"]) <= 1.0 and 0.0 <= float(row["val_acc"]) <= 1.0
-        assert float(row["lr"]) == pytest.approx(0.001)
+        assert float(row["lr"]) == pytest.approx(get_optimizer_spec("adam").defaults["lr"])  # constant schedule
     for name in ("last.pt", "best.pt"):
         state = torch.load(run / name, map_location="cpu", weights_only=True)
         assert state["classes"] == ["Cat", "Dog"]
@@ -74,15 +75,17 @@ def test_run_folder_holds_config_history_and_safe_checkpoints(data: Path, tmp_pa
         assert "classifier.4.weight" in state["model"]
     last = load_checkpoint(run / "last.pt")
     assert last["epoch"] == 2 and "optimizer" in last
-    config_text = (run / "config.yaml").read_text()
-    assert "lr: 0.001" in config_text and "image_size: 96" in config_text
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert (saved["lr"], saved["image_size"]) == (get_optimizer_spec("adam").defaults["lr"], 96)
     assert json.loads((run / "status.json").read_text())["status"] == "finished"
 
 
 def test_optimizer_defaults_fill_the_resolved_config(data: Path, tmp_path: Path) -> None:
     cfg = make_config(data, tmp_path / "run", optim="momentum", batch_size=None, epochs=1)
     resolved = train_module.resolve_config(cfg)
-    assert (resolved.batch_size, resolved.lr, resolved.momentum) == (100, 0.01, 0.9)
+    spec = get_optimizer_spec("momentum")
+    assert (resolved.batch_size, resolved.lr, resolved.momentum) == (spec.batch_size, spec.defaults["lr"],
+                                                                    spec.defaults["momentum"])
     assert train_module.resolve_config(make_config(data, tmp_path, optim="vanilla-sgd", batch_size=None)).batch_size == 1
 
 
@@ -179,6 +182,17 @@ def test_print_config_of_a_resume_shows_the_resumed_settings_and_trains_nothing(
     assert refused.exit_code == 2 and "--lr 0.5 conflicts with the run being resumed" in refused.output
 
 
+def scripted_validation(monkeypatch, scores: list[tuple[float, float]]) -> None:
+    """Validation reports these (val_loss, val_acc) pairs, one per epoch in order, balanced accuracy = accuracy."""
+    remaining = iter(scores)
+
+    def validate(self) -> tuple[float, float, float]:
+        loss, acc = next(remaining)
+        return loss, acc, acc
+
+    monkeypatch.setattr(loop_module.EpochLoop, "validate", validate)
+
+
 def test_best_pt_is_written_before_the_last_pt_that_counts_its_epoch(data: Path, tmp_path: Path,
                                                                     monkeypatch) -> None:
     """A kill between the two saves must not leave best.pt behind a last.pt that already knows the epoch."""
@@ -188,36 +202,40 @@ def test_best_pt_is_written_before_the_last_pt_that_counts_its_epoch(data: Path,
     seen: list[tuple[int, int]] = []
 
     def save_last(self, progress):
-        if progress.step == 0 and progress.history:  # an epoch's end
-            best = min(progress.history, key=lambda r: (-r["val_acc"], r["val_loss"], r["epoch"]))["epoch"]
-            seen.append((load_checkpoint(self.run_dir / "best.pt")["epoch"], best))
+        if progress.step == 0 and progress.history:  # an epoch's end: which epoch does best.pt hold by now?
+            seen.append((progress.history[-1]["epoch"], load_checkpoint(self.run_dir / "best.pt")["epoch"]))
         return original(self, progress)
 
     monkeypatch.setattr(train_module.LastSaver, "__call__", save_last)
+    scripted_validation(monkeypatch, [(0.6, 0.50), (0.5, 0.75), (0.4, 0.70)])  # epoch 2 stays the best
     train(make_config(data, tmp_path / "run", epochs=3), progress=False, log=quiet)
-    assert len(seen) == 3 and all(on_disk == best for on_disk, best in seen)
+    assert seen == [(1, 1), (2, 2), (3, 2)]
+
+
+@pytest.mark.parametrize(("third", "best"), [
+    ((0.60, 0.90), 3),  # a higher accuracy, whatever its loss
+    ((0.40, 0.75), 3),  # the same accuracy with a lower loss: the model still learns
+    ((0.60, 0.75), 2),  # the same accuracy and a higher loss: the earlier epoch stays
+    ((0.10, 0.70), 2),  # a lower accuracy, whatever its loss
+], ids=["higher-acc", "same-acc-lower-loss", "same-acc-higher-loss", "lower-acc"])
+def test_the_best_epoch_is_carried_across_a_resume(data: Path, tmp_path: Path, monkeypatch, third, best: int) -> None:
+    with monkeypatch.context() as patch:
+        scripted_validation(patch, [(0.70, 0.50), (0.50, 0.75)])
+        run = train(make_config(data, tmp_path / "run", epochs=2), progress=False, log=quiet).run_dir
+    before = load_checkpoint(run / "best.pt")
+    assert before["epoch"] == 2
+    scripted_validation(monkeypatch, [third])
+    train(None, resume=run, flags={"epochs": 3}, progress=False, log=quiet)
+    after = load_checkpoint(run / "best.pt")
+    assert after["epoch"] == best
+    holds = before["model"] if best == 2 else load_checkpoint(run / "last.pt")["model"]  # epoch 3's weights
+    assert all(torch.equal(after["model"][key], holds[key]) for key in holds)
 
 
 def _validation_gives(monkeypatch, scores: list[tuple[float, float, float]]) -> None:
     """Each epoch's validation returns the next (val loss, val accuracy, val balanced accuracy) of `scores`."""
     given = iter(scores)
     monkeypatch.setattr(loop_module.EpochLoop, "validate", lambda self: next(given))
-
-
-def test_best_checkpoint_is_not_replaced_by_a_worse_model_after_resume(data: Path, tmp_path: Path,
-                                                                       monkeypatch) -> None:
-    _validation_gives(monkeypatch, [(0.6, 0.60, 0.60), (0.5, 0.80, 0.80), (0.4, 0.70, 0.70), (0.3, 0.90, 0.90)])
-    run = train(make_config(data, tmp_path / "run", epochs=2), progress=False, log=quiet).run_dir
-    best_before = (run / "best.pt").read_bytes()
-    assert load_checkpoint(run / "best.pt")["epoch"] == 2
-    worse = train(None, resume=run, flags={"epochs": 3}, progress=False, log=quiet)  # epoch 3 scores 0.70
-    assert (run / "best.pt").read_bytes() == best_before
-    assert (worse.best_epoch, worse.best_val_acc) == (2, 0.80)
-    older = load_checkpoint(run / "last.pt")
-    older["progress"]["best_val_acc"] = 0.80  # as catsdogs saved it before the best epoch was read off the history
-    save_checkpoint(older, run / "last.pt")
-    better = train(None, resume=run, flags={"epochs": 4}, progress=False, log=quiet)  # epoch 4 scores 0.90
-    assert load_checkpoint(run / "best.pt")["epoch"] == 4 and (better.best_epoch, better.best_val_acc) == (4, 0.90)
 
 
 # Epoch 1 answers the larger class: the best plain accuracy, and the worst balanced accuracy.
