@@ -181,8 +181,14 @@ def test_ema_0_from_a_flag_trains_without_an_average(data: Path, tmp_path: Path)
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
 def test_recipe_loads_and_trains_an_epoch(recipe: Path, data: Path, tmp_path: Path) -> None:
-    cfg = build_config(recipe, dict(data=str(data), out=str(tmp_path / "run"), epochs=1, image_size=64,
-                                    batch_size=8, device="cpu", time_budget=1.0))
+    from catsdogs.config import read_yaml_overrides
+    from catsdogs.models import MODELS
+
+    given = read_yaml_overrides(recipe)
+    size = max(64, MODELS.get(given["model"]).min_image_size)  # small and fast, as far as the model allows
+    smaller = {"progressive_size": size // 2} if given.get("progressive_size") else {}
+    cfg = build_config(recipe, dict(data=str(data), out=str(tmp_path / "run"), epochs=1, image_size=size,
+                                    batch_size=8, device="cpu", time_budget=1.0, **smaller))
     assert cfg.model in list_models() and cfg.scheduler == "onecycle"
     result = train(cfg, progress=False, log=quiet)
     assert result.epochs_done == 1
