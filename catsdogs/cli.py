@@ -294,11 +294,14 @@ def compare(config_file: Path | None, optims: str | None, seeds: int | None, bud
                    "[default: the split the run trained on]")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda", "mps"]))
 @click.option("--tta", is_flag=True, help="Average each prediction with that of the mirror image.")
+@click.option("--tta-mode", default=None, type=click.Choice(["flip", "flip-shift"]),
+              help="Views --tta averages: flip (the mirror image), flip-shift (also each shifted by 1/32 of the "
+                   "side both ways: six views). Implies --tta. [default: flip]")
 @click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the results. [default: RUN_DIR, or RUN_DIR/eval-<name> with --data of another "
                    "folder]")
 def evaluate(run_dir: Path | None, split_name: str, checkpoint: str, data: str | None, device: str,
-             tta: bool, out: Path | None) -> None:
+             tta: bool, tta_mode: str | None, out: Path | None) -> None:
     """Measure a trained run on a split; writes metrics.json and confusion_matrix.png into it."""
     from catsdogs.data.images import describe_left_out
     from catsdogs.inference.evaluate import evaluate_run
@@ -308,8 +311,8 @@ def evaluate(run_dir: Path | None, split_name: str, checkpoint: str, data: str |
     if run_dir is None:
         run_dir = latest_run()
         click.echo(f"evaluating the most recent run: {run_dir}")
-    result = evaluate_run(run_dir, split=split_name, checkpoint=checkpoint, data=data, device=device, tta=tta,
-                          out_dir=out)
+    result = evaluate_run(run_dir, split=split_name, checkpoint=checkpoint, data=data, device=device,
+                          tta=tta_mode or tta, out_dir=out)
     click.echo(format_metrics(result.metrics))
     left_out = [(Path(item["path"]), item["reason"]) for item in result.metrics["left_out"]]
     for line in describe_left_out(left_out):

@@ -37,7 +37,7 @@ class Evaluation:
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "best", data: str | None = None,
-                 device: str = "auto", progress: bool = True, tta: bool = False,
+                 device: str = "auto", progress: bool = True, tta: bool | str = False,
                  out_dir: str | Path | None = None) -> Evaluation:
     """Run a checkpoint of `run_dir` on a split and write the metrics and figures into `out_dir`.
 
@@ -48,9 +48,11 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     `run_dir/eval-<folder name>` for other data (`eval-<name>-2` and so on when that holds the
     results of another folder of the same name), so that measuring a model on new photos never
     replaces another measurement. Files that are not this evaluation's earlier results are never
-    replaced. With `tta` the prediction averages each image and its mirror image; its files get a
-    `_tta` suffix so they sit beside the plain ones.
+    replaced. With `tta` (True or "flip") the prediction averages each image and its mirror image;
+    its files get a `_tta` suffix so they sit beside the plain ones. "flip-shift" averages six views
+    (catsdogs.loop.tta_views), suffix `_tta-flip-shift`.
     """
+    tta = "flip" if tta is True else tta or False
     run_dir = Path(run_dir)
     if data is not None and not Path(data).is_dir():
         raise CatsdogsError(f"--data {data} {'is not a folder' if Path(data).exists() else 'does not exist'}: pass "
@@ -62,7 +64,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     own_split = measured == trained_on
     plain = data is not None and is_plain_class_folder(Path(data), classes)
     split = "all" if plain else split
-    suffix = ("" if split in ("test", "all") else f"_{split}") + checkpoint_suffix(checkpoint) + ("_tta" if tta else "")
+    suffix = ("" if split in ("test", "all") else f"_{split}") + checkpoint_suffix(checkpoint) + (
+        "" if not tta else "_tta" if tta == "flip" else f"_tta-{tta}")
     evaluation = (measured, trained.checkpoint.resolve())
     if out_dir is not None:
         out_dir = Path(out_dir).resolve()  # `new/..` must be judged where it lands, not as a missing folder
@@ -94,7 +97,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     failed = set(source.failed)
     unreadable = sorted(str(p) for p in set(image_split.unreadable) | failed)
     kept = [image_split.paths[i] for i in source.valid if image_split.paths[i] not in failed]
-    metrics.update({"split": split, "loss": loss, "checkpoint": str(trained.checkpoint.resolve()), "tta": tta,
+    metrics.update({"split": split, "loss": loss, "checkpoint": str(trained.checkpoint.resolve()), "tta": bool(tta),
+                    "tta_mode": tta or None,
                     "data": str(measured), "epoch": trained.epoch, "unreadable_images": unreadable,
                     "left_out": [{"path": str(path), "reason": reason} for path, reason in image_split.left_out]})
     if not own_split:

@@ -70,6 +70,10 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.image_size < model.min_image_size:
         raise UsageError(f"model {cfg.model} needs --image-size of at least {model.min_image_size}, "
                          f"got {cfg.image_size}")
+    small = cfg.progressive_size
+    if small and not model.min_image_size <= small < cfg.image_size:
+        raise UsageError(f"progressive_size {small} must be below image_size {cfg.image_size} and at least "
+                         f"{model.min_image_size} for model {cfg.model} (0: off)")
     fill = {"batch_size": spec.batch_size, **{k: spec.defaults.get(k) for k in ("lr", "momentum", "weight_decay")}}
     # --cache rebuild acts once, in the run that asks (train notes it before this): what the run saves,
     # and so what evaluate, compare and a resume read, is auto.
@@ -209,6 +213,8 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
         log(f"loaded {loaded} pretrained tensors into {cfg.model}"
             + (f" (its {len(train_split.classes)}-class head starts fresh)" if fresh_head else "")
             + (f"; left at random, as the file's do not fit: {', '.join(missed)}" if missed else ""))
+    if cfg.progressive_size:
+        _check_takes_size(model, cfg)
     init_hash = _weights_hash(model)
     jobs = usable_cpus()
     images = {}
@@ -372,6 +378,21 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
         if loop.board is not None:
             loop.board.close()
     return _result(run_dir, progress_state, cfg, status)
+
+
+def _check_takes_size(model: nn.Module, cfg: TrainConfig) -> None:
+    """Progressive resizing needs a model that takes any image size (global pooling, no fixed flatten)."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, cfg.progressive_size, cfg.progressive_size))
+    except RuntimeError:
+        raise UsageError(f"model {cfg.model} takes only {cfg.image_size}px images (its head is sized for them), so "
+                         "it cannot train at progressive_size first: use a model with global pooling, such as "
+                         "bncnn-s") from None
+    finally:
+        model.train(was_training)
+
 
 
 def _selected_name(cfg: TrainConfig) -> str:
