@@ -13,6 +13,7 @@ import click
 from catsdogs import __version__
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.interrupts import ignore_ctrl_c
+from catsdogs.names import escape_name
 
 
 class OneLineUsageError(click.ClickException):
@@ -379,7 +380,7 @@ def predict(photos: tuple[Path, ...], run_dir: Path | None, checkpoint: str, dev
         for line in format_prediction_lines(result):
             click.echo(line)
     for photo, reason in result.unreadable:  # on stderr, so that stdout stays one photo per line
-        click.echo(f"unreadable: {photo} ({reason})", err=True)
+        click.echo(f"unreadable: {escape_name(str(photo))} ({reason})", err=True)
     counts = ", ".join(f"{n} {name}" for name, n in result.counts().items())
     click.echo(f"{_photos(len(result.paths))} classified ({counts})"
                + (f"; {len(result.unreadable)} unreadable" if result.unreadable else ""), err=True)
@@ -438,9 +439,10 @@ def explain(photos: tuple[Path, ...], run_dir: Path | None, checkpoint: str, dev
     done, unreadable, used_layer = explain_photos(trained, files, out or run_dir / "explain", target, layer,
                                                   truths=truths)
     for item in done:
-        click.echo(f"{item.predicted:<8}{item.probability:>7.3f}  {item.photo} -> {item.figure}")
+        click.echo(f"{item.predicted:<8}{item.probability:>7.3f}  {escape_name(str(item.photo))} -> "
+                   f"{escape_name(str(item.figure))}")
     for photo, reason in unreadable:
-        click.echo(f"unreadable: {photo} ({reason})", err=True)
+        click.echo(f"unreadable: {escape_name(str(photo))} ({reason})", err=True)
     listing = (out or run_dir / "explain") / "explanations.csv"
     click.echo(f"{_photos(len(done))} explained at layer {used_layer}; list in {listing}", err=True)
     if not done:

@@ -21,6 +21,7 @@ from catsdogs.data.transforms import normalise
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.figures import pyplot, save_figure
 from catsdogs.inference.predict import TrainedModel, decode_photos, predict_photos
+from catsdogs.names import escape_name, unescape_name
 from catsdogs.progress import progress_bar
 
 # The map is read at the deepest layer still this many cells across: deeper layers know more
@@ -202,7 +203,7 @@ def explain_photos(trained: TrainedModel, photos: Sequence[Path], out_dir: str |
         truth = truths.get(photo, "")
         earlier = rows.get(str(photo), {}).get("figure")
         figure = out_dir / (earlier or _figure_name(photo, used_names))
-        title = f"{photo.name}: {trained.classes[best]} {float(probs[best]):.3f}"
+        title = f"{escape_name(photo.name)}: {trained.classes[best]} {float(probs[best]):.3f}"
         title += f" (true: {truth})" if truth else ""
         subtitle = f"evidence for {trained.classes[explained]} ({cam.layer})"
         save_explanation_figure(image, heat[0].numpy(), figure, title, subtitle)
@@ -295,4 +296,4 @@ def worst_mistakes(run_dir: str | Path, count: int, predictions: str = "predicti
     if not wrong:
         raise CatsdogsError(f"the last evaluation of {run_dir} made no mistakes on its {len(rows)} photos")
     wrong.sort(key=lambda row: -float(row.get(f"p_{row['predicted']}") or 0.0))
-    return {Path(row["path"]): row["label"] for row in wrong[:count]}
+    return {Path(unescape_name(row["path"])): row["label"] for row in wrong[:count]}  # the file's own name

@@ -20,6 +20,7 @@ from catsdogs.data.images import find_photos, load_resized, no_photos_message
 from catsdogs.data.transforms import normalise
 from catsdogs.errors import CatsdogsError, UsageError, first_line
 from catsdogs.progress import progress_bar
+from catsdogs.names import escape_name
 from catsdogs.training.checkpoint import load_checkpoint
 from catsdogs.training.config import TrainConfig, config_from_dict
 from catsdogs.training.hardware import Precision, select_device, select_precision
@@ -229,5 +230,5 @@ def format_prediction_lines(predictions: Predictions) -> list[str]:
     width = max(8, *(len(name) + 1 for name in predictions.classes))
     for file, row in zip(predictions.paths, predictions.probs):
         best = int(row.argmax())
-        lines.append(f"{predictions.classes[best]:<{width}}{row[best]:>7.3f}  {file}")
+        lines.append(f"{predictions.classes[best]:<{width}}{row[best]:>7.3f}  {escape_name(str(file))}")
     return lines

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import os
 import re
 import shutil
 from pathlib import Path
@@ -223,6 +224,22 @@ def test_explain_command_writes_figures_and_a_list(tiny_run, tmp_path: Path) -> 
     assert [row["photo"] for row in rows] == list(map(str, photos))
     assert all(row["explained"] == row["predicted"] and row["error"] == "" for row in rows)
     assert "2 photos explained at layer" in result.output
+
+
+def test_a_photo_whose_name_is_not_utf8_is_explained(tiny_run, tmp_path: Path) -> None:
+    run_dir, data = tiny_run
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    odd = os.fsdecode(os.fsencode(folder) + b"/caf\xe9.jpg")  # Linux allows any bytes in a name
+    shutil.copyfile(data / "test" / "Cat" / "0.jpg", odd)
+    result = invoke("explain", "--run", str(run_dir), "--device", "cpu", "--out", str(tmp_path / "x"), odd)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((tmp_path / "x" / "explanations.csv").read_text(encoding="utf-8").splitlines()))
+    assert [row["photo"] for row in rows] == [str(folder / "caf\\xe9.jpg")] and rows[0]["error"] == ""
+    assert rows[0]["figure"] == "caf\\xe9_gradcam.png" and "caf\\xe9.jpg" in result.output  # escaped, printable
+    assert (tmp_path / "x" / os.fsdecode(b"caf\xe9_gradcam.png")).read_bytes()[:8] == PNG
+    predicted = invoke("predict", "--run", str(run_dir), "--device", "cpu", odd)
+    assert predicted.exit_code == 0 and predicted.stdout.rstrip().endswith(str(folder / "caf\\xe9.jpg"))
 
 
 def test_explain_mistakes_reads_the_last_evaluation(tiny_run, tmp_path: Path) -> None:
