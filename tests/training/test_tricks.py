@@ -5,9 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import shutil
-import signal
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,13 +17,13 @@ from catsdogs.cli import main
 from catsdogs.data import transforms as transforms_module
 from catsdogs.data.transforms import train_preset
 from catsdogs.errors import CatsdogsError, UsageError
-from catsdogs.training import loop as loop_module
 from catsdogs.training.checkpoint import load_checkpoint
 from catsdogs.training.config import TrainConfig, build_config
 from catsdogs.training.ema import ModelEMA
 from catsdogs.training.loop import EpochLoop, Progress, tta_views
 from catsdogs.training.models import build_model
 from catsdogs.training.train import train
+from tests.training.test_train import _interrupt_after
 
 SIZE = 64
 STEPS_PER_EPOCH = 5  # 40 training photos, batch 8
@@ -90,20 +88,6 @@ def test_progressive_resizing_trains_small_first_then_at_full_size(data: Path, t
     sizes = [size for *_, size in calls]
     assert sizes == [32] * 10 + [SIZE] * 10  # half of the 20 steps at 32 px
     assert load_checkpoint(run / "last.pt")["progress"]["low_res_steps"] == 10
-
-
-def _interrupt_after(monkeypatch, steps: int) -> None:
-    original = loop_module.EpochLoop._step
-    calls = {"n": 0}
-
-    def step(self, images, labels):
-        result = original(self, images, labels)
-        calls["n"] += 1
-        if calls["n"] == steps:
-            os.kill(os.getpid(), signal.SIGINT)
-        return result
-
-    monkeypatch.setattr(loop_module.EpochLoop, "_step", step)
 
 
 def test_resume_inside_the_small_phase_equals_a_straight_run(data: Path, tmp_path: Path, monkeypatch) -> None:
