@@ -14,15 +14,15 @@ from typing import Any
 import numpy as np
 
 from catsdogs.atomic import write_text_atomic
-from catsdogs.data.cache import (SPLITS, BatchSource, class_folders, load_cache, read_class_folder, read_split,
-                                 split_fingerprint)
+from catsdogs.data.cache import (SPLITS, BatchSource, ImageSplit, class_folders, load_cache, read_class_folder,
+                                 read_split, split_fingerprint)
 from catsdogs.data.staging import MANIFEST
 from catsdogs.data.transforms import eval_preset
 from catsdogs.errors import CatsdogsError
 from catsdogs.figures import pyplot, save_figure
 from catsdogs.inference.calibration import expected_calibration_error
 from catsdogs.inference.metrics import compute_metrics
-from catsdogs.inference.predict import load_trained
+from catsdogs.inference.predict import TrainedModel, load_trained
 from catsdogs.names import escape_names, unescape_name
 from catsdogs.training.loop import evaluate_source
 from catsdogs.training.runs import RUN_MARKER
@@ -58,7 +58,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
         raise CatsdogsError(f"--data {data} {'is not a folder' if Path(data).exists() else 'does not exist'}: pass "
                             "a split folder, or a folder with one subfolder of photos per class")
     trained = load_trained(run_dir, checkpoint, device)
-    cfg, classes, torch_device = trained.cfg, trained.classes, trained.device
+    cfg, classes = trained.cfg, trained.classes
     trained_on = Path(cfg.data).resolve()
     measured = Path(data).resolve() if data is not None else trained_on
     own_split = measured == trained_on
@@ -66,7 +66,30 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     split = "all" if plain else split
     suffix = ("" if split in ("test", "all") else f"_{split}") + checkpoint_suffix(checkpoint) + (
         "" if not tta else "_tta" if tta == "flip" else f"_tta-{tta}")
-    evaluation = (measured, trained.checkpoint.resolve())
+    out_dir = _choose_out_dir(run_dir, out_dir, checkpoint, suffix, (measured, trained.checkpoint.resolve()),
+                              trained_on, own_split)
+    image_split, images = _open_photos(measured, split, trained, plain, progress)
+    warning = changed_split_warning(trained.data_fingerprint, cfg.data, classes, own_split)
+    metrics, read, kept, probs, labels = _measure(trained, image_split, images, progress, tta)
+    metrics.update({"split": split, "loss": read["loss"], "checkpoint": str(trained.checkpoint.resolve()),
+                    "tta": bool(tta), "tta_mode": tta or None, "data": str(measured), "epoch": trained.epoch,
+                    "unreadable_images": read["unreadable_images"], "left_out": read["left_out"]})
+    if not own_split:
+        seen = seen_in_training(kept, cfg.data)
+        metrics["seen_in_training"] = seen
+        if seen:
+            warning = (f"{seen} of these {len(kept)} photos are in the train or val split this run learned from "
+                       "(the same bytes), so this accuracy is too high; measure on photos the run never saw")
+    if warning:
+        metrics["warning"] = warning
+    return _write_results(out_dir, suffix, metrics, run_dir, kept, labels, probs, classes)
+
+
+def _choose_out_dir(run_dir: Path, out_dir: str | Path | None, checkpoint: str, suffix: str,
+                    evaluation: tuple[Path, Path], trained_on: Path, own_split: bool) -> Path:
+    """Where the results go (see evaluate_run), checked before any work: never over results of another
+    evaluation, `evaluation` being (the photos measured, the checkpoint)."""
+    measured = evaluation[0]
     if out_dir is not None:
         out_dir = Path(out_dir).resolve()  # `new/..` must be judged where it lands, not as a missing folder
         _check_out(out_dir, run_dir, [measured, trained_on, *_class_folders_of(measured)], own_split)
@@ -78,43 +101,50 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     else:
         out_dir = free_output_dir(run_dir / f"eval-{measured.name}", measured)
         refuse_to_replace(out_dir, suffix, evaluation)
+    return out_dir
+
+
+def _open_photos(measured: Path, split: str, trained: TrainedModel, plain: bool,
+                 progress: bool) -> tuple[ImageSplit, np.ndarray | None]:
+    """The photos to measure, and their decoded cache (None: decoded as read)."""
     if plain:
         # Photos sorted into class folders but not split: measure on all of them, and leave no
         # cache behind in a folder that is the user's own.
-        image_split = read_class_folder(measured, classes, some_classes=True)
-        images = None
-    else:
-        image_split = read_split(measured, split, classes)
-        # A run saved before --cache rebuild acted only once may hold rebuild: evaluating never rebuilds.
-        images = load_cache(image_split, cfg.image_size, "off" if cfg.cache == "off" else "auto", progress=progress)
-    warning = changed_split_warning(trained.data_fingerprint, cfg.data, classes, own_split)
+        return read_class_folder(measured, trained.classes, some_classes=True), None
+    image_split = read_split(measured, split, trained.classes)
+    # A run saved before --cache rebuild acted only once may hold rebuild: evaluating never rebuilds.
+    cache = "off" if trained.cfg.cache == "off" else "auto"
+    return image_split, load_cache(image_split, trained.cfg.image_size, cache, progress=progress)
+
+
+def _measure(trained: TrainedModel, image_split: ImageSplit, images: np.ndarray | None, progress: bool,
+             tta: str | bool) -> tuple[dict[str, Any], dict[str, Any], list[Path], np.ndarray, np.ndarray]:
+    """Run the model on the photos: their metrics; the loss and the photos it could not read or left out;
+    the photos it read, its probabilities and their labels."""
+    cfg, torch_device = trained.cfg, trained.device
     source = BatchSource(image_split, eval_preset(cfg.image_size), images, workers=0 if images is not None else 1,
                          device=torch_device)
     loss, _, probs, labels = evaluate_source(trained.model, source, trained.precision, torch_device, show=progress,
                                              tta=tta)
-    metrics = compute_metrics(probs, labels, classes)
+    metrics = compute_metrics(probs, labels, trained.classes)
     metrics["ece"] = expected_calibration_error(probs, labels)  # confidence against accuracy, 15 bins
     failed = set(source.failed)
     unreadable = sorted(str(p) for p in set(image_split.unreadable) | failed)
     kept = [image_split.paths[i] for i in source.valid if image_split.paths[i] not in failed]
-    metrics.update({"split": split, "loss": loss, "checkpoint": str(trained.checkpoint.resolve()), "tta": bool(tta),
-                    "tta_mode": tta or None,
-                    "data": str(measured), "epoch": trained.epoch, "unreadable_images": unreadable,
-                    "left_out": [{"path": str(path), "reason": reason} for path, reason in image_split.left_out]})
-    if not own_split:
-        seen = seen_in_training(kept, cfg.data)
-        metrics["seen_in_training"] = seen
-        if seen:
-            warning = (f"{seen} of these {len(kept)} photos are in the train or val split this run learned from "
-                       "(the same bytes), so this accuracy is too high; measure on photos the run never saw")
-    if warning:
-        metrics["warning"] = warning
+    read = {"loss": loss, "unreadable_images": unreadable,
+            "left_out": [{"path": str(path), "reason": reason} for path, reason in image_split.left_out]}
+    return metrics, read, kept, probs, labels
+
+
+def _write_results(out_dir: Path, suffix: str, metrics: dict[str, Any], run_dir: Path, kept: list[Path],
+                   labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> Evaluation:
+    """metrics.json, the confusion-matrix figure and predictions.csv, each with `suffix`."""
     out_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed evaluation leaves no empty folder
     metrics_path = out_dir / f"metrics{suffix}.json"
     write_text_atomic(metrics_path, json.dumps(escape_names(metrics), indent=2) + "\n")
     figure_path = out_dir / f"confusion_matrix{suffix}.png"
     save_confusion_figure(np.asarray(metrics["confusion_matrix"]), classes, figure_path,
-                          title=f"{run_dir.name}: {split} accuracy {metrics['accuracy']:.3f}")
+                          title=f"{run_dir.name}: {metrics['split']} accuracy {metrics['accuracy']:.3f}")
     predictions_path = out_dir / f"predictions{suffix}.csv"
     write_predictions(predictions_path, kept, labels, probs, classes)
     return Evaluation(metrics, metrics_path, figure_path, predictions_path)

@@ -129,10 +129,7 @@ def summarize(study_dir: Path, target_acc: float) -> dict[str, Any]:
     """Everything the report says, as plain values (summary.json holds exactly this)."""
     study = read_json(study_dir / STUDY_FILE)
     optims, seeds = study["optims"], study["seeds"]
-    runs = {(o, s): read_run(study_dir / RUNS_DIR / run_name(o, s)) for o in optims for s in seeds}
-    missing = [r.run_dir.name for r in runs.values() if r.metrics is None]
-    if missing:
-        raise CatsdogsError(f"runs without test metrics: {', '.join(missing)}; run the study to finish them")
+    runs = _read_runs(study_dir, optims, seeds)
     shared = study["config"]
     train_split = read_split(shared["data"], "train")
     unreadable = {Path(p) for r in runs.values() for p in r.status.get("unreadable_images", [])}
@@ -140,40 +137,8 @@ def summarize(study_dir: Path, target_acc: float) -> dict[str, Any]:
     first = runs[(optims[0], seeds[0])].metrics
     chance = max(sum(row) for row in first["confusion_matrix"]) / first["images"]
     chosen_by = selected_by(shared.get("class_weights") or "none")
-
-    rows = []
-    for optim in optims:
-        mine = [runs[(optim, s)] for s in seeds]
-        reached = [next((int(e) for e, acc in zip(r.history["epoch"], r.history["val_acc"]) if acc >= target_acc),
-                        None) for r in mine]
-        got = [e for e in reached if e is not None]
-        seconds = [sum(r.history["seconds"]) for r in mine]
-        rows.append({
-            "optim": optim,
-            "test_acc": _spread([r.metrics["accuracy"] for r in mine]),
-            # best.pt's epoch, chosen as train chose it: its accuracy, and its balanced accuracy
-            "best_val_acc": _spread([r.best["val_acc"] for r in mine]),
-            "best_val_balanced_acc": _balanced_spread([r.best for r in mine]),
-            "final_train_loss": _spread([r.history["train_loss"][-1] for r in mine]),
-            "epochs_done": [len(r.history["epoch"]) for r in mine],
-            "epochs_to_target": {"values": reached, "mean": statistics.fmean(got) if got else None,
-                                 "reached": len(got), "of": len(mine)},
-            "wall_seconds": _spread(seconds),
-            # The median epoch: one epoch slowed by a busy machine or a first-run warm-up does not move it.
-            "epoch_seconds": _spread([statistics.median(r.history["seconds"]) for r in mine]),
-            "images_per_second": _spread([_images_seen(r, train_images) / max(s, 1e-9) for r, s in zip(mine, seconds)]),
-            "statuses": [r.status.get("status", "unknown") for r in mine],
-        })
-    rows.sort(key=lambda row: (-row["test_acc"]["mean"], -row[_best_key(chosen_by, row)]["mean"]))
-    for place, (above, row) in enumerate(zip([None, *rows], rows), 1):
-        # Equal means share a rank (1, 1, 3), as the report's text shows them with "=".
-        row["rank"] = above["rank"] if above is not None and _same_mean(above, row) else place
-
-    def compare(a: str, b: str) -> dict[str, Any]:
-        test = paired_t_test([runs[(a, s)].metrics["accuracy"] for s in seeds],
-                             [runs[(b, s)].metrics["accuracy"] for s in seeds])
-        verdict = None if test is None else test.p < ALPHA
-        return {"better": a, "worse": b, "test": asdict(test) if test else None, "distinguishable": verdict}
+    rows = _rank([_ranking_row(optim, [runs[(optim, s)] for s in seeds], target_acc, train_images)
+                  for optim in optims], chosen_by)
 
     order = [row["optim"] for row in rows]
     hashes = {str(s): {o: runs[(o, s)].status.get("init_hash") for o in optims} for s in seeds}
@@ -181,7 +146,8 @@ def summarize(study_dir: Path, target_acc: float) -> dict[str, Any]:
     lr_from = f"sweep (best validation {score_name(chosen_by)})" if tuning else "optimizer default"
     hyper = {o: {k: runs[(o, seeds[0])].config.get(k) for k in ("lr", "momentum", "batch_size", "weight_decay")}
              | {"lr_from": lr_from} for o in optims}
-    claims = [compare(a, b) for a, b in zip(TUTORIAL_RANKING, TUTORIAL_RANKING[1:]) if {a, b} <= set(optims)]
+    claims = [_compare(runs, seeds, a, b) for a, b in zip(TUTORIAL_RANKING, TUTORIAL_RANKING[1:])
+              if {a, b} <= set(optims)]
     return {
         "study": str(study_dir), "optims": optims, "seeds": seeds, "budget": study["budget"],
         "tune_lr": study["tune_lr"], "target_val_acc": target_acc, "chance_acc": chance, "best_chosen_by": chosen_by,
@@ -190,18 +156,73 @@ def summarize(study_dir: Path, target_acc: float) -> dict[str, Any]:
         "shared_settings": {k: v for k, v in shared.items() if k not in NOT_SHARED},
         "devices": sorted({d for d in (_device_note(r.run_dir) for r in runs.values()) if d}),
         "ranking": rows, "hyperparameters": hyper,
-        "adjacent": [compare(a, b) for a, b in zip(order, order[1:])],
+        "adjacent": [_compare(runs, seeds, a, b) for a, b in zip(order, order[1:])],
         "tutorial_claims": claims,
         "pairing": {"paired": all(len(set(h.values())) == 1 and None not in h.values() for h in hashes.values()),
                     "init_hash": hashes},
         "sweep": tuning,
-        "runs": [{"run": f"{RUNS_DIR}/{r.run_dir.name}", "optim": o, "seed": s, "status": r.status.get("status"),
-                  "epochs": len(r.history["epoch"]), "best_epoch": int(r.best["epoch"]),
-                  "best_val_acc": r.best["val_acc"], "best_val_balanced_acc": _finite(r.best.get("val_balanced_acc")),
-                  "test_acc": r.metrics["accuracy"], "init_hash": r.status.get("init_hash"),
-                  "seconds": sum(r.history["seconds"])} for (o, s), r in runs.items()],
+        "runs": [_run_row(o, s, r) for (o, s), r in runs.items()],
         "figures": {"curves": CURVES_FIGURE, "test_accuracy": ACCURACY_FIGURE},
     }
+
+
+def _read_runs(study_dir: Path, optims: list[str], seeds: list[int]) -> dict[tuple[str, int], RunRecord]:
+    """The study's runs by (optimizer, seed); every one must have been tested."""
+    runs = {(o, s): read_run(study_dir / RUNS_DIR / run_name(o, s)) for o in optims for s in seeds}
+    missing = [r.run_dir.name for r in runs.values() if r.metrics is None]
+    if missing:
+        raise CatsdogsError(f"runs without test metrics: {', '.join(missing)}; run the study to finish them")
+    return runs
+
+
+def _ranking_row(optim: str, mine: list[RunRecord], target_acc: float, train_images: int) -> dict[str, Any]:
+    """One optimizer's row of the ranking: its runs' scores, speeds and statuses over the seeds."""
+    reached = [next((int(e) for e, acc in zip(r.history["epoch"], r.history["val_acc"]) if acc >= target_acc),
+                    None) for r in mine]
+    got = [e for e in reached if e is not None]
+    seconds = [sum(r.history["seconds"]) for r in mine]
+    return {
+        "optim": optim,
+        "test_acc": _spread([r.metrics["accuracy"] for r in mine]),
+        # best.pt's epoch, chosen as train chose it: its accuracy, and its balanced accuracy
+        "best_val_acc": _spread([r.best["val_acc"] for r in mine]),
+        "best_val_balanced_acc": _balanced_spread([r.best for r in mine]),
+        "final_train_loss": _spread([r.history["train_loss"][-1] for r in mine]),
+        "epochs_done": [len(r.history["epoch"]) for r in mine],
+        "epochs_to_target": {"values": reached, "mean": statistics.fmean(got) if got else None,
+                             "reached": len(got), "of": len(mine)},
+        "wall_seconds": _spread(seconds),
+        # The median epoch: one epoch slowed by a busy machine or a first-run warm-up does not move it.
+        "epoch_seconds": _spread([statistics.median(r.history["seconds"]) for r in mine]),
+        "images_per_second": _spread([_images_seen(r, train_images) / max(s, 1e-9) for r, s in zip(mine, seconds)]),
+        "statuses": [r.status.get("status", "unknown") for r in mine],
+    }
+
+
+def _rank(rows: list[dict[str, Any]], chosen_by: str) -> list[dict[str, Any]]:
+    """Sort the rows by test accuracy, then the best-epoch score, and number them (equal means share a rank)."""
+    rows.sort(key=lambda row: (-row["test_acc"]["mean"], -row[_best_key(chosen_by, row)]["mean"]))
+    for place, (above, row) in enumerate(zip([None, *rows], rows), 1):
+        # Equal means share a rank (1, 1, 3), as the report's text shows them with "=".
+        row["rank"] = above["rank"] if above is not None and _same_mean(above, row) else place
+    return rows
+
+
+def _compare(runs: dict[tuple[str, int], RunRecord], seeds: list[int], a: str, b: str) -> dict[str, Any]:
+    """Whether optimizer `a`'s test accuracy is told apart from `b`'s by a paired t-test over the seeds."""
+    test = paired_t_test([runs[(a, s)].metrics["accuracy"] for s in seeds],
+                         [runs[(b, s)].metrics["accuracy"] for s in seeds])
+    verdict = None if test is None else test.p < ALPHA
+    return {"better": a, "worse": b, "test": asdict(test) if test else None, "distinguishable": verdict}
+
+
+def _run_row(optim: str, seed: int, r: RunRecord) -> dict[str, Any]:
+    """One run's line in summary.json."""
+    return {"run": f"{RUNS_DIR}/{r.run_dir.name}", "optim": optim, "seed": seed, "status": r.status.get("status"),
+            "epochs": len(r.history["epoch"]), "best_epoch": int(r.best["epoch"]),
+            "best_val_acc": r.best["val_acc"], "best_val_balanced_acc": _finite(r.best.get("val_balanced_acc")),
+            "test_acc": r.metrics["accuracy"], "init_hash": r.status.get("init_hash"),
+            "seconds": sum(r.history["seconds"])}
 
 
 def write_report(study_dir: str | Path, target_acc: float = 0.70) -> dict[str, Any]:
@@ -292,7 +313,13 @@ def _comparison_rows(comparisons: list[dict[str, Any]]) -> list[str]:
 
 def format_report(summary: dict[str, Any]) -> str:
     """report.md: the answer first, then the evidence, the figures, the settings and every run."""
-    rows, seeds, target = summary["ranking"], summary["seeds"], summary["target_val_acc"]
+    return "\n".join([*_answer_lines(summary), *_ranking_lines(summary), *_figure_lines(summary),
+                      *_runs_lines(summary)])
+
+
+def _answer_lines(summary: dict[str, Any]) -> list[str]:
+    """The ranking in one line, which gaps are real, warnings, next steps, and whether the design is paired."""
+    rows, seeds = summary["ranking"], summary["seeds"]
     n = len(seeds)
     order = _ranking_text(rows, summary["adjacent"])
     real = [f"{c['better']} > {c['worse']}" for c in summary["adjacent"] if c["distinguishable"]]
@@ -323,13 +350,18 @@ def format_report(summary: dict[str, Any]) -> str:
                                    if pairing["paired"] else "**broken: the initial weights differ between "
                                    "optimizers for a seed (see the init hashes under Runs)**; the paired tests "
                                    "below assume they match."), ""]
+    return lines
 
+
+def _ranking_lines(summary: dict[str, Any]) -> list[str]:
+    """The ranking table, the tests between neighbours, and the tutorial's claims tested."""
+    rows, n, target = summary["ranking"], len(summary["seeds"]), summary["target_val_acc"]
     chosen_by = summary.get("best_chosen_by", "val_acc")
     score = score_name(chosen_by)
-    lines += ["## Ranking", "",
-              f"| rank | optimizer | test accuracy (mean ± sd) | per seed | best val {score} | final train loss | "
-              f"epochs to val accuracy ≥ {percent(target, 0)} | wall time per run | training images/s |",
-              "|---:|---|---:|---|---:|---:|---:|---:|---:|"]
+    lines = ["## Ranking", "",
+             f"| rank | optimizer | test accuracy (mean ± sd) | per seed | best val {score} | final train loss | "
+             f"epochs to val accuracy ≥ {percent(target, 0)} | wall time per run | training images/s |",
+             "|---:|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         to_target = r["epochs_to_target"]
         reached = ("not reached" if to_target["mean"] is None else
@@ -354,30 +386,42 @@ def format_report(summary: dict[str, Any]) -> str:
                   "The tutorial concluded " + " > ".join(TUTORIAL_RANKING) + " from one run each. Its claims, "
                   "tested here (a negative gap means this study found the opposite order):", "",
                   *_comparison_rows(summary["tutorial_claims"]), ""]
+    return lines
+
+
+def _figure_lines(summary: dict[str, Any]) -> list[str]:
+    """The figures, and each optimizer's hyperparameters (with the learning-rate sweep when there was one)."""
     figures = summary["figures"]
-    lines += ["## Figures", "", f"![Loss and accuracy per epoch]({figures['curves']})", "",
-              "Loss and accuracy per epoch: solid lines validation, dashed lines training; each line is the mean "
-              "across seeds and its band the range (lowest to highest seed).", "",
-              f"![Test accuracy per optimizer]({figures['test_accuracy']})", "",
-              "Test accuracy: bars are the mean across seeds, error bars one standard deviation, dots single seeds.",
-              "", "## Hyperparameters", "",
-              "| optimizer | learning rate | momentum | batch size | weight decay | learning rate from |",
-              "|---|---:|---:|---:|---:|---|"]
+    lines = ["## Figures", "", f"![Loss and accuracy per epoch]({figures['curves']})", "",
+             "Loss and accuracy per epoch: solid lines validation, dashed lines training; each line is the mean "
+             "across seeds and its band the range (lowest to highest seed).", "",
+             f"![Test accuracy per optimizer]({figures['test_accuracy']})", "",
+             "Test accuracy: bars are the mean across seeds, error bars one standard deviation, dots single seeds.",
+             "", "## Hyperparameters", "",
+             "| optimizer | learning rate | momentum | batch size | weight decay | learning rate from |",
+             "|---|---:|---:|---:|---:|---|"]
     for optim, h in summary["hyperparameters"].items():
         cells = ["—" if h[k] is None else f"{h[k]:g}" for k in ("lr", "momentum", "batch_size", "weight_decay")]
         lines.append(f"| {optim} | {' | '.join(cells)} | {h['lr_from']} |")
     if summary["sweep"]:
         lines += ["", *format_sweep(summary["sweep"])]
-    lines += ["", "## Setup", "", *_setup_lines(summary), "", "## Runs", "",
-              f"| run | status | epochs | best epoch | its val {score} | test accuracy | init hash | wall time |",
-              "|---|---|---:|---:|---:|---:|---|---:|"]
+    return lines
+
+
+def _runs_lines(summary: dict[str, Any]) -> list[str]:
+    """The setup shared by all runs, and a line for every run."""
+    chosen_by = summary.get("best_chosen_by", "val_acc")
+    score = score_name(chosen_by)
+    lines = ["", "## Setup", "", *_setup_lines(summary), "", "## Runs", "",
+             f"| run | status | epochs | best epoch | its val {score} | test accuracy | init hash | wall time |",
+             "|---|---|---:|---:|---:|---:|---|---:|"]
     for run in summary["runs"]:
         lines.append(f"| [{run['run']}]({run['run']}) | {run['status']} | {run['epochs']} | {run['best_epoch']} | "
                      f"{percent(run[_best_key(chosen_by, run)])} | {percent(run['test_acc'])} | `{run['init_hash']}` | "
                      f"{run['seconds']:.{1 if run['seconds'] < 10 else 0}f} s |")
     lines += ["", "Re-running the same `catsdogs compare` command skips finished runs, resumes unfinished ones and "
               "rewrites this report; study.json holds the arguments it was made with.", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def _next_steps(summary: dict[str, Any]) -> list[str]:

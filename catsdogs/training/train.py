@@ -28,7 +28,7 @@ from catsdogs.training.checkpoint import load_checkpoint, save_checkpoint
 from catsdogs.training.config import TrainConfig, build_config, config_to_yaml
 from catsdogs.training.distributed import Team, finish, from_main, gather, start, team_from_environment, wait_for_all
 from catsdogs.training.ema import ModelEMA
-from catsdogs.training.hardware import select_device, select_precision, tune_allocator
+from catsdogs.training.hardware import Precision, select_device, select_precision, tune_allocator
 from catsdogs.training.loop import EpochLoop, Log, Progress, stop_on_signals
 from catsdogs.training.models import MODELS, build_model, load_pretrained
 from catsdogs.training.optim import build_optimizer, get_optimizer_spec, load_optimizer_plugins, parameter_groups
@@ -169,8 +169,69 @@ def _quiet(_: str) -> None:
     pass
 
 
+@dataclass
+class _Run:
+    """What the stages of one run hand on to each other, from the open data to the finish."""
+    cfg: TrainConfig
+    team: Team
+    log: Log
+    show_progress: bool  # progress bars
+    run_dir: Path | None  # a resumed run's folder; a new run's once _open_run_folder has made it
+    device: torch.device
+    precision: Precision
+    hardware: str  # as the log and status.json tell it
+    train_split: ImageSplit
+    val_split: ImageSplit
+    fingerprint: str
+    train_source: BatchSource
+    val_source: BatchSource
+    warned: set[Path]  # unreadable files already named in a warning
+    model: nn.Module
+    init_hash: str
+    optimizer: torch.optim.Optimizer
+    ema: ModelEMA | None
+    scaler: torch.amp.GradScaler
+    order_gen: torch.Generator
+    aug_gen: torch.Generator
+    progress: Progress = dataclasses.field(default_factory=Progress)
+
+    def check_unreadable(self) -> None:
+        _check_unreadable((self.train_source, self.val_source), self.team, self.warned, self.cfg.data, self.log)
+
+    def write_status(self, status: str) -> None:
+        _write_status(self.run_dir, status, self.progress, self.cfg, self.init_hash, self.hardware,
+                      self.train_source, self.val_source)
+
+
 def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[str, Any] | None, progress: bool,
            log: Log, team: Team) -> TrainResult:
+    cfg, state, rebuild = _resolve_settings(cfg, resume, flags, team)
+    run_dir = Path(resume) if state is not None else None
+    device, precision, hardware = _choose_hardware(cfg, team)
+    cfg, train_split, val_split, fingerprint = _read_splits(cfg, state, run_dir, team)
+    # The model before the cache: a wrong model, size or weights file is told before minutes of decoding.
+    model, init_hash = _build_model(cfg, state, train_split, log)
+    train_source, val_source, warned = _open_data(cfg, train_split, val_split, device, rebuild, progress, team, log)
+    model, optimizer, ema, scaler = _build_optimizer(cfg, model, device, precision, team)
+    order_gen, aug_gen = training_generators(cfg.seed, team.rank)
+    run = _Run(cfg=cfg, team=team, log=log, show_progress=progress, run_dir=run_dir, device=device,
+               precision=precision, hardware=hardware, train_split=train_split, val_split=val_split,
+               fingerprint=fingerprint, train_source=train_source, val_source=val_source, warned=warned,
+               model=model, init_hash=init_hash, optimizer=optimizer, ema=ema, scaler=scaler,
+               order_gen=order_gen, aug_gen=aug_gen)
+    if state is not None:
+        if not _restore(run, state):
+            return _result(run.run_dir, run.progress, run.cfg, "nothing-to-do")
+    else:
+        _open_run_folder(run)
+    _log_start(run)
+    return _run_epochs(run)
+
+
+def _resolve_settings(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[str, Any] | None,
+                      team: Team) -> tuple[TrainConfig, dict[str, Any] | None, bool]:
+    """The run's settings, restored from `resume`'s last.pt when it continues a run, and checked; also that
+    checkpoint (None for a new run) and whether --cache rebuild was asked (resolve_config records auto)."""
     state = None
     if resume is not None:
         run_dir = Path(resume)
@@ -190,11 +251,21 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
     if team.enabled and cfg.batch_size < team.world:
         raise UsageError(f"--batch-size {cfg.batch_size} is smaller than the {team.world} processes: each needs at "
                          f"least one image a step (use --batch-size {team.world} or more, or fewer processes)")
+    return cfg, state, rebuild
+
+
+def _choose_hardware(cfg: TrainConfig, team: Team) -> tuple[torch.device, Precision, str]:
+    """The device and precision the run trains with, and how the log and status.json name them."""
     device = start(team, cfg.device) if team.enabled else select_device(cfg.device)
     precision = select_precision(cfg.precision, device)
     hardware = f"{device.type}, {precision.note}" + (f", {team.world} processes (torchrun)" if team.enabled else "")
     tune_allocator()
+    return device, precision, hardware
 
+
+def _read_splits(cfg: TrainConfig, state: dict[str, Any] | None, run_dir: Path | None,
+                 team: Team) -> tuple[TrainConfig, ImageSplit, ImageSplit, str]:
+    """The train and val photos and their fingerprint; a resume checks they are the ones it trained on."""
     train_split = read_split(cfg.data, "train", state["classes"] if state else None)
     val_split = read_split(cfg.data, "val", train_split.classes)
     fingerprint = data_fingerprint(train_split, val_split)
@@ -204,7 +275,12 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
             point_best_at(run_dir, cfg.data)
     else:  # recorded absolute, so that the run resumes and evaluates from any folder
         cfg = dataclasses.replace(cfg, data=str(Path(cfg.data).resolve()))
-    # The model before the cache: a wrong model, size or weights file is told before minutes of decoding.
+    return cfg, train_split, val_split, fingerprint
+
+
+def _build_model(cfg: TrainConfig, state: dict[str, Any] | None, train_split: ImageSplit,
+                 log: Log) -> tuple[nn.Module, str]:
+    """The model at its first weights (random, or pretrained for a new run), and their hash."""
     _seed_everything(cfg.seed)
     model = build_model(cfg.model, len(train_split.classes), cfg.image_size)
     if cfg.pretrained and state is None:
@@ -215,7 +291,13 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
             + (f"; left at random, as the file's do not fit: {', '.join(missed)}" if missed else ""))
     if cfg.progressive_size:
         _check_takes_size(model, cfg)
-    init_hash = _weights_hash(model)
+    return model, _weights_hash(model)
+
+
+def _open_data(cfg: TrainConfig, train_split: ImageSplit, val_split: ImageSplit, device: torch.device,
+               rebuild: bool, progress: bool, team: Team, log: Log) -> tuple[BatchSource, BatchSource, set[Path]]:
+    """The batches of train and val photos: from the decoded cache (built or mapped), or decoded as read;
+    and the unreadable photos already named in a warning (too many of them stop the run here)."""
     jobs = usable_cpus()
     images = {}
     for turn in ("main", "others"):  # process 0 builds the cache; the others then map the finished files
@@ -231,9 +313,14 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
                                resident=resident)
     val_source = BatchSource(val_split, eval_preset(cfg.image_size), images["val"], workers, device,
                              resident=resident and team.main)
-    warned: set[Path] = set()  # unreadable files already named in a warning
+    warned: set[Path] = set()
     _check_unreadable((train_source, val_source), team, warned, cfg.data, log)
+    return train_source, val_source, warned
 
+
+def _build_optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device, precision: Precision,
+                     team: Team) -> tuple[nn.Module, torch.optim.Optimizer, ModelEMA | None, torch.amp.GradScaler]:
+    """The model on its device, its optimizer, its EMA (with --ema) and the gradient scaler."""
     model = model.to(device, memory_format=torch.channels_last)
     if team.enabled:
         torch.manual_seed(cfg.seed + RANK_SEED_STRIDE * team.rank)  # each process its own dropout masks
@@ -242,134 +329,106 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
                                 **_optimizer_overrides(cfg, spec.defaults))
     ema = ModelEMA(model, cfg.ema) if cfg.ema else None
     scaler = torch.amp.GradScaler(device.type, enabled=precision.scale_grads)
-    order_gen, aug_gen = training_generators(cfg.seed, team.rank)
-    progress_state = Progress()
+    return model, optimizer, ema, scaler
 
-    if state is not None:
-        model.load_state_dict(state.get("raw_model", state["model"]))
-        if ema is not None:
-            ema.load_state_dict(state["ema"], state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if precision.scale_grads and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        progress_state = restore_progress(state)
-        order_gen.set_state(state["order_gen"])
-        restore_process_randomness(state, team, aug_gen, log)
-        if not team.main:  # process 0 carries the interrupted epoch's sums for the whole team
-            progress_state.sums = (0.0, 0, 0, progress_state.sums[3])
-        init_hash = state.get("init_hash", init_hash)
-        # A budget once spent has ended its schedule: a changed --time-budget would restart it (the lr
-        # jumping back up), which no straight run does. A budget not yet spent may be raised or removed.
-        spent = sum(row["seconds"] for row in progress_state.history)
-        budget_before = state["config"].get("time_budget")
-        progress_state.budget_spent = any(bool(b) and spent >= b * 60 for b in (budget_before, cfg.time_budget))
-        if progress_state.epoch >= cfg.epochs or progress_state.stopped_early or progress_state.budget_spent:
-            if progress_state.stopped_early:
-                why = ("stopped early: nothing to do (to train longer, start a new run with a larger --patience, "
-                       "or --patience 0)")
-            elif progress_state.budget_spent:
-                why = ("used its time budget, and its schedule, fitted to that time, has ended: nothing to do (to "
-                       "train longer, start a new run with a larger --time-budget)")
-            else:
-                why = f"finished {progress_state.epoch} epochs: nothing to do (raise --epochs to train longer)"
-            log(f"{run_dir} already {why}")
-            if not (run_dir / "status.json").is_file():  # killed between its last save and the status
-                done = ("early-stopped" if progress_state.stopped_early else
-                        "time-budget" if progress_state.budget_spent else "finished")
-                if team.main:
-                    _write_status(run_dir, done, progress_state, cfg, init_hash, hardware, train_source, val_source)
-            return _result(run_dir, progress_state, cfg, "nothing-to-do")
-        log(f"resuming {run_dir} in epoch {progress_state.epoch + 1}"
-            + (f" after step {progress_state.step}" if progress_state.step else ", from its start"))
-        if team.main:
-            write_text_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
-    else:
-        run_dir = new_run_dir(cfg.out or RUNS_ROOT / cfg.optim) if team.main else None
-        run_dir = from_main(run_dir, team)  # the folder process 0 created, numbered or not
-        if cfg.out and Path(cfg.out) != run_dir:
-            log(f"{cfg.out} already exists, so this run goes to {run_dir} (a run never reuses a folder)")
-        if team.main:
-            write_text_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
 
-    log(f"run folder: {run_dir}")
-    log(f"device: {hardware}, channels-last; "
-        f"data: {cfg.data} ({len(train_source)} train / {len(val_source)} val images, "
-        f"classes {', '.join(train_split.classes)}); cache: {_cache_note(train_source)}")
+def _restore(run: _Run, state: dict[str, Any]) -> bool:
+    """Bring the run back to where `state` (its last.pt) left it. False when it has nothing left to do:
+    then it says why, and writes the status a kill after the last save left unwritten."""
+    cfg, team, log, run_dir = run.cfg, run.team, run.log, run.run_dir
+    run.model.load_state_dict(state.get("raw_model", state["model"]))
+    if run.ema is not None:
+        run.ema.load_state_dict(state["ema"], state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    if run.precision.scale_grads and state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    progress = run.progress = restore_progress(state)
+    run.order_gen.set_state(state["order_gen"])
+    restore_process_randomness(state, team, run.aug_gen, log)
+    if not team.main:  # process 0 carries the interrupted epoch's sums for the whole team
+        progress.sums = (0.0, 0, 0, progress.sums[3])
+    run.init_hash = state.get("init_hash", run.init_hash)
+    # A budget once spent has ended its schedule: a changed --time-budget would restart it (the lr
+    # jumping back up), which no straight run does. A budget not yet spent may be raised or removed.
+    spent = sum(row["seconds"] for row in progress.history)
+    budget_before = state["config"].get("time_budget")
+    progress.budget_spent = any(bool(b) and spent >= b * 60 for b in (budget_before, cfg.time_budget))
+    if progress.epoch >= cfg.epochs or progress.stopped_early or progress.budget_spent:
+        if progress.stopped_early:
+            why = ("stopped early: nothing to do (to train longer, start a new run with a larger --patience, "
+                   "or --patience 0)")
+        elif progress.budget_spent:
+            why = ("used its time budget, and its schedule, fitted to that time, has ended: nothing to do (to "
+                   "train longer, start a new run with a larger --time-budget)")
+        else:
+            why = f"finished {progress.epoch} epochs: nothing to do (raise --epochs to train longer)"
+        log(f"{run_dir} already {why}")
+        if not (run_dir / "status.json").is_file():  # killed between its last save and the status
+            done = ("early-stopped" if progress.stopped_early else
+                    "time-budget" if progress.budget_spent else "finished")
+            if team.main:
+                run.write_status(done)
+        return False
+    log(f"resuming {run_dir} in epoch {progress.epoch + 1}"
+        + (f" after step {progress.step}" if progress.step else ", from its start"))
+    if team.main:
+        write_text_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
+    return True
+
+
+def _open_run_folder(run: _Run) -> None:
+    """Make a new run's folder (numbered when --out exists) and write its config.yaml there."""
+    cfg, team = run.cfg, run.team
+    run_dir = new_run_dir(cfg.out or RUNS_ROOT / cfg.optim) if team.main else None
+    run.run_dir = run_dir = from_main(run_dir, team)  # the folder process 0 created, numbered or not
+    if cfg.out and Path(cfg.out) != run_dir:
+        run.log(f"{cfg.out} already exists, so this run goes to {run_dir} (a run never reuses a folder)")
+    if team.main:
+        write_text_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
+
+
+def _log_start(run: _Run) -> None:
+    """Tell where the run writes, and what it trains on, with what, for how long."""
+    cfg, team, log = run.cfg, run.team, run.log
+    log(f"run folder: {run.run_dir}")
+    log(f"device: {run.hardware}, channels-last; "
+        f"data: {cfg.data} ({len(run.train_source)} train / {len(run.val_source)} val images, "
+        f"classes {', '.join(run.train_split.classes)}); cache: {_cache_note(run.train_source)}")
     share = f", {_per_process(cfg.batch_size, team.world)} per process" if team.enabled else ""
     share += f", in passes of {cfg.micro_batch}" if cfg.micro_batch and cfg.micro_batch < cfg.batch_size else ""
     log(f"model {cfg.model} at {cfg.image_size}px, optimizer {cfg.optim} (lr {cfg.lr:g}, batch {cfg.batch_size}"
         f"{share}), {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}")
 
-    net = _data_parallel(model, device) if team.enabled else model
-    loop = EpochLoop(cfg, model, optimizer, scaler, precision, device, train_source, val_source, order_gen, aug_gen,
-                     ema, team, net)
-    identity = {"classes": list(train_split.classes), "init_hash": init_hash, "data_fingerprint": fingerprint}
+
+def _run_epochs(run: _Run) -> TrainResult:
+    """Train epoch after epoch until the last, an early stop, the time budget or Ctrl-C; then finish."""
+    cfg, team, log, progress, run_dir = run.cfg, run.team, run.log, run.progress, run.run_dir
+    net = _data_parallel(run.model, run.device) if team.enabled else run.model
+    loop = EpochLoop(cfg, run.model, run.optimizer, run.scaler, run.precision, run.device, run.train_source,
+                     run.val_source, run.order_gen, run.aug_gen, run.ema, team, net)
+    identity = {"classes": list(run.train_split.classes), "init_hash": run.init_hash,
+                "data_fingerprint": run.fingerprint}
     save_last = LastSaver(run_dir, cfg, loop, identity, team)
     if cfg.tensorboard and team.main:  # process 0 alone writes, as it alone writes history.csv
-        loop.board = Board(run_dir, progress_state.global_step, train_split.classes)
+        loop.board = Board(run_dir, progress.global_step, run.train_split.classes)
     status = "finished"
-    column = selected_by(cfg.class_weights)  # what makes an epoch the best
-    by_balanced = column == "val_balanced_acc"
     try:
         with stop_on_signals(log, repeat_window=TORCHRUN_SIGNAL_ECHO if team.enabled else 0.0) as stop:
-            while progress_state.epoch < cfg.epochs:
-                completed = loop.run_epoch(progress_state, stop, progress)
+            while progress.epoch < cfg.epochs:
+                completed = loop.run_epoch(progress, stop, run.show_progress)
                 if not completed:
-                    save_last(progress_state)
+                    save_last(progress)
                     status = "interrupted"
-                    log(f"interrupted in epoch {progress_state.epoch + 1} after step {progress_state.step}; "
+                    log(f"interrupted in epoch {progress.epoch + 1} after step {progress.step}; "
                         f"resume with: {resume_command(run_dir, team)}")
                     break
-                row = progress_state.history[-1]
-                improved = better_epoch(row, progress_state.history[:-1], column)
-                if improved:
-                    progress_state.epochs_since_best = 0
-                else:
-                    progress_state.epochs_since_best += 1
-                if progress_state.budget_spent:
-                    status = "time-budget"
-                if (cfg.patience and progress_state.epochs_since_best >= cfg.patience
-                        and progress_state.epoch < cfg.epochs):
-                    progress_state.stopped_early = True
-                if team.main:
-                    write_text_atomic(run_dir / "history.csv", format_history(progress_state.history))
-                # best.pt before last.pt: a kill between the two then redoes this epoch on resume (and
-                # writes best.pt again), where the other order would leave best.pt an epoch behind for good.
-                if improved and team.main:
-                    save_checkpoint(model_state(cfg, loop.kept_model, progress_state, identity), run_dir / "best.pt")
-                save_last(progress_state)
-                if loop.board is not None:  # after the save, so that a resume never writes the epoch twice
-                    loop.board.epoch(row)
-                balanced = f" balanced {row['val_balanced_acc']:.4f}" if by_balanced else ""
-                log(f"epoch {row['epoch']}/{cfg.epochs}  train loss {row['train_loss']:.4f} "
-                    f"acc {row['train_acc']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
-                    f"{balanced}  {row['seconds']:.1f}s"
-                    + ("  (best)" if improved else ""))
-                _check_unreadable((train_source, val_source), team, warned, cfg.data, log)
-                if progress_state.budget_spent:
-                    cut = loop.partial_epoch
-                    log(f"time budget of {cfg.time_budget:g} min reached after {progress_state.global_step} steps"
-                        + (f"; epoch {row['epoch']} stopped after {cut[0]} of its {cut[1]} steps, and its row in "
-                           "history.csv covers those" if cut else ""))
-                    break
-                if progress_state.stopped_early:
-                    status = "early-stopped"
-                    log(f"early stop: {_selected_name(cfg)} has not improved for {cfg.patience} "
-                        f"epoch{'s' if cfg.patience != 1 else ''} "
-                        f"(best {best_epoch(progress_state.history, column)[column]:.4f})")
+                stopped = _end_epoch(run, loop, save_last, identity)
+                if stopped is not None:
+                    status = stopped
                     break
             # Still inside the signal handling: under torchrun a Ctrl-C reaches each process twice, and
             # the second copy may come only now; it must not cut the status file short.
-            if team.main:
-                _write_status(run_dir, status, progress_state, cfg, init_hash, hardware, train_source, val_source)
-            if status != "interrupted" and loop.board is not None:
-                loop.board.finish(cfg, progress_state.history, status)
-            if status != "interrupted":
-                best = best_epoch(progress_state.history, column)
-                score = (f"best val balanced accuracy {best['val_balanced_acc']:.4f} (accuracy {best['val_acc']:.4f})"
-                         if by_balanced else f"best val accuracy {best['val_acc']:.4f}")
-                score += _baseline_note(val_split, balanced_shown=by_balanced)
-                log(f"{score}; next: catsdogs evaluate {shlex.quote(str(run_dir))}")
+            _finish(run, loop, status)
     except BaseException as exc:  # a second Ctrl-C, or a failure (out of memory): say what is left
         if team.main:
             _after_abort(run_dir, team, log, "stopped at once" if isinstance(exc, KeyboardInterrupt) else "failed")
@@ -377,7 +436,66 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
     finally:
         if loop.board is not None:
             loop.board.close()
-    return _result(run_dir, progress_state, cfg, status)
+    return _result(run_dir, progress, cfg, status)
+
+
+def _end_epoch(run: _Run, loop: EpochLoop, save_last: LastSaver, identity: dict[str, Any]) -> str | None:
+    """After a finished epoch: patience, history.csv, best.pt and last.pt, its log line. Returns the
+    status that stops the run here (time-budget, early-stopped), or None to go on."""
+    cfg, team, log, progress, run_dir = run.cfg, run.team, run.log, run.progress, run.run_dir
+    column = selected_by(cfg.class_weights)  # what makes an epoch the best
+    row = progress.history[-1]
+    improved = better_epoch(row, progress.history[:-1], column)
+    if improved:
+        progress.epochs_since_best = 0
+    else:
+        progress.epochs_since_best += 1
+    if cfg.patience and progress.epochs_since_best >= cfg.patience and progress.epoch < cfg.epochs:
+        progress.stopped_early = True
+    if team.main:
+        write_text_atomic(run_dir / "history.csv", format_history(progress.history))
+    # best.pt before last.pt: a kill between the two then redoes this epoch on resume (and
+    # writes best.pt again), where the other order would leave best.pt an epoch behind for good.
+    if improved and team.main:
+        save_checkpoint(model_state(cfg, loop.kept_model, progress, identity), run_dir / "best.pt")
+    save_last(progress)
+    if loop.board is not None:  # after the save, so that a resume never writes the epoch twice
+        loop.board.epoch(row)
+    balanced = f" balanced {row['val_balanced_acc']:.4f}" if column == "val_balanced_acc" else ""
+    log(f"epoch {row['epoch']}/{cfg.epochs}  train loss {row['train_loss']:.4f} "
+        f"acc {row['train_acc']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
+        f"{balanced}  {row['seconds']:.1f}s"
+        + ("  (best)" if improved else ""))
+    run.check_unreadable()
+    if progress.budget_spent:
+        cut = loop.partial_epoch
+        log(f"time budget of {cfg.time_budget:g} min reached after {progress.global_step} steps"
+            + (f"; epoch {row['epoch']} stopped after {cut[0]} of its {cut[1]} steps, and its row in "
+               "history.csv covers those" if cut else ""))
+        return "time-budget"
+    if progress.stopped_early:
+        log(f"early stop: {_selected_name(cfg)} has not improved for {cfg.patience} "
+            f"epoch{'s' if cfg.patience != 1 else ''} "
+            f"(best {best_epoch(progress.history, column)[column]:.4f})")
+        return "early-stopped"
+    return None
+
+
+def _finish(run: _Run, loop: EpochLoop, status: str) -> None:
+    """Write status.json and close TensorBoard's record; unless interrupted, tell the best score and what next."""
+    cfg, progress = run.cfg, run.progress
+    if run.team.main:
+        run.write_status(status)
+    if status != "interrupted" and loop.board is not None:
+        loop.board.finish(cfg, progress.history, status)
+    if status != "interrupted":
+        column = selected_by(cfg.class_weights)
+        by_balanced = column == "val_balanced_acc"
+        best = best_epoch(progress.history, column)
+        score = (f"best val balanced accuracy {best['val_balanced_acc']:.4f} (accuracy {best['val_acc']:.4f})"
+                 if by_balanced else f"best val accuracy {best['val_acc']:.4f}")
+        score += _baseline_note(run.val_split, balanced_shown=by_balanced)
+        run.log(f"{score}; next: catsdogs evaluate {shlex.quote(str(run.run_dir))}")
 
 
 def _check_takes_size(model: nn.Module, cfg: TrainConfig) -> None:
