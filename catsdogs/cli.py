@@ -198,7 +198,8 @@ _TRAIN_OPTIONS = [
                  help="Keep and use an exponential moving average of the weights with this decay, e.g. 0.999 "
                       "(0: off)."),
     click.option("--pretrained", default=None,
-                 help="Start from torchvision ImageNet weights: a file, or 'cache' for torchvision's cache."),
+                 help="Start from torchvision ImageNet weights: 'imagenet' (downloaded once into torch's hub "
+                      "cache), a file, or 'cache' (the hub cache only, never downloading)."),
 ]
 
 

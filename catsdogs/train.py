@@ -26,7 +26,7 @@ from catsdogs.ema import ModelEMA
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.hardware import select_device, select_precision, tune_allocator
 from catsdogs.loop import EpochLoop, Log, Progress, stop_on_signals
-from catsdogs.models import MODELS, build_model, load_pretrained
+from catsdogs.models import MODELS, build_model, head_name, load_pretrained
 from catsdogs.optim import build_optimizer, get_optimizer_spec, load_optimizer_plugins, parameter_groups
 from catsdogs.resume import (RANK_SEED_STRIDE, LastSaver, check_same_split, data_fingerprint, model_state,
                              point_best_at, restore_process_randomness, restore_progress, resume_command,
@@ -177,7 +177,8 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
     if team.enabled:
         torch.manual_seed(cfg.seed + RANK_SEED_STRIDE * team.rank)  # each process its own dropout masks
     spec = get_optimizer_spec(cfg.optim)
-    optimizer = build_optimizer(cfg.optim, parameter_groups(model, cfg.weight_decay),
+    groups = parameter_groups(model, cfg.weight_decay, head_name(model), cfg.body_lr_scale)
+    optimizer = build_optimizer(cfg.optim, groups,
                                 **_optimizer_overrides(cfg, spec.defaults))
     ema = ModelEMA(model, cfg.ema) if cfg.ema else None
     scaler = torch.amp.GradScaler(device.type, enabled=precision.scale_grads)
@@ -238,7 +239,7 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
     share = f", {_per_process(cfg.batch_size, team.world)} per process" if team.enabled else ""
     share += f", in passes of {cfg.micro_batch}" if cfg.micro_batch and cfg.micro_batch < cfg.batch_size else ""
     log(f"model {cfg.model} at {cfg.image_size}px, optimizer {cfg.optim} (lr {cfg.lr:g}, batch {cfg.batch_size}"
-        f"{share}), {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}")
+        f"{share}), {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}" + _fine_tuning_note(cfg, model))
 
     net = _data_parallel(model, device) if team.enabled else model
     loop = EpochLoop(cfg, model, optimizer, scaler, precision, device, train_source, val_source, order_gen, aug_gen,
@@ -310,6 +311,13 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
             _after_abort(run_dir, team, log, "stopped at once" if isinstance(exc, KeyboardInterrupt) else "failed")
         raise
     return TrainResult(run_dir, progress_state.epoch, progress_state.best_val_acc, status)
+
+
+def _fine_tuning_note(cfg: TrainConfig, model: nn.Module) -> str:
+    notes = [f"only the head ({head_name(model)}) trains for {cfg.freeze_epochs} epoch"
+             f"{'s' if cfg.freeze_epochs != 1 else ''}"] if cfg.freeze_epochs else []
+    notes += [f"the body at {cfg.body_lr_scale:g} x lr"] if cfg.body_lr_scale != 1.0 else []
+    return f"; {', '.join(notes)}" if notes else ""
 
 
 def _selected_by(cfg: TrainConfig) -> str:
