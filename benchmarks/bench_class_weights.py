@@ -19,10 +19,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from catsdogs.config import build_config
-from catsdogs.evaluate import evaluate_run
-from catsdogs.split import split_dataset
-from catsdogs.train import train
+from catsdogs.data.split import split_dataset
+from catsdogs.inference.evaluate import evaluate_run
+from catsdogs.training.config import build_config
+from catsdogs.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT.parent / "shared" / "data" / "PetImages-dev"

@@ -18,11 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from catsdogs.config import TrainConfig
-from catsdogs.evaluate import evaluate_run
-from catsdogs.hardware import cpu_has_bf16
-from catsdogs.stats import paired_t_test
-from catsdogs.train import train
+from catsdogs.inference.evaluate import evaluate_run
+from catsdogs.study.stats import paired_t_test
+from catsdogs.training.config import TrainConfig
+from catsdogs.training.hardware import cpu_has_bf16
+from catsdogs.training.train import train
 
 
 def main() -> int:

@@ -18,10 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from catsdogs.checkpoint import load_checkpoint
-from catsdogs.config import build_config
-from catsdogs.evaluate import evaluate_run
-from catsdogs.train import train
+from catsdogs.inference.evaluate import evaluate_run
+from catsdogs.training.checkpoint import load_checkpoint
+from catsdogs.training.config import build_config
+from catsdogs.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 # The tutorial's CNN at the size and length the issue measured it (128 px, 12 epochs, Adam).

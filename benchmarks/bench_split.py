@@ -24,7 +24,7 @@ from typing import Callable
 import cv2
 from imutils import paths
 
-from catsdogs.split import DEFAULT_RATIOS, split_dataset
+from catsdogs.data.split import DEFAULT_RATIOS, split_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "PetImages-dev"

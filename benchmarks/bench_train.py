@@ -5,9 +5,9 @@ Run from the repository root, on a folder written by `catsdogs split`:
     python benchmarks/bench_train.py --data data
 
 (a) the tutorial: torchvision ImageFolder + Resize + RandomHorizontalFlip + ToTensor through a
-DataLoader, float32, NCHW, decoding every image every epoch; (b) `catsdogs.train.train` with its
-defaults (decode-once cache built inside the timing, bf16 autocast where the CPU has it,
-channels-last). Both train cnn3 with Adam for the same epochs at the same batch size and image
+DataLoader, float32, NCHW, decoding every image every epoch; (b) `catsdogs.training.train.train`
+with its defaults (decode-once cache built inside the timing, bf16 autocast where the CPU has
+it, channels-last). Both train cnn3 with Adam for the same epochs at the same batch size and image
 size, validating after every epoch, in this one process; the ratio b/a is the speed-up.
 """
 
@@ -25,14 +25,14 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from catsdogs.config import TrainConfig
-from catsdogs.data import CACHE_DIR, BatchSource, load_cache, read_split
-from catsdogs.evaluate import evaluate_run
-from catsdogs.hardware import select_precision
-from catsdogs.models import build_model
-from catsdogs.loop import evaluate_source
-from catsdogs.train import train
-from catsdogs.transforms import eval_preset
+from catsdogs.data.cache import CACHE_DIR, BatchSource, load_cache, read_split
+from catsdogs.data.transforms import eval_preset
+from catsdogs.inference.evaluate import evaluate_run
+from catsdogs.training.config import TrainConfig
+from catsdogs.training.hardware import select_precision
+from catsdogs.training.loop import evaluate_source
+from catsdogs.training.models import build_model
+from catsdogs.training.train import train
 
 
 def training_flops_per_image(image_size: int) -> float:

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from catsdogs.config import TrainConfig
-from catsdogs.evaluate import evaluate_run
-from catsdogs.train import train
+from catsdogs.inference.evaluate import evaluate_run
+from catsdogs.training.config import TrainConfig
+from catsdogs.training.train import train
 
 
 def write_split(root: Path, per_class: tuple[int, int, int], size: int) -> Path:
@@ -50,8 +50,8 @@ def check_predict_and_explain(run_dir: Path, data: Path, device: str, work: Path
     """`predict` must give evaluate's probabilities on the device; `explain` must draw its maps there."""
     import csv
 
-    from catsdogs.explain import explain_photos
-    from catsdogs.predict import collect_photos, load_trained, predict_photos
+    from catsdogs.inference.explain import explain_photos
+    from catsdogs.inference.predict import collect_photos, load_trained, predict_photos
 
     trained = load_trained(run_dir, device=device)
     photos = collect_photos([data / "test"])
@@ -69,7 +69,7 @@ def check_predict_and_explain(run_dir: Path, data: Path, device: str, work: Path
 
 def check_resume(data: Path, device: str, work: Path) -> None:
     """An interrupted run resumed against a straight one: on a GPU they should agree closely, not exactly."""
-    from catsdogs.checkpoint import load_checkpoint
+    from catsdogs.training.checkpoint import load_checkpoint
 
     runs = {}
     for name, epochs in (("straight", 2), ("resumed", 1)):
@@ -84,7 +84,7 @@ def check_resume(data: Path, device: str, work: Path) -> None:
 
 def check_augments_and_recipe(data: Path, device: str, work: Path, size: int) -> None:
     """The torchvision v2 presets on the device's batches, and the GPU recipe cut short (at `size` px), with TTA."""
-    from catsdogs.config import build_config
+    from catsdogs.training.config import build_config
 
     recipe = Path(__file__).resolve().parents[1] / "configs" / "recipes" / "gpu.yaml"
     runs = [(f"augment {name}", TrainConfig(data=str(data), optim="adam", model="cnn3", epochs=1, image_size=128,
@@ -105,9 +105,9 @@ def check_augments_and_recipe(data: Path, device: str, work: Path, size: int) ->
 def check_finetune(data: Path, device: str, work: Path) -> None:
     """configs/recipes/finetune.yaml from ImageNet weights (2 epochs: one frozen, one all layers), where the
     weights are in torch's hub cache or can be downloaded; otherwise it says so and skips."""
-    from catsdogs.config import build_config
+    from catsdogs.training.config import build_config
     from catsdogs.errors import CatsdogsError
-    from catsdogs.pretrained import imagenet_weights
+    from catsdogs.training.pretrained import imagenet_weights
 
     try:
         weights = imagenet_weights("resnet18", progress=False)

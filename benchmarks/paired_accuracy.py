@@ -16,8 +16,8 @@ import csv
 import sys
 from pathlib import Path
 
-from catsdogs.evaluate import evaluate_run
-from catsdogs.stats import mcnemar_exact_p
+from catsdogs.inference.evaluate import evaluate_run
+from catsdogs.study.stats import mcnemar_exact_p
 
 
 def correct_by_photo(predictions: Path) -> dict[str, bool]:

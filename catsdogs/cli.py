@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shlex
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,7 +11,8 @@ from typing import Any
 import click
 
 from catsdogs import __version__
-from catsdogs.errors import CatsdogsError, UsageError, first_line
+from catsdogs.errors import CatsdogsError, UsageError
+from catsdogs.interrupts import ignore_ctrl_c
 
 
 class OneLineUsageError(click.ClickException):
@@ -46,18 +45,16 @@ class CatsdogsGroup(click.Group):
         except OSError as exc:  # a folder in the way, a full disk, no permission: not a bug to trace
             raise click.ClickException(describe_os_error(exc)) from None
         except RuntimeError as exc:  # torch.OutOfMemoryError is one; other RuntimeErrors are bugs to trace
-            if lost_a_peer(exc):
-                raise click.ClickException("another process of this torchrun run stopped (killed, or failed: see its "
-                                           f"message above, if any, and torchrun's report): {first_line(exc, 120)}"
-                                           ) from None
-            if not is_out_of_memory(exc):
+            from catsdogs.training.distributed import lost_peer_message
+            from catsdogs.training.hardware import out_of_memory_message
+
+            message = (lost_peer_message(exc)
+                       or out_of_memory_message(exc, training=ctx.invoked_subcommand in ("train", "compare")))
+            if message is None:
                 raise
-            advice = ("train the same batches in passes with --micro-batch N, or use a smaller --batch-size or "
-                      "--image-size" if ctx.invoked_subcommand in ("train", "compare") else
-                      "free the memory other programs hold, or use --device cpu")
-            raise click.ClickException(f"out of memory ({first_line(exc)}): {advice}") from None
+            raise click.ClickException(message) from None
         except KeyboardInterrupt:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a further Ctrl-C must not cut the exit short
+            ignore_ctrl_c()  # a further Ctrl-C must not cut the exit short
             after = {"train": " at once",  # train has said what is left to resume
                      "compare": " at once: run the same command again to continue the study (finished runs are "
                                 "kept, an interrupted one resumes from its last save)",
@@ -74,20 +71,6 @@ def echo_safely(line: str, err: bool = False) -> None:
     except BrokenPipeError:
         stream = sys.stderr if err else sys.stdout
         os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
-
-
-def lost_a_peer(exc: BaseException) -> bool:
-    """Under torchrun: a collective failed because another process died (gloo, NCCL)."""
-    if os.environ.get("WORLD_SIZE", "1") in ("", "1"):
-        return False
-    text = f"{type(exc).__name__} {exc}"
-    return any(mark in text for mark in ("DistBackendError", "DistNetworkError", "gloo", "NCCL",
-                                         "Connection reset by peer", "Connection closed by peer"))
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """A GPU's (torch.OutOfMemoryError) or the CPU allocator's failure to allocate."""
-    return type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(exc)
 
 
 def describe_os_error(exc: OSError) -> str:
@@ -114,7 +97,7 @@ def main(ctx: click.Context) -> None:
     """
     if ctx.invoked_subcommand != "train" and "WORLD_SIZE" in os.environ:
         # Under torchrun only `train` shares out its work; another command would run N times over.
-        from catsdogs.distributed import team_from_environment
+        from catsdogs.training.distributed import team_from_environment
 
         if team_from_environment().enabled:
             raise UsageError(f"only `catsdogs train` runs under torchrun; run `catsdogs {ctx.invoked_subcommand}` "
@@ -126,7 +109,7 @@ def main(ctx: click.Context) -> None:
               help="Folder that will hold PetImages/ and the downloaded zip.")
 def download(dest: Path) -> None:
     """Download Microsoft's Kaggle Cats and Dogs photos (787 MB) and extract them to DEST/PetImages."""
-    from catsdogs.download import download_petimages
+    from catsdogs.data.download import download_petimages
 
     result = download_petimages(dest)
     if not result.extracted:
@@ -153,7 +136,7 @@ def download(dest: Path) -> None:
 def split(source: Path, out: Path, ratios: str, seed: int, layout: str, mode: str, jobs: int | None,
           force: bool) -> None:
     """Check every image in SOURCE and split it into train/val/test folders."""
-    from catsdogs.split import parse_ratios, split_dataset
+    from catsdogs.data.split import parse_ratios, split_dataset
 
     summary = split_dataset(source, out, parse_ratios(ratios), seed=seed, layout=layout, mode=mode, jobs=jobs,
                             force=force)
@@ -200,12 +183,14 @@ _TRAIN_OPTIONS = [
     click.option("--pretrained", default=None,
                  help="Start from torchvision ImageNet weights: 'imagenet' (downloaded once into torch's hub "
                       "cache), a file, or 'cache' (the hub cache only, never downloading)."),
+    click.option("--tensorboard/--no-tensorboard", default=None,
+                 help="Also write TensorBoard event files into RUN_DIR/tb (pip install 'catsdogs[tensorboard]').")
 ]
 
 
 def _flag_name(option: Any) -> str:
-    """The parameter name a click.option decorator declares (it records its Option on the function)."""
-    return option(lambda: None).__click_params__[0].name
+    """The parameter name a click.option decorator declares, read off a throwaway command's `params`."""
+    return click.command()(option(lambda: None)).params[0].name
 
 
 TRAIN_OPTIONS = {_flag_name(option): option for option in _TRAIN_OPTIONS}
@@ -230,13 +215,13 @@ def shared_run_options(func: Any) -> Any:
 @click.option("--out", default=None, help="Run folder. [default: runs/<optim>, numbered if it exists]")
 @click.option("--resume", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Continue the run in this folder from its last.pt.")
-@click.option("--print-config", is_flag=True, help="Print the resolved config and exit without training.")
+@click.option("--print-config", is_flag=True,
+              help="Print the resolved config (with --resume, the resumed run's) and exit without training.")
 def train(config_file: Path | None, resume: Path | None, print_config: bool, **flags: Any) -> None:
     """Train a model on the split's train/ folder, validating on val/ every epoch."""
-    from catsdogs.config import build_config
-    from catsdogs.runs import RUNS_ROOT
-    from catsdogs.train import print_config as resolved_yaml
-    from catsdogs.train import train as run_training
+    from catsdogs.training.train import new_run_config
+    from catsdogs.training.train import print_config as resolved_yaml
+    from catsdogs.training.train import train as run_training
 
     if resume is not None:
         if config_file is not None:
@@ -246,18 +231,18 @@ def train(config_file: Path | None, resume: Path | None, print_config: bool, **f
                                        "(the one the interrupted run printed)")
         if not (resume / "last.pt").is_file():
             raise click.ClickException(f"{resume} has no last.pt to resume from")
+        if print_config:
+            click.echo(resolved_yaml(None, resume=resume, flags=flags), nl=False)
+            return
         result = run_training(None, resume=resume, flags=flags, log=echo_safely)
     else:
-        cfg = build_config(config_file, flags)
-        if config_file is not None and cfg.out is None:  # a recipe's runs are named after it: runs/cpu-fast
-            name = config_file.stem.lstrip(".") or "run"  # never a hidden folder: .yaml makes runs/yaml
-            cfg = dataclasses.replace(cfg, out=str(RUNS_ROOT / name))
+        cfg = new_run_config(config_file, flags)  # a recipe's runs are named after it: runs/cpu-fast
         if print_config:
             click.echo(resolved_yaml(cfg), nl=False)
             return
         result = run_training(cfg, log=echo_safely)
     if result.status == "interrupted":
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # saved already: a late Ctrl-C must not cut the exit short
+        ignore_ctrl_c()  # saved already: a late Ctrl-C must not cut the exit short
         sys.exit(130)  # like a shell's Ctrl-C, so scripts can tell an unfinished run
 
 
@@ -284,8 +269,8 @@ def compare(config_file: Path | None, optims: str | None, seeds: int | None, bud
     For each seed every optimizer starts from the same initial weights and sees the same data
     order. Re-running the same command skips finished runs and resumes unfinished ones.
     """
-    from catsdogs.compare import StudySpec, parse_optims, run_study
-    from catsdogs.config import build_config
+    from catsdogs.study.compare import StudySpec, parse_optims, run_study
+    from catsdogs.training.config import build_config
 
     chosen = {"seeds": seeds, "budget": budget, "target_acc": target_acc, "out": out}
     spec = StudySpec(build_config(config_file, flags), parse_optims(optims), tune_lr=tune_lr,
@@ -312,10 +297,10 @@ def compare(config_file: Path | None, optims: str | None, seeds: int | None, bud
 def evaluate(run_dir: Path | None, split_name: str, checkpoint: str, data: str | None, device: str,
              tta: bool, out: Path | None) -> None:
     """Measure a trained run on a split; writes metrics.json and confusion_matrix.png into it."""
-    from catsdogs.evaluate import evaluate_run
-    from catsdogs.images import describe_left_out
-    from catsdogs.metrics import format_metrics
-    from catsdogs.runs import latest_run
+    from catsdogs.data.images import describe_left_out
+    from catsdogs.inference.evaluate import evaluate_run
+    from catsdogs.inference.metrics import format_metrics
+    from catsdogs.training.runs import latest_run
 
     if run_dir is None:
         run_dir = latest_run()
@@ -337,7 +322,7 @@ def evaluate(run_dir: Path | None, split_name: str, checkpoint: str, data: str |
 
 
 def _run_or_latest(run_dir: Path | None) -> Path:
-    from catsdogs.runs import latest_run
+    from catsdogs.training.runs import latest_run
 
     if run_dir is None:
         run_dir = latest_run()
@@ -370,8 +355,8 @@ def predict(photos: tuple[Path, ...], run_dir: Path | None, checkpoint: str, dev
 
     Prints one line per photo: the class, its probability and the path.
     """
-    from catsdogs.predict import (check_predictions_out, format_prediction_lines, load_trained, predict_photos,
-                                  write_predictions_csv)
+    from catsdogs.inference.predict import (check_predictions_out, format_prediction_lines, load_trained,
+                                            predict_photos, write_predictions_csv)
 
     if out is not None and out.suffix.lower() != ".csv":
         raise UsageError(f"--out {out}: give a file name ending in .csv")
@@ -381,7 +366,7 @@ def predict(photos: tuple[Path, ...], run_dir: Path | None, checkpoint: str, dev
     if out is not None:
         check_predictions_out(out)
     if model_file is not None:
-        from catsdogs.exported import load_exported
+        from catsdogs.inference.exported import load_exported
 
         if run_dir is not None or checkpoint != "best":
             raise UsageError("--model classifies with the exported file alone: drop --run and --checkpoint")
@@ -418,8 +403,8 @@ def _photos(count: int) -> str:
 
 def _photos_or_report(paths: tuple[Path, ...]) -> list[Path]:
     """The photos named (folders searched), telling on stderr what else the folders held."""
-    from catsdogs.images import describe_left_out
-    from catsdogs.predict import collect_photos
+    from catsdogs.data.images import describe_left_out
+    from catsdogs.inference.predict import collect_photos
 
     left_out: list[tuple[Path, str]] = []
     files = collect_photos(paths, left_out)
@@ -452,7 +437,7 @@ def export(run_dir: Path | None, fmt: str, checkpoint: str, out: Path | None, qu
     probabilities within 1e-4, an int8 one PyTorch's accuracy within 1 point; otherwise
     nothing is written and the command fails. The figures go to verification.json beside the file.
     """
-    from catsdogs.export import export_run
+    from catsdogs.inference.export import export_run
 
     export_run(_run_or_latest(run_dir), fmt, checkpoint, out, quantize, verify_on, verify_n, log=echo_safely)
 
@@ -472,8 +457,8 @@ def export(run_dir: Path | None, fmt: str, checkpoint: str, out: Path | None, qu
 def explain(photos: tuple[Path, ...], run_dir: Path | None, checkpoint: str, device: str, mistakes: int | None,
             target: str | None, layer: str | None, out: Path | None) -> None:
     """Show which parts of each photo made the model decide, as Grad-CAM heat maps."""
-    from catsdogs.explain import explain_photos, worst_mistakes
-    from catsdogs.predict import load_trained
+    from catsdogs.inference.explain import explain_photos, worst_mistakes
+    from catsdogs.inference.predict import load_trained
 
     if photos and mistakes:
         raise UsageError("name photos (or folders) to explain, or use --mistakes N, not both")
@@ -503,8 +488,8 @@ def explain(photos: tuple[Path, ...], run_dir: Path | None, checkpoint: str, dev
               help="Figure file (.png, .svg or .pdf). [default: RUN_DIR/curves.png, or curves.png for several]")
 def plot_curves_command(run_dirs: tuple[Path, ...], out: Path | None) -> None:
     """Plot training and validation loss and accuracy against epoch, overlaying several runs."""
-    from catsdogs.plots import DEFAULT_NAME, plot_curves
-    from catsdogs.runs import latest_run
+    from catsdogs.inference.plots import DEFAULT_NAME, plot_curves
+    from catsdogs.training.runs import latest_run
 
     runs = list(run_dirs)
     if not runs:
@@ -518,9 +503,53 @@ def plot_curves_command(run_dirs: tuple[Path, ...], out: Path | None) -> None:
 
 
 @main.command()
+@click.argument("data", required=False, type=click.Path(path_type=Path))
+@click.option("--split", "split_name", default="train", show_default=True, type=click.Choice(["train", "val", "test"]),
+              help="Which split of a split folder (a plain folder of class folders has none).")
+@click.option("--n", "count", default=32, show_default=True, type=int, help="Photos in the grid.")
+@click.option("--augment", default=None, is_flag=False, flag_value="", metavar="[RUN_DIR]",
+              help="Show the first training images as the model gets them (resized, augmented), under the "
+                   "default settings or those of RUN_DIR (and from its data unless DATA is given).")
+@click.option("--seed", default=None, type=int, help="Seed of the draw. [default: 42, or the run's with --augment]")
+@click.option("--out", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Figure file (.png, .svg or .pdf). [default: show-<split>.png, show-train-augmented.png]")
+def show(data: Path | None, split_name: str, count: int, augment: str | None, seed: int | None,
+         out: Path | None) -> None:
+    """Draw a grid of random photos of a split (default: data, train), each titled with its class.
+
+    DATA is a split folder or a folder of class folders. With --augment the grid shows what
+    training feeds the model, through the same code and random seeds as `catsdogs train`.
+    """
+    from catsdogs.inference.show import show as draw
+
+    grid, written = draw(data, split_name, count, augment, seed, out)
+    if grid.unreadable:
+        click.echo(f"passed over {_photos(len(grid.unreadable))} that could not be read: "
+                   f"{', '.join(str(p) for p in grid.unreadable[:3])}" + (" ..." if len(grid.unreadable) > 3 else ""),
+                   err=True)
+    click.echo(f"wrote {written} ({_photos(len(grid.pixels))})")
+
+
+@main.command("report")
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
+def report_command(run_dir: Path | None) -> None:
+    """Write RUN_DIR/report.html: one page with the run's config, data, curves, test metrics,
+    calibration, worst mistakes and training images, that opens offline in any browser."""
+    from catsdogs.inference.run_report import write_run_report
+
+    result = write_run_report(_run_or_latest(run_dir))
+    by_command: dict[str, list[str]] = {}
+    for part, command in result.missing:
+        by_command.setdefault(command, []).append(part)
+    for command, parts in by_command.items():
+        click.echo(f"not in the report yet: {', '.join(parts)}" + (f" (run `{command}`)" if command else ""), err=True)
+    click.echo(f"wrote {result.path}")
+
+
+@main.command()
 def optimizers() -> None:
     """List the registered optimizers with their defaults."""
-    from catsdogs.optim import OPTIMIZERS, load_optimizer_plugins
+    from catsdogs.training.optim import OPTIMIZERS, load_optimizer_plugins
 
     load_optimizer_plugins()
     for name in OPTIMIZERS.names():
@@ -540,7 +569,7 @@ def models(image_size: int) -> None:
     """
     import torch
 
-    from catsdogs.models import MODELS, build_model, count_flops, count_parameters
+    from catsdogs.training.models import MODELS, build_model, count_flops, count_parameters
 
     click.echo(f"{'model':<20}{'params':>10}{'GFLOP/img':>11}{'train ~3x':>13}  description (at {image_size}px)")
     for name in MODELS.names():
@@ -558,7 +587,7 @@ def models(image_size: int) -> None:
 @main.command()
 def augments() -> None:
     """List the training augmentation presets."""
-    from catsdogs.transforms import AUGMENTS
+    from catsdogs.data.transforms import AUGMENTS
 
     for name in AUGMENTS.names():
         doc = (AUGMENTS.get(name).__doc__ or "").strip().splitlines()[0]
@@ -568,7 +597,7 @@ def augments() -> None:
 @main.command()
 def schedulers() -> None:
     """List the learning-rate schedules."""
-    from catsdogs.schedules import SCHEDULERS
+    from catsdogs.training.schedules import SCHEDULERS
 
     for name in SCHEDULERS.names():
         doc = (SCHEDULERS.get(name).__doc__ or "").strip()

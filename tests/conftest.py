@@ -56,8 +56,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     Shared by the whole session, so tests must not write into it: copy it first
     (`shutil.copytree`) when the code under test writes into the run folder.
     """
-    from catsdogs.config import TrainConfig
-    from catsdogs.train import train
+    from catsdogs.training.config import TrainConfig
+    from catsdogs.training.train import train
 
     root = tmp_path_factory.mktemp("tiny_run")
     data = write_tiny_split(root, per_class=(16, 4, 6), size=96)

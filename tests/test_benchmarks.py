@@ -29,7 +29,7 @@ def test_paired_accuracy_of_a_run_against_its_copy(tiny_run, tmp_path: Path) -> 
 
 
 def test_class_weights_benchmark_runs_on_a_small_folder(tmp_path: Path) -> None:
-    from test_split import make_classes
+    from tests.data.test_split import make_classes
 
     source = make_classes(tmp_path / "src", {"Cat": 10, "Dog": 30})
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_class_weights.py"), "--source",

@@ -14,10 +14,10 @@ import yaml
 from click.testing import CliRunner, Result
 
 import catsdogs
-import catsdogs.optim as optim
+import catsdogs.training.optim as optim
 from catsdogs.cli import main
-from catsdogs.config import TrainConfig
-from catsdogs.optim import ENTRY_POINT_GROUP, OPTIMIZERS, list_optimizers, register_optimizer
+from catsdogs.training.config import TrainConfig
+from catsdogs.training.optim import ENTRY_POINT_GROUP, OPTIMIZERS, list_optimizers, register_optimizer
 
 COMMANDS = ["download", "split", "train", "evaluate", "predict", "explain", "plot-curves", "compare", "optimizers",
             "models", "schedulers", "augments"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from catsdogs import figures
-from catsdogs.evaluate import save_confusion_figure
+from catsdogs.inference.evaluate import save_confusion_figure
 
 
 def test_characters_the_font_lacks_are_one_note(tmp_path: Path, capsys: pytest.CaptureFixture,

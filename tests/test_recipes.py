@@ -12,18 +12,18 @@ import torch
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-from catsdogs.checkpoint import load_checkpoint
-from catsdogs.config import build_config
-from catsdogs.ema import ModelEMA
+from catsdogs.data.transforms import AUGMENTS, list_augments, train_preset
 from catsdogs.errors import CatsdogsError, UsageError
-from catsdogs.evaluate import evaluate_run
-from catsdogs.models import MODELS, build_model, count_flops, list_models, load_pretrained
-from catsdogs.optim import parameter_groups
-from catsdogs.train import train
-from catsdogs.transforms import AUGMENTS, list_augments, train_preset
+from catsdogs.inference.evaluate import evaluate_run
+from catsdogs.training.checkpoint import load_checkpoint
+from catsdogs.training.config import build_config
+from catsdogs.training.ema import ModelEMA
+from catsdogs.training.models import MODELS, build_model, count_flops, list_models, load_pretrained
+from catsdogs.training.optim import parameter_groups
+from catsdogs.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
-# finetune downloads ImageNet weights: tests/test_pretrained.py trains it from a local file instead.
+# finetune downloads ImageNet weights: tests/training/test_pretrained.py trains it from a local file instead.
 RECIPES = sorted(p for p in (ROOT / "configs" / "recipes").glob("*.yaml") if p.stem != "finetune")
 
 

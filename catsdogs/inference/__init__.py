@@ -1,0 +1,1 @@
+"""Using a trained model: evaluate it, predict photos, explain its decisions, plot its curves."""

@@ -1,0 +1,444 @@
+"""Optimizer studies: train every (optimizer, seed) pair alike, evaluate each on test, resume, report."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shlex
+import shutil
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from tqdm import tqdm
+
+from catsdogs import __version__
+from catsdogs.atomic import write_text_atomic
+from catsdogs.data.cache import read_split
+from catsdogs.errors import CatsdogsError, UsageError
+from catsdogs.inference.evaluate import evaluate_run
+from catsdogs.inference.plots import read_history
+from catsdogs.progress import progress_bar
+from catsdogs.study.report import (RUNS_DIR, STUDY_FILE, SWEEP_DIR, TUNING_FILE, best_row, read_json, run_name,
+                                   score_name, sweep_name, write_report)
+from catsdogs.training.config import TrainConfig
+from catsdogs.training.hardware import select_device
+from catsdogs.training.optim import get_optimizer_spec, load_optimizer_plugins
+from catsdogs.training.selection import best_epoch, selected_by
+from catsdogs.training.train import resolve_config, train
+
+DEFAULT_OPTIMS = ("vanilla-sgd", "minibatch-sgd", "momentum", "adam")
+DEFAULT_STUDY_DIR = Path("study")
+LR_FACTORS = (0.1, 0.3, 1.0, 3.0, 10.0)  # the sweep: each optimizer's default learning rate times these
+TUNE_FRACTION = 0.25  # the share of the epochs (or seconds) a sweep run gets
+EPOCH_CAP = 10_000  # epochs allowed under a seconds budget: the clock ends every run long before
+DONE = ("finished", "early-stopped", "time-budget")
+# Settings the study chooses per run, so a config file must not set them for all runs at once.
+PER_RUN = {"optim": "list optimizers with --optims", "lr": "each optimizer uses its own (or --tune-lr)",
+           "batch_size": "each optimizer uses its own (1 for vanilla-sgd)", "momentum": "each optimizer uses its own",
+           "time_budget": "use --budget seconds:S", "out": "use --out STUDY_DIR"}
+# Settings a re-run may change: they change how fast runs go or what they log, never what they learn.
+FREE = ("workers", "cache", "tensorboard")
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class StudySpec:
+    """One study: the optimizers and seeds to compare; `base` holds what every run shares."""
+
+    base: TrainConfig
+    optims: tuple[str, ...] = DEFAULT_OPTIMS
+    seeds: int = 3  # seeds base.seed, base.seed + 1, ...
+    budget: str = "epochs"  # epochs | seconds:S
+    tune_lr: bool = False
+    target_acc: float = 0.70  # "epochs to reach this validation accuracy" in the report
+    out: Path = DEFAULT_STUDY_DIR
+
+
+@dataclass
+class StudyResult:
+    out: Path
+    status: str  # complete | interrupted
+    summary: dict[str, Any] | None = None
+
+    @property
+    def report(self) -> Path:
+        return self.out / "report.md"
+
+
+@dataclass
+class _Planned:
+    """A run the study needs: a sweep run or a study run, with its full config."""
+
+    kind: str  # sweep | study
+    cfg: TrainConfig
+    factor: float = 1.0  # a sweep run's learning rate over the optimizer's default
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.out)
+
+    @property
+    def label(self) -> str:
+        if self.kind == "sweep":
+            return f"sweep {self.cfg.optim} lr {self.cfg.lr:g}"
+        return f"{self.cfg.optim} seed {self.cfg.seed}"
+
+
+def parse_optims(text: str | None) -> tuple[str, ...]:
+    """'adam,momentum' -> ('adam', 'momentum'), refusing unknown and repeated names; None: the defaults."""
+    if text is None:
+        return DEFAULT_OPTIMS
+    load_optimizer_plugins()
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    for name in names:
+        get_optimizer_spec(name)
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise UsageError(f"--optims names {', '.join(repeated)} more than once")
+    if not names:
+        raise UsageError("--optims needs at least one optimizer name, e.g. adam,momentum")
+    return names
+
+
+def parse_budget(text: str) -> float | None:
+    """`epochs` -> None (equal epochs); `seconds:S` -> S seconds of wall time per run."""
+    if text == "epochs":
+        return None
+    kind, _, value = text.partition(":")
+    try:
+        seconds = float(value) if kind == "seconds" else -1.0
+    except ValueError:
+        seconds = -1.0
+    if seconds > 0 and math.isfinite(seconds):
+        return seconds
+    raise UsageError(f"--budget {text!r}: use epochs, or seconds:S with S > 0 (e.g. seconds:600)")
+
+
+def _check(spec: StudySpec) -> tuple[TrainConfig, float | None]:
+    """Validate everything before the study folder is touched; return the shared config and budget."""
+    load_optimizer_plugins()
+    for key, hint in PER_RUN.items():
+        if getattr(spec.base, key) is not None:
+            raise UsageError(f"a study sets {key} for each run itself ({hint}), so it cannot come from the "
+                             "config file; remove it there")
+    for name in spec.optims:
+        get_optimizer_spec(name)
+    if not spec.optims or len(set(spec.optims)) != len(spec.optims):
+        raise UsageError(f"--optims must name distinct optimizers, got {','.join(spec.optims) or 'none'}")
+    if spec.seeds < 1:
+        raise UsageError(f"--seeds must be at least 1, got {spec.seeds}")
+    if not 0 < spec.target_acc <= 1:
+        raise UsageError(f"--target-acc is an accuracy between 0 and 1, got {spec.target_acc}")
+    seconds = parse_budget(spec.budget)
+    for name in spec.optims:
+        resolve_config(dataclasses.replace(spec.base, optim=name))
+    data = Path(spec.base.data)  # as the user typed it, so messages name it as `train` does
+    read_split(data, "val", read_split(data, "train").classes)
+    if not (data / "test").is_dir():  # listed only, never read, until the study evaluates
+        raise CatsdogsError(f"{data} has no test/ folder: the study evaluates every run on it")
+    # Absolute from here on: study.json and each run's config.yaml then name the folder from any working folder.
+    return dataclasses.replace(spec.base, data=str(data.resolve())), seconds
+
+
+def _identity(spec: StudySpec, base: TrainConfig, seeds: list[int]) -> dict[str, Any]:
+    """What makes a study this study: study.json holds it, and a re-run must match it."""
+    config = {k: v for k, v in base.to_dict().items() if k not in FREE and k not in PER_RUN and k != "seed"}
+    return {"optims": list(spec.optims), "seeds": seeds, "budget": spec.budget, "tune_lr": spec.tune_lr,
+            "config": config}
+
+
+def _first_change(saved: dict[str, Any], wanted: dict[str, Any]) -> tuple[str, Any, Any] | None:
+    defaults = TrainConfig().to_dict()  # a key added to TrainConfig after the study counts as its default
+    if sorted(saved.get("optims") or []) != sorted(wanted["optims"]):  # their order is only the listing's
+        return "optims", saved.get("optims"), wanted["optims"]
+    for key in ("seeds", "budget", "tune_lr"):
+        if saved.get(key) != wanted[key]:
+            return key, saved.get(key), wanted[key]
+    for key, value in wanted["config"].items():
+        if saved.get("config", {}).get(key, defaults.get(key)) != value:
+            return key, saved["config"].get(key, defaults.get(key)), value
+    return None
+
+
+def _open_study(out: Path, identity: dict[str, Any], force: bool, log: Log) -> None:
+    """Start a study folder, or continue one made with the same arguments (or more seeds); --force
+    starts afresh."""
+    marker = out / STUDY_FILE
+    if out.exists() and any(out.iterdir()):
+        if not marker.is_file():
+            raise CatsdogsError(f"{out} exists and is not a catsdogs study (no {STUDY_FILE}); choose another --out")
+        if force:
+            log(f"--force: deleting the study in {out} and starting again")
+            shutil.rmtree(out)
+        else:
+            saved = read_json(marker)
+            old_seeds, new_seeds = saved.get("seeds") or [], identity["seeds"]
+            # Any change but the seeds first: more seeds alone are fine, so they are named only when alone.
+            change = _first_change({**saved, "seeds": new_seeds}, identity) or _first_change(saved, identity)
+            if change and change[0] == "seeds" and new_seeds[:len(old_seeds)] == old_seeds:
+                # More seeds, as the report advises: the finished runs stay, the new seeds' runs are added.
+                log(f"extending the study in {out} from {len(old_seeds)} to {len(new_seeds)} seeds "
+                    f"(adding {_show(new_seeds[len(old_seeds):])}; finished runs are kept)")
+                write_text_atomic(marker, json.dumps({**saved, "seeds": new_seeds}, indent=2) + "\n")
+                return
+            if change:
+                key, old, new = change
+                raise UsageError(f"{out} holds a study made with {key} = {_show(old)}, but this command asks for "
+                                 f"{key} = {_show(new)}; repeat its arguments to continue it, give this one "
+                                 f"another --out (e.g. --out {shlex.quote(out.name + '-2')}), or add --force to "
+                                 "delete it and start again")
+            log(f"continuing the study in {out}")
+            return
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(marker, json.dumps({**identity, "catsdogs": __version__}, indent=2) + "\n")
+
+
+def _show(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _length(cfg: TrainConfig, seconds: float | None, share: float = 1.0) -> dict[str, Any]:
+    if seconds is None:
+        return {"epochs": max(1, round(cfg.epochs * share))}
+    return {"epochs": EPOCH_CAP, "time_budget": seconds * share / 60.0}
+
+
+def _plan_sweep(base: TrainConfig, spec: StudySpec, seconds: float | None, seed: int) -> list[_Planned]:
+    runs = []
+    for optim in spec.optims:
+        default = resolve_config(dataclasses.replace(base, optim=optim)).lr
+        for factor in LR_FACTORS:
+            lr = float(f"{default * factor:.3g}")
+            out = spec.out / SWEEP_DIR / sweep_name(optim, lr)
+            cfg = dataclasses.replace(base, optim=optim, lr=lr, seed=seed, out=str(out),
+                                      **_length(base, seconds, TUNE_FRACTION))
+            runs.append(_Planned("sweep", cfg, factor))
+    return runs
+
+
+def _plan_study(base: TrainConfig, spec: StudySpec, seconds: float | None, seeds: list[int],
+                lrs: dict[str, float]) -> list[_Planned]:
+    """Seed by seed, so a study cut short still holds complete pairs."""
+    return [_Planned("study", dataclasses.replace(base, optim=optim, seed=seed, lr=lrs.get(optim),
+                                                  out=str(spec.out / RUNS_DIR / run_name(optim, seed)),
+                                                  **_length(base, seconds)))
+            for seed in seeds for optim in spec.optims]
+
+
+class _RunLog:
+    """Keeps a run's own log lines for its train.log; only a stop notice goes to the console at once."""
+
+    def __init__(self, echo: Log) -> None:
+        self.lines: list[str] = []
+        self.echo = echo
+
+    def __call__(self, line: str) -> None:
+        self.lines.append(line.strip("\n"))
+        if line.lstrip().startswith("stopping"):
+            self.echo(line.strip())
+
+    def save(self, run_dir: Path) -> None:
+        if run_dir.is_dir():
+            with (run_dir / "train.log").open("a", encoding="utf-8") as handle:
+                handle.write("\n".join(self.lines) + "\n")
+
+
+def _status(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "status.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return None
+
+
+def _settings_differ(run: _Planned) -> str | None:
+    """Name a setting in which the run folder's config differs from the planned run, if any."""
+    path = run.run_dir / "config.yaml"
+    if not path.is_file():
+        return None  # a folder killed before its first file: nothing in it to keep
+    try:
+        saved = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        return "config.yaml (unreadable)"
+    wanted = resolve_config(run.cfg).to_dict()  # `out` may differ: a study folder can be moved
+    return next((k for k, v in wanted.items() if k not in (*FREE, "out") and saved.get(k) != v), None)
+
+
+def _complete(run: _Planned, progress: bool, echo: Log) -> str:
+    """Bring one run to its end: 'done earlier', 'resumed', 'trained' or 'interrupted'."""
+    run_dir = run.run_dir
+    differs = _settings_differ(run) if run_dir.is_dir() else None
+    if differs:
+        echo(f"{run.label}: {run_dir} holds a run with another {differs}; training it again")
+        shutil.rmtree(run_dir)
+    elif _status(run_dir) in DONE and (run_dir / "best.pt").is_file():
+        return "done earlier"
+    log, how = _RunLog(echo), "trained"
+    if (run_dir / "last.pt").is_file():
+        how = "resumed"
+        result = train(None, resume=run_dir, flags={k: getattr(run.cfg, k) for k in FREE}, progress=progress,
+                       log=log)
+        if result.status == "nothing-to-do" and not (run_dir / "best.pt").is_file():
+            how = "trained"  # ended without its best checkpoint: nothing worth keeping
+    if how == "trained":
+        shutil.rmtree(run_dir, ignore_errors=True)  # a folder without last.pt holds nothing to resume
+        result = train(run.cfg, progress=progress, log=log)
+    log.save(run_dir)
+    return "interrupted" if result.status == "interrupted" else how
+
+
+def _test_accuracy(run_dir: Path, device: str, progress: bool) -> float:
+    """The best checkpoint's test accuracy, evaluated once and kept in the run's metrics.json."""
+    metrics_path, best = run_dir / "metrics.json", run_dir / "best.pt"
+    if metrics_path.is_file() and metrics_path.stat().st_mtime_ns >= best.stat().st_mtime_ns:
+        try:
+            return float(json.loads(metrics_path.read_text())["accuracy"])
+        except (ValueError, KeyError):
+            pass  # damaged: evaluate again
+    return float(evaluate_run(run_dir, split="test", checkpoint="best", device=device,
+                              progress=progress).metrics["accuracy"])
+
+
+def _choose_lrs(runs: list[_Planned], spec: StudySpec, seconds: float | None) -> dict[str, Any]:
+    """Each optimizer's best sweep learning rate, by train's own rule (metrics.best_epoch): each run's
+    best epoch, then the learning rate whose best epoch the same rule puts first."""
+    column = selected_by(spec.base.class_weights)
+    rows, bests = [], []
+    for run in runs:
+        history = read_history(run.run_dir)
+        best = best_row(history, spec.base.class_weights)
+        balanced = best.get("val_balanced_acc", math.nan)
+        bests.append(best)
+        rows.append({"optim": run.cfg.optim, "lr": run.cfg.lr, "factor": run.factor,
+                     "best_epoch": int(best["epoch"]), "best_val_acc": best["val_acc"],
+                     "best_val_balanced_acc": None if math.isnan(balanced) else balanced,
+                     "best_val_loss": best["val_loss"], "final_train_loss": history["train_loss"][-1],
+                     "epochs": len(history["epoch"])})
+    chosen = {}
+    for optim in spec.optims:
+        picked = [index for index, row in enumerate(rows) if row["optim"] == optim]
+        winner = best_epoch([bests[index] for index in picked], column)
+        best = next(rows[index] for index in picked if bests[index] is winner)
+        chosen[optim] = best["lr"]
+        for row in (rows[index] for index in picked):
+            row["chosen"] = row is best
+            row["at_edge"] = row is best and row["factor"] in (min(LR_FACTORS), max(LR_FACTORS))
+    length = (f"{runs[0].cfg.epochs} epoch{'s' if runs[0].cfg.epochs > 1 else ''}" if seconds is None
+              else f"{seconds * TUNE_FRACTION:g} s")
+    return {"factors": list(LR_FACTORS), "seed": runs[0].cfg.seed, "length": length, "chosen": chosen,
+            "rows": rows, "best_chosen_by": column,
+            "selected_by": f"best validation {score_name(column)}, as train picks best.pt; the test split is never "
+                           "read"}
+
+
+class _StudyBar:
+    """The overall bar: runs done of all runs, and time left estimated from the runs trained so far."""
+
+    def __init__(self, runs: list[_Planned], show: bool, log: Log) -> None:
+        self.runs, self.log, self.done = runs, log, 0
+        self.seconds: dict[tuple[str, str], list[float]] = {}
+        self.bar = progress_bar(
+            total=len(runs), desc="study", unit="run", show=show, dynamic_ncols=True,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} runs [{elapsed}{postfix}]")
+
+    def echo(self, line: str) -> None:
+        with tqdm.external_write_mode():
+            self.log(line)
+
+    def finished(self, run: _Planned, seconds: float | None, line: str) -> None:
+        """Count a run; `seconds` is its cost when it trained now (None when it was done earlier)."""
+        self.done += 1
+        if seconds is not None:
+            self.seconds.setdefault((run.kind, run.cfg.optim), []).append(seconds)
+        self.echo(f"[{self.done}/{len(self.runs)}] {line}")
+        self.bar.update()
+        left = self._seconds_left()
+        if left is not None:
+            self.bar.set_postfix_str(f"about {_clock(left)} left", refresh=True)
+
+    def _seconds_left(self) -> float | None:
+        if not self.seconds:
+            return None
+        every = [s for values in self.seconds.values() for s in values]
+        total = 0.0
+        for run in self.runs[self.done:]:
+            same_kind = [s for (kind, _), values in self.seconds.items() if kind == run.kind for s in values]
+            total += statistics.fmean(self.seconds.get((run.kind, run.cfg.optim)) or same_kind or every)
+        return total
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _result_line(run: _Planned, how: str, test_acc: float | None) -> str:
+    history = read_history(run.run_dir)
+    epochs, wall = len(history["epoch"]), sum(history["seconds"])
+    status = _status(run.run_dir) or "finished"
+    parts = [f"{run.label}:"]
+    if test_acc is not None:
+        parts.append(f"test acc {test_acc:.4f},")
+    parts.append(f"best val acc {max(history['val_acc']):.4f}, final train loss {history['train_loss'][-1]:.4f}, "
+                 f"{epochs} epoch{'s' if epochs > 1 else ''} ({status}) in {wall:.{1 if wall < 10 else 0}f} s")
+    if how != "trained":
+        parts.append(f"[{how}]")
+    return " ".join(parts)
+
+
+def run_study(spec: StudySpec, force: bool = False, progress: bool = True, log: Log = print) -> StudyResult:
+    """Train, evaluate and report every (optimizer, seed) pair of `spec` into `spec.out`.
+
+    Seed k gives every optimizer the same initial weights and data order, so the runs of a seed
+    differ by the optimizer alone. A re-run with the same arguments skips finished runs and
+    resumes unfinished ones; different arguments are refused unless `force` (which deletes the
+    old study). With `tune_lr`, a short sweep picks each optimizer's learning rate on the
+    validation split first.
+    """
+    base, seconds = _check(spec)
+    spec = dataclasses.replace(spec, out=Path(spec.out))
+    seeds = [base.seed + k for k in range(spec.seeds)]
+    select_device(base.device)  # a --device this machine lacks is told before the study folder is made
+    _open_study(spec.out, _identity(spec, base, seeds), force, log)
+    sweep = _plan_sweep(base, spec, seconds, seeds[0]) if spec.tune_lr else []
+    bar = _StudyBar(sweep + _plan_study(base, spec, seconds, seeds, {}), progress, log)
+
+    def complete(run: _Planned) -> bool:
+        started = time.perf_counter()
+        how = _complete(run, progress, bar.echo)
+        if how == "interrupted":
+            bar.echo(f"study interrupted in {run.label}; run the same command again to continue "
+                     "(finished runs are kept, this one resumes from its last step)")
+            return False
+        test_acc = _test_accuracy(run.run_dir, base.device, progress) if run.kind == "study" else None
+        bar.finished(run, None if how == "done earlier" else time.perf_counter() - started,
+                     _result_line(run, how, test_acc))
+        return True
+
+    lrs: dict[str, float] = {}
+    try:
+        if not all(complete(run) for run in sweep):
+            return StudyResult(spec.out, "interrupted")
+        if sweep:
+            tuning = _choose_lrs(sweep, spec, seconds)
+            write_text_atomic(spec.out / TUNING_FILE, json.dumps(tuning, indent=2) + "\n")
+            lrs = tuning["chosen"]
+            bar.echo(f"learning rates chosen on validation {score_name(selected_by(base.class_weights))}: "
+                     + ", ".join(f"{optim} {lr:g}" for optim, lr in lrs.items()))
+        if not all(complete(run) for run in _plan_study(base, spec, seconds, seeds, lrs)):
+            return StudyResult(spec.out, "interrupted")
+    finally:
+        bar.close()
+    summary = write_report(spec.out, spec.target_acc)
+    log(f"wrote {spec.out / 'report.md'} (and as one page, {spec.out / 'report.html'}), {spec.out / 'summary.json'} "
+        "and the figures beside them")
+    return StudyResult(spec.out, "complete", summary)

@@ -1,0 +1,460 @@
+"""The optimizer study's report: ranking with spread, paired tests and figures, read from files only."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from catsdogs.atomic import write_text_atomic
+from catsdogs.data.cache import read_split
+from catsdogs.errors import CatsdogsError
+from catsdogs.inference.plots import read_history
+from catsdogs.study.figures import plot_study_curves, plot_test_accuracy
+from catsdogs.study.stats import mean_sd, paired_t_test, percent
+from catsdogs.training.checkpoint import load_checkpoint
+from catsdogs.training.selection import best_epoch, selected_by
+from catsdogs.inference.webpage import markdown_to_html, page
+
+RUNS_DIR, SWEEP_DIR = "runs", "sweep"
+STUDY_FILE, TUNING_FILE = "study.json", "tuning.json"
+CURVES_FIGURE, ACCURACY_FIGURE = "curves.png", "test_accuracy.png"
+ALPHA = 0.05  # a gap is called distinguishable when the paired test's p-value is below this
+TUTORIAL_RANKING = ("adam", "minibatch-sgd", "momentum", "vanilla-sgd")  # the tutorial's claim, best first
+# Settings the study chooses per run, or that change speed only: left out of the shared-settings table.
+NOT_SHARED = ("optim", "lr", "batch_size", "momentum", "seed", "out", "workers", "cache")
+
+
+def run_name(optim: str, seed: int) -> str:
+    return f"{optim}-seed{seed}"
+
+
+def sweep_name(optim: str, lr: float) -> str:
+    return f"{optim}-lr{lr:g}"
+
+
+def _spread(values: Sequence[float]) -> dict[str, Any]:
+    values = [float(v) for v in values]
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else None,
+            "values": values}
+
+
+# ---- reading the study ------------------------------------------------------------------------
+
+@dataclass
+class RunRecord:
+    """What one run folder holds: its resolved config, history, status and test metrics."""
+
+    run_dir: Path
+    config: dict[str, Any]
+    history: dict[str, list[float]]
+    status: dict[str, Any]
+    metrics: dict[str, Any] | None
+
+    @property
+    def best(self) -> dict[str, float]:
+        """The row of history.csv that best.pt holds."""
+        return best_row(self.history, self.config.get("class_weights"))
+
+
+def best_row(history: dict[str, list[float]], class_weights: str | None) -> dict[str, float]:
+    """The epoch a run kept as best.pt (train's own rule, metrics.best_epoch), from history.csv's columns."""
+    rows = [dict(zip(history, values)) for values in zip(*history.values())]
+    return dict(best_epoch(rows, selected_by(class_weights or "none")))
+
+
+def score_name(column: str) -> str:
+    """The history column a best epoch is chosen by (metrics.selected_by), in words."""
+    return "balanced accuracy" if column == "val_balanced_acc" else "accuracy"
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CatsdogsError(f"cannot read {path}: {exc}") from None
+
+
+def read_run(run_dir: Path) -> RunRecord:
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    status = read_json(run_dir / "status.json") if (run_dir / "status.json").is_file() else {}
+    metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else None
+    return RunRecord(run_dir, config, read_history(run_dir), status, metrics)
+
+
+def _images_seen(run: RunRecord, train_images: int) -> float:
+    """Training images the run went through; a time-budget run's last epoch may be cut short."""
+    epochs = len(run.history["epoch"])
+    if run.status.get("status") != "time-budget" or not (run.run_dir / "last.pt").is_file():
+        return float(epochs * train_images)
+    steps = load_checkpoint(run.run_dir / "last.pt")["progress"]["global_step"]
+    per_epoch = math.ceil(train_images / run.config["batch_size"])
+    last = min((steps - (epochs - 1) * per_epoch) * run.config["batch_size"], train_images)
+    return float((epochs - 1) * train_images + last)
+
+
+def _device_note(run_dir: Path) -> str | None:
+    """The device and precision the run recorded in status.json (e.g. 'cpu, bf16 autocast ...')."""
+    status = run_dir / "status.json"
+    try:
+        return json.loads(status.read_text()).get("hardware") if status.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+# ---- the summary ------------------------------------------------------------------------------
+
+def _finite(value: float | None) -> float | None:
+    """None for a value history.csv lacks (nan: a column older catsdogs did not write)."""
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def _balanced_spread(best_rows: list[dict[str, float]]) -> dict[str, Any] | None:
+    values = [_finite(row.get("val_balanced_acc")) for row in best_rows]
+    return None if None in values else _spread(values)
+
+
+def _best_key(chosen_by: str, item: dict[str, Any]) -> str:
+    """The key of a ranking row's or run's best-epoch score that the best epoch was chosen by."""
+    balanced = chosen_by == "val_balanced_acc" and item.get("best_val_balanced_acc") is not None
+    return "best_val_balanced_acc" if balanced else "best_val_acc"
+
+
+def summarize(study_dir: Path, target_acc: float) -> dict[str, Any]:
+    """Everything the report says, as plain values (summary.json holds exactly this)."""
+    study = read_json(study_dir / STUDY_FILE)
+    optims, seeds = study["optims"], study["seeds"]
+    runs = {(o, s): read_run(study_dir / RUNS_DIR / run_name(o, s)) for o in optims for s in seeds}
+    missing = [r.run_dir.name for r in runs.values() if r.metrics is None]
+    if missing:
+        raise CatsdogsError(f"runs without test metrics: {', '.join(missing)}; run the study to finish them")
+    shared = study["config"]
+    train_split = read_split(shared["data"], "train")
+    unreadable = {Path(p) for r in runs.values() for p in r.status.get("unreadable_images", [])}
+    train_images = len([p for p in train_split.paths if p not in unreadable])
+    first = runs[(optims[0], seeds[0])].metrics
+    chance = max(sum(row) for row in first["confusion_matrix"]) / first["images"]
+    chosen_by = selected_by(shared.get("class_weights") or "none")
+
+    rows = []
+    for optim in optims:
+        mine = [runs[(optim, s)] for s in seeds]
+        reached = [next((int(e) for e, acc in zip(r.history["epoch"], r.history["val_acc"]) if acc >= target_acc),
+                        None) for r in mine]
+        got = [e for e in reached if e is not None]
+        seconds = [sum(r.history["seconds"]) for r in mine]
+        rows.append({
+            "optim": optim,
+            "test_acc": _spread([r.metrics["accuracy"] for r in mine]),
+            # best.pt's epoch, chosen as train chose it: its accuracy, and its balanced accuracy
+            "best_val_acc": _spread([r.best["val_acc"] for r in mine]),
+            "best_val_balanced_acc": _balanced_spread([r.best for r in mine]),
+            "final_train_loss": _spread([r.history["train_loss"][-1] for r in mine]),
+            "epochs_done": [len(r.history["epoch"]) for r in mine],
+            "epochs_to_target": {"values": reached, "mean": statistics.fmean(got) if got else None,
+                                 "reached": len(got), "of": len(mine)},
+            "wall_seconds": _spread(seconds),
+            # The median epoch: one epoch slowed by a busy machine or a first-run warm-up does not move it.
+            "epoch_seconds": _spread([statistics.median(r.history["seconds"]) for r in mine]),
+            "images_per_second": _spread([_images_seen(r, train_images) / max(s, 1e-9) for r, s in zip(mine, seconds)]),
+            "statuses": [r.status.get("status", "unknown") for r in mine],
+        })
+    rows.sort(key=lambda row: (-row["test_acc"]["mean"], -row[_best_key(chosen_by, row)]["mean"]))
+    for place, (above, row) in enumerate(zip([None, *rows], rows), 1):
+        # Equal means share a rank (1, 1, 3), as the report's text shows them with "=".
+        row["rank"] = above["rank"] if above is not None and _same_mean(above, row) else place
+
+    def compare(a: str, b: str) -> dict[str, Any]:
+        test = paired_t_test([runs[(a, s)].metrics["accuracy"] for s in seeds],
+                             [runs[(b, s)].metrics["accuracy"] for s in seeds])
+        verdict = None if test is None else test.p < ALPHA
+        return {"better": a, "worse": b, "test": asdict(test) if test else None, "distinguishable": verdict}
+
+    order = [row["optim"] for row in rows]
+    hashes = {str(s): {o: runs[(o, s)].status.get("init_hash") for o in optims} for s in seeds}
+    tuning = read_json(study_dir / TUNING_FILE) if (study_dir / TUNING_FILE).is_file() else None
+    lr_from = f"sweep (best validation {score_name(chosen_by)})" if tuning else "optimizer default"
+    hyper = {o: {k: runs[(o, seeds[0])].config.get(k) for k in ("lr", "momentum", "batch_size", "weight_decay")}
+             | {"lr_from": lr_from} for o in optims}
+    claims = [compare(a, b) for a, b in zip(TUTORIAL_RANKING, TUTORIAL_RANKING[1:]) if {a, b} <= set(optims)]
+    return {
+        "study": str(study_dir), "optims": optims, "seeds": seeds, "budget": study["budget"],
+        "tune_lr": study["tune_lr"], "target_val_acc": target_acc, "chance_acc": chance, "best_chosen_by": chosen_by,
+        "data": {"path": shared["data"], "train_images": train_images,
+                 "val_images": len(read_split(shared["data"], "val")), "test_images": first["images"]},
+        "shared_settings": {k: v for k, v in shared.items() if k not in NOT_SHARED},
+        "devices": sorted({d for d in (_device_note(r.run_dir) for r in runs.values()) if d}),
+        "ranking": rows, "hyperparameters": hyper,
+        "adjacent": [compare(a, b) for a, b in zip(order, order[1:])],
+        "tutorial_claims": claims,
+        "pairing": {"paired": all(len(set(h.values())) == 1 and None not in h.values() for h in hashes.values()),
+                    "init_hash": hashes},
+        "sweep": tuning,
+        "runs": [{"run": f"{RUNS_DIR}/{r.run_dir.name}", "optim": o, "seed": s, "status": r.status.get("status"),
+                  "epochs": len(r.history["epoch"]), "best_epoch": int(r.best["epoch"]),
+                  "best_val_acc": r.best["val_acc"], "best_val_balanced_acc": _finite(r.best.get("val_balanced_acc")),
+                  "test_acc": r.metrics["accuracy"], "init_hash": r.status.get("init_hash"),
+                  "seconds": sum(r.history["seconds"])} for (o, s), r in runs.items()],
+        "figures": {"curves": CURVES_FIGURE, "test_accuracy": ACCURACY_FIGURE},
+    }
+
+
+def write_report(study_dir: str | Path, target_acc: float = 0.70) -> dict[str, Any]:
+    """Write report.md, report.html, summary.json and the two figures into `study_dir`; return the summary."""
+    study_dir = Path(study_dir)
+    summary = summarize(study_dir, target_acc)
+    plot_study_curves(study_dir, summary, study_dir / CURVES_FIGURE)
+    plot_test_accuracy(summary, study_dir / ACCURACY_FIGURE)
+    write_text_atomic(study_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(study_dir / "report.md", format_report(summary))
+    write_text_atomic(study_dir / "report.html", format_report_html(study_dir, summary))
+    return summary
+
+
+# ---- report.md --------------------------------------------------------------------------------
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _seconds(spread: dict[str, Any]) -> str:
+    return mean_sd(spread, pct=False, digits=1 if spread["mean"] < 10 else 0) + " s"
+
+
+def _verdict(comparison: dict[str, Any]) -> str:
+    test = comparison["test"]
+    if test is None:
+        return "no test possible with one seed"
+    if not comparison["distinguishable"]:
+        return "not distinguishable"
+    return f"distinguishable (p < {ALPHA:g})" if test["mean_diff"] > 0 else f"reversed (p < {ALPHA:g})"
+
+
+def _p_text(test: dict[str, Any] | None) -> str:
+    if test is None:
+        return "—"
+    return "< 0.001" if test["p"] < 0.001 else f"{test['p']:.3f}"
+
+
+def _evidence_note(seeds: int) -> str:
+    if seeds < 2:
+        return ("With one seed there is no spread to test a gap against: every gap below is a single draw. "
+                "Run `--seeds 3` or more before acting on the order.")
+    return (f"With {seeds} seeds each paired test has {seeds - 1} degree{'s' if seeds > 2 else ''} of freedom, "
+            f"which is weak evidence: only a large gap that repeats on every seed reaches p < {ALPHA:g}, and "
+            "'not distinguishable' does not mean equal, only that these seeds cannot tell. Each p-value is for its "
+            "own pair, with no correction for making several comparisons. More seeds (5 or more) narrow the "
+            "intervals.")
+
+
+def _same_mean(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two ranking rows have the same mean test accuracy (up to float rounding)."""
+    return math.isclose(a["test_acc"]["mean"], b["test_acc"]["mean"], rel_tol=0.0, abs_tol=1e-12)
+
+
+def _ranking_text(rows: list[dict[str, Any]], adjacent: list[dict[str, Any]]) -> str:
+    """'a (..) > b (..) ≈ c (..)', with '>' only where the paired test tells the gap (with one seed: any gap)."""
+    meanings = {"=": "= equal means", "≈": f"≈ a gap the seeds cannot tell apart, p ≥ {ALPHA:g}"}
+    text, signs = f"{rows[0]['optim']} ({mean_sd(rows[0]['test_acc'])})", set()
+    for above, row, pair in zip(rows, rows[1:], adjacent):
+        if _same_mean(above, row):
+            sign = "="
+        else:
+            sign = "≈" if pair["distinguishable"] is False else ">"
+        signs.add(sign)
+        text += f" {sign} {row['optim']} ({mean_sd(row['test_acc'])})"
+    legend = [meaning for sign, meaning in meanings.items() if sign in signs]
+    return text + "." + (f" ({'; '.join(legend)})" if legend else "")
+
+
+def _comparison_rows(comparisons: list[dict[str, Any]]) -> list[str]:
+    lines = ["| comparison | mean gap | 95% interval of the gap | better on | t | p | verdict |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for item in comparisons:
+        test = item["test"]
+        if test is None:
+            gap = interval = better_on = t = "—"
+        else:
+            gap = f"{100 * test['mean_diff']:+.1f} pp"
+            interval = ("none: the same gap on every seed" if test["sd_diff"] == 0 else
+                        f"{100 * test['ci95'][0]:+.1f} to {100 * test['ci95'][1]:+.1f} pp")
+            better_on = f"{test['wins']} of {test['n']} seeds"
+            t = "∞" if test["t"] is None else f"{test['t']:.2f}"
+        lines.append(f"| {item['better']} vs {item['worse']} | {gap} | {interval} | {better_on} | {t} | "
+                     f"{_p_text(test)} | {_verdict(item)} |")
+    return lines
+
+
+def format_report(summary: dict[str, Any]) -> str:
+    """report.md: the answer first, then the evidence, the figures, the settings and every run."""
+    rows, seeds, target = summary["ranking"], summary["seeds"], summary["target_val_acc"]
+    n = len(seeds)
+    order = _ranking_text(rows, summary["adjacent"])
+    real = [f"{c['better']} > {c['worse']}" for c in summary["adjacent"] if c["distinguishable"]]
+    lines = [f"# Optimizer study: {', '.join(summary['optims'])}", "",
+             f"**Ranking by mean test accuracy over {n} seed{'s' if n > 1 else ''} ({', '.join(map(str, seeds))}):** "
+             f"{order}", ""]
+    if n > 1:
+        lines += [f"**Gaps between neighbours that the seeds can tell apart** (paired t-test, p < {ALPHA:g}): "
+                  f"{', '.join(real) if real else 'none'}. {n} seeds are weak evidence: read the tests below "
+                  "before acting on the order.", ""]
+    else:
+        lines += [_evidence_note(n), ""]
+    stuck = [r["optim"] for r in rows if r["test_acc"]["mean"] < summary["chance_acc"] + 0.05]
+    if stuck:
+        they, their = ("it has", "its") if len(stuck) == 1 else ("they have", "their")
+        chance = percent(summary["chance_acc"])
+        lines += [f"**Warning:** {', '.join(stuck)} stayed within 5 points of chance ({chance}, "
+                  f"always guessing the larger class): {they} not learned yet in this budget, so {their} place in "
+                  "the ranking says little. Train longer (`--epochs`, `--budget seconds:S`)"
+                  + ("; this study already tuned the learning rates (`--tune-lr`)."
+                     if summary["tune_lr"] else " or tune the learning rate (`--tune-lr`)."), ""]
+    steps = _next_steps(summary)
+    if steps:
+        lines += ["**Next steps:**", "", *(f"- {step}" for step in steps), ""]
+    pairing = summary["pairing"]
+    lines += ["Paired design: " + ("for each seed every optimizer started from the same initial weights "
+                                   "(the init hashes below match) and saw the same shuffled order."
+                                   if pairing["paired"] else "**broken: the initial weights differ between "
+                                   "optimizers for a seed (see the init hashes under Runs)**; the paired tests "
+                                   "below assume they match."), ""]
+
+    chosen_by = summary.get("best_chosen_by", "val_acc")
+    score = score_name(chosen_by)
+    lines += ["## Ranking", "",
+              f"| rank | optimizer | test accuracy (mean ± sd) | per seed | best val {score} | final train loss | "
+              f"epochs to val accuracy ≥ {percent(target, 0)} | wall time per run | training images/s |",
+              "|---:|---|---:|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        to_target = r["epochs_to_target"]
+        reached = ("not reached" if to_target["mean"] is None else
+                   f"{to_target['mean']:.1f}" + ("" if to_target["reached"] == to_target["of"] else
+                                                  f" ({to_target['reached']} of {to_target['of']} seeds)"))
+        lines.append(f"| {r['rank']} | {r['optim']} | {mean_sd(r['test_acc'])} | "
+                     f"{', '.join(percent(v) for v in r['test_acc']['values'])} | "
+                     f"{mean_sd(r[_best_key(chosen_by, r)])} | "
+                     f"{mean_sd(r['final_train_loss'], pct=False, digits=3)} | {reached} | "
+                     f"{_seconds(r['wall_seconds'])} | "
+                     f"{mean_sd(r['images_per_second'], pct=False, digits=0)} |")
+    lines += ["", f"Test accuracy is that of each run's best checkpoint (the epoch of highest validation {score}, "
+              "ties going to the lower validation loss, as `train` chose it) on the test split "
+              f"({summary['data']['test_images']} images), which training and tuning never read. sd is the "
+              "standard deviation across seeds. Wall time covers training and validation; images/s divides the "
+              "training images seen by that time.", "",
+              "## Are the gaps between neighbours real?", "", *_comparison_rows(summary["adjacent"]), "",
+              "A paired t-test on the per-seed differences in test accuracy: pairing removes the luck of the "
+              f"initial weights and data order shared by both runs of a seed. {_evidence_note(n)}", ""]
+    if summary["tutorial_claims"]:
+        lines += ["## The tutorial's ranking", "",
+                  "The tutorial concluded " + " > ".join(TUTORIAL_RANKING) + " from one run each. Its claims, "
+                  "tested here (a negative gap means this study found the opposite order):", "",
+                  *_comparison_rows(summary["tutorial_claims"]), ""]
+    figures = summary["figures"]
+    lines += ["## Figures", "", f"![Loss and accuracy per epoch]({figures['curves']})", "",
+              "Loss and accuracy per epoch: solid lines validation, dashed lines training; each line is the mean "
+              "across seeds and its band the range (lowest to highest seed).", "",
+              f"![Test accuracy per optimizer]({figures['test_accuracy']})", "",
+              "Test accuracy: bars are the mean across seeds, error bars one standard deviation, dots single seeds.",
+              "", "## Hyperparameters", "",
+              "| optimizer | learning rate | momentum | batch size | weight decay | learning rate from |",
+              "|---|---:|---:|---:|---:|---|"]
+    for optim, h in summary["hyperparameters"].items():
+        cells = ["—" if h[k] is None else f"{h[k]:g}" for k in ("lr", "momentum", "batch_size", "weight_decay")]
+        lines.append(f"| {optim} | {' | '.join(cells)} | {h['lr_from']} |")
+    if summary["sweep"]:
+        lines += ["", *format_sweep(summary["sweep"])]
+    lines += ["", "## Setup", "", *_setup_lines(summary), "", "## Runs", "",
+              f"| run | status | epochs | best epoch | its val {score} | test accuracy | init hash | wall time |",
+              "|---|---|---:|---:|---:|---:|---|---:|"]
+    for run in summary["runs"]:
+        lines.append(f"| [{run['run']}]({run['run']}) | {run['status']} | {run['epochs']} | {run['best_epoch']} | "
+                     f"{percent(run[_best_key(chosen_by, run)])} | {percent(run['test_acc'])} | `{run['init_hash']}` | "
+                     f"{run['seconds']:.{1 if run['seconds'] < 10 else 0}f} s |")
+    lines += ["", "Re-running the same `catsdogs compare` command skips finished runs, resumes unfinished ones and "
+              "rewrites this report; study.json holds the arguments it was made with.", ""]
+    return "\n".join(lines)
+
+
+def _next_steps(summary: dict[str, Any]) -> list[str]:
+    """What would make this answer firmer, read off the results."""
+    rows, n, steps = summary["ranking"], len(summary["seeds"]), []
+    tests = [c["test"] for c in summary["adjacent"] if c["test"]]
+    if n == 1 or (n < 5 and not all(c["distinguishable"] for c in summary["adjacent"])):
+        steps.append(f"Run more seeds (`--seeds {max(5, n + 2)}`): {_spread_note(tests, n)}")
+    if all(r["epochs_to_target"]["reached"] == 0 for r in rows):
+        steps.append(f"No run reached {percent(summary['target_val_acc'], 0)} validation accuracy: train longer "
+                     "(`--epochs`, or `--budget seconds:S`) before trusting the ranking.")
+    if not summary["tune_lr"]:
+        steps.append("Every optimizer used its default learning rate: `--tune-lr` compares each at its best, "
+                     "picked on validation accuracy only.")
+    paces = sorted(rows, key=lambda r: r["epoch_seconds"]["mean"])
+    slow, fast = paces[-1]["epoch_seconds"], paces[0]["epoch_seconds"]
+    ratio = slow["mean"] / max(fast["mean"], 1e-9)
+    # Only a gap every seed shows: the slowest seed of the fast one is faster than the fastest of the slow one.
+    if summary["budget"] == "epochs" and len(rows) > 1 and ratio > 1.5 and max(fast["values"]) < min(slow["values"]):
+        steps.append(f"At equal epochs {paces[-1]['optim']} took {ratio:.1f}× the time per epoch of "
+                     f"{paces[0]['optim']} (median epochs, every seed); `--budget seconds:S` compares them at "
+                     "equal time.")
+    return steps
+
+
+def _spread_note(tests: list[dict[str, Any]], n: int) -> str:
+    """How uncertain the gaps between neighbours are, in words that fit a zero spread too."""
+    if not tests:
+        return "one seed gives no uncertainty at all."
+    width = 100 * max((t["ci95"][1] - t["ci95"][0]) / 2 for t in tests)
+    if width == 0:
+        return (f"every seed gave the same gap between each pair of neighbours (no spread across seeds), and {n} "
+                "seeds are too few to show that other seeds would too.")
+    points = f"{width:.0f}" if width >= 1 else f"{width:.1g}"
+    return f"with {n} seeds the 95% intervals of the gaps between neighbours reach ±{points} points."
+
+
+def format_sweep(sweep: dict[str, Any]) -> list[str]:
+    chosen_by = sweep.get("best_chosen_by", "val_acc")
+    score = score_name(chosen_by)
+    lines = ["## Learning-rate sweep", "",
+             f"Each optimizer's default learning rate times {', '.join(f'{f:g}' for f in sweep['factors'])}, "
+             f"trained with seed {sweep['seed']} for {sweep['length']}; each run's best epoch chosen as `train` "
+             f"chooses it (highest validation {score}, ties: lower validation loss), and the learning rate whose "
+             "best epoch was best by the same rule was used for the study. The test split was not read.", "",
+             f"| optimizer | learning rate | × default | best val {score} | its val loss | final train loss | "
+             "chosen |", "|---|---:|---:|---:|---:|---:|---|"]
+    for row in sweep["rows"]:
+        mark = "**yes**" + (" (edge of the grid: widen it)" if row["at_edge"] else "") if row["chosen"] else ""
+        lines.append(f"| {row['optim']} | {row['lr']:g} | {row['factor']:g} | "
+                     f"{percent(row[_best_key(chosen_by, row)])} | {row['best_val_loss']:.3f} | "
+                     f"{row['final_train_loss']:.3f} | {mark} |")
+    return lines
+
+
+def _setup_lines(summary: dict[str, Any]) -> list[str]:
+    data, shared, budget = summary["data"], summary["shared_settings"], summary["budget"]
+    if budget == "epochs":
+        budget_text = (f"equal epochs (`--budget epochs`): every run trains {_plural(shared['epochs'], 'epoch')}"
+                       + (f", or stops after {shared['patience']} without a better validation accuracy"
+                          if shared.get("patience") else "") + ". Batch-size-1 SGD costs more wall time per epoch; "
+                       "`--budget seconds:S` compares at equal time instead.")
+    else:
+        budget_text = (f"equal wall time (`--budget {budget}`): every run trains for {budget.split(':')[1]} s "
+                       "(training and validation), however many epochs that allows.")
+    return [f"- Data: `{data['path']}`: {data['train_images']} training, {data['val_images']} validation and "
+            f"{data['test_images']} test images.",
+            f"- Budget: {budget_text}",
+            f"- Seeds: {', '.join(map(str, summary['seeds']))}. Seed k fixes the initial weights, the shuffling "
+            "order and the augmentation draws alike for every optimizer.",
+            f"- Device as the runs logged it: {'; '.join(summary['devices']) or 'not recorded'}.",
+            "", "Settings shared by every run:", "", "| setting | value |", "|---|---|",
+            *(f"| {k} | {'—' if v is None else v} |" for k, v in shared.items())]
+
+
+def format_report_html(study_dir: Path, summary: dict[str, Any]) -> str:
+    """report.md's text, from the same summary, as one self-contained page with the study's figures inside."""
+    figures = {name: (study_dir / name).read_bytes() for name in summary["figures"].values()
+               if (study_dir / name).is_file()}
+    return page(f"Optimizer study: {', '.join(summary['optims'])}", markdown_to_html(format_report(summary), figures))

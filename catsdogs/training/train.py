@@ -1,0 +1,482 @@
+"""Training a model on a split folder: config, data, model, optimizer, loop, checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import random
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from catsdogs.atomic import write_text_atomic
+from catsdogs.data.cache import BatchSource, ImageSplit, default_jobs, fits_on_gpu, load_cache, read_split
+from catsdogs.data.transforms import AUGMENTS, Preset, eval_preset, train_preset
+from catsdogs.errors import CatsdogsError, UsageError
+from catsdogs.interrupts import ctrl_c_deferred
+from catsdogs.training.checkpoint import load_checkpoint, save_checkpoint
+from catsdogs.training.config import TrainConfig, build_config, config_to_yaml
+from catsdogs.training.distributed import Team, finish, from_main, start, team_from_environment, wait_for_all
+from catsdogs.training.ema import ModelEMA
+from catsdogs.training.hardware import select_device, select_precision, tune_allocator
+from catsdogs.training.loop import EpochLoop, Log, Progress, stop_on_signals
+from catsdogs.training.models import MODELS, build_model, head_name, load_pretrained
+from catsdogs.training.optim import build_optimizer, get_optimizer_spec, load_optimizer_plugins, parameter_groups
+from catsdogs.training.resume import (RANK_SEED_STRIDE, LastSaver, check_same_split, data_fingerprint, model_state,
+                                      point_best_at, restore_process_randomness, restore_progress, resume_command,
+                                      resumed_config)
+from catsdogs.training.tensorboard_log import Board, check_tensorboard
+from catsdogs.training.selection import best_epoch, better_epoch, selected_by
+from catsdogs.training.runs import RUNS_ROOT, new_run_dir
+from catsdogs.training.schedules import SCHEDULERS
+
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc", "lr", "seconds")
+MAX_UNREADABLE_FRACTION = 0.01
+# Seconds in which a second Ctrl-C under torchrun is taken as torchrun passing on the first.
+TORCHRUN_SIGNAL_ECHO = 5.0
+
+
+def new_run_config(config_file: Path | None, flags: Mapping[str, Any]) -> TrainConfig:
+    """The settings of a new run: defaults < `config_file` < `flags` (see build_config).
+
+    Without --out, a config file's runs are named after it: configs/recipes/cpu-fast.yaml trains
+    into runs/cpu-fast (numbered if it exists), never a hidden folder (`.yaml` makes runs/yaml).
+    """
+    cfg = build_config(config_file, flags)
+    if config_file is not None and cfg.out is None:
+        cfg = dataclasses.replace(cfg, out=str(RUNS_ROOT / (Path(config_file).stem.lstrip(".") or "run")))
+    return cfg
+
+
+def resolve_config(cfg: TrainConfig) -> TrainConfig:
+    """Fill the optimizer's own defaults (batch size, lr, ...) and check names and sizes."""
+    load_optimizer_plugins()
+    if cfg.optim is None:
+        raise UsageError("choose an optimizer with --optim (see `catsdogs optimizers`), e.g. --optim adam")
+    spec = get_optimizer_spec(cfg.optim)
+    model = MODELS.get(cfg.model)
+    SCHEDULERS.get(cfg.scheduler)
+    AUGMENTS.get(cfg.augment)
+    if cfg.image_size < model.min_image_size:
+        raise UsageError(f"model {cfg.model} needs --image-size of at least {model.min_image_size}, "
+                         f"got {cfg.image_size}")
+    fill = {"batch_size": spec.batch_size, **{k: spec.defaults.get(k) for k in ("lr", "momentum", "weight_decay")}}
+    return dataclasses.replace(cfg, **{k: v for k, v in fill.items() if getattr(cfg, k) is None and v is not None})
+
+
+def training_preset(cfg: TrainConfig) -> Preset:
+    """How the run's training images reach the model: resize, its augmentation and flips, normalise."""
+    return train_preset(cfg.image_size, cfg.hflip, cfg.vflip, cfg.augment)
+
+
+def training_generators(seed: int, rank: int = 0) -> tuple[torch.Generator, torch.Generator]:
+    """The run's batch-order generator (the same in every process, whose batches are then shared out)
+    and process `rank`'s augmentation generator. `catsdogs show --augment` draws with these too."""
+    order_gen = torch.Generator().manual_seed(seed)
+    aug_gen = torch.Generator().manual_seed(seed + 1 + RANK_SEED_STRIDE * rank)
+    return order_gen, aug_gen
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs_done: int
+    status: str  # finished | early-stopped | time-budget | interrupted | nothing-to-do
+    # The epoch best.pt holds (see best_epoch: by val_balanced_acc under --class-weights balanced, by
+    # val_acc otherwise), and its val accuracy and balanced accuracy; None before a first epoch.
+    best_epoch: int | None = None
+    best_val_acc: float | None = None
+    best_val_balanced_acc: float | None = None
+
+
+def _result(run_dir: Path, progress: Progress, cfg: TrainConfig, status: str) -> TrainResult:
+    best = _best(progress, cfg)
+    return TrainResult(run_dir, progress.epoch, status, **best)
+
+
+def _best(progress: Progress, cfg: TrainConfig) -> dict[str, Any]:
+    """best_epoch, best_val_acc and best_val_balanced_acc of the run so far, as status.json holds them."""
+    if not progress.history:
+        return {"best_epoch": None, "best_val_acc": None, "best_val_balanced_acc": None}
+    row = best_epoch(progress.history, selected_by(cfg.class_weights))
+    return {"best_epoch": int(row["epoch"]), "best_val_acc": row["val_acc"],
+            "best_val_balanced_acc": row.get("val_balanced_acc")}
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _weights_hash(model: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def format_history(rows: list[dict[str, Any]]) -> str:
+    lines = [",".join(HISTORY_COLUMNS)]
+    for row in rows:
+        # nan: a column that rows saved by an older catsdogs lack
+        lines.append(",".join(_fmt(row.get(c, math.nan)) for c in HISTORY_COLUMNS))
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.6f}" if isinstance(value, float) else str(value)
+
+
+def train(cfg: TrainConfig | None, resume: str | Path | None = None, flags: Mapping[str, Any] | None = None,
+          progress: bool = True, log: Log = print) -> TrainResult:
+    """Train `cfg` into a new run folder, or continue the run in `resume`.
+
+    When resuming, the config comes from the checkpoint and `flags` may change only
+    RESUMABLE_CHANGES (raising --epochs, say); any other differing flag is refused. Started
+    by torchrun, each process trains on its share of every batch (see training/distributed.py).
+    """
+    team = team_from_environment()
+    if not team.main:
+        progress, log = False, _quiet
+    try:
+        return _train(cfg, resume, flags, progress, log, team)
+    finally:
+        with ctrl_c_deferred() if team.enabled else contextlib.nullcontext():
+            finish(team)
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[str, Any] | None, progress: bool,
+           log: Log, team: Team) -> TrainResult:
+    state = None
+    if resume is not None:
+        run_dir = Path(resume)
+        state = load_checkpoint(run_dir / "last.pt")
+        if team.main:
+            for stale in run_dir.glob(".*.tmp"):  # left by a writer that was killed mid-save
+                stale.unlink(missing_ok=True)
+        cfg = resumed_config(state, flags or {}, run_dir)
+    if cfg is None:
+        raise ValueError("train() needs a config unless it resumes a run")
+    cfg = resolve_config(cfg)
+    if cfg.tensorboard:
+        check_tensorboard()
+    if state is None:
+        _check_out(cfg)
+    if team.enabled and cfg.batch_size < team.world:
+        raise UsageError(f"--batch-size {cfg.batch_size} is smaller than the {team.world} processes: each needs at "
+                         f"least one image a step (use --batch-size {team.world} or more, or fewer processes)")
+    device = start(team, cfg.device) if team.enabled else select_device(cfg.device)
+    precision = select_precision(cfg.precision, device)
+    hardware = f"{device.type}, {precision.note}" + (f", {team.world} processes (torchrun)" if team.enabled else "")
+    tune_allocator()
+
+    train_split = read_split(cfg.data, "train", state["classes"] if state else None)
+    val_split = read_split(cfg.data, "val", train_split.classes)
+    fingerprint = data_fingerprint(train_split, val_split)
+    if state is not None:
+        check_same_split(state, fingerprint, cfg.data, run_dir)
+        if team.main:
+            point_best_at(run_dir, cfg.data)
+    else:  # recorded absolute, so that the run resumes and evaluates from any folder
+        cfg = dataclasses.replace(cfg, data=str(Path(cfg.data).resolve()))
+    # The model before the cache: a wrong model, size or weights file is told before minutes of decoding.
+    _seed_everything(cfg.seed)
+    model = build_model(cfg.model, len(train_split.classes), cfg.image_size)
+    if cfg.pretrained and state is None:
+        loaded, missed = load_pretrained(model, cfg.model, cfg.pretrained)
+        fresh_head = loaded + len(missed) < len(model.state_dict())  # the rest is the head, when it did not fit
+        log(f"loaded {loaded} pretrained tensors into {cfg.model}"
+            + (f" (its {len(train_split.classes)}-class head starts fresh)" if fresh_head else "")
+            + (f"; left at random, as the file's do not fit: {', '.join(missed)}" if missed else ""))
+    init_hash = _weights_hash(model)
+    jobs = default_jobs()
+    images = {}
+    for turn in ("main", "others"):  # process 0 builds the cache; the others then map the finished files
+        if (turn == "main") == team.main:
+            images = {s.root.name: load_cache(s, cfg.image_size, cfg.cache, jobs, progress)
+                      for s in (train_split, val_split)}
+        wait_for_all(team)
+    workers = cfg.workers if cfg.workers is not None else (0 if images["train"] is not None else max(jobs - 1, 0))
+    # Both caches on the GPU or neither, judged together; only process 0 validates, so only it holds val there.
+    resident = images["train"] is not None and images["val"] is not None and \
+        fits_on_gpu(images["train"].nbytes + images["val"].nbytes, device)
+    train_source = BatchSource(train_split, training_preset(cfg), images["train"], workers, device,
+                               resident=resident)
+    val_source = BatchSource(val_split, eval_preset(cfg.image_size), images["val"], workers, device,
+                             resident=resident and team.main)
+    _check_unreadable(train_split.unreadable + val_split.unreadable, len(train_split) + len(val_split), cfg.data)
+
+    model = model.to(device, memory_format=torch.channels_last)
+    if team.enabled:
+        torch.manual_seed(cfg.seed + RANK_SEED_STRIDE * team.rank)  # each process its own dropout masks
+    spec = get_optimizer_spec(cfg.optim)
+    groups = parameter_groups(model, cfg.weight_decay, head_name(model), cfg.body_lr_scale)
+    optimizer = build_optimizer(cfg.optim, groups,
+                                **_optimizer_overrides(cfg, spec.defaults))
+    ema = ModelEMA(model, cfg.ema) if cfg.ema else None
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.scale_grads)
+    order_gen, aug_gen = training_generators(cfg.seed, team.rank)
+    progress_state = Progress()
+
+    if state is not None:
+        model.load_state_dict(state.get("raw_model", state["model"]))
+        if ema is not None:
+            ema.load_state_dict(state["ema"], state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if precision.scale_grads and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        progress_state = restore_progress(state)
+        order_gen.set_state(state["order_gen"])
+        restore_process_randomness(state, team, aug_gen, log)
+        if not team.main:  # process 0 carries the interrupted epoch's sums for the whole team
+            progress_state.sums = (0.0, 0, 0, progress_state.sums[3])
+        init_hash = state.get("init_hash", init_hash)
+        # A budget once spent has ended its schedule: a changed --time-budget would restart it (the lr
+        # jumping back up), which no straight run does. A budget not yet spent may be raised or removed.
+        spent = sum(row["seconds"] for row in progress_state.history)
+        budget_before = state["config"].get("time_budget")
+        progress_state.budget_spent = any(bool(b) and spent >= b * 60 for b in (budget_before, cfg.time_budget))
+        if progress_state.epoch >= cfg.epochs or progress_state.stopped_early or progress_state.budget_spent:
+            if progress_state.stopped_early:
+                why = ("stopped early: nothing to do (to train longer, start a new run with a larger --patience, "
+                       "or --patience 0)")
+            elif progress_state.budget_spent:
+                why = ("used its time budget, and its schedule, fitted to that time, has ended: nothing to do (to "
+                       "train longer, start a new run with a larger --time-budget)")
+            else:
+                why = f"finished {progress_state.epoch} epochs: nothing to do (raise --epochs to train longer)"
+            log(f"{run_dir} already {why}")
+            if not (run_dir / "status.json").is_file():  # killed between its last save and the status
+                done = ("early-stopped" if progress_state.stopped_early else
+                        "time-budget" if progress_state.budget_spent else "finished")
+                if team.main:
+                    _write_status(run_dir, done, progress_state, cfg, init_hash, hardware, train_source, val_source)
+            return _result(run_dir, progress_state, cfg, "nothing-to-do")
+        log(f"resuming {run_dir} in epoch {progress_state.epoch + 1}"
+            + (f" after step {progress_state.step}" if progress_state.step else ", from its start"))
+        if team.main:
+            write_text_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
+    else:
+        run_dir = new_run_dir(cfg.out or RUNS_ROOT / cfg.optim) if team.main else None
+        run_dir = from_main(run_dir, team)  # the folder process 0 created, numbered or not
+        if cfg.out and Path(cfg.out) != run_dir:
+            log(f"{cfg.out} already exists, so this run goes to {run_dir} (a run never reuses a folder)")
+        if team.main:
+            write_text_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
+
+    log(f"run folder: {run_dir}")
+    log(f"device: {hardware}, channels-last; "
+        f"data: {cfg.data} ({len(train_source)} train / {len(val_source)} val images, "
+        f"classes {', '.join(train_split.classes)}); cache: {_cache_note(train_source)}")
+    share = f", {_per_process(cfg.batch_size, team.world)} per process" if team.enabled else ""
+    share += f", in passes of {cfg.micro_batch}" if cfg.micro_batch and cfg.micro_batch < cfg.batch_size else ""
+    log(f"model {cfg.model} at {cfg.image_size}px, optimizer {cfg.optim} (lr {cfg.lr:g}, batch {cfg.batch_size}"
+        f"{share}), {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}" + _fine_tuning_note(cfg, model))
+
+    net = _data_parallel(model, device) if team.enabled else model
+    loop = EpochLoop(cfg, model, optimizer, scaler, precision, device, train_source, val_source, order_gen, aug_gen,
+                     ema, team, net)
+    identity = {"classes": list(train_split.classes), "init_hash": init_hash, "data_fingerprint": fingerprint}
+    save_last = LastSaver(run_dir, cfg, loop, identity, team)
+    if cfg.tensorboard and team.main:  # process 0 alone writes, as it alone writes history.csv
+        loop.board = Board(run_dir, progress_state.global_step, train_split.classes)
+    status = "finished"
+    column = selected_by(cfg.class_weights)  # what makes an epoch the best
+    by_balanced = column == "val_balanced_acc"
+    try:
+        with stop_on_signals(log, repeat_window=TORCHRUN_SIGNAL_ECHO if team.enabled else 0.0) as stop:
+            while progress_state.epoch < cfg.epochs:
+                completed = loop.run_epoch(progress_state, stop, progress)
+                if not completed:
+                    save_last(progress_state)
+                    status = "interrupted"
+                    log(f"interrupted in epoch {progress_state.epoch + 1} after step {progress_state.step}; "
+                        f"resume with: {resume_command(run_dir, team)}")
+                    break
+                row = progress_state.history[-1]
+                improved = better_epoch(row, progress_state.history[:-1], column)
+                if improved:
+                    progress_state.epochs_since_best = 0
+                else:
+                    progress_state.epochs_since_best += 1
+                if progress_state.budget_spent:
+                    status = "time-budget"
+                if (cfg.patience and progress_state.epochs_since_best >= cfg.patience
+                        and progress_state.epoch < cfg.epochs):
+                    progress_state.stopped_early = True
+                if team.main:
+                    write_text_atomic(run_dir / "history.csv", format_history(progress_state.history))
+                # best.pt before last.pt: a kill between the two then redoes this epoch on resume (and
+                # writes best.pt again), where the other order would leave best.pt an epoch behind for good.
+                if improved and team.main:
+                    save_checkpoint(model_state(cfg, loop.kept_model, progress_state, identity), run_dir / "best.pt")
+                save_last(progress_state)
+                if loop.board is not None:  # after the save, so that a resume never writes the epoch twice
+                    loop.board.epoch(row)
+                balanced = f" balanced {row['val_balanced_acc']:.4f}" if by_balanced else ""
+                log(f"epoch {row['epoch']}/{cfg.epochs}  train loss {row['train_loss']:.4f} "
+                    f"acc {row['train_acc']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
+                    f"{balanced}  {row['seconds']:.1f}s"
+                    + ("  (best)" if improved else ""))
+                _check_unreadable(train_source.failed + val_source.failed, len(train_split) + len(val_split),
+                                  cfg.data)
+                if progress_state.budget_spent:
+                    cut = loop.partial_epoch
+                    log(f"time budget of {cfg.time_budget:g} min reached after {progress_state.global_step} steps"
+                        + (f"; epoch {row['epoch']} stopped after {cut[0]} of its {cut[1]} steps, and its row in "
+                           "history.csv covers those" if cut else ""))
+                    break
+                if progress_state.stopped_early:
+                    status = "early-stopped"
+                    log(f"early stop: {_selected_name(cfg)} has not improved for {cfg.patience} "
+                        f"epoch{'s' if cfg.patience != 1 else ''} "
+                        f"(best {best_epoch(progress_state.history, column)[column]:.4f})")
+                    break
+            # Still inside the signal handling: under torchrun a Ctrl-C reaches each process twice, and
+            # the second copy may come only now; it must not cut the status file short.
+            if team.main:
+                _write_status(run_dir, status, progress_state, cfg, init_hash, hardware, train_source, val_source)
+            if status != "interrupted" and loop.board is not None:
+                loop.board.finish(cfg, progress_state.history, status)
+            if status != "interrupted":
+                best = best_epoch(progress_state.history, column)
+                score = (f"best val balanced accuracy {best['val_balanced_acc']:.4f} (accuracy {best['val_acc']:.4f})"
+                         if by_balanced else f"best val accuracy {best['val_acc']:.4f}")
+                score += _baseline_note(val_split, balanced_shown=by_balanced)
+                log(f"{score}; next: catsdogs evaluate {shlex.quote(str(run_dir))}")
+    except BaseException as exc:  # a second Ctrl-C, or a failure (out of memory): say what is left
+        if team.main:
+            _after_abort(run_dir, team, log, "stopped at once" if isinstance(exc, KeyboardInterrupt) else "failed")
+        raise
+    finally:
+        if loop.board is not None:
+            loop.board.close()
+    return _result(run_dir, progress_state, cfg, status)
+
+
+def _fine_tuning_note(cfg: TrainConfig, model: nn.Module) -> str:
+    notes = [f"only the head ({head_name(model)}) trains for {cfg.freeze_epochs} epoch"
+             f"{'s' if cfg.freeze_epochs != 1 else ''}"] if cfg.freeze_epochs else []
+    notes += [f"the body at {cfg.body_lr_scale:g} x lr"] if cfg.body_lr_scale != 1.0 else []
+    return f"; {', '.join(notes)}" if notes else ""
+
+
+def _selected_name(cfg: TrainConfig) -> str:
+    return "val balanced accuracy" if selected_by(cfg.class_weights) == "val_balanced_acc" else "val accuracy"
+
+
+def _cache_note(source: BatchSource) -> str:
+    if source.on_device is not None:
+        return "decoded once, held in GPU memory"
+    if source.images is not None:
+        return "decoded once, memory-mapped"
+    return f"off (decoding every epoch with {source.workers} worker(s))"
+
+
+def _optimizer_overrides(cfg: TrainConfig, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """lr always; momentum and weight_decay only when set, so Adam is not handed a momentum."""
+    overrides: dict[str, Any] = {"lr": cfg.lr}
+    for key in ("momentum", "weight_decay"):
+        value = getattr(cfg, key)
+        if value is not None and (key in defaults or value != 0):
+            overrides[key] = value
+    return overrides
+
+
+def _per_process(batch_size: int, world: int) -> str:
+    share, extra = divmod(batch_size, world)
+    return f"{share}" if extra == 0 else f"{share}-{share + 1}"
+
+
+def _check_out(cfg: TrainConfig) -> None:
+    """Before any work: the run folder must be creatable, and not inside data/train (or val, test),
+    where it would be read as one more class."""
+    given = Path(cfg.out or RUNS_ROOT / str(cfg.optim))
+    out = given.resolve()
+    for split in ("train", "val", "test"):
+        if out.is_relative_to((Path(cfg.data) / split).resolve()):
+            raise UsageError(f"--out {given} is inside {Path(cfg.data) / split}, where it would be read as a "
+                             "class of photos: choose a folder outside the split")
+    for parent in [given, *given.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise UsageError(f"--out {given}: {parent} is a file, so the run folder cannot be made there")
+
+
+def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _after_abort(run_dir: Path, team: Team, log: Log, what: str) -> None:
+    """Say what an abort (`what`: stopped at once, failed) left to resume, and remove a run folder that
+    would hold nothing but its config (it would pass for the most recent run and fail every command)."""
+    if (run_dir / "last.pt").is_file():
+        log(f"{what}; the last save can be resumed with: {resume_command(run_dir, team)}")
+        return
+    for leftover in [run_dir / "config.yaml", run_dir / "status.json", *run_dir.glob(".*.tmp")]:
+        leftover.unlink(missing_ok=True)
+    try:
+        run_dir.rmdir()
+        log(f"{what.split()[0]} before anything was saved: nothing to resume, so {run_dir} is removed")
+    except OSError:
+        log(f"{what.split()[0]} before anything was saved: nothing to resume in {run_dir}")
+
+
+def _baseline_note(split: ImageSplit, balanced_shown: bool = False) -> str:
+    """For unbalanced classes, what always answering the largest one scores: accuracy alone flatters."""
+    counts = np.bincount(split.labels, minlength=len(split.classes))
+    if not len(split) or counts.max() / len(split) < 1 / len(split.classes) + 0.1:
+        return ""
+    return (f" (unbalanced classes: always answering {split.classes[int(counts.argmax())]} scores "
+            f"{counts.max() / len(split):.4f}" + ("" if balanced_shown else
+                                                  "; see balanced accuracy in `catsdogs evaluate`") + ")")
+
+
+def _write_status(run_dir: Path, status: str, progress: Progress, cfg: TrainConfig, init_hash: str,
+                  hardware: str, *sources: BatchSource) -> None:
+    skipped = sorted({str(p) for s in sources for p in (s.failed + s.split.unreadable)})
+    info = {"status": status, "epochs_done": progress.epoch, "epochs": cfg.epochs,
+            # best.pt's epoch, and its val accuracy and balanced accuracy: chosen by best_chosen_by
+            **_best(progress, cfg), "best_chosen_by": selected_by(cfg.class_weights),
+            "init_hash": init_hash, "hardware": hardware, "unreadable_images": skipped}
+    if status == "early-stopped":
+        info["reason"] = f"{_selected_name(cfg)} did not improve for {cfg.patience} epochs"
+    write_text_atomic(run_dir / "status.json", json.dumps(info, indent=2) + "\n")
+
+
+def _check_unreadable(paths: list[Path], total: int, data: str = "DATA") -> None:
+    if not paths:
+        return
+    names = ", ".join(str(p) for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
+    if len(paths) > MAX_UNREADABLE_FRACTION * total:
+        raise CatsdogsError(f"{len(paths)} of {total} images could not be read ({names}); "
+                            f"split the source again with `catsdogs split SOURCE --out {shlex.quote(str(data))} "
+                            "--force`")
+    print(f"warning: skipped {len(paths)} unreadable image(s): {names}", file=sys.stderr)
+
+
+def print_config(cfg: TrainConfig | None, resume: str | Path | None = None,
+                 flags: Mapping[str, Any] | None = None) -> str:
+    """The resolved config as YAML, exactly as the run folder's config.yaml would hold it: that of
+    `cfg`, or, with `resume`, the settings a resume of that run with `flags` would train with."""
+    if resume is not None:
+        cfg = resumed_config(load_checkpoint(Path(resume) / "last.pt"), flags or {}, Path(resume))
+    if cfg is None:
+        raise ValueError("print_config() needs a config unless it shows a resumed run's")
+    return config_to_yaml(resolve_config(cfg))

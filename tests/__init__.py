@@ -1,0 +1,1 @@
+"""Tests for catsdogs: one folder per stage of the pipeline, as in the package."""

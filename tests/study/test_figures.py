@@ -1,0 +1,53 @@
+"""Tests for catsdogs.study.figures: the study's curves figure, read off hand-made run histories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+
+from catsdogs.study.figures import plot_study_curves  # noqa: E402
+from catsdogs.study.report import RUNS_DIR, run_name  # noqa: E402
+from tests.inference.test_plots import HEADER, visible_ticks  # noqa: E402
+
+SEEDS = [42, 43]
+
+
+def write_histories(study: Path, optims: tuple[str, ...], epochs: int) -> dict:
+    """One history.csv per (optimizer, seed) run; return the part of the summary the figure reads."""
+    for optim in optims:
+        for seed in SEEDS:
+            run = study / RUNS_DIR / run_name(optim, seed)
+            run.mkdir(parents=True)
+            rows = [f"{e},{0.7 - 0.01 * e:.4f},{0.5 + 0.01 * e:.4f},{0.7 - 0.005 * e:.4f},{0.5 + 0.005 * e:.4f},"
+                    "0.001,1.0\n" for e in range(1, epochs + 1)]
+            (run / "history.csv").write_text(HEADER + "".join(rows))
+    return {"ranking": [{"optim": o, "epochs_done": [epochs] * len(SEEDS)} for o in optims], "seeds": SEEDS,
+            "target_val_acc": 0.7,
+            "runs": [{"run": f"{RUNS_DIR}/{run_name(o, s)}", "optim": o, "seed": s} for o in optims for s in SEEDS]}
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 3, 25])
+def test_the_curves_have_whole_epoch_ticks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, epochs: int) -> None:
+    summary = write_histories(tmp_path, ("adam", "momentum"), epochs)
+    seen: list[list[list[float]]] = []
+    close = plt.close
+
+    def record(fig=None) -> None:
+        seen.append([visible_ticks(ax) for ax in fig.axes])
+        close(fig)
+
+    monkeypatch.setattr(plt, "close", record)
+    out = plot_study_curves(tmp_path, summary, tmp_path / "curves.png")
+    assert out.read_bytes().startswith(b"\x89PNG")
+    (figure,) = seen
+    loss_ticks, acc_ticks = figure
+    assert loss_ticks == acc_ticks
+    if epochs <= 3:
+        assert loss_ticks == [float(e) for e in range(1, epochs + 1)]
+    else:  # the locator picks a readable step, but still whole epochs within the run
+        assert len(loss_ticks) >= 3 and all(t.is_integer() and 1 <= t <= epochs for t in loss_ticks)

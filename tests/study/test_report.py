@@ -1,0 +1,154 @@
+"""Tests for catsdogs.study.report: report.md's wording, read off hand-made study folders (no training)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from catsdogs.study.report import format_report, run_name, summarize
+from tests.conftest import write_tiny_split
+
+TEST_IMAGES = 20  # accuracies below are multiples of 1/20
+HISTORY = "epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds\n1,0.69,0.5,0.69,0.5,0.01,2.0\n"
+
+
+def write_study(root: Path, accuracies: dict[str, list[float]], tune_lr: bool = False, history: str = HISTORY,
+                **settings) -> Path:
+    """A finished study folder with the given test accuracy per optimizer and seed (seeds 42, 43, ...), each
+    run with `history` as its history.csv and `settings` added to its config."""
+    data = write_tiny_split(root, per_class=(2, 1, 1), size=8)
+    study = root / "study"
+    seeds = [42 + k for k in range(len(next(iter(accuracies.values()))))]
+    config = {"data": str(data), "epochs": 1, "patience": None, "image_size": 96, **settings}
+    study.mkdir()
+    (study / "study.json").write_text(json.dumps({"optims": list(accuracies), "seeds": seeds, "budget": "epochs",
+                                                  "tune_lr": tune_lr, "config": config}))
+    for optim, values in accuracies.items():
+        for seed, accuracy in zip(seeds, values):
+            run = study / "runs" / run_name(optim, seed)
+            run.mkdir(parents=True)
+            (run / "config.yaml").write_text(yaml.safe_dump({**config, "optim": optim, "seed": seed, "lr": 0.01,
+                                                             "batch_size": 8}))
+            (run / "history.csv").write_text(history)
+            (run / "status.json").write_text(json.dumps({"status": "finished", "init_hash": f"h{seed}"}))
+            (run / "metrics.json").write_text(json.dumps({"accuracy": accuracy, "images": TEST_IMAGES,
+                                                          "confusion_matrix": [[10, 0], [10, 0]]}))
+    return study
+
+
+def report_for(root: Path, accuracies: dict[str, list[float]], tune_lr: bool = False) -> tuple[dict, str]:
+    summary = summarize(write_study(root, accuracies, tune_lr), target_acc=0.7)
+    return summary, format_report(summary)
+
+
+def ranking_line(report: str) -> str:
+    (line,) = [line for line in report.splitlines() if line.startswith("**Ranking by mean test accuracy")]
+    return line.split(":** ", 1)[1]
+
+
+def test_equal_means_are_shown_as_ties(tmp_path: Path) -> None:
+    summary, report = report_for(tmp_path, {name: [0.5, 0.5, 0.5] for name in ("vanilla-sgd", "minibatch-sgd", "adam")})
+    assert [row["rank"] for row in summary["ranking"]] == [1, 1, 1]
+    assert ranking_line(report) == ("vanilla-sgd (50.0 ± 0.0%) = minibatch-sgd (50.0 ± 0.0%) = adam (50.0 ± 0.0%). "
+                                    "(= equal means)")
+
+
+def test_only_a_gap_the_paired_test_tells_apart_gets_a_greater_than(tmp_path: Path) -> None:
+    summary, report = report_for(tmp_path, {"minibatch-sgd": [0.5, 0.55, 0.5], "adam": [0.9, 0.95, 0.9],
+                                            "momentum": [0.55, 0.5, 0.55]})
+    assert [(c["better"], c["worse"], c["distinguishable"]) for c in summary["adjacent"]] == [
+        ("adam", "momentum", True), ("momentum", "minibatch-sgd", False)]
+    assert ranking_line(report) == ("adam (91.7 ± 2.9%) > momentum (53.3 ± 2.9%) ≈ minibatch-sgd (51.7 ± 2.9%). "
+                                    "(≈ a gap the seeds cannot tell apart, p ≥ 0.05)")
+
+
+def test_one_seed_orders_different_means_and_ties_equal_ones(tmp_path: Path) -> None:
+    summary, report = report_for(tmp_path, {"momentum": [0.5], "adam": [0.9], "minibatch-sgd": [0.5]})
+    assert ranking_line(report) == "adam (90.0%) > momentum (50.0%) = minibatch-sgd (50.0%). (= equal means)"
+    assert [(row["optim"], row["rank"]) for row in summary["ranking"]] == [("adam", 1), ("momentum", 2),
+                                                                           ("minibatch-sgd", 2)]
+    assert "| 2 | minibatch-sgd |" in report
+
+
+def test_a_gap_without_spread_across_seeds_is_said_plainly(tmp_path: Path) -> None:
+    _, report = report_for(tmp_path, {"adam": [0.6, 0.6, 0.6], "momentum": [0.5, 0.5, 0.5],
+                                      "minibatch-sgd": [0.5, 0.5, 0.5]})
+    assert "±0 points" not in report and "+0.0 to +0.0 pp" not in report and "+10.0 to +10.0 pp" not in report
+    assert ("- Run more seeds (`--seeds 5`): every seed gave the same gap between each pair of neighbours (no spread "
+            "across seeds), and 3 seeds are too few to show that other seeds would too.") in report
+    assert "| adam vs momentum | +10.0 pp | none: the same gap on every seed | 3 of 3 seeds | ∞ | < 0.001 |" in report
+    assert "| momentum vs minibatch-sgd | +0.0 pp | none: the same gap on every seed | 0 of 3 seeds | 0.00 |" in report
+
+
+def test_a_spread_gap_still_reports_its_interval(tmp_path: Path) -> None:
+    _, report = report_for(tmp_path, {"adam": [0.6, 0.5, 0.6], "momentum": [0.5, 0.55, 0.5]})
+    # gaps +10, -5, +10 points: mean 5, sd 8.66, half-width t(0.975, 2) * 8.66 / sqrt(3) = 4.303 * 5 = 21.5
+    assert "with 3 seeds the 95% intervals of the gaps between neighbours reach ±22 points." in report
+    assert "| adam vs momentum | +5.0 pp | -16.5 to +26.5 pp | 2 of 3 seeds | 1.00 |" in report
+
+
+@pytest.mark.parametrize("tune_lr", [False, True])
+def test_learning_rate_advice_follows_whether_the_study_tuned_it(tmp_path: Path, tune_lr: bool) -> None:
+    summary, report = report_for(tmp_path, {"adam": [0.5, 0.55], "momentum": [0.5, 0.5]}, tune_lr=tune_lr)
+    assert summary["tune_lr"] is tune_lr
+    warning = next(line for line in report.splitlines() if line.startswith("**Warning:**"))
+    assert warning.startswith("**Warning:** adam, momentum stayed within 5 points of chance (50.0%")
+    assert ("tune the learning rate (`--tune-lr`)" in warning) is not tune_lr
+    assert ("this study already tuned the learning rates (`--tune-lr`)" in warning) is tune_lr
+    assert ("Every optimizer used its default learning rate: `--tune-lr`" in report) is not tune_lr
+
+
+def epoch_seconds(study: Path, optim: str, seed: int, seconds: list[float]) -> None:
+    rows = [f"{e},0.69,0.5,0.69,0.5,0.01,{s}" for e, s in enumerate(seconds, 1)]
+    (study / "runs" / run_name(optim, seed) / "history.csv").write_text(HISTORY.splitlines()[0] + "\n"
+                                                                        + "\n".join(rows) + "\n")
+
+
+def test_time_advice_needs_a_gap_in_the_typical_epoch_on_every_seed(tmp_path: Path) -> None:
+    accuracies = {"adam": [0.6, 0.65], "momentum": [0.55, 0.5]}
+    study = write_study(tmp_path / "a", accuracies)
+    for seed in (42, 43):  # momentum's first epoch was slow (a busy machine); its others match adam's
+        epoch_seconds(study, "adam", seed, [2.0, 2.0, 2.0])
+        epoch_seconds(study, "momentum", seed, [30.0, 2.1, 2.0])
+    summary = summarize(study, target_acc=0.7)
+    assert [row["epoch_seconds"]["values"] for row in summary["ranking"]] == [[2.0, 2.0], [2.1, 2.1]]
+    assert "At equal epochs" not in format_report(summary)
+    study = write_study(tmp_path / "b", accuracies)
+    for seed in (42, 43):  # vanilla SGD's one photo a step: slower in every epoch of every seed
+        epoch_seconds(study, "adam", seed, [2.0, 2.0, 2.0])
+        epoch_seconds(study, "momentum", seed, [9.0, 8.0, 8.5])
+    assert ("At equal epochs momentum took 4.2× the time per epoch of adam (median epochs, every seed)"
+            in format_report(summarize(study, target_acc=0.7)))
+
+
+# Epoch 1 answers the larger class: the best plain accuracy, and the worst balanced accuracy.
+UNBALANCED_HISTORY = ("epoch,train_loss,train_acc,val_loss,val_acc,val_balanced_acc,lr,seconds\n"
+                      "1,0.60,0.70,0.50,0.857,0.500,0.01,2.0\n"
+                      "2,0.50,0.75,0.70,0.700,0.725,0.01,2.0\n"
+                      "3,0.40,0.80,0.65,0.690,0.740,0.01,2.0\n")
+
+
+@pytest.mark.parametrize(("class_weights", "best"), [("balanced", (3, 0.690, 0.740)), ("none", (1, 0.857, 0.500))])
+def test_the_report_takes_each_run_s_best_epoch_as_train_chose_it(tmp_path: Path, class_weights: str, best) -> None:
+    study = write_study(tmp_path, {"adam": [0.7, 0.7]}, history=UNBALANCED_HISTORY, class_weights=class_weights)
+    summary = summarize(study, target_acc=0.7)
+    for run in summary["runs"]:
+        assert (run["best_epoch"], run["best_val_acc"], run["best_val_balanced_acc"]) == best
+    (row,) = summary["ranking"]
+    assert (row["best_val_acc"]["mean"], row["best_val_balanced_acc"]["mean"]) == pytest.approx(best[1:])
+    report = format_report(summary)
+    score = "balanced accuracy" if class_weights == "balanced" else "accuracy"
+    assert f"| run | status | epochs | best epoch | its val {score} |" in report
+    shown = best[2] if class_weights == "balanced" else best[1]
+    assert f"| [runs/adam-seed42](runs/adam-seed42) | finished | 3 | {best[0]} | {100 * shown:.1f}% |" in report
+    assert f"best checkpoint (the epoch of highest validation {score}," in report
+
+
+def test_runs_written_before_balanced_accuracy_was_recorded_are_still_reported(tmp_path: Path) -> None:
+    summary, report = report_for(tmp_path, {"adam": [0.6], "momentum": [0.5]})  # HISTORY lacks the column
+    assert [(run["best_epoch"], run["best_val_acc"], run["best_val_balanced_acc"]) for run in summary["runs"]] == [
+        (1, 0.5, None), (1, 0.5, None)]
+    assert summary["ranking"][0]["best_val_balanced_acc"] is None and "| 1 | 50.0% |" in report

@@ -1,0 +1,551 @@
+"""Training runs: files written, determinism, exact resume, interruption, early stop, schedules."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from catsdogs.errors import CatsdogsError, UsageError
+from catsdogs.training import loop as loop_module
+from catsdogs.training import train as train_module
+from catsdogs.training.checkpoint import load_checkpoint, save_checkpoint
+from catsdogs.training.config import TrainConfig
+from catsdogs.training.schedules import lr_factor
+from catsdogs.training.train import HISTORY_COLUMNS, new_run_config, train
+
+SIZE = 96  # cnn3's minimum, to keep the tests fast
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def make_config(data: Path, out: Path | None, **overrides) -> TrainConfig:
+    values = dict(data=str(data), out=str(out) if out else None, optim="adam", image_size=SIZE, epochs=2, batch_size=8,
+                  device="cpu", precision="fp32")
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def history_without_time(run: Path) -> list[list[str]]:
+    with (run / "history.csv").open() as handle:
+        rows = list(csv.reader(handle))
+    seconds = rows[0].index("seconds")
+    return [row[:seconds] + row[seconds + 1:] for row in rows]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    first, second = load_checkpoint(a)["model"], load_checkpoint(b)["model"]
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+
+
+@pytest.fixture
+def data(tmp_path: Path, tiny_split) -> Path:
+    return tiny_split(tmp_path / "split", per_class=(20, 6, 6), size=SIZE)
+
+
+def test_run_folder_holds_config_history_and_safe_checkpoints(data: Path, tmp_path: Path) -> None:
+    result = train(make_config(data, tmp_path / "run"), progress=False, log=quiet)
+    run = result.run_dir
+    assert result.status == "finished" and result.epochs_done == 2
+    with (run / "history.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert tuple(rows[0]) == HISTORY_COLUMNS
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    for row in rows:
+        assert 0.0 <= float(row["train_acc"]) <= 1.0 and 0.0 <= float(row["val_acc"]) <= 1.0
+        assert float(row["lr"]) == pytest.approx(0.001)
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(run / name, map_location="cpu", weights_only=True)
+        assert state["classes"] == ["Cat", "Dog"]
+        assert state["config"]["batch_size"] == 8 and state["config"]["optim"] == "adam"
+        assert "classifier.4.weight" in state["model"]
+    last = load_checkpoint(run / "last.pt")
+    assert last["epoch"] == 2 and "optimizer" in last
+    config_text = (run / "config.yaml").read_text()
+    assert "lr: 0.001" in config_text and "image_size: 96" in config_text
+    assert json.loads((run / "status.json").read_text())["status"] == "finished"
+
+
+def test_optimizer_defaults_fill_the_resolved_config(data: Path, tmp_path: Path) -> None:
+    cfg = make_config(data, tmp_path / "run", optim="momentum", batch_size=None, epochs=1)
+    resolved = train_module.resolve_config(cfg)
+    assert (resolved.batch_size, resolved.lr, resolved.momentum) == (100, 0.01, 0.9)
+    assert train_module.resolve_config(make_config(data, tmp_path, optim="vanilla-sgd", batch_size=None)).batch_size == 1
+
+
+def test_same_seed_same_history_and_weights(data: Path, tmp_path: Path) -> None:
+    first = train(make_config(data, tmp_path / "a"), progress=False, log=quiet).run_dir
+    second = train(make_config(data, tmp_path / "b"), progress=False, log=quiet).run_dir
+    assert history_without_time(first) == history_without_time(second)
+    assert_same_weights(first / "last.pt", second / "last.pt")
+    other = train(make_config(data, tmp_path / "c", seed=7), progress=False, log=quiet).run_dir
+    assert history_without_time(other) != history_without_time(first)
+
+
+def test_a_new_run_never_overwrites_an_old_one(data: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = make_config(data, None, epochs=1)
+    runs = [train(cfg, progress=False, log=quiet).run_dir for _ in range(2)]
+    assert runs == [Path("runs/adam"), Path("runs/adam-2")]
+
+
+def _interrupt_after(monkeypatch, steps: int) -> None:
+    """Deliver a real SIGINT to this process after `steps` training steps."""
+    original = loop_module.EpochLoop._step
+    calls = {"n": 0}
+
+    def step(self, images, labels):
+        result = original(self, images, labels)
+        calls["n"] += 1
+        if calls["n"] == steps:
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(loop_module.EpochLoop, "_step", step)
+
+
+@pytest.mark.parametrize(("precision", "scheduler", "augment"),
+                         [("fp32", "constant", "flip"), ("auto", "constant", "flip"),
+                          ("fp32", "onecycle", "flip"),  # the recipes' schedule
+                          ("fp32", "constant", "trivialaugment"), ("fp32", "constant", "randaugment")])
+def test_interrupted_mid_epoch_then_resumed_equals_straight_run(data: Path, tmp_path: Path, monkeypatch,
+                                                                 precision: str, scheduler: str, augment: str) -> None:
+    cfg = dict(epochs=4, precision=precision, scheduler=scheduler, augment=augment)
+    straight = train(make_config(data, tmp_path / "straight", **cfg), progress=False, log=quiet).run_dir
+    steps_per_epoch = 5  # 40 training images, batch 8
+    with monkeypatch.context() as patch:
+        _interrupt_after(patch, 2 * steps_per_epoch + 2)  # inside epoch 3
+        messages: list[str] = []
+        broken = train(make_config(data, tmp_path / "broken", **cfg), progress=False, log=messages.append)
+    assert broken.status == "interrupted" and broken.epochs_done == 2
+    assert any(f"catsdogs train --resume {broken.run_dir}" in m for m in messages)
+    state = load_checkpoint(broken.run_dir / "last.pt")
+    assert state["progress"]["epoch"] == 2 and state["progress"]["step"] == 2
+    said: list[str] = []
+    resumed = train(None, resume=broken.run_dir, progress=False, log=said.append)
+    assert resumed.status == "finished" and resumed.epochs_done == 4
+    assert said[0] == f"resuming {broken.run_dir} in epoch 3 after step 2"
+    assert history_without_time(straight) == history_without_time(broken.run_dir)
+    assert_same_weights(straight / "last.pt", broken.run_dir / "last.pt")
+    assert_same_weights(straight / "best.pt", broken.run_dir / "best.pt")
+
+
+def test_extending_a_finished_run_equals_the_longer_run(data: Path, tmp_path: Path) -> None:
+    straight = train(make_config(data, tmp_path / "four", epochs=4), progress=False, log=quiet).run_dir
+    short = train(make_config(data, tmp_path / "two", epochs=2), progress=False, log=quiet).run_dir
+    messages: list[str] = []
+    again = train(None, resume=short, progress=False, log=messages.append)
+    assert again.status == "nothing-to-do" and "nothing to do" in messages[-1]
+    extended = train(None, resume=short, flags={"epochs": 4}, progress=False, log=quiet)
+    assert extended.epochs_done == 4
+    assert history_without_time(straight) == history_without_time(short)
+    assert_same_weights(straight / "last.pt", short / "last.pt")
+
+
+@pytest.mark.parametrize("flag, value", [("model", "other"), ("image_size", 128), ("batch_size", 4),
+                                         ("optim", "momentum")])
+def test_resume_refuses_conflicting_settings(data: Path, tmp_path: Path, flag: str, value) -> None:
+    run = train(make_config(data, tmp_path / "run", epochs=1), progress=False, log=quiet).run_dir
+    with pytest.raises(UsageError, match=f"--{flag.replace('_', '-')} .*conflicts"):
+        train(None, resume=run, flags={flag: value, "epochs": 2}, progress=False, log=quiet)
+
+
+def test_print_config_of_a_resume_shows_the_resumed_settings_and_trains_nothing(data: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from catsdogs.cli import main
+
+    run = train(make_config(data, tmp_path / "run", epochs=1), progress=False, log=quiet).run_dir
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    before = {path.name: path.read_bytes() for path in run.iterdir()}
+    result = CliRunner().invoke(main, ["train", "--resume", str(run), "--epochs", "3", "--print-config"])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.output) == {**saved, "epochs": 3}  # the run's settings, with the allowed change
+    assert {path.name: path.read_bytes() for path in run.iterdir()} == before  # no epoch trained, nothing written
+    refused = CliRunner().invoke(main, ["train", "--resume", str(run), "--lr", "0.5", "--print-config"])
+    assert refused.exit_code == 2 and "--lr 0.5 conflicts with the run being resumed" in refused.output
+
+
+def test_best_pt_is_written_before_the_last_pt_that_counts_its_epoch(data: Path, tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    """A kill between the two saves must not leave best.pt behind a last.pt that already knows the epoch."""
+    from catsdogs.training import train as train_module
+
+    original = train_module.LastSaver.__call__
+    seen: list[tuple[int, int]] = []
+
+    def save_last(self, progress):
+        if progress.step == 0 and progress.history:  # an epoch's end
+            best = min(progress.history, key=lambda r: (-r["val_acc"], r["val_loss"], r["epoch"]))["epoch"]
+            seen.append((load_checkpoint(self.run_dir / "best.pt")["epoch"], best))
+        return original(self, progress)
+
+    monkeypatch.setattr(train_module.LastSaver, "__call__", save_last)
+    train(make_config(data, tmp_path / "run", epochs=3), progress=False, log=quiet)
+    assert len(seen) == 3 and all(on_disk == best for on_disk, best in seen)
+
+
+def _validation_gives(monkeypatch, scores: list[tuple[float, float, float]]) -> None:
+    """Each epoch's validation returns the next (val loss, val accuracy, val balanced accuracy) of `scores`."""
+    given = iter(scores)
+    monkeypatch.setattr(loop_module.EpochLoop, "validate", lambda self: next(given))
+
+
+def test_best_checkpoint_is_not_replaced_by_a_worse_model_after_resume(data: Path, tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    _validation_gives(monkeypatch, [(0.6, 0.60, 0.60), (0.5, 0.80, 0.80), (0.4, 0.70, 0.70), (0.3, 0.90, 0.90)])
+    run = train(make_config(data, tmp_path / "run", epochs=2), progress=False, log=quiet).run_dir
+    best_before = (run / "best.pt").read_bytes()
+    assert load_checkpoint(run / "best.pt")["epoch"] == 2
+    worse = train(None, resume=run, flags={"epochs": 3}, progress=False, log=quiet)  # epoch 3 scores 0.70
+    assert (run / "best.pt").read_bytes() == best_before
+    assert (worse.best_epoch, worse.best_val_acc) == (2, 0.80)
+    older = load_checkpoint(run / "last.pt")
+    older["progress"]["best_val_acc"] = 0.80  # as catsdogs saved it before the best epoch was read off the history
+    save_checkpoint(older, run / "last.pt")
+    better = train(None, resume=run, flags={"epochs": 4}, progress=False, log=quiet)  # epoch 4 scores 0.90
+    assert load_checkpoint(run / "best.pt")["epoch"] == 4 and (better.best_epoch, better.best_val_acc) == (4, 0.90)
+
+
+# Epoch 1 answers the larger class: the best plain accuracy, and the worst balanced accuracy.
+UNBALANCED_SCORES = [(0.50, 0.857, 0.500), (0.70, 0.700, 0.725), (0.65, 0.690, 0.740)]
+
+
+@pytest.mark.parametrize(("class_weights", "best"), [("balanced", (3, 0.690, 0.740)), ("none", (1, 0.857, 0.500))])
+def test_status_and_result_name_the_best_epoch_and_both_of_its_accuracies(data: Path, tmp_path: Path, monkeypatch,
+                                                                          class_weights: str, best) -> None:
+    _validation_gives(monkeypatch, UNBALANCED_SCORES)
+    result = train(make_config(data, tmp_path / "run", epochs=3, class_weights=class_weights), progress=False,
+                   log=quiet)
+    status = json.loads((result.run_dir / "status.json").read_text())
+    assert (status["best_epoch"], status["best_val_acc"], status["best_val_balanced_acc"]) == best
+    assert (result.best_epoch, result.best_val_acc, result.best_val_balanced_acc) == best
+    assert status["best_chosen_by"] == ("val_balanced_acc" if class_weights == "balanced" else "val_acc")
+    assert load_checkpoint(result.run_dir / "best.pt")["epoch"] == best[0]
+
+
+def test_early_stopping_triggers_after_patience(data: Path, tmp_path: Path) -> None:
+    # With lr 1e-12 the model barely changes, so validation accuracy never improves after epoch 1.
+    messages: list[str] = []
+    result = train(make_config(data, tmp_path / "run", epochs=6, lr=1e-12, patience=2), progress=False,
+                   log=messages.append)
+    assert result.status == "early-stopped" and result.epochs_done == 3
+    assert any("early stop" in m for m in messages)
+    status = json.loads((result.run_dir / "status.json").read_text())
+    assert status["status"] == "early-stopped" and "2 epochs" in status["reason"]
+    again = train(None, resume=result.run_dir, progress=False, log=quiet)
+    assert again.status == "nothing-to-do"
+
+
+def test_scheduler_is_recorded_in_the_lr_column(data: Path, tmp_path: Path) -> None:
+    run = train(make_config(data, tmp_path / "run", epochs=3, scheduler="cosine", lr=0.01), progress=False,
+                log=quiet).run_dir
+    with (run / "history.csv").open() as handle:
+        lrs = [float(r["lr"]) for r in csv.DictReader(handle)]
+    steps = 5
+    expected = [0.01 * lr_factor("cosine", (epoch + 1) * steps - 1, 3 * steps) for epoch in range(3)]
+    assert lrs == pytest.approx(expected, abs=1e-6)
+    assert lrs[0] > lrs[1] > lrs[2]
+
+
+def test_unknown_scheduler_is_refused(data: Path, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="unknown scheduler 'wobbly'.*constant"):
+        train(make_config(data, tmp_path / "run", scheduler="wobbly"), progress=False, log=quiet)
+
+
+@pytest.mark.parametrize("cache", ["auto", "off"])
+def test_an_image_broken_after_the_split_is_skipped_and_reported(data: Path, tmp_path: Path, monkeypatch,
+                                                                 cache: str) -> None:
+    victim = sorted((data / "train" / "Cat").iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:40])  # truncated
+    with pytest.raises(CatsdogsError, match="1 of 52 images could not be read"):
+        train(make_config(data, tmp_path / "strict", epochs=1, cache=cache), progress=False, log=quiet)
+    monkeypatch.setattr(train_module, "MAX_UNREADABLE_FRACTION", 0.1)
+    result = train(make_config(data, tmp_path / "lenient", epochs=1, cache=cache), progress=False, log=quiet)
+    status = json.loads((result.run_dir / "status.json").read_text())
+    assert status["unreadable_images"] == [str(victim)]
+
+
+def test_full_disk_while_saving_keeps_the_previous_checkpoint(data: Path, tmp_path: Path, monkeypatch) -> None:
+    run = train(make_config(data, tmp_path / "run", epochs=1), progress=False, log=quiet).run_dir
+    before = (run / "last.pt").read_bytes()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CatsdogsError, match="No space left on device.*previous checkpoint is untouched"):
+        train(None, resume=run, flags={"epochs": 2}, progress=False, log=quiet)
+    assert (run / "last.pt").read_bytes() == before
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def _before_step(monkeypatch, number: int, act) -> None:
+    """Call `act()` just before training step `number` (1-based) of this process."""
+    original = loop_module.EpochLoop._step
+    calls = {"n": 0}
+
+    def step(self, images, labels):
+        calls["n"] += 1
+        if calls["n"] == number:
+            act()
+        return original(self, images, labels)
+
+    monkeypatch.setattr(loop_module.EpochLoop, "_step", step)
+
+
+@pytest.mark.parametrize("at_step", [2, 5 + 2])
+def test_a_second_ctrl_c_says_what_is_left_and_leaves_no_empty_run(data: Path, tmp_path: Path, monkeypatch,
+                                                                   at_step: int) -> None:
+    def ctrl_c_twice() -> None:  # out at once
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    _before_step(monkeypatch, at_step, ctrl_c_twice)
+    messages: list[str] = []
+    out = tmp_path / "runs" / "r"
+    with pytest.raises(KeyboardInterrupt):
+        train(make_config(data, out, epochs=3), progress=False, log=messages.append)
+    if at_step == 2:  # in the first epoch, before any save: the folder would only hold config.yaml
+        assert messages[-1] == f"stopped before anything was saved: nothing to resume, so {out} is removed"
+        assert not out.exists()
+    else:  # epoch 1 was saved
+        assert messages[-1] == f"stopped at once; the last save can be resumed with: catsdogs train --resume {out}"
+        assert load_checkpoint(out / "last.pt")["progress"]["epoch"] == 1
+
+
+@pytest.mark.parametrize("at_step", [2, 5 + 2])
+def test_running_out_of_memory_is_one_line_and_leaves_no_empty_run(data: Path, tmp_path: Path, monkeypatch,
+                                                                   at_step: int) -> None:
+    from click.testing import CliRunner
+
+    from catsdogs.cli import main
+
+    def out_of_memory() -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.77 GiB total)")
+
+    _before_step(monkeypatch, at_step, out_of_memory)
+    out = tmp_path / "runs" / "r"
+    result = CliRunner().invoke(main, ["train", "--data", str(data), "--optim", "adam", "--image-size", str(SIZE),
+                                       "--batch-size", "8", "--epochs", "3", "--device", "cpu", "--out", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    lines = result.output.strip().splitlines()  # the log (stdout) and the error (stderr), in either order
+    assert ("Error: out of memory (CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.77 GiB total)): "
+            "train the same batches in passes with --micro-batch N, or use a smaller --batch-size or "
+            "--image-size") in lines
+    assert len([line for line in lines if line.startswith("Error")]) == 1
+    if at_step == 2:  # before any save: the folder would only hold config.yaml
+        assert f"failed before anything was saved: nothing to resume, so {out} is removed" in lines
+        assert not out.exists()
+    else:
+        assert f"failed; the last save can be resumed with: catsdogs train --resume {out}" in lines
+        assert load_checkpoint(out / "last.pt")["progress"]["epoch"] == 1
+
+
+def _train_command(data: Path, out: Path, epochs: int) -> list[str]:
+    return [sys.executable, "-m", "catsdogs", "train", "--data", str(data), "--optim", "adam", "--image-size",
+            str(SIZE), "--batch-size", "2", "--epochs", str(epochs), "--device", "cpu", "--out", str(out)]
+
+
+def test_ctrl_c_in_a_real_process_saves_and_prints_the_resume_command(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    process = subprocess.Popen(_train_command(data, out, 50), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.time() + 120
+    while not (out / "history.csv").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.3)  # into the next epoch
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert f"resume with: catsdogs train --resume {out}" in stdout
+    assert "Traceback" not in stderr
+    state = load_checkpoint(out / "last.pt")
+    assert state["progress"]["step"] > 0 or state["progress"]["epoch"] >= 1
+    assert json.loads((out / "status.json").read_text())["status"] == "interrupted"
+
+
+def test_ctrl_c_saves_even_when_the_log_pipe_is_gone(data: Path, tmp_path: Path) -> None:
+    """`catsdogs train | tee log`: the same Ctrl-C ends tee, and the log lines then meet a closed pipe."""
+    out = tmp_path / "run"
+    process = subprocess.Popen(_train_command(data, out, 50), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (out / "history.csv").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.3)  # into the next epoch
+    process.stdout.close()  # tee is gone
+    process.send_signal(signal.SIGINT)
+    stderr = process.communicate(timeout=120)[1].decode()
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "Broken pipe" not in stderr, stderr
+    assert json.loads((out / "status.json").read_text())["status"] == "interrupted"
+    state = load_checkpoint(out / "last.pt")
+    assert state["progress"]["step"] > 0 or state["progress"]["epoch"] >= 2  # the position in the epoch is kept
+
+
+def test_sigkill_at_any_moment_leaves_a_loadable_last_checkpoint(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    for delay in (0.05, 0.2, 0.45):
+        process = subprocess.Popen(_train_command(data, out, 50) if not out.exists() else
+                                   [sys.executable, "-m", "catsdogs", "train", "--resume", str(out)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while not (out / "last.pt").exists() and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        state = load_checkpoint(out / "last.pt")
+        assert state["progress"]["epoch"] >= 1
+
+
+def test_a_run_records_its_data_folder_absolute_and_resumes_from_anywhere(data: Path, tmp_path: Path,
+                                                                        monkeypatch) -> None:
+    monkeypatch.chdir(data.parent)
+    run = train(make_config(Path("data"), tmp_path / "run", epochs=1), progress=False, log=quiet).run_dir
+    saved = load_checkpoint(run / "last.pt")
+    assert saved["config"]["data"] == str(data.resolve())
+    assert set(saved["data_fingerprint"]) == {"train", "val"}  # never the test split, not even its names
+    monkeypatch.chdir(tmp_path)  # somewhere else entirely
+    assert train(None, resume=run, flags={"epochs": 2}, progress=False, log=quiet).epochs_done == 2
+
+
+def test_resume_follows_a_moved_split_but_refuses_a_new_one(data: Path, tmp_path: Path, monkeypatch) -> None:
+    import shutil
+
+    run = train(make_config(data, tmp_path / "run", epochs=1), progress=False, log=quiet).run_dir
+    moved = Path(shutil.copytree(data, tmp_path / "moved" / "data"))
+    shutil.rmtree(data)
+    monkeypatch.chdir(tmp_path / "moved")  # given relative, recorded absolute
+    result = train(None, resume=run, flags={"data": "data", "epochs": 2}, progress=False, log=quiet)
+    assert result.epochs_done == 2
+    for name in ("last.pt", "best.pt"):  # best.pt is what evaluate reads: it follows the move too
+        assert load_checkpoint(run / name)["config"]["data"] == str(moved), name
+    # A re-split: one training photo swapped into validation.
+    (moved / "train" / "Cat" / "0.jpg").rename(moved / "val" / "Cat" / "moved-from-train.jpg")
+    with pytest.raises(CatsdogsError, match=r"does not hold the split .* \(re-split since\?\)"):
+        train(None, resume=run, flags={"epochs": 3}, progress=False, log=quiet)
+
+
+def test_a_run_folder_inside_the_split_is_refused(data: Path) -> None:
+    with pytest.raises(UsageError, match="inside .*train, where it would be read as a class"):
+        train(make_config(data, data / "train" / "run"), progress=False, log=quiet)
+    assert sorted(p.name for p in (data / "train").iterdir()) == ["Cat", "Dog"]
+
+
+def test_an_existing_out_folder_is_never_reused_and_the_run_says_where_it_went(data: Path, tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.txt").write_text("mine")
+    lines: list[str] = []
+    result = train(make_config(data, tmp_path / "run", epochs=1), progress=False, log=lines.append)
+    assert result.run_dir == tmp_path / "run-2"
+    assert f"{tmp_path / 'run'} already exists, so this run goes to {tmp_path / 'run-2'} (a run never reuses a " \
+           "folder)" in lines
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["keep.txt"]
+
+
+def test_unbalanced_validation_photos_get_the_majority_baseline_beside_the_best_accuracy(data: Path,
+                                                                                          tmp_path: Path) -> None:
+    lines: list[str] = []
+    train(make_config(data, tmp_path / "balanced", epochs=1), progress=False, log=lines.append)
+    assert lines[-1].startswith("best val accuracy ") and "always answering" not in lines[-1]
+    for index in range(4):  # val: 6 cats, 2 dogs
+        (data / "val" / "Dog" / f"{index}.jpg").unlink()
+    lines.clear()
+    train(make_config(data, tmp_path / "unbalanced", epochs=1), progress=False, log=lines.append)
+    assert ("(unbalanced classes: always answering Cat scores 0.7500; see balanced accuracy in `catsdogs evaluate`)"
+            in lines[-1])
+
+
+def test_a_batch_in_several_passes_gets_the_same_gradient(data: Path, tmp_path: Path) -> None:
+    runs = {}
+    for micro in (None, 3):  # batches of 8 in passes of 3, 3 and 2
+        cfg = make_config(data, tmp_path / f"micro-{micro}", micro_batch=micro)
+        runs[micro] = train(cfg, progress=False, log=quiet).run_dir
+    whole, parts = (load_checkpoint(runs[m] / "last.pt")["model"] for m in (None, 3))
+    assert all(torch.allclose(whole[k], parts[k], atol=1e-5) for k in whole)  # float sums differ in order only
+    assert history_without_time(runs[None]) == history_without_time(runs[3])
+    lines: list[str] = []
+    train(make_config(data, tmp_path / "shown", epochs=1, micro_batch=3), progress=False, log=lines.append)
+    assert any("(lr 0.001, batch 8, in passes of 3), 1 epoch" in line for line in lines)
+
+
+def test_balanced_class_weights_weigh_the_rare_class_and_passes_still_add_up(data: Path, tmp_path: Path) -> None:
+    from catsdogs.data.cache import BatchSource, read_split
+    from catsdogs.data.transforms import eval_preset
+    from catsdogs.training.loop import class_weights
+
+    for extra in sorted((data / "train" / "Dog").iterdir())[6:]:  # 20 cats, 6 dogs
+        extra.unlink()
+    source = BatchSource(read_split(data, "train"), eval_preset(SIZE), None)
+    assert class_weights(source, "none") is None
+    assert class_weights(source, "balanced").tolist() == pytest.approx([26 / (2 * 20), 26 / (2 * 6)])
+    runs = {}
+    for scheme, micro in (("none", None), ("balanced", None), ("balanced", 3)):
+        cfg = make_config(data, tmp_path / f"{scheme}-{micro}", class_weights=scheme, micro_batch=micro)
+        runs[scheme, micro] = load_checkpoint(train(cfg, progress=False, log=quiet).run_dir / "last.pt")
+    # history.csv's val balanced accuracy is evaluate's, for the epoch best.pt holds
+    from catsdogs.inference.evaluate import evaluate_run
+
+    run = tmp_path / "balanced-None"
+    best = load_checkpoint(run / "best.pt")["epoch"]
+    with (run / "history.csv").open() as handle:
+        row = next(r for r in csv.DictReader(handle) if int(r["epoch"]) == best)
+    measured = evaluate_run(run, split="val", progress=False).metrics["balanced_accuracy"]
+    assert float(row["val_balanced_acc"]) == pytest.approx(measured, abs=1e-6)
+    whole, parts = runs["balanced", None]["model"], runs["balanced", 3]["model"]
+    assert all(torch.allclose(whole[k], parts[k], atol=1e-5) for k in whole)
+    plain = runs["none", None]["model"]
+    assert not all(torch.allclose(whole[k], plain[k], atol=1e-3) for k in whole)  # the weights change the steps
+    assert runs["balanced", None]["config"]["class_weights"] == "balanced"
+
+
+@pytest.mark.parametrize("accelerator", ["cuda", "mps"])
+def test_the_accelerators_random_state_is_saved_and_restored(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                             accelerator: str) -> None:
+    """Dropout on a GPU draws from the GPU's generator: a resume must continue it, not restart it."""
+    from catsdogs.training.resume import rng_state, set_rng_state
+
+    generator = {"state": torch.arange(16, dtype=torch.uint8)}  # stands in for the device's generator
+    module = torch.cuda if accelerator == "cuda" else torch.mps
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: accelerator == "cuda")
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: accelerator == "cuda")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: accelerator == "mps")
+    monkeypatch.setattr(module, "get_rng_state", lambda *args: generator["state"].clone())
+    monkeypatch.setattr(module, "set_rng_state", lambda state, *args: generator.update(state=state.clone()))
+    torch.save(rng_state(), tmp_path / "rng.pt")
+    generator["state"] = torch.zeros(16, dtype=torch.uint8)  # the stream moved on (or a fresh process seeded it)
+    saved = torch.load(tmp_path / "rng.pt", weights_only=True)
+    assert set(saved) == {"torch", "python", "numpy", accelerator}
+    set_rng_state(saved)
+    assert torch.equal(generator["state"], torch.arange(16, dtype=torch.uint8))
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # resumed on the CPU: the state is not needed
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    generator["state"] = torch.zeros(16, dtype=torch.uint8)
+    set_rng_state(saved)
+    assert not generator["state"].any()
+
+
+def test_a_config_files_runs_are_named_after_it(tmp_path: Path) -> None:
+    recipe = tmp_path / "cpu-fast.yaml"
+    recipe.write_text("optim: adam\n")
+    assert new_run_config(recipe, {}).out == "runs/cpu-fast"
+    assert new_run_config(recipe, {"out": "runs/mine"}).out == "runs/mine"  # --out wins
+    hidden = tmp_path / ".yaml"
+    hidden.write_text("optim: adam\n")
+    assert new_run_config(hidden, {}).out == "runs/yaml"  # never a hidden folder
+    assert new_run_config(None, {"optim": "adam"}).out is None  # train names it runs/<optim>
