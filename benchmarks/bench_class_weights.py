@@ -21,6 +21,7 @@ from pathlib import Path
 
 from catsdogs.data.split import split_dataset
 from catsdogs.inference.evaluate import evaluate_run
+from catsdogs.process import configure_process
 from catsdogs.training.config import build_config
 from catsdogs.training.train import train
 
@@ -40,6 +41,7 @@ def unbalanced_folder(source: Path, counts: dict[str, int], out: Path) -> Path:
 
 
 def main() -> int:
+    configure_process()  # as the catsdogs commands do (see catsdogs.process), so results match theirs
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=SOURCE)
     parser.add_argument("--dogs", type=int, default=900)

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from catsdogs.inference.evaluate import evaluate_run
+from catsdogs.process import configure_process
 from catsdogs.study.stats import paired_t_test
 from catsdogs.training.config import TrainConfig
 from catsdogs.training.hardware import cpu_has_bf16
@@ -26,6 +27,7 @@ from catsdogs.training.train import train
 
 
 def main() -> int:
+    configure_process()  # as the catsdogs commands do (see catsdogs.process), so results match theirs
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("data"))
     parser.add_argument("--seeds", type=int, default=3)

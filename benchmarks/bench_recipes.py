@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from catsdogs.inference.evaluate import evaluate_run
+from catsdogs.process import configure_process
 from catsdogs.training.checkpoint import load_checkpoint
 from catsdogs.training.config import build_config
 from catsdogs.training.train import train
@@ -38,6 +39,7 @@ def describe(name: str) -> tuple[Path | None, dict]:
 
 
 def main() -> int:
+    configure_process()  # as the catsdogs commands do (see catsdogs.process), so results match theirs
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--runs", nargs="+", default=["cnn3", "cpu-fast"])

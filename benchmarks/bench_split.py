@@ -24,7 +24,9 @@ from typing import Callable
 import cv2
 from imutils import paths
 
+from catsdogs.cpus import usable_cpus
 from catsdogs.data.split import DEFAULT_RATIOS, split_dataset
+from catsdogs.process import configure_process
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "PetImages-dev"
@@ -66,6 +68,7 @@ def time_runs(runs: dict[str, Callable[[Path], object]], repeat: int, scratch: P
 
 
 def main() -> None:
+    configure_process()  # as the catsdogs commands do (see catsdogs.process), so results match theirs
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="a PetImages-style folder (Cat/, Dog/)")
     parser.add_argument("--repeat", type=int, default=5, help="runs per approach; the median is reported")
@@ -77,7 +80,7 @@ def main() -> None:
     files = sorted(str(path) for path in data.rglob("*") if path.is_file())
     for path in files:  # warm the page cache, so neither approach pays for the first read
         Path(path).read_bytes()
-    jobs = os.cpu_count() or 1
+    jobs = usable_cpus()
     # Scratch beside the data's file system is not guaranteed; split reports any copy fallback.
     runs = {
         "tutorial": lambda out: tutorial_split(data, out),

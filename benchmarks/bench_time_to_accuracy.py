@@ -77,9 +77,9 @@ def run_recipe(recipe: str, precision: str, budget: float, split: Path, test: Pa
 def run_tutorial(budget: float, split: Path, test: Path) -> dict:
     """The tutorial's pipeline, stopped after `budget` minutes of training, measured on `test`."""
     import torch
+    from bench_train import tutorial_loader
     from torch import nn
 
-    from bench_train import tutorial_loader
     from catsdogs.training.models import build_model
 
     torch.manual_seed(0)

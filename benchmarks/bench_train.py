@@ -28,6 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from catsdogs.data.cache import CACHE_DIR, BatchSource, load_cache, read_split
 from catsdogs.data.transforms import eval_preset
 from catsdogs.inference.evaluate import evaluate_run
+from catsdogs.process import configure_process
 from catsdogs.training.config import TrainConfig
 from catsdogs.training.hardware import select_precision
 from catsdogs.training.loop import evaluate_source
@@ -91,6 +92,7 @@ def tutorial_evaluate(data: Path, image_size: int, workers: int) -> tuple[float,
 
 
 def main() -> int:
+    configure_process()  # as the catsdogs commands do (see catsdogs.process), so results match theirs
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("data"), help="a folder written by `catsdogs split`")
     parser.add_argument("--image-size", type=int, default=224)

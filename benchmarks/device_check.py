@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from catsdogs.inference.evaluate import evaluate_run
+from catsdogs.process import configure_process
 from catsdogs.training.config import TrainConfig
 from catsdogs.training.train import train
 
@@ -146,6 +147,7 @@ def check_torchrun(data: Path, work: Path) -> None:
 
 
 def main() -> int:
+    configure_process()  # as the catsdogs commands do (see catsdogs.process), so results match theirs
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--images", type=int, default=600, help="training photos per class")

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from catsdogs.inference.evaluate import evaluate_run
+from catsdogs.process import configure_process
 from catsdogs.study.stats import mcnemar_exact_p
 
 
@@ -26,6 +27,7 @@ def correct_by_photo(predictions: Path) -> dict[str, bool]:
 
 
 def main() -> int:
+    configure_process()  # as the catsdogs commands do (see catsdogs.process), so results match theirs
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_a", type=Path)
     parser.add_argument("run_b", type=Path)

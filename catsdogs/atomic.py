@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from catsdogs.names import utf8
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
@@ -45,6 +47,7 @@ def current_umask() -> int:
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """Replace the text file at `path` with `text` in one step (see `atomic_write`)."""
-    with atomic_write(path, "w") as handle:
-        handle.write(text)
+    """Replace the text file at `path` with `text` in one step (see `atomic_write`), as UTF-8 whatever
+    the locale; a file name in it that is not UTF-8 is written escaped (see catsdogs.names)."""
+    with atomic_write(path) as handle:
+        handle.write(utf8(text))

@@ -95,6 +95,9 @@ def main(ctx: click.Context) -> None:
     catsdogs predict photo.jpg      # cat or dog? with the latest run's model
     catsdogs explain --mistakes 8   # heat maps of what misled it most
     """
+    from catsdogs.process import configure_process
+
+    configure_process()  # Pillow's pixel limit, OpenCV's threads, the allocator: see catsdogs.process
     if ctx.invoked_subcommand != "train" and "WORLD_SIZE" in os.environ:
         # Under torchrun only `train` shares out its work; another command would run N times over.
         from catsdogs.training.distributed import team_from_environment
@@ -130,7 +133,7 @@ def download(dest: Path) -> None:
               help="folders: one subfolder per class (PetImages); kaggle: flat cat.N.jpg/dog.N.jpg.")
 @click.option("--mode", default="link", show_default=True, type=click.Choice(["link", "copy", "symlink"]),
               help="How files land in the split: hard links (copies across filesystems), copies or symlinks.")
-@click.option("--jobs", default=None, type=click.IntRange(min=1), help="Processes decoding images [all cores].")
+@click.option("--jobs", default=None, type=click.IntRange(min=1), help="Processes decoding images [the CPUs this process may run on].")
 @click.option("--force", is_flag=True, help="Replace an output folder that split made with other arguments (never a "
                                           "folder split did not make).")
 def split(source: Path, out: Path, ratios: str, seed: int, layout: str, mode: str, jobs: int | None,
@@ -164,7 +167,8 @@ _TRAIN_OPTIONS = [
                       "memory. [default: the whole batch]"),
     click.option("--workers", default=None, type=int, help="Loader processes when not cached. [default: auto]"),
     click.option("--cache", default=None, type=click.Choice(["auto", "off", "rebuild"]),
-                 help="Decode each split once into a memory-mapped array. [default: auto]"),
+                 help="Decode each split once into a memory-mapped array (rebuild: decode again, in this run "
+                      "only). [default: auto]"),
     click.option("--scheduler", default=None, help="Learning-rate schedule (see `catsdogs schedulers`)."),
     click.option("--patience", default=None, type=int,
                  help="Stop after this many epochs without a better val accuracy (0: never)."),
@@ -291,11 +295,14 @@ def compare(config_file: Path | None, optims: str | None, seeds: int | None, bud
                    "[default: the split the run trained on]")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda", "mps"]))
 @click.option("--tta", is_flag=True, help="Average each prediction with that of the mirror image.")
+@click.option("--tta-mode", default=None, type=click.Choice(["flip", "flip-shift"]),
+              help="Views --tta averages: flip (the mirror image), flip-shift (also each shifted by 1/32 of the "
+                   "side both ways: six views). Implies --tta. [default: flip]")
 @click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the results. [default: RUN_DIR, or RUN_DIR/eval-<name> with --data of another "
                    "folder]")
 def evaluate(run_dir: Path | None, split_name: str, checkpoint: str, data: str | None, device: str,
-             tta: bool, out: Path | None) -> None:
+             tta: bool, tta_mode: str | None, out: Path | None) -> None:
     """Measure a trained run on a split; writes metrics.json and confusion_matrix.png into it."""
     from catsdogs.data.images import describe_left_out
     from catsdogs.inference.evaluate import evaluate_run
@@ -305,8 +312,8 @@ def evaluate(run_dir: Path | None, split_name: str, checkpoint: str, data: str |
     if run_dir is None:
         run_dir = latest_run()
         click.echo(f"evaluating the most recent run: {run_dir}")
-    result = evaluate_run(run_dir, split=split_name, checkpoint=checkpoint, data=data, device=device, tta=tta,
-                          out_dir=out)
+    result = evaluate_run(run_dir, split=split_name, checkpoint=checkpoint, data=data, device=device,
+                          tta=tta_mode or tta, out_dir=out)
     click.echo(format_metrics(result.metrics))
     left_out = [(Path(item["path"]), item["reason"]) for item in result.metrics["left_out"]]
     for line in describe_left_out(left_out):

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -38,3 +40,28 @@ def test_class_weights_benchmark_runs_on_a_small_folder(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith(("| none", "| balanced"))]
     assert len(rows) == 2 and all(len(row.split("|")) == 8 for row in rows)
+
+
+@pytest.fixture
+def data(tmp_path: Path, tiny_split) -> Path:
+    return tiny_split(tmp_path, per_class=(10, 3, 3), size=40)
+
+
+def test_bench_train_runs_in_tiny_mode(data: Path) -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--data", str(data),
+                             "--tiny", "--image-size", "96", "--batch-size", "8"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "speed-up b/a:" in result.stdout and "GFLOP/s achieved" in result.stdout
+    assert "evaluate (6 test images)" in result.stdout
+
+
+def test_device_check_runs_on_the_cpu() -> None:
+    """The script a session with a lent GPU runs; here it must at least work on the CPU."""
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "device_check.py"), "--device", "cpu",
+                             "--images", "16", "--size", "64"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("device: cpu") == 4
+    assert "fp16 is for GPUs" in result.stdout and "test " in result.stdout
+    assert "resume after 1 of 2 epochs: largest weight difference from a straight run 0.00e+00" in result.stdout
+    assert "augment randaugment: 1 epoch(s)" in result.stdout and "gpu.yaml, 2 epochs: 2 epoch(s)" in result.stdout

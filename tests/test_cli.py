@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+import importlib
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
@@ -16,8 +17,8 @@ from click.testing import CliRunner, Result
 import catsdogs
 import catsdogs.training.optim as optim
 from catsdogs.cli import main
-from catsdogs.training.config import TrainConfig
-from catsdogs.training.optim import ENTRY_POINT_GROUP, OPTIMIZERS, list_optimizers, register_optimizer
+from catsdogs.training.config import TrainConfig, read_yaml_overrides
+from catsdogs.training.optim import ENTRY_POINT_GROUP, get_optimizer_spec, list_optimizers, register_optimizer
 
 COMMANDS = ["download", "split", "train", "evaluate", "predict", "explain", "plot-curves", "compare", "optimizers",
             "models", "schedulers", "augments"]
@@ -98,26 +99,34 @@ def test_python_dash_m_catsdogs(tmp_path: Path) -> None:
     assert "plot-curves" in done.stdout
 
 
+def listed_optimizers(text: str) -> dict[str, tuple[str, type, str]]:
+    """`catsdogs optimizers` read back: name -> (description, the class its import path names, defaults)."""
+    lines = text.splitlines()
+    listing = {}
+    for first, second in zip(lines[::2], lines[1::2]):
+        name, description = first.split(maxsplit=1)
+        path, defaults = second.strip().split(": ", 1)
+        module, _, attribute = path.rpartition(".")
+        listing[name] = (description, getattr(importlib.import_module(module), attribute), defaults)
+    return listing
+
+
 def test_optimizers_lists_the_built_ins_with_their_defaults(cli) -> None:
-    lines = ok(cli("optimizers")).splitlines()
-    names = [line.split()[0] for line in lines if not line.startswith(" ")]
-    assert names == list_optimizers()  # test_optim pins the registry itself
-    text = "\n".join(lines)
-    assert "torch.optim.sgd.SGD: lr=0.001, momentum=0, batch_size=1" in text
-    assert "torch.optim.sgd.SGD: lr=0.01, momentum=0.9, batch_size=100" in text
-    assert "torch.optim.adam.Adam: lr=0.001, batch_size=100" in text
+    listing = listed_optimizers(ok(cli("optimizers")))
+    assert list(listing) == list_optimizers()  # test_optim pins the registry itself
+    for name, (description, cls, defaults) in listing.items():
+        spec = get_optimizer_spec(name)
+        assert (description, cls, defaults) == (spec.description, spec.cls, spec.describe_defaults())
 
 
 @pytest.fixture
-def plugin_entry_points(monkeypatch: pytest.MonkeyPatch) -> Iterator[list]:
-    """Fake entry points for the optimizer group; anything they register is removed afterwards."""
+def plugin_entry_points(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Fake entry points for the optimizer group; they register into a copy of the registry, dropped afterwards."""
     entries: list = []
-    before = set(OPTIMIZERS._entries)
+    monkeypatch.setattr(optim, "OPTIMIZERS", copy.deepcopy(optim.OPTIMIZERS))
     monkeypatch.setattr(optim, "entry_points", lambda group: entries if group == ENTRY_POINT_GROUP else [])
     monkeypatch.setattr(optim, "_plugins_loaded", False)
-    yield entries
-    for name in set(OPTIMIZERS._entries) - before:
-        del OPTIMIZERS._entries[name]
+    return entries
 
 
 class FakeEntryPoint:
@@ -134,7 +143,9 @@ def test_optimizers_lists_plugins_and_survives_a_broken_one(cli, plugin_entry_po
                                 "plugin-rmsprop", "RMSprop from a plugin", {"lr": 0.01})(torch.optim.RMSprop))]
     result = cli("optimizers")
     text = ok(result)
-    assert "plugin-rmsprop" in text and "torch.optim.rmsprop.RMSprop: lr=0.01, batch_size=100" in text
+    spec = get_optimizer_spec("plugin-rmsprop")
+    listed = listed_optimizers(text)["plugin-rmsprop"]
+    assert listed == (spec.description, torch.optim.RMSprop, spec.describe_defaults())
     assert "warning: optimizer plugin 'lion'" in result.stderr
     assert "No module named 'lion_pytorch'" in result.stderr
 
@@ -167,14 +178,17 @@ def test_schedulers_lists_each_with_its_description(cli) -> None:
 
 def test_print_config_fills_the_optimizers_defaults(cli, tmp_path: Path) -> None:
     config = printed_config(cli("train", "--optim", "adam", "--print-config"))
-    expected = {**TrainConfig().to_dict(), "optim": "adam", "batch_size": 100, "lr": 0.001}
+    spec = get_optimizer_spec("adam")
+    filled = {key: value for key, value in spec.defaults.items() if key in ("lr", "momentum", "weight_decay")}
+    expected = {**TrainConfig().to_dict(), "optim": "adam", "batch_size": spec.batch_size, **filled}
     assert config == expected
     assert list(tmp_path.iterdir()) == []  # printing the config writes nothing
 
 
 def test_print_config_for_vanilla_sgd_uses_one_image_per_step(cli) -> None:
     config = printed_config(cli("train", "--optim", "vanilla-sgd", "--print-config"))
-    assert (config["batch_size"], config["lr"], config["momentum"]) == (1, 0.001, 0.0)
+    spec = get_optimizer_spec("vanilla-sgd")
+    assert (config["batch_size"], config["lr"], config["momentum"]) == (1, spec.defaults["lr"], 0.0)
 
 
 def test_print_config_precedence(cli, tmp_path: Path) -> None:
@@ -186,7 +200,7 @@ def test_print_config_precedence(cli, tmp_path: Path) -> None:
     assert config["image_size"] == 128  # file over default
     assert config["lr"] == 0.2  # flag over file
     assert config["batch_size"] == 16  # flag over the optimizer's default
-    assert config["momentum"] == 0.9  # the optimizer's own default
+    assert config["momentum"] == get_optimizer_spec("momentum").defaults["momentum"]  # the optimizer's own default
     assert config["hflip"] == 0.25 and config["model"] == "cnn3"  # untouched defaults
     flagged = printed_config(cli("train", "--config", "study.yaml", "--optim", "adam", "--print-config"))
     assert (flagged["optim"], flagged["lr"], flagged["momentum"]) == ("adam", 0.05, None)
@@ -197,12 +211,30 @@ def test_print_config_precedence(cli, tmp_path: Path) -> None:
     assert printed_config(cli("train", "--config", ".yaml", "--print-config"))["out"] == "runs/yaml"  # not hidden
 
 
-def test_shipped_config_prints(cli) -> None:
-    root = Path(__file__).resolve().parents[1] / "configs" / "vanilla-sgd.yaml"
-    if not root.is_file():
-        pytest.skip("configs/vanilla-sgd.yaml is not in this checkout")
-    config = printed_config(cli("train", "--config", str(root), "--print-config"))
-    assert (config["optim"], config["batch_size"]) == ("vanilla-sgd", 1)
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# What the README promises in configs/: a default, the tutorial's optimizers, the recipes.
+SHIPPED_CONFIGS = ["adam.yaml", "default.yaml", "minibatch-sgd.yaml", "momentum.yaml", "recipes/cnn3-best.yaml",
+                   "recipes/cpu-best.yaml", "recipes/cpu-fast.yaml", "recipes/cpu-quick.yaml", "recipes/finetune.yaml",
+                   "recipes/gpu.yaml", "vanilla-sgd.yaml"]
+
+
+def test_the_shipped_configs_are_the_documented_ones() -> None:
+    assert sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml")) == SHIPPED_CONFIGS
+
+
+@pytest.mark.parametrize("name", SHIPPED_CONFIGS)
+def test_shipped_config_prints(cli, name: str) -> None:
+    path = CONFIGS / name
+    assert path.is_file(), f"{path} is shipped with catsdogs and must be there"
+    config = printed_config(cli("train", "--config", str(path), "--print-config"))
+    overrides = read_yaml_overrides(path)
+    assert {key: config[key] for key in overrides} == overrides  # what the file sets, as it sets it
+    assert config["out"] == f"runs/{path.stem}"
+    spec = get_optimizer_spec(config["optim"])  # what it leaves unset: the optimizer's defaults, then ours
+    assert config["batch_size"] == overrides.get("batch_size", spec.batch_size)
+    assert config["lr"] == overrides.get("lr", spec.defaults["lr"])
+    untouched = set(TrainConfig().to_dict()) - set(overrides) - {"out", "batch_size", "lr", "momentum", "weight_decay"}
+    assert {key: config[key] for key in untouched} == {key: TrainConfig().to_dict()[key] for key in untouched}
 
 
 # --- errors: one line, non-zero exit, no traceback -------------------------------------------------

@@ -9,12 +9,12 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "catsdogs"
 # The stages of the pipeline, lowest first: a module may import from its own stage or one below.
 STAGES = {"helpers": 0, "data": 1, "training": 2, "inference": 3, "study": 4, "cli": 5}
-ENTRY = {"catsdogs.cli", "catsdogs.__main__"}
+ENTRY = {"catsdogs.cli", "catsdogs.__main__", "catsdogs.process"}  # process: the entry points' set-up
 # Old import paths kept for users, each re-exporting its module's new home (the README's plugin
 # example imports catsdogs.optim): these may import upward, and only from that home.
 ALIASES = {"catsdogs.optim": "catsdogs.training.optim"}
-HELPERS = {"catsdogs", "catsdogs.atomic", "catsdogs.errors", "catsdogs.figures", "catsdogs.interrupts",
-           "catsdogs.progress", "catsdogs.registry"}
+HELPERS = {"catsdogs", "catsdogs.atomic", "catsdogs.cpus", "catsdogs.errors", "catsdogs.figures",
+           "catsdogs.interrupts", "catsdogs.names", "catsdogs.progress", "catsdogs.registry"}
 
 Edge = tuple[str, str, str]  # importer, imported, where: "catsdogs/data/cache.py:12"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -17,6 +18,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from catsdogs.atomic import write_text_atomic
+from catsdogs.cpus import usable_cpus
 from catsdogs.data.images import (HIDDEN_FILE, HIDDEN_FOLDER, NOT_IN_CLASS_FOLDER, describe_left_out, find_photos,
                                   is_hidden, load_resized, no_photos_message)
 from catsdogs.data.staging import left_by_dead_run
@@ -28,6 +31,9 @@ from catsdogs.progress import progress_bar
 CACHE_DIR = ".cache"
 CACHE_VERSION = 1  # bump when load_resized changes what it produces
 SPLITS = ("train", "val", "test")
+# What writing in a folder raises when it cannot be written: a read-only mount (EROFS), or a folder
+# of another user's (EACCES, EPERM). The cache is then skipped, not the run.
+CANNOT_WRITE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 @dataclass
@@ -133,9 +139,11 @@ def _one_label_per_file(by_class: dict[int, list[Path]], names: Sequence[str],
 
 def split_fingerprint(split: ImageSplit) -> str:
     """A hash of the split's file names, classes and sizes: equal for the same photos anywhere."""
-    digest = hashlib.sha256(" ".join(split.classes).encode())
+    # surrogateescape: the bytes of a name that is not UTF-8 (Linux allows them), where strict would fail.
+    digest = hashlib.sha256(" ".join(split.classes).encode("utf-8", "surrogateescape"))
     for path, label in zip(split.paths, split.labels):
-        digest.update(f"{path.relative_to(split.root).as_posix()}\0{label}\0{path.stat().st_size}\n".encode())
+        line = f"{path.relative_to(split.root).as_posix()}\0{label}\0{path.stat().st_size}\n"
+        digest.update(line.encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:16]
 
 
@@ -145,10 +153,11 @@ def class_folders(root: Path) -> list[str]:
 
 
 def _cache_key(split: ImageSplit, image_size: int) -> str:
-    digest = hashlib.sha256(f"v{CACHE_VERSION} {image_size} {split.classes}".encode())
+    digest = hashlib.sha256(f"v{CACHE_VERSION} {image_size} {split.classes}".encode("utf-8", "surrogateescape"))
     for path, label in zip(split.paths, split.labels):
         stat = path.stat()
-        digest.update(f"{path.relative_to(split.root)}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        line = f"{path.relative_to(split.root)}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n"
+        digest.update(line.encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:16]
 
 
@@ -160,8 +169,6 @@ def _load_or_none(args: tuple[str, int]) -> np.ndarray | None:
         return None
 
 
-def default_jobs() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def load_cache(split: ImageSplit, image_size: int, mode: str = "auto", jobs: int | None = None,
@@ -170,7 +177,8 @@ def load_cache(split: ImageSplit, image_size: int, mode: str = "auto", jobs: int
 
     The file sits in `<data>/.cache/`, named by a key over the file list, sizes, modification
     times and image size, so a changed split or size gets a new cache and a stale one is never
-    read. Returns None when `mode` is "off" or the data folder cannot be written.
+    read. Returns None when `mode` is "off" or the data folder cannot be written (see CANNOT_WRITE);
+    a full disk, found before the build or during it, raises CatsdogsError saying how much room it needs.
     """
     if mode == "off":
         return None
@@ -189,10 +197,15 @@ def load_cache(split: ImageSplit, image_size: int, mode: str = "auto", jobs: int
     try:
         cache_dir.mkdir(exist_ok=True)
         _remove_stale(cache_dir, split.root.name, image_size, keep=stem)
-        return _build_cache(split, image_size, array_path, meta_path, jobs or default_jobs(), progress)
-    except PermissionError:
-        print(f"note: cannot write a cache in {cache_dir}; reading the images every epoch", file=sys.stderr)
-        return None
+        return _build_cache(split, image_size, array_path, meta_path, jobs or usable_cpus(), progress)
+    except OSError as error:
+        if error.errno in CANNOT_WRITE:
+            print(f"note: cannot write a cache in {cache_dir} ({error.strerror}); reading the images every epoch",
+                  file=sys.stderr)
+            return None
+        if error.errno == errno.ENOSPC:
+            raise _no_room(len(split), image_size, cache_dir) from None
+        raise
 
 
 def _remove_stale(cache_dir: Path, split_name: str, image_size: int, keep: str) -> None:
@@ -210,11 +223,8 @@ def _remove_stale(cache_dir: Path, split_name: str, image_size: int, keep: str) 
 def _build_cache(split: ImageSplit, size: int, array_path: Path, meta_path: Path, jobs: int,
                  progress: bool) -> np.ndarray:
     tmp = array_path.with_name(f".{array_path.name}.{os.getpid()}.tmp")
-    need, free = len(split) * size * size * 3, shutil.disk_usage(array_path.parent).free
-    if need > free:
-        raise CatsdogsError(f"the decoded cache of {len(split)} photos at {size}px needs {_gb(need)} in "
-                            f"{array_path.parent}, which has {_gb(free)} free: free some space, use a smaller "
-                            "--image-size, or --cache off (decoding the photos every epoch)")
+    if len(split) * size * size * 3 > shutil.disk_usage(array_path.parent).free:
+        raise _no_room(len(split), size, array_path.parent)
     unreadable: list[int] = []
     work = [(str(p), size) for p in split.paths]
     bar = progress_bar(total=len(work), desc=f"caching {split.root.name} at {size}px", unit="img",
@@ -229,14 +239,22 @@ def _build_cache(split: ImageSplit, size: int, array_path: Path, meta_path: Path
             _fill(images, map(_load_or_none, work), unreadable, bar)
         images.flush()
         del images
+        # The metadata first: the array's name appearing last completes the pair a later run reads.
+        meta = {"version": CACHE_VERSION, "count": len(split), "image_size": size, "unreadable": unreadable}
+        write_text_atomic(meta_path, json.dumps(meta))
         os.replace(tmp, array_path)
     finally:
         bar.close()
         tmp.unlink(missing_ok=True)
-    meta = {"version": CACHE_VERSION, "count": len(split), "image_size": size, "unreadable": unreadable}
-    meta_path.write_text(json.dumps(meta))
     split.unreadable = [split.paths[i] for i in unreadable]
     return np.load(array_path, mmap_mode="r")
+
+
+def _no_room(count: int, size: int, folder: Path) -> CatsdogsError:
+    need, free = count * size * size * 3, shutil.disk_usage(folder if folder.is_dir() else folder.parent).free
+    return CatsdogsError(f"the decoded cache of {count} photos at {size}px needs {_gb(need)} in {folder}, which has "
+                         f"{_gb(free)} free: free some space, use a smaller --image-size, or --cache off (decoding "
+                         "the photos every epoch)")
 
 
 def _gb(nbytes: int) -> str:
@@ -297,7 +315,7 @@ class BatchSource:
                  device: torch.device | None = None, resident: bool | None = None) -> None:
         """`resident`: hold the cache on `device`; None decides by itself (CUDA, and it fits)."""
         self.split, self.preset, self.images, self.workers = split, preset, images, workers
-        self.failed: list[Path] = []
+        self.failed: list[Path] = []  # files that could not be decoded when served, each once, in order met
         bad = {split.paths.index(p) for p in split.unreadable} if split.unreadable else set()
         self.valid = np.asarray([i for i in range(len(split)) if i not in bad], dtype=np.int64)
         self.on_device: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -338,7 +356,9 @@ class BatchSource:
         for position, (images, labels) in enumerate(loader):
             keep = labels >= 0
             if not bool(keep.all()):
-                self.failed += [self.split.paths[i] for i, ok in zip(order[position], keep.tolist()) if not ok]
+                for index, ok in zip(order[position], keep.tolist()):
+                    if not ok and self.split.paths[index] not in self.failed:  # each file once, however many epochs
+                        self.failed.append(self.split.paths[index])
                 images, labels = images[keep], labels[keep]
             if len(labels):
                 yield images, labels

@@ -14,13 +14,20 @@ from PIL import Image, ImageOps
 
 # Photos above this many pixels are refused as decompression bombs (a few KB of PNG can claim
 # gigapixels). 250 MP passes phone photos (50-200 MP today) and still bounds memory: about
-# 750 MB decoded as RGB, in each process that decodes. Pillow itself only warns above it and raises at
-# twice it; load_rgb makes the warning an error, so split, train and evaluate share one bound.
+# 750 MB decoded as RGB, in each process that decodes. load_rgb checks it on every photo, so
+# split, train and evaluate share one bound. Pillow's own, process-wide limit is left as the
+# program has it (refusing above 179 MP by default); the catsdogs commands raise it to this
+# bound (catsdogs.process.configure_process).
 MAX_IMAGE_PIXELS = 250_000_000
-Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+# A photo under this many pixels on a side holds no cat or dog to learn (icons, tracking pixels, a
+# thumbnail's remains): split leaves it out, and train, evaluate and predict refuse it alike, as
+# Ultralytics' image check does (under 10 pixels).
+MIN_SIDE = 10
 
-# OpenCV's own thread pool would fight the DataLoader workers and torch for the same cores.
-cv2.setNumThreads(1)
+
+class TooSmall(ValueError):
+    """A photo under MIN_SIDE pixels on a side."""
+
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -47,19 +54,31 @@ def load_rgb(path: str | os.PathLike | BinaryIO, draft_size: int | None = None) 
 
     `draft_size` lets the JPEG decoder shrink by a power of two while staying at least that
     large on both sides, which is much faster for big photos and loses nothing after a resize.
-    An image of more than MAX_IMAGE_PIXELS raises Image.DecompressionBombWarning (or, above
-    twice that, Image.DecompressionBombError) before anything is decoded.
+    An image of more than MAX_IMAGE_PIXELS raises Image.DecompressionBombError before anything
+    is decoded, as does one above twice the process's PIL.Image.MAX_IMAGE_PIXELS (Pillow's own
+    check, a program's stricter limit). One under MIN_SIDE pixels on a side raises TooSmall.
     """
     with warnings.catch_warnings():
-        # Palette images with transparency and odd EXIF blocks warn; the conversion handles them.
+        # Palette images with transparency and odd EXIF blocks warn, and so does Pillow above its
+        # own limit: the conversion handles the first, the check below decides the second.
         warnings.simplefilter("ignore")
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as image:
+            _refuse_bomb(image.size)
+            if min(image.size) < MIN_SIDE:
+                raise TooSmall(f"{image.width}x{image.height} pixels, under {MIN_SIDE} on a side")
             if draft_size and image.format == "JPEG":
                 image.draft("RGB", (draft_size, draft_size))
             image.load()
             image = ImageOps.exif_transpose(image)
             return to_rgb(image)
+
+
+def _refuse_bomb(size: tuple[int, int]) -> None:
+    """Raise Image.DecompressionBombError, worded as Pillow words it, for more than MAX_IMAGE_PIXELS."""
+    pixels = size[0] * size[1]
+    if pixels > MAX_IMAGE_PIXELS:
+        raise Image.DecompressionBombError(f"Image size ({pixels} pixels) exceeds limit of {MAX_IMAGE_PIXELS} "
+                                           "pixels, could be decompression bomb DOS attack.")
 
 
 def resize_array(array: np.ndarray, size: int) -> np.ndarray:

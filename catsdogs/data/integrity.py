@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from catsdogs.data.images import HIDDEN_FILE, HIDDEN_FOLDER, is_hidden, is_image_name, load_rgb
+from catsdogs.data.images import HIDDEN_FILE, HIDDEN_FOLDER, MIN_SIDE, TooSmall, is_hidden, is_image_name, load_rgb
 from catsdogs.errors import first_line
 from catsdogs.interrupts import ctrl_c_deferred, first_ctrl_c_only, ignore_ctrl_c
 from catsdogs.progress import progress_bar
@@ -30,6 +30,7 @@ EMPTY = "empty file"
 NOT_AN_IMAGE = "not an image"
 CORRUPT = "truncated or corrupt data"
 BOMB = "decompression bomb"
+TOO_SMALL = f"under {MIN_SIDE} pixels on a side"
 UNREADABLE = "unreadable"
 DANGLING_LINK = "dangling link"
 LINK_OUTSIDE = "link points outside the source"
@@ -180,6 +181,8 @@ def check_image(path: str) -> ImageCheck:
             return ImageCheck(BOMB, first_line(error), sha256, 0, 0)
         except UnidentifiedImageError:
             return ImageCheck(NOT_AN_IMAGE, "no image format recognised", sha256, 0, 0)
+        except TooSmall as error:
+            return ImageCheck(TOO_SMALL, str(error), sha256, 0, 0)
         except Exception as error:  # noqa: BLE001 - decoders raise many types on bad data
             return ImageCheck(CORRUPT, first_line(error), sha256, 0, 0)
     return ImageCheck(None, "", sha256, width, height)

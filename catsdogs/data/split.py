@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-import os
 import random
 import re
 import shlex
@@ -13,11 +13,13 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from catsdogs.cpus import usable_cpus
 from catsdogs.data import integrity, staging
 from catsdogs.data.images import IMAGE_EXTENSIONS, NOT_IN_CLASS_FOLDER, is_hidden
 from catsdogs.data.integrity import CONFLICT, DUPLICATE, LINK_OUTSIDE, REJECTED, SKIPPED, LeftOut, Photo
 from catsdogs.data.staging import MANIFEST, RECORD, REJECTED_CSV
 from catsdogs.errors import CatsdogsError, UsageError
+from catsdogs.names import escape_name, escape_names, utf8
 from catsdogs.progress import progress_bar
 
 SPLITS = ("train", "val", "test")
@@ -128,9 +130,9 @@ def split_dataset(source: str | Path, out: str | Path = "data",
         raise UsageError(f"--layout {layout!r} is not one of: {', '.join(LAYOUTS)}")
     if mode not in MODES:
         raise UsageError(f"--mode {mode!r} is not one of: {', '.join(MODES)}")
-    jobs = (os.cpu_count() or 1) if jobs is None else jobs
+    jobs = usable_cpus() if jobs is None else jobs
     if jobs < 1:
-        raise UsageError(f"--jobs {jobs} must be 1 or more (or left out to use every core)")
+        raise UsageError(f"--jobs {jobs} must be 1 or more (or left out to use every CPU this process may run on)")
     source, out = _check_paths(Path(source).expanduser(), Path(out).expanduser())
     staging.recover_work_folders(out)
 
@@ -139,7 +141,7 @@ def split_dataset(source: str | Path, out: str | Path = "data",
         raise _no_usable_photos(source, scan.left_out)
     labelled, layout, layout_skipped = _label(scan.images, layout, source)
     arguments = {"ratios": list(ratios), "seed": seed, "layout": layout, "mode": mode}
-    record = {"format": RECORD_FORMAT, "source": str(source), "arguments": arguments,
+    record = {"format": RECORD_FORMAT, "source": escape_name(str(source)), "arguments": arguments,
               "source_fingerprint": scan.fingerprint}
     previous = staging.check_existing(out, record, force)
     if previous is not None:
@@ -164,8 +166,8 @@ def split_dataset(source: str | Path, out: str | Path = "data",
     summary = SplitSummary(
         out=out, source=source, layout=layout, mode=mode, classes=classes,
         counts={split: {name: 0 for name in classes} for split in SPLITS},
-        rejected=[(item.path, item.reason) for item in left_out if item.status == REJECTED],
-        skipped=[(item.path, item.reason) for item in left_out if item.status == SKIPPED],
+        rejected=[(escape_name(item.path), item.reason) for item in left_out if item.status == REJECTED],
+        skipped=[(escape_name(item.path), item.reason) for item in left_out if item.status == SKIPPED],
         duplicates_removed=sum(item.status == DUPLICATE for item in left_out),
         conflicts=sum(item.status == CONFLICT for item in left_out),
         found=len(scan.images) + len(scan.left_out))
@@ -214,7 +216,8 @@ def _label(images: list[str], layout: str, source: Path) -> tuple[list[tuple[str
     for rel in images:
         folder, _, name = rel.rpartition("/")
         if layout == "folders":
-            label = rel.split("/", 1)[0] if folder else None
+            # Escaped: the class is a folder of the split, and every name split writes is valid UTF-8.
+            label = escape_name(rel.split("/", 1)[0]) if folder else None
             reason = NOT_IN_CLASS_FOLDER
         else:
             match = KAGGLE_NAME.match(name)
@@ -294,16 +297,20 @@ def _refuse_empty_splits(rows: list[dict], classes: list[str], ratios: tuple[flo
 
 
 def _output_names(members: list[Photo], layout: str) -> dict[str, str]:
-    """Keep each file name; names that collide within a class (nested folders) get their subpath."""
+    """Keep each file name (escaped where it is not UTF-8, as the manifest writes it); names that
+    collide within a class (nested folders) get their subpath."""
     def inner(path: str) -> str:
-        return path.split("/", 1)[1] if layout == "folders" else path
+        return escape_name(path.split("/", 1)[1] if layout == "folders" else path)
+
+    def base(path: str) -> str:
+        return escape_name(path.rsplit("/", 1)[-1])
 
     # Compared case-folded, so the output also works on case-insensitive file systems.
-    taken = Counter(photo.path.rsplit("/", 1)[-1].casefold() for photo in members)
+    taken = Counter(base(photo.path).casefold() for photo in members)
     names = {}
     for photo in members:
-        base = photo.path.rsplit("/", 1)[-1]
-        names[photo.path] = base if taken[base.casefold()] == 1 else inner(photo.path).replace("/", "__")
+        own = base(photo.path)
+        names[photo.path] = own if taken[own.casefold()] == 1 else inner(photo.path).replace("/", "__")
     clashes = Counter(name.casefold() for name in names.values())
     for photo in members:
         name = names[photo.path]
@@ -365,14 +372,14 @@ def _write_split(folder: Path, source: Path, rows: list[dict], left_out: list[Le
     _write_csv(folder / REJECTED_CSV, ("path", "status", "reason", "detail"), [asdict(item) for item in left_out])
     stored = {key: value for key, value in asdict(summary).items() if key not in ("out", "source", "unchanged")}
     record = {**record, "summary": stored}
-    (folder / RECORD).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n",
-                                 encoding="utf-8", errors="surrogateescape")
+    (folder / RECORD).write_bytes(utf8(json.dumps(escape_names(record), indent=2, ensure_ascii=False) + "\n"))
 
 
 def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
     # "\n" line ends and UTF-8 whatever the platform, so the manifest is byte-identical everywhere;
-    # a file name that is not valid UTF-8 is written as its original bytes rather than failing.
-    with open(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+    # a file name that is not valid UTF-8 is written escaped (see catsdogs.names), so the file stays UTF-8.
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    path.write_bytes(utf8(text.getvalue()))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from catsdogs.errors import CatsdogsError
 from catsdogs.interrupts import ctrl_c_deferred
+from catsdogs.names import unescape_name
 
 # The files split writes besides the photos; the re-run check reads the first and the last.
 MANIFEST = "manifest.csv"
@@ -108,7 +109,7 @@ def check_existing(out: Path, record: dict, force: bool) -> dict | None:
         raise CatsdogsError(f"--out {str(out)!r} holds {len(foreign)} file(s) that split did not write "
                             f"(e.g. {foreign[0]}): move them out, or choose another --out")
     if force:
-        changed_photos = _replaced_photos(out, Path(str(previous.get("source", ""))), rows)
+        changed_photos = _replaced_photos(out, Path(unescape_name(str(previous.get("source", "")))), rows)
         if changed_photos:
             raise CatsdogsError(f"--out {str(out)!r} holds {len(changed_photos)} photo(s) that are no longer what "
                                 f"split wrote there (e.g. {changed_photos[0]}): move them out, or choose another "
@@ -147,7 +148,7 @@ def _replaced_photos(out: Path, source: Path, rows: list[dict]) -> list[str]:
                 continue
             stat = path.stat()
             try:
-                original = (source / row["path"]).stat()
+                original = (source / unescape_name(row["path"])).stat()  # the manifest escapes names
                 if (stat.st_dev, stat.st_ino) == (original.st_dev, original.st_ino):
                     continue
             except OSError:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from catsdogs.data.images import load_resized
 from catsdogs.registry import Registry
 
 # ImageNet statistics: a common, harmless choice that also suits pretrained torchvision weights.
@@ -31,12 +29,13 @@ def list_augments() -> list[str]:
 
 @dataclass(frozen=True)
 class Preset:
-    """How images reach the model.
+    """How decoded images reach the model.
 
-    `load` turns a file into a size x size x 3 uint8 tensor (decode, EXIF orientation, RGB,
-    resize): the expensive part, done once per image when the split is cached. Calling the
-    preset on a uint8 NHWC batch applies the augmentation and random flips (training only),
-    converts to float and normalises, returning an NCHW float batch in channels-last memory.
+    The photos arrive as size x size x 3 uint8 arrays (`catsdogs.images.load_resized`: decode,
+    EXIF orientation, RGB, resize; the expensive part, done once per image when the split is
+    cached). Calling the preset on a uint8 NHWC batch applies the augmentation and random flips
+    (training only), converts to float and normalises, returning an NCHW float batch in
+    channels-last memory.
     """
 
     image_size: int
@@ -45,18 +44,26 @@ class Preset:
     train: bool = False
     augment: str = "flip"
 
-    def load(self, path: str | os.PathLike) -> torch.Tensor:
-        return torch.from_numpy(load_resized(path, self.image_size))
-
-    def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None, size: int | None = None,
+                 hflips: torch.Tensor | None = None) -> torch.Tensor:
+        """`size`: train on a smaller square than the cached one (progressive resizing), scaled down
+        with antialiasing before the augmentation. `hflips`: which images to mirror (a bool per
+        image, e.g. alternating flips), in place of random ones."""
         if batch.dtype != torch.uint8 or batch.dim() != 4 or batch.shape[-1] != 3:
             raise ValueError(f"expected a uint8 NHWC batch with 3 channels, got {batch.dtype} {tuple(batch.shape)}")
         images = batch.permute(0, 3, 1, 2)  # NHWC storage seen as NCHW: channels-last for free
         if not self.train:
             return normalise(images)
+        if size is not None and size != images.shape[-1]:
+            images = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear",
+                                                     antialias=True, align_corners=False).clamp_(0, 255)
         out = normalise(AUGMENTS.get(self.augment)(images, generator))
         # Flips commute with the per-channel normalisation, so they run in place on our own copy.
-        random_flip_(out, self.hflip, dim=3, generator=generator)
+        if hflips is None:
+            random_flip_(out, self.hflip, dim=3, generator=generator)
+        else:
+            chosen = hflips.nonzero().squeeze(1).to(out.device)
+            out[chosen] = out[chosen].flip(3)
         random_flip_(out, self.vflip, dim=2, generator=generator)
         return out
 
@@ -110,9 +117,24 @@ def random_crop(images: torch.Tensor, generator: torch.Generator | None) -> torc
     """Pad by 1/8 of the side with reflection and cut a random crop of the original size."""
     n, _, height, width = images.shape
     pad = max(height // 8, 1)
-    padded = torch.nn.functional.pad(images.float(), (pad, pad, pad, pad), mode="reflect")
     offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator).tolist()
-    return torch.stack([padded[i, :, y:y + height, x:x + width] for i, (y, x) in enumerate(offsets)])
+    # Reflection by gathering rows and columns of the NHWC storage (uint8 until the copy into the
+    # float output), then one copy per image: padding a channels-last float batch with F.pad and
+    # stacking slices took about an eighth of cnn3's training step at 224 px, and was not channels-last
+    # (benchmarks/profile_step.py). The same pixels as F.pad(mode="reflect") and a cut.
+    rows = _reflect(torch.arange(-pad, height + pad, device=images.device), height)
+    cols = _reflect(torch.arange(-pad, width + pad, device=images.device), width)
+    padded = images.permute(0, 2, 3, 1).index_select(1, rows).index_select(2, cols)
+    out = torch.empty((n, height, width, images.shape[1]), dtype=torch.float32, device=images.device)
+    for i, (y, x) in enumerate(offsets):
+        out[i] = padded[i, y:y + height, x:x + width]
+    return out.permute(0, 3, 1, 2)
+
+
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Indices outside 0..size-1 mirrored back inside, without repeating the edge (torch's "reflect")."""
+    index = index.abs()
+    return torch.where(index >= size, 2 * (size - 1) - index, index)
 
 
 def _resized_crop_boxes(n: int, height: int, width: int, scale: tuple[float, float],

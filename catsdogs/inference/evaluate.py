@@ -18,11 +18,12 @@ from catsdogs.data.cache import (SPLITS, BatchSource, class_folders, load_cache,
                                  split_fingerprint)
 from catsdogs.data.staging import MANIFEST
 from catsdogs.data.transforms import eval_preset
-from catsdogs.inference.calibration import expected_calibration_error
 from catsdogs.errors import CatsdogsError
 from catsdogs.figures import pyplot, save_figure
+from catsdogs.inference.calibration import expected_calibration_error
 from catsdogs.inference.metrics import compute_metrics
 from catsdogs.inference.predict import load_trained
+from catsdogs.names import escape_names, unescape_name
 from catsdogs.training.loop import evaluate_source
 from catsdogs.training.runs import RUN_MARKER
 
@@ -36,7 +37,7 @@ class Evaluation:
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "best", data: str | None = None,
-                 device: str = "auto", progress: bool = True, tta: bool = False,
+                 device: str = "auto", progress: bool = True, tta: bool | str = False,
                  out_dir: str | Path | None = None) -> Evaluation:
     """Run a checkpoint of `run_dir` on a split and write the metrics and figures into `out_dir`.
 
@@ -47,9 +48,11 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     `run_dir/eval-<folder name>` for other data (`eval-<name>-2` and so on when that holds the
     results of another folder of the same name), so that measuring a model on new photos never
     replaces another measurement. Files that are not this evaluation's earlier results are never
-    replaced. With `tta` the prediction averages each image and its mirror image; its files get a
-    `_tta` suffix so they sit beside the plain ones.
+    replaced. With `tta` (True or "flip") the prediction averages each image and its mirror image;
+    its files get a `_tta` suffix so they sit beside the plain ones. "flip-shift" averages six views
+    (catsdogs.loop.tta_views), suffix `_tta-flip-shift`.
     """
+    tta = "flip" if tta is True else tta or False
     run_dir = Path(run_dir)
     if data is not None and not Path(data).is_dir():
         raise CatsdogsError(f"--data {data} {'is not a folder' if Path(data).exists() else 'does not exist'}: pass "
@@ -61,7 +64,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     own_split = measured == trained_on
     plain = data is not None and is_plain_class_folder(Path(data), classes)
     split = "all" if plain else split
-    suffix = ("" if split in ("test", "all") else f"_{split}") + checkpoint_suffix(checkpoint) + ("_tta" if tta else "")
+    suffix = ("" if split in ("test", "all") else f"_{split}") + checkpoint_suffix(checkpoint) + (
+        "" if not tta else "_tta" if tta == "flip" else f"_tta-{tta}")
     evaluation = (measured, trained.checkpoint.resolve())
     if out_dir is not None:
         out_dir = Path(out_dir).resolve()  # `new/..` must be judged where it lands, not as a missing folder
@@ -81,7 +85,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
         images = None
     else:
         image_split = read_split(measured, split, classes)
-        images = load_cache(image_split, cfg.image_size, cfg.cache, progress=progress)
+        # A run saved before --cache rebuild acted only once may hold rebuild: evaluating never rebuilds.
+        images = load_cache(image_split, cfg.image_size, "off" if cfg.cache == "off" else "auto", progress=progress)
     warning = changed_split_warning(trained.data_fingerprint, cfg.data, classes, own_split)
     source = BatchSource(image_split, eval_preset(cfg.image_size), images, workers=0 if images is not None else 1,
                          device=torch_device)
@@ -92,7 +97,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     failed = set(source.failed)
     unreadable = sorted(str(p) for p in set(image_split.unreadable) | failed)
     kept = [image_split.paths[i] for i in source.valid if image_split.paths[i] not in failed]
-    metrics.update({"split": split, "loss": loss, "checkpoint": str(trained.checkpoint.resolve()), "tta": tta,
+    metrics.update({"split": split, "loss": loss, "checkpoint": str(trained.checkpoint.resolve()), "tta": bool(tta),
+                    "tta_mode": tta or None,
                     "data": str(measured), "epoch": trained.epoch, "unreadable_images": unreadable,
                     "left_out": [{"path": str(path), "reason": reason} for path, reason in image_split.left_out]})
     if not own_split:
@@ -105,7 +111,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
         metrics["warning"] = warning
     out_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed evaluation leaves no empty folder
     metrics_path = out_dir / f"metrics{suffix}.json"
-    write_text_atomic(metrics_path, json.dumps(metrics, indent=2) + "\n")
+    write_text_atomic(metrics_path, json.dumps(escape_names(metrics), indent=2) + "\n")
     figure_path = out_dir / f"confusion_matrix{suffix}.png"
     save_confusion_figure(np.asarray(metrics["confusion_matrix"]), classes, figure_path,
                           title=f"{run_dir.name}: {split} accuracy {metrics['accuracy']:.3f}")
@@ -126,7 +132,8 @@ def _evaluation_in(metrics_file: Path) -> tuple[Path, Path] | None:
         recorded = json.loads(metrics_file.read_text())
         if "confusion_matrix" not in recorded:
             return None
-        return Path(recorded["data"]).resolve(), Path(recorded["checkpoint"]).resolve()
+        # Names written escaped where they are not UTF-8 (see catsdogs.names): the folders' own again.
+        return Path(unescape_name(recorded["data"])).resolve(), Path(unescape_name(recorded["checkpoint"])).resolve()
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -183,7 +190,8 @@ def seen_in_training(photos: list[Path], trained_on: str | Path) -> int | None:
     """How many of `photos` have the bytes of a train or val photo in the run's split manifest
     (None when the manifest is gone)."""
     try:
-        with (Path(trained_on) / MANIFEST).open(newline="") as handle:
+        # surrogateescape: a manifest of an older split may hold names that are not UTF-8.
+        with (Path(trained_on) / MANIFEST).open(encoding="utf-8", errors="surrogateescape", newline="") as handle:
             learned = {row["sha256"] for row in csv.DictReader(handle) if row["split"] in ("train", "val")}
     except (OSError, KeyError, csv.Error):
         return None

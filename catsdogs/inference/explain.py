@@ -36,11 +36,6 @@ class LayerChoice:
     shape: tuple[int, ...]  # of its output for one image: (C, H, W)
 
 
-def feature_layers(model: nn.Module, image_size: int) -> list[LayerChoice]:
-    """Every module whose output is a C x H x W map, in the order their forward passes finish."""
-    return _maps(_trace_outputs(model, image_size))
-
-
 def _maps(outputs: list[LayerChoice]) -> list[LayerChoice]:
     return [layer for layer in outputs if len(layer.shape) == 3]
 
@@ -69,12 +64,8 @@ def _trace_outputs(model: nn.Module, image_size: int) -> list[LayerChoice]:
     return seen
 
 
-def choose_layer(model: nn.Module, image_size: int, min_cells: int = MIN_CELLS) -> LayerChoice:
-    """The last feature map at least `min_cells` wide and high (or the widest, at tiny sizes)."""
-    return _deepest_wide(feature_layers(model, image_size), type(model).__name__, min_cells)
-
-
 def _deepest_wide(layers: list[LayerChoice], model_name: str, min_cells: int) -> LayerChoice:
+    """The last feature map at least `min_cells` wide and high (or the widest, at tiny sizes)."""
     if not layers:
         raise CatsdogsError(f"{model_name} has no convolutional feature map to explain")
     wide = [layer for layer in layers if min(layer.shape[1:]) >= min_cells]

@@ -15,18 +15,17 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from catsdogs.atomic import write_text_atomic
-from catsdogs.data.cache import default_jobs
+from catsdogs.cpus import usable_cpus
 from catsdogs.data.images import find_photos, load_resized, no_photos_message
 from catsdogs.data.transforms import normalise
 from catsdogs.errors import CatsdogsError, UsageError, first_line
 from catsdogs.progress import progress_bar
 from catsdogs.training.checkpoint import load_checkpoint
 from catsdogs.training.config import TrainConfig, config_from_dict
-from catsdogs.training.hardware import Precision, select_device, select_precision, tune_allocator
+from catsdogs.training.hardware import Precision, select_device, select_precision
 from catsdogs.training.loop import EVAL_BATCH
 from catsdogs.training.models import build_model
 from catsdogs.training.runs import resolve_checkpoint
-
 
 RUN_FILES = ("config.yaml", "last.pt", "best.pt")
 
@@ -72,7 +71,6 @@ def load_trained(run_dir: str | Path, checkpoint: str = "best", device: str = "a
     cfg = config_from_dict(state["config"], str(checkpoint_path))
     classes = list(state["classes"])
     torch_device = select_device(device)
-    tune_allocator()
     model = build_model(cfg.model, len(classes), cfg.image_size)
     try:
         model.load_state_dict(state["model"])
@@ -140,7 +138,7 @@ def decode_photos(photos: Sequence[Path], size: int, jobs: int | None = None
 
     Threads suffice: PIL's decoders and OpenCV's resize release the GIL.
     """
-    with ThreadPoolExecutor(jobs or default_jobs()) as pool:
+    with ThreadPoolExecutor(jobs or usable_cpus()) as pool:
         yield from zip(photos, pool.map(lambda path: _decode(path, size), photos))
 
 

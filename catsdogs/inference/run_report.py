@@ -20,15 +20,15 @@ import numpy as np
 import yaml
 
 from catsdogs import __version__
-from catsdogs.inference.calibration import BINS, Reliability, reliability
 from catsdogs.atomic import write_text_atomic
 from catsdogs.data.cache import SPLITS, read_split
+from catsdogs.data.staging import MANIFEST, RECORD, REJECTED_CSV
 from catsdogs.errors import CatsdogsError
-from catsdogs.inference.explain import COLUMNS as EXPLAIN_COLUMNS
 from catsdogs.figures import pyplot, save_figure
+from catsdogs.inference.calibration import BINS, Reliability, reliability
+from catsdogs.inference.explain import COLUMNS as EXPLAIN_COLUMNS
 from catsdogs.inference.plots import plot_curves, read_history
 from catsdogs.inference.show import draw_training_batch, png_bytes, run_config
-from catsdogs.data.staging import MANIFEST, RECORD, REJECTED_CSV
 from catsdogs.inference.webpage import Raw, esc, image, missing, page, table
 
 REPORT = "report.html"

@@ -17,13 +17,13 @@ import numpy as np
 import torch
 
 from catsdogs.atomic import atomic_write
-from catsdogs.training.config import TrainConfig, config_from_dict
 from catsdogs.data.cache import SPLITS, BatchSource, ImageSplit, read_class_folder
+from catsdogs.data.images import load_rgb
+from catsdogs.data.transforms import denormalise
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.figures import pyplot, save_figure
-from catsdogs.data.images import load_rgb
+from catsdogs.training.config import TrainConfig, config_from_dict
 from catsdogs.training.train import training_generators, training_preset
-from catsdogs.data.transforms import denormalise
 
 FORMATS = (".png", ".svg", ".pdf")
 SIGNATURE = "catsdogs show"  # in each figure's metadata, so a later `show` may replace it

@@ -15,11 +15,11 @@ from catsdogs.atomic import write_text_atomic
 from catsdogs.data.cache import read_split
 from catsdogs.errors import CatsdogsError
 from catsdogs.inference.plots import read_history
+from catsdogs.inference.webpage import markdown_to_html, page
 from catsdogs.study.figures import plot_study_curves, plot_test_accuracy
 from catsdogs.study.stats import mean_sd, paired_t_test, percent
 from catsdogs.training.checkpoint import load_checkpoint
 from catsdogs.training.selection import best_epoch, selected_by
-from catsdogs.inference.webpage import markdown_to_html, page
 
 RUNS_DIR, SWEEP_DIR = "runs", "sweep"
 STUDY_FILE, TUNING_FILE = "study.json", "tuning.json"

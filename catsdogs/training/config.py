@@ -7,7 +7,7 @@ import math
 import re
 import types
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -26,7 +26,17 @@ class TrainConfig:
     hflip: float = 0.25  # probability of a horizontal flip in training (the tutorial's 0.25)
     vflip: float = 0.0  # probability of a vertical flip in training (off, as in the tutorial)
     augment: str = "flip"  # flip|crop|rrc|rrc-jitter|trivialaugment|randaugment (see `catsdogs augments`)
-    cache: str = "auto"  # auto|off|rebuild: decode each split once into a memory-mapped uint8 array
+    # random: each image mirrored with probability hflip; alternate: each image mirrored in every other
+    # epoch (half of the images in odd epochs, the other half in even ones), so every pair of epochs
+    # sees each image both ways (airbench's derandomised flips; hflip is then unused).
+    hflip_mode: str = "random"
+    # Progressive resizing: the first progressive_fraction of the schedule's steps train on images scaled
+    # down to progressive_size (cheaper steps: FLOPs go with the square of the side), the rest at
+    # image_size. Validation is always at image_size. None or 0: off.
+    progressive_size: int | None = None
+    progressive_fraction: float = 0.5
+    cache: str = "auto"  # auto|off|rebuild: decode each split once into a memory-mapped uint8 array (rebuild:
+    # decode again, in the run that asks only; that run saves auto)
 
     # Model and optimizer: names from `catsdogs models` and `catsdogs optimizers`.
     model: str = "cnn3"
@@ -73,6 +83,7 @@ class TrainConfig:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "cache": ("auto", "off", "rebuild"),
+    "hflip_mode": ("random", "alternate"),
     "class_weights": ("none", "balanced"),
     "device": ("auto", "cpu", "cuda", "mps"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
@@ -82,15 +93,16 @@ CHOICES: dict[str, tuple[str, ...]] = {
 MINIMUM: dict[str, float] = {"epochs": 1, "batch_size": 1, "image_size": 1, "lr": 0.0, "hflip": 0.0,
                              "vflip": 0.0, "momentum": 0.0, "weight_decay": 0.0, "warmup_epochs": 0.0,
                              "patience": 0, "workers": 0, "time_budget": 0.0, "label_smoothing": 0.0, "ema": 0.0,
-                             "micro_batch": 1, "freeze_epochs": 0, "body_lr_scale": 0.0}
+                             "micro_batch": 1, "progressive_size": 0, "progressive_fraction": 0.0,
+                             "freeze_epochs": 0, "body_lr_scale": 0.0}
 # Upper bounds: photos are resized to image_size squared, and past this nothing is gained for a
 # two-class photo classifier while the decoded cache grows with the square (2048 px: 12 MB a photo).
-MAXIMUM: dict[str, float] = {"image_size": 2048}
+MAXIMUM: dict[str, float] = {"image_size": 2048, "progressive_size": 2048, "progressive_fraction": 1.0}
 PROBABILITIES = ("hflip", "vflip")
 # Fields where 0 would silently do nothing (no learning): they must be above 0.
 POSITIVE = ("lr", "body_lr_scale")
 # Fields where 0 means off, so that a flag can undo what a config file turns on (--ema 0).
-OFF_AT_ZERO = ("ema", "time_budget", "patience")
+OFF_AT_ZERO = ("ema", "time_budget", "patience", "progressive_size")
 # Fields that must stay below 1: at 1 nothing is learnt (label smoothing) or the steps never fade (momentum).
 BELOW_ONE = {"ema": "a decay below 1 (e.g. 0.999; 0: off)", "label_smoothing": "below 1 (e.g. 0.1; 1 leaves "
              "nothing to learn)", "momentum": "below 1 (e.g. 0.9; at 1 or more the steps grow without end)"}
@@ -215,9 +227,5 @@ def config_to_yaml(cfg: TrainConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
-def field_names() -> list[str]:
-    return [f.name for f in fields(TrainConfig)]
-
-
 __all__ = ["TrainConfig", "build_config", "check_value", "config_from_dict", "config_to_yaml",
-           "field_names", "read_yaml_overrides"]
+           "read_yaml_overrides"]

@@ -56,6 +56,7 @@ class Progress:
     stopped_early: bool = False
     budget_spent: bool = False
     global_step: int = 0  # optimizer steps taken in the whole run
+    low_res_steps: int = 0  # of those, steps at the progressive (smaller) size
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
@@ -106,15 +107,36 @@ class EpochLoop:
         self.partial_epoch: tuple[int, int] | None = None  # (steps done, steps planned) when the budget cut one
         self.micro_batch = cfg.micro_batch  # None: each batch in one pass
         self.board: Any = None  # a catsdogs.training.tensorboard_log.Board when the run writes TensorBoard events
+        self.view_size: int | None = None  # the next step's image side when smaller than image_size
+        self.view_flips: torch.Tensor | None = None  # the next step's mirrored images, under alternating flips
+        # Progressive resizing: a step at the smaller size costs about (small / full)^2 of a full one.
+        self.low_size = cfg.progressive_size if cfg.progressive_size and cfg.progressive_fraction > 0 else None
+        self.low_cost = (self.low_size / cfg.image_size) ** 2 if self.low_size else 1.0
+        # Alternating flips: image i is mirrored in epochs where (its fixed coin + epoch) is odd.
+        self.flip_coins = (torch.randint(0, 2, (len(train_source),), generator=torch.Generator().manual_seed(
+            cfg.seed + 2)).bool() if cfg.hflip_mode == "alternate" else None)
 
     def _total_steps(self, progress: Progress, spent: float) -> int:
         """Steps the schedule spans: all epochs, or what the time budget allows at the pace so far."""
         planned = self.steps_per_epoch * self.cfg.epochs
         if self.budget_seconds is None or progress.global_step < 5 or spent <= 0:
             return planned
-        pace = progress.global_step / spent
-        estimate = progress.global_step + int(max(self.budget_seconds - spent, 0.0) * pace)
-        return max(min(planned, estimate), progress.global_step + 1)
+        # Pace in full-size steps a second, counting a smaller step as the fraction of one it costs.
+        done = progress.global_step
+        pace = (done - progress.low_res_steps * (1.0 - self.low_cost)) / spent
+        budget = max(self.budget_seconds - spent, 0.0) * pace  # full-size steps the rest of the time holds
+        fraction = self.cfg.progressive_fraction if self.low_size else 0.0
+        # The total N has its first fraction x N steps small: solve for N when that point is still ahead.
+        estimate = (budget + done * self.low_cost) / (fraction * self.low_cost + 1.0 - fraction)
+        if estimate * fraction <= done:
+            estimate = done + budget
+        return max(min(planned, int(estimate)), progress.global_step + 1)
+
+    def train_size(self, step_index: int, total: int) -> int | None:
+        """The side step `step_index` of `total` trains at: the smaller one for the first part; None: full."""
+        if self.low_size and step_index < self.cfg.progressive_fraction * total:
+            return self.low_size
+        return None
 
     def _set_lr(self, step_index: int, total: int) -> float:
         warmup = round(self.cfg.warmup_epochs * self.steps_per_epoch)
@@ -140,9 +162,16 @@ class EpochLoop:
         before = sum(row["seconds"] for row in progress.history)  # training time of earlier epochs
         steps_planned = self._agreed_total(progress, before + seconds)
         lr = self._set_lr(progress.global_step, steps_planned)
-        for images, labels in self.train_source.batches(order[progress.step:], pin=self.device.type == "cuda"):
+        batches = self.train_source.batches(order[progress.step:], pin=self.device.type == "cuda")
+        for index, (images, labels) in zip(order[progress.step:], batches):
             lr = self._set_lr(progress.global_step, steps_planned)
+            # How _step shows this batch: its side (progressive resizing), and alternating flips.
+            self.view_size = self.train_size(progress.global_step, steps_planned)
+            flips = None if self.flip_coins is None else self.flip_coins[torch.as_tensor(index)] ^ bool(
+                progress.epoch % 2)
+            self.view_flips = None if flips is not None and len(flips) != len(labels) else flips  # a photo dropped
             batch_loss, batch_correct = self._step(images, labels)
+            progress.low_res_steps += self.view_size is not None
             loss_sum += batch_loss
             correct += batch_correct
             seen += len(labels)
@@ -208,7 +237,8 @@ class EpochLoop:
         fall between the shares. Returns this share's part of the batch's mean loss times the
         batch's images (its part of the epoch's loss sum), and its correct answers.
         """
-        images = self.train_source.preset(images.to(self.device, non_blocking=True), self.aug_gen)
+        images = self.train_source.preset(images.to(self.device, non_blocking=True), self.aug_gen, self.view_size,
+                                          self.view_flips)
         if self.board is not None:
             self.board.batch(images, labels)  # the run's first batch, as the model gets it
         weight = len(labels) if self.class_weight is None else float(self.class_weight[labels.cpu()].sum())
@@ -254,14 +284,36 @@ class EpochLoop:
         return from_main(result, self.team)
 
 
+TTA_MODES = ("flip", "flip-shift")
+
+
+def tta_views(images: torch.Tensor, mode: str) -> list[torch.Tensor]:
+    """The views a test-time augmentation averages over, for a normalised NCHW batch.
+
+    flip: the image and its mirror image. flip-shift: those two, and each moved by 1/32 of the side
+    diagonally both ways (edges repeated), as airbench's translated views: six in all.
+    """
+    if mode not in TTA_MODES:
+        raise ValueError(f"test-time augmentation must be one of {', '.join(TTA_MODES)}, got {mode!r}")
+    views = [images, images.flip(3)]
+    if mode == "flip-shift":
+        d = max(images.shape[-1] // 32, 1)
+        padded = [nn.functional.pad(v, (d, d, d, d), mode="replicate") for v in views]
+        h, w = images.shape[-2:]
+        views += [p[..., y:y + h, x:x + w] for p in padded for y, x in ((0, 0), (2 * d, 2 * d))]
+    return views
+
+
 @torch.no_grad()
 def evaluate_source(model: nn.Module, source: BatchSource, precision: Precision, device: torch.device,
-                    batch_size: int = EVAL_BATCH, show: bool = False, tta: bool = False
+                    batch_size: int = EVAL_BATCH, show: bool = False, tta: bool | str = False
                     ) -> tuple[float, float, np.ndarray, np.ndarray]:
     """Mean loss, accuracy, softmax probabilities and labels of `source`, in file order.
 
-    With `tta`, each image's probabilities are the mean over the image and its mirror image.
+    With `tta` (True or "flip"), each image's probabilities are the mean over the image and its
+    mirror image; with "flip-shift", over six views (see tta_views).
     """
+    mode = "flip" if tta is True else tta or None
     was_training = model.training
     model.eval()
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
@@ -273,9 +325,11 @@ def evaluate_source(model: nn.Module, source: BatchSource, precision: Precision,
         labels = labels.to(device)
         with precision.autocast(device):
             logits = model(images).float()
-            if tta:
-                batch_probs = (torch.softmax(logits, 1) + torch.softmax(model(images.flip(3)).float(), 1)) / 2
-        if tta:
+            if mode:
+                views = tta_views(images, mode)[1:]
+                batch_probs = (torch.softmax(logits, 1) + sum(torch.softmax(model(v.contiguous(
+                    memory_format=torch.channels_last)).float(), 1) for v in views)) / (len(views) + 1)
+        if mode:
             loss_sum += float(nn.functional.nll_loss(torch.log(batch_probs.clamp_min(1e-12)), labels, reduction="sum"))
         else:
             batch_probs = torch.softmax(logits, 1)

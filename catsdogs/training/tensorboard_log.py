@@ -8,9 +8,9 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from catsdogs.training.config import TrainConfig
-from catsdogs.errors import CatsdogsError
 from catsdogs.data.transforms import denormalise
+from catsdogs.errors import CatsdogsError
+from catsdogs.training.config import TrainConfig
 
 TB_DIR = "tb"
 LOSS_EVERY = 10  # training steps between two points of the training loss and learning rate

@@ -9,7 +9,6 @@ import json
 import math
 import random
 import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -19,13 +18,15 @@ import torch
 from torch import nn
 
 from catsdogs.atomic import write_text_atomic
-from catsdogs.data.cache import BatchSource, ImageSplit, default_jobs, fits_on_gpu, load_cache, read_split
+from catsdogs.cpus import usable_cpus
+from catsdogs.data.cache import BatchSource, ImageSplit, fits_on_gpu, load_cache, read_split
 from catsdogs.data.transforms import AUGMENTS, Preset, eval_preset, train_preset
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.interrupts import ctrl_c_deferred
+from catsdogs.names import escape_names
 from catsdogs.training.checkpoint import load_checkpoint, save_checkpoint
 from catsdogs.training.config import TrainConfig, build_config, config_to_yaml
-from catsdogs.training.distributed import Team, finish, from_main, start, team_from_environment, wait_for_all
+from catsdogs.training.distributed import Team, finish, from_main, gather, start, team_from_environment, wait_for_all
 from catsdogs.training.ema import ModelEMA
 from catsdogs.training.hardware import select_device, select_precision, tune_allocator
 from catsdogs.training.loop import EpochLoop, Log, Progress, stop_on_signals
@@ -34,10 +35,10 @@ from catsdogs.training.optim import build_optimizer, get_optimizer_spec, load_op
 from catsdogs.training.resume import (RANK_SEED_STRIDE, LastSaver, check_same_split, data_fingerprint, model_state,
                                       point_best_at, restore_process_randomness, restore_progress, resume_command,
                                       resumed_config)
-from catsdogs.training.tensorboard_log import Board, check_tensorboard
-from catsdogs.training.selection import best_epoch, better_epoch, selected_by
 from catsdogs.training.runs import RUNS_ROOT, new_run_dir
 from catsdogs.training.schedules import SCHEDULERS
+from catsdogs.training.selection import best_epoch, better_epoch, selected_by
+from catsdogs.training.tensorboard_log import Board, check_tensorboard
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc", "lr", "seconds")
 MAX_UNREADABLE_FRACTION = 0.01
@@ -69,8 +70,16 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.image_size < model.min_image_size:
         raise UsageError(f"model {cfg.model} needs --image-size of at least {model.min_image_size}, "
                          f"got {cfg.image_size}")
+    small = cfg.progressive_size
+    if small and not model.min_image_size <= small < cfg.image_size:
+        raise UsageError(f"progressive_size {small} must be below image_size {cfg.image_size} and at least "
+                         f"{model.min_image_size} for model {cfg.model} (0: off)")
     fill = {"batch_size": spec.batch_size, **{k: spec.defaults.get(k) for k in ("lr", "momentum", "weight_decay")}}
-    return dataclasses.replace(cfg, **{k: v for k, v in fill.items() if getattr(cfg, k) is None and v is not None})
+    # --cache rebuild acts once, in the run that asks (train notes it before this): what the run saves,
+    # and so what evaluate, compare and a resume read, is auto.
+    cache = "auto" if cfg.cache == "rebuild" else cfg.cache
+    return dataclasses.replace(cfg, cache=cache,
+                               **{k: v for k, v in fill.items() if getattr(cfg, k) is None and v is not None})
 
 
 def training_preset(cfg: TrainConfig) -> Preset:
@@ -172,6 +181,7 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
         cfg = resumed_config(state, flags or {}, run_dir)
     if cfg is None:
         raise ValueError("train() needs a config unless it resumes a run")
+    rebuild = cfg.cache == "rebuild"
     cfg = resolve_config(cfg)
     if cfg.tensorboard:
         check_tensorboard()
@@ -203,13 +213,15 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
         log(f"loaded {loaded} pretrained tensors into {cfg.model}"
             + (f" (its {len(train_split.classes)}-class head starts fresh)" if fresh_head else "")
             + (f"; left at random, as the file's do not fit: {', '.join(missed)}" if missed else ""))
+    if cfg.progressive_size:
+        _check_takes_size(model, cfg)
     init_hash = _weights_hash(model)
-    jobs = default_jobs()
+    jobs = usable_cpus()
     images = {}
     for turn in ("main", "others"):  # process 0 builds the cache; the others then map the finished files
         if (turn == "main") == team.main:
-            images = {s.root.name: load_cache(s, cfg.image_size, cfg.cache, jobs, progress)
-                      for s in (train_split, val_split)}
+            mode = "rebuild" if rebuild and team.main else cfg.cache  # the others map what process 0 rebuilt
+            images = {s.root.name: load_cache(s, cfg.image_size, mode, jobs, progress) for s in (train_split, val_split)}
         wait_for_all(team)
     workers = cfg.workers if cfg.workers is not None else (0 if images["train"] is not None else max(jobs - 1, 0))
     # Both caches on the GPU or neither, judged together; only process 0 validates, so only it holds val there.
@@ -219,7 +231,8 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
                                resident=resident)
     val_source = BatchSource(val_split, eval_preset(cfg.image_size), images["val"], workers, device,
                              resident=resident and team.main)
-    _check_unreadable(train_split.unreadable + val_split.unreadable, len(train_split) + len(val_split), cfg.data)
+    warned: set[Path] = set()  # unreadable files already named in a warning
+    _check_unreadable((train_source, val_source), team, warned, cfg.data, log)
 
     model = model.to(device, memory_format=torch.channels_last)
     if team.enabled:
@@ -333,8 +346,7 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
                     f"acc {row['train_acc']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
                     f"{balanced}  {row['seconds']:.1f}s"
                     + ("  (best)" if improved else ""))
-                _check_unreadable(train_source.failed + val_source.failed, len(train_split) + len(val_split),
-                                  cfg.data)
+                _check_unreadable((train_source, val_source), team, warned, cfg.data, log)
                 if progress_state.budget_spent:
                     cut = loop.partial_epoch
                     log(f"time budget of {cfg.time_budget:g} min reached after {progress_state.global_step} steps"
@@ -374,6 +386,20 @@ def _fine_tuning_note(cfg: TrainConfig, model: nn.Module) -> str:
              f"{'s' if cfg.freeze_epochs != 1 else ''}"] if cfg.freeze_epochs else []
     notes += [f"the body at {cfg.body_lr_scale:g} x lr"] if cfg.body_lr_scale != 1.0 else []
     return f"; {', '.join(notes)}" if notes else ""
+
+
+def _check_takes_size(model: nn.Module, cfg: TrainConfig) -> None:
+    """Progressive resizing needs a model that takes any image size (global pooling, no fixed flatten)."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, cfg.progressive_size, cfg.progressive_size))
+    except RuntimeError:
+        raise UsageError(f"model {cfg.model} takes only {cfg.image_size}px images (its head is sized for them), so "
+                         "it cannot train at progressive_size first: use a model with global pooling, such as "
+                         "bncnn-s") from None
+    finally:
+        model.train(was_training)
 
 
 def _selected_name(cfg: TrainConfig) -> str:
@@ -457,18 +483,34 @@ def _write_status(run_dir: Path, status: str, progress: Progress, cfg: TrainConf
             "init_hash": init_hash, "hardware": hardware, "unreadable_images": skipped}
     if status == "early-stopped":
         info["reason"] = f"{_selected_name(cfg)} did not improve for {cfg.patience} epochs"
-    write_text_atomic(run_dir / "status.json", json.dumps(info, indent=2) + "\n")
+    write_text_atomic(run_dir / "status.json", json.dumps(escape_names(info), indent=2) + "\n")
 
 
-def _check_unreadable(paths: list[Path], total: int, data: str = "DATA") -> None:
-    if not paths:
-        return
-    names = ", ".join(str(p) for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
-    if len(paths) > MAX_UNREADABLE_FRACTION * total:
-        raise CatsdogsError(f"{len(paths)} of {total} images could not be read ({names}); "
+def _check_unreadable(sources: tuple[BatchSource, ...], team: Team, warned: set[Path], data: str, log: Log) -> None:
+    """Stop the run when more than MAX_UNREADABLE_FRACTION of its photos could not be read, else warn
+    once about each such file not yet in `warned` (and add it there).
+
+    A file counts once however often it fails: with --cache off it fails in every epoch. Under torchrun
+    each process decodes its own share, so the processes pool what they met first: every one then
+    decides alike, and process 0's status.json lists them all.
+    """
+    for source in sources:
+        for met in gather(source.failed, team):
+            source.failed += [path for path in met if path not in source.failed]
+    bad = sorted({path for s in sources for path in (*s.split.unreadable, *s.failed)}, key=str)
+    total = sum(len(s.split) for s in sources)
+    if len(bad) > MAX_UNREADABLE_FRACTION * total:
+        raise CatsdogsError(f"{len(bad)} of {total} images could not be read ({_some(bad)}); "
                             f"split the source again with `catsdogs split SOURCE --out {shlex.quote(str(data))} "
                             "--force`")
-    print(f"warning: skipped {len(paths)} unreadable image(s): {names}", file=sys.stderr)
+    new = [path for path in bad if path not in warned]
+    if new:
+        log(f"warning: skipped {len(new)} unreadable image(s): {_some(new)}")
+        warned.update(new)
+
+
+def _some(paths: list[Path]) -> str:
+    return ", ".join(str(p) for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
 
 
 def print_config(cfg: TrainConfig | None, resume: str | Path | None = None,

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tests.data.test_split import write_blank_png
 
-from catsdogs.data.images import (MAX_IMAGE_PIXELS, describe_left_out, is_image_name, load_resized, load_rgb,
+from catsdogs.data.images import (MAX_IMAGE_PIXELS, TooSmall, describe_left_out, is_image_name, load_resized, load_rgb,
                                   resize_array, to_rgb)
-from catsdogs.data.integrity import BOMB, check_image
+from catsdogs.data.integrity import BOMB, TOO_SMALL, check_image
+from tests.data.test_split import write_blank_png
 
 SIZE = 16
 
@@ -170,17 +170,49 @@ def test_a_file_that_is_not_an_image_raises(tmp_path: Path) -> None:
         load_resized(path, SIZE)
 
 
-@pytest.mark.parametrize("side, refusal", [
-    (16_000, Image.DecompressionBombWarning),  # 256 MP, just above MAX_IMAGE_PIXELS: Pillow only warns
-    (30_000, Image.DecompressionBombError),  # 900 MP, above twice it: Pillow raises by itself
-])
-def test_a_decompression_bomb_is_refused_before_decoding(tmp_path: Path, side: int, refusal: type) -> None:
+# Pillow's own, process-wide limit as a program may have it: Pillow's default, what the catsdogs
+# commands set (catsdogs.process), and none at all. catsdogs' bound holds under each.
+PILLOW_LIMITS = {"pillow-default": 89_478_485, "catsdogs-commands": MAX_IMAGE_PIXELS, "unlimited": None}
+
+
+@pytest.mark.parametrize("pillow_limit", PILLOW_LIMITS.values(), ids=PILLOW_LIMITS)
+@pytest.mark.parametrize("side", [16_000, 30_000])  # 256 MP, just above MAX_IMAGE_PIXELS; 900 MP
+def test_a_decompression_bomb_is_refused_before_decoding(tmp_path: Path, monkeypatch, side: int,
+                                                         pillow_limit: int | None) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pillow_limit)
     assert side * side > MAX_IMAGE_PIXELS
     path = tmp_path / "bomb.png"
     write_blank_png(path, side, side, header_only=True)
-    with pytest.raises(refusal):
+    with pytest.raises(Image.DecompressionBombError):
         load_resized(path, SIZE)
     assert check_image(str(path)).reason == BOMB  # split refuses it by the same bound
+
+
+@pytest.mark.parametrize("width, height", [(1, 1), (9, 40), (40, 9)])
+def test_a_photo_under_ten_pixels_on_a_side_is_refused_by_every_reader(tmp_path: Path, width: int,
+                                                                       height: int) -> None:
+    path = save(Image.new("RGB", (width, height), (200, 60, 60)), tmp_path / "tiny.png")
+    with pytest.raises(TooSmall, match=f"^{width}x{height} pixels, under 10 on a side$"):
+        load_resized(path, SIZE)  # training's cache and loaders, evaluate and predict
+    assert check_image(str(path)).reason == TOO_SMALL  # split
+    ten = save(Image.new("RGB", (10, 10), (200, 60, 60)), tmp_path / "ten.png")
+    assert_rgb(load_resized(ten, SIZE))
+    assert check_image(str(ten)).reason is None
+
+
+@pytest.mark.parametrize(("pillow_limit", "refused"), [(MAX_IMAGE_PIXELS, False), (None, False),
+                                                       (89_478_485, True)], ids=["catsdogs-commands", "unlimited",
+                                                                                  "pillow-default"])
+def test_a_196_megapixel_photo_passes_unless_the_program_limits_pillow_further(tmp_path: Path, monkeypatch,
+                                                                              pillow_limit: int | None,
+                                                                              refused: bool) -> None:
+    """Under the catsdogs commands' setting a 196 MP photo is no bomb; a program whose Pillow refuses it
+    (Pillow's default refuses above 179 MP) keeps its stricter limit."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pillow_limit)
+    path = tmp_path / "big.png"
+    write_blank_png(path, 14_000, 14_000, header_only=True)  # no pixel rows: it fails at decoding if not before
+    check = check_image(str(path))
+    assert (check.reason == BOMB) is refused, check
 
 
 def test_a_100_megapixel_photo_is_no_bomb(tmp_path: Path) -> None:

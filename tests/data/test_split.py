@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import struct
 import zlib
@@ -54,8 +55,13 @@ def make_classes(root: Path, sizes: dict[str, int], seed: int = 0) -> Path:
 
 
 def read_rows(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as file:
+    with open(path, encoding="utf-8", newline="") as file:  # strict: every CSV split writes is valid UTF-8
         return list(csv.DictReader(file))
+
+
+def shown(name: str) -> str:
+    """A file name as split's CSV and JSON files hold it: bytes that are not UTF-8 as \\xNN."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 @pytest.fixture()
@@ -81,6 +87,9 @@ def zoo(tmp_path: Path) -> tuple[Path, dict[str, object]]:
     with Image.open(source / "Cat/truncated.jpg") as header_only:  # only a full decode finds the cut
         assert header_only.size == (64, 64)
     (source / "Cat/empty.jpg").write_bytes(b"")
+    (source / os.fsdecode(b"Dog/broken\xff.jpg")).write_bytes(b"")
+    Image.new("RGB", (1, 1), (255, 0, 0)).save(source / "Cat/pixel.png")  # a tracking pixel
+    Image.new("RGB", (9, 40), (0, 0, 255)).save(source / "Dog/sliver.png")
     (source / "Dog/text.jpg").write_text("not a photo\n")
     write_blank_png(source / "Dog/bomb.png", 23_000, 23_000)  # above 2x MAX_IMAGE_PIXELS: PIL raises
     write_blank_png(source / "Dog/bomb-warn.png", 16_000, 16_000)  # above 1x: PIL only warns, split refuses
@@ -102,6 +111,9 @@ def zoo(tmp_path: Path) -> tuple[Path, dict[str, object]]:
     os.mkfifo(source / "Dog/pipe.jpg")
     fate.update({
         "Cat/truncated.jpg": ("rejected", "truncated or corrupt data"), "Cat/empty.jpg": ("rejected", "empty file"),
+        os.fsdecode(b"Dog/broken\xff.jpg"): ("rejected", "empty file"),
+        "Cat/pixel.png": ("rejected", "under 10 pixels on a side"),
+        "Dog/sliver.png": ("rejected", "under 10 pixels on a side"),
         "Dog/text.jpg": ("rejected", "not an image"), "Dog/bomb.png": ("rejected", "decompression bomb"),
         "Dog/bomb-warn.png": ("rejected", "decompression bomb"),
         "Cat/Thumbs.db": ("skipped", "not an image file"), "Cat/.DS_Store": ("skipped", "hidden file"),
@@ -125,23 +137,27 @@ def test_every_file_is_kept_once_or_reported_with_its_reason(zoo, tmp_path):
     out = tmp_path / "data"
     summary = split_dataset(source, out, jobs=2, progress=False)
 
-    kept = {rel for rel, verdict in fate.items() if verdict == "kept"}
+    kept = {shown(rel) for rel, verdict in fate.items() if verdict == "kept"}
     rows = read_rows(out / "manifest.csv")
     assert sorted(row["path"] for row in rows) == sorted(kept)
+    source_of = {shown(rel): rel for rel in fate}
     for row in rows:
         assert row["class"] == row["path"].split("/")[0]
         target = out / row["file"]
         assert row["file"].split("/")[:2] == [row["split"], row["class"]]
-        assert target.read_bytes() == (source / row["path"]).read_bytes()
+        assert target.read_bytes() == (source / source_of[row["path"]]).read_bytes()
         assert [int(row["width"]), int(row["height"])] == [32, 32]
     written = [p for split in SPLITS for p in (out / split).rglob("*") if p.is_file()]
     assert len(written) == len(kept)  # so no photo lands in two splits
     names = {row["path"]: row["file"].rsplit("/", 1)[1] for row in rows}
     assert (names["Cat/c00.jpg"], names["Cat/nested/c00.jpg"]) == ("c00.jpg", "nested__c00.jpg")
     assert names["Dog/犬 2.jpeg"] == "犬 2.jpeg"
+    assert names["Dog/caf\\xe9.jpg"] == "caf\\xe9.jpg"  # the Latin-1 name, as the manifest writes it
 
     left_out = {row["path"]: (row["status"], row["reason"]) for row in read_rows(out / "rejected.csv")}
-    assert left_out == {rel: verdict for rel, verdict in fate.items() if verdict != "kept"}
+    assert left_out == {shown(rel): verdict for rel, verdict in fate.items() if verdict != "kept"}
+    details = {row["path"]: row["detail"] for row in read_rows(out / "rejected.csv")}
+    assert details["Cat/pixel.png"] == "1x1 pixels, under 10 on a side"
     assert summary.found == len(fate)
     assert summary.kept + len(summary.rejected) + len(summary.skipped) + summary.duplicates_removed \
         + summary.conflicts == summary.found
@@ -154,6 +170,10 @@ def test_every_file_is_kept_once_or_reported_with_its_reason(zoo, tmp_path):
     assert report.rstrip().endswith(f"Next: catsdogs train --optim adam --data {out}")
     again = split_dataset(source, out, jobs=2, progress=False)  # every odd name survives the record
     assert again.unchanged and again.rejected == summary.rejected and again.skipped == summary.skipped
+    record = json.loads((out / "split.json").read_bytes().decode("utf-8"))  # strict UTF-8 too
+    assert ["Dog/broken\\xff.jpg", "empty file"] in record["summary"]["rejected"]
+    forced = split_dataset(source, out, jobs=2, force=True, progress=False)  # finds every file it wrote
+    assert not forced.unchanged and read_rows(out / "manifest.csv") == rows
 
 
 @pytest.mark.parametrize("ratios", [(0.63, 0.07, 0.30), (0.5, 0.25, 0.25), (0.98, 0.01, 0.01), (1.0, 0.0, 0.0),
@@ -238,6 +258,21 @@ def test_same_seed_gives_identical_files_and_another_seed_differs(tmp_path):
     other = {row["path"]: row["split"] for row in read_rows(tmp_path / "c" / "manifest.csv")}
     first = {row["path"]: row["split"] for row in read_rows(tmp_path / "a" / "manifest.csv")}
     assert other.keys() == first.keys() and other != first
+
+
+def test_its_decoding_pool_has_as_many_processes_as_cpus_it_may_run_on(tmp_path, monkeypatch):
+    from catsdogs.data import integrity
+
+    source = make_classes(tmp_path / "src", {"Cat": 3, "Dog": 3})
+    # A machine of 64 cores of which this process may use 2 (taskset, a container's or a batch job's CPU set).
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 5}, raising=False)
+    pools: list[int] = []
+    check = integrity.check_images
+    monkeypatch.setattr(integrity, "check_images", lambda paths, jobs, progress: pools.append(jobs) or
+                        check(paths, 1, progress))
+    split_dataset(source, tmp_path / "data", progress=False)
+    assert pools == [2]
 
 
 def test_the_report_tells_train_where_the_split_is(tmp_path, monkeypatch):

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from catsdogs.data.transforms import AUGMENTS, MEAN, STD, Preset, eval_preset, list_augments, train_preset
 from catsdogs.errors import UsageError
@@ -184,11 +181,3 @@ def test_the_input_batch_is_not_modified() -> None:
 def test_anything_but_a_uint8_nhwc_batch_is_refused(bad: torch.Tensor) -> None:
     with pytest.raises(ValueError, match="expected a uint8 NHWC batch with 3 channels"):
         eval_preset(SIZE)(bad)
-
-
-def test_load_gives_a_resized_uint8_rgb_tensor(tmp_path: Path) -> None:
-    path = tmp_path / "cat.png"
-    Image.new("RGB", (40, 30), (200, 10, 20)).save(path)
-    image = eval_preset(16).load(path)
-    assert image.dtype == torch.uint8 and image.shape == (16, 16, 3)
-    assert image[8, 8].tolist() == [200, 10, 20]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
-import os
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from catsdogs.errors import CatsdogsError
 from catsdogs.inference.evaluate import evaluate_run
 from catsdogs.training.checkpoint import load_checkpoint, save_checkpoint
+
 
 def test_evaluating_other_photos_never_replaces_the_run_s_own_results(tiny_run, tmp_path) -> None:
 
@@ -95,6 +97,26 @@ def test_unreadable_photos_are_recorded_and_a_failed_evaluation_leaves_no_folder
         evaluate_run(run, data=str(tmp_path / "nowhere"), device="cpu", progress=False)
     with pytest.raises(CatsdogsError, match=r"--data .*0.jpg is not a folder"):
         evaluate_run(run, data=str(data / "test" / "Cat" / "0.jpg"), device="cpu", progress=False)
+
+
+def test_names_that_are_not_utf8_are_read_and_written_escaped_and_tiny_photos_left_out(tiny_run, tmp_path) -> None:
+    from PIL import Image
+
+    run_dir, data = tiny_run
+    run = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    photos = Path(shutil.copytree(data / "test", tmp_path / os.fsdecode(b"f\xf6tos")))  # Latin-1, as old zips hold
+    (photos / "Cat" / "0.jpg").rename(photos / "Cat" / os.fsdecode(b"\xff.jpg"))
+    Image.new("RGB", (1, 1), (200, 60, 60)).save(photos / "Dog" / "pixel.png")
+    result = evaluate_run(run, data=str(photos), device="cpu", progress=False)
+    assert result.metrics["images"] == 12  # the odd name is measured, the pixel is not
+    metrics = json.loads(result.metrics_path.read_bytes().decode("utf-8"))  # strict: valid UTF-8
+    shown = str(tmp_path / "f\\xf6tos")
+    assert metrics["data"] == shown and metrics["unreadable_images"] == [f"{shown}/Dog/pixel.png"]
+    with result.predictions_path.open(encoding="utf-8", newline="") as handle:
+        paths = [row["path"] for row in csv.DictReader(handle)]
+    assert f"{shown}/Cat/\\xff.jpg" in paths and len(paths) == 12
+    again = evaluate_run(run, data=str(photos), device="cpu", progress=False)  # finds its own results again
+    assert again.metrics_path == result.metrics_path
 
 
 def test_photos_of_only_some_classes_are_measured(tiny_run, tmp_path) -> None:

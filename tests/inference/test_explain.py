@@ -16,7 +16,7 @@ from torch import nn
 from catsdogs.cli import main
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.inference.evaluate import evaluate_run
-from catsdogs.inference.explain import MIN_CELLS, GradCAM, choose_layer, explain_photos, feature_layers, worst_mistakes
+from catsdogs.inference.explain import MIN_CELLS, GradCAM, explain_photos, worst_mistakes
 from catsdogs.inference.predict import load_trained, predict_photos
 from catsdogs.training.hardware import Precision
 from catsdogs.training.models import MODELS, build_model
@@ -81,13 +81,55 @@ def test_gradcam_leaves_the_model_alone() -> None:
         assert torch.allclose(probs, torch.softmax(model(patch_image()), 1), atol=1e-6)
 
 
+def traced_maps(model: nn.Module, size: int) -> list[tuple[str, tuple[int, ...]]]:
+    """(module name, C x H x W) of every spatial map one image passes through, in the order the modules finish."""
+    names = {module: name for name, module in model.named_modules() if name}
+    seen: list[tuple[str, tuple[int, ...]]] = []
+    hooks = [module.register_forward_hook(
+        lambda m, _i, out: seen.append((names[m], tuple(out.shape[1:]))) if out.dim() == 4 else None)
+        for module in names]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, size, size))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+def map_explained(cam: GradCAM, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Run Grad-CAM and return its heat maps and the shape of the feature map it actually read."""
+    read: list[tuple[int, ...]] = []
+    hook = cam.module.register_forward_hook(lambda _m, _i, out: read.append(tuple(out.shape[1:])))
+    try:
+        heat, _ = cam(images)
+    finally:
+        hook.remove()
+    return heat, read[-1]
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+@pytest.mark.parametrize("at", ["minimum", "128"])
+def test_every_model_is_explained_at_its_deepest_map_still_5_cells_across(name: str, at: str) -> None:
+    size = MODELS.get(name).min_image_size if at == "minimum" else max(MODELS.get(name).min_image_size, 128)
+    torch.manual_seed(0)
+    model = build_model(name, 2, size).eval()
+    cam = GradCAM(model, size)
+    heat, shape = map_explained(cam, torch.randn(2, 3, size, size))
+    assert len(shape) == 3 and min(shape[1:]) >= MIN_CELLS, f"{name} at {size}px reads {cam.layer} {shape}"
+    maps = traced_maps(model, size)
+    last_read = max(i for i, (layer, _) in enumerate(maps) if layer == cam.layer)
+    deeper = [(layer, map_shape) for layer, map_shape in maps[last_read + 1:] if min(map_shape[1:]) >= MIN_CELLS]
+    assert deeper == [], f"{cam.layer} {shape} is not the deepest map at least {MIN_CELLS} across"
+    assert heat.shape == (2, size, size) and torch.isfinite(heat).all()
+    assert float(heat.min()) >= 0.0 and float(heat.max()) <= 1.0 + 1e-6
+
+
 @pytest.mark.parametrize("name", MODELS.names())
 def test_every_model_can_be_explained(name: str) -> None:
     size = max(MODELS.get(name).min_image_size, 64)
     torch.manual_seed(0)
     model = build_model(name, 2, size).eval()
-    layer = choose_layer(model, size)
-    assert min(layer.shape[1:]) >= MIN_CELLS or size < 128
     heat, probs = GradCAM(model, size)(torch.randn(2, 3, size, size))
     assert heat.shape == (2, size, size) and torch.isfinite(heat).all()
     assert float(heat.min()) >= 0.0 and float(heat.max()) <= 1.0 + 1e-6
@@ -96,8 +138,24 @@ def test_every_model_can_be_explained(name: str) -> None:
 
 def test_cnn3_at_128px_reads_a_map_that_can_still_say_where() -> None:
     # Its last pool is 1x1 at 128 px; the choice falls back to the deepest map at least 5 cells across.
-    layer = choose_layer(build_model("cnn3", 2, 128), 128)
-    assert layer.shape[1:] == (7, 7)
+    cam = GradCAM(build_model("cnn3", 2, 128), 128)
+    heat, shape = map_explained(cam, torch.randn(1, 3, 128, 128))
+    assert (cam.layer, shape) == ("features.5", (64, 7, 7))
+    assert heat.shape == (1, 128, 128)
+
+
+def test_without_a_map_5_cells_across_the_widest_is_read() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4, padding=1), nn.Conv2d(4, 4, 3, stride=2, padding=1),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    cam = GradCAM(model, 16)  # maps of 4x4, 2x2 (the conv, then the ReLU) and 1x1: none 5 across
+    heat, shape = map_explained(cam, torch.randn(1, 3, 16, 16))
+    assert (cam.layer, shape) == ("0", (4, 4, 4))
+    assert heat.shape == (1, 16, 16)
+
+
+def test_a_model_without_a_feature_map_cannot_be_explained() -> None:
+    with pytest.raises(CatsdogsError, match="Sequential has no convolutional feature map to explain"):
+        GradCAM(nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2)), 8)
 
 
 @pytest.mark.parametrize(("layer", "message"), [
@@ -115,7 +173,7 @@ def test_a_layer_that_cannot_say_where_is_refused_with_the_ones_that_can(layer: 
     assert text.startswith(message + "choose one of features (192x8x8), features.20 (192x8x8), ")
     offered = re.findall(r"([\w.]+) \((\d+)x(\d+)x(\d+)\)", text)
     assert len(offered) == 8 and text.endswith(" or 14 shallower")
-    maps = {choice.name: choice.shape for choice in feature_layers(model, 128)}
+    maps = dict(traced_maps(model, 128))
     assert all(maps[name] == tuple(map(int, shape)) and min(maps[name][1:]) >= 2 for name, *shape in offered)
     assert [name for name, *_ in offered][-1] == "features.14"  # deepest first: the 16x16 maps come after
 

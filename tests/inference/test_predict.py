@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 from pathlib import Path
 
@@ -197,3 +198,20 @@ def test_stdout_holds_only_the_classified_photos(tiny_run, tmp_path: Path) -> No
     assert f"unreadable: {tmp_path / 'text.jpg'} (not an image)" in result.stderr
     assert f"unreadable: {tmp_path / 'zero.jpg'} (empty file)" in result.stderr  # as split says it
     assert "1 photo classified" in result.stderr and "2 unreadable" in result.stderr
+
+
+def test_a_name_that_is_not_utf8_is_classified_and_written_escaped_and_a_tiny_photo_refused(tiny_run,
+                                                                                          tmp_path: Path) -> None:
+    run_dir, data = tiny_run
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(data / "test" / "Dog" / "0.jpg", photos / os.fsdecode(b"\xff.jpg"))  # Linux allows any bytes
+    Image.new("RGB", (1, 1), (60, 70, 190)).save(photos / "pixel.png")
+    result = invoke("predict", "--run", str(run_dir), "--device", "cpu", "--out", str(tmp_path / "out.csv"),
+                    str(photos))
+    assert result.exit_code == 0, result.output
+    with (tmp_path / "out.csv").open(encoding="utf-8", newline="") as handle:  # strict: valid UTF-8
+        rows = {row["path"]: row for row in csv.DictReader(handle)}
+    assert rows.keys() == {f"{photos}/\\xff.jpg", f"{photos}/pixel.png"}
+    assert rows[f"{photos}/\\xff.jpg"]["predicted"] in ("Cat", "Dog")  # found and read
+    assert rows[f"{photos}/pixel.png"]["error"] == "1x1 pixels, under 10 on a side"  # as split leaves it out

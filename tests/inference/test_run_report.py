@@ -12,14 +12,14 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from tests.browser import assert_loads_cleanly
 from catsdogs.cli import main
-from catsdogs.training.config import TrainConfig
 from catsdogs.inference.evaluate import evaluate_run
 from catsdogs.inference.explain import explain_photos, worst_mistakes
 from catsdogs.inference.predict import load_trained
 from catsdogs.inference.run_report import write_run_report
+from catsdogs.training.config import TrainConfig
 from catsdogs.training.train import train
+from tests.browser import assert_loads_cleanly
 from tests.conftest import CLASS_COLOURS, write_tiny_split
 
 

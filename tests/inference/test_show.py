@@ -12,10 +12,10 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 from catsdogs.cli import main
-from catsdogs.training.config import TrainConfig
-from catsdogs.inference.show import draw_photos, show
-from catsdogs.training.train import train
 from catsdogs.data.transforms import Preset, denormalise
+from catsdogs.inference.show import draw_photos, show
+from catsdogs.training.config import TrainConfig
+from catsdogs.training.train import train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tests.browser import assert_loads_cleanly
 from catsdogs.study.report import write_report
+from tests.browser import assert_loads_cleanly
 from tests.study.test_report import write_study
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from catsdogs.study.stats import binomial_cdf_half, mcnemar_exact_p, paired_t_test, t_critical, t_two_sided_p
 
+
 @pytest.mark.parametrize("t, df, p", [(2.776, 4, 0.05), (12.706, 1, 0.05), (4.303, 2, 0.05), (2.228, 10, 0.05),
                                       (0.0, 3, 1.0), (1.96, 100_000, 0.05)])
 def test_t_distribution_matches_table_values(t: float, df: int, p: float) -> None:

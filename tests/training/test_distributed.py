@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from tests.conftest import children
 
 from catsdogs import interrupts
 from catsdogs.cli import main
 from catsdogs.errors import UsageError
 from catsdogs.training.distributed import SOLO, Team, shard_batches, team_from_environment
 from catsdogs.training.loop import stop_on_signals
+from tests.conftest import children
 
 TRAIN = ["--optim", "adam", "--image-size", "96", "--batch-size", "16", "--device", "cpu", "--precision", "fp32"]
 
@@ -213,7 +213,7 @@ main()
 def test_two_processes_step_as_one_under_class_weights_and_uneven_shares(tmp_path: Path) -> None:
     """Each step's gradient is the whole batch's: 15 images a step go 8 and 7 to the processes, in passes of 4,
     and the classes (20 cats, 10 dogs) weigh 0.75 and 1.5. Two processes must train what one process does."""
-    from conftest import write_tiny_split
+    from tests.conftest import write_tiny_split
 
     data = write_tiny_split(tmp_path, per_class=(20, 4, 4), size=32)
     for index in range(10, 20):
@@ -304,3 +304,18 @@ def test_a_lost_peer_is_one_line_only_under_torchrun(monkeypatch: pytest.MonkeyP
         "another process of this torchrun run stopped (killed, or failed: see its message above, if any, and "
         "torchrun's report): [../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer")
     assert lost_peer_message(RuntimeError("shape mismatch")) is None
+
+
+def test_an_unreadable_photo_is_warned_once_and_recorded_whichever_process_met_it(tmp_path: Path) -> None:
+    from tests.conftest import write_tiny_split
+
+    data = write_tiny_split(tmp_path, per_class=(50, 1, 1), size=32)  # 102 photos: one bad one is under 1%
+    victim = data / "train" / "Dog" / "7.jpg"
+    victim.write_bytes(b"garbage, not a jpeg")
+    process = torchrun(["--data", str(data), "--epochs", "2", "--out", "runs/bad", "--cache", "off", "--workers", "0",
+                        *TRAIN], tmp_path)
+    out = assert_finished(process)
+    assert out.count("warning:") == 1, out  # in epoch 1, by process 0, whichever process decoded it
+    assert f"warning: skipped 1 unreadable image(s): {victim}" in out
+    status = json.loads((tmp_path / "runs" / "bad" / "status.json").read_text())
+    assert status["unreadable_images"] == [str(victim)]

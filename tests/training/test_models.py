@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+import copy
 
 import pytest
 import torch
 from torch import nn
 
+import catsdogs.training.models as models
 from catsdogs.errors import UsageError
-from catsdogs.training.models import MODELS, CNN3, build_model, count_parameters, list_models, register_model
+from catsdogs.training.models import CNN3, MODELS, build_model, count_parameters, list_models, register_model
 
 
 @pytest.fixture
-def registered_names() -> Iterator[list[str]]:
-    """Names a test registers; removed from the registry afterwards."""
-    names: list[str] = []
-    yield names
-    for name in names:
-        MODELS._entries.pop(name, None)
+def registered_names(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names a test registers. The test registers into a copy of the registry, dropped afterwards."""
+    monkeypatch.setattr(models, "MODELS", copy.deepcopy(models.MODELS))
+    return []
 
 
 def linear_layers(model: nn.Module) -> list[nn.Linear]:

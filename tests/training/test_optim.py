@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+import ast
+import copy
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -12,8 +14,8 @@ import catsdogs.training.optim as optim
 from catsdogs.data.transforms import eval_preset
 from catsdogs.errors import UsageError
 from catsdogs.training.models import build_model
-from catsdogs.training.optim import (ENTRY_POINT_GROUP, OPTIMIZERS, build_optimizer, get_optimizer_spec,
-                                     list_optimizers, load_optimizer_plugins, register_optimizer)
+from catsdogs.training.optim import (ENTRY_POINT_GROUP, build_optimizer, get_optimizer_spec, list_optimizers,
+                                     load_optimizer_plugins, register_optimizer)
 
 SIZE = 96  # cnn3's smallest input: the cheapest real training step
 # The built-ins `catsdogs optimizers` documents: the tutorial's four, and two for batch-norm models.
@@ -21,12 +23,10 @@ BUILT_INS = ["adam", "adamw", "minibatch-sgd", "momentum", "sgd-nesterov", "vani
 
 
 @pytest.fixture
-def registered_names() -> Iterator[list[str]]:
-    """Names a test registers; removed from the registry afterwards."""
-    names: list[str] = []
-    yield names
-    for name in names:
-        OPTIMIZERS._entries.pop(name, None)
+def registered_names(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names a test registers. The test registers into a copy of the registry, dropped afterwards."""
+    monkeypatch.setattr(optim, "OPTIMIZERS", copy.deepcopy(optim.OPTIMIZERS))
+    return []
 
 
 @pytest.fixture(scope="module")
@@ -44,38 +44,38 @@ def test_the_registry_holds_exactly_the_documented_built_ins() -> None:
     assert list_optimizers() == BUILT_INS
 
 
-@pytest.mark.parametrize(("name", "lr", "momentum", "nesterov", "batch_size"), [
-    ("vanilla-sgd", 0.001, 0.0, False, 1),
-    ("minibatch-sgd", 0.01, 0.0, False, 100),
-    ("momentum", 0.01, 0.9, False, 100),
-    ("sgd-nesterov", 0.1, 0.9, True, 64),
-])
-def test_sgd_variants(name: str, lr: float, momentum: float, nesterov: bool, batch_size: int) -> None:
+@pytest.mark.parametrize("name", list_optimizers())
+def test_every_optimizer_is_built_with_its_own_defaults(name: str) -> None:
     spec = get_optimizer_spec(name)
-    assert spec.cls is torch.optim.SGD and spec.batch_size == batch_size
     built = build_optimizer(name, [torch.nn.Parameter(torch.zeros(2))])
-    assert type(built) is torch.optim.SGD
+    assert type(built) is spec.cls
     group = built.param_groups[0]
-    assert (group["lr"], group["momentum"], group["nesterov"]) == (lr, momentum, nesterov)
+    assert {key: group[key] for key in spec.defaults} == dict(spec.defaults)
+    assert isinstance(spec.batch_size, int) and spec.batch_size >= 1
 
 
-def test_adam() -> None:
-    spec = get_optimizer_spec("adam")
-    assert spec.cls is torch.optim.Adam and spec.batch_size == 100
-    built = build_optimizer("adam", [torch.nn.Parameter(torch.zeros(2))])
-    assert type(built) is torch.optim.Adam and built.param_groups[0]["lr"] == 0.001
+@pytest.mark.parametrize("name", list_optimizers())
+def test_the_listing_of_defaults_reads_back_as_the_defaults(name: str) -> None:
+    spec = get_optimizer_spec(name)
+    listed = dict(item.split("=") for item in spec.describe_defaults().split(", "))
+    assert int(listed.pop("batch_size")) == spec.batch_size
+    assert {key: ast.literal_eval(value) for key, value in listed.items()} == pytest.approx(dict(spec.defaults),
+                                                                                          rel=1e-5)
 
 
-def test_adamw() -> None:
-    spec = get_optimizer_spec("adamw")
-    assert spec.cls is torch.optim.AdamW and spec.batch_size == 64
-    group = build_optimizer("adamw", [torch.nn.Parameter(torch.zeros(2))]).param_groups[0]
-    assert (group["lr"], group["weight_decay"]) == (0.001, 0.05)
+def test_the_tutorials_four_optimizers_are_what_their_names_say() -> None:
+    """What the names mean, not their tuning: which update rule, how many images a step, which momentum."""
+    vanilla, minibatch, momentum, adam = map(get_optimizer_spec, ("vanilla-sgd", "minibatch-sgd", "momentum", "adam"))
+    assert vanilla.cls is minibatch.cls is momentum.cls is torch.optim.SGD and adam.cls is torch.optim.Adam
+    assert vanilla.batch_size == 1 < minibatch.batch_size  # one image a step, against a mini-batch
+    assert vanilla.defaults.get("momentum", 0) == 0 and minibatch.defaults.get("momentum", 0) == 0
+    assert momentum.defaults["momentum"] > 0 and not momentum.defaults.get("nesterov", False)
 
 
-def test_defaults_are_described_for_the_listing() -> None:
-    assert get_optimizer_spec("vanilla-sgd").describe_defaults() == "lr=0.001, momentum=0, batch_size=1"
-    assert get_optimizer_spec("momentum").describe_defaults() == "lr=0.01, momentum=0.9, batch_size=100"
+def test_the_recipes_optimizers_are_nesterov_sgd_and_decoupled_adamw() -> None:
+    nesterov, adamw = get_optimizer_spec("sgd-nesterov"), get_optimizer_spec("adamw")
+    assert nesterov.cls is torch.optim.SGD and nesterov.defaults["nesterov"] and nesterov.defaults["momentum"] > 0
+    assert adamw.cls is torch.optim.AdamW and adamw.defaults["weight_decay"] > 0
 
 
 @pytest.mark.parametrize("name", list_optimizers())
@@ -107,7 +107,8 @@ def test_overrides_replace_defaults_and_none_keeps_them() -> None:
     params = [torch.nn.Parameter(torch.zeros(2))]
     built = build_optimizer("momentum", params, lr=0.5, momentum=None, weight_decay=1e-4)
     group = built.param_groups[0]
-    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.5, 0.9, 1e-4)
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (
+        0.5, get_optimizer_spec("momentum").defaults["momentum"], 1e-4)
 
 
 def test_an_argument_the_class_does_not_take_is_named() -> None:

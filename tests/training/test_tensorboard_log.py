@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 import catsdogs.training.tensorboard_log as board_module
-from catsdogs.training import loop as loop_module
 from catsdogs.cli import main
+from catsdogs.training import loop as loop_module
 from catsdogs.training.config import TrainConfig
 from catsdogs.training.train import train
 

@@ -18,8 +18,9 @@ import yaml
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.training import loop as loop_module
 from catsdogs.training import train as train_module
-from catsdogs.training.checkpoint import load_checkpoint, save_checkpoint
+from catsdogs.training.checkpoint import load_checkpoint
 from catsdogs.training.config import TrainConfig
+from catsdogs.training.optim import get_optimizer_spec
 from catsdogs.training.schedules import lr_factor
 from catsdogs.training.train import HISTORY_COLUMNS, new_run_config, train
 
@@ -66,7 +67,7 @@ def test_run_folder_holds_config_history_and_safe_checkpoints(data: Path, tmp_pa
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     for row in rows:
         assert 0.0 <= float(row["train_acc"]) <= 1.0 and 0.0 <= float(row["val_acc"]) <= 1.0
-        assert float(row["lr"]) == pytest.approx(0.001)
+        assert float(row["lr"]) == pytest.approx(get_optimizer_spec("adam").defaults["lr"])  # constant schedule
     for name in ("last.pt", "best.pt"):
         state = torch.load(run / name, map_location="cpu", weights_only=True)
         assert state["classes"] == ["Cat", "Dog"]
@@ -74,15 +75,17 @@ def test_run_folder_holds_config_history_and_safe_checkpoints(data: Path, tmp_pa
         assert "classifier.4.weight" in state["model"]
     last = load_checkpoint(run / "last.pt")
     assert last["epoch"] == 2 and "optimizer" in last
-    config_text = (run / "config.yaml").read_text()
-    assert "lr: 0.001" in config_text and "image_size: 96" in config_text
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert (saved["lr"], saved["image_size"]) == (get_optimizer_spec("adam").defaults["lr"], 96)
     assert json.loads((run / "status.json").read_text())["status"] == "finished"
 
 
 def test_optimizer_defaults_fill_the_resolved_config(data: Path, tmp_path: Path) -> None:
     cfg = make_config(data, tmp_path / "run", optim="momentum", batch_size=None, epochs=1)
     resolved = train_module.resolve_config(cfg)
-    assert (resolved.batch_size, resolved.lr, resolved.momentum) == (100, 0.01, 0.9)
+    spec = get_optimizer_spec("momentum")
+    assert (resolved.batch_size, resolved.lr, resolved.momentum) == (spec.batch_size, spec.defaults["lr"],
+                                                                    spec.defaults["momentum"])
     assert train_module.resolve_config(make_config(data, tmp_path, optim="vanilla-sgd", batch_size=None)).batch_size == 1
 
 
@@ -179,6 +182,17 @@ def test_print_config_of_a_resume_shows_the_resumed_settings_and_trains_nothing(
     assert refused.exit_code == 2 and "--lr 0.5 conflicts with the run being resumed" in refused.output
 
 
+def scripted_validation(monkeypatch, scores: list[tuple[float, float]]) -> None:
+    """Validation reports these (val_loss, val_acc) pairs, one per epoch in order, balanced accuracy = accuracy."""
+    remaining = iter(scores)
+
+    def validate(self) -> tuple[float, float, float]:
+        loss, acc = next(remaining)
+        return loss, acc, acc
+
+    monkeypatch.setattr(loop_module.EpochLoop, "validate", validate)
+
+
 def test_best_pt_is_written_before_the_last_pt_that_counts_its_epoch(data: Path, tmp_path: Path,
                                                                     monkeypatch) -> None:
     """A kill between the two saves must not leave best.pt behind a last.pt that already knows the epoch."""
@@ -188,36 +202,40 @@ def test_best_pt_is_written_before_the_last_pt_that_counts_its_epoch(data: Path,
     seen: list[tuple[int, int]] = []
 
     def save_last(self, progress):
-        if progress.step == 0 and progress.history:  # an epoch's end
-            best = min(progress.history, key=lambda r: (-r["val_acc"], r["val_loss"], r["epoch"]))["epoch"]
-            seen.append((load_checkpoint(self.run_dir / "best.pt")["epoch"], best))
+        if progress.step == 0 and progress.history:  # an epoch's end: which epoch does best.pt hold by now?
+            seen.append((progress.history[-1]["epoch"], load_checkpoint(self.run_dir / "best.pt")["epoch"]))
         return original(self, progress)
 
     monkeypatch.setattr(train_module.LastSaver, "__call__", save_last)
+    scripted_validation(monkeypatch, [(0.6, 0.50), (0.5, 0.75), (0.4, 0.70)])  # epoch 2 stays the best
     train(make_config(data, tmp_path / "run", epochs=3), progress=False, log=quiet)
-    assert len(seen) == 3 and all(on_disk == best for on_disk, best in seen)
+    assert seen == [(1, 1), (2, 2), (3, 2)]
+
+
+@pytest.mark.parametrize(("third", "best"), [
+    ((0.60, 0.90), 3),  # a higher accuracy, whatever its loss
+    ((0.40, 0.75), 3),  # the same accuracy with a lower loss: the model still learns
+    ((0.60, 0.75), 2),  # the same accuracy and a higher loss: the earlier epoch stays
+    ((0.10, 0.70), 2),  # a lower accuracy, whatever its loss
+], ids=["higher-acc", "same-acc-lower-loss", "same-acc-higher-loss", "lower-acc"])
+def test_the_best_epoch_is_carried_across_a_resume(data: Path, tmp_path: Path, monkeypatch, third, best: int) -> None:
+    with monkeypatch.context() as patch:
+        scripted_validation(patch, [(0.70, 0.50), (0.50, 0.75)])
+        run = train(make_config(data, tmp_path / "run", epochs=2), progress=False, log=quiet).run_dir
+    before = load_checkpoint(run / "best.pt")
+    assert before["epoch"] == 2
+    scripted_validation(monkeypatch, [third])
+    train(None, resume=run, flags={"epochs": 3}, progress=False, log=quiet)
+    after = load_checkpoint(run / "best.pt")
+    assert after["epoch"] == best
+    holds = before["model"] if best == 2 else load_checkpoint(run / "last.pt")["model"]  # epoch 3's weights
+    assert all(torch.equal(after["model"][key], holds[key]) for key in holds)
 
 
 def _validation_gives(monkeypatch, scores: list[tuple[float, float, float]]) -> None:
     """Each epoch's validation returns the next (val loss, val accuracy, val balanced accuracy) of `scores`."""
     given = iter(scores)
     monkeypatch.setattr(loop_module.EpochLoop, "validate", lambda self: next(given))
-
-
-def test_best_checkpoint_is_not_replaced_by_a_worse_model_after_resume(data: Path, tmp_path: Path,
-                                                                       monkeypatch) -> None:
-    _validation_gives(monkeypatch, [(0.6, 0.60, 0.60), (0.5, 0.80, 0.80), (0.4, 0.70, 0.70), (0.3, 0.90, 0.90)])
-    run = train(make_config(data, tmp_path / "run", epochs=2), progress=False, log=quiet).run_dir
-    best_before = (run / "best.pt").read_bytes()
-    assert load_checkpoint(run / "best.pt")["epoch"] == 2
-    worse = train(None, resume=run, flags={"epochs": 3}, progress=False, log=quiet)  # epoch 3 scores 0.70
-    assert (run / "best.pt").read_bytes() == best_before
-    assert (worse.best_epoch, worse.best_val_acc) == (2, 0.80)
-    older = load_checkpoint(run / "last.pt")
-    older["progress"]["best_val_acc"] = 0.80  # as catsdogs saved it before the best epoch was read off the history
-    save_checkpoint(older, run / "last.pt")
-    better = train(None, resume=run, flags={"epochs": 4}, progress=False, log=quiet)  # epoch 4 scores 0.90
-    assert load_checkpoint(run / "best.pt")["epoch"] == 4 and (better.best_epoch, better.best_val_acc) == (4, 0.90)
 
 
 # Epoch 1 answers the larger class: the best plain accuracy, and the worst balanced accuracy.
@@ -277,6 +295,66 @@ def test_an_image_broken_after_the_split_is_skipped_and_reported(data: Path, tmp
     result = train(make_config(data, tmp_path / "lenient", epochs=1, cache=cache), progress=False, log=quiet)
     status = json.loads((result.run_dir / "status.json").read_text())
     assert status["unreadable_images"] == [str(victim)]
+
+
+def test_a_file_that_fails_every_epoch_counts_once(tmp_path: Path, tiny_split) -> None:
+    # 220 train and val photos: one bad file is under the 1% limit (2.2), three would be over it.
+    data = tiny_split(tmp_path / "split", per_class=(100, 10, 10), size=32)
+    victim = data / "train" / "Cat" / "0.jpg"
+    victim.write_bytes(b"garbage, not a jpeg")
+    messages: list[str] = []
+    result = train(make_config(data, tmp_path / "run", epochs=3, cache="off", workers=0, batch_size=32),
+                   progress=False, log=messages.append)
+    assert result.status == "finished" and result.epochs_done == 3
+    warnings = [m for m in messages if "unreadable" in m]
+    assert warnings == [f"warning: skipped 1 unreadable image(s): {victim}"]  # in epoch 1 only
+    status = json.loads((result.run_dir / "status.json").read_text())
+    assert status["unreadable_images"] == [str(victim)]
+
+
+@pytest.mark.parametrize("cache", ["auto", "off"])
+def test_names_that_are_not_utf8_train_and_a_tiny_photo_is_left_out(data: Path, tmp_path: Path, monkeypatch,
+                                                                     cache: str) -> None:
+    from PIL import Image
+
+    # A split folder made by hand (or by an older split) holding names Linux allows but UTF-8 does not.
+    (data / "train" / "Cat" / "0.jpg").rename(data / "train" / "Cat" / os.fsdecode(b"\xff.jpg"))
+    tiny = data / "train" / "Dog" / os.fsdecode(b"pixel\xe9.png")
+    Image.new("RGB", (1, 1), (60, 70, 190)).save(tiny)
+    monkeypatch.setattr(train_module, "MAX_UNREADABLE_FRACTION", 0.1)
+    messages: list[str] = []
+    run = train(make_config(data, tmp_path / "run", epochs=1, cache=cache), progress=False,
+                log=messages.append).run_dir
+    shown = str(data / "train" / "Dog" / "pixel\\xe9.png")  # as every file catsdogs writes names it
+    assert [m for m in messages if "unreadable" in m] == [f"warning: skipped 1 unreadable image(s): {tiny}"]
+    status = json.loads((run / "status.json").read_bytes().decode("utf-8"))  # strict: valid UTF-8
+    assert status["unreadable_images"] == [shown]  # the pixel only: the odd name was read
+
+
+def test_cache_rebuild_acts_once_in_the_run_that_asks(data: Path, tmp_path: Path, monkeypatch) -> None:
+    from catsdogs.data import cache as data_module
+    from catsdogs.inference.evaluate import evaluate_run
+    from catsdogs.training.train import print_config
+
+    built: list[str] = []
+    build = data_module._build_cache
+    monkeypatch.setattr(data_module, "_build_cache", lambda split, *args: built.append(split.root.name) or
+                        build(split, *args))
+    cfg = make_config(data, tmp_path / "run", epochs=1)
+    run = train(cfg, progress=False, log=quiet).run_dir  # makes the caches
+    built.clear()
+    rebuilt = train(make_config(data, tmp_path / "rebuilt", epochs=1, cache="rebuild"), progress=False, log=quiet)
+    assert built == ["train", "val"]
+    assert "cache: auto\n" in (rebuilt.run_dir / "config.yaml").read_text()
+    assert load_checkpoint(rebuilt.run_dir / "last.pt")["config"]["cache"] == "auto"
+    assert "cache: auto\n" in print_config(make_config(data, None, cache="rebuild"))  # as config.yaml holds it
+    built.clear()
+    train(None, resume=rebuilt.run_dir, flags={"epochs": 2}, progress=False, log=quiet)
+    evaluate_run(rebuilt.run_dir, split="val", progress=False)
+    assert built == []  # neither the resume nor evaluate decodes again
+    train(None, resume=run, flags={"epochs": 2, "cache": "rebuild"}, progress=False, log=quiet)
+    assert built == ["train", "val"]  # a resume may ask for it, once
+    assert "cache: auto\n" in (run / "config.yaml").read_text()
 
 
 def test_full_disk_while_saving_keeps_the_previous_checkpoint(data: Path, tmp_path: Path, monkeypatch) -> None:

@@ -1,0 +1,224 @@
+"""Recipe tricks: progressive resizing, alternating flips, multi-view TTA, the EMA's multi-tensor update."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from catsdogs.cli import main
+from catsdogs.data import transforms as transforms_module
+from catsdogs.data.transforms import train_preset
+from catsdogs.errors import CatsdogsError, UsageError
+from catsdogs.training import loop as loop_module
+from catsdogs.training.checkpoint import load_checkpoint
+from catsdogs.training.config import TrainConfig, build_config
+from catsdogs.training.ema import ModelEMA
+from catsdogs.training.loop import EpochLoop, Progress, tta_views
+from catsdogs.training.models import build_model
+from catsdogs.training.train import train
+
+SIZE = 64
+STEPS_PER_EPOCH = 5  # 40 training photos, batch 8
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def make_config(data: Path, out: Path, **overrides) -> TrainConfig:
+    values = dict(data=str(data), out=str(out), optim="sgd-nesterov", model="bncnn-s", image_size=SIZE, epochs=4,
+                  batch_size=8, device="cpu", precision="fp32", scheduler="onecycle", augment="crop")
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture
+def data(tmp_path: Path, tiny_split) -> Path:
+    return tiny_split(tmp_path / "split", per_class=(20, 6, 6), size=SIZE)
+
+
+def record_views(monkeypatch) -> list[tuple[list[str], list[bool] | None, int]]:
+    """Per training step: each photo's hash (of its cached pixels), whether it was mirrored by an
+    alternating flip, and the side of the batch the model saw."""
+    calls: list[tuple[list[str], list[bool] | None, int]] = []
+    original = transforms_module.Preset.__call__
+
+    def call(self, batch, generator=None, size=None, hflips=None):
+        out = original(self, batch, generator, size, hflips)
+        if self.train:
+            names = [hashlib.sha1(image.numpy().tobytes()).hexdigest() for image in batch]
+            calls.append((names, None if hflips is None else hflips.tolist(), out.shape[-1]))
+        return out
+
+    monkeypatch.setattr(transforms_module.Preset, "__call__", call)
+    return calls
+
+
+def test_alternating_flips_mirror_each_photo_in_every_other_epoch(data: Path, tmp_path: Path, monkeypatch) -> None:
+    calls = record_views(monkeypatch)
+    train(make_config(data, tmp_path / "run", hflip_mode="alternate"), progress=False, log=quiet)
+    assert len(calls) == 4 * STEPS_PER_EPOCH
+    by_epoch: list[dict[str, bool]] = [{} for _ in range(4)]
+    for step, (names, flips, _) in enumerate(calls):
+        by_epoch[step // STEPS_PER_EPOCH].update(zip(names, flips))
+    assert all(len(epoch) == 40 for epoch in by_epoch)  # every photo once an epoch
+    for before, after in zip(by_epoch, by_epoch[1:]):
+        assert all(before[name] != after[name] for name in before)  # mirrored exactly every other epoch
+    assert 10 <= sum(by_epoch[0].values()) <= 30  # about half of them in a given epoch
+
+
+def test_random_flips_stay_the_default(data: Path, tmp_path: Path, monkeypatch) -> None:
+    calls = record_views(monkeypatch)
+    train(make_config(data, tmp_path / "run", epochs=1), progress=False, log=quiet)
+    assert all(flips is None for _, flips, _ in calls) and {size for *_, size in calls} == {SIZE}
+
+
+def test_progressive_resizing_trains_small_first_then_at_full_size(data: Path, tmp_path: Path, monkeypatch) -> None:
+    calls = record_views(monkeypatch)
+    run = train(make_config(data, tmp_path / "run", progressive_size=32, progressive_fraction=0.5), progress=False,
+                log=quiet).run_dir
+    sizes = [size for *_, size in calls]
+    assert sizes == [32] * 10 + [SIZE] * 10  # half of the 20 steps at 32 px
+    assert load_checkpoint(run / "last.pt")["progress"]["low_res_steps"] == 10
+
+
+def _interrupt_after(monkeypatch, steps: int) -> None:
+    original = loop_module.EpochLoop._step
+    calls = {"n": 0}
+
+    def step(self, images, labels):
+        result = original(self, images, labels)
+        calls["n"] += 1
+        if calls["n"] == steps:
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(loop_module.EpochLoop, "_step", step)
+
+
+def test_resume_inside_the_small_phase_equals_a_straight_run(data: Path, tmp_path: Path, monkeypatch) -> None:
+    tricks = dict(progressive_size=32, progressive_fraction=0.6, hflip_mode="alternate", ema=0.9)
+    straight = train(make_config(data, tmp_path / "straight", **tricks), progress=False, log=quiet).run_dir
+    with monkeypatch.context() as patch:
+        _interrupt_after(patch, STEPS_PER_EPOCH + 2)  # epoch 2, small images, odd epoch's flips
+        broken = train(make_config(data, tmp_path / "broken", **tricks), progress=False, log=quiet)
+    assert broken.status == "interrupted"
+    assert load_checkpoint(broken.run_dir / "last.pt")["progress"]["low_res_steps"] == STEPS_PER_EPOCH + 2
+    train(None, resume=broken.run_dir, progress=False, log=quiet)
+    first, second = load_checkpoint(straight / "last.pt"), load_checkpoint(broken.run_dir / "last.pt")
+    for key in first["model"]:
+        assert torch.equal(first["model"][key], second["model"][key]), key
+    assert second["progress"]["low_res_steps"] == first["progress"]["low_res_steps"] == 12
+
+
+def test_time_budget_estimate_counts_small_steps_at_their_cost() -> None:
+    # 100 s budget, half the steps at half the side (a quarter of the cost): after 10 small steps in
+    # 2.5 s (one full-size step a second), 20 s go to 80 small steps and 80 s to 80 full ones.
+    fake = SimpleNamespace(steps_per_epoch=1000, cfg=SimpleNamespace(epochs=10, progressive_fraction=0.5),
+                           budget_seconds=100.0, low_size=32, low_cost=0.25)
+    assert EpochLoop._total_steps(fake, Progress(global_step=10, low_res_steps=10), 2.5) == 160
+    # Past the switch (80 small steps, 20 full ones in 40 s): what is left is at full size.
+    assert EpochLoop._total_steps(fake, Progress(global_step=100, low_res_steps=80), 40.0) == 160
+    off = SimpleNamespace(steps_per_epoch=1000, cfg=SimpleNamespace(epochs=10, progressive_fraction=0.5),
+                          budget_seconds=100.0, low_size=None, low_cost=1.0)
+    assert EpochLoop._total_steps(off, Progress(global_step=10), 2.5) == 400  # as before: steps at the pace so far
+
+
+def test_progressive_size_is_checked(data: Path, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="progressive_size 64 must be below image_size 64"):
+        train(make_config(data, tmp_path / "a", progressive_size=64), progress=False, log=quiet)
+    with pytest.raises(UsageError, match="model cnn3 takes only 224px images"):
+        train(make_config(data, tmp_path / "b", model="cnn3", image_size=224, progressive_size=128, optim="adam"),
+              progress=False, log=quiet)
+    assert not (tmp_path / "b").exists()
+    with pytest.raises(CatsdogsError, match="progressive_fraction must be at most 1"):
+        build_config(None, {"progressive_fraction": 1.5})
+    with pytest.raises(CatsdogsError, match="hflip_mode must be one of random, alternate"):
+        build_config(None, {"hflip_mode": "sometimes"})
+    assert build_config(None, {"progressive_size": 0}).progressive_size == 0  # 0: off
+
+
+def test_preset_scales_down_and_mirrors_the_chosen_images() -> None:
+    batch = torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8)
+    preset = train_preset(64, hflip=0.0, augment="flip")
+    plain = preset(batch)
+    mirrored = preset(batch, hflips=torch.tensor([True, False, True]))
+    assert torch.equal(mirrored[0], plain[0].flip(2)) and torch.equal(mirrored[1], plain[1])
+    small = preset(batch, size=32)
+    assert small.shape == (3, 3, 32, 32) and small.is_contiguous(memory_format=torch.channels_last)
+    # A flat image stays flat when scaled down (antialiased, no ringing past 0..255).
+    flat = preset(torch.full((1, 64, 64, 3), 200, dtype=torch.uint8), size=32)
+    assert torch.allclose(flat, preset(torch.full((1, 32, 32, 3), 200, dtype=torch.uint8)), atol=1e-5)
+
+
+def test_tta_views() -> None:
+    images = torch.arange(2 * 3 * 64 * 64, dtype=torch.float32).reshape(2, 3, 64, 64)
+    flip = tta_views(images, "flip")
+    assert len(flip) == 2 and torch.equal(flip[1], images.flip(3))
+    views = tta_views(images, "flip-shift")
+    assert len(views) == 6 and all(v.shape == images.shape for v in views)
+    d = 2  # 64 / 32
+    assert torch.equal(views[2][..., d:, d:], images[..., :-d, :-d])  # moved down-right by d
+    assert torch.equal(views[3][..., :-d, :-d], images[..., d:, d:])  # moved up-left by d
+    with pytest.raises(ValueError, match="one of flip, flip-shift"):
+        tta_views(images, "crops")
+
+
+def test_evaluate_tta_flag_and_modes(tiny_run, tmp_path: Path) -> None:
+    run_dir, _ = tiny_run
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    runner = CliRunner()
+    plain = runner.invoke(main, ["evaluate", str(run), "--tta"])
+    assert plain.exit_code == 0, plain.output
+    flip = json.loads((run / "metrics_tta.json").read_text())
+    assert flip["tta"] is True and flip["tta_mode"] == "flip"
+    shifted = runner.invoke(main, ["evaluate", str(run), "--tta-mode", "flip-shift"])
+    assert shifted.exit_code == 0, shifted.output
+    six = json.loads((run / "metrics_tta-flip-shift.json").read_text())
+    assert six["tta"] is True and six["tta_mode"] == "flip-shift" and 0.0 <= six["accuracy"] <= 1.0
+    bad = runner.invoke(main, ["evaluate", str(run), "--tta-mode", "crops"])
+    assert bad.exit_code == 2
+
+
+def test_ema_multi_tensor_update_equals_one_lerp_per_tensor() -> None:
+    torch.manual_seed(0)
+    model = build_model("bncnn-s", 2, 32)
+    ema = ModelEMA(model, 0.9)
+    reference = copy.deepcopy(ema.module)
+    for _ in range(3):
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(torch.randn_like(parameter))
+        model(torch.randn(4, 3, 32, 32))  # moves the batch-norm statistics and counters
+        ema.update(model)
+        decay = min(0.9, (1 + ema.updates) / (10 + ema.updates))
+        current = model.state_dict()
+        for name, average in reference.state_dict().items():
+            if average.dtype.is_floating_point:
+                average.lerp_(current[name], 1.0 - decay)
+            else:
+                average.copy_(current[name])
+    for name, value in reference.state_dict().items():
+        assert torch.allclose(ema.module.state_dict()[name], value, atol=1e-6), name
+
+
+@pytest.mark.parametrize("size", [16, 97])
+def test_random_crop_cuts_the_reflection_padded_image(size: int) -> None:
+    batch = torch.randint(0, 256, (6, size, size, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
+    crops = transforms_module.random_crop(batch, torch.Generator().manual_seed(3))
+    pad = size // 8
+    padded = torch.nn.functional.pad(batch.float(), (pad, pad, pad, pad), mode="reflect")
+    offsets = torch.randint(0, 2 * pad + 1, (6, 2), generator=torch.Generator().manual_seed(3)).tolist()
+    expected = torch.stack([padded[i, :, y:y + size, x:x + size] for i, (y, x) in enumerate(offsets)])
+    assert torch.equal(crops, expected) and crops.is_contiguous(memory_format=torch.channels_last)
