@@ -8,13 +8,15 @@ trains cnn3 for two epochs and a recipe model for a few steps, evaluates the bes
 and prints what the run chose (device, precision, cache placement), the images/s, and the
 accuracy. Then: predict and explain on the device, an interrupted run resumed against a
 straight one, the TrivialAugment and RandAugment presets, configs/recipes/gpu.yaml for two
-epochs with TTA, and on CUDA a run under torchrun (NCCL) and its resume. Meant for a few
+epochs with TTA, configs/recipes/finetune.yaml from ImageNet weights (where they are in torch's
+hub cache or can be downloaded; skipped, saying so, elsewhere), and on CUDA a run under torchrun (NCCL) and its resume. Meant for a few
 minutes on a lent GPU machine; every line it prints is a fact to record.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import sys
 import tempfile
@@ -101,6 +103,33 @@ def check_augments_and_recipe(data: Path, device: str, work: Path, size: int) ->
         print(f"{label}: {result.epochs_done} epoch(s) in {seconds:.1f} s, test {plain:.3f}, with TTA {tta:.3f}")
 
 
+def check_finetune(data: Path, device: str, work: Path) -> None:
+    """configs/recipes/finetune.yaml from ImageNet weights (2 epochs: one frozen, one all layers), where the
+    weights are in torch's hub cache or can be downloaded; otherwise it says so and skips."""
+    from catsdogs.training.config import build_config
+    from catsdogs.errors import CatsdogsError
+    from catsdogs.training.pretrained import imagenet_weights
+
+    try:
+        weights = imagenet_weights("resnet18", progress=False)
+    except CatsdogsError as error:
+        print(f"finetune.yaml: skipped, no ImageNet weights here ({error})")
+        return
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "recipes" / "finetune.yaml"
+    cfg = build_config(recipe, {"data": str(data), "out": str(work / "finetune"), "device": device, "epochs": 2,
+                                "pretrained": str(weights)})
+    cfg = dataclasses.replace(cfg, freeze_epochs=1)
+    start = time.perf_counter()
+    lines: list[str] = []
+    result = train(cfg, progress=False, log=lines.append)
+    seconds = time.perf_counter() - start
+    accuracy = evaluate_run(result.run_dir, device=device, progress=False).metrics["accuracy"]
+    epochs = [line.split("  ")[0] + ": val acc " + line.split(" acc ")[-1].split()[0] for line in lines
+              if line.startswith("epoch ")]
+    print(f"finetune.yaml from {weights.name}, 1 epoch head only then 1 all layers: {seconds:.1f} s, "
+          f"{'; '.join(epochs)}; test {accuracy:.3f}")
+
+
 def check_torchrun(data: Path, work: Path) -> None:
     """Training under torchrun with NCCL, on up to two GPUs, then its resume command."""
     import subprocess
@@ -151,6 +180,7 @@ def main() -> int:
         check_predict_and_explain(result.run_dir, data, args.device, work)
         check_resume(data, args.device, work)
         check_augments_and_recipe(data, args.device, work, args.size)
+        check_finetune(data, args.device, work)
         if torch.cuda.is_available() and args.device in ("auto", "cuda"):
             check_torchrun(data, work)
     finally:

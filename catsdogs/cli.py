@@ -186,7 +186,8 @@ _TRAIN_OPTIONS = [
                  help="Keep and use an exponential moving average of the weights with this decay, e.g. 0.999 "
                       "(0: off)."),
     click.option("--pretrained", default=None,
-                 help="Start from torchvision ImageNet weights: a file, or 'cache' for torchvision's cache."),
+                 help="Start from torchvision ImageNet weights: 'imagenet' (downloaded once into torch's hub "
+                      "cache), a file, or 'cache' (the hub cache only, never downloading)."),
     click.option("--tensorboard/--no-tensorboard", default=None,
                  help="Also write TensorBoard event files into RUN_DIR/tb (pip install 'catsdogs[tensorboard]').")
 ]
@@ -353,9 +354,12 @@ _DEVICE_OPTION = click.option("--device", default="auto", show_default=True,
 @click.option("--tta", is_flag=True, help="Average each prediction with that of the mirror image.")
 @click.option("--out", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Write the predictions to this .csv file instead of listing them.")
+@click.option("--model", "model_file", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Classify with a file from `catsdogs export` (.onnx through onnxruntime, or TorchScript) "
+                   "instead of a run.")
 def predict(photos: tuple[Path, ...], run_dir: Path | None, checkpoint: str, device: str, tta: bool,
-            out: Path | None) -> None:
-    """Classify photos, or every photo in folders, with a trained run.
+            out: Path | None, model_file: Path | None) -> None:
+    """Classify photos, or every photo in folders, with a trained run or an exported model file.
 
     Prints one line per photo: the class, its probability and the path.
     """
@@ -369,7 +373,16 @@ def predict(photos: tuple[Path, ...], run_dir: Path | None, checkpoint: str, dev
                          "existing folder)")
     if out is not None:
         check_predictions_out(out)
-    trained = load_trained(_run_or_latest(run_dir), checkpoint, device)  # a bad --run is told before the photos
+    if model_file is not None:
+        from catsdogs.inference.exported import load_exported
+
+        if run_dir is not None or checkpoint != "best":
+            raise UsageError("--model classifies with the exported file alone: drop --run and --checkpoint")
+        if device not in ("auto", "cpu"):
+            raise UsageError(f"--model runs on the CPU: drop --device {device}")
+        trained = load_exported(model_file)
+    else:  # a bad --run is told before the photos
+        trained = load_trained(_run_or_latest(run_dir), checkpoint, device)
     files = _photos_or_report(photos)
     result = predict_photos(trained, files, tta=tta)
     if out is not None:
@@ -406,6 +419,35 @@ def _photos_or_report(paths: tuple[Path, ...]) -> list[Path]:
     for line in describe_left_out(left_out):
         click.echo(f"left out: {line}", err=True)
     return files
+
+
+@main.command()
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--format", "fmt", default="onnx", show_default=True, type=click.Choice(["onnx", "torchscript"]),
+              help="onnx (needs the export extra: pip install \"catsdogs[export]\") or torchscript.")
+@_CHECKPOINT_OPTION
+@click.option("--out", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="File to write. [default: RUN_DIR/export/model.onnx, model.torchscript or model.int8.onnx]")
+@click.option("--quantize", default=None, type=click.Choice(["int8"]),
+              help="ONNX only: int8 static quantization, its ranges calibrated on the run's training photos.")
+@click.option("--verify-on", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Verify on the photos of this folder (class subfolders give accuracies too). "
+                   "[default: the run's test photos]")
+@click.option("--verify-n", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Photos to verify on at most, taken evenly across the folder.")
+def export(run_dir: Path | None, fmt: str, checkpoint: str, out: Path | None, quantize: str | None,
+           verify_on: Path | None, verify_n: int) -> None:
+    """Export a run's model to ONNX or TorchScript for apps, then verify it against PyTorch on photos.
+
+    The file takes uint8 RGB photos [N, H, W, 3] at the run's image size and returns class
+    probabilities and logits; class names, image size and the resize rule are in its metadata.
+    Verification is always run: an fp32 file must give every photo PyTorch's class and
+    probabilities within 1e-4, an int8 one PyTorch's accuracy within 1 point; otherwise
+    nothing is written and the command fails. The figures go to verification.json beside the file.
+    """
+    from catsdogs.inference.export import export_run
+
+    export_run(_run_or_latest(run_dir), fmt, checkpoint, out, quantize, verify_on, verify_n, log=echo_safely)
 
 
 @main.command()

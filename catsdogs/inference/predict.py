@@ -7,7 +7,7 @@ import io
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -43,6 +43,10 @@ class TrainedModel:
     checkpoint: Path
     epoch: int | None
     data_fingerprint: dict[str, str | None] | None = None  # of the split it trained on, per split
+
+    @property
+    def image_size(self) -> int:
+        return self.cfg.image_size
 
     @torch.no_grad()
     def probabilities(self, batch: torch.Tensor, tta: bool = False) -> torch.Tensor:
@@ -157,7 +161,16 @@ class Predictions:
         return {name: predicted.count(name) for name in self.classes}
 
 
-def predict_photos(trained: TrainedModel, photos: Sequence[Path], tta: bool = False, batch_size: int = EVAL_BATCH,
+class Classifier(Protocol):
+    """What predict_photos needs: a run's model (TrainedModel) or an exported file's (catsdogs.exported)."""
+
+    classes: list[str]
+    image_size: int
+
+    def probabilities(self, batch: torch.Tensor, tta: bool = False) -> torch.Tensor: ...
+
+
+def predict_photos(trained: Classifier, photos: Sequence[Path], tta: bool = False, batch_size: int = EVAL_BATCH,
                    progress: bool = True, jobs: int | None = None) -> Predictions:
     """Classify `photos`; unreadable ones are set aside with their reason, never fatal one by one."""
     result = Predictions(list(trained.classes))
@@ -172,7 +185,7 @@ def predict_photos(trained: TrainedModel, photos: Sequence[Path], tta: bool = Fa
             batch.clear()
             names.clear()
 
-    decoded = decode_photos(photos, trained.cfg.image_size, jobs)
+    decoded = decode_photos(photos, trained.image_size, jobs)
     for path, image in progress_bar(decoded, total=len(photos), desc="classifying", unit="photo", show=progress,
                                     leave=False):
         if isinstance(image, str):

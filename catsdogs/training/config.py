@@ -40,7 +40,7 @@ class TrainConfig:
 
     # Model and optimizer: names from `catsdogs models` and `catsdogs optimizers`.
     model: str = "cnn3"
-    pretrained: str | None = None  # torchvision weights: a file, or "cache" for torchvision's cache
+    pretrained: str | None = None  # torchvision weights: "imagenet" (downloaded once), a file, or "cache"
     optim: str | None = None  # required: there is no neutral choice in an optimizer study
     epochs: int = 10
     batch_size: int | None = None  # None: the optimizer's own default (1 for vanilla-sgd)
@@ -52,6 +52,10 @@ class TrainConfig:
     # a class with few photos counts as much as a large one.
     class_weights: str = "none"
     ema: float | None = None  # decay of an exponential moving average of the weights (e.g. 0.999); 0: off
+    # Fine-tuning. The head is the model's last linear layer (the one sized by the number of classes);
+    # the body is every other layer. lr is the head's; the body's is lr x body_lr_scale.
+    freeze_epochs: int = 0  # epochs at the start that train the head alone, the body frozen
+    body_lr_scale: float = 1.0  # the body's learning rate as a fraction of lr (e.g. 0.1 for pretrained weights)
 
     # Schedule and stopping.
     scheduler: str = "constant"  # constant|step|cosine|onecycle (see `catsdogs schedulers`)
@@ -89,13 +93,14 @@ CHOICES: dict[str, tuple[str, ...]] = {
 MINIMUM: dict[str, float] = {"epochs": 1, "batch_size": 1, "image_size": 1, "lr": 0.0, "hflip": 0.0,
                              "vflip": 0.0, "momentum": 0.0, "weight_decay": 0.0, "warmup_epochs": 0.0,
                              "patience": 0, "workers": 0, "time_budget": 0.0, "label_smoothing": 0.0, "ema": 0.0,
-                             "micro_batch": 1, "progressive_size": 0, "progressive_fraction": 0.0}
+                             "micro_batch": 1, "progressive_size": 0, "progressive_fraction": 0.0,
+                             "freeze_epochs": 0, "body_lr_scale": 0.0}
 # Upper bounds: photos are resized to image_size squared, and past this nothing is gained for a
 # two-class photo classifier while the decoded cache grows with the square (2048 px: 12 MB a photo).
 MAXIMUM: dict[str, float] = {"image_size": 2048, "progressive_size": 2048, "progressive_fraction": 1.0}
 PROBABILITIES = ("hflip", "vflip")
 # Fields where 0 would silently do nothing (no learning): they must be above 0.
-POSITIVE = ("lr",)
+POSITIVE = ("lr", "body_lr_scale")
 # Fields where 0 means off, so that a flag can undo what a config file turns on (--ema 0).
 OFF_AT_ZERO = ("ema", "time_budget", "patience", "progressive_size")
 # Fields that must stay below 1: at 1 nothing is learnt (label smoothing) or the steps never fade (momentum).

@@ -23,6 +23,7 @@ from catsdogs.training.config import TrainConfig
 from catsdogs.training.distributed import SOLO, Team, agree_max, from_main, shard_batches, total
 from catsdogs.training.ema import ModelEMA
 from catsdogs.training.hardware import Precision
+from catsdogs.training.models import head_name
 from catsdogs.training.schedules import lr_factor
 
 Log = Callable[[str], None]
@@ -96,7 +97,12 @@ class EpochLoop:
         self.steps_per_epoch = math.ceil(len(train_source) / cfg.batch_size)
         # The schedule scales the configured lr: never the groups' lr, which a resumed optimizer
         # brings back as it was at the interruption (mid-schedule).
-        self.base_lrs = [cfg.lr for _ in optimizer.param_groups]
+        self.base_lrs = [cfg.lr * group.get("lr_scale", 1.0) for group in optimizer.param_groups]
+        # Fine-tuning: the body (all but the head) stays still for the first cfg.freeze_epochs epochs.
+        head = head_name(model) if cfg.freeze_epochs else None
+        self.body = [p for name, p in model.named_parameters()
+                     if head is not None and p.requires_grad and not (name == head or name.startswith(f"{head}."))]
+        self.frozen = False
         self.budget_seconds = cfg.time_budget * 60.0 if cfg.time_budget else None
         self.partial_epoch: tuple[int, int] | None = None  # (steps done, steps planned) when the budget cut one
         self.micro_batch = cfg.micro_batch  # None: each batch in one pass
@@ -148,6 +154,7 @@ class EpochLoop:
             self.order_gen.set_state(progress.epoch_order_state)
         order = shard_batches(self.train_source.order(self.cfg.batch_size, self.order_gen), self.team)
         loss_sum, correct, seen, seconds = progress.sums
+        self._freeze_body(progress.epoch < self.cfg.freeze_epochs)
         self.net.train()
         started = time.perf_counter()
         bar = progress_bar(total=len(order), initial=progress.step, unit="batch", show=show, leave=False,
@@ -204,6 +211,14 @@ class EpochLoop:
             "seconds": round(elapsed, 3)})
         return True
 
+    def _freeze_body(self, frozen: bool) -> None:
+        """Alone, requires_grad spares the body's backward pass. Under torchrun DistributedDataParallel fixed
+        at its start which parameters it reduces, so there the body's gradients are dropped before each step."""
+        self.frozen = frozen and bool(self.body)
+        if not self.team.enabled:
+            for parameter in self.body:
+                parameter.requires_grad_(not frozen)
+
     def _agreed_total(self, progress: Progress, spent: float) -> int:
         return int(agree_max([self._total_steps(progress, spent)], self.team)[0])
 
@@ -244,6 +259,9 @@ class EpochLoop:
                 self.scaler.scale(loss).backward()
             loss_sum += float(loss.detach())
             correct += int((logits.argmax(1) == part_labels).sum())
+        if self.frozen:
+            for parameter in self.body:
+                parameter.grad = None  # the optimizer skips a parameter without a gradient
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.ema is not None:

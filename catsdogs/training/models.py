@@ -141,8 +141,23 @@ def build_mobilenet_v3_small(num_classes: int, image_size: int) -> nn.Module:
     return mobilenet_v3_small(weights=None, num_classes=num_classes)
 
 
+@register_model("efficientnet_b0", "torchvision EfficientNet-B0, from scratch unless --pretrained", 64)
+def build_efficientnet_b0(num_classes: int, image_size: int) -> nn.Module:
+    from torchvision.models import efficientnet_b0
+
+    return efficientnet_b0(weights=None, num_classes=num_classes)
+
+
+@register_model("convnext_tiny", "torchvision ConvNeXt-Tiny, from scratch unless --pretrained", 64)
+def build_convnext_tiny(num_classes: int, image_size: int) -> nn.Module:
+    from torchvision.models import convnext_tiny
+
+    return convnext_tiny(weights=None, num_classes=num_classes)
+
+
 # Torchvision weights each model can start from, by the file name torchvision caches them under.
-PRETRAINED = {"resnet18": "ResNet18_Weights", "mobilenet_v3_small": "MobileNet_V3_Small_Weights"}
+PRETRAINED = {"resnet18": "ResNet18_Weights", "mobilenet_v3_small": "MobileNet_V3_Small_Weights",
+              "efficientnet_b0": "EfficientNet_B0_Weights", "convnext_tiny": "ConvNeXt_Tiny_Weights"}
 
 
 def pretrained_file(name: str) -> Path:
@@ -156,16 +171,28 @@ def pretrained_file(name: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
 
 
-def load_pretrained(model: nn.Module, name: str, source: str) -> tuple[int, list[str]]:
-    """Load ImageNet weights from `source` (a file, or "cache" for torchvision's cache) into `model`.
+def head_name(model: nn.Module) -> str:
+    """The model's head: its last linear layer, the one sized by the number of classes (fine-tuning trains
+    it alone first; pretrained weights leave it fresh when their class count differs)."""
+    return next(name for name, module in reversed(list(model.named_modules())) if isinstance(module, nn.Linear))
 
-    Never downloads. Layers whose shapes differ (the 1000-class head) keep their fresh weights.
+
+def load_pretrained(model: nn.Module, name: str, source: str) -> tuple[int, list[str]]:
+    """Load ImageNet weights from `source` into `model`: a file, "cache" (torchvision's cache, never
+    downloading) or "imagenet" (the cache, downloading the file first when it is not there).
+
+    Layers whose shapes differ (the 1000-class head) keep their fresh weights.
     Returns how many tensors were loaded, and what was left at random besides the head (each
     `NAME (file SHAPE, model SHAPE)`, or `NAME (not in the file)`).
     """
     from catsdogs.errors import CatsdogsError
 
-    path = pretrained_file(name) if source == "cache" else Path(source)
+    if source == "imagenet":
+        from catsdogs.training.pretrained import imagenet_weights
+
+        path = imagenet_weights(name)
+    else:
+        path = pretrained_file(name) if source == "cache" else Path(source)
     if path.is_dir():
         raise CatsdogsError(f"--pretrained {path} is a folder: give the weights file itself (a .pth or .pt)")
     if not path.is_file():
@@ -181,7 +208,7 @@ def load_pretrained(model: nn.Module, name: str, source: str) -> tuple[int, list
     if len(fitting) < len(own) // 2:
         raise CatsdogsError(f"{path} does not hold {name} weights ({len(fitting)} of {len(own)} tensors fit)")
     model.load_state_dict(fitting, strict=False)
-    head = next(name for name, module in reversed(list(model.named_modules())) if isinstance(module, nn.Linear))
+    head = head_name(model)
 
     def shape(tensor: torch.Tensor) -> str:
         return "x".join(str(n) for n in tensor.shape)

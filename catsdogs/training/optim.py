@@ -81,19 +81,33 @@ register_optimizer("adamw", "AdamW: Adam with decoupled weight decay",
                    {"lr": 0.001, "weight_decay": 0.05}, batch_size=64)(torch.optim.AdamW)
 
 
-def parameter_groups(model: torch.nn.Module, weight_decay: float | None) -> list[dict[str, Any]]:
+def parameter_groups(model: torch.nn.Module, weight_decay: float | None, head: str | None = None,
+                     body_lr_scale: float = 1.0) -> list[dict[str, Any]]:
     """Weight decay for weights of convolutions and linear layers only, not biases or norm scales.
 
     Decaying a bias or a batch-norm scale only fights the normalisation; this is the common
-    practice of timm and the torchvision references.
+    practice of timm and the torchvision references. With a `body_lr_scale` other than 1, the
+    parameters outside module `head` get groups of their own, after the head's, marked with
+    `lr_scale`: the training loop gives them that fraction of the learning rate.
     """
-    decay, no_decay = [], []
-    for parameter in model.parameters():
-        if parameter.requires_grad:
-            (decay if parameter.ndim > 1 else no_decay).append(parameter)
-    if not weight_decay:
-        return [{"params": decay + no_decay}]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if head is None or body_lr_scale == 1.0:
+        parts = [(1.0, [p for _, p in named])]
+    else:
+        in_head = [name == head or name.startswith(f"{head}.") for name, _ in named]
+        parts = [(1.0, [p for (_, p), h in zip(named, in_head) if h]),
+                 (body_lr_scale, [p for (_, p), h in zip(named, in_head) if not h])]
+    groups: list[dict[str, Any]] = []
+    for scale, params in parts:
+        decay = [p for p in params if p.ndim > 1]
+        no_decay = [p for p in params if p.ndim <= 1]
+        marks = {} if scale == 1.0 else {"lr_scale": scale}
+        if not weight_decay:
+            groups.append({"params": decay + no_decay, **marks})
+        else:
+            groups += [{"params": decay, "weight_decay": weight_decay, **marks},
+                       {"params": no_decay, "weight_decay": 0.0, **marks}]
+    return groups
 
 _plugins_loaded = False
 

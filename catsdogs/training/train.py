@@ -30,7 +30,7 @@ from catsdogs.training.distributed import Team, finish, from_main, gather, start
 from catsdogs.training.ema import ModelEMA
 from catsdogs.training.hardware import Precision, select_device, select_precision, tune_allocator
 from catsdogs.training.loop import EpochLoop, Log, Progress, stop_on_signals
-from catsdogs.training.models import MODELS, build_model, load_pretrained
+from catsdogs.training.models import MODELS, build_model, head_name, load_pretrained
 from catsdogs.training.optim import build_optimizer, get_optimizer_spec, load_optimizer_plugins, parameter_groups
 from catsdogs.training.resume import (RANK_SEED_STRIDE, LastSaver, check_same_split, data_fingerprint, model_state,
                                       point_best_at, restore_process_randomness, restore_progress, resume_command,
@@ -325,7 +325,8 @@ def _build_optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device, p
     if team.enabled:
         torch.manual_seed(cfg.seed + RANK_SEED_STRIDE * team.rank)  # each process its own dropout masks
     spec = get_optimizer_spec(cfg.optim)
-    optimizer = build_optimizer(cfg.optim, parameter_groups(model, cfg.weight_decay),
+    groups = parameter_groups(model, cfg.weight_decay, head_name(model), cfg.body_lr_scale)
+    optimizer = build_optimizer(cfg.optim, groups,
                                 **_optimizer_overrides(cfg, spec.defaults))
     ema = ModelEMA(model, cfg.ema) if cfg.ema else None
     scaler = torch.amp.GradScaler(device.type, enabled=precision.scale_grads)
@@ -397,7 +398,7 @@ def _log_start(run: _Run) -> None:
     share = f", {_per_process(cfg.batch_size, team.world)} per process" if team.enabled else ""
     share += f", in passes of {cfg.micro_batch}" if cfg.micro_batch and cfg.micro_batch < cfg.batch_size else ""
     log(f"model {cfg.model} at {cfg.image_size}px, optimizer {cfg.optim} (lr {cfg.lr:g}, batch {cfg.batch_size}"
-        f"{share}), {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}")
+        f"{share}), {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}" + _fine_tuning_note(cfg, model))
 
 
 def _run_epochs(run: _Run) -> TrainResult:
@@ -498,6 +499,13 @@ def _finish(run: _Run, loop: EpochLoop, status: str) -> None:
         run.log(f"{score}; next: catsdogs evaluate {shlex.quote(str(run.run_dir))}")
 
 
+def _fine_tuning_note(cfg: TrainConfig, model: nn.Module) -> str:
+    notes = [f"only the head ({head_name(model)}) trains for {cfg.freeze_epochs} epoch"
+             f"{'s' if cfg.freeze_epochs != 1 else ''}"] if cfg.freeze_epochs else []
+    notes += [f"the body at {cfg.body_lr_scale:g} x lr"] if cfg.body_lr_scale != 1.0 else []
+    return f"; {', '.join(notes)}" if notes else ""
+
+
 def _check_takes_size(model: nn.Module, cfg: TrainConfig) -> None:
     """Progressive resizing needs a model that takes any image size (global pooling, no fixed flatten)."""
     was_training = model.training
@@ -510,7 +518,6 @@ def _check_takes_size(model: nn.Module, cfg: TrainConfig) -> None:
                          "bncnn-s") from None
     finally:
         model.train(was_training)
-
 
 
 def _selected_name(cfg: TrainConfig) -> str:
