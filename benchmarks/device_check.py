@@ -106,8 +106,8 @@ def check_augments_and_recipe(data: Path, device: str, work: Path, size: int) ->
 def check_finetune(data: Path, device: str, work: Path) -> None:
     """configs/recipes/finetune.yaml from ImageNet weights (2 epochs: one frozen, one all layers), where the
     weights are in torch's hub cache or can be downloaded; otherwise it says so and skips."""
-    from catsdogs.training.config import build_config
     from catsdogs.errors import CatsdogsError
+    from catsdogs.training.config import build_config
     from catsdogs.training.pretrained import imagenet_weights
 
     try:

@@ -24,7 +24,7 @@ from catsdogs.data.cache import class_folders, read_class_folder, read_split
 from catsdogs.data.transforms import MEAN, STD
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.inference.exported import (EXTRA, METADATA_KEY, RESIZE_RULE, TORCHSCRIPT_EXTRA, ExportedModel,
-                               import_onnxruntime, load_exported)
+                                         import_onnxruntime, load_exported)
 from catsdogs.inference.predict import TrainedModel, collect_photos, decode_photos, load_trained
 from catsdogs.training.hardware import FP32
 

@@ -19,8 +19,8 @@ from catsdogs.cpus import usable_cpus
 from catsdogs.data.images import find_photos, load_resized, no_photos_message
 from catsdogs.data.transforms import normalise
 from catsdogs.errors import CatsdogsError, UsageError, first_line
-from catsdogs.progress import progress_bar
 from catsdogs.names import escape_name
+from catsdogs.progress import progress_bar
 from catsdogs.training.checkpoint import load_checkpoint
 from catsdogs.training.config import TrainConfig, config_from_dict
 from catsdogs.training.hardware import Precision, select_device, select_precision

@@ -398,7 +398,7 @@ def _log_start(run: _Run) -> None:
     share = f", {_per_process(cfg.batch_size, team.world)} per process" if team.enabled else ""
     share += f", in passes of {cfg.micro_batch}" if cfg.micro_batch and cfg.micro_batch < cfg.batch_size else ""
     log(f"model {cfg.model} at {cfg.image_size}px, optimizer {cfg.optim} (lr {cfg.lr:g}, batch {cfg.batch_size}"
-        f"{share}), {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}" + _fine_tuning_note(cfg, model))
+        f"{share}), {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}" + _fine_tuning_note(cfg, run.model))
 
 
 def _run_epochs(run: _Run) -> TrainResult:
