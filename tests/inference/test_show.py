@@ -102,8 +102,9 @@ def test_the_augmented_grid_is_exactly_what_training_fed_the_model(tmp_path: Pat
     fed: list[torch.Tensor] = []
     original = Preset.__call__
 
-    def recording(self: Preset, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        out = original(self, batch, generator)
+    def recording(self: Preset, batch: torch.Tensor, generator: torch.Generator | None = None,
+                  *args: object) -> torch.Tensor:
+        out = original(self, batch, generator, *args)
         if self.train:
             fed.append(out.clone())
         return out
