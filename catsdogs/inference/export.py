@@ -24,7 +24,7 @@ from catsdogs.data.cache import class_folders, read_class_folder, read_split
 from catsdogs.data.transforms import MEAN, STD
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.inference.exported import (EXTRA, METADATA_KEY, RESIZE_RULE, TORCHSCRIPT_EXTRA, ExportedModel,
-                                         import_onnxruntime, load_exported)
+                                         load_exported)
 from catsdogs.inference.predict import TrainedModel, collect_photos, decode_photos, load_trained
 from catsdogs.training.hardware import FP32
 
@@ -175,9 +175,7 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", checkpoint: str = "best",
         fp32_check = verify(load_exported(fp32_file), reference, photos, name)
         if not quantize:
             return _keep(fp32_file, out, fp32_check, log)
-        for line in fp32_check.lines():
-            log(line)
-        _record(out, fp32_check)
+        _report(out, fp32_check, log)
         if not fp32_check.passed:
             raise CatsdogsError(f"the fp32 ONNX graph does not match PyTorch, so it was not quantized: "
                                 f"{fp32_check.summary()}")
@@ -214,11 +212,16 @@ def _temporary(out: Path) -> Iterator[Path]:
             os.unlink(name)
 
 
-def _keep(file: Path, out: Path, check: Verification, log: Log) -> ExportResult:
-    """Rename a verified file into place and record its figures; a failed one is left to be removed."""
+def _report(out: Path, check: Verification, log: Log) -> None:
+    """Print a verification's figures and write them into verification.json beside `out`."""
     for line in check.lines():
         log(line)
     _record(out, check)
+
+
+def _keep(file: Path, out: Path, check: Verification, log: Log) -> ExportResult:
+    """Rename a verified file into place and record its figures; a failed one is left to be removed."""
+    _report(out, check, log)
     if not check.passed:
         raise CatsdogsError(f"the exported {check.format} model does not match PyTorch, so no file was written: "
                             f"{check.summary()} ({check.criterion}); figures in {out.parent / VERIFICATION_FILE}")
