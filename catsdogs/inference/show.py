@@ -23,6 +23,7 @@ from catsdogs.data.transforms import denormalise
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.figures import pyplot, save_figure
 from catsdogs.training.config import TrainConfig, config_from_dict
+from catsdogs.training.loop import alternating_flip_coins, step_flips, step_size
 from catsdogs.training.train import training_generators, training_preset
 
 FORMATS = (".png", ".svg", ".pdf")
@@ -130,23 +131,33 @@ def draw_training_batch(cfg: TrainConfig, n: int = 32, data: str | Path | None =
     source = BatchSource(photos, preset, None, workers=0)
     order_gen, aug_gen = training_generators(cfg.seed)
     order = source.order(cfg.batch_size or n, order_gen)
-    inputs, labels = [], []
+    # The first steps of a run plan all its epochs (a time budget re-plans only after five steps).
+    planned, coins = len(order) * cfg.epochs, alternating_flip_coins(cfg, len(source))
+    inputs, labels, sizes = [], [], set()
     seen = 0
     with warnings.catch_warnings():  # a photo already at the image size decodes to a read-only array; read only
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        for images, batch_labels in source.batches(order):
-            inputs.append(preset(images, aug_gen))  # what EpochLoop._step hands the model
+        for step, (indices, (images, batch_labels)) in enumerate(zip(order, source.batches(order))):
+            size = step_size(cfg, step, planned)
+            sizes.add(size or cfg.image_size)
+            # What EpochLoop._step hands the model.
+            inputs.append(preset(images, aug_gen, size, step_flips(coins, indices, 0, len(batch_labels))))
             labels.append(batch_labels)
             seen += len(batch_labels)
-            if seen >= n:
+            if seen >= n or len(sizes) > 1:
                 break
     if not inputs:
         raise CatsdogsError(f"none of the photos in {photos.root} could be read")
+    if len(sizes) > 1:  # progressive resizing ends within the drawn steps: one grid holds one size
+        inputs, labels = inputs[:-1], labels[:-1]
     batch, label_list = torch.cat(inputs)[:n], torch.cat(labels)[:n].tolist()
     pixels = [image.numpy() for image in denormalise(batch)]
-    extras = [f"augment {cfg.augment}", f"hflip {cfg.hflip:g}"] + ([f"vflip {cfg.vflip:g}"] if cfg.vflip else [])
+    flips = "alternating flips" if coins is not None else f"hflip {cfg.hflip:g}"
+    extras = [f"augment {cfg.augment}", flips] + ([f"vflip {cfg.vflip:g}"] if cfg.vflip else [])
+    side = batch.shape[-1]
+    scaled = f" of {cfg.image_size}, progressive resizing" if side != cfg.image_size else ""
     caption = (f"{label}: the first {_count(len(pixels), 'training image')} of epoch 1 as the model gets them "
-               f"({cfg.image_size} px, {', '.join(extras)}, seed {cfg.seed})")
+               f"({side} px{scaled}, {', '.join(extras)}, seed {cfg.seed})")
     failed = set(source.failed)
     paths = [photos.paths[i] for indices in order for i in indices if photos.paths[i] not in failed][:len(pixels)]
     return PhotoGrid(pixels, [photos.classes[i] for i in label_list], paths, caption, batch=batch,

@@ -9,7 +9,7 @@ import signal
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -73,6 +73,31 @@ def class_weights(source: BatchSource, scheme: str) -> torch.Tensor | None:
     return torch.tensor(weights, dtype=torch.float32)
 
 
+def step_size(cfg: TrainConfig, step_index: int, total: int) -> int | None:
+    """The side step `step_index` of `total` trains at: progressive_size for the first
+    progressive_fraction of the steps (progressive resizing); None: the full image_size."""
+    if cfg.progressive_size and step_index < cfg.progressive_fraction * total:
+        return cfg.progressive_size
+    return None
+
+
+def alternating_flip_coins(cfg: TrainConfig, count: int) -> torch.Tensor | None:
+    """Alternating flips: each of `count` photos gets a fixed coin, and photo i is mirrored in the
+    epochs where (its coin + epoch) is odd. None under random flips."""
+    if cfg.hflip_mode != "alternate":
+        return None
+    return torch.randint(0, 2, (count,), generator=torch.Generator().manual_seed(cfg.seed + 2)).bool()
+
+
+def step_flips(coins: torch.Tensor | None, indices: Sequence[int], epoch: int, batch: int) -> torch.Tensor | None:
+    """Which images of the batch of photos `indices` are mirrored in `epoch` (0-based) under alternating
+    flips; None (random flips) when there are no coins or a photo of the batch could not be read."""
+    if coins is None:
+        return None
+    flips = coins[torch.as_tensor(indices)] ^ bool(epoch % 2)
+    return flips if len(flips) == batch else None
+
+
 class EpochLoop:
     """The per-epoch work: training steps with progress, then validation."""
 
@@ -112,9 +137,7 @@ class EpochLoop:
         # Progressive resizing: a step at the smaller size costs about (small / full)^2 of a full one.
         self.low_size = cfg.progressive_size if cfg.progressive_size and cfg.progressive_fraction > 0 else None
         self.low_cost = (self.low_size / cfg.image_size) ** 2 if self.low_size else 1.0
-        # Alternating flips: image i is mirrored in epochs where (its fixed coin + epoch) is odd.
-        self.flip_coins = (torch.randint(0, 2, (len(train_source),), generator=torch.Generator().manual_seed(
-            cfg.seed + 2)).bool() if cfg.hflip_mode == "alternate" else None)
+        self.flip_coins = alternating_flip_coins(cfg, len(train_source))
 
     def _total_steps(self, progress: Progress, spent: float) -> int:
         """Steps the schedule spans: all epochs, or what the time budget allows at the pace so far."""
@@ -131,12 +154,6 @@ class EpochLoop:
         if estimate * fraction <= done:
             estimate = done + budget
         return max(min(planned, int(estimate)), progress.global_step + 1)
-
-    def train_size(self, step_index: int, total: int) -> int | None:
-        """The side step `step_index` of `total` trains at: the smaller one for the first part; None: full."""
-        if self.low_size and step_index < self.cfg.progressive_fraction * total:
-            return self.low_size
-        return None
 
     def _set_lr(self, step_index: int, total: int) -> float:
         warmup = round(self.cfg.warmup_epochs * self.steps_per_epoch)
@@ -166,10 +183,8 @@ class EpochLoop:
         for index, (images, labels) in zip(order[progress.step:], batches):
             lr = self._set_lr(progress.global_step, steps_planned)
             # How _step shows this batch: its side (progressive resizing), and alternating flips.
-            self.view_size = self.train_size(progress.global_step, steps_planned)
-            flips = None if self.flip_coins is None else self.flip_coins[torch.as_tensor(index)] ^ bool(
-                progress.epoch % 2)
-            self.view_flips = None if flips is not None and len(flips) != len(labels) else flips  # a photo dropped
+            self.view_size = step_size(self.cfg, progress.global_step, steps_planned)
+            self.view_flips = step_flips(self.flip_coins, index, progress.epoch, len(labels))
             batch_loss, batch_correct = self._step(images, labels)
             progress.low_res_steps += self.view_size is not None
             loss_sum += batch_loss

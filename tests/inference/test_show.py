@@ -94,8 +94,14 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(tmp_path: Path, tiny_split, m
     assert (tmp_path / "notes.png").read_text() == "mine"
 
 
+@pytest.mark.parametrize("tricks, side", [
+    ({}, 96),
+    # Progressive resizing (the first 3 of the 4 steps at 64 px) and alternating flips, as cpu-quick trains.
+    ({"model": "bncnn-s", "progressive_size": 64, "progressive_fraction": 0.75, "hflip_mode": "alternate"}, 64),
+])
 def test_the_augmented_grid_is_exactly_what_training_fed_the_model(tmp_path: Path, tiny_split,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   tricks: dict, side: int) -> None:
     """Train a run whose preset crops, jitters and flips, record every batch the training steps got,
     and check that `show --augment RUN` draws those very tensors (two batches' worth here)."""
     data = tiny_split(tmp_path, per_class=(10, 2, 2), size=80)
@@ -111,16 +117,17 @@ def test_the_augmented_grid_is_exactly_what_training_fed_the_model(tmp_path: Pat
 
     cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"), optim="adam", image_size=96, epochs=1,
                       batch_size=6, device="cpu", precision="fp32", augment="rrc-jitter", hflip=0.5, vflip=0.5,
-                      seed=7)
+                      seed=7, **tricks)
     with monkeypatch.context() as patch:
         patch.setattr(Preset, "__call__", recording)
         run = train(cfg, progress=False, log=lambda _: None).run_dir
-    first = torch.cat(fed)[:10]
+    first = torch.cat(fed[:2])[:10]
     grid, written = show(None, n=10, augment=str(run), out=tmp_path / "grid.png")
     assert torch.equal(grid.batch, first)  # the model's input, bit for bit
     assert np.array_equal(np.stack(grid.pixels), denormalise(first).numpy())  # what the grid draws
     assert written.read_bytes().startswith(PNG_MAGIC)
     assert "the first 10 training images of epoch 1" in grid.caption and "rrc-jitter" in grid.caption
+    assert grid.batch.shape[-1] == side and f"({side} px" in grid.caption
     other, _ = show(None, n=10, augment=str(run), seed=8, out=tmp_path / "other.png")
     assert not torch.equal(other.batch, first)
 
