@@ -18,8 +18,11 @@ disjoint from the training photos. `--peers` adds, on the same photos and budget
   catsdogs' one. Its `optimizer=auto` picks MuSGD for long plans, which runs at 3 img/s on 2 cores,
   so the optimizer is pinned to what auto picks for short runs (AdamW, lr0 0.001667).
 
-Prints a markdown table (one row per run, as it finishes) and writes `--out` .csv and .png
-(accuracy against training minutes, one line per recipe or peer).
+A recipe is a name in configs/recipes/ or a path to a YAML file (a candidate recipe; its row is
+named after the file). Prints a markdown table (one row per run, as it finishes) and writes `--out`
+.csv and .png (accuracy against training minutes, one line per recipe or peer). Rows already in
+`--out`.csv stay, and a rerun of the same tool, precision and budget replaces its row, so runs of
+different budgets, made one at a time, add up to one table and one figure.
 """
 
 from __future__ import annotations
@@ -36,7 +39,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 ULTRALYTICS = "ultralytics==8.4.190"
-COLUMNS = ["tool", "version", "precision", "budget_min", "epochs", "train_s", "wall_s", "accuracy", "accuracy_tta"]
+COLUMNS = ["tool", "version", "precision", "budget_min", "epochs", "train_s", "wall_s", "accuracy", "accuracy_tta",
+           "val_accuracy"]
+NUMBERS = {"budget_min": float, "epochs": int, "train_s": float, "wall_s": float, "accuracy": float,
+           "accuracy_tta": float, "val_accuracy": float}
 
 
 def catsdogs(*args: str) -> None:
@@ -51,13 +57,20 @@ def make_split(large: Path, work: Path) -> Path:
     return split
 
 
+def recipe_file(recipe: str) -> Path:
+    """configs/recipes/NAME.yaml, or the YAML file a candidate recipe is in."""
+    return Path(recipe) if recipe.endswith((".yaml", ".yml")) else ROOT / "configs" / "recipes" / f"{recipe}.yaml"
+
+
 def run_recipe(recipe: str, precision: str, budget: float, split: Path, test: Path, work: Path) -> dict:
     """Train one recipe for `budget` minutes and measure it on the test photos."""
+    config = recipe_file(recipe)
+    recipe = config.stem
     run = work / "runs" / f"{recipe}-{precision}-{budget:g}m"
     if run.exists():
         subprocess.run(["rm", "-rf", str(run)], check=True)
     start = time.perf_counter()
-    catsdogs("train", "--config", str(ROOT / "configs" / "recipes" / f"{recipe}.yaml"), "--data", str(split),
+    catsdogs("train", "--config", str(config), "--data", str(split),
              "--time-budget", f"{budget:g}", "--precision", precision, "--out", str(run))
     wall = time.perf_counter() - start
     with (run / "history.csv").open() as handle:
@@ -67,11 +80,13 @@ def run_recipe(recipe: str, precision: str, budget: float, split: Path, test: Pa
         catsdogs("evaluate", str(run), "--data", str(test), *(["--tta"] if tta else []))
         name = "metrics_tta.json" if tta else "metrics.json"
         accuracy[tta] = json.loads((run / f"eval-{test.name}" / name).read_text())["accuracy"]
+    status = json.loads((run / "status.json").read_text())
     import catsdogs as package
 
     return {"tool": recipe, "version": f"catsdogs {package.__version__}", "precision": precision,
             "budget_min": budget, "epochs": len(rows), "train_s": sum(float(r["seconds"]) for r in rows),
-            "wall_s": wall, "accuracy": accuracy[False], "accuracy_tta": accuracy[True]}
+            "wall_s": wall, "accuracy": accuracy[False], "accuracy_tta": accuracy[True],
+            "val_accuracy": status.get("best_val_acc")}
 
 
 def run_tutorial(budget: float, split: Path, test: Path) -> dict:
@@ -163,6 +178,24 @@ def run_ultralytics(budget: float, split: Path, test: Path, work: Path) -> dict:
             "wall_s": wall, "accuracy": found["accuracy"], "accuracy_tta": None}
 
 
+def earlier_rows(path: Path) -> list[dict]:
+    """The rows of an earlier run's CSV, with numbers as numbers (an empty cell is None)."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        return [{key: (NUMBERS[key](value) if value else None) if key in NUMBERS else value
+                 for key, value in row.items()} for row in csv.DictReader(handle)]
+
+
+def merge(old: list[dict], new: list[dict]) -> list[dict]:
+    """Earlier rows, less those this run measured again (same tool, precision and budget), then this run's."""
+    def key(row: dict) -> tuple:
+        return row["tool"], row["precision"], float(row["budget_min"])
+
+    measured = {key(row) for row in new}
+    return [row for row in old if key(row) not in measured] + new
+
+
 def table_row(row: dict) -> str:
     tta = "" if row["accuracy_tta"] is None else f"{row['accuracy_tta']:.4f}"
     return (f"| {row['tool']} | {row['version']} | {row['precision']} | {row['budget_min']:g} | {row['epochs']} | "
@@ -226,8 +259,9 @@ def main() -> int:
             rows.append(run_ultralytics(budget, split, args.test, args.work))
             print(table_row(rows[-1]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    rows = merge(earlier_rows(args.out.with_suffix(".csv")), rows)
     with args.out.with_suffix(".csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, COLUMNS)
+        writer = csv.DictWriter(handle, COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     draw(rows, args.out.with_suffix(".png"))
