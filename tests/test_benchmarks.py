@@ -42,6 +42,40 @@ def test_class_weights_benchmark_runs_on_a_small_folder(tmp_path: Path) -> None:
     assert len(rows) == 2 and all(len(row.split("|")) == 8 for row in rows)
 
 
+def test_time_to_accuracy_trains_a_candidate_recipe_and_keeps_earlier_rows(tmp_path: Path) -> None:
+    """A recipe given as a YAML file trains for its budget and is measured on the test photos; the
+    CSV keeps an earlier run's rows and replaces the one this run measured again."""
+    import csv
+
+    from tests.data.test_split import make_classes
+
+    large = make_classes(tmp_path / "large", {"Cat": 24, "Dog": 24})
+    test = make_classes(tmp_path / "test", {"Cat": 5, "Dog": 5}, seed=500)
+    recipe = tmp_path / "tiny-candidate.yaml"
+    recipe.write_text("model: bncnn-s\nimage_size: 40\nprogressive_size: 32\nbatch_size: 8\nepochs: 2\noptim: adam\n"
+                      "scheduler: onecycle\nema: 0.9\n")
+    out = tmp_path / "tta"
+    header = "tool,version,precision,budget_min,epochs,train_s,wall_s,accuracy,accuracy_tta\n"
+    out.with_suffix(".csv").write_text(header + "peer,peer 1.0,fp32,4,3,240,241,0.5,\n"
+                                       "tiny-candidate,catsdogs 0.0,fp32,0.05,9,3,3,0.123456,0.5\n")
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_time_to_accuracy.py"), "--large",
+                             str(large), "--test", str(test), "--recipes", str(recipe), "--budgets", "0.05",
+                             "--work", str(tmp_path / "work"), "--out", str(out)],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    with out.with_suffix(".csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["tool"] for row in rows] == ["peer", "tiny-candidate"]
+    ours = rows[1]
+    metrics = json.loads((tmp_path / "work" / "runs" / "tiny-candidate-fp32-0.05m" / "eval-test" /
+                          "metrics.json").read_text())
+    assert float(ours["accuracy"]) == metrics["accuracy"] and ours["accuracy"] != "0.123456"
+    assert int(ours["epochs"]) in (1, 2) and 0 < float(ours["train_s"]) <= 3 + 5  # the budget, plus its last step
+    assert 0 <= float(ours["val_accuracy"]) <= 1 and ours["cpu"].endswith("threads")
+    assert f"| tiny-candidate | catsdogs " in result.stdout
+    assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+
+
 @pytest.fixture
 def data(tmp_path: Path, tiny_split) -> Path:
     return tiny_split(tmp_path, per_class=(10, 3, 3), size=40)
