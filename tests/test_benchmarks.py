@@ -72,7 +72,7 @@ def test_time_to_accuracy_trains_a_candidate_recipe_and_keeps_earlier_rows(tmp_p
     assert float(ours["accuracy"]) == metrics["accuracy"] and ours["accuracy"] != "0.123456"
     assert int(ours["epochs"]) in (1, 2) and 0 < float(ours["train_s"]) <= 3 + 5  # the budget, plus its last step
     assert 0 <= float(ours["val_accuracy"]) <= 1 and ours["cpu"].endswith("threads")
-    assert f"| tiny-candidate | catsdogs " in result.stdout
+    assert "| tiny-candidate | catsdogs " in result.stdout
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
 
 
