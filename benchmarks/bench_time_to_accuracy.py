@@ -62,17 +62,27 @@ def recipe_file(recipe: str) -> Path:
     return Path(recipe) if recipe.endswith((".yaml", ".yml")) else ROOT / "configs" / "recipes" / f"{recipe}.yaml"
 
 
-def run_recipe(recipe: str, precision: str, budget: float, split: Path, test: Path, work: Path) -> dict:
-    """Train one recipe for `budget` minutes and measure it on the test photos."""
+def finished(run: Path) -> bool:
+    """A run folder whose training ended by itself (its epochs or its time budget), not by Ctrl-C."""
+    status = run / "status.json"
+    return status.is_file() and json.loads(status.read_text()).get("status") in ("finished", "time-budget")
+
+
+def run_recipe(recipe: str, precision: str, budget: float, split: Path, test: Path, work: Path,
+               keep: bool = False) -> dict:
+    """Train one recipe for `budget` minutes (`keep`: unless --work holds its finished run) and measure it
+    on the test photos."""
     config = recipe_file(recipe)
     recipe = config.stem
     run = work / "runs" / f"{recipe}-{precision}-{budget:g}m"
-    if run.exists():
-        subprocess.run(["rm", "-rf", str(run)], check=True)
-    start = time.perf_counter()
-    catsdogs("train", "--config", str(config), "--data", str(split),
-             "--time-budget", f"{budget:g}", "--precision", precision, "--out", str(run))
-    wall = time.perf_counter() - start
+    wall = None
+    if not (keep and finished(run)):
+        if run.exists():
+            subprocess.run(["rm", "-rf", str(run)], check=True)
+        start = time.perf_counter()
+        catsdogs("train", "--config", str(config), "--data", str(split),
+                 "--time-budget", f"{budget:g}", "--precision", precision, "--out", str(run))
+        wall = time.perf_counter() - start
     with (run / "history.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     accuracy = {}
@@ -83,9 +93,10 @@ def run_recipe(recipe: str, precision: str, budget: float, split: Path, test: Pa
     status = json.loads((run / "status.json").read_text())
     import catsdogs as package
 
+    train_s = sum(float(r["seconds"]) for r in rows)
     return {"tool": recipe, "version": f"catsdogs {package.__version__}", "precision": precision,
-            "budget_min": budget, "epochs": len(rows), "train_s": sum(float(r["seconds"]) for r in rows),
-            "wall_s": wall, "accuracy": accuracy[False], "accuracy_tta": accuracy[True],
+            "budget_min": budget, "epochs": len(rows), "train_s": train_s, "wall_s": wall or train_s,
+            "accuracy": accuracy[False], "accuracy_tta": accuracy[True],
             "val_accuracy": status.get("best_val_acc")}
 
 
@@ -204,7 +215,7 @@ def table_row(row: dict) -> str:
 
 def draw(rows: list[dict], path: Path) -> None:
     """Accuracy against training minutes: one line per peer, and one per precision through catsdogs'
-    recipes (each point named by its recipe, as each recipe is made for its budget)."""
+    best recipe at each budget (each point named by its recipe; other recipes as open circles)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -216,14 +227,23 @@ def draw(rows: list[dict], path: Path) -> None:
         ours = row["version"].startswith("catsdogs")
         lines.setdefault(f"catsdogs recipes ({row['precision']})" if ours else row["tool"], []).append(row)
     for label, points in lines.items():
-        points.sort(key=lambda r: r["train_s"])
-        minutes, accuracy = [r["train_s"] / 60 for r in points], [r["accuracy"] for r in points]
-        axes.plot(minutes, accuracy, marker="o", label=label)
+        best: dict[float, dict] = {}  # catsdogs' line goes through its best recipe at each budget
+        for row in points:
+            if row["budget_min"] not in best or row["accuracy"] > best[row["budget_min"]]["accuracy"]:
+                best[row["budget_min"]] = row
+        on_line = sorted(best.values(), key=lambda r: r["train_s"])
+        drawn = axes.plot([r["train_s"] / 60 for r in on_line], [r["accuracy"] for r in on_line], marker="o",
+                          label=label)
+        others = [row for row in points if row not in on_line]
+        axes.scatter([r["train_s"] / 60 for r in others], [r["accuracy"] for r in others], facecolors="none",
+                     edgecolors=drawn[0].get_color())
         if label.startswith("catsdogs"):
-            for row, x, y in zip(points, minutes, accuracy):
-                axes.annotate(row["tool"], (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+            for row in points:
+                axes.annotate(row["tool"], (row["train_s"] / 60, row["accuracy"]), textcoords="offset points",
+                              xytext=(6, -3), fontsize=7)
     cpus = sorted({row.get("cpu") or "?" for row in rows})
     axes.set_title(f"2-core CPU ({', '.join(cpus)}); tested on photos no run trained on", fontsize=9)
+    axes.margins(x=0.15)
     axes.set_xlabel("training minutes")
     axes.set_ylabel("accuracy on unseen photos")
     axes.grid(alpha=0.3)
@@ -242,6 +262,8 @@ def main() -> int:
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["auto", "fp32", "bf16"])
     parser.add_argument("--peers", action="store_true", help="also the tutorial's pipeline and Ultralytics")
     parser.add_argument("--work", type=Path, default=Path("bench-tta"), help="split, runs and the peers' venv")
+    parser.add_argument("--keep-runs", action="store_true",
+                        help="measure a recipe's finished run in --work again instead of training it anew")
     parser.add_argument("--out", type=Path, default=Path("time-to-accuracy"), help="writes OUT.csv and OUT.png")
     args = parser.parse_args()
     for folder in (args.large, args.test):
@@ -261,7 +283,7 @@ def main() -> int:
     for budget in args.budgets:
         for recipe in args.recipes:
             for precision in args.precision:
-                rows.append(run_recipe(recipe, precision, budget, split, args.test, args.work))
+                rows.append(run_recipe(recipe, precision, budget, split, args.test, args.work, args.keep_runs))
                 print(table_row(rows[-1]), flush=True)
         if args.peers:
             rows.append(run_tutorial(budget, split, args.test))

@@ -74,6 +74,19 @@ def test_time_to_accuracy_trains_a_candidate_recipe_and_keeps_earlier_rows(tmp_p
     assert 0 <= float(ours["val_accuracy"]) <= 1 and ours["cpu"].endswith("threads")
     assert "| tiny-candidate | catsdogs " in result.stdout
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+    # --keep-runs measures the finished run again instead of training it anew.
+    run = tmp_path / "work" / "runs" / "tiny-candidate-fp32-0.05m"
+    (run / "mine.txt").write_text("kept")
+    again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_time_to_accuracy.py"), "--large",
+                            str(large), "--test", str(test), "--recipes", str(recipe), "--budgets", "0.05",
+                            "--work", str(tmp_path / "work"), "--out", str(out), "--keep-runs"],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert (run / "mine.txt").read_text() == "kept"
+    with out.with_suffix(".csv").open() as handle:
+        kept = list(csv.DictReader(handle))
+    assert [row["tool"] for row in kept] == ["peer", "tiny-candidate"]
+    assert kept[1]["accuracy"] == ours["accuracy"] and kept[1]["train_s"] == ours["train_s"]
 
 
 @pytest.fixture
