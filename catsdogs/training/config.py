@@ -52,6 +52,10 @@ class TrainConfig:
     # a class with few photos counts as much as a large one.
     class_weights: str = "none"
     ema: float | None = None  # decay of an exponential moving average of the weights (e.g. 0.999); 0: off
+    # Lookahead around the optimizer: every lookahead_steps steps, slow weights move lookahead_alpha of the
+    # way to the model's weights, and training goes on from there. None or 0: off.
+    lookahead_steps: int | None = None
+    lookahead_alpha: float = 0.5
     # Fine-tuning. The head is the model's last linear layer (the one sized by the number of classes);
     # the body is every other layer. lr is the head's; the body's is lr x body_lr_scale.
     freeze_epochs: int = 0  # epochs at the start that train the head alone, the body frozen
@@ -94,15 +98,17 @@ MINIMUM: dict[str, float] = {"epochs": 1, "batch_size": 1, "image_size": 1, "lr"
                              "vflip": 0.0, "momentum": 0.0, "weight_decay": 0.0, "warmup_epochs": 0.0,
                              "patience": 0, "workers": 0, "time_budget": 0.0, "label_smoothing": 0.0, "ema": 0.0,
                              "micro_batch": 1, "progressive_size": 0, "progressive_fraction": 0.0,
-                             "freeze_epochs": 0, "body_lr_scale": 0.0}
+                             "freeze_epochs": 0, "body_lr_scale": 0.0,
+                             "lookahead_steps": 0, "lookahead_alpha": 0.0}
 # Upper bounds: photos are resized to image_size squared, and past this nothing is gained for a
 # two-class photo classifier while the decoded cache grows with the square (2048 px: 12 MB a photo).
-MAXIMUM: dict[str, float] = {"image_size": 2048, "progressive_size": 2048, "progressive_fraction": 1.0}
+MAXIMUM: dict[str, float] = {"image_size": 2048, "progressive_size": 2048, "progressive_fraction": 1.0,
+                             "lookahead_alpha": 1.0}
 PROBABILITIES = ("hflip", "vflip")
 # Fields where 0 would silently do nothing (no learning): they must be above 0.
-POSITIVE = ("lr", "body_lr_scale")
+POSITIVE = ("lr", "body_lr_scale", "lookahead_alpha")
 # Fields where 0 means off, so that a flag can undo what a config file turns on (--ema 0).
-OFF_AT_ZERO = ("ema", "time_budget", "patience", "progressive_size")
+OFF_AT_ZERO = ("ema", "time_budget", "patience", "progressive_size", "lookahead_steps")
 # Fields that must stay below 1: at 1 nothing is learnt (label smoothing) or the steps never fade (momentum).
 BELOW_ONE = {"ema": "a decay below 1 (e.g. 0.999; 0: off)", "label_smoothing": "below 1 (e.g. 0.1; 1 leaves "
              "nothing to learn)", "momentum": "below 1 (e.g. 0.9; at 1 or more the steps grow without end)"}

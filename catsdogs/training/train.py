@@ -29,6 +29,7 @@ from catsdogs.training.config import TrainConfig, build_config, config_to_yaml
 from catsdogs.training.distributed import Team, finish, from_main, gather, start, team_from_environment, wait_for_all
 from catsdogs.training.ema import ModelEMA
 from catsdogs.training.hardware import Precision, select_device, select_precision, tune_allocator
+from catsdogs.training.lookahead import Lookahead
 from catsdogs.training.loop import EpochLoop, Log, Progress, stop_on_signals
 from catsdogs.training.models import MODELS, build_model, head_name, load_pretrained
 from catsdogs.training.optim import build_optimizer, get_optimizer_spec, load_optimizer_plugins, parameter_groups
@@ -328,6 +329,8 @@ def _build_optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device, p
     groups = parameter_groups(model, cfg.weight_decay, head_name(model), cfg.body_lr_scale)
     optimizer = build_optimizer(cfg.optim, groups,
                                 **_optimizer_overrides(cfg, spec.defaults))
+    if cfg.lookahead_steps:
+        optimizer = Lookahead(optimizer, cfg.lookahead_steps, cfg.lookahead_alpha)
     ema = ModelEMA(model, cfg.ema) if cfg.ema else None
     scaler = torch.amp.GradScaler(device.type, enabled=precision.scale_grads)
     return model, optimizer, ema, scaler
