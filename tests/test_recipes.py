@@ -191,7 +191,7 @@ def test_time_budget_stops_at_the_first_step_past_it(data: Path, tmp_path: Path,
 def test_ema_0_from_a_flag_trains_without_an_average(data: Path, tmp_path: Path) -> None:
     recipe = Path(__file__).resolve().parents[1] / "configs" / "recipes" / "cpu-fast.yaml"
     cfg = build_config(recipe, dict(data=str(data), out=str(tmp_path / "run"), epochs=1, image_size=32,
-                                    batch_size=8, device="cpu", ema=0.0, time_budget=0.0))
+                                    batch_size=8, device="cpu", ema=0.0, time_budget=0.0, progressive_size=0))
     result = train(cfg, progress=False, log=quiet)
     last = load_checkpoint(result.run_dir / "last.pt")
     assert "raw_model" not in last and "ema" not in last and result.status == "finished"
