@@ -224,6 +224,7 @@ def shared_run_options(func: Any) -> Any:
               help="Print the resolved config (with --resume, the resumed run's) and exit without training.")
 def train(config_file: Path | None, resume: Path | None, print_config: bool, **flags: Any) -> None:
     """Train a model on the split's train/ folder, validating on val/ every epoch."""
+    from catsdogs.training.distributed import team_from_environment
     from catsdogs.training.train import new_run_config
     from catsdogs.training.train import print_config as resolved_yaml
     from catsdogs.training.train import train as run_training
@@ -246,9 +247,30 @@ def train(config_file: Path | None, resume: Path | None, print_config: bool, **f
             click.echo(resolved_yaml(cfg), nl=False)
             return
         result = run_training(cfg, log=echo_safely)
-    if result.status == "interrupted":
+    code = 130 if result.status == "interrupted" else 0  # 130 like a shell's Ctrl-C: an unfinished run
+    if code:
         ignore_ctrl_c()  # saved already: a late Ctrl-C must not cut the exit short
-        sys.exit(130)  # like a shell's Ctrl-C, so scripts can tell an unfinished run
+    if team_from_environment().enabled:
+        end_torchrun_process(code)
+    if code:
+        sys.exit(code)
+
+
+def end_torchrun_process(code: int) -> None:
+    """End a torchrun process at once, its run saved and its process group destroyed.
+
+    With torch 2.14, a process group that DistributedDataParallel used stays alive after
+    destroy_process_group (its gloo threads keep running), and its teardown as the interpreter
+    exits sometimes aborts the process ('terminate called without an active exception', SIGABRT):
+    torchrun then reports a finished run as failed. os._exit skips that teardown; everything the
+    run writes is closed by now, and the output streams are flushed here.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can reach it
+            pass
+    os._exit(code)
 
 
 @main.command()

@@ -74,7 +74,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     small = cfg.progressive_size
     if small and not model.min_image_size <= small < cfg.image_size:
         raise UsageError(f"progressive_size {small} must be below image_size {cfg.image_size} and at least "
-                         f"{model.min_image_size} for model {cfg.model} (0: off)")
+                         f"{model.min_image_size} for model {cfg.model}: change it in the config file (0: off)")
     fill = {"batch_size": spec.batch_size, **{k: spec.defaults.get(k) for k in ("lr", "momentum", "weight_decay")}}
     # --cache rebuild acts once, in the run that asks (train notes it before this): what the run saves,
     # and so what evaluate, compare and a resume read, is auto.

@@ -97,6 +97,33 @@ def test_a_process_that_died_is_one_line_from_the_others(monkeypatch: pytest.Mon
     assert isinstance(alone.exception, RuntimeError)
 
 
+@pytest.mark.parametrize("status, code", [("finished", 0), ("interrupted", 130)])
+def test_a_torchrun_process_ends_at_once_when_its_run_is_saved(monkeypatch: pytest.MonkeyPatch, status: str,
+                                                                code: int) -> None:
+    # The teardown it skips aborted processes of finished runs now and then (SIGABRT, 'terminate called
+    # without an active exception'): once in 25 two-process runs beside two busy loops, see end_torchrun_process.
+    import catsdogs.cli
+    import catsdogs.training.train
+    from catsdogs.training.train import TrainResult
+
+    class Ended(Exception):
+        pass
+
+    ends: list[int] = []
+
+    def end(value: int) -> None:
+        ends.append(value)
+        raise Ended
+
+    monkeypatch.setattr(catsdogs.cli.os, "_exit", end)
+    monkeypatch.setattr(catsdogs.cli, "ignore_ctrl_c", lambda: None)
+    monkeypatch.setattr(catsdogs.training.train, "train", lambda *args, **kwargs: TrainResult(Path("runs/x"), 1, status))
+    result = CliRunner().invoke(main, ["train", "--optim", "adam"], env={"WORLD_SIZE": "2", "RANK": "1"})
+    assert isinstance(result.exception, Ended) and ends == [code]
+    alone = CliRunner().invoke(main, ["train", "--optim", "adam"])  # one process: an ordinary exit
+    assert alone.exit_code == code and ends == [code]
+
+
 # ---- real runs: two processes on the CPU ------------------------------------------------------
 
 def torchrun(args: list[str], cwd: Path, program: tuple[str, ...] = ("-m", "catsdogs"), **kwargs) -> subprocess.Popen:
@@ -186,15 +213,9 @@ def with_second_attempt(attempt: Callable[[str], None], name: str) -> None:
 
 
 def test_extending_a_two_process_run_equals_the_straight_one(data: Path, straight: tuple[Path, str]) -> None:
-    # Once in a full-suite run (session 6) process 1 aborted as it exited, after a finished run:
-    # "terminate called without an active exception", SIGABRT.
-    with_second_attempt(lambda name: extend_and_compare(data, straight, name), "extended")
-
-
-def extend_and_compare(data: Path, straight: tuple[Path, str], name: str) -> None:
-    process = torchrun(["--data", str(data), "--epochs", "2", "--out", f"runs/{name}", *TRAIN], data.parent)
+    process = torchrun(["--data", str(data), "--epochs", "2", "--out", "runs/extended", *TRAIN], data.parent)
     assert_finished(process)
-    run = data.parent / "runs" / name
+    run = data.parent / "runs" / "extended"
     resumed = torchrun(["--resume", str(run), "--epochs", "3"], data.parent)
     out = finish(resumed)
     assert resumed.returncode == 0, out
@@ -256,7 +277,9 @@ def test_two_processes_step_as_one_under_class_weights_and_uneven_shares(tmp_pat
 
 def test_ctrl_c_stops_every_process_at_the_same_step_and_resumes_exactly(data: Path) -> None:
     # This failed twice in about 30 full-suite runs before the late-signal hardening, and never in
-    # about 25 targeted runs; the cause was not found.
+    # about 25 targeted runs. One possible cause was found since, an abort as a process exits after its
+    # save (see catsdogs.cli.end_torchrun_process); the second attempt stays until full-suite runs show
+    # that it was the only one.
     with_second_attempt(lambda name: interrupt_and_resume(data, name), "stopped")
 
 
