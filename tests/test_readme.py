@@ -2,7 +2,8 @@
 
 Shell blocks (```sh) may hold only commands of a known kind, each checked:
 `catsdogs ...` parses with the real CLI; `python benchmarks/x.py ...` names a script that
-exists and options its argparse accepts; set-up lines are the documented ones. Commands in
+exists and options its argparse accepts; a recipe draft (`sed ... configs/recipes/x.yaml > y.yaml`)
+writes a config that loads and differs from the recipe; set-up lines are the documented ones. Commands in
 inline code name only options their command has. No command points to a folder that exists
 only on the development machine.
 """
@@ -13,6 +14,8 @@ import argparse
 import ast
 import re
 import shlex
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +23,7 @@ import click
 import pytest
 
 from catsdogs.cli import main
+from catsdogs.training.config import build_config
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -168,7 +172,21 @@ def make_targets() -> set[str]:
 SETUP_LINES = {'pip install -e ".[dev]"', "python -m pytest -q", "pip install -e .", "bash .ci/run"}
 
 
-def check_shell_line(shown: Shown) -> None:
+# A candidate recipe made from one of configs/recipes/ with one setting changed, as benchmarks.md shows them.
+RECIPE_DRAFT = re.compile(r"^(sed '[^']*'|\(cat [^)]*\)) (configs/recipes/[\w-]+\.yaml)?.*> ([\w-]+\.yaml)$")
+
+
+def check_recipe_draft(shown: Shown, workdir: Path) -> None:
+    """Run the line beside a copy of configs/: the file it writes must load, and differ from its recipe."""
+    shutil.copytree(ROOT / "configs", workdir / "configs", dirs_exist_ok=True)
+    done = subprocess.run(["bash", "-c", shown.text], cwd=workdir, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    source = re.search(r"configs/recipes/[\w-]+\.yaml", shown.text).group(0)
+    draft = workdir / RECIPE_DRAFT.match(shown.text).group(3)
+    assert build_config(draft, {}) != build_config(workdir / source, {}), "the draft changes nothing in the recipe"
+
+
+def check_shell_line(shown: Shown, workdir: Path) -> None:
     tokens = shlex.split(shown.text, comments=True)
     assert not any(path in shown.text for path in FOREIGN_PATHS), "a folder only the development machine has"
     arguments = cli_arguments(tokens)
@@ -176,6 +194,8 @@ def check_shell_line(shown: Shown) -> None:
         parse_with_cli(arguments)
     elif tokens[0] == "python" and tokens[1].startswith("benchmarks/"):
         check_benchmark_line(tokens, whole_line=True)
+    elif RECIPE_DRAFT.match(shown.text) and "configs/recipes/" in shown.text:
+        check_recipe_draft(shown, workdir)
     elif tokens[0] == "make":
         assert set(tokens[1:]) <= make_targets(), "no such make target"
     else:
@@ -203,8 +223,8 @@ def test_every_page_shows_commands() -> None:
 
 
 @pytest.mark.parametrize("shown", shell_commands(), ids=str)
-def test_shell_command_runs_as_written(shown: Shown) -> None:
-    check_shell_line(shown)
+def test_shell_command_runs_as_written(shown: Shown, tmp_path: Path) -> None:
+    check_shell_line(shown, tmp_path)
 
 
 @pytest.mark.parametrize("shown", inline_commands(), ids=str)
@@ -228,14 +248,15 @@ def test_the_docs_show_every_command() -> None:
 def test_the_checks_catch_wrong_lines(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
     page.write_text("text\n\n```sh\ncatsdogs train --optimiser adam\npython benchmarks/bench_train.py --dta data\n"
-                    "python benchmarks/bench_nothing.py\ncatsdogs split /tmp/photos\nrm -rf runs\n```\n\n"
+                    "python benchmarks/bench_nothing.py\ncatsdogs split /tmp/photos\nrm -rf runs\n"
+                    "sed 's/^nothing: 1/nothing: 2/' configs/recipes/cpu-fast.yaml > same.yaml\n```\n\n"
                     "Inline, `catsdogs evaluate --splits val` and `python benchmarks/bench_train.py --dta DIR`.\n")
     shown = shell_commands([page])
-    expected = ["optimiser", "refuses", "does not exist", "development machine", "does not check"]
+    expected = ["optimiser", "refuses", "does not exist", "development machine", "does not check", "changes nothing"]
     assert len(shown) == len(expected)
     for line, message in zip(shown, expected):
         with pytest.raises((AssertionError, click.UsageError), match=message):
-            check_shell_line(line)
+            check_shell_line(line, tmp_path)
     inline = inline_commands([page])
     assert [line.text for line in inline] == ["catsdogs evaluate --splits val", "python benchmarks/bench_train.py --dta DIR"]
     for line in inline:
