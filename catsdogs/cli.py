@@ -260,10 +260,10 @@ def end_torchrun_process(code: int) -> None:
     """End a torchrun process at once, its run saved and its process group destroyed.
 
     With torch 2.14, a process group that DistributedDataParallel used stays alive after
-    destroy_process_group (its gloo threads keep running), and its teardown as the interpreter
-    exits sometimes aborts the process ('terminate called without an active exception', SIGABRT):
-    torchrun then reports a finished run as failed. os._exit skips that teardown; everything the
-    run writes is closed by now, and the output streams are flushed here.
+    destroy_process_group (its gloo threads keep running), and the process sometimes aborts as the
+    interpreter exits ('terminate called without an active exception', SIGABRT), most likely in
+    their teardown: torchrun then reports a finished run as failed. os._exit skips that teardown;
+    everything the run writes is closed by now, and the output streams are flushed here.
     """
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -173,7 +173,7 @@ SETUP_LINES = {'pip install -e ".[dev]"', "python -m pytest -q", "pip install -e
 
 
 # A candidate recipe made from one of configs/recipes/ with one setting changed, as benchmarks.md shows them.
-RECIPE_DRAFT = re.compile(r"^(sed '[^']*'|\(cat [^)]*\)) (configs/recipes/[\w-]+\.yaml)?.*> ([\w-]+\.yaml)$")
+RECIPE_DRAFT = re.compile(r"^(?:sed '[^']*' |\(cat )(configs/recipes/[\w-]+\.yaml).*> ([\w-]+\.yaml)$")
 
 
 def check_recipe_draft(shown: Shown, workdir: Path) -> None:
@@ -181,9 +181,8 @@ def check_recipe_draft(shown: Shown, workdir: Path) -> None:
     shutil.copytree(ROOT / "configs", workdir / "configs", dirs_exist_ok=True)
     done = subprocess.run(["bash", "-c", shown.text], cwd=workdir, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    source = re.search(r"configs/recipes/[\w-]+\.yaml", shown.text).group(0)
-    draft = workdir / RECIPE_DRAFT.match(shown.text).group(3)
-    assert build_config(draft, {}) != build_config(workdir / source, {}), "the draft changes nothing in the recipe"
+    source, draft = (workdir / name for name in RECIPE_DRAFT.match(shown.text).groups())
+    assert build_config(draft, {}) != build_config(source, {}), "the draft changes nothing in the recipe"
 
 
 def check_shell_line(shown: Shown, workdir: Path) -> None:
@@ -194,7 +193,7 @@ def check_shell_line(shown: Shown, workdir: Path) -> None:
         parse_with_cli(arguments)
     elif tokens[0] == "python" and tokens[1].startswith("benchmarks/"):
         check_benchmark_line(tokens, whole_line=True)
-    elif RECIPE_DRAFT.match(shown.text) and "configs/recipes/" in shown.text:
+    elif RECIPE_DRAFT.match(shown.text):
         check_recipe_draft(shown, workdir)
     elif tokens[0] == "make":
         assert set(tokens[1:]) <= make_targets(), "no such make target"
