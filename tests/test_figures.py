@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import warnings
 from pathlib import Path
 
@@ -35,3 +37,30 @@ def test_other_warnings_still_reach_the_user(tmp_path: Path, monkeypatch: pytest
     with pytest.warns(UserWarning) as caught:
         figures.save_figure(fig, tmp_path / "c.png")
     assert [str(w.message) for w in caught] == ["something else went wrong"]
+
+
+def test_a_save_that_fails_midway_leaves_the_earlier_figure_whole(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "confusion_matrix.png"
+    save_confusion_figure(np.array([[3, 1], [0, 4]]), ["Cat", "Dog"], path, "test")
+    earlier = path.read_bytes()
+    fig, _ = figures.pyplot().subplots()
+
+    def savefig(target, **kwargs):  # a crash partway through writing
+        with open(target, "wb") if isinstance(target, (str, os.PathLike)) else contextlib.nullcontext(target) as out:
+            out.write(earlier[:100])
+        raise MemoryError("out of memory while rendering")
+
+    monkeypatch.setattr(fig, "savefig", savefig)
+    with pytest.raises(MemoryError):
+        figures.save_figure(fig, path)
+    assert path.read_bytes() == earlier
+    assert [p.name for p in tmp_path.iterdir()] == ["confusion_matrix.png"]  # no temporary file left
+
+
+@pytest.mark.parametrize(("name", "start"), [("a.png", b"\x89PNG"), ("a.SVG", b"<?xml"), ("a.pdf", b"%PDF")])
+def test_the_format_still_follows_the_suffix(tmp_path: Path, name: str, start: bytes) -> None:
+    fig, ax = figures.pyplot().subplots()
+    ax.plot([0, 1], [1, 0])
+    figures.save_figure(fig, tmp_path / name)
+    assert (tmp_path / name).read_bytes().startswith(start)
+    assert [p.name for p in tmp_path.iterdir()] == [name]

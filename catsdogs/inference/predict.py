@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Iterator, Protocol, Sequence
 
@@ -133,14 +135,27 @@ def _decode(path: Path, size: int) -> np.ndarray | str:
         return unreadable_reason(error)
 
 
-def decode_photos(photos: Sequence[Path], size: int, jobs: int | None = None
+def decode_photos(photos: Sequence[Path], size: int, jobs: int | None = None, ahead: int = 2 * EVAL_BATCH
                   ) -> Iterator[tuple[Path, np.ndarray | str]]:
     """Each photo decoded and resized as training saw it, or the reason it could not be; in order.
 
-    Threads suffice: PIL's decoders and OpenCV's resize release the GIL.
+    At most `ahead` photos (or one per thread, if more) are decoded beyond the one last yielded, so a
+    consumer slower than decoding does not hold the whole folder in memory; `pool.map` would queue
+    every photo at once. Threads suffice: PIL's decoders and OpenCV's resize release the GIL.
     """
-    with ThreadPoolExecutor(jobs or usable_cpus()) as pool:
-        yield from zip(photos, pool.map(lambda path: _decode(path, size), photos))
+    workers = jobs or usable_cpus()
+    queue = iter(photos)
+    with ThreadPoolExecutor(workers) as pool:
+        pending = deque((path, pool.submit(_decode, path, size)) for path in islice(queue, max(ahead, workers)))
+        try:
+            while pending:
+                path, future = pending.popleft()
+                for following in islice(queue, 1):
+                    pending.append((following, pool.submit(_decode, following, size)))
+                yield path, future.result()
+        finally:  # a consumer that stops early waits for the photos being decoded, not for the rest
+            for _, future in pending:
+                future.cancel()
 
 
 @dataclass
@@ -172,7 +187,10 @@ class Classifier(Protocol):
 
 def predict_photos(trained: Classifier, photos: Sequence[Path], tta: bool = False, batch_size: int = EVAL_BATCH,
                    progress: bool = True, jobs: int | None = None) -> Predictions:
-    """Classify `photos`; unreadable ones are set aside with their reason, never fatal one by one."""
+    """Classify `photos`; unreadable ones are set aside with their reason, never fatal one by one.
+
+    Photos are decoded up to two batches (or one per decoding thread) ahead of the model, so decoding
+    overlaps inference while memory holds a few batches of photos, however many there are."""
     result = Predictions(list(trained.classes))
     batch: list[np.ndarray] = []
     names: list[Path] = []
@@ -185,7 +203,7 @@ def predict_photos(trained: Classifier, photos: Sequence[Path], tta: bool = Fals
             batch.clear()
             names.clear()
 
-    decoded = decode_photos(photos, trained.image_size, jobs)
+    decoded = decode_photos(photos, trained.image_size, jobs, ahead=2 * batch_size)
     for path, image in progress_bar(decoded, total=len(photos), desc="classifying", unit="photo", show=progress,
                                     leave=False):
         if isinstance(image, str):

@@ -5,15 +5,18 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner, Result
 from PIL import Image
 
 from catsdogs.cli import main
 from catsdogs.errors import UsageError
+from catsdogs.inference import predict
 from catsdogs.inference.evaluate import evaluate_run
 from catsdogs.inference.predict import collect_photos, load_trained, predict_photos, write_predictions_csv
 
@@ -215,3 +218,52 @@ def test_a_name_that_is_not_utf8_is_classified_and_written_escaped_and_a_tiny_ph
     assert rows.keys() == {f"{photos}/\\xff.jpg", f"{photos}/pixel.png"}
     assert rows[f"{photos}/\\xff.jpg"]["predicted"] in ("Cat", "Dog")  # found and read
     assert rows[f"{photos}/pixel.png"]["error"] == "1x1 pixels, under 10 on a side"  # as split leaves it out
+
+
+class _GreyMeter:
+    """A stand-in model whose P(Dog) is a photo's mean grey level, and which counts the photos decoded
+    (through the decoder predict calls) but not yet done with: every one of them is held in memory."""
+
+    classes = ["Cat", "Dog"]
+    image_size = 16
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.started = 0
+        self.done = 0
+        self.most_held = 0
+        decode = predict.load_resized
+
+        def counted(path, size):
+            self.started += 1
+            self.most_held = max(self.most_held, self.started - self.done)
+            return decode(path, size)
+
+        monkeypatch.setattr(predict, "load_resized", counted)
+
+    def probabilities(self, batch: torch.Tensor, tta: bool = False) -> torch.Tensor:
+        if self.done == 0:  # a model slower than decoding: let the decoders fill two batches, then go quiet
+            deadline = time.monotonic() + 10
+            while self.started < 3 * len(batch) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            while time.monotonic() < deadline:
+                before = self.started
+                time.sleep(0.1)
+                if self.started == before:
+                    break
+        grey = batch.float().mean((1, 2, 3)) / 255
+        self.done += len(batch)
+        return torch.stack([1 - grey, grey], 1)
+
+
+def test_photos_decoded_ahead_of_the_model_stay_within_two_batches(tmp_path: Path, monkeypatch) -> None:
+    photos = []
+    for grey in range(240):
+        photos.append(tmp_path / f"{grey:03d}.png")
+        Image.new("RGB", (16, 16), (grey, grey, grey)).save(photos[-1])
+    model = _GreyMeter(monkeypatch)
+    result = predict_photos(model, photos, batch_size=8, progress=False, jobs=2)
+    assert model.started == model.done == 240
+    # The batch in hand and at most two batches ahead are held; at least one ahead: decoding overlaps the model.
+    assert 2 * 8 <= model.most_held <= 3 * 8
+    assert result.paths == photos  # in the order given, as before
+    assert result.probs[:, 1] * 255 == pytest.approx(np.arange(240), abs=1e-4)
