@@ -169,7 +169,8 @@ def make_targets() -> set[str]:
     return set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), flags=re.M))
 
 
-SETUP_LINES = {'pip install -e ".[dev]"', "python -m pytest -q", "pip install -e .", "bash .ci/run"}
+SETUP_LINES = {"python -m venv .venv", ". .venv/bin/activate", 'pip install -e ".[dev]"', "python -m pytest -q",
+               "pip install -e .", "bash .ci/run"}
 
 
 # A candidate recipe made from one of configs/recipes/ with one setting changed, as benchmarks.md shows them.
