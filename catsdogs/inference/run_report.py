@@ -30,6 +30,7 @@ from catsdogs.inference.explain import COLUMNS as EXPLAIN_COLUMNS
 from catsdogs.inference.plots import plot_curves, read_history
 from catsdogs.inference.show import draw_training_batch, png_bytes, run_config
 from catsdogs.inference.webpage import Raw, esc, image, missing, page, table
+from catsdogs.training.selection import best_epoch, selected_by
 
 REPORT = "report.html"
 MISTAKES = 8  # heat maps shown, as `catsdogs explain --mistakes 8` makes them
@@ -40,6 +41,7 @@ BATCH_SHOWN = 16  # training images in the grid
 class RunReport:
     path: Path
     missing: list[tuple[str, str]] = field(default_factory=list)  # (part, the command that makes its input)
+    stale: str | None = None  # why the test metrics no longer measure best.pt, and the command that refreshes them
 
 
 class _Parts:
@@ -66,15 +68,19 @@ def write_run_report(run_dir: str | Path) -> RunReport:
     if not (run_dir / "config.yaml").is_file():
         raise CatsdogsError(f"{run_dir} has no config.yaml: name a run folder that `catsdogs train` made")
     parts = _Parts(run_dir)
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
     status = _read_json(run_dir / "status.json") or {}
     metrics = _read_json(run_dir / "metrics.json")
     history = read_history(run_dir) if (run_dir / "history.csv").is_file() else None
-    parts.body += _header(run_dir, config, status, metrics, history)
+    column = selected_by(str(config.get("class_weights") or "none"))
+    best = _best_row(history, column) if history else None
+    stale = _stale_note(parts, metrics, best) if metrics is not None and metrics_out_of_date(run_dir) else None
+    best_words = _best_words(best, column, len(history["epoch"])) if history and best else None
+    parts.body += _header(run_dir, config, status, metrics, best_words, stale)
     _config_section(parts, config, status)
     _data_section(parts, config)
     _history_section(parts, history)
-    _metrics_section(parts, metrics)
+    _metrics_section(parts, metrics, stale)
     _calibration_section(parts, metrics)
     _mistakes_section(parts)
     _batch_section(parts)
@@ -83,12 +89,43 @@ def write_run_report(run_dir: str | Path) -> RunReport:
                       "new evaluations to bring the page up to date.</p>")
     path = run_dir / REPORT
     write_text_atomic(path, page(f"catsdogs run {run_dir.name}", parts.body))
-    return RunReport(path, parts.missing)
+    return RunReport(path, parts.missing, stale)
+
+
+def metrics_out_of_date(run_dir: Path) -> bool:
+    """Whether run_dir/metrics.json was written before best.pt: training went on (`train --resume RUN
+    --epochs N`) and saved a newer best checkpoint after `catsdogs evaluate` measured the old one."""
+    metrics, best = run_dir / "metrics.json", run_dir / "best.pt"
+    return metrics.is_file() and best.is_file() and metrics.stat().st_mtime_ns < best.stat().st_mtime_ns
+
+
+def _best_row(history: dict[str, list[float]], column: str) -> dict[str, float]:
+    """The epoch train kept as best.pt, by its own rule (training.selection)."""
+    rows = [dict(zip(history, values)) for values in zip(*history.values())]
+    return dict(best_epoch(rows, column))
+
+
+def _best_words(best: dict[str, float], column: str, epochs: int) -> str:
+    """The headline's words for the best epoch: its score by `column` (and its accuracy), and its number."""
+    balanced = best.get("val_balanced_acc", math.nan)
+    if column == "val_balanced_acc" and not math.isnan(balanced):
+        score = f"best val balanced accuracy {_pct(balanced)} (accuracy {_pct(best['val_acc'])}, "
+    else:
+        score = f"best val accuracy {_pct(best['val_acc'])} ("
+    return f"{epochs} epochs, {score}epoch {int(best['epoch'])})"
+
+
+def _stale_note(parts: _Parts, metrics: dict[str, Any], best: dict[str, float] | None) -> str:
+    measured = Path(str(metrics.get("checkpoint") or "best.pt")).name
+    measured += f" at epoch {metrics['epoch']}" if metrics.get("epoch") is not None else ""
+    now = f" (epoch {int(best['epoch'])})" if best else ""
+    return (f"the test metrics, calibration and mistakes are stale: they measure {measured}, and training has saved "
+            f"a newer best.pt since{now}; run `catsdogs evaluate {parts.quoted}` to refresh them")
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text()) if path.is_file() else None
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
     except (OSError, ValueError):
         raise CatsdogsError(f"{path} is not readable JSON") from None
 
@@ -98,13 +135,11 @@ def _pct(value: float | None) -> str:
 
 
 def _header(run_dir: Path, config: dict[str, Any], status: dict[str, Any], metrics: dict[str, Any] | None,
-            history: dict[str, list[float]] | None) -> list[str]:
+            best_words: str | None, stale: str | None) -> list[str]:
     facts = [f"model {config.get('model')}", f"optimizer {config.get('optim')}",
              f"{config.get('image_size')} px", f"status {status.get('status', 'unknown')}"]
-    if history:
-        best = int(np.argmax(history["val_acc"]))
-        facts.insert(0, f"{len(history['epoch'])} epochs, best val accuracy {_pct(history['val_acc'][best])} "
-                        f"(epoch {int(history['epoch'][best])})")
+    if best_words:
+        facts.insert(0, best_words)
     if metrics:
         score = (f"test accuracy <b>{metrics['accuracy']:.4f}</b> on {metrics['images']} photos, balanced accuracy "
                  f"{_pct(metrics.get('balanced_accuracy'))}")
@@ -113,8 +148,13 @@ def _header(run_dir: Path, config: dict[str, Any], status: dict[str, Any], metri
     nav = " ".join(f'<a href="#{a}">{t}</a>' for a, t in (
         ("config", "config"), ("data", "data"), ("history", "history"), ("metrics", "test metrics"),
         ("calibration", "calibration"), ("mistakes", "mistakes"), ("inputs", "training images")))
-    return [f"<h1>Run {esc(run_dir.name)}</h1>", f'<p class="headline">{score}</p>',
+    warning = [_stale_warning(stale)] if stale else []
+    return [f"<h1>Run {esc(run_dir.name)}</h1>", f'<p class="headline">{score}</p>', *warning,
             f'<p class="muted">{esc(" · ".join(facts))}</p>', f"<nav>{nav}</nav>"]
+
+
+def _stale_warning(stale: str) -> str:
+    return f'<p class="missing">{esc(f"Warning: {stale}.")}</p>'
 
 
 def _config_section(parts: _Parts, config: dict[str, Any], status: dict[str, Any]) -> None:
@@ -193,7 +233,7 @@ def _cell(column: str, value: float) -> str:
     return f"{value:.1f}" if column == "seconds" else f"{value:.4f}"
 
 
-def _metrics_section(parts: _Parts, metrics: dict[str, Any] | None) -> None:
+def _metrics_section(parts: _Parts, metrics: dict[str, Any] | None, stale: str | None) -> None:
     parts.section("metrics", "Test metrics")
     if metrics is None:
         parts.absent("test metrics", "The run has not been measured on its test photos yet.",
@@ -211,6 +251,8 @@ def _metrics_section(parts: _Parts, metrics: dict[str, Any] | None) -> None:
                       "</code>.</p>")
     if metrics.get("warning"):
         parts.body.append(f'<p class="missing">Warning: {esc(metrics["warning"])}</p>')
+    if stale:
+        parts.body.append(_stale_warning(stale))
     parts.body.append(table(["measure", "value"], facts, numeric=[1]))
     rows = [[name, _pct(m["precision"]), _pct(m["recall"]), _pct(m["f1"]), m["support"]]
             for name, m in metrics["per_class"].items()]
@@ -228,7 +270,7 @@ def _predictions(run_dir: Path) -> tuple[list[dict[str, str]], list[str]] | None
     path = run_dir / "predictions.csv"
     if not path.is_file():
         return None
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         rows = list(reader)
     classes = [name[2:] for name in (reader.fieldnames or []) if name.startswith("p_")]
@@ -314,7 +356,7 @@ def _explained_mistakes(folder: Path) -> list[tuple[str, Path]]:
     listing = folder / "explanations.csv"
     if not listing.is_file():
         return []
-    with open(listing, newline="") as handle:
+    with open(listing, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames != EXPLAIN_COLUMNS:
             return []

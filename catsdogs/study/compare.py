@@ -22,6 +22,7 @@ from catsdogs.data.cache import read_split
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.inference.evaluate import evaluate_run
 from catsdogs.inference.plots import read_history
+from catsdogs.inference.run_report import metrics_out_of_date
 from catsdogs.progress import progress_bar
 from catsdogs.study.report import (RUNS_DIR, STUDY_FILE, SWEEP_DIR, TUNING_FILE, best_row, read_json, run_name,
                                    score_name, sweep_name, write_report)
@@ -294,8 +295,8 @@ def _complete(run: _Planned, progress: bool, echo: Log) -> str:
 
 def _test_accuracy(run_dir: Path, device: str, progress: bool) -> float:
     """The best checkpoint's test accuracy, evaluated once and kept in the run's metrics.json."""
-    metrics_path, best = run_dir / "metrics.json", run_dir / "best.pt"
-    if metrics_path.is_file() and metrics_path.stat().st_mtime_ns >= best.stat().st_mtime_ns:
+    metrics_path = run_dir / "metrics.json"
+    if metrics_path.is_file() and not metrics_out_of_date(run_dir):
         try:
             return float(json.loads(metrics_path.read_text())["accuracy"])
         except (ValueError, KeyError):
@@ -388,7 +389,13 @@ def _result_line(run: _Planned, how: str, test_acc: float | None) -> str:
     parts = [f"{run.label}:"]
     if test_acc is not None:
         parts.append(f"test acc {test_acc:.4f},")
-    parts.append(f"best val acc {max(history['val_acc']):.4f}, final train loss {history['train_loss'][-1]:.4f}, "
+    best = best_row(history, run.cfg.class_weights)  # the epoch train kept as best.pt
+    balanced = best.get("val_balanced_acc", math.nan)
+    if selected_by(run.cfg.class_weights) == "val_balanced_acc" and not math.isnan(balanced):
+        parts.append(f"best val balanced acc {balanced:.4f} (acc {best['val_acc']:.4f}, epoch {int(best['epoch'])}),")
+    else:
+        parts.append(f"best val acc {best['val_acc']:.4f} (epoch {int(best['epoch'])}),")
+    parts.append(f"final train loss {history['train_loss'][-1]:.4f}, "
                  f"{epochs} epoch{'s' if epochs > 1 else ''} ({status}) in {wall:.{1 if wall < 10 else 0}f} s")
     if how != "trained":
         parts.append(f"[{how}]")

@@ -11,6 +11,7 @@ import torch
 from catsdogs.data.transforms import denormalise
 from catsdogs.errors import CatsdogsError
 from catsdogs.training.config import TrainConfig
+from catsdogs.training.selection import best_epoch, selected_by
 
 TB_DIR = "tb"
 LOSS_EVERY = 10  # training steps between two points of the training loss and learning rate
@@ -70,7 +71,8 @@ class Board:
         self.writer.flush()
 
     def finish(self, cfg: TrainConfig, history: Sequence[Mapping[str, Any]], status: str) -> None:
-        """The settings and the final metrics, for TensorBoard's HParams tab."""
+        """The settings and the final metrics, for TensorBoard's HParams tab; the best scores are those of
+        the epoch kept as best.pt, by train's own rule."""
         if not history:
             return
         from torch.utils.tensorboard.summary import hparams
@@ -78,12 +80,12 @@ class Board:
         settings = {key: "none" if value is None else value for key, value in cfg.to_dict().items()
                     if key not in ("out", "tensorboard")}
         settings["status"] = status
-        last = history[-1]
-        results = {"hparams/best_val_acc": max(row["val_acc"] for row in history),
+        last, best = history[-1], best_epoch(history, selected_by(cfg.class_weights))
+        results = {"hparams/best_val_acc": best["val_acc"],
                    "hparams/final_val_acc": last["val_acc"], "hparams/final_val_loss": last["val_loss"],
                    "hparams/final_train_loss": last["train_loss"]}
-        if not math.isnan(last.get("val_balanced_acc", math.nan)):
-            results["hparams/best_val_balanced_acc"] = max(row["val_balanced_acc"] for row in history)
+        if not math.isnan(best.get("val_balanced_acc", math.nan)):
+            results["hparams/best_val_balanced_acc"] = best["val_balanced_acc"]
         for summary in hparams(settings, results):
             self.writer._get_file_writer().add_summary(summary)
         for tag, value in results.items():

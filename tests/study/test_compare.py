@@ -387,3 +387,23 @@ def test_compare_command_end_to_end(study: tuple[Path, list[str]], data: Path) -
     refused = CliRunner().invoke(main, [*args[:-2], "--epochs", "2", "--out", str(out)])
     assert refused.exit_code == 2
     assert "epochs = 1, but this command asks for epochs = 2" in refused.output and "Traceback" not in refused.output
+
+
+@pytest.mark.parametrize(("class_weights", "shown"), [
+    ("none", "best val acc 0.8000 (epoch 3)"),  # epochs 2 and 3 tie on accuracy: the lower loss is best.pt
+    ("balanced", "best val balanced acc 0.7250 (acc 0.6900, epoch 3)"),  # chosen by balanced accuracy, then loss
+])
+def test_each_run_s_line_names_the_epoch_train_kept_as_best_pt(tmp_path: Path, class_weights: str,
+                                                               shown: str) -> None:
+    scores = {"none": [(0.60, 0.75, 0.75), (0.55, 0.80, 0.79), (0.45, 0.80, 0.78)],
+              "balanced": [(0.50, 0.857, 0.500), (0.70, 0.700, 0.725), (0.65, 0.690, 0.725)]}[class_weights]
+    run = tmp_path / "adam-seed42"
+    run.mkdir()
+    rows = [f"{epoch},0.5,0.8,{loss},{acc},{balanced},0.001,1.0\n" for epoch, (loss, acc, balanced) in
+            enumerate(scores, 1)]
+    (run / "history.csv").write_text("epoch,train_loss,train_acc,val_loss,val_acc,val_balanced_acc,lr,seconds\n"
+                                     + "".join(rows))
+    planned = compare_module._Planned("study", base_config(tmp_path, optim="adam", seed=42, out=str(run),
+                                                           class_weights=class_weights))
+    assert compare_module._result_line(planned, "trained", 0.75) == (
+        f"adam seed 42: test acc 0.7500, {shown}, final train loss 0.5000, 3 epochs (finished) in 3.0 s")

@@ -103,7 +103,8 @@ def test_an_interrupted_and_resumed_run_has_each_point_once_at_its_step(data: Pa
     expected = read_events(straight)
     for tag in ("train/loss", "train/lr", *EPOCH_TAGS):  # the same points as the straight run, none twice
         assert [s for s, _ in points(events, tag)] == [s for s, _ in points(expected, tag)], tag
-    assert points(events, "train/loss") == pytest.approx(points(expected, "train/loss"), abs=1e-6)
+    loss, expected_loss = points(events, "train/loss"), points(expected, "train/loss")
+    assert [value for _, value in loss] == pytest.approx([value for _, value in expected_loss], abs=1e-6)
     assert len(events.Images("train/first_batch")) == 1
     assert len(list((broken.run_dir / "tb").iterdir())) == 2  # the resumed process's own file beside the first
 
@@ -162,3 +163,19 @@ def test_under_torchrun_process_0_alone_writes(data: Path) -> None:
     (events_file,) = (run / "tb").iterdir()  # one writer for the two processes
     assert_epochs_equal_history(read_events(run), run)
     assert events_file.name.startswith("events.out.tfevents.")
+
+
+@pytest.mark.parametrize(("class_weights", "best"), [("none", (0.80, 0.78)), ("balanced", (0.69, 0.725))])
+def test_the_hparams_best_scores_are_those_of_the_epoch_kept_as_best_pt(tmp_path: Path, class_weights: str,
+                                                                        best: tuple[float, float]) -> None:
+    """Epoch 3 is best.pt in both: by its lower loss in an accuracy tie, or by balanced accuracy (and loss)."""
+    scores = {"none": [(0.60, 0.75, 0.75), (0.55, 0.80, 0.79), (0.45, 0.80, 0.78)],
+              "balanced": [(0.50, 0.857, 0.500), (0.70, 0.700, 0.725), (0.65, 0.690, 0.725)]}[class_weights]
+    rows = [{"epoch": epoch, "train_loss": 0.5, "train_acc": 0.8, "val_loss": loss, "val_acc": acc,
+             "val_balanced_acc": balanced, "lr": 0.001} for epoch, (loss, acc, balanced) in enumerate(scores, 1)]
+    board = board_module.Board(tmp_path / "run", 0, ["Cat", "Dog"])
+    board.finish(TrainConfig(class_weights=class_weights), rows, "finished")
+    board.close()
+    events = read_events(tmp_path / "run")
+    assert points(events, "hparams/best_val_acc") == [(3, pytest.approx(best[0]))]
+    assert points(events, "hparams/best_val_balanced_acc") == [(3, pytest.approx(best[1]))]
