@@ -187,7 +187,7 @@ def load_cache(split: ImageSplit, image_size: int, mode: str = "auto", jobs: int
     array_path, meta_path = cache_dir / f"{stem}.npy", cache_dir / f"{stem}.json"
     if mode != "rebuild" and array_path.is_file() and meta_path.is_file():
         try:
-            meta = json.loads(meta_path.read_text())
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
             images = np.load(array_path, mmap_mode="r")
             if images.shape == (len(split), image_size, image_size, 3) and images.dtype == np.uint8:
                 split.unreadable = [split.paths[i] for i in meta.get("unreadable", [])]

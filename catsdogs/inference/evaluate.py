@@ -159,7 +159,7 @@ def _evaluation_in(metrics_file: Path) -> tuple[Path, Path] | None:
     """The (photo folder, checkpoint) an earlier `evaluate` recorded in `metrics_file`; None when it is
     not one of ours."""
     try:
-        recorded = json.loads(metrics_file.read_text())
+        recorded = json.loads(metrics_file.read_text(encoding="utf-8"))
         if "confusion_matrix" not in recorded:
             return None
         # Names written escaped where they are not UTF-8 (see catsdogs.names): the folders' own again.

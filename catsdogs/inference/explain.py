@@ -221,7 +221,7 @@ def _rows_to_keep(listing: Path, photos: Sequence[Path]) -> dict[str, dict[str, 
     replaced in place, their figure names kept) and those of other photos whose figure is still there."""
     if not listing.is_file():
         return {}
-    with open(listing, newline="") as handle:
+    with open(listing, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle, restval="")
         rows = list(reader)
     if reader.fieldnames is None:
@@ -288,7 +288,7 @@ def worst_mistakes(run_dir: str | Path, count: int, predictions: str = "predicti
     if not path.is_file():
         raise CatsdogsError(f"{run_dir} has no {predictions}: run `catsdogs evaluate {shlex.quote(str(run_dir))}` "
                             "first")
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     if rows and not {"path", "label", "predicted"} <= set(rows[0]):
         raise CatsdogsError(f"{path} is not a predictions file written by `catsdogs evaluate`")

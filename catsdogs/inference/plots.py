@@ -25,7 +25,7 @@ def read_history(run_dir: Path) -> dict[str, list[float]]:
     path = run_dir / "history.csv"
     if not path.is_file():
         raise CatsdogsError(f"{run_dir} has no history.csv: has its training finished an epoch?")
-    with path.open(newline="") as handle:
+    with path.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     if not rows:
         raise CatsdogsError(f"{path} holds no epochs yet")
@@ -42,7 +42,7 @@ def read_history(run_dir: Path) -> dict[str, list[float]]:
 def run_label(run_dir: Path) -> str:
     """The run's name and its optimizer, for the legend."""
     try:
-        optim = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("optim")
+        optim = (yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}).get("optim")
     except (OSError, yaml.YAMLError):
         optim = None
     return f"{run_dir.name} ({optim})" if optim and optim != run_dir.name else run_dir.name

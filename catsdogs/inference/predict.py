@@ -229,7 +229,7 @@ def check_predictions_out(path: Path) -> None:
     if not path.exists():
         return
     try:
-        with open(path, newline="") as handle:
+        with open(path, newline="", encoding="utf-8") as handle:
             header = next(csv.reader(handle), [])
     except (OSError, UnicodeDecodeError, csv.Error):
         header = []

@@ -110,7 +110,7 @@ def run_config(run_dir: str | Path) -> TrainConfig:
     if not path.is_file():
         raise CatsdogsError(f"{run_dir} has no config.yaml: is it a run folder from `catsdogs train`?")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError:
         raise CatsdogsError(f"{path}: not valid YAML") from None
     if not isinstance(values, dict):

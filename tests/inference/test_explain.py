@@ -7,6 +7,8 @@ import dataclasses
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -348,3 +350,20 @@ def test_explain_reports_the_probabilities_predict_does(tiny_run, tmp_path: Path
     assert [row["explained"] for row in rows] == predicted.predicted  # the map explains the class reported
     assert [float(row["probability"]) for row in rows] == pytest.approx(predicted.probs.max(1).tolist(), abs=1e-6)
     assert [item.probability for item in done] == pytest.approx(predicted.probs.max(1).tolist(), abs=1e-6)
+
+
+def test_the_mistakes_are_read_as_utf_8_whatever_the_locale(tmp_path: Path) -> None:
+    # predictions.csv is written as UTF-8; under an ASCII locale open() without an encoding could not read it.
+    (tmp_path / "predictions.csv").write_text("path,label,predicted,p_Chat-é,p_Chien\n"
+                                              "test/Chat-é/1.jpg,Chat-é,Chien,0.100000,0.900000\n"
+                                              "test/Chien/2.jpg,Chien,Chien,0.200000,0.800000\n", encoding="utf-8")
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    script = ("import locale, sys; from catsdogs.inference.explain import worst_mistakes; "
+              "print(locale.getpreferredencoding(False)); "
+              "print(ascii({str(k): v for k, v in worst_mistakes(sys.argv[1], 5).items()}))")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    encoding, mistakes = done.stdout.splitlines()
+    assert encoding == "ANSI_X3.4-1968"  # the locale really was ASCII
+    assert mistakes == ascii({"test/Chat-é/1.jpg": "Chat-é"})
