@@ -75,9 +75,11 @@ def main() -> int:
         print(f"bf16 - fp32 = {difference:+.4f} (one seed: no spread to compare it with)")
     else:
         low, high = test.ci95
-        verdict = "these seeds cannot tell them apart" if test.p >= 0.05 else "a difference the seeds show"
+        verdict = ("a difference the seeds show" if test.distinguishable(0.05) else
+                   test.cannot_tell or "these seeds cannot tell them apart")
+        p = "none" if test.p is None else f"{test.p:.2f}"
         print(f"bf16 - fp32 = {difference:+.4f}; paired by seed: 95% interval {low:+.4f} to {high:+.4f}, "
-              f"p = {test.p:.2f}: {verdict}")
+              f"p = {p}: {verdict}")
     return 0
 
 

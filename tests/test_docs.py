@@ -16,6 +16,7 @@ import click
 import pytest
 
 from catsdogs.cli import main
+from catsdogs.training.optim import ENTRY_POINT_GROUP
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -142,18 +143,50 @@ def test_the_extending_page_shows_the_whole_package() -> None:
                                     "catsdogs_extras/cli.py"}
 
 
+def read_toml_strings(text: str) -> dict[str, dict[str, str]]:
+    """The `key = "string"` pairs of a plain TOML file, by table header (quotes dropped from the header).
+
+    Enough for the page's pyproject.toml. Python 3.10, which the project supports, has no tomllib, and a test
+    is no reason to add a dependency.
+    """
+    tables: dict[str, dict[str, str]] = {}
+    table = None
+    for line in text.splitlines():
+        header = re.match(r"^\[([^\[\]]+)\]\s*$", line)
+        pair = re.match(r'^([\w.-]+)\s*=\s*"([^"]*)"\s*$', line)
+        if header:
+            table = tables.setdefault(header.group(1).replace('"', ""), {})
+        elif pair and table is not None:
+            table[pair.group(1)] = pair.group(2)
+    return tables
+
+
+def test_the_toml_reader_reads_the_page_s_pyproject() -> None:
+    text = example_files()["pyproject.toml"]
+    tables = read_toml_strings(text)
+    assert tables["project"] == {"name": "catsdogs-extras", "version": "0.1.0"}  # the list of dependencies is no string
+    assert tables[f"project.entry-points.{ENTRY_POINT_GROUP}"] == {"lion": "catsdogs_extras.lion"}
+    assert tables["project.scripts"] == {"catsdogs-extras": "catsdogs_extras.cli:main"}
+    if sys.version_info >= (3, 11):  # where the standard library can read TOML, it reads the same
+        import tomllib
+        project = tomllib.loads(text)["project"]
+        assert project["entry-points"] == {ENTRY_POINT_GROUP: tables[f"project.entry-points.{ENTRY_POINT_GROUP}"]}
+        assert (project["name"], project["scripts"]) == ("catsdogs-extras", tables["project.scripts"])
+
+
 def write_example_package(root: Path) -> Path:
     """The page's package, with the metadata `pip install` would write for its entry points."""
-    tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11")
     for name, text in example_files().items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text)
     (root / "catsdogs_extras" / "__init__.py").write_text("")
-    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    tables = read_toml_strings((root / "pyproject.toml").read_text())
+    project = tables["project"]
     info = root / "catsdogs_extras-0.1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
-    groups = {**project["entry-points"], "console_scripts": project["scripts"]}
+    groups = {**{name.removeprefix("project.entry-points."): entries for name, entries in tables.items()
+                 if name.startswith("project.entry-points.")}, "console_scripts": tables["project.scripts"]}
     (info / "entry_points.txt").write_text("".join(
         f"[{group}]\n" + "".join(f"{key} = {value}\n" for key, value in entries.items()) + "\n"
         for group, entries in groups.items()))
@@ -162,9 +195,6 @@ def write_example_package(root: Path) -> Path:
 
 def test_the_extending_page_works(tmp_path: Path, tiny_split) -> None:
     """The page's package registers all four kinds, under the page's module paths, and trains with them."""
-    pytest.importorskip("catsdogs.training.models", reason="the package's stage folders are not in this tree yet")
-    from catsdogs.training.optim import ENTRY_POINT_GROUP
-
     package = write_example_package(tmp_path / "plugin")
     assert ENTRY_POINT_GROUP in (package / "catsdogs_extras-0.1.0.dist-info" / "entry_points.txt").read_text()
     data = tiny_split(tmp_path, per_class=(8, 4, 4), size=64)

@@ -49,6 +49,23 @@ def test_every_model_trains_at_its_minimum_size_and_counts_its_flops(name: str) 
     assert count_flops(model, size) > 0
 
 
+def test_count_flops_matches_a_count_by_hand() -> None:
+    # count_flops follows torch's FlopCounterMode: a multiply-add is 2 FLOPs, and only convolutions and matrix
+    # products count (not biases, ReLU, pooling or batch norm). A conv: 2 * Cin * Cout * k * k * Hout * Wout;
+    # a linear layer: 2 * in * out.
+    # Conv2d(3, 4, 3, stride 2, padding 1) on 8 x 8: Hout = (8 + 2 - 3) // 2 + 1 = 4, 2 * 3 * 4 * 9 * 16 = 3456;
+    # Linear(4 * 4 * 4 = 64, 2): 2 * 64 * 2 = 256. In all 3712.
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2, padding=1), torch.nn.BatchNorm2d(4),
+                                torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    assert count_flops(model, 8) == 3712
+    # cnn3 at 96 px: three conv 3x3 stride 2 (no padding) + max-pool 2 blocks, 32-64-128 channels, then 128-10-2.
+    #   conv 3->32:   96 -> (96 - 3) // 2 + 1 = 47, pool -> 23: 2 * 3 * 32 * 9 * 47 * 47 = 3,817,152
+    #   conv 32->64:  23 -> 11, pool -> 5:                    2 * 32 * 64 * 9 * 11 * 11 = 4,460,544
+    #   conv 64->128: 5 -> 2, pool -> 1:                      2 * 64 * 128 * 9 * 2 * 2 =   589,824
+    #   linear 128->10: 2,560; linear 10->2: 40.              In all                     8,870,120
+    assert count_flops(build_model("cnn3", 2, 96), 96) == 8_870_120
+
+
 def test_bncnn_s_is_the_probe_model() -> None:
     model = build_model("bncnn-s", 2, 128)
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(656_000, rel=0.01)
@@ -121,6 +138,13 @@ def test_tta_only_averages_the_mirror_prediction(data: Path, tmp_path: Path) -> 
     cfg = build_config(None, dict(data=str(data), out=str(tmp_path / "run"), optim="adam", image_size=96, epochs=1,
                                   batch_size=8, device="cpu", precision="fp32"))
     run = train(cfg, progress=False, log=quiet).run_dir
+    # Lossless test photos at the model's size: evaluating their mirror images on disk then feeds the model
+    # exactly the tensors TTA makes by flipping, so the average can be checked to the CSV's 6 decimals.
+    from PIL import Image
+
+    for path in sorted((data / "test").rglob("*.jpg")):
+        Image.open(path).convert("RGB").resize((96, 96)).save(path.with_suffix(".png"))
+        path.unlink()
     plain = evaluate_run(run, progress=False)
     tta = evaluate_run(run, progress=False, tta=True)
     assert tta.metrics_path.name == "metrics_tta.json" and plain.metrics_path.name == "metrics.json"
@@ -131,14 +155,13 @@ def test_tta_only_averages_the_mirror_prediction(data: Path, tmp_path: Path) -> 
         return np.asarray([[float(x) for x in row[3:]] for row in rows])
 
     p_plain, p_tta = probs(plain.predictions_path), probs(tta.predictions_path)
-    # Mirror every test image on disk: the plain prediction of the mirrors completes the average.
-    from PIL import Image
-
-    for path in sorted((data / "test").rglob("*.jpg")):
-        Image.open(path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(path, quality=100)
+    for path in sorted((data / "test").rglob("*.png")):
+        Image.open(path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(path)
     mirrored = probs(evaluate_run(run, progress=False, split="test").predictions_path)
-    assert p_tta == pytest.approx((p_plain + mirrored) / 2, abs=2e-2)  # the JPEG round trip blurs slightly
-    assert not np.allclose(p_plain, p_tta)
+    assert not np.allclose(p_plain, mirrored, atol=1e-4)  # the mirror images were read, not a stale cache
+    # Each of the three is rounded to 6 decimals in predictions.csv: 0.5e-6 + (0.5e-6 + 0.5e-6) / 2 at most.
+    assert p_tta == pytest.approx((p_plain + mirrored) / 2, abs=1.5e-6)
+    assert not np.allclose(p_plain, p_tta, atol=1e-4)
 
 
 class SteppedClock:

@@ -17,7 +17,7 @@ from catsdogs.errors import CatsdogsError
 from catsdogs.inference.plots import read_history
 from catsdogs.inference.webpage import markdown_to_html, page
 from catsdogs.study.figures import plot_study_curves, plot_test_accuracy
-from catsdogs.study.stats import mean_sd, paired_t_test, percent
+from catsdogs.study.stats import MIN_SEEDS, mean_sd, paired_t_test, percent
 from catsdogs.training.checkpoint import load_checkpoint
 from catsdogs.training.selection import best_epoch, selected_by
 
@@ -212,7 +212,7 @@ def _compare(runs: dict[tuple[str, int], RunRecord], seeds: list[int], a: str, b
     """Whether optimizer `a`'s test accuracy is told apart from `b`'s by a paired t-test over the seeds."""
     test = paired_t_test([runs[(a, s)].metrics["accuracy"] for s in seeds],
                          [runs[(b, s)].metrics["accuracy"] for s in seeds])
-    verdict = None if test is None else test.p < ALPHA
+    verdict = None if test is None else test.distinguishable(ALPHA)
     return {"better": a, "worse": b, "test": asdict(test) if test else None, "distinguishable": verdict}
 
 
@@ -251,13 +251,15 @@ def _verdict(comparison: dict[str, Any]) -> str:
     test = comparison["test"]
     if test is None:
         return "no test possible with one seed"
+    if test["cannot_tell"]:
+        return test["cannot_tell"]
     if not comparison["distinguishable"]:
         return "not distinguishable"
     return f"distinguishable (p < {ALPHA:g})" if test["mean_diff"] > 0 else f"reversed (p < {ALPHA:g})"
 
 
 def _p_text(test: dict[str, Any] | None) -> str:
-    if test is None:
+    if test is None or test["p"] is None:
         return "—"
     return "< 0.001" if test["p"] < 0.001 else f"{test['p']:.3f}"
 
@@ -280,15 +282,19 @@ def _same_mean(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 def _ranking_text(rows: list[dict[str, Any]], adjacent: list[dict[str, Any]]) -> str:
     """'a (..) > b (..) ≈ c (..)', with '>' only where the paired test tells the gap (with one seed: any gap)."""
-    meanings = {"=": "= equal means", "≈": f"≈ a gap the seeds cannot tell apart, p ≥ {ALPHA:g}"}
-    text, signs = f"{rows[0]['optim']} ({mean_sd(rows[0]['test_acc'])})", set()
+    text, signs, undecided = f"{rows[0]['optim']} ({mean_sd(rows[0]['test_acc'])})", set(), False
     for above, row, pair in zip(rows, rows[1:], adjacent):
         if _same_mean(above, row):
             sign = "="
         else:
             sign = "≈" if pair["distinguishable"] is False else ">"
+            undecided |= sign == "≈" and bool(pair["test"]["cannot_tell"])
         signs.add(sign)
         text += f" {sign} {row['optim']} ({mean_sd(row['test_acc'])})"
+    # A "≈" that no p-value decided (too few seeds, no spread) must not read as "p ≥ alpha".
+    why = (f": p ≥ {ALPHA:g}, fewer than {MIN_SEEDS} seeds or no spread across them" if undecided
+           else f", p ≥ {ALPHA:g}")
+    meanings = {"=": "= equal means", "≈": f"≈ a gap the seeds cannot tell apart{why}"}
     legend = [meaning for sign, meaning in meanings.items() if sign in signs]
     return text + "." + (f" ({'; '.join(legend)})" if legend else "")
 
@@ -305,7 +311,7 @@ def _comparison_rows(comparisons: list[dict[str, Any]]) -> list[str]:
             interval = ("none: the same gap on every seed" if test["sd_diff"] == 0 else
                         f"{100 * test['ci95'][0]:+.1f} to {100 * test['ci95'][1]:+.1f} pp")
             better_on = f"{test['wins']} of {test['n']} seeds"
-            t = "∞" if test["t"] is None else f"{test['t']:.2f}"
+            t = "—" if test["t"] is None else f"{test['t']:.2f}"
         lines.append(f"| {item['better']} vs {item['worse']} | {gap} | {interval} | {better_on} | {t} | "
                      f"{_p_text(test)} | {_verdict(item)} |")
     return lines
@@ -428,7 +434,8 @@ def _next_steps(summary: dict[str, Any]) -> list[str]:
     """What would make this answer firmer, read off the results."""
     rows, n, steps = summary["ranking"], len(summary["seeds"]), []
     tests = [c["test"] for c in summary["adjacent"] if c["test"]]
-    if n == 1 or (n < 5 and not all(c["distinguishable"] for c in summary["adjacent"])):
+    undecided = any(t["cannot_tell"] for t in tests)
+    if n == 1 or undecided or (n < 5 and not all(c["distinguishable"] for c in summary["adjacent"])):
         steps.append(f"Run more seeds (`--seeds {max(5, n + 2)}`): {_spread_note(tests, n)}")
     if all(r["epochs_to_target"]["reached"] == 0 for r in rows):
         steps.append(f"No run reached {percent(summary['target_val_acc'], 0)} validation accuracy: train longer "

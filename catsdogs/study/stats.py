@@ -53,17 +53,25 @@ def t_critical(df: int, level: float = 0.95) -> float:
     return (low + high) / 2.0
 
 
+MIN_SEEDS = 3  # fewer seeds never make a gap distinguishable: with one degree of freedom one lucky draw decides
+
+
 @dataclass
 class PairedTest:
-    """A paired t-test of `a - b` over seeds; `t` is None when every seed gave the same nonzero gap."""
+    """A paired t-test of `a - b` over seeds; `t` and `p` are None when every seed gave the same gap (no spread)."""
 
     n: int
     mean_diff: float
     sd_diff: float
     t: float | None
-    p: float
+    p: float | None
     ci95: tuple[float, float]
     wins: int  # seeds on which a beat b
+    cannot_tell: str | None = None  # why these seeds give no verdict whatever p is, with what to do
+
+    def distinguishable(self, alpha: float) -> bool:
+        """Whether the gap is told apart at level `alpha`: never with fewer than MIN_SEEDS seeds or no spread."""
+        return self.cannot_tell is None and self.p is not None and self.p < alpha
 
 
 def paired_t_test(a: Sequence[float], b: Sequence[float]) -> PairedTest | None:
@@ -75,11 +83,16 @@ def paired_t_test(a: Sequence[float], b: Sequence[float]) -> PairedTest | None:
     mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
     wins = sum(d > 0 for d in diffs)
     if sd < 1e-12:
-        return PairedTest(n, mean, 0.0, 0.0 if abs(mean) < 1e-12 else None, 1.0 if abs(mean) < 1e-12 else 0.0,
-                          (mean, mean), wins)
+        # Common on small test sets, where accuracy moves in steps of 1/N: an infinite t would prove nothing.
+        return PairedTest(n, mean, 0.0, None, None, (mean, mean), wins,
+                          f"cannot tell with {n} seeds: every seed gave the same gap, which leaves no spread to "
+                          "test it against, so run more seeds")
     se = sd / math.sqrt(n)
     half = t_critical(n - 1) * se
-    return PairedTest(n, mean, sd, mean / se, t_two_sided_p(mean / se, n - 1), (mean - half, mean + half), wins)
+    too_few = (f"cannot tell with {n} seeds: a verdict needs {MIN_SEEDS} or more, so run more seeds"
+               if n < MIN_SEEDS else None)
+    return PairedTest(n, mean, sd, mean / se, t_two_sided_p(mean / se, n - 1), (mean - half, mean + half), wins,
+                      too_few)
 
 
 def binomial_cdf_half(k: int, n: int) -> float:

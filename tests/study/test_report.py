@@ -74,13 +74,34 @@ def test_one_seed_orders_different_means_and_ties_equal_ones(tmp_path: Path) -> 
 
 
 def test_a_gap_without_spread_across_seeds_is_said_plainly(tmp_path: Path) -> None:
-    _, report = report_for(tmp_path, {"adam": [0.6, 0.6, 0.6], "momentum": [0.5, 0.5, 0.5],
+    summary, report = report_for(tmp_path, {"adam": [0.6, 0.6, 0.6], "momentum": [0.5, 0.5, 0.5],
                                       "minibatch-sgd": [0.5, 0.5, 0.5]})
     assert "±0 points" not in report and "+0.0 to +0.0 pp" not in report and "+10.0 to +10.0 pp" not in report
     assert ("- Run more seeds (`--seeds 5`): every seed gave the same gap between each pair of neighbours (no spread "
             "across seeds), and 3 seeds are too few to show that other seeds would too.") in report
-    assert "| adam vs momentum | +10.0 pp | none: the same gap on every seed | 3 of 3 seeds | ∞ | < 0.001 |" in report
-    assert "| momentum vs minibatch-sgd | +0.0 pp | none: the same gap on every seed | 0 of 3 seeds | 0.00 |" in report
+    # The same 10-point gap on 3 seeds once read "p < 0.001, distinguishable": no spread proves nothing.
+    no_spread = ("cannot tell with 3 seeds: every seed gave the same gap, which leaves no spread to test it "
+                 "against, so run more seeds")
+    assert (f"| adam vs momentum | +10.0 pp | none: the same gap on every seed | 3 of 3 seeds | — | — | "
+            f"{no_spread} |") in report
+    assert (f"| momentum vs minibatch-sgd | +0.0 pp | none: the same gap on every seed | 0 of 3 seeds | — | — | "
+            f"{no_spread} |") in report
+    assert [c["distinguishable"] for c in summary["adjacent"]] == [False, False]
+    assert ranking_line(report).startswith("adam (60.0 ± 0.0%) ≈ momentum (50.0 ± 0.0%) = minibatch-sgd")
+    assert "(paired t-test, p < 0.05): none." in report
+
+
+def test_two_seeds_call_no_gap_distinguishable_however_large(tmp_path: Path) -> None:
+    summary, report = report_for(tmp_path, {"adam": [0.9, 0.95], "momentum": [0.5, 0.5]})
+    # gaps +40 and +45 points: t = 42.5 / (3.54 / sqrt(2)) = 17, p = 1 - (2 / pi) * atan(17) = 0.037 < 0.05,
+    # interval 42.5 ± 12.706 * 2.5 = 42.5 ± 31.8 points
+    (pair,) = summary["adjacent"]
+    assert pair["test"]["p"] == pytest.approx(0.0374, abs=1e-4) and pair["distinguishable"] is False
+    assert ("| adam vs momentum | +42.5 pp | +10.7 to +74.3 pp | 2 of 2 seeds | 17.00 | 0.037 | cannot tell with 2 "
+            "seeds: a verdict needs 3 or more, so run more seeds |") in report
+    assert ranking_line(report) == ("adam (92.5 ± 3.5%) ≈ momentum (50.0 ± 0.0%). (≈ a gap the seeds cannot tell "
+                                    "apart: p ≥ 0.05, fewer than 3 seeds or no spread across them)")
+    assert "- Run more seeds (`--seeds 5`)" in report
 
 
 def test_a_spread_gap_still_reports_its_interval(tmp_path: Path) -> None:
@@ -89,6 +110,13 @@ def test_a_spread_gap_still_reports_its_interval(tmp_path: Path) -> None:
     assert "with 3 seeds the 95% intervals of the gaps between neighbours reach ±22 points." in report
     assert "| adam vs momentum | +5.0 pp | -16.5 to +26.5 pp | 2 of 3 seeds | 1.00 |" in report
 
+
+
+def test_many_seeds_without_spread_still_ask_for_more_seeds(tmp_path: Path) -> None:
+    summary, report = report_for(tmp_path, {"adam": [0.6] * 5, "momentum": [0.5] * 5})
+    assert summary["adjacent"][0]["distinguishable"] is False
+    assert "cannot tell with 5 seeds: every seed gave the same gap" in report
+    assert "- Run more seeds (`--seeds 7`): every seed gave the same gap between each pair of neighbours" in report
 
 @pytest.mark.parametrize("tune_lr", [False, True])
 def test_learning_rate_advice_follows_whether_the_study_tuned_it(tmp_path: Path, tune_lr: bool) -> None:

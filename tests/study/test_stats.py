@@ -36,7 +36,43 @@ def test_paired_t_test_on_known_differences() -> None:
     half = t_critical(2) * 0.05 / math.sqrt(3)
     assert test.ci95 == pytest.approx((0.10 - half, 0.10 + half)) and test.wins == 3
     assert paired_t_test([0.9], [0.8]) is None  # one seed: no spread, no test
-    assert paired_t_test([0.6, 0.7], [0.6, 0.7]).p == 1.0
+    equal = paired_t_test([0.6, 0.7], [0.6, 0.7])  # no gap on any seed: no spread either, so no verdict
+    assert (equal.t, equal.p, equal.distinguishable(0.05)) == (None, None, False)
+
+
+def test_paired_t_test_worked_by_hand_with_four_seeds() -> None:
+    # Differences 0.02, 0.04, 0.06, 0.08: mean 0.05, deviations -0.03, -0.01, 0.01, 0.03, so
+    # sd = sqrt(0.002 / 3) = 0.025820 and se = sd / 2 = 0.012910, t = 0.05 / 0.012910 = sqrt(15) = 3.8730.
+    # With 3 degrees of freedom the two-sided tail is 1 - (2 / pi) * (atan(u) + u / (1 + u^2)), u = t / sqrt(3)
+    # = sqrt(5): 1 - 0.63662 * (1.15026 + 0.37268) = 0.03047, between the table's 0.05 (t = 3.182) and 0.02
+    # (t = 4.541). The 95% interval is 0.05 ± 3.182 * 0.012910 = 0.05 ± 0.04108.
+    test = paired_t_test([0.62, 0.64, 0.66, 0.68], [0.60, 0.60, 0.60, 0.60])
+    assert (test.n, test.wins) == (4, 4)
+    assert test.mean_diff == pytest.approx(0.05) and test.sd_diff == pytest.approx(0.025820, abs=1e-6)
+    assert test.t == pytest.approx(3.8730, abs=1e-4)
+    assert test.p == pytest.approx(0.03047, abs=1e-5)
+    assert test.ci95 == pytest.approx((0.05 - 0.04108, 0.05 + 0.04108), abs=1e-4)
+    assert test.cannot_tell is None and test.distinguishable(0.05) and not test.distinguishable(0.01)
+
+
+@pytest.mark.parametrize(("a", "b", "n"), [([0.55, 0.60], [0.50, 0.55], 2),  # the case: p was 0.0
+                                           ([0.70, 0.65, 0.60], [0.60, 0.55, 0.50], 3),
+                                           ([0.9] * 6, [0.5] * 6, 6)])
+def test_a_gap_without_spread_cannot_tell_and_asks_for_more_seeds(a: list[float], b: list[float], n: int) -> None:
+    test = paired_t_test(a, b)
+    assert test.sd_diff == 0.0 and test.mean_diff > 0 and test.wins == n
+    assert test.t is None and test.p is None  # no spread to test the gap against: no t, no p-value
+    assert not test.distinguishable(0.05)
+    assert test.cannot_tell.startswith(f"cannot tell with {n} seeds: ") and "run more seeds" in test.cannot_tell
+
+
+def test_two_seeds_never_tell_a_gap_apart() -> None:
+    # Differences 0.80 and 0.81: t = 0.805 / (0.00707 / sqrt(2)) = 161, p = 1 - (2 / pi) * atan(161) = 0.0040
+    # with 1 degree of freedom, yet one more seed could undo it: fewer than 3 seeds give no verdict.
+    test = paired_t_test([0.90, 0.95], [0.10, 0.14])
+    assert test.t == pytest.approx(161.0) and test.p == pytest.approx(1 - 2 / math.pi * math.atan(161.0))
+    assert test.p < 0.01 and not test.distinguishable(0.05)
+    assert test.cannot_tell.startswith("cannot tell with 2 seeds: ") and "run more seeds" in test.cannot_tell
 
 
 @pytest.mark.parametrize(("k", "n"), [(0, 1), (0, 5), (2, 5), (3, 10), (7, 10), (40, 100), (9, 30)])
