@@ -252,7 +252,7 @@ class _RunLog:
 
 def _status(run_dir: Path) -> str | None:
     try:
-        return json.loads((run_dir / "status.json").read_text()).get("status")
+        return json.loads((run_dir / "status.json").read_text(encoding="utf-8")).get("status")
     except (OSError, ValueError):
         return None
 
@@ -263,7 +263,7 @@ def _settings_differ(run: _Planned) -> str | None:
     if not path.is_file():
         return None  # a folder killed before its first file: nothing in it to keep
     try:
-        saved = yaml.safe_load(path.read_text()) or {}
+        saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError:
         return "config.yaml (unreadable)"
     wanted = resolve_config(run.cfg).to_dict()  # `out` may differ: a study folder can be moved
@@ -298,7 +298,7 @@ def _test_accuracy(run_dir: Path, device: str, progress: bool) -> float:
     metrics_path = run_dir / "metrics.json"
     if metrics_path.is_file() and not metrics_out_of_date(run_dir):
         try:
-            return float(json.loads(metrics_path.read_text())["accuracy"])
+            return float(json.loads(metrics_path.read_text(encoding="utf-8"))["accuracy"])
         except (ValueError, KeyError):
             pass  # damaged: evaluate again
     return float(evaluate_run(run_dir, split="test", checkpoint="best", device=device,

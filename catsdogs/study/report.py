@@ -75,13 +75,13 @@ def score_name(column: str) -> str:
 
 def read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CatsdogsError(f"cannot read {path}: {exc}") from None
 
 
 def read_run(run_dir: Path) -> RunRecord:
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
     status = read_json(run_dir / "status.json") if (run_dir / "status.json").is_file() else {}
     metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else None
     return RunRecord(run_dir, config, read_history(run_dir), status, metrics)
@@ -102,7 +102,7 @@ def _device_note(run_dir: Path) -> str | None:
     """The device and precision the run recorded in status.json (e.g. 'cpu, bf16 autocast ...')."""
     status = run_dir / "status.json"
     try:
-        return json.loads(status.read_text()).get("hardware") if status.is_file() else None
+        return json.loads(status.read_text(encoding="utf-8")).get("hardware") if status.is_file() else None
     except (OSError, ValueError):
         return None
 
