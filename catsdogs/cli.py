@@ -456,20 +456,24 @@ def _photos_or_report(paths: tuple[Path, ...]) -> list[Path]:
               help="Verify on the photos of this folder (class subfolders give accuracies too). "
                    "[default: the run's test photos]")
 @click.option("--verify-n", default=256, show_default=True, type=click.IntRange(min=1),
-              help="Photos to verify on at most, taken evenly across the folder.")
+              help="Photos to verify on at most, taken evenly across the folder (int8: at least 1000, or all).")
+@click.option("--force", is_flag=True, help="Replace an existing file at --out (never a verification.json that "
+                                          "catsdogs did not write).")
 def export(run_dir: Path | None, fmt: str, checkpoint: str, out: Path | None, quantize: str | None,
-           verify_on: Path | None, verify_n: int) -> None:
+           verify_on: Path | None, verify_n: int, force: bool) -> None:
     """Export a run's model to ONNX or TorchScript for apps, then verify it against PyTorch on photos.
 
     The file takes uint8 RGB photos [N, H, W, 3] at the run's image size and returns class
     probabilities and logits; class names, image size and the resize rule are in its metadata.
     Verification is always run: an fp32 file must give every photo PyTorch's class and
-    probabilities within 1e-4, an int8 one PyTorch's accuracy within 1 point; otherwise
-    nothing is written and the command fails. The figures go to verification.json beside the file.
+    probabilities within 1e-4, an int8 one PyTorch's class on at least 99% of 1000 photos (or
+    all there are); otherwise nothing is written and the command fails. The figures go to
+    verification.json beside the file. An existing file is replaced only with --force.
     """
     from catsdogs.inference.export import export_run
 
-    export_run(_run_or_latest(run_dir), fmt, checkpoint, out, quantize, verify_on, verify_n, log=echo_safely)
+    export_run(_run_or_latest(run_dir), fmt, checkpoint, out, quantize, verify_on, verify_n, force=force,
+               log=echo_safely)
 
 
 @main.command()
@@ -574,6 +578,8 @@ def report_command(run_dir: Path | None) -> None:
         by_command.setdefault(command, []).append(part)
     for command, parts in by_command.items():
         click.echo(f"not in the report yet: {', '.join(parts)}" + (f" (run `{command}`)" if command else ""), err=True)
+    if result.stale:
+        click.echo(f"warning: {result.stale}")
     click.echo(f"wrote {result.path}")
 
 

@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import tempfile
 import warnings
@@ -34,9 +35,11 @@ QUANTIZED_NAME = "model.int8.onnx"
 VERIFY_N = 256
 CALIBRATION_N = 256  # training photos that set the int8 ranges
 PROB_TOLERANCE = 1e-4  # fp32: the largest probability difference allowed from PyTorch fp32
-INT8_MAX_ACCURACY_DROP = 0.01  # int8: the accuracy (or, without labels, agreement) it may lose
+INT8_MIN_AGREEMENT = 0.99  # int8: the share of photos that must keep PyTorch's class
+INT8_MIN_PHOTOS = 1000  # int8: photos to measure on at least (or all there are), so the change means something
 BATCH = 64
 VERIFICATION_FILE = "verification.json"
+WRITTEN_BY = "catsdogs export"  # verification.json's mark: a file without it is someone else's, never written into
 
 
 class ExportModule(nn.Module):
@@ -75,28 +78,53 @@ class Verification:
     passed: bool
     unreadable: int = 0
     size_ratio: float | None = None  # int8: its size over the fp32 file's
+    int8: bool = False
+    agreement: float = 1.0  # the share of photos given PyTorch's class
+    accuracy_change: float | None = None  # the file's accuracy minus PyTorch's, on the same labelled photos
+    accuracy_change_se: float | None = None  # its paired standard error
+    available: int = 0  # photos the source held, of which `photos` were compared
 
     def lines(self) -> list[str]:
         accuracy = "no labels (photos not in class folders)"
         if self.pytorch_accuracy is not None and self.export_accuracy is not None:
-            change = 100 * (self.export_accuracy - self.pytorch_accuracy)
-            accuracy = (f"PyTorch {self.pytorch_accuracy:.4f}, {self.format} {self.export_accuracy:.4f} "
-                        f"({change:+.2f} points)")
+            accuracy = f"PyTorch {self.pytorch_accuracy:.4f}, {self.format} {self.export_accuracy:.4f}"
+            if self.int8:
+                used = (f"all {self.available}" if self.photos + self.unreadable >= self.available
+                        else f"{self.photos} of the {self.available}")
+                accuracy += f": {self._change()} on {used} labelled photos"
+            else:
+                accuracy += f" ({100 * (self.export_accuracy - self.pytorch_accuracy):+.2f} points)"
+        agreement = f" (agreement {100 * self.agreement:.2f}%)" if self.int8 else ""
         lines = [f"verified {self.file} against PyTorch fp32 on {self.photos} photos of {self.source}"
                  + (f" ({self.unreadable} unreadable left out)" if self.unreadable else ""),
                  f"  largest probability difference: {self.max_prob_diff:.2e}",
-                 f"  photos whose class differs: {self.class_differs}",
+                 f"  photos whose class differs: {self.class_differs}{agreement}",
                  f"  accuracy: {accuracy}"]
         if self.size_ratio is not None:
             lines.append(f"  size: {self.size_ratio:.2f}x the fp32 file's")
         lines.append(f"  {'passed' if self.passed else 'FAILED'}: {self.criterion}")
         return lines
 
+    def _change(self) -> str:
+        if self.accuracy_change is None:
+            return "no change measured"
+        if self.accuracy_change_se is None:
+            return f"change {100 * self.accuracy_change:+.2f} points (one photo: no standard error)"
+        return (f"change {100 * self.accuracy_change:+.2f} ± {100 * self.accuracy_change_se:.2f} points "
+                "(paired standard error)")
+
     def summary(self) -> str:
         """The figures in one line, for a failure message."""
+        if not self.int8:
+            return (f"{self.photos} photos compared, largest probability difference {self.max_prob_diff:.2e}, "
+                    f"{self.class_differs} with another class, accuracy PyTorch {_fmt(self.pytorch_accuracy)} "
+                    f"vs {self.format} {_fmt(self.export_accuracy)}")
+        accuracy = ""
+        if self.pytorch_accuracy is not None and self.export_accuracy is not None:
+            accuracy = (f", accuracy PyTorch {self.pytorch_accuracy:.4f} vs {self.format} "
+                        f"{self.export_accuracy:.4f}, {self._change().removesuffix(' (paired standard error)')}")
         return (f"{self.photos} photos compared, largest probability difference {self.max_prob_diff:.2e}, "
-                f"{self.class_differs} with another class, accuracy PyTorch {_fmt(self.pytorch_accuracy)} "
-                f"vs {self.format} {_fmt(self.export_accuracy)}")
+                f"{self.class_differs} with another class (agreement {100 * self.agreement:.2f}%){accuracy}")
 
 
 def _fmt(value: float | None) -> str:
@@ -118,6 +146,7 @@ class Photos:
     labels: np.ndarray | None
     source: str
     unreadable: int
+    available: int  # photos the source held, of which these were taken
 
 
 def file_sha256(path: Path) -> str:
@@ -139,12 +168,14 @@ def export_metadata(trained: TrainedModel) -> dict[str, Any]:
 
 def export_run(run_dir: str | Path, fmt: str = "onnx", checkpoint: str = "best", out: str | Path | None = None,
                quantize: str | None = None, verify_on: str | Path | None = None, verify_n: int = VERIFY_N,
-               log: Log = print) -> ExportResult:
+               force: bool = False, log: Log = print) -> ExportResult:
     """Export a run's checkpoint, verify the file against PyTorch and keep it only if it passes.
 
     The file is written under a temporary name beside `out` and renamed into place once verified,
-    so a failed export never leaves a file (nor replaces an earlier good one). The figures go to
-    `verification.json` beside it, failed or not.
+    so a failed export never leaves a file (nor replaces an earlier good one). An existing `out` is
+    refused unless `force`. The figures go to `verification.json` beside it, failed or not; a file
+    of that name that catsdogs did not write is refused, `force` or not. int8 is verified on at
+    least INT8_MIN_PHOTOS photos (or all there are), whatever `verify_n`.
     """
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
@@ -162,7 +193,8 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", checkpoint: str = "best",
         raise UsageError(f"--out {out} is a folder: give a file name, e.g. {out / FORMATS[fmt]}")
     if (out.suffix.lower() == ".onnx") != (fmt == "onnx"):  # loaders, predict --model included, go by the suffix
         raise UsageError(f"--out {out}: an ONNX file's name ends in .onnx, and only an ONNX file's does")
-    photos = verification_photos(trained, verify_on, verify_n)
+    _check_destination(out, force)
+    photos = verification_photos(trained, verify_on, max(verify_n, INT8_MIN_PHOTOS) if quantize else verify_n)
     out.parent.mkdir(parents=True, exist_ok=True)
     metadata = export_metadata(trained)
     log(f"exporting {trained.cfg.model} ({trained.checkpoint}) to {fmt}"
@@ -231,16 +263,44 @@ def _keep(file: Path, out: Path, check: Verification, log: Log) -> ExportResult:
     return ExportResult(out, check)
 
 
+def _check_destination(out: Path, force: bool) -> None:
+    """Refuse, before any work, to replace a file without `force` or to write into someone else's figures file."""
+    if out.name == VERIFICATION_FILE:
+        raise UsageError(f"--out cannot be named {VERIFICATION_FILE}: export records its figures there")
+    if (out.exists() or out.is_symlink()) and not force:
+        raise CatsdogsError(f"{out} already exists: pass --force to replace it, or choose another --out")
+    read_verifications(out.parent)
+
+
+def read_verifications(folder: Path) -> dict[str, Any]:
+    """The figures that earlier exports recorded in `folder`'s verification.json, by file name ({} without one).
+
+    Ours carries `written_by`; a file of older catsdogs (the figures by file name, nothing else) is
+    ours too. Anything else there (another program's JSON, not JSON, not an object) is refused.
+    """
+    path = folder / VERIFICATION_FILE
+    if not (path.exists() or path.is_symlink()):
+        return {}
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        record = None
+    if isinstance(record, dict) and record.get("written_by") == WRITTEN_BY and isinstance(record.get("files"), dict):
+        return record["files"]
+    if isinstance(record, dict) and record and all(  # as catsdogs wrote it before the mark
+            isinstance(entry, dict) and entry.get("file") == name and {"format", "criterion", "passed"} <= set(entry)
+            for name, entry in record.items()):
+        return record
+    raise CatsdogsError(f"{path} was not written by catsdogs export, which records its figures there: move it "
+                        "away, or export into another folder")
+
+
 def _record(out: Path, check: Verification) -> None:
     """verification.json beside the file: one entry per exported file name, the latest figures of each."""
-    record_path = out.parent / VERIFICATION_FILE
-    try:
-        record = json.loads(record_path.read_text())
-        record = record if isinstance(record, dict) else {}
-    except (OSError, ValueError):
-        record = {}
-    record[check.file] = dataclasses.asdict(check)
-    write_text_atomic(record_path, json.dumps(record, indent=2) + "\n")
+    files = read_verifications(out.parent)
+    files[check.file] = dataclasses.asdict(check)
+    record = {"written_by": WRITTEN_BY, "catsdogs_version": __version__, "files": files}
+    write_text_atomic(out.parent / VERIFICATION_FILE, json.dumps(record, indent=2) + "\n")
 
 
 def write_onnx(model: nn.Module, path: Path, metadata: dict[str, Any]) -> None:
@@ -305,25 +365,41 @@ def run_batches(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, bat
 
 def verify(exported: ExportedModel, reference: np.ndarray, photos: Photos, name: str,
            int8: bool = False) -> Verification:
-    """Compare the exported file's probabilities with PyTorch's on the same decoded photos."""
+    """Compare the exported file's probabilities with PyTorch's on the same decoded photos.
+
+    fp32 must match exactly (every class, probabilities within PROB_TOLERANCE). int8 must give
+    PyTorch's class on INT8_MIN_AGREEMENT of the photos, which also bounds its accuracy change.
+    """
     probs = run_batches(lambda batch: exported.probabilities(torch.from_numpy(batch)).numpy(), photos.images)
     gap = float(np.abs(probs - reference).max())
-    differs = int((probs.argmax(1) != reference.argmax(1)).sum())
+    same = probs.argmax(1) == reference.argmax(1)
+    differs, agreement = int((~same).sum()), float(same.mean())
     accuracies: list[float | None] = [None, None]
+    change: tuple[float | None, float | None] = (None, None)
     if photos.labels is not None:
-        accuracies = [float((p.argmax(1) == photos.labels).mean()) for p in (reference, probs)]
-    if not int8:
+        right = [p.argmax(1) == photos.labels for p in (reference, probs)]
+        accuracies = [float(r.mean()) for r in right]
+        change = paired_accuracy_change(*right)
+    if int8:
+        passed = agreement >= INT8_MIN_AGREEMENT - 1e-12
+        criterion = f"PyTorch's class on at least {100 * INT8_MIN_AGREEMENT:g}% of the photos"
+    else:
         passed = differs == 0 and gap <= PROB_TOLERANCE
         criterion = f"every class equal and probabilities within {PROB_TOLERANCE:g}"
-    elif photos.labels is not None:
-        passed = accuracies[0] - accuracies[1] <= INT8_MAX_ACCURACY_DROP + 1e-12
-        criterion = f"accuracy at most {100 * INT8_MAX_ACCURACY_DROP:g} point(s) below PyTorch's"
-    else:
-        passed = differs <= INT8_MAX_ACCURACY_DROP * len(probs)
-        criterion = f"at most {100 * INT8_MAX_ACCURACY_DROP:g}% of photos with another class"
     fmt = "ONNX int8" if int8 else {"onnx": "ONNX", "torchscript": "TorchScript"}[exported.format]
     return Verification(name, fmt, len(probs), photos.source, gap, differs, accuracies[0], accuracies[1], criterion,
-                        passed, photos.unreadable)
+                        passed, photos.unreadable, int8=int8, agreement=agreement, accuracy_change=change[0],
+                        accuracy_change_se=change[1], available=photos.available)
+
+
+def paired_accuracy_change(before: np.ndarray, after: np.ndarray) -> tuple[float, float | None]:
+    """The accuracy change from `before` to `after` (per-photo correctness on the same photos) and its paired
+    standard error: the sample standard deviation of the per-photo differences over sqrt(photos); None for
+    one photo."""
+    differences = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)
+    if len(differences) < 2:
+        return float(differences.mean()), None
+    return float(differences.mean()), float(differences.std(ddof=1) / math.sqrt(len(differences)))
 
 
 def spread(items: Sequence[Any], n: int) -> list[Any]:
@@ -370,4 +446,5 @@ def _decode(paths: Sequence[Path], labels: np.ndarray | None, size: int, limit: 
         kept.append(index)
     if not images:
         raise CatsdogsError(f"none of the {len(chosen)} photos of {source} could be read")
-    return Photos(np.stack(images), None if labels is None else np.asarray(labels)[kept], source, unreadable)
+    return Photos(np.stack(images), None if labels is None else np.asarray(labels)[kept], source, unreadable,
+                  len(paths))
