@@ -19,6 +19,7 @@ from catsdogs.training.checkpoint import load_checkpoint, save_checkpoint
 from catsdogs.training.config import TrainConfig, config_from_dict
 from catsdogs.training.distributed import SOLO, Team, gather
 from catsdogs.training.loop import EpochLoop, Log, Progress
+from catsdogs.training.schedules import depends_on_length
 
 # Settings a resumed run may change; everything else must match the checkpoint.
 # `data` may move: the resume then checks that the folder holds the same split (data_fingerprint).
@@ -71,7 +72,59 @@ def resumed_config(state: Mapping[str, Any], flags: Mapping[str, Any], run_dir: 
     if "epochs" in changes and changes["epochs"] < state["progress"]["epoch"]:
         raise UsageError(f"--epochs {changes['epochs']} is fewer than the {state['progress']['epoch']} "
                          "epochs already done")
+    _check_same_length(saved, changes, state["progress"], run_dir)
     return dataclasses.replace(saved, **changes)
+
+
+def budget_spent(history: list[Mapping[str, Any]], *budgets: float | None) -> bool:
+    """Whether the training time of the epochs in `history` reached any of `budgets` (minutes; 0 or None: none)."""
+    spent = sum(row["seconds"] for row in history)
+    return any(bool(budget) and spent >= budget * 60 for budget in budgets)
+
+
+def planned_over_length(cfg: TrainConfig) -> list[str]:
+    """What of `cfg` is planned over the run's length (its epochs, or what its time budget allows): the lr
+    schedule unless it is flat, and progressive resizing, which switches to full size at a fraction of it."""
+    planned = [f"its {cfg.scheduler} schedule"] if depends_on_length(cfg.scheduler) else []
+    if cfg.progressive_size and cfg.progressive_fraction > 0:
+        planned.append("progressive resizing")
+    return planned
+
+
+def _check_same_length(saved: TrainConfig, changes: Mapping[str, Any], progress: Mapping[str, Any],
+                       run_dir: Path) -> None:
+    """Refuse a new --epochs or --time-budget for a run whose plan spans its length: the steps still to come
+    would follow another plan than those done (a finished onecycle run, extended, would raise its lr again
+    and go back to small images). A run that ended for good (early stop, spent budget) is left to say so."""
+    changed = [key for key in ("epochs", "time_budget") if key in changes and changes[key] != getattr(saved, key)
+               and (changes[key] or getattr(saved, key))]  # 0 and None are both no budget
+    planned = planned_over_length(saved)
+    ended = progress.get("stopped_early") or budget_spent(progress["history"], saved.time_budget)
+    if not changed or not planned or ended:
+        return
+    key = changed[0]
+    option = f"--{key.replace('_', '-')}"
+    asked = f"{option} {changes[key] or 0:g}"
+    length = f"{saved.epochs} epochs" + (f" and {saved.time_budget:g}-minute time budget" if saved.time_budget else "")
+    moves = " and ".join(["lr"] * depends_on_length(saved.scheduler)
+                         + ["image size"] * ("progressive resizing" in planned))
+    anew = _new_run(run_dir, asked)
+    if progress["epoch"] < saved.epochs:
+        anew = f"resume without {option} to finish it as planned, or {anew}"
+    raise UsageError(f"{asked} conflicts with the run being resumed: {run_dir} plans {' and '.join(planned)} over its "
+                     f"{length}, and a new length would make its {moves} jump part-way; {anew}")
+
+
+def how_to_train_longer(cfg: TrainConfig, run_dir: Path) -> str:
+    """What to do to train a finished run longer: raise --epochs, unless its plan spans its length."""
+    planned = planned_over_length(cfg)
+    return f"{_new_run(run_dir, '--epochs N')} ({' and '.join(planned)} cannot be extended)" if planned else \
+        "raise --epochs"
+
+
+def _new_run(run_dir: Path, asked: str) -> str:
+    settings = shlex.quote(str(run_dir / "config.yaml"))
+    return f"start a new run with its settings: catsdogs train --config {settings} {asked}"
 
 
 def resume_command(run_dir: Path, team: Team) -> str:

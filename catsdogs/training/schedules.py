@@ -46,6 +46,13 @@ def onecycle(progress: float) -> float:
     return 1e-4 + (1.0 - 1e-4) * cosine((progress - rise) / (1.0 - rise))
 
 
+def depends_on_length(name: str) -> bool:
+    """Whether schedule `name` moves over training (at any whole percent of it), so that its steps are
+    planned over the run's length; only a flat schedule's are not."""
+    schedule = SCHEDULERS.get(name)
+    return any(schedule(percent / 100) != schedule(0.0) for percent in range(101))
+
+
 def lr_factor(name: str, step_index: int, total_steps: int, warmup_steps: int = 0) -> float:
     """The factor for optimizer step `step_index` (0-based) of `total_steps`, with linear warmup."""
     schedule = SCHEDULERS.get(name)

@@ -33,9 +33,9 @@ from catsdogs.training.lookahead import Lookahead
 from catsdogs.training.loop import EpochLoop, Log, Progress, stop_on_signals
 from catsdogs.training.models import MODELS, build_model, head_name, load_pretrained
 from catsdogs.training.optim import build_optimizer, get_optimizer_spec, load_optimizer_plugins, parameter_groups
-from catsdogs.training.resume import (RANK_SEED_STRIDE, LastSaver, check_same_split, data_fingerprint, model_state,
-                                      point_best_at, restore_process_randomness, restore_progress, resume_command,
-                                      resumed_config)
+from catsdogs.training.resume import (RANK_SEED_STRIDE, LastSaver, budget_spent, check_same_split, data_fingerprint,
+                                      how_to_train_longer, model_state, point_best_at, restore_process_randomness,
+                                      restore_progress, resume_command, resumed_config)
 from catsdogs.training.runs import RUNS_ROOT, new_run_dir
 from catsdogs.training.schedules import SCHEDULERS
 from catsdogs.training.selection import best_epoch, better_epoch, selected_by
@@ -353,10 +353,9 @@ def _restore(run: _Run, state: dict[str, Any]) -> bool:
         progress.sums = (0.0, 0, 0, progress.sums[3])
     run.init_hash = state.get("init_hash", run.init_hash)
     # A budget once spent has ended its schedule: a changed --time-budget would restart it (the lr
-    # jumping back up), which no straight run does. A budget not yet spent may be raised or removed.
-    spent = sum(row["seconds"] for row in progress.history)
-    budget_before = state["config"].get("time_budget")
-    progress.budget_spent = any(bool(b) and spent >= b * 60 for b in (budget_before, cfg.time_budget))
+    # jumping back up), which no straight run does. A budget not yet spent may be raised or removed where
+    # nothing in the run's plan spans its length (resumed_config refuses it otherwise).
+    progress.budget_spent = budget_spent(progress.history, state["config"].get("time_budget"), cfg.time_budget)
     if progress.epoch >= cfg.epochs or progress.stopped_early or progress.budget_spent:
         if progress.stopped_early:
             why = ("stopped early: nothing to do (to train longer, start a new run with a larger --patience, "
@@ -365,7 +364,8 @@ def _restore(run: _Run, state: dict[str, Any]) -> bool:
             why = ("used its time budget, and its schedule, fitted to that time, has ended: nothing to do (to "
                    "train longer, start a new run with a larger --time-budget)")
         else:
-            why = f"finished {progress.epoch} epochs: nothing to do (raise --epochs to train longer)"
+            longer = how_to_train_longer(cfg, run_dir)
+            why = f"finished {progress.epoch} epochs: nothing to do (to train longer, {longer})"
         log(f"{run_dir} already {why}")
         if not (run_dir / "status.json").is_file():  # killed between its last save and the status
             done = ("early-stopped" if progress.stopped_early else

@@ -76,3 +76,10 @@ def test_every_schedule_stays_between_zero_and_one() -> None:
     for name in list_schedulers():
         schedule = SCHEDULERS.get(name)
         assert all(0.0 <= schedule(p) <= 1.0 for p in GRID), name
+
+
+def test_only_a_flat_schedule_does_not_depend_on_the_runs_length() -> None:
+    from catsdogs.training.schedules import depends_on_length
+
+    assert {name: depends_on_length(name) for name in list_schedulers()} == {
+        "constant": False, "cosine": True, "onecycle": True, "step": True}

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from catsdogs.data import transforms as transforms_module
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.training import loop as loop_module
 from catsdogs.training import train as train_module
@@ -105,19 +108,36 @@ def test_a_new_run_never_overwrites_an_old_one(data: Path, tmp_path: Path, monke
     assert runs == [Path("runs/adam"), Path("runs/adam-2")]
 
 
-def _interrupt_after(monkeypatch, steps: int) -> None:
-    """Deliver a real SIGINT to this process after `steps` training steps."""
-    original = loop_module.EpochLoop._step
-    calls = {"n": 0}
+def _on_training_batch(monkeypatch, act) -> list[tuple[list[str], str]]:
+    """Record each training step's batch as the model gets it, calling `act(number)` (1-based) first.
 
-    def step(self, images, labels):
-        result = original(self, images, labels)
-        calls["n"] += 1
-        if calls["n"] == steps:
+    Per step: the photos (hashes of their decoded pixels) and a hash of the augmented batch. The hook is
+    the training preset (catsdogs.data.transforms.Preset), which every training step calls once.
+    """
+    steps: list[tuple[list[str], str]] = []
+    original = transforms_module.Preset.__call__
+
+    def call(self, batch, *args, **kwargs):
+        if self.train:
+            act(len(steps) + 1)
+        out = original(self, batch, *args, **kwargs)
+        if self.train:
+            steps.append(([hashlib.sha1(image.numpy().tobytes()).hexdigest() for image in batch],
+                          hashlib.sha1(out.numpy().tobytes()).hexdigest()))
+        return out
+
+    monkeypatch.setattr(transforms_module.Preset, "__call__", call)
+    return steps
+
+
+def _interrupt_after(monkeypatch, steps: int) -> list[tuple[list[str], str]]:
+    """Deliver a real SIGINT to this process during training step `steps`: as a Ctrl-C, it stops the run
+    once that step is done. Returns the record of the steps (see _on_training_batch)."""
+    def ctrl_c(number: int) -> None:
+        if number == steps:
             os.kill(os.getpid(), signal.SIGINT)
-        return result
 
-    monkeypatch.setattr(loop_module.EpochLoop, "_step", step)
+    return _on_training_batch(monkeypatch, ctrl_c)
 
 
 @pytest.mark.parametrize(("precision", "scheduler", "augment"),
@@ -144,6 +164,30 @@ def test_interrupted_mid_epoch_then_resumed_equals_straight_run(data: Path, tmp_
     assert history_without_time(straight) == history_without_time(broken.run_dir)
     assert_same_weights(straight / "last.pt", broken.run_dir / "last.pt")
     assert_same_weights(straight / "best.pt", broken.run_dir / "best.pt")
+
+
+def test_an_interrupt_mid_epoch_resumes_at_the_next_step_with_the_epochs_remaining_batches(
+        data: Path, tmp_path: Path, monkeypatch) -> None:
+    steps_per_epoch = 5  # 40 training images, batch 8
+    with monkeypatch.context() as patch:
+        straight = _on_training_batch(patch, lambda _: None)
+        train(make_config(data, tmp_path / "straight"), progress=False, log=quiet)
+    assert len(straight) == 2 * steps_per_epoch
+    with monkeypatch.context() as patch:
+        before = _interrupt_after(patch, steps_per_epoch + 3)  # during step 3 of epoch 2
+        broken = train(make_config(data, tmp_path / "broken"), progress=False, log=quiet)
+    assert broken.status == "interrupted" and before == straight[:steps_per_epoch + 3]  # it finished that step
+    saved = load_checkpoint(broken.run_dir / "last.pt")["progress"]
+    assert (saved["epoch"], saved["step"], saved["global_step"]) == (1, 3, steps_per_epoch + 3)
+    with monkeypatch.context() as patch:
+        after = _on_training_batch(patch, lambda _: None)
+        said: list[str] = []
+        train(None, resume=broken.run_dir, progress=False, log=said.append)
+    assert said[0] == f"resuming {broken.run_dir} in epoch 2 after step 3"
+    # Step 4 of epoch 2 next, then 5: the same photos in the same order, augmented alike, as the straight run's.
+    assert after == straight[steps_per_epoch + 3:]
+    epoch_two = [photo for photos, _ in before[steps_per_epoch:] + after for photo in photos]
+    assert sorted(epoch_two) == sorted(photo for photos, _ in straight[:steps_per_epoch] for photo in photos)
 
 
 def test_extending_a_finished_run_equals_the_longer_run(data: Path, tmp_path: Path) -> None:
@@ -373,16 +417,7 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(data: Path, tmp_pa
 
 def _before_step(monkeypatch, number: int, act) -> None:
     """Call `act()` just before training step `number` (1-based) of this process."""
-    original = loop_module.EpochLoop._step
-    calls = {"n": 0}
-
-    def step(self, images, labels):
-        calls["n"] += 1
-        if calls["n"] == number:
-            act()
-        return original(self, images, labels)
-
-    monkeypatch.setattr(loop_module.EpochLoop, "_step", step)
+    _on_training_batch(monkeypatch, lambda step: act() if step == number else None)
 
 
 @pytest.mark.parametrize("at_step", [2, 5 + 2])
@@ -433,61 +468,95 @@ def test_running_out_of_memory_is_one_line_and_leaves_no_empty_run(data: Path, t
         assert load_checkpoint(out / "last.pt")["progress"]["epoch"] == 1
 
 
+CLI_STEPS_PER_EPOCH = 20  # _train_command's batches: 40 training images, batch 2
+
+
 def _train_command(data: Path, out: Path, epochs: int) -> list[str]:
     return [sys.executable, "-m", "catsdogs", "train", "--data", str(data), "--optim", "adam", "--image-size",
             str(SIZE), "--batch-size", "2", "--epochs", str(epochs), "--device", "cpu", "--out", str(out)]
+
+
+def _wait_for(done, process: subprocess.Popen, what: str, timeout: float = 120.0) -> None:
+    """Poll `done()` until it holds; fail (and stop `process`) when the process ends first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        ended = process.poll() is not None
+        if ended or time.monotonic() > deadline:
+            if not ended:
+                process.kill()
+            _, stderr = process.communicate()
+            why = f"the process ended (exit {process.returncode})" if ended else f"{timeout:g} s passed"
+            pytest.fail(f"{why} before {what}; its stderr ends: {str(stderr or '')[-2000:]}")
+        time.sleep(0.05)
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """Which file `path` is (an atomic write makes a new one), or None while there is none."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    return info.st_ino, info.st_mtime_ns
+
+
+def _assert_saved_inside_an_epoch(out: Path) -> dict:
+    """last.pt of an interrupted run holds its position inside an epoch, and the run's files agree with it."""
+    saved = load_checkpoint(out / "last.pt")["progress"]
+    # A Ctrl-C is acted on after a step that leaves the epoch unfinished, so the position is never 0.
+    assert 1 <= saved["step"] < CLI_STEPS_PER_EPOCH, saved["step"]
+    assert saved["global_step"] == saved["epoch"] * CLI_STEPS_PER_EPOCH + saved["step"]
+    with (out / "history.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == saved["epoch"] >= 1  # stopped after history.csv existed
+    status = json.loads((out / "status.json").read_text())
+    assert (status["status"], status["epochs_done"]) == ("interrupted", saved["epoch"])
+    return saved
 
 
 def test_ctrl_c_in_a_real_process_saves_and_prints_the_resume_command(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     process = subprocess.Popen(_train_command(data, out, 50), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
-    deadline = time.time() + 120
-    while not (out / "history.csv").exists() and time.time() < deadline:
-        time.sleep(0.1)
+    _wait_for(lambda: (out / "history.csv").exists(), process, "epoch 1 ended")
     time.sleep(0.3)  # into the next epoch
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
-    assert f"resume with: catsdogs train --resume {out}" in stdout
     assert "Traceback" not in stderr
-    state = load_checkpoint(out / "last.pt")
-    assert state["progress"]["step"] > 0 or state["progress"]["epoch"] >= 1
-    assert json.loads((out / "status.json").read_text())["status"] == "interrupted"
+    said = re.search(r"interrupted in epoch (\d+) after step (\d+); resume with: catsdogs train --resume (\S+)", stdout)
+    assert said and said[3] == str(out), stdout
+    saved = _assert_saved_inside_an_epoch(out)
+    assert (saved["epoch"] + 1, saved["step"]) == (int(said[1]), int(said[2]))  # what it said is what it saved
 
 
 def test_ctrl_c_saves_even_when_the_log_pipe_is_gone(data: Path, tmp_path: Path) -> None:
     """`catsdogs train | tee log`: the same Ctrl-C ends tee, and the log lines then meet a closed pipe."""
     out = tmp_path / "run"
     process = subprocess.Popen(_train_command(data, out, 50), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while not (out / "history.csv").exists() and time.time() < deadline:
-        time.sleep(0.1)
+    _wait_for(lambda: (out / "history.csv").exists(), process, "epoch 1 ended")
     time.sleep(0.3)  # into the next epoch
     process.stdout.close()  # tee is gone
     process.send_signal(signal.SIGINT)
     stderr = process.communicate(timeout=120)[1].decode()
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "Broken pipe" not in stderr, stderr
-    assert json.loads((out / "status.json").read_text())["status"] == "interrupted"
-    state = load_checkpoint(out / "last.pt")
-    assert state["progress"]["step"] > 0 or state["progress"]["epoch"] >= 2  # the position in the epoch is kept
+    _assert_saved_inside_an_epoch(out)  # the position in the epoch is kept
 
 
 def test_sigkill_at_any_moment_leaves_a_loadable_last_checkpoint(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
+    epochs_saved = 0
     for delay in (0.05, 0.2, 0.45):
-        process = subprocess.Popen(_train_command(data, out, 50) if not out.exists() else
-                                   [sys.executable, "-m", "catsdogs", "train", "--resume", str(out)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
-        while not (out / "last.pt").exists() and time.time() < deadline:
-            time.sleep(0.02)
-        time.sleep(delay)
+        command = (_train_command(data, out, 50) if not out.exists() else
+                   [sys.executable, "-m", "catsdogs", "train", "--resume", str(out)])
+        before = _stamp(out / "last.pt")
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _wait_for(lambda: _stamp(out / "last.pt") not in (None, before), process, "it saved an epoch")
+        time.sleep(delay)  # killed before, during or after the next save
         process.send_signal(signal.SIGKILL)
-        process.wait()
-        state = load_checkpoint(out / "last.pt")
-        assert state["progress"]["epoch"] >= 1
+        process.communicate()
+        saved = load_checkpoint(out / "last.pt")["progress"]  # whole: never a torn file
+        assert saved["epoch"] > epochs_saved  # this process saved an epoch more than the last one left
+        epochs_saved = saved["epoch"]
 
 
 def test_a_run_records_its_data_folder_absolute_and_resumes_from_anywhere(data: Path, tmp_path: Path,

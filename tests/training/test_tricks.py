@@ -105,6 +105,96 @@ def test_resume_inside_the_small_phase_equals_a_straight_run(data: Path, tmp_pat
     assert second["progress"]["low_res_steps"] == first["progress"]["low_res_steps"] == 12
 
 
+def test_raising_epochs_of_a_finished_onecycle_run_with_progressive_resizing_is_refused(data: Path, tmp_path: Path,
+                                                                                        monkeypatch) -> None:
+    """Issue 24: the lr schedule and the switch to full-size images are planned over the run's length. A
+    longer plan would send the finished run back to small images with the lr up again: it is refused."""
+    calls = record_views(monkeypatch)
+    tricks = dict(progressive_size=32, progressive_fraction=0.75, epochs=2)
+    run = train(make_config(data, tmp_path / "run", **tricks), progress=False, log=quiet).run_dir
+    assert [size for *_, size in calls] == [32] * 8 + [SIZE] * 2  # the first 7.5 of its 10 steps small
+    before = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
+    calls.clear()
+    refusal = (f"--epochs 4 conflicts with the run being resumed: {run} plans its onecycle schedule and progressive "
+               "resizing over its 2 epochs, and a new length would make its lr and image size jump part-way; start "
+               f"a new run with its settings: catsdogs train --config {run / 'config.yaml'} --epochs 4")
+    with pytest.raises(UsageError) as refused:
+        train(None, resume=run, flags={"epochs": 4}, progress=False, log=quiet)
+    assert str(refused.value) == refusal
+    assert calls == []  # not one step more
+    for args in (["--epochs", "4"], ["--epochs", "4", "--print-config"]):
+        result = CliRunner().invoke(main, ["train", "--resume", str(run), *args])
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert result.output.strip().splitlines()[-1] == f"Error: {refusal}"
+    assert {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()} == before
+    said: list[str] = []
+    again = train(None, resume=run, flags={"epochs": 2}, progress=False, log=said.append)  # the length it has: fine
+    assert again.status == "nothing-to-do" and calls == []
+    assert said[-1] == (f"{run} already finished 2 epochs: nothing to do (to train longer, start a new run with its "
+                        f"settings: catsdogs train --config {run / 'config.yaml'} --epochs N (its onecycle schedule "
+                        "and progressive resizing cannot be extended))")
+
+
+def _resume_state(cfg: TrainConfig, epochs_done: int, step: int = 0, stopped_early: bool = False,
+                  seconds: float = 1.0) -> dict:
+    """last.pt's config and progress, as a run of `cfg` leaves them after `epochs_done` epochs and `step`."""
+    history = [{"epoch": e + 1, "seconds": seconds} for e in range(epochs_done)]
+    return {"config": cfg.to_dict(), "progress": {"epoch": epochs_done, "step": step, "history": history,
+                                                  "stopped_early": stopped_early}}
+
+
+@pytest.mark.parametrize(("settings", "done", "flags", "refused"), [
+    (dict(scheduler="cosine"), 2, {"epochs": 4}, "its cosine schedule over its 2 epochs, and a new length would make "
+     "its lr jump part-way; start a new run with its settings: catsdogs train --config RUN/config.yaml --epochs 4"),
+    (dict(scheduler="step"), 2, {"epochs": 3}, "its step schedule over its 2 epochs"),
+    (dict(scheduler="constant", progressive_size=32), 2, {"epochs": 4},
+     "progressive resizing over its 2 epochs, and a new length would make its image size jump part-way"),
+    # Unfinished: resuming as planned is the other way out.
+    (dict(scheduler="onecycle"), 1, {"epochs": 3}, "its onecycle schedule over its 2 epochs, and a new length would "
+     "make its lr jump part-way; resume without --epochs to finish it as planned, or start a new run with its "
+     "settings: catsdogs train --config RUN/config.yaml --epochs 3"),
+    (dict(scheduler="onecycle"), 1, {"epochs": 1}, "; resume without --epochs to finish it as planned"),  # shorter too
+    # A budget is a length too: the schedule is fitted to it as the run goes.
+    (dict(scheduler="onecycle", time_budget=2.0), 1, {"time_budget": 5.0},
+     "--time-budget 5 conflicts with the run being resumed: RUN plans its onecycle schedule over its 2 epochs and "
+     "2-minute time budget, and a new length would make its lr jump part-way; resume without --time-budget"),
+    (dict(scheduler="onecycle", time_budget=2.0), 1, {"time_budget": 0.0}, "--time-budget 0 conflicts"),
+    (dict(scheduler="cosine"), 1, {"time_budget": 3.0}, "--time-budget 3 conflicts"),
+    # Nothing in the plan depends on the length: the run goes on as the longer run would.
+    (dict(scheduler="constant"), 2, {"epochs": 4}, None),
+    (dict(scheduler="constant", warmup_epochs=1.0), 1, {"epochs": 4, "time_budget": 3.0}, None),
+    (dict(scheduler="constant", progressive_size=32, progressive_fraction=0.0), 2, {"epochs": 4}, None),
+    (dict(scheduler="onecycle", progressive_size=32), 1, {"epochs": 2, "time_budget": 0.0}, None),  # the same length
+], ids=["cosine", "step", "resizing", "unfinished", "shorter", "raised-budget", "budget-removed", "budget-added",
+        "constant", "constant-warmup", "fraction-0", "same-length"])
+def test_a_resume_keeps_the_length_its_plan_spans(data: Path, tmp_path: Path, settings: dict, done: int, flags: dict,
+                                                  refused: str | None) -> None:
+    from catsdogs.training.resume import resumed_config
+
+    run = tmp_path / "run"
+    state = _resume_state(make_config(data, run, epochs=2, **settings), done)
+    if refused is None:
+        resumed = resumed_config(state, flags, run)
+        assert {key: getattr(resumed, key) for key in flags} == flags
+        return
+    with pytest.raises(UsageError) as error:
+        resumed_config(state, flags, run)
+    assert refused.replace("RUN", str(run)) in str(error.value)
+
+
+@pytest.mark.parametrize("ended", ["early-stopped", "budget-spent"])
+def test_a_run_that_ended_for_good_is_left_to_say_so(data: Path, tmp_path: Path, ended: str) -> None:
+    """An early stop or a spent budget has nothing to do whatever the length: train() says so, and
+    why (see test_recipes' time budget test), rather than this refusal."""
+    from catsdogs.training.resume import resumed_config
+
+    cfg = make_config(data, tmp_path / "run", epochs=4, scheduler="onecycle", time_budget=1.0)
+    state = _resume_state(cfg, 2, stopped_early=ended == "early-stopped", seconds=10.0 if ended == "early-stopped"
+                          else 30.0)
+    flags = {"epochs": 8, "time_budget": 2.0}
+    assert {key: getattr(resumed_config(state, flags, tmp_path / "run"), key) for key in flags} == flags
+
+
 def test_time_budget_estimate_counts_small_steps_at_their_cost() -> None:
     # 100 s budget, half the steps at half the side (a quarter of the cost): after 10 small steps in
     # 2.5 s (one full-size step a second), 20 s go to 80 small steps and 80 s to 80 full ones.
