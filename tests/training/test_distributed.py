@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -136,11 +137,35 @@ def torchrun(args: list[str], cwd: Path, program: tuple[str, ...] = ("-m", "cats
                             **kwargs)
 
 
-def assert_finished(process: subprocess.Popen) -> str:
-    """Wait for the run while reading its output (a full pipe would stall it), and check it succeeded."""
+def assert_finished(process: subprocess.Popen, run: Path | None = None) -> str:
+    """Wait for the run while reading its output (a full pipe would stall it), and check it succeeded.
+    With `run`, a failure that is only the abort at exit, after `run` was saved, is an AbortedAfterSaving."""
     out = finish(process)
+    if process.returncode != 0 and run is not None and aborted_after_saving(out, run):
+        raise AbortedAfterSaving(out)
     assert process.returncode == 0, out
     return out
+
+
+ABORT_AT_EXIT = "terminate called without an active exception"
+
+
+class AbortedAfterSaving(AssertionError):
+    """A two-process run saved all its files, then one of its processes aborted as it exited."""
+
+
+def aborted_after_saving(out: str, run: Path) -> bool:
+    """The one known flake, exactly: `run` finished (status.json says so, last.pt is there), torchrun reports
+    every failed process as ended by SIGABRT, and the output holds ABORT_AT_EXIT.
+
+    It is gloo's teardown at interpreter exit (torch 2.14): the process group DistributedDataParallel used
+    outlives destroy_process_group, and finalizing the interpreter under its threads calls std::terminate.
+    The train command skips that teardown with os._exit under torchrun (catsdogs.cli.end_torchrun_process).
+    """
+    status = run / "status.json"
+    codes = re.findall(r"^\s*exitcode\s*:\s*(-?\d+)", out, flags=re.MULTILINE)
+    return (ABORT_AT_EXIT in out and bool(codes) and set(codes) == {"-6"} and (run / "last.pt").is_file()
+            and status.is_file() and json.loads(status.read_text()).get("status") == "finished")
 
 
 def finish(process: subprocess.Popen, timeout: float = 300) -> str:
@@ -152,12 +177,12 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
-def assert_same_run(a: Path, b: Path) -> None:
+def assert_same_run(a: Path, b: Path, context: str = "") -> None:
     first, second = weights(a / "last.pt"), weights(b / "last.pt")
     differing = {k: float((first[k].float() - second[k].float()).abs().max()) for k in first
                  if not torch.equal(first[k], second[k])}
     # On failure, say how: which tensors by how much, and both histories (a rare failure must be diagnosable).
-    assert not differing, f"{differing}\n{history_without_time(a)}\n{history_without_time(b)}"
+    assert not differing, f"{context}{differing}\n{history_without_time(a)}\n{history_without_time(b)}"
     assert history_without_time(a) == history_without_time(b)
 
 
@@ -202,14 +227,79 @@ def test_two_processes_train_one_run(straight: tuple[Path, str]) -> None:
 
 
 def with_second_attempt(attempt: Callable[[str], None], name: str) -> None:
-    """Run `attempt(name)`, and once more under another run name if it fails. For two-process tests
-    that fail rarely and unexplained (a timing, or an abort as a process exits): a second attempt keeps
-    that from blocking CI while a real bug fails both; the first failure is reported as a warning."""
+    """Run `attempt(name)`, and once more under another run name only if a process aborted at exit after its
+    run was saved (AbortedAfterSaving); the first abort is reported as a warning. Any other failure fails at
+    once: a retry on any failure lets a bug that fails 30% of the time pass 91% of runs."""
     try:
         attempt(name)
-    except AssertionError as first:
-        warnings.warn(f"first attempt failed, trying again: {first}")
+    except AbortedAfterSaving as first:
+        warnings.warn(f"a process aborted at exit after its run was saved, trying again: {first}")
         attempt(f"{name}-again")
+
+
+def test_only_an_abort_after_the_run_was_saved_is_tried_again() -> None:
+    names: list[str] = []
+
+    def aborts_once(name: str) -> None:
+        names.append(name)
+        if len(names) == 1:
+            raise AbortedAfterSaving("terminate called without an active exception")
+
+    with pytest.warns(UserWarning, match="aborted at exit after its run was saved"):
+        with_second_attempt(aborts_once, "x")
+    assert names == ["x", "x-again"]
+
+    def wrong(name: str) -> None:
+        names.append(name)
+        raise AssertionError(f"weights differ in {name}")
+
+    names.clear()
+    with pytest.raises(AssertionError, match="weights differ in y$"):
+        with_second_attempt(wrong, "y")
+    assert names == ["y"]  # not retried
+
+    def always_aborts(name: str) -> None:
+        names.append(name)
+        raise AbortedAfterSaving(name)
+
+    names.clear()
+    with pytest.warns(UserWarning), pytest.raises(AbortedAfterSaving, match="z-again"):
+        with_second_attempt(always_aborts, "z")
+    assert names == ["z", "z-again"]  # a second attempt, no third
+
+
+def torchrun_report(*exitcodes: int) -> str:
+    """What torchrun prints when its processes fail with these exit codes (negative: killed by a signal)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    failures = {rank: ProcessFailure(local_rank=rank, pid=100 + rank, exitcode=code, error_file="")
+                for rank, code in enumerate(exitcodes)}
+    return ChildFailedError("catsdogs", failures).format_msg()
+
+
+def test_the_abort_after_saving_is_told_from_every_other_failure(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"saved")
+    (run / "status.json").write_text('{"status": "finished"}')
+    aborted = f"epoch 3/3 ...\n{ABORT_AT_EXIT}\n{torchrun_report(-6)}"
+    assert aborted_after_saving(aborted, run)
+    assert not aborted_after_saving(f"{ABORT_AT_EXIT}\n{torchrun_report(-6, 1)}", run)  # the other one failed too
+    assert not aborted_after_saving(f"{ABORT_AT_EXIT}\n{torchrun_report(-11)}", run)  # a crash, not the abort
+    assert not aborted_after_saving(f"Traceback ...\n{torchrun_report(-6)}", run)  # another abort, not this one
+    assert not aborted_after_saving(ABORT_AT_EXIT, run)  # no process was reported as failed
+    (run / "status.json").write_text('{"status": "interrupted"}')
+    assert not aborted_after_saving(aborted, run)  # the run was not completed
+    (run / "status.json").unlink()
+    assert not aborted_after_saving(aborted, run)
+
+    (run / "status.json").write_text('{"status": "finished"}')
+    torchrun_stand_in = [sys.executable, "-c", f"import sys; print({aborted!r}); sys.exit(1)"]
+    with pytest.raises(AbortedAfterSaving):
+        assert_finished(subprocess.Popen(torchrun_stand_in, stdout=subprocess.PIPE, text=True), run)
+    with pytest.raises(AssertionError) as failed:  # without the run to look at: an ordinary failure
+        assert_finished(subprocess.Popen(torchrun_stand_in, stdout=subprocess.PIPE, text=True))
+    assert failed.type is AssertionError
 
 
 def test_extending_a_two_process_run_equals_the_straight_one(data: Path, straight: tuple[Path, str]) -> None:
@@ -276,10 +366,10 @@ def test_two_processes_step_as_one_under_class_weights_and_uneven_shares(tmp_pat
 
 
 def test_ctrl_c_stops_every_process_at_the_same_step_and_resumes_exactly(data: Path) -> None:
-    # This failed twice in about 30 full-suite runs before the late-signal hardening, and never in
-    # about 25 targeted runs. One possible cause was found since, an abort as a process exits after its
-    # save (see catsdogs.cli.end_torchrun_process); the second attempt stays until full-suite runs show
-    # that it was the only one.
+    # Tried again only on the abort at exit after a complete save (see aborted_after_saving), which
+    # end_torchrun_process now prevents; any other failure fails at once. The retry on any failure hid
+    # another flake: once in 8 loops of this file, the resumed run differed from the straight one (epoch 2,
+    # weights by up to 0.011), every process exiting 0. Its cause is not found yet; it must show, not pass.
     with_second_attempt(lambda name: interrupt_and_resume(data, name), "stopped")
 
 
@@ -302,17 +392,17 @@ def interrupt_and_resume(data: Path, name: str) -> None:
             pass
     out = finish(process)
     assert "interrupted in epoch" in out, out
+    stopped_at = next(line for line in out.splitlines() if "interrupted in epoch" in line).split(";")[0]
     assert f"resume with: torchrun --standalone --nproc_per_node=2 -m catsdogs train --resume {run}" in out, out
     state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
     done = state["progress"]["epoch"]
     assert json.loads((run / "status.json").read_text())["status"] == "interrupted"
     assert 1 <= done < 500
     resumed = torchrun(["--resume", str(run), "--epochs", str(done + 1)], data.parent)
-    assert_finished(resumed)
-    again = torchrun([*slow, "--epochs", str(done + 1), "--out", str(data.parent / "runs" / f"{name}-straight")],
-                     data.parent)
-    assert_finished(again)
-    assert_same_run(data.parent / "runs" / f"{name}-straight", run)
+    assert_finished(resumed, run)
+    straight = data.parent / "runs" / f"{name}-straight"
+    assert_finished(torchrun([*slow, "--epochs", str(done + 1), "--out", str(straight)], data.parent), straight)
+    assert_same_run(straight, run, context=f"resumed after it was {stopped_at}: ")
 
 
 def test_a_batch_smaller_than_the_team_is_refused_before_anything_starts(data: Path, tmp_path: Path,
