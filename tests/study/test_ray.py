@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from catsdogs.study.compare import StudySpec, run_study
+from catsdogs.study.compare import run_study
 from tests.study.test_parallel import SIZE, quiet, run_results, summary_without_time, tiny_spec
 from tests.conftest import write_tiny_split
 
@@ -90,18 +90,16 @@ def test_ray_runs_on_both_nodes_like_jobs_and_retries_a_killed_worker(cluster: s
     killed: list[int] = []
     killer = threading.Thread(target=kill_a_worker_mid_run, args=(out, killed, time.monotonic() + 90), daemon=True)
     killer.start()
-    spec = tiny_spec(data, out, ray=cluster, threads_per_run=1)
-    spec = StudySpec(spec.base.__class__(**{**spec.base.to_dict(), "epochs": 3}), spec.optims, seeds=2, out=out,
-                     ray=cluster, threads_per_run=1)
-    result = run_study(spec, progress=False, log=quiet)
+    # Two runs, one CPU each, on two one-CPU nodes: they run at once, one on each node.
+    result = run_study(tiny_spec(data, out, ray=cluster, threads_per_run=1), progress=False, log=quiet)
     killer.join()
     assert result.status == "complete"
     assert killed, "no worker was seen mid-run to kill"
+    assert any("resuming" in (run / "train.log").read_text(encoding="utf-8") for run in (out / "runs").iterdir())
     nodes = {json.loads((run / "status.json").read_text(encoding="utf-8"))["node"] for run in (out / "runs").iterdir()}
     assert nodes == {HEAD_IP, SECOND_IP}
     jobs = tmp_path / "jobs"
-    assert run_study(StudySpec(spec.base, spec.optims, seeds=2, out=jobs, jobs=2, threads_per_run=1),
-                     progress=False, log=quiet).status == "complete"
+    assert run_study(tiny_spec(data, jobs, jobs=2, threads_per_run=1), progress=False, log=quiet).status == "complete"
     assert run_results(out) == run_results(jobs)
     assert summary_without_time(out) == summary_without_time(jobs)
 
