@@ -289,8 +289,17 @@ def end_torchrun_process(code: int) -> None:
 @click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Study folder for runs/, report.md, summary.json and figures. [default: study]")
 @click.option("--force", is_flag=True, help="Delete an existing study made with other arguments and start again.")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Runs at once, each in a process of its own: one per GPU, or an equal share of the CPUs each.")
+@click.option("--threads-per-run", default=None, type=click.IntRange(min=1),
+              help="CPU threads each run computes with (status.json records them). [default: the usable CPUs / "
+                   "--jobs with --jobs; 1 with --ray on CPUs, the CPUs per GPU on GPUs; else PyTorch's own]")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
+              help="Run each run as a task on a Ray cluster: HOST:PORT, auto, or local (a cluster on this "
+                   "machine, on 127.0.0.2 only). Needs the catsdogs[ray] extra.")
 def compare(config_file: Path | None, optims: str | None, seeds: int | None, budget: str | None, tune_lr: bool,
-            target_acc: float | None, out: Path | None, force: bool, **flags: Any) -> None:
+            target_acc: float | None, out: Path | None, force: bool, jobs: int, threads_per_run: int | None,
+            ray_address: str | None, **flags: Any) -> None:
     """Rank optimizers: train each with several seeds alike, test every run, report with uncertainty.
 
     For each seed every optimizer starts from the same initial weights and sees the same data
@@ -300,9 +309,12 @@ def compare(config_file: Path | None, optims: str | None, seeds: int | None, bud
     from catsdogs.training.config import build_config
 
     chosen = {"seeds": seeds, "budget": budget, "target_acc": target_acc, "out": out}
-    spec = StudySpec(build_config(config_file, flags), parse_optims(optims), tune_lr=tune_lr,
+    spec = StudySpec(build_config(config_file, flags), parse_optims(optims), tune_lr=tune_lr, jobs=jobs,
+                     threads_per_run=threads_per_run, ray=ray_address,
                      **{key: value for key, value in chosen.items() if value is not None})
-    result = run_study(spec, force=force, log=echo_safely)
+    from catsdogs.process import configure_process
+
+    result = run_study(spec, force=force, log=echo_safely, process_setup=configure_process)
     if result.status == "interrupted":
         sys.exit(130)  # like a shell's Ctrl-C, so scripts can tell an unfinished study
     click.echo(f"report: {result.report}")

@@ -29,6 +29,7 @@ from catsdogs.study.report import (RUNS_DIR, STUDY_FILE, SWEEP_DIR, TUNING_FILE,
 from catsdogs.training.config import TrainConfig
 from catsdogs.training.hardware import select_device
 from catsdogs.training.optim import get_optimizer_spec, load_optimizer_plugins
+from catsdogs.training.placement import threads_for_runs
 from catsdogs.training.selection import best_epoch, selected_by
 from catsdogs.training.train import resolve_config, train
 
@@ -59,6 +60,10 @@ class StudySpec:
     tune_lr: bool = False
     target_acc: float = 0.70  # "epochs to reach this validation accuracy" in the report
     out: Path = DEFAULT_STUDY_DIR
+    # How the runs are run, never what they learn (so not in study.json): see catsdogs/study/executors.py.
+    jobs: int = 1  # runs at once, each in a process of its own
+    threads_per_run: int | None = None  # None: the usable CPUs / jobs with --jobs; PyTorch's default alone
+    ray: str | None = None  # a Ray cluster's address (HOST:PORT, auto, local): one Ray task per run
 
 
 @dataclass
@@ -145,6 +150,25 @@ def _check(spec: StudySpec) -> tuple[TrainConfig, float | None]:
         raise CatsdogsError(f"{data} has no test/ folder: the study evaluates every run on it")
     # Absolute from here on: study.json and each run's config.yaml then name the folder from any working folder.
     return dataclasses.replace(spec.base, data=str(data.resolve())), seconds
+
+
+def _executor(spec: StudySpec, base: TrainConfig, setup: Callable[[], None] | None) -> Any:
+    """None to run one run after another here; else what runs them elsewhere (checked before any run)."""
+    if spec.threads_per_run is not None and spec.threads_per_run < 1:
+        raise UsageError(f"--threads-per-run must be at least 1, got {spec.threads_per_run}")
+    if spec.ray is not None:
+        if spec.jobs != 1:
+            raise UsageError("--jobs and --ray do not go together: with --ray the cluster's resources decide how "
+                             "many runs run at once")
+        from catsdogs.study.ray_runner import RayExecutor
+
+        return RayExecutor(spec.ray, base.device, spec.threads_per_run, [Path(base.data), Path(spec.out).resolve()],
+                           setup)
+    if spec.jobs == 1:
+        return None
+    from catsdogs.study.executors import ProcessExecutor, plan_slots
+
+    return ProcessExecutor(plan_slots(spec.jobs, spec.threads_per_run, base.device), setup)
 
 
 def _identity(spec: StudySpec, base: TrainConfig, seeds: list[int]) -> dict[str, Any]:
@@ -293,6 +317,20 @@ def _complete(run: _Planned, progress: bool, echo: Log) -> str:
     return "interrupted" if result.status == "interrupted" else how
 
 
+def complete_and_test(run: _Planned) -> str:
+    """An executor's whole job for one run: bring it to its end and test it, writing only into its folder."""
+    how = _complete(run, False, print)
+    if how != "interrupted" and run.kind == "study":
+        _test_accuracy(run.run_dir, run.cfg.device, False)
+    return how
+
+
+def _done_earlier(run: _Planned) -> bool:
+    """True when the run's folder holds it finished, so no worker need start for it."""
+    return (_status(run.run_dir) in DONE and (run.run_dir / "best.pt").is_file()
+            and not _settings_differ(run))
+
+
 def _test_accuracy(run_dir: Path, device: str, progress: bool) -> float:
     """The best checkpoint's test accuracy, evaluated once and kept in the run's metrics.json."""
     metrics_path = run_dir / "metrics.json"
@@ -402,16 +440,19 @@ def _result_line(run: _Planned, how: str, test_acc: float | None) -> str:
     return " ".join(parts)
 
 
-def run_study(spec: StudySpec, force: bool = False, progress: bool = True, log: Log = print) -> StudyResult:
+def run_study(spec: StudySpec, force: bool = False, progress: bool = True, log: Log = print,
+              process_setup: Callable[[], None] | None = None) -> StudyResult:
     """Train, evaluate and report every (optimizer, seed) pair of `spec` into `spec.out`.
 
     Seed k gives every optimizer the same initial weights and data order, so the runs of a seed
     differ by the optimizer alone. A re-run with the same arguments skips finished runs and
     resumes unfinished ones; different arguments are refused unless `force` (which deletes the
     old study). With `tune_lr`, a short sweep picks each optimizer's learning rate on the
-    validation split first.
+    validation split first. `spec.jobs` or `spec.ray` run the runs in other processes (each first
+    calls `process_setup`); a run's results are the same whichever ran it, at equal threads.
     """
     base, seconds = _check(spec)
+    executor = _executor(spec, base, process_setup)
     spec = dataclasses.replace(spec, out=Path(spec.out))
     seeds = [base.seed + k for k in range(spec.seeds)]
     select_device(base.device)  # a --device this machine lacks is told before the study folder is made
@@ -431,9 +472,31 @@ def run_study(spec: StudySpec, force: bool = False, progress: bool = True, log: 
                      _result_line(run, how, test_acc))
         return True
 
+    def finished(run: _Planned, how: str, seconds: float) -> bool:
+        """A run an executor ran: the driver learns its results from its files."""
+        if how == "interrupted":
+            return False
+        test_acc = _test_accuracy(run.run_dir, base.device, False) if run.kind == "study" else None
+        bar.finished(run, None if how == "done earlier" else seconds, _result_line(run, how, test_acc))
+        return True
+
+    def complete_all(runs: list[_Planned]) -> bool:
+        if executor is None:
+            with threads_for_runs(spec.threads_per_run):
+                return all(complete(run) for run in runs)
+        earlier = [run for run in runs if _done_earlier(run)]
+        for run in earlier:
+            finished(run, "done earlier", 0.0)
+        todo = [run for run in runs if run not in earlier]
+        if executor.run_all(complete_and_test, todo, finished, label=lambda run: run.label):
+            return True
+        bar.echo("study interrupted; run the same command again to continue (finished runs are kept, the "
+                 "interrupted ones resume from their last step)")
+        return False
+
     lrs: dict[str, float] = {}
     try:
-        if not all(complete(run) for run in sweep):
+        if not complete_all(sweep):
             return StudyResult(spec.out, "interrupted")
         if sweep:
             tuning = _choose_lrs(sweep, spec, seconds)
@@ -441,11 +504,13 @@ def run_study(spec: StudySpec, force: bool = False, progress: bool = True, log: 
             lrs = tuning["chosen"]
             bar.echo(f"learning rates chosen on validation {score_name(selected_by(base.class_weights))}: "
                      + ", ".join(f"{optim} {lr:g}" for optim, lr in lrs.items()))
-        if not all(complete(run) for run in _plan_study(base, spec, seconds, seeds, lrs)):
+        if not complete_all(_plan_study(base, spec, seconds, seeds, lrs)):
             return StudyResult(spec.out, "interrupted")
     finally:
         bar.close()
-    summary = write_report(spec.out, spec.target_acc)
+        if executor is not None:
+            executor.close()
+    summary = write_report(spec.out, spec.target_acc)  # from the run folders' files alone
     log(f"wrote {spec.out / 'report.md'} (and as one page, {spec.out / 'report.html'}), {spec.out / 'summary.json'} "
         "and the figures beside them")
     return StudyResult(spec.out, "complete", summary)

@@ -33,6 +33,7 @@ from catsdogs.training.lookahead import Lookahead
 from catsdogs.training.loop import EpochLoop, Log, Progress, stop_on_signals
 from catsdogs.training.models import MODELS, build_model, head_name, load_pretrained
 from catsdogs.training.optim import build_optimizer, get_optimizer_spec, load_optimizer_plugins, parameter_groups
+from catsdogs.training.placement import placement
 from catsdogs.training.resume import (RANK_SEED_STRIDE, LastSaver, budget_spent, check_same_split, data_fingerprint,
                                       how_to_train_longer, model_state, point_best_at, restore_process_randomness,
                                       restore_progress, resume_command, resumed_config)
@@ -201,7 +202,7 @@ class _Run:
 
     def write_status(self, status: str) -> None:
         _write_status(self.run_dir, status, self.progress, self.cfg, self.init_hash, self.hardware,
-                      self.train_source, self.val_source)
+                      self.train_source, self.val_source, device=self.device)
 
 
 def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[str, Any] | None, progress: bool,
@@ -596,12 +597,13 @@ def _baseline_note(split: ImageSplit, balanced_shown: bool = False) -> str:
 
 
 def _write_status(run_dir: Path, status: str, progress: Progress, cfg: TrainConfig, init_hash: str,
-                  hardware: str, *sources: BatchSource) -> None:
+                  hardware: str, *sources: BatchSource, device: torch.device | None = None) -> None:
     skipped = sorted({str(p) for s in sources for p in (s.failed + s.split.unreadable)})
     info = {"status": status, "epochs_done": progress.epoch, "epochs": cfg.epochs,
             # best.pt's epoch, and its val accuracy and balanced accuracy: chosen by best_chosen_by
             **_best(progress, cfg), "best_chosen_by": selected_by(cfg.class_weights),
-            "init_hash": init_hash, "hardware": hardware, "unreadable_images": skipped}
+            "init_hash": init_hash, "hardware": hardware, "unreadable_images": skipped,
+            **(placement(device) if device is not None else {})}
     if status == "early-stopped":
         info["reason"] = f"{_selected_name(cfg)} did not improve for {cfg.patience} epochs"
     write_text_atomic(run_dir / "status.json", json.dumps(escape_names(info), indent=2) + "\n")

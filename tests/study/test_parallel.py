@@ -1,0 +1,104 @@
+"""compare --jobs: runs in processes of their own give the same results as one after another, at equal threads."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from catsdogs.errors import UsageError
+from catsdogs.study.compare import StudySpec, run_study
+from catsdogs.study.executors import Slot, plan_slots
+from catsdogs.training.config import TrainConfig
+from tests.conftest import write_tiny_split
+
+SIZE = 96  # cnn3's minimum
+OPTIMS = ("minibatch-sgd", "adam")
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def history_without_time(run: Path) -> list[list[str]]:
+    with (run / "history.csv").open(encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    seconds = rows[0].index("seconds")
+    return [row[:seconds] + row[seconds + 1:] for row in rows]
+
+
+def run_results(out: Path) -> dict[str, tuple]:
+    """Each run's history (times aside), test predictions and test accuracy."""
+    results = {}
+    for run in sorted((out / "runs").iterdir()):
+        metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+        results[run.name] = (history_without_time(run), (run / "predictions.csv").read_text(encoding="utf-8"),
+                             metrics["accuracy"])
+    return results
+
+
+def summary_without_time(out: Path) -> dict:
+    """summary.json less what depends on the clock."""
+    def drop(value):
+        if isinstance(value, dict):
+            return {k: drop(v) for k, v in value.items() if "second" not in k and "time" not in k and k != "study"}
+        if isinstance(value, list):
+            return [drop(v) for v in value]
+        return value
+    return drop(json.loads((out / "summary.json").read_text(encoding="utf-8")))
+
+
+def tiny_spec(data: Path, out: Path, **how) -> StudySpec:
+    base = TrainConfig(data=str(data), image_size=SIZE, epochs=2, device="cpu", precision="fp32")
+    return StudySpec(base, OPTIMS, seeds=1, out=out, **how)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_split(tmp_path_factory.mktemp("split"), per_class=(8, 4, 4), size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def straight(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The study run one run after another in this process, at 1 thread per run."""
+    out = tmp_path_factory.mktemp("straight") / "study"
+    assert run_study(tiny_spec(data, out, threads_per_run=1), progress=False, log=quiet).status == "complete"
+    return out
+
+
+def test_jobs_give_the_same_runs_as_one_after_another(data: Path, straight: Path, tmp_path: Path) -> None:
+    lines: list[str] = []
+    out = tmp_path / "study"
+    assert run_study(tiny_spec(data, out, jobs=2, threads_per_run=1), progress=False,
+                     log=lines.append).status == "complete"
+    assert run_results(straight) == run_results(out)
+    assert summary_without_time(straight) == summary_without_time(out)
+    for run in (out / "runs").iterdir():
+        status = json.loads((run / "status.json").read_text(encoding="utf-8"))
+        assert (status["threads"], status["device"]) == (1, "cpu") and status["node"]
+    assert json.loads((straight / "runs" / "adam-seed42" / "status.json").read_text(encoding="utf-8"))["threads"] == 1
+    assert sum("[2/2]" in line for line in lines) == 1
+    # A run whose end was lost (no status, no best.pt) runs again with the same command; the finished one is kept.
+    run = out / "runs" / "adam-seed42"
+    for name in ("status.json", "metrics.json", "best.pt", "predictions.csv"):
+        (run / name).unlink()
+    again: list[str] = []
+    assert run_study(tiny_spec(data, out, jobs=2, threads_per_run=1), progress=False,
+                     log=again.append).status == "complete"
+    assert sum("[done earlier]" in line for line in again) == 1
+    assert any("adam seed 42" in line and "[done earlier]" not in line for line in again), again
+    assert run_results(straight) == run_results(out)
+
+
+def test_slots_share_the_cpus_without_overlap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda _: {0, 1, 2, 3, 4}, raising=False)
+    monkeypatch.setattr("catsdogs.study.executors.usable_cpus", lambda: 5)
+    monkeypatch.setattr("catsdogs.study.executors._visible_gpus", lambda: [])
+    assert plan_slots(2, None, "auto") == [Slot(2, (0, 1)), Slot(2, (2, 3))]
+    assert plan_slots(3, 2, "cpu") == [Slot(2)] * 3  # 6 threads on 5 CPUs: no pinning
+    monkeypatch.setattr("catsdogs.study.executors._visible_gpus", lambda: ["0", "3"])
+    assert plan_slots(2, None, "auto") == [Slot(2, gpu="0"), Slot(2, gpu="3")]
+    with pytest.raises(UsageError, match="--jobs 3 asks for more runs at once than the 2 GPU"):
+        plan_slots(3, None, "cuda")

@@ -1,0 +1,112 @@
+"""compare --ray on a real two-node Ray cluster on loopback: both nodes used, same results as --jobs, killed workers retried."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from catsdogs.study.compare import run_study
+from tests.study.test_parallel import SIZE, quiet, run_results, summary_without_time, tiny_spec
+from tests.conftest import write_tiny_split
+
+ROOT = Path(__file__).resolve().parents[2]
+HEAD_IP, SECOND_IP = "127.0.0.2", "127.0.0.3"  # loopback only: never 127.0.0.1 (Ray swaps in the machine's address)
+CLUSTER_SECONDS = 60  # `ray start` and `ray stop` may take no longer
+
+
+def ray_or_skip() -> None:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            pytest.fail("ray is not installed, and CI must run the Ray tests: pip install -e '.[dev]'")
+        pytest.skip("ray is not installed (pip install 'catsdogs[ray]')")
+
+
+def ray_cli(*args: str, env: dict[str, str]) -> None:
+    ray = Path(sys.executable).with_name("ray")
+    subprocess.run([str(ray), *args], check=True, env=env, timeout=CLUSTER_SECONDS, capture_output=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HEAD_IP, 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A head on 127.0.0.2 and a second node on 127.0.0.3, one CPU each; stopped whatever happens."""
+    ray_or_skip()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    port = free_port()
+    temp = tmp_path_factory.mktemp("ray")
+    common = ["--num-cpus", "1", "--num-gpus", "0", "--disable-usage-stats"]
+    try:
+        ray_cli("start", "--head", "--node-ip-address", HEAD_IP, "--port", str(port), "--include-dashboard",
+                "false", "--temp-dir", str(temp), *common, env=env)
+        ray_cli("start", "--address", f"{HEAD_IP}:{port}", "--node-ip-address", SECOND_IP, *common, env=env)
+        yield f"{HEAD_IP}:{port}"
+    finally:
+        subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"], env=env,
+                       timeout=CLUSTER_SECONDS, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_split(tmp_path_factory.mktemp("split"), per_class=(8, 4, 4), size=SIZE)
+
+
+def kill_a_worker_mid_run(out: Path, killed: list[int], give_up: float) -> None:
+    """SIGKILL the Ray worker of the first run seen mid-way (last.pt written, no status.json yet)."""
+    import psutil
+
+    while time.monotonic() < give_up and not killed:
+        for run in (out / "runs").glob("*"):
+            if (run / "last.pt").is_file() and not (run / "status.json").is_file():
+                for process in psutil.process_iter(["cmdline"]):
+                    if any("run_on_node" in part for part in process.info["cmdline"] or []):
+                        process.send_signal(signal.SIGKILL)
+                        killed.append(process.pid)
+                if killed:
+                    return
+        time.sleep(0.05)
+
+
+def test_ray_runs_on_both_nodes_like_jobs_and_retries_a_killed_worker(cluster: str, data: Path,
+                                                                       tmp_path: Path) -> None:
+    out = tmp_path / "ray"
+    killed: list[int] = []
+    killer = threading.Thread(target=kill_a_worker_mid_run, args=(out, killed, time.monotonic() + 90), daemon=True)
+    killer.start()
+    # Two runs, one CPU each, on two one-CPU nodes: they run at once, one on each node.
+    result = run_study(tiny_spec(data, out, ray=cluster, threads_per_run=1), progress=False, log=quiet)
+    killer.join()
+    assert result.status == "complete"
+    assert killed, "no worker was seen mid-run to kill"
+    assert any("resuming" in (run / "train.log").read_text(encoding="utf-8") for run in (out / "runs").iterdir())
+    nodes = {json.loads((run / "status.json").read_text(encoding="utf-8"))["node"] for run in (out / "runs").iterdir()}
+    assert nodes == {HEAD_IP, SECOND_IP}
+    jobs = tmp_path / "jobs"
+    assert run_study(tiny_spec(data, jobs, jobs=2, threads_per_run=1), progress=False, log=quiet).status == "complete"
+    assert run_results(out) == run_results(jobs)
+    assert summary_without_time(out) == summary_without_time(jobs)
+
+
+def test_only_the_ray_runner_imports_ray() -> None:
+    for path in (ROOT / "catsdogs").rglob("*.py"):
+        names = {alias.name.split(".")[0] for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                 if isinstance(node, (ast.Import, ast.ImportFrom))
+                 for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])}
+        assert "ray" not in names or path.name == "ray_runner.py", path
