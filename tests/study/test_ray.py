@@ -70,18 +70,31 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def kill_a_worker_mid_run(out: Path, killed: list[int], give_up: float) -> None:
     """SIGKILL the Ray worker of the first run seen mid-way (last.pt written, no status.json yet)."""
-    import psutil
-
     while time.monotonic() < give_up and not killed:
         for run in (out / "runs").glob("*"):
             if (run / "last.pt").is_file() and not (run / "status.json").is_file():
-                for process in psutil.process_iter(["cmdline"]):
-                    if any("run_on_node" in part for part in process.info["cmdline"] or []):
-                        process.send_signal(signal.SIGKILL)
-                        killed.append(process.pid)
+                for pid in processes_named("run_on_node"):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append(pid)
+                    except ProcessLookupError:
+                        pass
                 if killed:
                     return
         time.sleep(0.05)
+
+
+def processes_named(part: str) -> list[int]:
+    """Pids whose command line (a Ray worker's process title) holds `part`, read from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if part.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass  # ended meanwhile
+    return found
 
 
 def test_ray_runs_on_both_nodes_like_jobs_and_retries_a_killed_worker(cluster: str, data: Path,
