@@ -26,6 +26,7 @@ from catsdogs.inference.run_report import metrics_out_of_date
 from catsdogs.progress import progress_bar
 from catsdogs.study.report import (RUNS_DIR, STUDY_FILE, SWEEP_DIR, TUNING_FILE, best_row, read_json, run_name,
                                    score_name, sweep_name, write_report)
+from catsdogs.study.tuning import INITIAL_STEPS, LIMIT_STEPS, Sweep, grid_lr, lr_factor, sweep_in_rounds
 from catsdogs.training.config import TrainConfig
 from catsdogs.training.hardware import select_device
 from catsdogs.training.optim import get_optimizer_spec, load_optimizer_plugins
@@ -35,7 +36,6 @@ from catsdogs.training.train import resolve_config, train
 
 DEFAULT_OPTIMS = ("vanilla-sgd", "minibatch-sgd", "momentum", "adam")
 DEFAULT_STUDY_DIR = Path("study")
-LR_FACTORS = (0.1, 0.3, 1.0, 3.0, 10.0)  # the sweep: each optimizer's default learning rate times these
 TUNE_FRACTION = 0.25  # the share of the epochs (or seconds) a sweep run gets
 EPOCH_CAP = 10_000  # epochs allowed under a seconds budget: the clock ends every run long before
 DONE = ("finished", "early-stopped", "time-budget")
@@ -84,6 +84,7 @@ class _Planned:
     kind: str  # sweep | study
     cfg: TrainConfig
     factor: float = 1.0  # a sweep run's learning rate over the optimizer's default
+    step: int = 0  # the same, in half-decade steps (catsdogs/study/tuning.py)
 
     @property
     def run_dir(self) -> Path:
@@ -234,16 +235,18 @@ def _length(cfg: TrainConfig, seconds: float | None, share: float = 1.0) -> dict
     return {"epochs": EPOCH_CAP, "time_budget": seconds * share / 60.0}
 
 
-def _plan_sweep(base: TrainConfig, spec: StudySpec, seconds: float | None, seed: int) -> list[_Planned]:
+def _plan_sweep(base: TrainConfig, spec: StudySpec, seconds: float | None, seed: int,
+                grid: dict[str, tuple[int, ...]] | None = None) -> list[_Planned]:
+    """The sweep runs of `grid` (each optimizer's half-decade steps; None: the initial grid for all)."""
     runs = []
     for optim in spec.optims:
         default = resolve_config(dataclasses.replace(base, optim=optim)).lr
-        for factor in LR_FACTORS:
-            lr = float(f"{default * factor:.3g}")
+        for step in (grid or {}).get(optim, INITIAL_STEPS):
+            lr = grid_lr(default, step)
             out = spec.out / SWEEP_DIR / sweep_name(optim, lr)
             cfg = dataclasses.replace(base, optim=optim, lr=lr, seed=seed, out=str(out),
                                       **_length(base, seconds, TUNE_FRACTION))
-            runs.append(_Planned("sweep", cfg, factor))
+            runs.append(_Planned("sweep", cfg, lr_factor(step), step))
     return runs
 
 
@@ -364,15 +367,56 @@ def _choose_lrs(runs: list[_Planned], spec: StudySpec, seconds: float | None) ->
         winner = best_epoch([bests[index] for index in picked], column)
         best = next(rows[index] for index in picked if bests[index] is winner)
         chosen[optim] = best["lr"]
-        for row in (rows[index] for index in picked):
-            row["chosen"] = row is best
-            row["at_edge"] = row is best and row["factor"] in (min(LR_FACTORS), max(LR_FACTORS))
+        steps = [runs[index].step for index in picked]
+        for index in picked:
+            rows[index]["step"] = runs[index].step
+            rows[index]["chosen"] = rows[index] is best
+            rows[index]["at_edge"] = rows[index] is best and runs[index].step in (min(steps), max(steps))
     length = (f"{runs[0].cfg.epochs} epoch{'s' if runs[0].cfg.epochs > 1 else ''}" if seconds is None
               else f"{seconds * TUNE_FRACTION:g} s")
-    return {"factors": list(LR_FACTORS), "seed": runs[0].cfg.seed, "length": length, "chosen": chosen,
-            "rows": rows, "best_chosen_by": column,
+    return {"factors": [lr_factor(step) for step in INITIAL_STEPS], "seed": runs[0].cfg.seed, "length": length,
+            "chosen": chosen, "rows": rows, "best_chosen_by": column,
             "selected_by": f"best validation {score_name(column)}, as train picks best.pt; the test split is never "
                            "read"}
+
+
+def _tune_lrs(base: TrainConfig, spec: StudySpec, seconds: float | None, seed: int,
+              complete_all: Callable[[list[_Planned]], bool], bar: "_StudyBar") -> dict[str, Any] | None:
+    """The learning-rate sweep, round by round (catsdogs/study/tuning.py), through the study's own
+    `complete_all`: tuning.json's record, or None when a round was interrupted. The bar holds the first
+    round's runs from the start; later rounds add theirs."""
+    ran: set[Path] = set()
+    record: dict[str, Any] = {}
+
+    def run_round(grid: dict[str, tuple[int, ...]]) -> dict[str, int] | None:
+        runs = _plan_sweep(base, spec, seconds, seed, grid)
+        todo = [run for run in runs if run.run_dir not in ran]
+        if ran:
+            bar.add(todo)
+        if not complete_all(todo):
+            return None
+        ran.update(run.run_dir for run in todo)
+        record.update(_choose_lrs(runs, spec, seconds))
+        return {row["optim"]: row["step"] for row in record["rows"] if row["chosen"]}
+
+    sweep = sweep_in_rounds(spec.optims, run_round)
+    return None if sweep is None else _tuning_record(record, sweep)
+
+
+def _tuning_record(record: dict[str, Any], sweep: Sweep) -> dict[str, Any]:
+    """The last round's choice, with the grid, its limit and each optimizer's tuning effort added."""
+    optims = {}
+    for optim, steps in sweep.grid.items():
+        optims[optim] = {"runs": len(steps), "lr": record["chosen"][optim], "factor": lr_factor(sweep.chosen[optim]),
+                         "lowest_factor": lr_factor(min(steps)), "highest_factor": lr_factor(max(steps)),
+                         "extended": sorted(set(steps) - set(INITIAL_STEPS)), "at_edge": sweep.at_edge(optim),
+                         "at_limit": sweep.at_limit(optim)}
+    for row in record["rows"]:
+        row["at_limit"] = row["chosen"] and optims[row["optim"]]["at_limit"]
+    return {**record, "grid": {"step": "half a decade (x10^0.5)", "initial_steps": list(INITIAL_STEPS),
+                               "limit_steps": LIMIT_STEPS, "limit_factors": [lr_factor(-LIMIT_STEPS),
+                                                                             lr_factor(LIMIT_STEPS)]},
+            "rounds": sweep.rounds, "optims": optims}
 
 
 class _StudyBar:
@@ -384,6 +428,12 @@ class _StudyBar:
         self.bar = progress_bar(
             total=len(runs), desc="study", unit="run", show=show, dynamic_ncols=True,
             bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} runs [{elapsed}{postfix}]")
+
+    def add(self, runs: list[_Planned]) -> None:
+        """Runs the study found it needs on the way (a widened sweep), to be run next."""
+        self.runs[self.done:self.done] = runs
+        self.bar.total += len(runs)
+        self.bar.refresh()
 
     def echo(self, line: str) -> None:
         with tqdm.external_write_mode():
@@ -457,7 +507,7 @@ def run_study(spec: StudySpec, force: bool = False, progress: bool = True, log: 
     seeds = [base.seed + k for k in range(spec.seeds)]
     select_device(base.device)  # a --device this machine lacks is told before the study folder is made
     _open_study(spec.out, _identity(spec, base, seeds), force, log)
-    sweep = _plan_sweep(base, spec, seconds, seeds[0]) if spec.tune_lr else []
+    sweep = _plan_sweep(base, spec, seconds, seeds[0]) if spec.tune_lr else []  # its first round
     bar = _StudyBar(sweep + _plan_study(base, spec, seconds, seeds, {}), progress, log)
 
     def complete(run: _Planned) -> bool:
@@ -496,10 +546,10 @@ def run_study(spec: StudySpec, force: bool = False, progress: bool = True, log: 
 
     lrs: dict[str, float] = {}
     try:
-        if not complete_all(sweep):
-            return StudyResult(spec.out, "interrupted")
         if sweep:
-            tuning = _choose_lrs(sweep, spec, seconds)
+            tuning = _tune_lrs(base, spec, seconds, seeds[0], complete_all, bar)
+            if tuning is None:
+                return StudyResult(spec.out, "interrupted")
             write_text_atomic(spec.out / TUNING_FILE, json.dumps(tuning, indent=2) + "\n")
             lrs = tuning["chosen"]
             bar.echo(f"learning rates chosen on validation {score_name(selected_by(base.class_weights))}: "

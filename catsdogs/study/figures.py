@@ -1,4 +1,4 @@
-"""The optimizer study's two figures: curves with a band across seeds, and test accuracy with error bars."""
+"""The optimizer study's figures: curves with a band across seeds, test accuracy with error bars, the LR sweep."""
 
 from __future__ import annotations
 
@@ -73,5 +73,26 @@ def plot_test_accuracy(summary: dict[str, Any], out: Path) -> Path:
     ax.set_title(f"Test accuracy over {len(summary['seeds'])} seeds\nbar: mean, error bar: 1 sd, dots: single seeds",
                  fontsize=10)
     ax.grid(axis="y", alpha=0.3)
+    save_figure(fig, out, dpi=120)
+    return out
+
+
+def plot_lr_sweep(series: dict[str, list[tuple[float, float, bool]]], ylabel: str, title: str, out: Path) -> Path:
+    """Validation score against learning rate on a log axis, one line per optimizer, its chosen rate ringed."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, (optim, points) in enumerate(series.items()):
+        colour = colours[index % len(colours)]
+        rates, scores = [p[0] for p in points], [p[1] for p in points]
+        ax.plot(rates, scores, "-o", color=colour, markersize=4, label=optim)
+        for rate, score, chosen in points:
+            if chosen:
+                ax.plot([rate], [score], "o", markersize=12, markerfacecolor="none", markeredgecolor=colour,
+                        markeredgewidth=2)
+    ax.set_xscale("log")
+    ax.set(title=title, xlabel="learning rate (log scale)", ylabel=ylabel)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), title="ringed: chosen", title_fontsize=8)
     save_figure(fig, out, dpi=120)
     return out

@@ -16,14 +16,16 @@ from catsdogs.data.cache import read_split
 from catsdogs.errors import CatsdogsError
 from catsdogs.inference.plots import read_history
 from catsdogs.inference.webpage import markdown_to_html, page
-from catsdogs.study.figures import plot_study_curves, plot_test_accuracy
-from catsdogs.study.stats import MIN_SEEDS, mean_sd, paired_t_test, percent
+from catsdogs.study.figures import plot_lr_sweep, plot_study_curves, plot_test_accuracy
+from catsdogs.study.stats import (MIN_SEEDS, POWER, holm, holm_levels, mean_sd, paired_t_test, percent,
+                                  seeds_needed)
 from catsdogs.training.checkpoint import load_checkpoint
 from catsdogs.training.selection import best_epoch, selected_by
 
 RUNS_DIR, SWEEP_DIR = "runs", "sweep"
 STUDY_FILE, TUNING_FILE = "study.json", "tuning.json"
 CURVES_FIGURE, ACCURACY_FIGURE = "curves.png", "test_accuracy.png"
+LR_SWEEP_FIGURE = "lr_sweep.png"
 ALPHA = 0.05  # a gap is called distinguishable when the paired test's p-value is below this
 TUTORIAL_RANKING = ("adam", "minibatch-sgd", "momentum", "vanilla-sgd")  # the tutorial's claim, best first
 # Settings the study chooses per run, or that change speed only: left out of the shared-settings table.
@@ -146,8 +148,8 @@ def summarize(study_dir: Path, target_acc: float) -> dict[str, Any]:
     lr_from = f"sweep (best validation {score_name(chosen_by)})" if tuning else "optimizer default"
     hyper = {o: {k: runs[(o, seeds[0])].config.get(k) for k in ("lr", "momentum", "batch_size", "weight_decay")}
              | {"lr_from": lr_from} for o in optims}
-    claims = [_compare(runs, seeds, a, b) for a, b in zip(TUTORIAL_RANKING, TUTORIAL_RANKING[1:])
-              if {a, b} <= set(optims)]
+    claims = _correct_for_several([_compare(runs, seeds, a, b) for a, b in
+                                   zip(TUTORIAL_RANKING, TUTORIAL_RANKING[1:]) if {a, b} <= set(optims)])
     return {
         "study": str(study_dir), "optims": optims, "seeds": seeds, "budget": study["budget"],
         "tune_lr": study["tune_lr"], "target_val_acc": target_acc, "chance_acc": chance, "best_chosen_by": chosen_by,
@@ -156,13 +158,14 @@ def summarize(study_dir: Path, target_acc: float) -> dict[str, Any]:
         "shared_settings": {k: v for k, v in shared.items() if k not in NOT_SHARED},
         "devices": sorted({d for d in (_device_note(r.run_dir) for r in runs.values()) if d}),
         "ranking": rows, "hyperparameters": hyper,
-        "adjacent": [_compare(runs, seeds, a, b) for a, b in zip(order, order[1:])],
+        "adjacent": _correct_for_several([_compare(runs, seeds, a, b) for a, b in zip(order, order[1:])]),
         "tutorial_claims": claims,
         "pairing": {"paired": all(len(set(h.values())) == 1 and None not in h.values() for h in hashes.values()),
                     "init_hash": hashes},
         "sweep": tuning,
         "runs": [_run_row(o, s, r) for (o, s), r in runs.items()],
-        "figures": {"curves": CURVES_FIGURE, "test_accuracy": ACCURACY_FIGURE},
+        "figures": {"curves": CURVES_FIGURE, "test_accuracy": ACCURACY_FIGURE,
+                    **({"lr_sweep": LR_SWEEP_FIGURE} if tuning else {})},
     }
 
 
@@ -175,11 +178,27 @@ def _read_runs(study_dir: Path, optims: list[str], seeds: list[int]) -> dict[tup
     return runs
 
 
+def reach_target(history: dict[str, list[float]], target_acc: float) -> tuple[int, float] | None:
+    """The first epoch whose validation accuracy reaches `target_acc`, and the seconds of training and
+    validation up to its end (history.csv's `seconds`, summed); None when no epoch reached it."""
+    elapsed = 0.0
+    for epoch, acc, seconds in zip(history["epoch"], history["val_acc"], history["seconds"]):
+        elapsed += seconds
+        if acc >= target_acc:
+            return int(epoch), elapsed
+    return None
+
+
+def _to_target(values: list[float | None]) -> dict[str, Any]:
+    """Epochs (or seconds) to the target over the seeds: mean and sd of the seeds that reached it."""
+    got = [v for v in values if v is not None]
+    return {"values": values, "mean": statistics.fmean(got) if got else None,
+            "sd": statistics.stdev(got) if len(got) > 1 else None, "reached": len(got), "of": len(values)}
+
+
 def _ranking_row(optim: str, mine: list[RunRecord], target_acc: float, train_images: int) -> dict[str, Any]:
     """One optimizer's row of the ranking: its runs' scores, speeds and statuses over the seeds."""
-    reached = [next((int(e) for e, acc in zip(r.history["epoch"], r.history["val_acc"]) if acc >= target_acc),
-                    None) for r in mine]
-    got = [e for e in reached if e is not None]
+    reached = [reach_target(r.history, target_acc) for r in mine]
     seconds = [sum(r.history["seconds"]) for r in mine]
     return {
         "optim": optim,
@@ -189,8 +208,8 @@ def _ranking_row(optim: str, mine: list[RunRecord], target_acc: float, train_ima
         "best_val_balanced_acc": _balanced_spread([r.best for r in mine]),
         "final_train_loss": _spread([r.history["train_loss"][-1] for r in mine]),
         "epochs_done": [len(r.history["epoch"]) for r in mine],
-        "epochs_to_target": {"values": reached, "mean": statistics.fmean(got) if got else None,
-                             "reached": len(got), "of": len(mine)},
+        "epochs_to_target": _to_target([None if r is None else r[0] for r in reached]),
+        "seconds_to_target": _to_target([None if r is None else r[1] for r in reached]),
         "wall_seconds": _spread(seconds),
         # The median epoch: one epoch slowed by a busy machine or a first-run warm-up does not move it.
         "epoch_seconds": _spread([statistics.median(r.history["seconds"]) for r in mine]),
@@ -216,6 +235,24 @@ def _compare(runs: dict[tuple[str, int], RunRecord], seeds: list[int], a: str, b
     return {"better": a, "worse": b, "test": asdict(test) if test else None, "distinguishable": verdict}
 
 
+def _correct_for_several(comparisons: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Holm's correction over one family of comparisons (those with a p-value), the verdicts it gives,
+    and for each gap left undecided the seeds that would tell it apart at the observed gap and spread."""
+    tested = [c for c in comparisons if c["test"] and c["test"]["p"] is not None]
+    p_values = [c["test"]["p"] for c in tested]
+    for item, adjusted, level in zip(tested, holm(p_values), holm_levels(p_values, ALPHA)):
+        item["p_holm"], item["holm_level"] = adjusted, level
+        item["distinguishable"] = item["test"]["cannot_tell"] is None and adjusted < ALPHA
+    for item in comparisons:
+        test = item["test"]
+        item.setdefault("p_holm", None)
+        item.setdefault("holm_level", ALPHA / max(1, len(tested)))
+        undecided = test is not None and not item["distinguishable"] and test["sd_diff"] > 0
+        item["seeds_needed"] = (seeds_needed(test["mean_diff"], test["sd_diff"], item["holm_level"]) if undecided
+                                else None)
+    return comparisons
+
+
 def _run_row(optim: str, seed: int, r: RunRecord) -> dict[str, Any]:
     """One run's line in summary.json."""
     return {"run": f"{RUNS_DIR}/{r.run_dir.name}", "optim": optim, "seed": seed, "status": r.status.get("status"),
@@ -231,6 +268,11 @@ def write_report(study_dir: str | Path, target_acc: float = 0.70) -> dict[str, A
     summary = summarize(study_dir, target_acc)
     plot_study_curves(study_dir, summary, study_dir / CURVES_FIGURE)
     plot_test_accuracy(summary, study_dir / ACCURACY_FIGURE)
+    if summary["sweep"]:
+        sweep = summary["sweep"]
+        plot_lr_sweep(sweep_series(sweep), f"best val {score_name(sweep.get('best_chosen_by', 'val_acc'))}",
+                      f"Learning-rate sweep: seed {sweep['seed']}, {sweep['length']} per run",
+                      study_dir / LR_SWEEP_FIGURE)
     write_text_atomic(study_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_text_atomic(study_dir / "report.md", format_report(summary))
     write_text_atomic(study_dir / "report.html", format_report_html(study_dir, summary))
@@ -255,7 +297,8 @@ def _verdict(comparison: dict[str, Any]) -> str:
         return test["cannot_tell"]
     if not comparison["distinguishable"]:
         return "not distinguishable"
-    return f"distinguishable (p < {ALPHA:g})" if test["mean_diff"] > 0 else f"reversed (p < {ALPHA:g})"
+    return (f"distinguishable (Holm p < {ALPHA:g})" if test["mean_diff"] > 0
+            else f"reversed (Holm p < {ALPHA:g})")
 
 
 def _p_text(test: dict[str, Any] | None) -> str:
@@ -270,8 +313,8 @@ def _evidence_note(seeds: int) -> str:
                 "Run `--seeds 3` or more before acting on the order.")
     return (f"With {seeds} seeds each paired test has {seeds - 1} degree{'s' if seeds > 2 else ''} of freedom, "
             f"which is weak evidence: only a large gap that repeats on every seed reaches p < {ALPHA:g}, and "
-            "'not distinguishable' does not mean equal, only that these seeds cannot tell. Each p-value is for its "
-            "own pair, with no correction for making several comparisons. More seeds (5 or more) narrow the "
+            "'not distinguishable' does not mean equal, only that these seeds cannot tell. The verdicts correct for "
+            "making several comparisons at once (Holm's method, below). More seeds (5 or more) narrow the "
             "intervals.")
 
 
@@ -292,16 +335,16 @@ def _ranking_text(rows: list[dict[str, Any]], adjacent: list[dict[str, Any]]) ->
         signs.add(sign)
         text += f" {sign} {row['optim']} ({mean_sd(row['test_acc'])})"
     # A "≈" that no p-value decided (too few seeds, no spread) must not read as "p ≥ alpha".
-    why = (f": p ≥ {ALPHA:g}, fewer than {MIN_SEEDS} seeds or no spread across them" if undecided
-           else f", p ≥ {ALPHA:g}")
+    why = (f": Holm p ≥ {ALPHA:g}, fewer than {MIN_SEEDS} seeds or no spread across them" if undecided
+           else f", Holm p ≥ {ALPHA:g}")
     meanings = {"=": "= equal means", "≈": f"≈ a gap the seeds cannot tell apart{why}"}
     legend = [meaning for sign, meaning in meanings.items() if sign in signs]
     return text + "." + (f" ({'; '.join(legend)})" if legend else "")
 
 
 def _comparison_rows(comparisons: list[dict[str, Any]]) -> list[str]:
-    lines = ["| comparison | mean gap | 95% interval of the gap | better on | t | p | verdict |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+    lines = ["| comparison | mean gap | 95% interval of the gap | better on | t | p | Holm p | verdict | "
+             "seeds to tell it apart |", "|---|---:|---:|---:|---:|---:|---:|---|---:|"]
     for item in comparisons:
         test = item["test"]
         if test is None:
@@ -312,9 +355,37 @@ def _comparison_rows(comparisons: list[dict[str, Any]]) -> list[str]:
                         f"{100 * test['ci95'][0]:+.1f} to {100 * test['ci95'][1]:+.1f} pp")
             better_on = f"{test['wins']} of {test['n']} seeds"
             t = "—" if test["t"] is None else f"{test['t']:.2f}"
+        holm_p = "—" if item.get("p_holm") is None else _p_text({"p": item["p_holm"]})
         lines.append(f"| {item['better']} vs {item['worse']} | {gap} | {interval} | {better_on} | {t} | "
-                     f"{_p_text(test)} | {_verdict(item)} |")
+                     f"{_p_text(test)} | {holm_p} | {_verdict(item)} | {_seeds_needed_text(item)} |")
     return lines
+
+
+def _seeds_needed_text(item: dict[str, Any]) -> str:
+    """The seeds-needed cell: a number for an undecided gap with a spread, else why there is none."""
+    test = item["test"]
+    if test is None:
+        return "— (one seed: no spread to size from)"
+    if item["distinguishable"]:
+        return "—"
+    if test["mean_diff"] == 0:
+        return "no gap observed"
+    if test["sd_diff"] == 0:
+        return "— (no spread across seeds to size from)"
+    return str(item["seeds_needed"])
+
+
+def _holm_note(comparisons: list[dict[str, Any]]) -> str:
+    """How the verdicts and the seeds needed were worked out."""
+    m = len([c for c in comparisons if c.get("p_holm") is not None])
+    return (f"Holm's step-down method corrects for the {_plural(m, 'comparison')} of this table at once: the k-th "
+            f"smallest of the m p-values is multiplied by m − k + 1 (never below the adjusted value before it, "
+            f"never above 1), and a gap is called distinguishable when its adjusted p (Holm p) is below {ALPHA:g}, "
+            "with at least 3 seeds and a spread across them. Seeds to tell it apart: for a gap left undecided, the "
+            f"smallest number of seeds at which a paired test at the level Holm tests it at (α/(m − k + 1)) would "
+            f"tell the observed gap apart with {POWER:.0%} power, if the per-seed differences spread as they did "
+            "here (their sd): n = ((z(1 − level/2) + z(power)) × sd / gap)², the normal approximation, rounded up "
+            f"and at least {MIN_SEEDS}. It assumes the observed gap is the true one, and is a guide, not a promise.")
 
 
 def format_report(summary: dict[str, Any]) -> str:
@@ -333,7 +404,7 @@ def _answer_lines(summary: dict[str, Any]) -> list[str]:
              f"**Ranking by mean test accuracy over {n} seed{'s' if n > 1 else ''} ({', '.join(map(str, seeds))}):** "
              f"{order}", ""]
     if n > 1:
-        lines += [f"**Gaps between neighbours that the seeds can tell apart** (paired t-test, p < {ALPHA:g}): "
+        lines += [f"**Gaps between neighbours that the seeds can tell apart** (paired t-test, Holm p < {ALPHA:g}): "
                   f"{', '.join(real) if real else 'none'}. {n} seeds are weak evidence: read the tests below "
                   "before acting on the order.", ""]
     else:
@@ -365,34 +436,45 @@ def _ranking_lines(summary: dict[str, Any]) -> list[str]:
     chosen_by = summary.get("best_chosen_by", "val_acc")
     score = score_name(chosen_by)
     lines = ["## Ranking", "",
-             f"| rank | optimizer | test accuracy (mean ± sd) | per seed | best val {score} | final train loss | "
-             f"epochs to val accuracy ≥ {percent(target, 0)} | wall time per run | training images/s |",
-             "|---:|---|---:|---|---:|---:|---:|---:|---:|"]
+             f"| rank | optimizer | test accuracy (mean ± sd) | per seed | epochs to val accuracy ≥ "
+             f"{percent(target, 0)} | seconds to it | best val {score} | final train loss | wall time per run | "
+             "training images/s |",
+             "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        to_target = r["epochs_to_target"]
-        reached = ("not reached" if to_target["mean"] is None else
-                   f"{to_target['mean']:.1f}" + ("" if to_target["reached"] == to_target["of"] else
-                                                  f" ({to_target['reached']} of {to_target['of']} seeds)"))
+        epochs, seconds = _target_cells(r)
         lines.append(f"| {r['rank']} | {r['optim']} | {mean_sd(r['test_acc'])} | "
-                     f"{', '.join(percent(v) for v in r['test_acc']['values'])} | "
+                     f"{', '.join(percent(v) for v in r['test_acc']['values'])} | {epochs} | {seconds} | "
                      f"{mean_sd(r[_best_key(chosen_by, r)])} | "
-                     f"{mean_sd(r['final_train_loss'], pct=False, digits=3)} | {reached} | "
+                     f"{mean_sd(r['final_train_loss'], pct=False, digits=3)} | "
                      f"{_seconds(r['wall_seconds'])} | "
                      f"{mean_sd(r['images_per_second'], pct=False, digits=0)} |")
     lines += ["", f"Test accuracy is that of each run's best checkpoint (the epoch of highest validation {score}, "
               "ties going to the lower validation loss, as `train` chose it) on the test split "
               f"({summary['data']['test_images']} images), which training and tuning never read. sd is the "
-              "standard deviation across seeds. Wall time covers training and validation; images/s divides the "
-              "training images seen by that time.", "",
+              "standard deviation across seeds. Time to the target: the first epoch whose validation accuracy "
+              f"reached {percent(target, 0)} (`--target-acc`), and the seconds of training and validation up to "
+              "its end, as mean ± sd over the seeds that reached it (their count when not all did). Wall time "
+              "covers training and validation; images/s divides the training images seen by that time.", "",
               "## Are the gaps between neighbours real?", "", *_comparison_rows(summary["adjacent"]), "",
               "A paired t-test on the per-seed differences in test accuracy: pairing removes the luck of the "
-              f"initial weights and data order shared by both runs of a seed. {_evidence_note(n)}", ""]
+              f"initial weights and data order shared by both runs of a seed. {_evidence_note(n)}", "",
+              _holm_note(summary["adjacent"]), ""]
     if summary["tutorial_claims"]:
         lines += ["## The tutorial's ranking", "",
                   "The tutorial concluded " + " > ".join(TUTORIAL_RANKING) + " from one run each. Its claims, "
                   "tested here (a negative gap means this study found the opposite order):", "",
                   *_comparison_rows(summary["tutorial_claims"]), ""]
     return lines
+
+
+def _target_cells(row: dict[str, Any]) -> tuple[str, str]:
+    """The ranking's epochs and seconds to the target: mean ± sd over the seeds that reached it."""
+    epochs, seconds = row["epochs_to_target"], row.get("seconds_to_target")
+    if epochs["mean"] is None:
+        return "not reached", "—"
+    some = "" if epochs["reached"] == epochs["of"] else f" ({epochs['reached']} of {epochs['of']} seeds)"
+    shown_seconds = "—" if seconds is None else _seconds(seconds)
+    return mean_sd(epochs, pct=False) + some, shown_seconds
 
 
 def _figure_lines(summary: dict[str, Any]) -> list[str]:
@@ -467,21 +549,59 @@ def _spread_note(tests: list[dict[str, Any]], n: int) -> str:
 
 
 def format_sweep(sweep: dict[str, Any]) -> list[str]:
+    """The sweep's section: the grid and its limit, the budget of a tuning run, each optimizer's effort and
+    choice, the figure, and every rate's validation score."""
     chosen_by = sweep.get("best_chosen_by", "val_acc")
     score = score_name(chosen_by)
+    grid, optims = sweep["grid"], sweep["optims"]
+    initial = [_factor_text(f) for f in sweep["factors"]]
+    low, high = grid["limit_factors"]
     lines = ["## Learning-rate sweep", "",
-             f"Each optimizer's default learning rate times {', '.join(f'{f:g}' for f in sweep['factors'])}, "
-             f"trained with seed {sweep['seed']} for {sweep['length']}; each run's best epoch chosen as `train` "
-             f"chooses it (highest validation {score}, ties: lower validation loss), and the learning rate whose "
-             "best epoch was best by the same rule was used for the study. The test split was not read.", "",
-             f"| optimizer | learning rate | × default | best val {score} | its val loss | final train loss | "
-             "chosen |", "|---|---:|---:|---:|---:|---:|---|"]
+             f"Grid: each optimizer's default learning rate times {initial[0]} to {initial[-1]} in half-decade "
+             f"steps (×10^0.5: {', '.join(initial)}; {len(initial)} rates). Where an optimizer's best rate lay on "
+             "an edge of its grid, that side grew by one half-decade step and the sweep chose again, round after "
+             f"round, up to the limit of {_factor_text(low)} to {_factor_text(high)} times the default "
+             f"({grid['limit_steps'] // 2} decades each side). Every optimizer had the same grid and the same rule; "
+             f"the sweep took {_plural(sweep['rounds'], 'round')}.", "",
+             f"Budget of a tuning run: seed {sweep['seed']}, {sweep['length']} (a quarter of a study run's). Each "
+             f"run's best epoch is chosen as `train` chooses it (highest validation {score}, ties: lower validation "
+             "loss), and the learning rate whose best epoch was best by the same rule was used for the study. The "
+             "test split was not read.", "",
+             "| optimizer | tuning runs | rates tried (× default) | chosen rate | × default |", "|---|---:|---|---:|---:|"]
+    for optim, effort in optims.items():
+        lines.append(f"| {optim} | {effort['runs']} | {_factor_text(effort['lowest_factor'])} to "
+                     f"{_factor_text(effort['highest_factor'])} | {effort['lr']:g} | {_factor_text(effort['factor'])} |")
+    on_limit = [optim for optim, effort in optims.items() if effort["at_limit"]]
+    if on_limit:
+        lines += ["", f"**The best rate of {', '.join(on_limit)} is still on the limit of the grid**: a better rate "
+                  "may lie beyond it, which this sweep does not try, so the study compares "
+                  f"{'it' if len(on_limit) == 1 else 'them'} at the best rate within "
+                  f"{grid['limit_steps'] // 2} decades of the default."]
+    lines += ["", f"![Validation {score} against learning rate]({LR_SWEEP_FIGURE})", "",
+              f"Validation {score} of each tuning run's best epoch against its learning rate (log axis); the ringed "
+              "point is the rate chosen.", "",
+              f"| optimizer | learning rate | × default | best val {score} | its val loss | final train loss | chosen |",
+              "|---|---:|---:|---:|---:|---:|---|"]
     for row in sweep["rows"]:
-        mark = "**yes**" + (" (edge of the grid: widen it)" if row["at_edge"] else "") if row["chosen"] else ""
-        lines.append(f"| {row['optim']} | {row['lr']:g} | {row['factor']:g} | "
+        mark = ("**yes**" + (" (on the limit of the grid)" if row.get("at_limit") else "")) if row["chosen"] else ""
+        lines.append(f"| {row['optim']} | {row['lr']:g} | {_factor_text(row['factor'])} | "
                      f"{percent(row[_best_key(chosen_by, row)])} | {row['best_val_loss']:.3f} | "
                      f"{row['final_train_loss']:.3f} | {mark} |")
     return lines
+
+
+def _factor_text(factor: float) -> str:
+    """A grid factor to 3 significant digits: 0.01, 0.0316, 1, 3.16, 100."""
+    return f"{factor:.3g}"
+
+
+def sweep_series(sweep: dict[str, Any]) -> dict[str, list[tuple[float, float, bool]]]:
+    """Each optimizer's (learning rate, validation score of the best epoch, chosen) points, lowest rate first."""
+    chosen_by = sweep.get("best_chosen_by", "val_acc")
+    series: dict[str, list[tuple[float, float, bool]]] = {}
+    for row in sorted(sweep["rows"], key=lambda row: row["lr"]):
+        series.setdefault(row["optim"], []).append((row["lr"], row[_best_key(chosen_by, row)], row["chosen"]))
+    return series
 
 
 def _setup_lines(summary: dict[str, Any]) -> list[str]:

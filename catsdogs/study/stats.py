@@ -95,6 +95,42 @@ def paired_t_test(a: Sequence[float], b: Sequence[float]) -> PairedTest | None:
                       too_few)
 
 
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values, in their given order.
+
+    The k-th smallest of m p-values is multiplied by m - k + 1, each adjusted value is raised to at
+    least the one before it in that order, and none exceeds 1; an adjusted p below alpha rejects at
+    familywise error rate alpha. [0.01, 0.04, 0.03] -> [0.03, 0.06, 0.06].
+    """
+    m = len(p_values)
+    adjusted, running = [0.0] * m, 0.0
+    for k, index in enumerate(sorted(range(m), key=lambda i: p_values[i])):
+        running = max(running, min(1.0, (m - k) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def holm_levels(p_values: Sequence[float], alpha: float) -> list[float]:
+    """The level Holm's method tests each p-value at: alpha / (m - k + 1) for the k-th smallest of m."""
+    m, levels = len(p_values), [0.0] * len(p_values)
+    for k, index in enumerate(sorted(range(m), key=lambda i: p_values[i])):
+        levels[index] = alpha / (m - k)
+    return levels
+
+
+POWER = 0.8  # the chance of telling a real gap apart that "seeds needed" asks for
+
+
+def seeds_needed(gap: float, sd: float, level: float, power: float = POWER) -> int | None:
+    """Seeds a paired test at two-sided `level` needs to tell apart a true `gap` with chance `power`, when
+    the per-seed differences spread by `sd`: the normal approximation n = ((z(1 - level/2) + z(power)) * sd
+    / gap)^2, rounded up and at least MIN_SEEDS. None for no gap (no number of seeds tells a gap of 0)."""
+    if gap == 0:
+        return None
+    z = statistics.NormalDist().inv_cdf
+    return max(MIN_SEEDS, math.ceil(((z(1 - level / 2) + z(power)) * sd / abs(gap)) ** 2))
+
+
 def binomial_cdf_half(k: int, n: int) -> float:
     """P(X <= k) for X ~ Binomial(n, 1/2), as I_{1/2}(n - k, k + 1)."""
     if k < 0:

@@ -62,7 +62,12 @@ def test_only_a_gap_the_paired_test_tells_apart_gets_a_greater_than(tmp_path: Pa
     assert [(c["better"], c["worse"], c["distinguishable"]) for c in summary["adjacent"]] == [
         ("adam", "momentum", True), ("momentum", "minibatch-sgd", False)]
     assert ranking_line(report) == ("adam (91.7 ± 2.9%) > momentum (53.3 ± 2.9%) ≈ minibatch-sgd (51.7 ± 2.9%). "
-                                    "(≈ a gap the seeds cannot tell apart, p ≥ 0.05)")
+                                    "(≈ a gap the seeds cannot tell apart, Holm p ≥ 0.05)")
+    # p 0.0075 and 0.67 over a family of two: Holm doubles the smaller and keeps the larger
+    first, second = summary["adjacent"]
+    assert first["p_holm"] == pytest.approx(2 * first["test"]["p"]) and first["p_holm"] < 0.05
+    assert second["p_holm"] == pytest.approx(second["test"]["p"])
+    assert first["seeds_needed"] is None and second["seeds_needed"] > 3
 
 
 def test_one_seed_orders_different_means_and_ties_equal_ones(tmp_path: Path) -> None:
@@ -82,13 +87,13 @@ def test_a_gap_without_spread_across_seeds_is_said_plainly(tmp_path: Path) -> No
     # The same 10-point gap on 3 seeds once read "p < 0.001, distinguishable": no spread proves nothing.
     no_spread = ("cannot tell with 3 seeds: every seed gave the same gap, which leaves no spread to test it "
                  "against, so run more seeds")
-    assert (f"| adam vs momentum | +10.0 pp | none: the same gap on every seed | 3 of 3 seeds | — | — | "
-            f"{no_spread} |") in report
-    assert (f"| momentum vs minibatch-sgd | +0.0 pp | none: the same gap on every seed | 0 of 3 seeds | — | — | "
-            f"{no_spread} |") in report
+    assert (f"| adam vs momentum | +10.0 pp | none: the same gap on every seed | 3 of 3 seeds | — | — | — | "
+            f"{no_spread} | — (no spread across seeds to size from) |") in report
+    assert (f"| momentum vs minibatch-sgd | +0.0 pp | none: the same gap on every seed | 0 of 3 seeds | — | — | — | "
+            f"{no_spread} | no gap observed |") in report
     assert [c["distinguishable"] for c in summary["adjacent"]] == [False, False]
     assert ranking_line(report).startswith("adam (60.0 ± 0.0%) ≈ momentum (50.0 ± 0.0%) = minibatch-sgd")
-    assert "(paired t-test, p < 0.05): none." in report
+    assert "(paired t-test, Holm p < 0.05): none." in report
 
 
 def test_two_seeds_call_no_gap_distinguishable_however_large(tmp_path: Path) -> None:
@@ -97,10 +102,11 @@ def test_two_seeds_call_no_gap_distinguishable_however_large(tmp_path: Path) -> 
     # interval 42.5 ± 12.706 * 2.5 = 42.5 ± 31.8 points
     (pair,) = summary["adjacent"]
     assert pair["test"]["p"] == pytest.approx(0.0374, abs=1e-4) and pair["distinguishable"] is False
-    assert ("| adam vs momentum | +42.5 pp | +10.7 to +74.3 pp | 2 of 2 seeds | 17.00 | 0.037 | cannot tell with 2 "
-            "seeds: a verdict needs 3 or more, so run more seeds |") in report
+    # one comparison: Holm leaves its p as it is; at this gap and spread 3 seeds (the least) would tell it apart
+    assert ("| adam vs momentum | +42.5 pp | +10.7 to +74.3 pp | 2 of 2 seeds | 17.00 | 0.037 | 0.037 | cannot tell "
+            "with 2 seeds: a verdict needs 3 or more, so run more seeds | 3 |") in report
     assert ranking_line(report) == ("adam (92.5 ± 3.5%) ≈ momentum (50.0 ± 0.0%). (≈ a gap the seeds cannot tell "
-                                    "apart: p ≥ 0.05, fewer than 3 seeds or no spread across them)")
+                                    "apart: Holm p ≥ 0.05, fewer than 3 seeds or no spread across them)")
     assert "- Run more seeds (`--seeds 5`)" in report
 
 
