@@ -591,8 +591,8 @@ def format_sweep(sweep: dict[str, Any]) -> list[str]:
 
 
 def _factor_text(factor: float) -> str:
-    """A grid factor to 3 significant digits: 0.01, 0.0316, 1, 3.16, 100."""
-    return f"{factor:.3g}"
+    """A grid factor to 3 significant digits: 0.0001, 0.0316, 1, 3.16, 100, 10000."""
+    return f"{factor:.0f}" if factor >= 1000 else f"{factor:.3g}"
 
 
 def sweep_series(sweep: dict[str, Any]) -> dict[str, list[tuple[float, float, bool]]]:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 import signal
 import statistics
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,6 +23,7 @@ from catsdogs.inference import evaluate as evaluate_module
 from catsdogs.study import compare as compare_module
 from catsdogs.study import report as report_module
 from catsdogs.study.compare import StudySpec, parse_budget, parse_optims, run_study
+from catsdogs.study.tuning import INITIAL_STEPS, LIMIT_STEPS, grid_lr
 from catsdogs.training import loop as loop_module
 from catsdogs.training import train as train_module
 from catsdogs.training.config import TrainConfig
@@ -290,32 +293,100 @@ def test_tuning_the_learning_rate_never_reads_the_test_split(tmp_path: Path, mon
             return real(data_dir, split, classes)
 
         monkeypatch.setattr(module, "read_split", spy)
-    spec = spec_for(data, out, seeds=1, tune_lr=True)
+    spec = spec_for(data, out, seeds=1, tune_lr=True, optims=("adam",))  # one optimizer: its sweep is 9+ runs
     with pytest.raises(CatsdogsError, match="no readable images"):
         run_study(spec, progress=False, log=quiet)  # the sweep and the first run train; its test evaluation fails
     assert test_reads and all(test_reads)
     tuning = json.loads((out / "tuning.json").read_text())
-    default_lr = get_optimizer_spec("minibatch-sgd").defaults["lr"]  # the sweep: the default times 0.1 ... 10
-    assert [row["lr"] for row in tuning["rows"] if row["optim"] == "minibatch-sgd"] == pytest.approx(
-        [default_lr * factor for factor in (0.1, 0.3, 1, 3, 10)])
-    for optim in OPTIMS:
-        mine = [row for row in tuning["rows"] if row["optim"] == optim]
-        best = max(row["best_val_acc"] for row in mine)
-        chosen = [row for row in mine if row["chosen"]]
-        assert len(chosen) == 1 and chosen[0]["best_val_acc"] == best and chosen[0]["lr"] == tuning["chosen"][optim]
-    assert len(list((out / "sweep").iterdir())) == 10
+    default_lr = get_optimizer_spec("adam").defaults["lr"]  # the sweep: the default times 10^-2 ... 10^2
+    tried = [row["lr"] for row in tuning["rows"]]
+    assert tried[:9] == [grid_lr(default_lr, step) for step in INITIAL_STEPS] or tried[-9:] == [
+        grid_lr(default_lr, step) for step in INITIAL_STEPS]  # and more on one side when the best lay on an edge
+    best = max(row["best_val_acc"] for row in tuning["rows"])
+    chosen = [row for row in tuning["rows"] if row["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["best_val_acc"] == best and chosen[0]["lr"] == tuning["chosen"]["adam"]
+    assert len(list((out / "sweep").iterdir())) == len(tuning["rows"]) == sum(
+        effort["runs"] for effort in tuning["optims"].values()) >= 9
 
     for path, content in originals.items():
         path.write_bytes(content)
     assert run_study(spec, progress=False, log=quiet).status == "complete"
-    for optim in OPTIMS:
-        config = yaml.safe_load((out / "runs" / f"{optim}-seed42" / "config.yaml").read_text())
-        assert config["lr"] == tuning["chosen"][optim]
+    config = yaml.safe_load((out / "runs" / "adam-seed42" / "config.yaml").read_text())
+    assert config["lr"] == tuning["chosen"]["adam"]
     report = (out / "report.md").read_text()
     assert "## Learning-rate sweep" in report and "The test split was not read" in report
     assert "sweep (best validation accuracy)" in report
     assert json.loads((out / "study.json").read_text())["tune_lr"] is True
     assert "tune the learning rate (`--tune-lr`)" not in report and "`--tune-lr` compares each" not in report
+
+
+def stand_in_sweep_training(peaks: dict[str, float], interrupt: set[str], trained: list[str]):
+    """`train` for a study whose sweep runs are stand-ins: each writes the files a finished run leaves, with a
+    validation accuracy that peaks at `peaks[optim]` half-decades from the optimizer's default (once, a run
+    named in `interrupt` stops as if by Ctrl-C); study runs train for real."""
+    real_train = compare_module.train
+
+    def train(cfg, resume=None, **kwargs):
+        if cfg is None or "/sweep/" not in cfg.out:
+            return real_train(cfg, resume=resume, **kwargs)
+        run = Path(cfg.out)
+        trained.append(run.name)
+        if run.name in interrupt:
+            interrupt.discard(run.name)
+            return SimpleNamespace(status="interrupted")
+        run.mkdir(parents=True)
+        resolved = train_module.resolve_config(cfg)
+        (run / "config.yaml").write_text(yaml.safe_dump(resolved.to_dict()))
+        steps = 2 * math.log10(cfg.lr / get_optimizer_spec(cfg.optim).defaults["lr"])
+        acc = 0.9 - 0.02 * abs(steps - peaks[cfg.optim])
+        (run / "history.csv").write_text("epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds\n"
+                                         f"1,0.6,0.7,{1 - acc:.4f},{acc:.4f},{cfg.lr},1.5\n")
+        (run / "status.json").write_text(json.dumps({"status": "finished"}))
+        (run / "best.pt").write_bytes(b"")
+        return SimpleNamespace(status="finished")
+
+    return train
+
+
+def test_the_sweep_widens_an_edge_up_to_its_limit_and_a_rerun_resumes_it(data: Path, tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    # adam's best lies 10^-2.5 from its default (one step past the grid); minibatch-sgd's far past the limit.
+    adam, minibatch = get_optimizer_spec("adam").defaults["lr"], get_optimizer_spec("minibatch-sgd").defaults["lr"]
+    out, trained = tmp_path / "study", []
+    interrupted = f"adam-lr{grid_lr(adam, -6):g}"  # the run of adam's second widening round
+    monkeypatch.setattr(compare_module, "train", stand_in_sweep_training({"adam": -5, "minibatch-sgd": -30},
+                                                                         {interrupted}, trained))
+    spec = spec_for(data, out, seeds=1, tune_lr=True)
+    assert run_study(spec, progress=False, log=quiet).status == "interrupted"
+    assert not (out / "tuning.json").exists() and trained[-1] == interrupted
+    before = len(trained)
+    lines: list[str] = []
+    result = run_study(spec, progress=False, log=lines.append)
+    assert result.status == "complete"
+    assert trained[before] == interrupted and len(set(trained)) == len(trained) - 1  # only it ran twice
+    assert sum(line.endswith("[done earlier]") for line in lines) == before - 1
+
+    tuning = json.loads((out / "tuning.json").read_text())
+    assert tuning["chosen"] == {"minibatch-sgd": grid_lr(minibatch, -LIMIT_STEPS), "adam": grid_lr(adam, -5)}
+    assert tuning["optims"]["adam"] | {"factor": 0} == {
+        "runs": 11, "lr": grid_lr(adam, -5), "factor": 0, "lowest_factor": pytest.approx(1e-3),
+        "highest_factor": 100.0, "extended": [-6, -5], "at_edge": False, "at_limit": False}
+    assert tuning["optims"]["minibatch-sgd"]["runs"] == 13 and tuning["optims"]["minibatch-sgd"]["at_limit"]
+    assert tuning["rounds"] == 5 and tuning["grid"]["limit_factors"] == pytest.approx([1e-4, 1e4])
+    assert len(tuning["rows"]) == 24 and all(row["best_val_acc"] > 0 for row in tuning["rows"])
+    for optim in OPTIMS:
+        config = yaml.safe_load((out / "runs" / f"{optim}-seed42" / "config.yaml").read_text())
+        assert config["lr"] == tuning["chosen"][optim]
+
+    assert result.summary["sweep"] == tuning and result.summary["figures"]["lr_sweep"] == "lr_sweep.png"
+    assert (out / "lr_sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.md").read_text()
+    assert "| adam | 11 | 0.001 to 100 | " in report and "| minibatch-sgd | 13 | 0.0001 to 100 | " in report
+    assert "up to the limit of 0.0001 to 10000 times the default (4 decades each side)" in report
+    assert "**The best rate of minibatch-sgd is still on the limit of the grid**" in report
+    assert "](lr_sweep.png)" in report and "the sweep took 5 rounds" in report
+    assert "seed 42, 1 epoch (a quarter of a study run's)" in report
+    assert report.count("data:image/png") == 0 and (out / "report.html").read_text().count("data:image/png") == 3
 
 
 def test_a_seconds_budget_gives_every_run_the_same_time(data: Path, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from catsdogs.study.figures import plot_study_curves  # noqa: E402
+from catsdogs.study.figures import plot_lr_sweep, plot_study_curves  # noqa: E402
 from catsdogs.study.report import RUNS_DIR, run_name  # noqa: E402
 from tests.inference.test_plots import HEADER, visible_ticks  # noqa: E402
 
@@ -51,3 +51,16 @@ def test_the_curves_have_whole_epoch_ticks(tmp_path: Path, monkeypatch: pytest.M
         assert loss_ticks == [float(e) for e in range(1, epochs + 1)]
     else:  # the locator picks a readable step, but still whole epochs within the run
         assert len(loss_ticks) >= 3 and all(t.is_integer() and 1 <= t <= epochs for t in loss_ticks)
+
+
+def test_the_lr_sweep_figure_is_written_whole_on_a_log_axis(tmp_path: Path, monkeypatch) -> None:
+    series = {"adam": [(1e-5, 0.55, False), (1e-4, 0.7, True), (1e-3, 0.6, False)],
+              "momentum": [(1e-3, 0.5, False), (1e-2, 0.52, False), (1e-1, 0.58, True)]}
+    axes = []
+    monkeypatch.setattr(plt, "close", lambda fig: axes.extend(fig.axes))  # look at the figure before it goes
+    out = plot_lr_sweep(series, "best val accuracy", "sweep", tmp_path / "lr_sweep.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and [p.name for p in tmp_path.iterdir()] == ["lr_sweep.png"]
+    (ax,) = axes
+    assert ax.get_xscale() == "log" and [t.get_text() for t in ax.get_legend().get_texts()] == ["adam", "momentum"]
+    ringed = [line for line in ax.lines if line.get_markersize() == 12]
+    assert [(list(line.get_xdata()), list(line.get_ydata())) for line in ringed] == [([1e-4], [0.7]), ([1e-1], [0.58])]

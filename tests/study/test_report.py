@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from catsdogs.study.report import format_report, run_name, summarize
+from catsdogs.study.report import format_report, reach_target, run_name, summarize
 from tests.conftest import write_tiny_split
 
 TEST_IMAGES = 20  # accuracies below are multiples of 1/20
@@ -186,3 +186,26 @@ def test_runs_written_before_balanced_accuracy_was_recorded_are_still_reported(t
     assert [(run["best_epoch"], run["best_val_acc"], run["best_val_balanced_acc"]) for run in summary["runs"]] == [
         (1, 0.5, None), (1, 0.5, None)]
     assert summary["ranking"][0]["best_val_balanced_acc"] is None and "| 1 | 50.0% |" in report
+
+
+def test_time_to_target_counts_epochs_and_the_seconds_up_to_the_epoch_s_end() -> None:
+    history = {"epoch": [1.0, 2.0, 3.0], "val_acc": [0.6, 0.72, 0.8], "seconds": [2.0, 3.5, 4.0]}
+    assert reach_target(history, 0.7) == (2, 5.5)
+    assert reach_target(history, 0.8) == (3, 9.5)
+    assert reach_target(history, 0.6) == (1, 2.0)
+    assert reach_target(history, 0.81) is None
+
+
+def test_the_ranking_gives_epochs_and_seconds_to_the_target_beside_test_accuracy(tmp_path: Path) -> None:
+    history = HISTORY + "2,0.6,0.6,0.6,0.75,0.01,3.0\n"  # 70% reached in epoch 2, after 2.0 + 3.0 s
+    summary = summarize(write_study(tmp_path, {"adam": [0.8, 0.7], "momentum": [0.6, 0.6]}, history=history),
+                        target_acc=0.7)
+    row = summary["ranking"][0]
+    assert row["epochs_to_target"] == {"values": [2, 2], "mean": 2.0, "sd": 0.0, "reached": 2, "of": 2}
+    assert row["seconds_to_target"] == {"values": [5.0, 5.0], "mean": 5.0, "sd": 0.0, "reached": 2, "of": 2}
+    report = format_report(summary)
+    assert ("| rank | optimizer | test accuracy (mean ± sd) | per seed | epochs to val accuracy ≥ 70% | seconds to "
+            "it |") in report
+    assert "| 1 | adam | 75.0 ± 7.1% | 80.0%, 70.0% | 2.0 ± 0.0 | 5.0 ± 0.0 s |" in report
+    unreached = format_report(summarize(tmp_path / "study", target_acc=0.9))
+    assert "| 1 | adam | 75.0 ± 7.1% | 80.0%, 70.0% | not reached | — |" in unreached

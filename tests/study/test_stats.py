@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from catsdogs.study.stats import binomial_cdf_half, mcnemar_exact_p, paired_t_test, t_critical, t_two_sided_p
+from catsdogs.study.stats import (binomial_cdf_half, holm, holm_levels, mcnemar_exact_p, paired_t_test, seeds_needed,
+                                  t_critical, t_two_sided_p)
 
 
 @pytest.mark.parametrize("t, df, p", [(2.776, 4, 0.05), (12.706, 1, 0.05), (4.303, 2, 0.05), (2.228, 10, 0.05),
@@ -96,3 +97,23 @@ def test_mcnemar_counts_only_disagreements_at_scale() -> None:
     exact = 2 * sum(math.comb(128, i) for i in range(53)) / 2 ** 128
     assert mcnemar_exact_p(52, 76) == pytest.approx(exact, rel=1e-9)
     assert 0.03 < mcnemar_exact_p(52, 76) < 0.05
+
+
+def test_holm_by_hand() -> None:
+    # sorted: 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04, raised to the 0.06 before it; back in order
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm_levels([0.01, 0.04, 0.03], 0.05) == pytest.approx([0.05 / 3, 0.05, 0.05 / 2])
+    assert holm([0.5, 0.6]) == [1.0, 1.0]  # 0.5 x 2 = 1, capped; 0.6 raised to it
+    assert holm([0.02]) == [0.02] and holm([]) == []
+    # at 0.05 Holm rejects the first only, where three separate tests would have rejected all three
+    assert [p < 0.05 for p in holm([0.01, 0.04, 0.03])] == [True, False, False]
+
+
+def test_seeds_needed_by_hand() -> None:
+    # z(0.975) = 1.95996, z(0.8) = 0.84162: ((1.95996 + 0.84162) * 2 / 1)^2 = 31.40 -> 32
+    assert seeds_needed(0.01, 0.02, 0.05) == 32
+    # Holm's second level of two, 0.05 / 2: z(0.9875) = 2.24140, ((2.24140 + 0.84162) * 2)^2 = 38.02 -> 39
+    assert seeds_needed(0.01, 0.02, 0.025) == 39
+    assert seeds_needed(-0.01, 0.02, 0.05) == 32  # the gap's sign does not matter
+    assert seeds_needed(0.2, 0.01, 0.05) == 3  # never fewer than a verdict needs
+    assert seeds_needed(0.0, 0.02, 0.05) is None  # no gap observed: no number of seeds tells it
