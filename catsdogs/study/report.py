@@ -375,17 +375,19 @@ def _seeds_needed_text(item: dict[str, Any]) -> str:
     return str(item["seeds_needed"])
 
 
-def _holm_note(comparisons: list[dict[str, Any]]) -> str:
-    """How the verdicts and the seeds needed were worked out."""
+def _holm_note(comparisons: list[dict[str, Any]]) -> list[str]:
+    """How the verdicts and the seeds needed were worked out (nothing when no comparison has a p-value)."""
     m = len([c for c in comparisons if c.get("p_holm") is not None])
-    return (f"Holm's step-down method corrects for the {_plural(m, 'comparison')} of this table at once: the k-th "
+    if m == 0:
+        return []
+    return [f"Holm's step-down method corrects for the {_plural(m, 'comparison')} of this table at once: the k-th "
             f"smallest of the m p-values is multiplied by m − k + 1 (never below the adjusted value before it, "
             f"never above 1), and a gap is called distinguishable when its adjusted p (Holm p) is below {ALPHA:g}, "
             "with at least 3 seeds and a spread across them. Seeds to tell it apart: for a gap left undecided, the "
             f"smallest number of seeds at which a paired test at the level Holm tests it at (α/(m − k + 1)) would "
             f"tell the observed gap apart with {POWER:.0%} power, if the per-seed differences spread as they did "
             "here (their sd): n = ((z(1 − level/2) + z(power)) × sd / gap)², the normal approximation, rounded up "
-            f"and at least {MIN_SEEDS}. It assumes the observed gap is the true one, and is a guide, not a promise.")
+            f"and at least {MIN_SEEDS}. It assumes the observed gap is the true one, and is a guide, not a promise.", ""]
 
 
 def format_report(summary: dict[str, Any]) -> str:
@@ -407,6 +409,11 @@ def _answer_lines(summary: dict[str, Any]) -> list[str]:
         lines += [f"**Gaps between neighbours that the seeds can tell apart** (paired t-test, Holm p < {ALPHA:g}): "
                   f"{', '.join(real) if real else 'none'}. {n} seeds are weak evidence: read the tests below "
                   "before acting on the order.", ""]
+        needed = [f"{c['better']} vs {c['worse']} {c['seeds_needed']}" for c in summary["adjacent"]
+                  if c.get("seeds_needed")]
+        if needed:
+            lines += [f"**Seeds to tell the remaining ties apart** (at the gap and paired spread these seeds show, "
+                      f"{POWER:.0%} power, Holm's level): {', '.join(needed)}.", ""]
     else:
         lines += [_evidence_note(n), ""]
     stuck = [r["optim"] for r in rows if r["test_acc"]["mean"] < summary["chance_acc"] + 0.05]
@@ -458,7 +465,7 @@ def _ranking_lines(summary: dict[str, Any]) -> list[str]:
               "## Are the gaps between neighbours real?", "", *_comparison_rows(summary["adjacent"]), "",
               "A paired t-test on the per-seed differences in test accuracy: pairing removes the luck of the "
               f"initial weights and data order shared by both runs of a seed. {_evidence_note(n)}", "",
-              _holm_note(summary["adjacent"]), ""]
+              *_holm_note(summary["adjacent"])]
     if summary["tutorial_claims"]:
         lines += ["## The tutorial's ranking", "",
                   "The tutorial concluded " + " > ".join(TUTORIAL_RANKING) + " from one run each. Its claims, "
@@ -563,7 +570,8 @@ def format_sweep(sweep: dict[str, Any]) -> list[str]:
              f"round, up to the limit of {_factor_text(low)} to {_factor_text(high)} times the default "
              f"({grid['limit_steps'] // 2} decades each side). Every optimizer had the same grid and the same rule; "
              f"the sweep took {_plural(sweep['rounds'], 'round')}.", "",
-             f"Budget of a tuning run: seed {sweep['seed']}, {sweep['length']} (a quarter of a study run's). Each "
+             f"Budget of a tuning run: seed {sweep['seed']}, {sweep['length']} (a quarter of a study run's budget, "
+             "at least one epoch). Each "
              f"run's best epoch is chosen as `train` chooses it (highest validation {score}, ties: lower validation "
              "loss), and the learning rate whose best epoch was best by the same rule was used for the study. The "
              "test split was not read.", "",

@@ -385,7 +385,7 @@ def test_the_sweep_widens_an_edge_up_to_its_limit_and_a_rerun_resumes_it(data: P
     assert "up to the limit of 0.0001 to 10000 times the default (4 decades each side)" in report
     assert "**The best rate of minibatch-sgd is still on the limit of the grid**" in report
     assert "](lr_sweep.png)" in report and "the sweep took 5 rounds" in report
-    assert "seed 42, 1 epoch (a quarter of a study run's)" in report
+    assert "seed 42, 1 epoch (a quarter of a study run's budget, at least one epoch)" in report
     assert report.count("data:image/png") == 0 and (out / "report.html").read_text().count("data:image/png") == 3
 
 
