@@ -387,7 +387,8 @@ def _holm_note(comparisons: list[dict[str, Any]]) -> list[str]:
             f"smallest number of seeds at which a paired test at the level Holm tests it at (α/(m − k + 1)) would "
             f"tell the observed gap apart with {POWER:.0%} power, if the per-seed differences spread as they did "
             "here (their sd): n = ((z(1 − level/2) + z(power)) × sd / gap)², the normal approximation, rounded up "
-            f"and at least {MIN_SEEDS}. It assumes the observed gap is the true one, and is a guide, not a promise.", ""]
+            f"and at least {MIN_SEEDS}. It assumes the observed gap is the true one, and is a guide, not a promise.",
+            ""]
 
 
 def format_report(summary: dict[str, Any]) -> str:
@@ -575,10 +576,12 @@ def format_sweep(sweep: dict[str, Any]) -> list[str]:
              f"run's best epoch is chosen as `train` chooses it (highest validation {score}, ties: lower validation "
              "loss), and the learning rate whose best epoch was best by the same rule was used for the study. The "
              "test split was not read.", "",
-             "| optimizer | tuning runs | rates tried (× default) | chosen rate | × default |", "|---|---:|---|---:|---:|"]
+             "| optimizer | tuning runs | rates tried (× default) | chosen rate | × default |",
+             "|---|---:|---|---:|---:|"]
     for optim, effort in optims.items():
         lines.append(f"| {optim} | {effort['runs']} | {_factor_text(effort['lowest_factor'])} to "
-                     f"{_factor_text(effort['highest_factor'])} | {effort['lr']:g} | {_factor_text(effort['factor'])} |")
+                     f"{_factor_text(effort['highest_factor'])} | {effort['lr']:g} | "
+                     f"{_factor_text(effort['factor'])} |")
     on_limit = [optim for optim, effort in optims.items() if effort["at_limit"]]
     if on_limit:
         lines += ["", f"**The best rate of {', '.join(on_limit)} is still on the limit of the grid**: a better rate "
@@ -588,7 +591,8 @@ def format_sweep(sweep: dict[str, Any]) -> list[str]:
     lines += ["", f"![Validation {score} against learning rate]({LR_SWEEP_FIGURE})", "",
               f"Validation {score} of each tuning run's best epoch against its learning rate (log axis); the ringed "
               "point is the rate chosen.", "",
-              f"| optimizer | learning rate | × default | best val {score} | its val loss | final train loss | chosen |",
+              f"| optimizer | learning rate | × default | best val {score} | its val loss | final train loss | "
+              "chosen |",
               "|---|---:|---:|---:|---:|---:|---|"]
     for row in sweep["rows"]:
         mark = ("**yes**" + (" (on the limit of the grid)" if row.get("at_limit") else "")) if row["chosen"] else ""

@@ -94,8 +94,8 @@ def test_a_gap_without_spread_across_seeds_is_said_plainly(tmp_path: Path) -> No
                  "against, so run more seeds")
     assert (f"| adam vs momentum | +10.0 pp | none: the same gap on every seed | 3 of 3 seeds | — | — | — | "
             f"{no_spread} | — (no spread across seeds to size from) |") in report
-    assert (f"| momentum vs minibatch-sgd | +0.0 pp | none: the same gap on every seed | 0 of 3 seeds | — | — | — | "
-            f"{no_spread} | no gap observed |") in report
+    assert (f"| momentum vs minibatch-sgd | +0.0 pp | none: the same gap on every seed | 0 of 3 seeds | — | — | "
+            f"— | {no_spread} | no gap observed |") in report
     assert [c["distinguishable"] for c in summary["adjacent"]] == [False, False]
     assert ranking_line(report).startswith("adam (60.0 ± 0.0%) ≈ momentum (50.0 ± 0.0%) = minibatch-sgd")
     assert "(paired t-test, Holm p < 0.05): none." in report

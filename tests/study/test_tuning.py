@@ -26,6 +26,7 @@ def test_the_initial_grid_is_nine_half_decades_two_decades_each_side_of_the_defa
         [0.01, 0.0316228, 0.1, 0.316228, 1.0, 3.16228, 10.0, 31.6228, 100.0], rel=1e-5)
     assert [grid_lr(0.01, step) for step in INITIAL_STEPS] == [0.0001, 0.000316, 0.001, 0.00316, 0.01, 0.0316, 0.1,
                                                                0.316, 1.0]
+    assert math.isclose(lr_factor(1) ** 2, 10.0)  # two steps make a decade
     assert lr_factor(LIMIT_STEPS) == pytest.approx(1e4) and lr_factor(-LIMIT_STEPS) == pytest.approx(1e-4)
 
 
@@ -83,4 +84,3 @@ def test_an_interrupted_round_interrupts_the_sweep() -> None:
 def test_the_initial_grid_must_lie_within_the_limit() -> None:
     with pytest.raises(ValueError, match="past the limit of 2 steps"):
         sweep_in_rounds(["adam"], lambda grid: {"adam": 0}, limit=2)
-    assert math.isclose(lr_factor(1) ** 2, 10.0)
