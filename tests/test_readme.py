@@ -186,6 +186,16 @@ def check_recipe_draft(shown: Shown, workdir: Path) -> None:
     assert build_config(draft, {}) != build_config(source, {}), "the draft changes nothing in the recipe"
 
 
+def check_ray_line(tokens: list[str]) -> None:
+    """A `ray start ...` line of the cluster docs: Ray's own command-line parser must know its options."""
+    scripts = pytest.importorskip("ray.scripts.scripts", reason="the ray extra (pip install -e '.[dev]')")
+    command = scripts.cli.get_command(click.Context(scripts.cli), tokens[1])
+    assert command is not None, f"ray has no command {tokens[1]!r}"
+    known = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
+    unknown = [t for t in tokens[2:] if t.startswith("--") and t.split("=")[0] not in known]
+    assert not unknown, f"ray {tokens[1]} has no option {unknown}"
+
+
 def check_shell_line(shown: Shown, workdir: Path) -> None:
     tokens = shlex.split(shown.text, comments=True)
     assert not any(path in shown.text for path in FOREIGN_PATHS), "a folder only the development machine has"
@@ -198,6 +208,8 @@ def check_shell_line(shown: Shown, workdir: Path) -> None:
         check_recipe_draft(shown, workdir)
     elif tokens[0] == "make":
         assert set(tokens[1:]) <= make_targets(), "no such make target"
+    elif tokens[0] == "ray":
+        check_ray_line(tokens)
     else:
         assert shown.text in SETUP_LINES, "a command of a kind this test does not check: add a check for it"
 
