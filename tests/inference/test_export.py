@@ -14,18 +14,17 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
 from catsdogs import __version__
 from catsdogs.atomic import write_text_atomic
-from catsdogs.cli import main
 from catsdogs.inference import export, verify
 from catsdogs.inference.exported import RESIZE_RULE, load_exported
 from catsdogs.inference.predict import load_trained
 from catsdogs.training.checkpoint import save_checkpoint
 from catsdogs.training.config import TrainConfig, config_to_yaml
 from catsdogs.training.models import MODELS, build_model, list_models
+from tests.helpers import invoke
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,10 +33,6 @@ ROOT = Path(__file__).resolve().parents[2]
 def run(tiny_run: tuple[Path, Path], tmp_path: Path) -> Path:
     """A copy of the session's tiny cnn3 run (96 px, fp32): export writes into the run folder."""
     return Path(shutil.copytree(tiny_run[0], tmp_path / "run"))
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def test_onnx_export_verifies_on_the_test_photos_and_carries_its_metadata(run: Path, tiny_run) -> None:

@@ -23,6 +23,7 @@ from catsdogs.training.config import TrainConfig
 from catsdogs.training.optim import get_optimizer_spec
 from catsdogs.training.schedules import lr_factor
 from catsdogs.training.train import HISTORY_COLUMNS, new_run_config, train
+from tests.helpers import history_without_time, interrupt_after
 
 SIZE = 96  # cnn3's minimum, to keep the tests fast
 
@@ -36,13 +37,6 @@ def make_config(data: Path, out: Path | None, **overrides) -> TrainConfig:
                   device="cpu", precision="fp32")
     values.update(overrides)
     return TrainConfig(**values)
-
-
-def history_without_time(run: Path) -> list[list[str]]:
-    with (run / "history.csv").open() as handle:
-        rows = list(csv.reader(handle))
-    seconds = rows[0].index("seconds")
-    return [row[:seconds] + row[seconds + 1:] for row in rows]
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
@@ -105,21 +99,6 @@ def test_a_new_run_never_overwrites_an_old_one(data: Path, tmp_path: Path, monke
     assert runs == [Path("runs/adam"), Path("runs/adam-2")]
 
 
-def _interrupt_after(monkeypatch, steps: int) -> None:
-    """Deliver a real SIGINT to this process after `steps` training steps."""
-    original = loop_module.EpochLoop._step
-    calls = {"n": 0}
-
-    def step(self, images, labels):
-        result = original(self, images, labels)
-        calls["n"] += 1
-        if calls["n"] == steps:
-            os.kill(os.getpid(), signal.SIGINT)
-        return result
-
-    monkeypatch.setattr(loop_module.EpochLoop, "_step", step)
-
-
 @pytest.mark.parametrize(("precision", "scheduler", "augment"),
                          [("fp32", "constant", "flip"), ("auto", "constant", "flip"),
                           ("fp32", "onecycle", "flip"),  # the recipes' schedule
@@ -130,7 +109,7 @@ def test_interrupted_mid_epoch_then_resumed_equals_straight_run(data: Path, tmp_
     straight = train(make_config(data, tmp_path / "straight", **cfg), progress=False, log=quiet).run_dir
     steps_per_epoch = 5  # 40 training images, batch 8
     with monkeypatch.context() as patch:
-        _interrupt_after(patch, 2 * steps_per_epoch + 2)  # inside epoch 3
+        interrupt_after(patch, 2 * steps_per_epoch + 2)  # inside epoch 3
         messages: list[str] = []
         broken = train(make_config(data, tmp_path / "broken", **cfg), progress=False, log=messages.append)
     assert broken.status == "interrupted" and broken.epochs_done == 2
