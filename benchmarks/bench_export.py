@@ -32,9 +32,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from catsdogs.inference.export import export_run, run_batches, verification_photos
+from catsdogs.inference.export import export_run
 from catsdogs.inference.exported import load_exported
 from catsdogs.inference.predict import TrainedModel, load_trained
+from catsdogs.inference.verify import run_batches, verification_photos
 from catsdogs.training.hardware import FP32, Precision, cpu_has_bf16
 
 Engine = Callable[[np.ndarray], np.ndarray]
@@ -66,11 +67,12 @@ def images_per_second(engine: Engine, images: np.ndarray, batch: int, seconds: f
 
 def bench_run(run: Path, work: Path, photos: int, seconds: float) -> list[dict]:
     trained = dataclasses.replace(load_trained(run, device="cpu"), precision=FP32)
-    test = verification_photos(trained, None, photos)
+    test = verification_photos(trained, verify_on=None, limit=photos)
     quiet = lambda line: None  # noqa: E731
-    files = {fmt: export_run(run, fmt, out=work / f"{run.name}.{fmt}", log=quiet).path
+    files = {fmt: export_run(run, fmt=fmt, out=work / f"{run.name}.{fmt}", log=quiet).path
              for fmt in ("torchscript", "onnx")}
-    files["int8"] = export_run(run, "onnx", quantize="int8", out=work / f"{run.name}.int8.onnx", log=quiet).path
+    files["int8"] = export_run(run, fmt="onnx", quantize="int8", out=work / f"{run.name}.int8.onnx",
+                               log=quiet).path
     bf16 = Precision("bf16", torch.bfloat16, False, "bf16 autocast")
     engines = {"PyTorch eager fp32": eager(trained, FP32),
                "PyTorch eager bf16 autocast" + ("" if cpu_has_bf16() else " (no native bf16)"): eager(trained, bf16),

@@ -484,8 +484,8 @@ def export(run_dir: Path | None, fmt: str, checkpoint: str, out: Path | None, qu
     """
     from catsdogs.inference.export import export_run
 
-    export_run(_run_or_latest(run_dir), fmt, checkpoint, out, quantize, verify_on, verify_n, force=force,
-               log=echo_safely)
+    export_run(_run_or_latest(run_dir), fmt=fmt, checkpoint=checkpoint, out=out, quantize=quantize,
+               verify_on=verify_on, verify_n=verify_n, force=force, log=echo_safely)
 
 
 @main.command()

@@ -13,22 +13,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner, Result
 from torch import nn
 
-from catsdogs.cli import main
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.inference.evaluate import evaluate_run
 from catsdogs.inference.explain import MIN_CELLS, GradCAM, explain_photos, worst_mistakes
 from catsdogs.inference.predict import load_trained, predict_photos
 from catsdogs.training.hardware import Precision
 from catsdogs.training.models import MODELS, build_model
+from tests.helpers import invoke
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def invoke(*args: str) -> Result:
-    return CliRunner().invoke(main, list(args), prog_name="catsdogs")
 
 
 def brightness_model() -> nn.Module:

@@ -14,18 +14,17 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
 from catsdogs import __version__
 from catsdogs.atomic import write_text_atomic
-from catsdogs.cli import main
-from catsdogs.inference import export
+from catsdogs.inference import export, verify
 from catsdogs.inference.exported import RESIZE_RULE, load_exported
 from catsdogs.inference.predict import load_trained
 from catsdogs.training.checkpoint import save_checkpoint
 from catsdogs.training.config import TrainConfig, config_to_yaml
 from catsdogs.training.models import MODELS, build_model, list_models
+from tests.helpers import invoke
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,10 +33,6 @@ ROOT = Path(__file__).resolve().parents[2]
 def run(tiny_run: tuple[Path, Path], tmp_path: Path) -> Path:
     """A copy of the session's tiny cnn3 run (96 px, fp32): export writes into the run folder."""
     return Path(shutil.copytree(tiny_run[0], tmp_path / "run"))
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def test_onnx_export_verifies_on_the_test_photos_and_carries_its_metadata(run: Path, tiny_run) -> None:
@@ -152,10 +147,10 @@ def test_int8_is_calibrated_on_training_photos_and_agrees_with_pytorch_on_1000_p
 def test_the_paired_standard_error_of_an_accuracy_change_is_worked_by_hand() -> None:
     # Correct before [1, 1, 0, 0], after [1, 0, 1, 1]: differences d = [0, -1, 1, 1], mean 0.25;
     # sample variance ((0.25)^2 + (1.25)^2 + 2 * (0.75)^2) / 3 = 2.75 / 3; SE = sqrt(2.75 / 3 / 4) = 0.478714.
-    change, se = export.paired_accuracy_change(np.array([1, 1, 0, 0], bool), np.array([1, 0, 1, 1], bool))
+    change, se = verify.paired_accuracy_change(np.array([1, 1, 0, 0], bool), np.array([1, 0, 1, 1], bool))
     assert change == pytest.approx(0.25) and se == pytest.approx(0.478714, abs=1e-6)
-    assert export.paired_accuracy_change(np.array([1, 0, 1]), np.array([1, 0, 1])) == (0.0, 0.0)
-    assert export.paired_accuracy_change(np.array([1]), np.array([0])) == (-1.0, None)  # one photo: no spread
+    assert verify.paired_accuracy_change(np.array([1, 0, 1]), np.array([1, 0, 1])) == (0.0, 0.0)
+    assert verify.paired_accuracy_change(np.array([1]), np.array([0])) == (-1.0, None)  # one photo: no spread
 
 
 class SwapReddish(torch.nn.Module):

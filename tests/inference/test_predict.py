@@ -11,18 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner, Result
 from PIL import Image
 
-from catsdogs.cli import main
 from catsdogs.errors import UsageError
 from catsdogs.inference import predict
 from catsdogs.inference.evaluate import evaluate_run
 from catsdogs.inference.predict import collect_photos, load_trained, predict_photos, write_predictions_csv
-
-
-def invoke(*args: str) -> Result:
-    return CliRunner().invoke(main, list(args), prog_name="catsdogs")
+from tests.helpers import invoke
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

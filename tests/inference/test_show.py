@@ -8,20 +8,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner, Result
+from click.testing import Result
 from PIL import Image
 
-from catsdogs.cli import main
 from catsdogs.data.transforms import Preset, denormalise
 from catsdogs.inference.show import draw_photos, show
 from catsdogs.training.config import TrainConfig
 from catsdogs.training.train import train
+from tests.helpers import invoke as invoke_cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def invoke(*args: str) -> Result:
-    return CliRunner().invoke(main, ["show", *args], prog_name="catsdogs")
+    return invoke_cli("show", *args)
 
 
 def one_line_error(result: Result) -> str:

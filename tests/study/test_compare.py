@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -29,6 +28,7 @@ from catsdogs.training import train as train_module
 from catsdogs.training.config import TrainConfig
 from catsdogs.training.optim import get_optimizer_spec
 from tests.conftest import write_tiny_split
+from tests.helpers import history_without_time
 
 SIZE = 96  # cnn3's minimum, to keep the tests fast
 OPTIMS = ("minibatch-sgd", "adam")
@@ -42,13 +42,6 @@ def quiet(_: str) -> None:
 def base_config(data: Path, **overrides) -> TrainConfig:
     values = dict(data=str(data), image_size=SIZE, epochs=1, device="cpu", precision="fp32")
     return TrainConfig(**{**values, **overrides})
-
-
-def history_without_time(run: Path) -> list[list[str]]:
-    with (run / "history.csv").open() as handle:
-        rows = list(csv.reader(handle))
-    seconds = rows[0].index("seconds")
-    return [row[:seconds] + row[seconds + 1:] for row in rows]
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from catsdogs.errors import UsageError
 from catsdogs.training.distributed import SOLO, Team, shard_batches, team_from_environment
 from catsdogs.training.loop import stop_on_signals
 from tests.conftest import children
+from tests.helpers import history_without_time
 
 TRAIN = ["--optim", "adam", "--image-size", "96", "--batch-size", "16", "--device", "cpu", "--precision", "fp32"]
 
@@ -184,11 +185,6 @@ def assert_same_run(a: Path, b: Path, context: str = "") -> None:
     # On failure, say how: which tensors by how much, and both histories (a rare failure must be diagnosable).
     assert not differing, f"{context}{differing}\n{history_without_time(a)}\n{history_without_time(b)}"
     assert history_without_time(a) == history_without_time(b)
-
-
-def history_without_time(run: Path) -> list[list[str]]:
-    with (run / "history.csv").open() as handle:
-        return [row[:-1] for row in csv.reader(handle)]  # all but "seconds", the last column
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from catsdogs.training.checkpoint import load_checkpoint
 from catsdogs.training.config import build_config
 from catsdogs.training.lookahead import Lookahead
 from catsdogs.training.train import train
-from tests.training.test_train import _interrupt_after
+from tests.helpers import interrupt_after
 from tests.training.test_tricks import STEPS_PER_EPOCH, make_config, quiet
 
 
@@ -79,7 +79,7 @@ def test_a_run_with_lookahead_resumed_mid_epoch_equals_a_straight_run(data: Path
     straight = train(make_config(data, tmp_path / "straight", **tricks), progress=False, log=quiet).run_dir
     plain = train(make_config(data, tmp_path / "plain", ema=0.9), progress=False, log=quiet).run_dir
     with monkeypatch.context() as patch:
-        _interrupt_after(patch, STEPS_PER_EPOCH + 4)  # one step past a sync
+        interrupt_after(patch, STEPS_PER_EPOCH + 4)  # one step past a sync
         broken = train(make_config(data, tmp_path / "broken", **tricks), progress=False, log=quiet)
     assert broken.status == "interrupted"
     train(None, resume=broken.run_dir, progress=False, log=quiet)

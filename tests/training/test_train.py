@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import re
@@ -17,7 +16,6 @@ import pytest
 import torch
 import yaml
 
-from catsdogs.data import transforms as transforms_module
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.training import loop as loop_module
 from catsdogs.training import train as train_module
@@ -26,6 +24,7 @@ from catsdogs.training.config import TrainConfig
 from catsdogs.training.optim import get_optimizer_spec
 from catsdogs.training.schedules import lr_factor
 from catsdogs.training.train import HISTORY_COLUMNS, new_run_config, train
+from tests.helpers import history_without_time, interrupt_after, on_training_batch
 
 SIZE = 96  # cnn3's minimum, to keep the tests fast
 
@@ -39,13 +38,6 @@ def make_config(data: Path, out: Path | None, **overrides) -> TrainConfig:
                   device="cpu", precision="fp32")
     values.update(overrides)
     return TrainConfig(**values)
-
-
-def history_without_time(run: Path) -> list[list[str]]:
-    with (run / "history.csv").open() as handle:
-        rows = list(csv.reader(handle))
-    seconds = rows[0].index("seconds")
-    return [row[:seconds] + row[seconds + 1:] for row in rows]
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
@@ -108,38 +100,6 @@ def test_a_new_run_never_overwrites_an_old_one(data: Path, tmp_path: Path, monke
     assert runs == [Path("runs/adam"), Path("runs/adam-2")]
 
 
-def _on_training_batch(monkeypatch, act) -> list[tuple[list[str], str]]:
-    """Record each training step's batch as the model gets it, calling `act(number)` (1-based) first.
-
-    Per step: the photos (hashes of their decoded pixels) and a hash of the augmented batch. The hook is
-    the training preset (catsdogs.data.transforms.Preset), which every training step calls once.
-    """
-    steps: list[tuple[list[str], str]] = []
-    original = transforms_module.Preset.__call__
-
-    def call(self, batch, *args, **kwargs):
-        if self.train:
-            act(len(steps) + 1)
-        out = original(self, batch, *args, **kwargs)
-        if self.train:
-            steps.append(([hashlib.sha1(image.numpy().tobytes()).hexdigest() for image in batch],
-                          hashlib.sha1(out.numpy().tobytes()).hexdigest()))
-        return out
-
-    monkeypatch.setattr(transforms_module.Preset, "__call__", call)
-    return steps
-
-
-def _interrupt_after(monkeypatch, steps: int) -> list[tuple[list[str], str]]:
-    """Deliver a real SIGINT to this process during training step `steps`: as a Ctrl-C, it stops the run
-    once that step is done. Returns the record of the steps (see _on_training_batch)."""
-    def ctrl_c(number: int) -> None:
-        if number == steps:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    return _on_training_batch(monkeypatch, ctrl_c)
-
-
 @pytest.mark.parametrize(("precision", "scheduler", "augment"),
                          [("fp32", "constant", "flip"), ("auto", "constant", "flip"),
                           ("fp32", "onecycle", "flip"),  # the recipes' schedule
@@ -150,7 +110,7 @@ def test_interrupted_mid_epoch_then_resumed_equals_straight_run(data: Path, tmp_
     straight = train(make_config(data, tmp_path / "straight", **cfg), progress=False, log=quiet).run_dir
     steps_per_epoch = 5  # 40 training images, batch 8
     with monkeypatch.context() as patch:
-        _interrupt_after(patch, 2 * steps_per_epoch + 2)  # inside epoch 3
+        interrupt_after(patch, 2 * steps_per_epoch + 2)  # inside epoch 3
         messages: list[str] = []
         broken = train(make_config(data, tmp_path / "broken", **cfg), progress=False, log=messages.append)
     assert broken.status == "interrupted" and broken.epochs_done == 2
@@ -170,17 +130,17 @@ def test_an_interrupt_mid_epoch_resumes_at_the_next_step_with_the_epochs_remaini
         data: Path, tmp_path: Path, monkeypatch) -> None:
     steps_per_epoch = 5  # 40 training images, batch 8
     with monkeypatch.context() as patch:
-        straight = _on_training_batch(patch, lambda _: None)
+        straight = on_training_batch(patch, lambda _: None)
         train(make_config(data, tmp_path / "straight"), progress=False, log=quiet)
     assert len(straight) == 2 * steps_per_epoch
     with monkeypatch.context() as patch:
-        before = _interrupt_after(patch, steps_per_epoch + 3)  # during step 3 of epoch 2
+        before = interrupt_after(patch, steps_per_epoch + 3)  # during step 3 of epoch 2
         broken = train(make_config(data, tmp_path / "broken"), progress=False, log=quiet)
     assert broken.status == "interrupted" and before == straight[:steps_per_epoch + 3]  # it finished that step
     saved = load_checkpoint(broken.run_dir / "last.pt")["progress"]
     assert (saved["epoch"], saved["step"], saved["global_step"]) == (1, 3, steps_per_epoch + 3)
     with monkeypatch.context() as patch:
-        after = _on_training_batch(patch, lambda _: None)
+        after = on_training_batch(patch, lambda _: None)
         said: list[str] = []
         train(None, resume=broken.run_dir, progress=False, log=said.append)
     assert said[0] == f"resuming {broken.run_dir} in epoch 2 after step 3"
@@ -417,7 +377,7 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(data: Path, tmp_pa
 
 def _before_step(monkeypatch, number: int, act) -> None:
     """Call `act()` just before training step `number` (1-based) of this process."""
-    _on_training_batch(monkeypatch, lambda step: act() if step == number else None)
+    on_training_batch(monkeypatch, lambda step: act() if step == number else None)
 
 
 @pytest.mark.parametrize("at_step", [2, 5 + 2])

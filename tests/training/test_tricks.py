@@ -23,7 +23,7 @@ from catsdogs.training.ema import ModelEMA
 from catsdogs.training.loop import EpochLoop, Progress, tta_views
 from catsdogs.training.models import build_model
 from catsdogs.training.train import train
-from tests.training.test_train import _interrupt_after
+from tests.helpers import interrupt_after
 
 SIZE = 64
 STEPS_PER_EPOCH = 5  # 40 training photos, batch 8
@@ -94,7 +94,7 @@ def test_resume_inside_the_small_phase_equals_a_straight_run(data: Path, tmp_pat
     tricks = dict(progressive_size=32, progressive_fraction=0.6, hflip_mode="alternate", ema=0.9)
     straight = train(make_config(data, tmp_path / "straight", **tricks), progress=False, log=quiet).run_dir
     with monkeypatch.context() as patch:
-        _interrupt_after(patch, STEPS_PER_EPOCH + 2)  # epoch 2, small images, odd epoch's flips
+        interrupt_after(patch, STEPS_PER_EPOCH + 2)  # epoch 2, small images, odd epoch's flips
         broken = train(make_config(data, tmp_path / "broken", **tricks), progress=False, log=quiet)
     assert broken.status == "interrupted"
     assert load_checkpoint(broken.run_dir / "last.pt")["progress"]["low_res_steps"] == STEPS_PER_EPOCH + 2
