@@ -269,15 +269,24 @@ def compare(config_file: Path | None, optims: str | None, seeds: int | None, bud
     click.echo(f"report: {result.report}")
 
 
+_RUN_OPTION = click.option("--run", "run_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
+                           help="Run folder whose model to use. [default: the most recent run under runs/]")
+_CHECKPOINT_OPTION = click.option("--checkpoint", default="best", show_default=True,
+                                  help="best, last, or a path to a .pt file.")
+# Where evaluate, predict and explain run; `train` and `compare` generate theirs from the setting.
+_DEVICE_OPTION = click.option("--device", default="auto", show_default=True,
+                              type=click.Choice(declared_settings()["device"].choices))
+
+
 @main.command()
 @click.argument("run_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--split", "split_name", default="test", show_default=True, type=click.Choice(["train", "val", "test"]),
               help="Which split to evaluate.")
-@click.option("--checkpoint", default="best", show_default=True, help="best, last, or a path to a .pt file.")
+@_CHECKPOINT_OPTION
 @click.option("--data", default=None,
               help="A split folder, or a folder of class subfolders (Cat/, Dog/) to measure on all its photos. "
                    "[default: the split the run trained on]")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda", "mps"]))
+@_DEVICE_OPTION
 @click.option("--tta", is_flag=True, help="Average each prediction with that of the mirror image.")
 @click.option("--tta-mode", default=None, type=click.Choice(["flip", "flip-shift"]),
               help="Views --tta averages: flip (the mirror image), flip-shift (also each shifted by 1/32 of the "
@@ -291,11 +300,8 @@ def evaluate(run_dir: Path | None, split_name: str, checkpoint: str, data: str |
     from catsdogs.data.images import describe_left_out
     from catsdogs.inference.evaluate import evaluate_run
     from catsdogs.inference.metrics import format_metrics
-    from catsdogs.training.runs import latest_run
 
-    if run_dir is None:
-        run_dir = latest_run()
-        click.echo(f"evaluating the most recent run: {run_dir}")
+    run_dir = _run_or_latest(run_dir, "evaluating", err=False)
     result = evaluate_run(run_dir, split=split_name, checkpoint=checkpoint, data=data, device=device,
                           tta=tta_mode or tta, out_dir=out)
     click.echo(format_metrics(result.metrics))
@@ -312,21 +318,14 @@ def evaluate(run_dir: Path | None, split_name: str, checkpoint: str, data: str |
     click.echo(f"wrote {result.metrics_path}, {result.figure_path} and {result.predictions_path}")
 
 
-def _run_or_latest(run_dir: Path | None) -> Path:
+def _run_or_latest(run_dir: Path | None, doing: str = "using", err: bool = True) -> Path:
+    """The run given, or the most recent run under runs/, saying so ("`doing` the most recent run: ...")."""
     from catsdogs.training.runs import latest_run
 
     if run_dir is None:
         run_dir = latest_run()
-        click.echo(f"using the most recent run: {run_dir}", err=True)
+        click.echo(f"{doing} the most recent run: {run_dir}", err=err)
     return run_dir
-
-
-_RUN_OPTION = click.option("--run", "run_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
-                           help="Run folder whose model to use. [default: the most recent run under runs/]")
-_CHECKPOINT_OPTION = click.option("--checkpoint", default="best", show_default=True,
-                                  help="best, last, or a path to a .pt file.")
-_DEVICE_OPTION = click.option("--device", default="auto", show_default=True,
-                              type=click.Choice(["auto", "cpu", "cuda", "mps"]))
 
 
 @main.command()
@@ -486,12 +485,7 @@ def plot_curves_command(run_dirs: tuple[Path, ...], out: Path | None) -> None:
     """Plot training and validation loss and accuracy against epoch, overlaying several runs."""
     from catsdogs.inference.plots import DEFAULT_NAME, plot_curves
 
-    from catsdogs.training.runs import latest_run
-
-    runs = list(run_dirs)
-    if not runs:
-        runs = [latest_run()]
-        click.echo(f"plotting the most recent run: {runs[0]}")
+    runs = list(run_dirs) or [_run_or_latest(None, "plotting", err=False)]
     for run in runs:
         if not run.is_dir():
             raise click.ClickException(f"run folder {run} does not exist")
