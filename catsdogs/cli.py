@@ -14,6 +14,7 @@ from catsdogs import __version__
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.interrupts import ignore_ctrl_c
 from catsdogs.names import escape_name
+from catsdogs.training.config import Setting, declared_settings
 
 
 class OneLineUsageError(click.ClickException):
@@ -147,77 +148,37 @@ def split(source: Path, out: Path, ratios: str, seed: int, layout: str, mode: st
     click.echo(summary.format())
 
 
-# Training flags by name, so that `compare` can take the ones a study applies to every run alike.
-_TRAIN_OPTIONS = [
-    click.option("--data", default=None, help="Split folder from `catsdogs split`. [default: data]"),
-    click.option("--optim", default=None, help="Optimizer name (see `catsdogs optimizers`)."),
-    click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False, path_type=Path),
-                 help="YAML file of settings; flags override it."),
-    click.option("--model", default=None, help="Model name (see `catsdogs models`). [default: cnn3]"),
-    click.option("--epochs", default=None, type=int, help="Epochs to train. [default: 10]"),
-    click.option("--batch-size", default=None, type=int, help="Images per step. [default: the optimizer's]"),
-    click.option("--lr", default=None, type=float, help="Learning rate. [default: the optimizer's]"),
-    click.option("--image-size", default=None, type=int, help="Side of the square input. [default: 224]"),
-    click.option("--seed", default=None, type=int, help="Seed for weights, order and augmentation. [default: 42]"),
-    click.option("--device", default=None, type=click.Choice(["auto", "cpu", "cuda", "mps"]),
-                 help="Where to train. [default: auto]"),
-    click.option("--precision", default=None, type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-                 help="Numeric precision; auto uses bf16 where the hardware has it. [default: auto]"),
-    click.option("--micro-batch", default=None, type=int,
-                 help="Images per forward/backward pass: a batch takes several, with the same gradient, in less "
-                      "memory. [default: the whole batch]"),
-    click.option("--workers", default=None, type=int, help="Loader processes when not cached. [default: auto]"),
-    click.option("--cache", default=None, type=click.Choice(["auto", "off", "rebuild"]),
-                 help="Decode each split once into a memory-mapped array (rebuild: decode again, in this run "
-                      "only). [default: auto]"),
-    click.option("--scheduler", default=None, help="Learning-rate schedule (see `catsdogs schedulers`)."),
-    click.option("--patience", default=None, type=int,
-                 help="Stop after this many epochs without a better val accuracy (0: never)."),
-    click.option("--time-budget", default=None, type=float,
-                 help="Minutes of training: stop then, fitting the schedule to the time (0: no budget)."),
-    click.option("--augment", default=None, help="Augmentation preset (see `catsdogs augments`). [default: flip]"),
-    click.option("--momentum", default=None, type=float, help="SGD momentum. [default: the optimizer's]"),
-    click.option("--weight-decay", default=None, type=float,
-                 help="Weight decay (never on biases or norms). [default: the optimizer's]"),
-    click.option("--label-smoothing", default=None, type=float, help="Cross-entropy label smoothing. [default: 0]"),
-    click.option("--class-weights", default=None, type=click.Choice(["none", "balanced"]),
-                 help="balanced: weight each class's loss by how rare it is, for unbalanced photos. [default: none]"),
-    click.option("--ema", default=None, type=float,
-                 help="Keep and use an exponential moving average of the weights with this decay, e.g. 0.999 "
-                      "(0: off)."),
-    click.option("--pretrained", default=None,
-                 help="Start from torchvision ImageNet weights: 'imagenet' (downloaded once into torch's hub "
-                      "cache), a file, or 'cache' (the hub cache only, never downloading)."),
-    click.option("--tensorboard/--no-tensorboard", default=None,
-                 help="Also write TensorBoard event files into RUN_DIR/tb (pip install 'catsdogs[tensorboard]').")
-]
+_CONFIG_OPTION = click.option("--config", "config_file", default=None,
+                              type=click.Path(dir_okay=False, path_type=Path),
+                              help="YAML file of settings; flags override it.")
 
 
-def _flag_name(option: Any) -> str:
-    """The parameter name a click.option decorator declares, read off a throwaway command's `params`."""
-    return click.command()(option(lambda: None)).params[0].name
+def setting_option(declared: Setting) -> Any:
+    """The `train` flag of a setting, all from its declaration; None when not given, so the file's value stands."""
+    if declared.kind is bool:
+        name = declared.flag[2:]
+        return click.option(f"--{name}/--no-{name}", declared.name, default=None, help=declared.help)
+    kind = click.Choice(declared.choices) if declared.choices else declared.kind
+    shown = declared.shown_default()  # written out here: click's show_default would put words in brackets
+    return click.option(declared.flag, declared.name, default=None, type=kind,
+                        help=declared.help + (f" [default: {shown}]" if shown else ""))
 
 
-TRAIN_OPTIONS = {_flag_name(option): option for option in _TRAIN_OPTIONS}
-# Flags a study sets per optimizer or per run, so `compare` does not offer them.
-PER_RUN_FLAGS = ("optim", "batch_size", "lr", "momentum", "seed", "time_budget")
-
-
-def train_options(func: Any, skip: tuple[str, ...] = ()) -> Any:
-    for name, option in reversed(TRAIN_OPTIONS.items()):
-        if name not in skip:
-            func = option(func)
-    return func
+def train_options(func: Any, skip_role: str | None = None) -> Any:
+    """--config and a flag for every setting that declares help, but those with `skip_role`."""
+    for declared in reversed(declared_settings().values()):
+        if declared.help and not (skip_role and getattr(declared, skip_role)):
+            func = setting_option(declared)(func)
+    return _CONFIG_OPTION(func)
 
 
 def shared_run_options(func: Any) -> Any:
-    """The `train` flags that a study applies to every one of its runs alike."""
-    return train_options(func, skip=PER_RUN_FLAGS)
+    """The `train` flags that a study applies to every one of its runs alike: all but the per-run ones."""
+    return train_options(func, skip_role="per_run")
 
 
 @main.command()
 @train_options
-@click.option("--out", default=None, help="Run folder. [default: runs/<optim>, numbered if it exists]")
 @click.option("--resume", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Continue the run in this folder from its last.pt.")
 @click.option("--print-config", is_flag=True,
@@ -283,9 +244,9 @@ def end_torchrun_process(code: int) -> None:
 @click.option("--budget", default=None,
               help="epochs: every run trains --epochs epochs; seconds:S: every run trains S seconds. [default: epochs]")
 @click.option("--tune-lr", is_flag=True,
-              help="First pick each optimizer's learning rate by a short sweep, on validation accuracy only.")
+              help="First pick each optimizer's learning rate by short runs on a log grid (x0.01 to x100 its default, widened at an edge), on validation accuracy only.")
 @click.option("--target-acc", default=None, type=click.FloatRange(0, 1, min_open=True),
-              help="Validation accuracy the report counts epochs to. [default: 0.7]")
+              help="Validation accuracy the report counts epochs and seconds to. [default: 0.7]")
 @click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Study folder for runs/, report.md, summary.json and figures. [default: study]")
 @click.option("--force", is_flag=True, help="Delete an existing study made with other arguments and start again.")
@@ -320,15 +281,24 @@ def compare(config_file: Path | None, optims: str | None, seeds: int | None, bud
     click.echo(f"report: {result.report}")
 
 
+_RUN_OPTION = click.option("--run", "run_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
+                           help="Run folder whose model to use. [default: the most recent run under runs/]")
+_CHECKPOINT_OPTION = click.option("--checkpoint", default="best", show_default=True,
+                                  help="best, last, or a path to a .pt file.")
+# Where evaluate, predict and explain run; `train` and `compare` generate theirs from the setting.
+_DEVICE_OPTION = click.option("--device", default="auto", show_default=True,
+                              type=click.Choice(declared_settings()["device"].choices))
+
+
 @main.command()
 @click.argument("run_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--split", "split_name", default="test", show_default=True, type=click.Choice(["train", "val", "test"]),
               help="Which split to evaluate.")
-@click.option("--checkpoint", default="best", show_default=True, help="best, last, or a path to a .pt file.")
+@_CHECKPOINT_OPTION
 @click.option("--data", default=None,
               help="A split folder, or a folder of class subfolders (Cat/, Dog/) to measure on all its photos. "
                    "[default: the split the run trained on]")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda", "mps"]))
+@_DEVICE_OPTION
 @click.option("--tta", is_flag=True, help="Average each prediction with that of the mirror image.")
 @click.option("--tta-mode", default=None, type=click.Choice(["flip", "flip-shift"]),
               help="Views --tta averages: flip (the mirror image), flip-shift (also each shifted by 1/32 of the "
@@ -342,11 +312,8 @@ def evaluate(run_dir: Path | None, split_name: str, checkpoint: str, data: str |
     from catsdogs.data.images import describe_left_out
     from catsdogs.inference.evaluate import evaluate_run
     from catsdogs.inference.metrics import format_metrics
-    from catsdogs.training.runs import latest_run
 
-    if run_dir is None:
-        run_dir = latest_run()
-        click.echo(f"evaluating the most recent run: {run_dir}")
+    run_dir = _run_or_latest(run_dir, "evaluating", err=False)
     result = evaluate_run(run_dir, split=split_name, checkpoint=checkpoint, data=data, device=device,
                           tta=tta_mode or tta, out_dir=out)
     click.echo(format_metrics(result.metrics))
@@ -363,21 +330,14 @@ def evaluate(run_dir: Path | None, split_name: str, checkpoint: str, data: str |
     click.echo(f"wrote {result.metrics_path}, {result.figure_path} and {result.predictions_path}")
 
 
-def _run_or_latest(run_dir: Path | None) -> Path:
+def _run_or_latest(run_dir: Path | None, doing: str = "using", err: bool = True) -> Path:
+    """The run given, or the most recent run under runs/, saying so ("`doing` the most recent run: ...")."""
     from catsdogs.training.runs import latest_run
 
     if run_dir is None:
         run_dir = latest_run()
-        click.echo(f"using the most recent run: {run_dir}", err=True)
+        click.echo(f"{doing} the most recent run: {run_dir}", err=err)
     return run_dir
-
-
-_RUN_OPTION = click.option("--run", "run_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
-                           help="Run folder whose model to use. [default: the most recent run under runs/]")
-_CHECKPOINT_OPTION = click.option("--checkpoint", default="best", show_default=True,
-                                  help="best, last, or a path to a .pt file.")
-_DEVICE_OPTION = click.option("--device", default="auto", show_default=True,
-                              type=click.Choice(["auto", "cpu", "cuda", "mps"]))
 
 
 @main.command()
@@ -536,12 +496,8 @@ def explain(photos: tuple[Path, ...], run_dir: Path | None, checkpoint: str, dev
 def plot_curves_command(run_dirs: tuple[Path, ...], out: Path | None) -> None:
     """Plot training and validation loss and accuracy against epoch, overlaying several runs."""
     from catsdogs.inference.plots import DEFAULT_NAME, plot_curves
-    from catsdogs.training.runs import latest_run
 
-    runs = list(run_dirs)
-    if not runs:
-        runs = [latest_run()]
-        click.echo(f"plotting the most recent run: {runs[0]}")
+    runs = list(run_dirs) or [_run_or_latest(None, "plotting", err=False)]
     for run in runs:
         if not run.is_dir():
             raise click.ClickException(f"run folder {run} does not exist")

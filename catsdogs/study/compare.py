@@ -27,7 +27,7 @@ from catsdogs.progress import progress_bar
 from catsdogs.study.report import (RUNS_DIR, STUDY_FILE, SWEEP_DIR, TUNING_FILE, best_row, read_json, run_name,
                                    score_name, sweep_name, write_report)
 from catsdogs.study.tuning import INITIAL_STEPS, LIMIT_STEPS, Sweep, grid_lr, lr_factor, sweep_in_rounds
-from catsdogs.training.config import TrainConfig
+from catsdogs.training.config import TrainConfig, declared_settings, settings_with
 from catsdogs.training.hardware import select_device
 from catsdogs.training.optim import get_optimizer_spec, load_optimizer_plugins
 from catsdogs.training.placement import threads_for_runs
@@ -39,12 +39,6 @@ DEFAULT_STUDY_DIR = Path("study")
 TUNE_FRACTION = 0.25  # the share of the epochs (or seconds) a sweep run gets
 EPOCH_CAP = 10_000  # epochs allowed under a seconds budget: the clock ends every run long before
 DONE = ("finished", "early-stopped", "time-budget")
-# Settings the study chooses per run, so a config file must not set them for all runs at once.
-PER_RUN = {"optim": "list optimizers with --optims", "lr": "each optimizer uses its own (or --tune-lr)",
-           "batch_size": "each optimizer uses its own (1 for vanilla-sgd)", "momentum": "each optimizer uses its own",
-           "time_budget": "use --budget seconds:S", "out": "use --out STUDY_DIR"}
-# Settings a re-run may change: they change how fast runs go or what they log, never what they learn.
-FREE = ("workers", "cache", "tensorboard")
 
 Log = Callable[[str], None]
 
@@ -130,10 +124,12 @@ def parse_budget(text: str) -> float | None:
 def _check(spec: StudySpec) -> tuple[TrainConfig, float | None]:
     """Validate everything before the study folder is touched; return the shared config and budget."""
     load_optimizer_plugins()
-    for key, hint in PER_RUN.items():
-        if getattr(spec.base, key) is not None:
-            raise UsageError(f"a study sets {key} for each run itself ({hint}), so it cannot come from the "
-                             "config file; remove it there")
+    # The study chooses the per-run settings that default to None, so a config file must not set them for
+    # all runs at once; the seed, which has a default, is where the study's seeds start.
+    for declared in declared_settings().values():
+        if declared.per_run and declared.default is None and getattr(spec.base, declared.name) is not None:
+            raise UsageError(f"a study sets {declared.name} for each run itself ({declared.per_run}), so it "
+                             "cannot come from the config file; remove it there")
     for name in spec.optims:
         get_optimizer_spec(name)
     if not spec.optims or len(set(spec.optims)) != len(spec.optims):
@@ -174,7 +170,8 @@ def _executor(spec: StudySpec, base: TrainConfig, setup: Callable[[], None] | No
 
 def _identity(spec: StudySpec, base: TrainConfig, seeds: list[int]) -> dict[str, Any]:
     """What makes a study this study: study.json holds it, and a re-run must match it."""
-    config = {k: v for k, v in base.to_dict().items() if k not in FREE and k not in PER_RUN and k != "seed"}
+    shared = settings_with("shared")  # not per run, and not free (how fast runs go or what they log)
+    config = {k: v for k, v in base.to_dict().items() if k in shared}
     return {"optims": list(spec.optims), "seeds": seeds, "budget": spec.budget, "tune_lr": spec.tune_lr,
             "config": config}
 
@@ -294,7 +291,8 @@ def _settings_differ(run: _Planned) -> str | None:
     except yaml.YAMLError:
         return "config.yaml (unreadable)"
     wanted = resolve_config(run.cfg).to_dict()  # `out` may differ: a study folder can be moved
-    return next((k for k, v in wanted.items() if k not in (*FREE, "out") and saved.get(k) != v), None)
+    free = settings_with("free")  # a re-run may change them: they never change what a run learns
+    return next((k for k, v in wanted.items() if k not in (*free, "out") and saved.get(k) != v), None)
 
 
 def _complete(run: _Planned, progress: bool, echo: Log) -> str:
@@ -309,8 +307,8 @@ def _complete(run: _Planned, progress: bool, echo: Log) -> str:
     log, how = _RunLog(echo), "trained"
     if (run_dir / "last.pt").is_file():
         how = "resumed"
-        result = train(None, resume=run_dir, flags={k: getattr(run.cfg, k) for k in FREE}, progress=progress,
-                       log=log)
+        free = {k: getattr(run.cfg, k) for k in settings_with("free")}  # this re-run's speed and logging
+        result = train(None, resume=run_dir, flags=free, progress=progress, log=log)
         if result.status == "nothing-to-do" and not (run_dir / "best.pt").is_file():
             how = "trained"  # ended without its best checkpoint: nothing worth keeping
     if how == "trained":

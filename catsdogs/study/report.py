@@ -20,6 +20,7 @@ from catsdogs.study.figures import plot_lr_sweep, plot_study_curves, plot_test_a
 from catsdogs.study.stats import (MIN_SEEDS, POWER, holm, holm_levels, mean_sd, paired_t_test, percent,
                                   seeds_needed)
 from catsdogs.training.checkpoint import load_checkpoint
+from catsdogs.training.config import settings_with
 from catsdogs.training.selection import best_epoch, selected_by
 
 RUNS_DIR, SWEEP_DIR = "runs", "sweep"
@@ -28,8 +29,6 @@ CURVES_FIGURE, ACCURACY_FIGURE = "curves.png", "test_accuracy.png"
 LR_SWEEP_FIGURE = "lr_sweep.png"
 ALPHA = 0.05  # a gap is called distinguishable when the paired test's p-value is below this
 TUTORIAL_RANKING = ("adam", "minibatch-sgd", "momentum", "vanilla-sgd")  # the tutorial's claim, best first
-# Settings the study chooses per run, or that change speed only: left out of the shared-settings table.
-NOT_SHARED = ("optim", "lr", "batch_size", "momentum", "seed", "out", "workers", "cache")
 
 
 def run_name(optim: str, seed: int) -> str:
@@ -132,7 +131,7 @@ def summarize(study_dir: Path, target_acc: float) -> dict[str, Any]:
     study = read_json(study_dir / STUDY_FILE)
     optims, seeds = study["optims"], study["seeds"]
     runs = _read_runs(study_dir, optims, seeds)
-    shared = study["config"]
+    shared, shared_keys = study["config"], settings_with("shared")
     train_split = read_split(shared["data"], "train")
     unreadable = {Path(p) for r in runs.values() for p in r.status.get("unreadable_images", [])}
     train_images = len([p for p in train_split.paths if p not in unreadable])
@@ -155,7 +154,7 @@ def summarize(study_dir: Path, target_acc: float) -> dict[str, Any]:
         "tune_lr": study["tune_lr"], "target_val_acc": target_acc, "chance_acc": chance, "best_chosen_by": chosen_by,
         "data": {"path": shared["data"], "train_images": train_images,
                  "val_images": len(read_split(shared["data"], "val")), "test_images": first["images"]},
-        "shared_settings": {k: v for k, v in shared.items() if k not in NOT_SHARED},
+        "shared_settings": {k: v for k, v in shared.items() if k in shared_keys},
         "devices": sorted({d for d in (_device_note(r.run_dir) for r in runs.values()) if d}),
         "ranking": rows, "hyperparameters": hyper,
         "adjacent": _correct_for_several([_compare(runs, seeds, a, b) for a, b in zip(order, order[1:])]),

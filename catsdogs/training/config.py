@@ -16,42 +16,114 @@ import yaml
 from catsdogs.errors import CatsdogsError, UsageError
 
 
+@dataclass(frozen=True)
+class Setting:
+    """What a TrainConfig field declares beside its type and default: its flag, choices and roles.
+
+    Roles: `per_run`, a study sets it for each run itself (the text says how, for the error that
+    refuses it in a study's config file); `resumable`, a resumed run may change it; `free`, it
+    changes speed or logging, never what a run learns. `shared`, the study report's table of what
+    all runs had alike, is every setting neither per-run nor free. Query them with settings_with().
+    """
+
+    help: str = ""  # the help of its `train` flag; "" for a config-file key without a flag
+    default_text: str = ""  # what --help says the default is where the field's own is None
+    choices: tuple[str, ...] = ()
+    per_run: str = ""
+    resumable: bool = False
+    free: bool = False
+    # Filled in from the field by declared_settings():
+    name: str = ""
+    kind: type = object  # bool, int, float or str
+    nullable: bool = False
+    default: Any = None
+
+    @property
+    def shared(self) -> bool:
+        return not (self.per_run or self.free)
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def shown_default(self) -> str:
+        """The default as --help shows it, "" where it shows none (a switch, or None without words)."""
+        if self.kind is bool or self.default is None:
+            return self.default_text
+        return f"{self.default:g}" if isinstance(self.default, float) else str(self.default)
+
+
+ROLES = ("per_run", "resumable", "free", "shared")
+_SETTING = "setting"  # the key of a field's Setting in its dataclasses metadata
+
+
+def setting(default: Any, **facts: Any) -> Any:
+    """A TrainConfig field with its default and its Setting facts (see Setting)."""
+    return dataclasses.field(default=default, metadata={_SETTING: Setting(**facts)})
+
+
+_THE_OPTIMIZERS = "the optimizer's"
+
+
 @dataclass
 class TrainConfig:
-    """Every setting of a training run. These are the only defaults; YAML files override them."""
+    """Every setting of a training run. These are the only defaults; YAML files override them.
+
+    A field with a `setting(...)` has a `train` flag (where it has help) and roles (see Setting);
+    a plain field is a config-file key, shared by a study's runs and fixed on resume.
+    """
 
     # Data: the folder written by `catsdogs split` (holding train/, val/, test/).
-    data: str = "data"
-    image_size: int = 224  # the tutorial's 224x224
+    data: str = setting("data", help="Split folder from `catsdogs split`.", resumable=True)
+    image_size: int = setting(224, help="Side of the square input.")  # the tutorial's 224x224
     hflip: float = 0.25  # probability of a horizontal flip in training (the tutorial's 0.25)
     vflip: float = 0.0  # probability of a vertical flip in training (off, as in the tutorial)
-    augment: str = "flip"  # flip|crop|rrc|rrc-jitter|trivialaugment|randaugment (see `catsdogs augments`)
+    # flip|crop|rrc|rrc-jitter|trivialaugment|randaugment (see `catsdogs augments`)
+    augment: str = setting("flip", help="Augmentation preset (see `catsdogs augments`).")
     # random: each image mirrored with probability hflip; alternate: each image mirrored in every other
     # epoch (half of the images in odd epochs, the other half in even ones), so every pair of epochs
     # sees each image both ways (airbench's derandomised flips; hflip is then unused).
-    hflip_mode: str = "random"
+    hflip_mode: str = setting("random", choices=("random", "alternate"))
     # Progressive resizing: the first progressive_fraction of the schedule's steps train on images scaled
     # down to progressive_size (cheaper steps: FLOPs go with the square of the side), the rest at
     # image_size. Validation is always at image_size. None or 0: off.
     progressive_size: int | None = None
     progressive_fraction: float = 0.5
-    cache: str = "auto"  # auto|off|rebuild: decode each split once into a memory-mapped uint8 array (rebuild:
-    # decode again, in the run that asks only; that run saves auto)
+    # auto|off|rebuild: decode each split once into a memory-mapped uint8 array (rebuild: decode again,
+    # in the run that asks only; that run saves auto)
+    cache: str = setting("auto", choices=("auto", "off", "rebuild"), resumable=True, free=True,
+                         help="Decode each split once into a memory-mapped array (rebuild: decode again, in this "
+                              "run only).")
 
     # Model and optimizer: names from `catsdogs models` and `catsdogs optimizers`.
-    model: str = "cnn3"
-    pretrained: str | None = None  # torchvision weights: "imagenet" (downloaded once), a file, or "cache"
-    optim: str | None = None  # required: there is no neutral choice in an optimizer study
-    epochs: int = 10
-    batch_size: int | None = None  # None: the optimizer's own default (1 for vanilla-sgd)
-    lr: float | None = None  # None: the optimizer's own default
-    momentum: float | None = None  # None: the optimizer's own default (SGD variants only)
-    weight_decay: float | None = None  # None: the optimizer's own default; never on biases or norms
-    label_smoothing: float = 0.0  # cross-entropy label smoothing (0.1 is common)
+    model: str = setting("cnn3", help="Model name (see `catsdogs models`).")
+    # torchvision weights: "imagenet" (downloaded once), a file, or "cache"
+    pretrained: str | None = setting(None, help="Start from torchvision ImageNet weights: 'imagenet' (downloaded "
+                                     "once into torch's hub cache), a file, or 'cache' (the hub cache only, never "
+                                     "downloading).")
+    # required: there is no neutral choice in an optimizer study
+    optim: str | None = setting(None, help="Optimizer name (see `catsdogs optimizers`).",
+                                per_run="list optimizers with --optims")
+    epochs: int = setting(10, help="Epochs to train.", resumable=True)
+    # None: the optimizer's own default (1 for vanilla-sgd)
+    batch_size: int | None = setting(None, help="Images per step.", default_text=_THE_OPTIMIZERS,
+                                     per_run="each optimizer uses its own (1 for vanilla-sgd)")
+    lr: float | None = setting(None, help="Learning rate.", default_text=_THE_OPTIMIZERS,  # None: the optimizer's
+                               per_run="each optimizer uses its own (or --tune-lr)")
+    # None: the optimizer's own default (SGD variants only)
+    momentum: float | None = setting(None, help="SGD momentum.", default_text=_THE_OPTIMIZERS,
+                                     per_run="each optimizer uses its own")
+    # None: the optimizer's own default; never on biases or norms
+    weight_decay: float | None = setting(None, help="Weight decay (never on biases or norms).",
+                                         default_text=_THE_OPTIMIZERS)
+    label_smoothing: float = setting(0.0, help="Cross-entropy label smoothing.")  # 0.1 is common
     # none, or balanced: each class's loss weighted by photos / (classes x its photos), so that
     # a class with few photos counts as much as a large one.
-    class_weights: str = "none"
-    ema: float | None = None  # decay of an exponential moving average of the weights (e.g. 0.999); 0: off
+    class_weights: str = setting("none", choices=("none", "balanced"),
+                                 help="balanced: weight each class's loss by how rare it is, for unbalanced photos.")
+    # decay of an exponential moving average of the weights (e.g. 0.999); 0: off
+    ema: float | None = setting(None, help="Keep and use an exponential moving average of the weights with this "
+                                "decay, e.g. 0.999 (0: off).")
     # Lookahead around the optimizer: every lookahead_steps steps, slow weights move lookahead_alpha of the
     # way to the model's weights, and training goes on from there. None or 0: off.
     lookahead_steps: int | None = None
@@ -62,36 +134,65 @@ class TrainConfig:
     body_lr_scale: float = 1.0  # the body's learning rate as a fraction of lr (e.g. 0.1 for pretrained weights)
 
     # Schedule and stopping.
-    scheduler: str = "constant"  # constant|step|cosine|onecycle (see `catsdogs schedulers`)
+    # constant|step|cosine|onecycle (see `catsdogs schedulers`)
+    scheduler: str = setting("constant", help="Learning-rate schedule (see `catsdogs schedulers`).")
     warmup_epochs: float = 0.0  # linear warmup before the schedule, in epochs
-    patience: int | None = None  # stop when val accuracy has not improved for this many epochs; 0: off
-    time_budget: float | None = None  # minutes of training; stops then, and the schedule is fitted to it; 0: off
+    # stop when val accuracy has not improved for this many epochs; 0: off
+    patience: int | None = setting(None, resumable=True,
+                                   help="Stop after this many epochs without a better val accuracy (0: never).")
+    # minutes of training; stops then, and the schedule is fitted to it; 0: off
+    time_budget: float | None = setting(None, resumable=True, per_run="use --budget seconds:S",
+                                        help="Minutes of training: stop then, fitting the schedule to the time "
+                                             "(0: no budget).")
 
     # Reproducibility and hardware.
-    seed: int = 42
-    device: str = "auto"  # auto|cpu|cuda|mps; auto picks CUDA, then MPS, then CPU
-    precision: str = "auto"  # auto|fp32|bf16|fp16; auto: bf16 where the hardware has it, else fp32
-    workers: int | None = None  # DataLoader worker processes when reading files; None: automatic
+    seed: int = setting(42, help="Seed for weights, order and augmentation.",
+                        per_run="a study's seeds count up from it, one per --seeds")
+    # auto picks CUDA, then MPS, then CPU
+    device: str = setting("auto", choices=("auto", "cpu", "cuda", "mps"), resumable=True, help="Where to train.")
+    # auto: bf16 where the hardware has it, else fp32
+    precision: str = setting("auto", choices=("auto", "fp32", "bf16", "fp16"), resumable=True,
+                             help="Numeric precision; auto uses bf16 where the hardware has it.")
+    # DataLoader worker processes when reading files; None: automatic
+    workers: int | None = setting(None, help="Loader processes when not cached.", default_text="auto",
+                                  resumable=True, free=True)
     # Images per forward/backward pass (gradient accumulation): a batch takes several passes whose
     # gradients add up to the batch's (except that batch norm sees each pass alone), in less memory.
     # None: the whole batch in one pass.
-    micro_batch: int | None = None
+    micro_batch: int | None = setting(None, resumable=True, default_text="the whole batch",
+                                      help="Images per forward/backward pass: a batch takes several, with the same "
+                                           "gradient, in less memory.")
 
     # Output: the run folder; None means runs/<optim>, numbered when it exists.
-    out: str | None = None
-    tensorboard: bool = False  # also write TensorBoard event files into RUN_DIR/tb (needs catsdogs[tensorboard])
+    out: str | None = setting(None, help="Run folder.", default_text="runs/<optim>, numbered if it exists",
+                              per_run="use --out STUDY_DIR")
+    # also write TensorBoard event files into RUN_DIR/tb (needs catsdogs[tensorboard])
+    tensorboard: bool = setting(False, resumable=True, free=True,
+                                help="Also write TensorBoard event files into RUN_DIR/tb (pip install "
+                                     "'catsdogs[tensorboard]').")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "cache": ("auto", "off", "rebuild"),
-    "hflip_mode": ("random", "alternate"),
-    "class_weights": ("none", "balanced"),
-    "device": ("auto", "cpu", "cuda", "mps"),
-    "precision": ("auto", "fp32", "bf16", "fp16"),
-}
+def declared_settings() -> dict[str, Setting]:
+    """Each TrainConfig field's Setting by name, in field order, with its name, type and default filled in."""
+    hints = _field_types()
+    found = {}
+    for field in dataclasses.fields(TrainConfig):
+        kinds, nullable = _allowed(hints[field.name])
+        declared = field.metadata.get(_SETTING, Setting())
+        found[field.name] = dataclasses.replace(declared, name=field.name, kind=kinds[0], nullable=nullable,
+                                                default=field.default)
+    return found
+
+
+def settings_with(role: str) -> tuple[str, ...]:
+    """The names of the settings that have `role` (one of ROLES), in field order."""
+    if role not in ROLES:
+        raise ValueError(f"unknown setting role {role!r}; roles: {', '.join(ROLES)}")
+    return tuple(name for name, declared in declared_settings().items() if getattr(declared, role))
+
 
 # Lower bounds of numeric fields (inclusive); an upper bound of 1 for probabilities.
 MINIMUM: dict[str, float] = {"epochs": 1, "batch_size": 1, "image_size": 1, "lr": 0.0, "hflip": 0.0,
@@ -129,16 +230,15 @@ def _allowed(annotation: Any) -> tuple[tuple[type, ...], bool]:
 
 def check_value(key: str, value: Any, source: str) -> Any:
     """Return `value` converted for field `key`, or raise naming the source, key and expectation."""
-    hints = _field_types()
-    if key not in hints:
-        valid = ", ".join(sorted(hints))
+    declared = declared_settings()
+    if key not in declared:
+        valid = ", ".join(sorted(declared))
         raise CatsdogsError(f"{source}: unknown key {key!r}; valid keys: {valid}")
-    kinds, nullable = _allowed(hints[key])
+    kind, choices = declared[key].kind, declared[key].choices
     if value is None:
-        if nullable:
+        if declared[key].nullable:
             return None
         raise CatsdogsError(f"{source}: {key} must not be empty")
-    kind = kinds[0]
     ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value, ok = float(value), True
@@ -148,8 +248,8 @@ def check_value(key: str, value: Any, source: str) -> Any:
         raise CatsdogsError(f"{source}: {key} must not be empty")
     if isinstance(value, float) and not math.isfinite(value):
         raise CatsdogsError(f"{source}: {key} must be a finite number, got {value!r}")
-    if key in CHOICES and value not in CHOICES[key]:
-        raise CatsdogsError(f"{source}: {key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
+    if choices and value not in choices:
+        raise CatsdogsError(f"{source}: {key} must be one of {', '.join(choices)}, got {value!r}")
     if key in MINIMUM and value < MINIMUM[key]:
         raise CatsdogsError(f"{source}: {key} must be at least {MINIMUM[key]:g}"
                             + (" (0: off)" if key in OFF_AT_ZERO else "") + f", got {value!r}")
@@ -233,5 +333,5 @@ def config_to_yaml(cfg: TrainConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
-__all__ = ["TrainConfig", "build_config", "check_value", "config_from_dict", "config_to_yaml",
-           "read_yaml_overrides"]
+__all__ = ["ROLES", "Setting", "TrainConfig", "build_config", "check_value", "config_from_dict",
+           "config_to_yaml", "declared_settings", "read_yaml_overrides", "setting", "settings_with"]

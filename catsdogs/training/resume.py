@@ -16,15 +16,11 @@ from torch import nn
 from catsdogs.data.cache import ImageSplit, split_fingerprint
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.training.checkpoint import load_checkpoint, save_checkpoint
-from catsdogs.training.config import TrainConfig, config_from_dict
+from catsdogs.training.config import TrainConfig, config_from_dict, settings_with
 from catsdogs.training.distributed import SOLO, Team, gather
 from catsdogs.training.loop import EpochLoop, Log, Progress
 from catsdogs.training.schedules import depends_on_length
 
-# Settings a resumed run may change; everything else must match the checkpoint.
-# `data` may move: the resume then checks that the folder holds the same split (data_fingerprint).
-RESUMABLE_CHANGES = ("epochs", "device", "workers", "cache", "patience", "precision", "time_budget", "data",
-                     "micro_batch", "tensorboard")
 # Seeds of process r's augmentation and dropout streams are offset by r times this.
 RANK_SEED_STRIDE = 1_000_003
 
@@ -60,14 +56,15 @@ def _as_tuple(value: Any) -> Any:
 
 def resumed_config(state: Mapping[str, Any], flags: Mapping[str, Any], run_dir: Path) -> TrainConfig:
     saved = config_from_dict(state["config"], f"{run_dir / 'last.pt'}")
-    changes = {}
+    changes, resumable = {}, settings_with("resumable")  # the rest must match the checkpoint
     for key, value in flags.items():
         if value is None or value == getattr(saved, key):
             continue
-        if key not in RESUMABLE_CHANGES:
+        if key not in resumable:
             raise UsageError(f"--{key.replace('_', '-')} {value} conflicts with the run being resumed "
                              f"({key} = {getattr(saved, key)}); a resumed run keeps the {key.replace('_', ' ')} "
                              "it started with (train a new run to change it)")
+        # `data` may move: the resume then checks that the folder holds the same split (data_fingerprint).
         changes[key] = str(Path(value).resolve()) if key == "data" else value
     if "epochs" in changes and changes["epochs"] < state["progress"]["epoch"]:
         raise UsageError(f"--epochs {changes['epochs']} is fewer than the {state['progress']['epoch']} "

@@ -154,7 +154,7 @@ def train(cfg: TrainConfig | None, resume: str | Path | None = None, flags: Mapp
     """Train `cfg` into a new run folder, or continue the run in `resume`.
 
     When resuming, the config comes from the checkpoint and `flags` may change only
-    RESUMABLE_CHANGES (raising --epochs, say); any other differing flag is refused. Started
+    settings_with("resumable") (raising --epochs, say); any other differing flag is refused. Started
     by torchrun, each process trains on its share of every batch (see training/distributed.py).
     """
     team = team_from_environment()

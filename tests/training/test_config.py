@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ from click.testing import CliRunner
 from catsdogs.cli import main
 from catsdogs.errors import CatsdogsError
 from catsdogs.training.config import (TrainConfig, build_config, check_value, config_from_dict, config_to_yaml,
-                                      read_yaml_overrides)
+                                      declared_settings, read_yaml_overrides, settings_with)
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -222,3 +225,76 @@ def test_a_flag_of_0_turns_off_what_a_config_file_turns_on(tmp_path: Path) -> No
     assert (build_config(recipe).ema, build_config(recipe).time_budget) == (0.999, 20.0)
     off = build_config(recipe, {"ema": 0.0, "time_budget": 0.0, "patience": 0})
     assert (off.ema, off.time_budget, off.patience) == (0.0, 0.0, 0)
+
+
+# --- each setting declared once: flags, --print-config, the loader and the study's lists come from it ----
+
+def test_the_roles_are_todays() -> None:
+    assert settings_with("per_run") == ("optim", "batch_size", "lr", "momentum", "time_budget", "seed", "out")
+    assert set(settings_with("resumable")) == {"epochs", "device", "workers", "cache", "patience", "precision",
+                                               "time_budget", "data", "micro_batch", "tensorboard"}
+    assert settings_with("free") == ("cache", "workers", "tensorboard")
+    assert set(settings_with("free")) <= set(settings_with("resumable"))  # a study resumes with today's
+    assert set(settings_with("shared")) == set(TrainConfig().to_dict()) - {*settings_with("per_run"),
+                                                                            *settings_with("free")}
+    with pytest.raises(ValueError, match="unknown setting role 'fast'"):
+        settings_with("fast")
+
+
+def test_help_shows_the_dataclass_default_and_choices() -> None:
+    declared = declared_settings()
+    assert declared["image_size"].shown_default() == str(TrainConfig().image_size)
+    assert declared["label_smoothing"].shown_default() == "0"
+    assert declared["lr"].shown_default() == "the optimizer's"  # None: the words the declaration gives
+    assert declared["tensorboard"].shown_default() == ""  # a switch shows none
+    device = next(p for p in main.commands["train"].params if p.name == "device")
+    assert tuple(device.type.choices) == declared["device"].choices
+    assert "[default: auto]" in device.help
+
+
+# A setting added the way a contributor would, in TrainConfig alone (here a subclass standing in for it).
+ADD_SETTINGS = r'''
+import dataclasses, json, sys
+import catsdogs.training.config as config
+
+@dataclasses.dataclass
+class WithNewSettings(config.TrainConfig):
+    widgets: int = config.setting(3, help="Widgets per photo.", resumable=True, free=True)
+    gizmo: float | None = config.setting(None, help="Gizmo of each run.", per_run="the study picks it")
+
+config.TrainConfig = WithNewSettings  # as if the two fields were written in TrainConfig itself
+
+from click.testing import CliRunner
+from catsdogs.cli import main
+
+def run(*args):
+    result = CliRunner().invoke(main, list(args))
+    return {"code": result.exit_code, "output": result.output}
+
+json.dump({"train_help": run("train", "--help"), "compare_help": run("compare", "--help"),
+           "printed": run("train", "--optim", "adam", "--widgets", "5", "--gizmo", "0.5", "--print-config"),
+           "from_file": run("train", "--config", sys.argv[1], "--print-config"),
+           "wrong_type": run("train", "--config", sys.argv[2], "--print-config"),
+           "roles": {role: config.settings_with(role) for role in config.ROLES}}, sys.stdout)
+'''
+
+
+def test_a_setting_declared_in_one_place_reaches_every_table(tmp_path: Path) -> None:
+    good, bad = write_yaml(tmp_path, "optim: adam\nwidgets: 7\n"), write_yaml(tmp_path, "widgets: many\n", "bad.yaml")
+    done = subprocess.run([sys.executable, "-c", ADD_SETTINGS, str(good), str(bad)], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    train_help = seen["train_help"]["output"]
+    assert "--widgets INTEGER" in train_help and "Widgets per photo. [default: 3]" in train_help
+    assert "--gizmo FLOAT" in train_help
+    compare_help = seen["compare_help"]["output"]
+    assert "--widgets" in compare_help and "--gizmo" not in compare_help  # a study sets gizmo per run
+    printed = seen["printed"]
+    assert printed["code"] == 0, printed["output"]
+    assert yaml.safe_load(printed["output"])["widgets"] == 5 and yaml.safe_load(printed["output"])["gizmo"] == 0.5
+    assert yaml.safe_load(seen["from_file"]["output"])["widgets"] == 7  # the YAML key is accepted, and checked:
+    assert seen["wrong_type"]["code"] == 1 and f"{bad}: widgets must be int, got 'many'" in seen["wrong_type"]["output"]
+    roles = seen["roles"]
+    assert "widgets" in roles["resumable"] and "widgets" in roles["free"] and "widgets" not in roles["shared"]
+    assert "gizmo" in roles["per_run"] and "gizmo" not in roles["shared"] and "gizmo" not in roles["resumable"]
