@@ -31,7 +31,7 @@ from catsdogs.inference.evaluate import evaluate_run
 from catsdogs.process import configure_process
 from catsdogs.training.config import TrainConfig
 from catsdogs.training.hardware import select_precision
-from catsdogs.training.loop import evaluate_source
+from catsdogs.training.scoring import evaluate_source
 from catsdogs.training.models import build_model
 from catsdogs.training.train import train
 

@@ -13,6 +13,9 @@ from catsdogs.registry import Registry
 # ImageNet statistics: a common, harmless choice that also suits pretrained torchvision weights.
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
+# normalised = (pixel - MEAN_255) * SCALE_255 for 0..255 pixels, per channel.
+MEAN_255 = torch.tensor(MEAN) * 255.0
+SCALE_255 = 1.0 / (torch.tensor(STD) * 255.0)
 
 # An augmentation takes an NCHW batch (uint8 or float in 0..255) and the generator, and returns one.
 Augment = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
@@ -78,8 +81,8 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
     out = images if images.dtype == torch.float32 else images.to(torch.float32)
     out = out.contiguous(memory_format=torch.channels_last)
     width = out.shape[3]
-    mean = (torch.tensor(MEAN, device=out.device) * 255.0).repeat(width)
-    scale = (1.0 / (torch.tensor(STD, device=out.device) * 255.0)).repeat(width)
+    mean = MEAN_255.to(out.device).repeat(width)
+    scale = SCALE_255.to(out.device).repeat(width)
     out.permute(0, 2, 3, 1).reshape(-1, width * 3).sub_(mean).mul_(scale)  # a view: NHWC is contiguous
     return out
 

@@ -24,8 +24,8 @@ from catsdogs.inference.calibration import expected_calibration_error
 from catsdogs.inference.metrics import compute_metrics
 from catsdogs.inference.predict import TrainedModel, load_trained
 from catsdogs.names import escape_names, unescape_name
-from catsdogs.training.loop import evaluate_source
 from catsdogs.training.runs import RUN_MARKER
+from catsdogs.training.scoring import evaluate_source, tta_mode
 
 
 @dataclass
@@ -50,9 +50,9 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     replaces another measurement. Files that are not this evaluation's earlier results are never
     replaced. With `tta` (True or "flip") the prediction averages each image and its mirror image;
     its files get a `_tta` suffix so they sit beside the plain ones. "flip-shift" averages six views
-    (catsdogs.loop.tta_views), suffix `_tta-flip-shift`.
+    (catsdogs.training.scoring.tta_views), suffix `_tta-flip-shift`.
     """
-    tta = "flip" if tta is True else tta or False
+    tta = tta_mode(tta)
     run_dir = Path(run_dir)
     if data is not None and not Path(data).is_dir():
         raise CatsdogsError(f"--data {data} {'is not a folder' if Path(data).exists() else 'does not exist'}: pass "
@@ -118,7 +118,7 @@ def _open_photos(measured: Path, split: str, trained: TrainedModel, plain: bool,
 
 
 def _measure(trained: TrainedModel, image_split: ImageSplit, images: np.ndarray | None, progress: bool,
-             tta: str | bool) -> tuple[dict[str, Any], dict[str, Any], list[Path], np.ndarray, np.ndarray]:
+             tta: str | None) -> tuple[dict[str, Any], dict[str, Any], list[Path], np.ndarray, np.ndarray]:
     """Run the model on the photos: their metrics; the loss and the photos it could not read or left out;
     the photos it read, its probabilities and their labels."""
     cfg, torch_device = trained.cfg, trained.device

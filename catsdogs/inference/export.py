@@ -20,7 +20,7 @@ from torch import nn
 
 from catsdogs import __version__
 from catsdogs.atomic import current_umask
-from catsdogs.data.transforms import MEAN, STD
+from catsdogs.data.transforms import normalise
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.inference.exported import EXTRA, METADATA_KEY, RESIZE_RULE, TORCHSCRIPT_EXTRA, load_exported
 from catsdogs.inference.predict import TrainedModel, load_trained
@@ -37,20 +37,16 @@ QUANTIZED_NAME = "model.int8.onnx"
 class ExportModule(nn.Module):
     """What an exported file holds: uint8 RGB photos [N, H, W, 3] in, (probabilities, logits) out.
 
-    The conversion and ImageNet normalisation are inside, with the arithmetic of
-    catsdogs.data.transforms.normalise (subtract 255*mean, multiply by 1/(255*std)), so an app only
-    decodes and resizes.
+    The conversion and ImageNet normalisation are inside (catsdogs.data.transforms.normalise, as
+    training and predict use it), so an app only decodes and resizes.
     """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1) * 255.0)
-        self.register_buffer("scale", 1.0 / (torch.tensor(STD).view(1, 3, 1, 1) * 255.0))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = (images.permute(0, 3, 1, 2).to(torch.float32) - self.mean) * self.scale
-        logits = self.model(x)
+        logits = self.model(normalise(images.permute(0, 3, 1, 2)))
         return torch.softmax(logits, dim=1), logits
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from catsdogs.errors import CatsdogsError
+from catsdogs.training.scoring import mean_over_views
 
 EXTRA = 'pip install "catsdogs[export]"'
 METADATA_KEY = "catsdogs"  # ONNX metadata_props key, and the TorchScript extra file's name, holding the JSON
@@ -52,11 +53,12 @@ class ExportedModel:
 
     def probabilities(self, batch: torch.Tensor, tta: bool = False) -> torch.Tensor:
         """Softmax probabilities of a uint8 NHWC batch (the mean with the mirror image under `tta`)."""
-        images = np.ascontiguousarray(batch.numpy())
-        probs = self.run(images)
-        if tta:
-            probs = (probs + self.run(np.ascontiguousarray(images[:, :, ::-1]))) / 2
-        return torch.from_numpy(np.asarray(probs, dtype=np.float32))
+
+        def probabilities(images: torch.Tensor) -> torch.Tensor:  # an NCHW view of NHWC photos, as the file takes
+            photos = np.ascontiguousarray(images.permute(0, 2, 3, 1).numpy())
+            return torch.from_numpy(np.asarray(self.run(photos), dtype=np.float32))
+
+        return mean_over_views(probabilities, batch.permute(0, 3, 1, 2), "flip" if tta else None)
 
 
 def _metadata(path: Path, text: str | None) -> dict[str, Any]:

@@ -6,10 +6,7 @@ from typing import Any
 
 import numpy as np
 
-
-def accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
-    """Correct predictions over all predictions: a fraction between 0 and 1."""
-    return float((np.asarray(predicted) == np.asarray(labels)).mean()) if len(labels) else 0.0
+from catsdogs.training.scoring import accuracy, balanced_accuracy
 
 
 def confusion_matrix(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -68,7 +65,7 @@ def compute_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -
     supports = matrix.sum(1)
     majority = int(supports.argmax())
     return {"accuracy": accuracy(predicted, labels), "images": int(len(labels)), "classes": list(classes),
-            "balanced_accuracy": macro["recall"],
+            "balanced_accuracy": balanced_accuracy(predicted, labels, len(classes)),
             "majority_baseline": {"class": classes[majority],
                                   "accuracy": float(supports[majority] / len(labels)) if len(labels) else 0.0},
             "per_class": per_class, "macro": macro, "confusion_matrix": matrix.tolist(), "roc_auc": auc}

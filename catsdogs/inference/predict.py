@@ -26,9 +26,9 @@ from catsdogs.progress import progress_bar
 from catsdogs.training.checkpoint import load_checkpoint
 from catsdogs.training.config import TrainConfig, config_from_dict
 from catsdogs.training.hardware import Precision, select_device, select_precision
-from catsdogs.training.loop import EVAL_BATCH
 from catsdogs.training.models import build_model
 from catsdogs.training.runs import resolve_checkpoint
+from catsdogs.training.scoring import EVAL_BATCH, score_batch
 
 RUN_FILES = ("config.yaml", "last.pt", "best.pt")
 
@@ -50,14 +50,10 @@ class TrainedModel:
     def image_size(self) -> int:
         return self.cfg.image_size
 
-    @torch.no_grad()
     def probabilities(self, batch: torch.Tensor, tta: bool = False) -> torch.Tensor:
         """Softmax probabilities of a uint8 NHWC batch (the mean with the mirror image under `tta`)."""
         images = normalise(batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2))
-        with self.precision.autocast(self.device):
-            probs = torch.softmax(self.model(images).float(), 1)
-            if tta:
-                probs = (probs + torch.softmax(self.model(images.flip(3)).float(), 1)) / 2
+        _, probs = score_batch(self.model, images, self.precision, self.device, "flip" if tta else None)
         return probs.cpu()
 
 

@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from catsdogs.data.cache import BatchSource
-from catsdogs.errors import CatsdogsError
 from catsdogs.interrupts import CtrlC, on_ctrl_c
 from catsdogs.progress import progress_bar
 from catsdogs.training.config import TrainConfig
@@ -25,11 +24,9 @@ from catsdogs.training.ema import ModelEMA
 from catsdogs.training.hardware import Precision
 from catsdogs.training.models import head_name
 from catsdogs.training.schedules import lr_factor
+from catsdogs.training.scoring import balanced_accuracy, evaluate_source
 
 Log = Callable[[str], None]
-# Evaluation batch: on a 2-core CPU, 128 images of 224 px keep the activations in cache better
-# than 256 (about 1,300 against 800 images/s for cnn3, measured with bench_train.py's loop).
-EVAL_BATCH = 128
 
 
 def stop_on_signals(log: Log, repeat_window: float = 0.0) -> AbstractContextManager[CtrlC]:
@@ -298,71 +295,3 @@ class EpochLoop:
             result = loss, acc, balanced_accuracy(probs.argmax(1), labels, len(self.val_source.split.classes))
         return from_main(result, self.team)
 
-
-TTA_MODES = ("flip", "flip-shift")
-
-
-def tta_views(images: torch.Tensor, mode: str) -> list[torch.Tensor]:
-    """The views a test-time augmentation averages over, for a normalised NCHW batch.
-
-    flip: the image and its mirror image. flip-shift: those two, and each moved by 1/32 of the side
-    diagonally both ways (edges repeated), as airbench's translated views: six in all.
-    """
-    if mode not in TTA_MODES:
-        raise ValueError(f"test-time augmentation must be one of {', '.join(TTA_MODES)}, got {mode!r}")
-    views = [images, images.flip(3)]
-    if mode == "flip-shift":
-        d = max(images.shape[-1] // 32, 1)
-        padded = [nn.functional.pad(v, (d, d, d, d), mode="replicate") for v in views]
-        h, w = images.shape[-2:]
-        views += [p[..., y:y + h, x:x + w] for p in padded for y, x in ((0, 0), (2 * d, 2 * d))]
-    return views
-
-
-@torch.no_grad()
-def evaluate_source(model: nn.Module, source: BatchSource, precision: Precision, device: torch.device,
-                    batch_size: int = EVAL_BATCH, show: bool = False, tta: bool | str = False
-                    ) -> tuple[float, float, np.ndarray, np.ndarray]:
-    """Mean loss, accuracy, softmax probabilities and labels of `source`, in file order.
-
-    With `tta` (True or "flip"), each image's probabilities are the mean over the image and its
-    mirror image; with "flip-shift", over six views (see tta_views).
-    """
-    mode = "flip" if tta is True else tta or None
-    was_training = model.training
-    model.eval()
-    loss_fn = nn.CrossEntropyLoss(reduction="sum")
-    loss_sum, probs, labels_all = 0.0, [], []
-    order = source.order(batch_size, None)
-    for images, labels in progress_bar(source.batches(order), total=len(order), desc="evaluating", unit="batch",
-                                       show=show, leave=False):
-        images = source.preset(images.to(device, non_blocking=True))
-        labels = labels.to(device)
-        with precision.autocast(device):
-            logits = model(images).float()
-            if mode:
-                views = tta_views(images, mode)[1:]
-                batch_probs = (torch.softmax(logits, 1) + sum(torch.softmax(model(v.contiguous(
-                    memory_format=torch.channels_last)).float(), 1) for v in views)) / (len(views) + 1)
-        if mode:
-            loss_sum += float(nn.functional.nll_loss(torch.log(batch_probs.clamp_min(1e-12)), labels, reduction="sum"))
-        else:
-            batch_probs = torch.softmax(logits, 1)
-            loss_sum += float(loss_fn(logits, labels))
-        probs.append(batch_probs.cpu())
-        labels_all.append(labels.cpu())
-    model.train(was_training)
-    if not probs:
-        raise CatsdogsError(f"no readable images in {source.split.root}")
-    p, y = torch.cat(probs).numpy(), torch.cat(labels_all).numpy()
-    return loss_sum / len(y), float((p.argmax(1) == y).mean()), p, y
-
-
-def balanced_accuracy(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
-    """The mean recall over the classes that have photos: always answering one class scores 1 / classes.
-
-    The same number as catsdogs.inference.metrics reports as `balanced_accuracy` (its macro recall).
-    """
-    predicted, labels = np.asarray(predicted), np.asarray(labels)
-    recalls = [float((predicted[labels == c] == c).mean()) for c in range(num_classes) if (labels == c).any()]
-    return float(np.mean(recalls)) if recalls else 0.0

@@ -20,7 +20,7 @@ from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.training.checkpoint import load_checkpoint
 from catsdogs.training.config import TrainConfig, build_config
 from catsdogs.training.ema import ModelEMA
-from catsdogs.training.loop import EpochLoop, Progress, tta_views
+from catsdogs.training.loop import EpochLoop, Progress
 from catsdogs.training.models import build_model
 from catsdogs.training.train import train
 from tests.helpers import interrupt_after
@@ -233,19 +233,6 @@ def test_preset_scales_down_and_mirrors_the_chosen_images() -> None:
     # A flat image stays flat when scaled down (antialiased, no ringing past 0..255).
     flat = preset(torch.full((1, 64, 64, 3), 200, dtype=torch.uint8), size=32)
     assert torch.allclose(flat, preset(torch.full((1, 32, 32, 3), 200, dtype=torch.uint8)), atol=1e-5)
-
-
-def test_tta_views() -> None:
-    images = torch.arange(2 * 3 * 64 * 64, dtype=torch.float32).reshape(2, 3, 64, 64)
-    flip = tta_views(images, "flip")
-    assert len(flip) == 2 and torch.equal(flip[1], images.flip(3))
-    views = tta_views(images, "flip-shift")
-    assert len(views) == 6 and all(v.shape == images.shape for v in views)
-    d = 2  # 64 / 32
-    assert torch.equal(views[2][..., d:, d:], images[..., :-d, :-d])  # moved down-right by d
-    assert torch.equal(views[3][..., :-d, :-d], images[..., d:, d:])  # moved up-left by d
-    with pytest.raises(ValueError, match="one of flip, flip-shift"):
-        tta_views(images, "crops")
 
 
 def test_evaluate_tta_flag_and_modes(tiny_run, tmp_path: Path) -> None:
