@@ -9,7 +9,7 @@ import signal
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -20,11 +20,12 @@ from catsdogs.interrupts import CtrlC, on_ctrl_c
 from catsdogs.progress import progress_bar
 from catsdogs.training.config import TrainConfig
 from catsdogs.training.distributed import SOLO, Team, agree_max, from_main, shard_batches, total
-from catsdogs.training.ema import ModelEMA
 from catsdogs.training.hardware import Precision
 from catsdogs.training.models import head_name
 from catsdogs.training.schedules import lr_factor
 from catsdogs.training.scoring import balanced_accuracy, evaluate_source
+from catsdogs.training.state import Progress, TrainState
+from catsdogs.training.tensorboard_log import Board
 
 Log = Callable[[str], None]
 
@@ -42,19 +43,14 @@ def stop_on_signals(log: Log, repeat_window: float = 0.0) -> AbstractContextMana
 
 
 @dataclass
-class Progress:
-    """Where training stands: saved in last.pt so a resume continues exactly from here."""
+class Hooks:
+    """Callables a run calls with its Progress: after each training step (once it is counted), after each
+    epoch (once its row is in the history, before the run judges and saves it), and after each save of
+    last.pt. For what watches or steers a run from outside: tests, tools."""
 
-    epoch: int = 0  # epochs fully done
-    step: int = 0  # batches done inside the current epoch
-    epoch_order_state: torch.Tensor | None = None  # order generator state at the epoch's start
-    sums: tuple[float, int, int, float] = (0.0, 0, 0, 0.0)  # loss sum, correct, seen, seconds
-    epochs_since_best: int = 0
-    stopped_early: bool = False
-    budget_spent: bool = False
-    global_step: int = 0  # optimizer steps taken in the whole run
-    low_res_steps: int = 0  # of those, steps at the progressive (smaller) size
-    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    after_step: list[Callable[[Progress], None]] = dataclasses.field(default_factory=list)
+    after_epoch: list[Callable[[Progress], None]] = dataclasses.field(default_factory=list)
+    after_save: list[Callable[[Progress], None]] = dataclasses.field(default_factory=list)
 
 
 def class_weights(source: BatchSource, scheme: str) -> torch.Tensor | None:
@@ -98,18 +94,17 @@ def step_flips(coins: torch.Tensor | None, indices: Sequence[int], epoch: int, b
 class EpochLoop:
     """The per-epoch work: training steps with progress, then validation."""
 
-    def __init__(self, cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 scaler: torch.amp.GradScaler, precision: Precision, device: torch.device,
-                 train_source: BatchSource, val_source: BatchSource, order_gen: torch.Generator,
-                 aug_gen: torch.Generator, ema: ModelEMA | None = None, team: Team = SOLO,
-                 net: nn.Module | None = None) -> None:
-        """`model` is the network to save; `net` what runs the steps (its DistributedDataParallel
-        wrapper when `team` has several processes), `model` itself by default."""
-        self.cfg, self.model, self.optimizer, self.scaler, self.ema = cfg, model, optimizer, scaler, ema
-        self.net, self.team = net if net is not None else model, team
+    def __init__(self, *, cfg: TrainConfig, state: TrainState, precision: Precision, device: torch.device,
+                 train_source: BatchSource, val_source: BatchSource, team: Team = SOLO, net: nn.Module | None = None,
+                 board: Board | None = None, hooks: Hooks | None = None) -> None:
+        """`state.model` is the network to save; `net` what runs the steps (its DistributedDataParallel
+        wrapper when `team` has several processes), `state.model` itself by default. `board`: where the run
+        writes TensorBoard events, if it does."""
+        self.cfg, self.state, self.team = cfg, state, team
+        self.net = net if net is not None else state.model
         self.precision, self.device = precision, device
         self.train_source, self.val_source = train_source, val_source
-        self.order_gen, self.aug_gen = order_gen, aug_gen
+        self.board, self.hooks = board, hooks if hooks is not None else Hooks()
         # Summed, then divided by the whole batch's total weight: passes of a micro-batch add up to
         # the batch's loss exactly, with class weights too.
         self.class_weight = class_weights(train_source, cfg.class_weights)
@@ -119,16 +114,15 @@ class EpochLoop:
         self.steps_per_epoch = math.ceil(len(train_source) / cfg.batch_size)
         # The schedule scales the configured lr: never the groups' lr, which a resumed optimizer
         # brings back as it was at the interruption (mid-schedule).
-        self.base_lrs = [cfg.lr * group.get("lr_scale", 1.0) for group in optimizer.param_groups]
+        self.base_lrs = [cfg.lr * group.get("lr_scale", 1.0) for group in state.optimizer.param_groups]
         # Fine-tuning: the body (all but the head) stays still for the first cfg.freeze_epochs epochs.
-        head = head_name(model) if cfg.freeze_epochs else None
-        self.body = [p for name, p in model.named_parameters()
+        head = head_name(state.model) if cfg.freeze_epochs else None
+        self.body = [p for name, p in state.model.named_parameters()
                      if head is not None and p.requires_grad and not (name == head or name.startswith(f"{head}."))]
         self.frozen = False
         self.budget_seconds = cfg.time_budget * 60.0 if cfg.time_budget else None
         self.partial_epoch: tuple[int, int] | None = None  # (steps done, steps planned) when the budget cut one
         self.micro_batch = cfg.micro_batch  # None: each batch in one pass
-        self.board: Any = None  # a catsdogs.training.tensorboard_log.Board when the run writes TensorBoard events
         self.view_size: int | None = None  # the next step's image side when smaller than image_size
         self.view_flips: torch.Tensor | None = None  # the next step's mirrored images, under alternating flips
         # Progressive resizing: a step at the smaller size costs about (small / full)^2 of a full one.
@@ -155,18 +149,19 @@ class EpochLoop:
     def _set_lr(self, step_index: int, total: int) -> float:
         warmup = round(self.cfg.warmup_epochs * self.steps_per_epoch)
         factor = lr_factor(self.cfg.scheduler, step_index, total, warmup)
-        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+        for group, base in zip(self.state.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * factor
         return self.base_lrs[0] * factor
 
-    def run_epoch(self, progress: Progress, stop: CtrlC, show: bool) -> bool:
-        """Train one epoch (or its remainder after a resume); False when stopped part-way."""
+    def run_epoch(self, stop: CtrlC, show: bool) -> bool:
+        """Train one epoch (or its remainder after a resume) from `state.progress`; False when stopped part-way."""
+        progress, order_gen = self.state.progress, self.state.order_gen
         if progress.step == 0 or progress.epoch_order_state is None:
-            progress.epoch_order_state = self.order_gen.get_state()
+            progress.epoch_order_state = order_gen.get_state()
             progress.sums = (0.0, 0, 0, 0.0)
         else:
-            self.order_gen.set_state(progress.epoch_order_state)
-        order = shard_batches(self.train_source.order(self.cfg.batch_size, self.order_gen), self.team)
+            order_gen.set_state(progress.epoch_order_state)
+        order = shard_batches(self.train_source.order(self.cfg.batch_size, order_gen), self.team)
         loss_sum, correct, seen, seconds = progress.sums
         self._freeze_body(progress.epoch < self.cfg.freeze_epochs)
         self.net.train()
@@ -191,6 +186,8 @@ class EpochLoop:
             progress.global_step += 1
             if self.board is not None:
                 self.board.step(progress.global_step, batch_loss, lr)
+            for hook in self.hooks.after_step:
+                hook(progress)
             elapsed = seconds + time.perf_counter() - started
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{seen / max(elapsed, 1e-9):.0f}", refresh=False)
             bar.update()
@@ -221,6 +218,8 @@ class EpochLoop:
             "epoch": progress.epoch, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
             "val_loss": val_loss, "val_acc": val_acc, "val_balanced_acc": val_balanced_acc, "lr": lr,
             "seconds": round(elapsed, 3)})
+        for hook in self.hooks.after_epoch:
+            hook(progress)
         return True
 
     def _freeze_body(self, frozen: bool) -> None:
@@ -249,7 +248,7 @@ class EpochLoop:
         fall between the shares. Returns this share's part of the batch's mean loss times the
         batch's images (its part of the epoch's loss sum), and its correct answers.
         """
-        images = self.train_source.preset(images.to(self.device, non_blocking=True), self.aug_gen, self.view_size,
+        images = self.train_source.preset(images.to(self.device, non_blocking=True), self.state.aug_gen, self.view_size,
                                           self.view_flips)
         if self.board is not None:
             self.board.batch(images, labels)  # the run's first batch, as the model gets it
@@ -257,7 +256,8 @@ class EpochLoop:
         weight, count = total([weight, len(labels)], self.team)
         weight /= self.team.world
         labels = labels.to(self.device, non_blocking=True)
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer, scaler = self.state.optimizer, self.state.scaler
+        optimizer.zero_grad(set_to_none=True)
         size = self.micro_batch or len(labels)
         passes = list(zip(images.split(size), labels.split(size)))
         loss_sum, correct = 0.0, 0
@@ -268,22 +268,17 @@ class EpochLoop:
                 with self.precision.autocast(self.device):
                     logits = self.net(part)
                     loss = self.loss_fn(logits.float(), part_labels) / weight  # this pass's part of the batch's
-                self.scaler.scale(loss).backward()
+                scaler.scale(loss).backward()
             loss_sum += float(loss.detach())
             correct += int((logits.argmax(1) == part_labels).sum())
         if self.frozen:
             for parameter in self.body:
                 parameter.grad = None  # the optimizer skips a parameter without a gradient
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        if self.ema is not None:
-            self.ema.update(self.model)
+        scaler.step(optimizer)
+        scaler.update()
+        if self.state.ema is not None:
+            self.state.ema.update(self.state.model)
         return loss_sum * count / self.team.world, correct
-
-    @property
-    def kept_model(self) -> nn.Module:
-        """The model to validate and save: the weight average when there is one."""
-        return self.ema.module if self.ema is not None else self.model
 
     @torch.no_grad()
     def validate(self) -> tuple[float, float, float]:
@@ -291,7 +286,7 @@ class EpochLoop:
         and tells the rest."""
         result = None
         if self.team.main:
-            loss, acc, probs, labels = evaluate_source(self.kept_model, self.val_source, self.precision, self.device)
+            loss, acc, probs, labels = evaluate_source(self.state.kept_model, self.val_source, self.precision, self.device)
             result = loss, acc, balanced_accuracy(probs.argmax(1), labels, len(self.val_source.split.classes))
         return from_main(result, self.team)
 

@@ -3,56 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-import random
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
-import torch
 from torch import nn
 
 from catsdogs.data.cache import ImageSplit, split_fingerprint
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.training.checkpoint import load_checkpoint, save_checkpoint
 from catsdogs.training.config import TrainConfig, config_from_dict, settings_with
-from catsdogs.training.distributed import SOLO, Team, gather
-from catsdogs.training.loop import EpochLoop, Log, Progress
+from catsdogs.training.distributed import SOLO, Team
+from catsdogs.training.state import Progress, TrainState
 from catsdogs.training.schedules import depends_on_length
-
-# Seeds of process r's augmentation and dropout streams are offset by r times this.
-RANK_SEED_STRIDE = 1_000_003
-
-
-def rng_state() -> dict[str, Any]:
-    """Global random states as plain values, so the checkpoint loads with weights_only=True."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": [kind, keys.tolist(), pos, has_gauss, gauss]}
-    # Dropout on a GPU draws from the GPU's own generator, which torch.get_rng_state() leaves out.
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()  # this process's device
-    elif torch.backends.mps.is_available():
-        state["mps"] = torch.mps.get_rng_state()
-    return state
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore what rng_state() saved; an accelerator's state only where that accelerator is used now."""
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-    if "mps" in state and torch.backends.mps.is_available():
-        torch.mps.set_rng_state(state["mps"])
-    random.setstate(_as_tuple(state["python"]))
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
-
-
-def _as_tuple(value: Any) -> Any:
-    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
-
 
 def resumed_config(state: Mapping[str, Any], flags: Mapping[str, Any], run_dir: Path) -> TrainConfig:
     saved = config_from_dict(state["config"], f"{run_dir / 'last.pt'}")
@@ -141,13 +105,6 @@ def point_best_at(run_dir: Path, data: str) -> None:
             save_checkpoint(state, best)
 
 
-def restore_progress(state: Mapping[str, Any]) -> Progress:
-    saved = dict(state["progress"])
-    saved["sums"] = tuple(saved["sums"])
-    saved.pop("best_val_acc", None)  # kept by older catsdogs; the best epoch is read off the history now
-    return Progress(**saved)
-
-
 def model_state(cfg: TrainConfig, model: nn.Module, progress: Progress, identity: Mapping[str, Any]
                  ) -> dict[str, Any]:
     """Weights and what they mean: config, classes, epoch, and `identity` (init hash, data fingerprint)."""
@@ -171,46 +128,20 @@ def check_same_split(state: Mapping[str, Any], fingerprint: Mapping[str, Any], d
 
 @dataclass
 class LastSaver:
-    """Writes last.pt: everything a resume needs to continue exactly where training stood."""
+    """Writes last.pt: `state` (everything a resume needs to continue exactly) with the weights' meaning."""
 
     run_dir: Path
     cfg: TrainConfig
-    loop: EpochLoop
+    state: TrainState
     identity: Mapping[str, Any]  # classes, init_hash, data_fingerprint
     team: Team = SOLO
+    after_save: Sequence[Callable[[Progress], None]] = ()  # each told once last.pt is written (see Hooks)
 
-    def __call__(self, progress: Progress) -> None:
-        loop = self.loop
-        # Every process draws its own augmentations and dropout masks; all of them are kept.
-        ranks = gather({"aug_gen": loop.aug_gen.get_state(), "rng": rng_state()}, self.team)
-        if not self.team.main:
-            return
-        state = model_state(self.cfg, loop.kept_model, progress, self.identity)
-        if loop.ema is not None:  # "model" holds the averaged weights to use; a resume continues from raw_model
-            state["raw_model"] = {k: v.detach().cpu() for k, v in loop.model.state_dict().items()}
-            state["ema"] = loop.ema.state_dict()
-        state.update({
-            "optimizer": loop.optimizer.state_dict(),
-            "scaler": loop.scaler.state_dict() if loop.scaler.is_enabled() else {},
-            "order_gen": loop.order_gen.get_state(), "aug_gen": ranks[0]["aug_gen"], "rng": ranks[0]["rng"],
-            "progress": dataclasses.asdict(progress),
-        })
-        if self.team.enabled:
-            state["ranks"] = ranks
-        save_checkpoint(state, self.run_dir / "last.pt")
-
-
-def restore_process_randomness(state: Mapping[str, Any], team: Team, aug_gen: torch.Generator, log: Log) -> None:
-    """Give this process back its own generator states; exact only with as many processes as before."""
-    ranks = state.get("ranks") or [{"aug_gen": state["aug_gen"], "rng": state["rng"]}]
-    if len(ranks) == team.world:
-        aug_gen.set_state(ranks[team.rank]["aug_gen"])
-        set_rng_state(ranks[team.rank]["rng"])
-        return
-    log(f"note: this run was saved by {len(ranks)} process(es) and continues on {team.world}: it goes on from "
-        "the same weights and step, but its augmentations differ from an uninterrupted run's")
-    set_rng_state(ranks[0]["rng"])
-    step = int(state["progress"]["global_step"])
-    aug_gen.manual_seed(int(state["config"]["seed"]) + 1 + RANK_SEED_STRIDE * team.rank + step)
-    if team.enabled:
-        torch.manual_seed(int(state["config"]["seed"]) + RANK_SEED_STRIDE * team.rank + step)
+    def __call__(self) -> None:
+        training = self.state.state_dict(self.team)  # every process takes part: each has its own random streams
+        if training is not None:
+            progress = self.state.progress
+            save_checkpoint({**model_state(self.cfg, self.state.kept_model, progress, self.identity), **training},
+                            self.run_dir / "last.pt")
+        for hook in self.after_save:
+            hook(self.state.progress)

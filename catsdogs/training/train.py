@@ -30,16 +30,16 @@ from catsdogs.training.distributed import Team, finish, from_main, gather, start
 from catsdogs.training.ema import ModelEMA
 from catsdogs.training.hardware import Precision, select_device, select_precision, tune_allocator
 from catsdogs.training.lookahead import Lookahead
-from catsdogs.training.loop import EpochLoop, Log, Progress, stop_on_signals
+from catsdogs.training.loop import EpochLoop, Hooks, Log, stop_on_signals
 from catsdogs.training.models import MODELS, build_model, head_name, load_pretrained
 from catsdogs.training.optim import build_optimizer, get_optimizer_spec, load_optimizer_plugins, parameter_groups
 from catsdogs.training.placement import placement
-from catsdogs.training.resume import (RANK_SEED_STRIDE, LastSaver, budget_spent, check_same_split, data_fingerprint,
-                                      how_to_train_longer, model_state, point_best_at, restore_process_randomness,
-                                      restore_progress, resume_command, resumed_config)
+from catsdogs.training.resume import (LastSaver, budget_spent, check_same_split, data_fingerprint, how_to_train_longer,
+                                      model_state, point_best_at, resume_command, resumed_config)
 from catsdogs.training.runs import RUNS_ROOT, new_run_dir
 from catsdogs.training.schedules import SCHEDULERS
 from catsdogs.training.selection import best_epoch, better_epoch, selected_by
+from catsdogs.training.state import RANK_SEED_STRIDE, Progress, TrainState
 from catsdogs.training.tensorboard_log import Board, check_tensorboard
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc", "lr", "seconds")
@@ -150,18 +150,19 @@ def _fmt(value: Any) -> str:
 
 
 def train(cfg: TrainConfig | None, resume: str | Path | None = None, flags: Mapping[str, Any] | None = None,
-          progress: bool = True, log: Log = print) -> TrainResult:
+          progress: bool = True, log: Log = print, hooks: Hooks | None = None) -> TrainResult:
     """Train `cfg` into a new run folder, or continue the run in `resume`.
 
     When resuming, the config comes from the checkpoint and `flags` may change only
     settings_with("resumable") (raising --epochs, say); any other differing flag is refused. Started
-    by torchrun, each process trains on its share of every batch (see training/distributed.py).
+    by torchrun, each process trains on its share of every batch (see training/distributed.py). `hooks`:
+    callables told of each step, epoch and save (see Hooks).
     """
     team = team_from_environment()
     if not team.main:
         progress, log = False, _quiet
     try:
-        return _train(cfg, resume, flags, progress, log, team)
+        return _train(cfg, resume, flags, progress, log, team, hooks or Hooks())
     finally:
         with ctrl_c_deferred() if team.enabled else contextlib.nullcontext():
             finish(team)
@@ -188,14 +189,13 @@ class _Run:
     train_source: BatchSource
     val_source: BatchSource
     warned: set[Path]  # unreadable files already named in a warning
-    model: nn.Module
     init_hash: str
-    optimizer: torch.optim.Optimizer
-    ema: ModelEMA | None
-    scaler: torch.amp.GradScaler
-    order_gen: torch.Generator
-    aug_gen: torch.Generator
-    progress: Progress = dataclasses.field(default_factory=Progress)
+    state: TrainState  # what training changes, and last.pt saves
+    hooks: Hooks
+
+    @property
+    def progress(self) -> Progress:
+        return self.state.progress
 
     def check_unreadable(self) -> None:
         _check_unreadable((self.train_source, self.val_source), self.team, self.warned, self.cfg.data, self.log)
@@ -206,7 +206,7 @@ class _Run:
 
 
 def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[str, Any] | None, progress: bool,
-           log: Log, team: Team) -> TrainResult:
+           log: Log, team: Team, hooks: Hooks) -> TrainResult:
     cfg, state, rebuild = _resolve_settings(cfg, resume, flags, team)
     run_dir = Path(resume) if state is not None else None
     device, precision, hardware = _choose_hardware(cfg, team)
@@ -214,13 +214,10 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
     # The model before the cache: a wrong model, size or weights file is told before minutes of decoding.
     model, init_hash = _build_model(cfg, state, train_split, log)
     train_source, val_source, warned = _open_data(cfg, train_split, val_split, device, rebuild, progress, team, log)
-    model, optimizer, ema, scaler = _build_optimizer(cfg, model, device, precision, team)
-    order_gen, aug_gen = training_generators(cfg.seed, team.rank)
     run = _Run(cfg=cfg, team=team, log=log, show_progress=progress, run_dir=run_dir, device=device,
                precision=precision, hardware=hardware, train_split=train_split, val_split=val_split,
                fingerprint=fingerprint, train_source=train_source, val_source=val_source, warned=warned,
-               model=model, init_hash=init_hash, optimizer=optimizer, ema=ema, scaler=scaler,
-               order_gen=order_gen, aug_gen=aug_gen)
+               init_hash=init_hash, state=_build_state(cfg, model, device, precision, team), hooks=hooks)
     if state is not None:
         if not _restore(run, state):
             return _result(run.run_dir, run.progress, run.cfg, "nothing-to-do")
@@ -320,9 +317,10 @@ def _open_data(cfg: TrainConfig, train_split: ImageSplit, val_split: ImageSplit,
     return train_source, val_source, warned
 
 
-def _build_optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device, precision: Precision,
-                     team: Team) -> tuple[nn.Module, torch.optim.Optimizer, ModelEMA | None, torch.amp.GradScaler]:
-    """The model on its device, its optimizer, its EMA (with --ema) and the gradient scaler."""
+def _build_state(cfg: TrainConfig, model: nn.Module, device: torch.device, precision: Precision,
+                 team: Team) -> TrainState:
+    """The run's start: the model on its device, its optimizer, its EMA (with --ema), the gradient scaler
+    and this process's generators."""
     model = model.to(device, memory_format=torch.channels_last)
     if team.enabled:
         torch.manual_seed(cfg.seed + RANK_SEED_STRIDE * team.rank)  # each process its own dropout masks
@@ -334,24 +332,16 @@ def _build_optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device, p
         optimizer = Lookahead(optimizer, cfg.lookahead_steps, cfg.lookahead_alpha)
     ema = ModelEMA(model, cfg.ema) if cfg.ema else None
     scaler = torch.amp.GradScaler(device.type, enabled=precision.scale_grads)
-    return model, optimizer, ema, scaler
+    order_gen, aug_gen = training_generators(cfg.seed, team.rank)
+    return TrainState(model=model, optimizer=optimizer, scaler=scaler, order_gen=order_gen, aug_gen=aug_gen, ema=ema)
 
 
 def _restore(run: _Run, state: dict[str, Any]) -> bool:
     """Bring the run back to where `state` (its last.pt) left it. False when it has nothing left to do:
     then it says why, and writes the status a kill after the last save left unwritten."""
     cfg, team, log, run_dir = run.cfg, run.team, run.log, run.run_dir
-    run.model.load_state_dict(state.get("raw_model", state["model"]))
-    if run.ema is not None:
-        run.ema.load_state_dict(state["ema"], state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    if run.precision.scale_grads and state.get("scaler"):
-        run.scaler.load_state_dict(state["scaler"])
-    progress = run.progress = restore_progress(state)
-    run.order_gen.set_state(state["order_gen"])
-    restore_process_randomness(state, team, run.aug_gen, log)
-    if not team.main:  # process 0 carries the interrupted epoch's sums for the whole team
-        progress.sums = (0.0, 0, 0, progress.sums[3])
+    run.state.load_state_dict(state, team, log)
+    progress = run.progress
     run.init_hash = state.get("init_hash", run.init_hash)
     # A budget once spent has ended its schedule: a changed --time-budget would restart it (the lr
     # jumping back up), which no straight run does. A budget not yet spent may be raised or removed where
@@ -402,27 +392,28 @@ def _log_start(run: _Run) -> None:
     share = f", {_per_process(cfg.batch_size, team.world)} per process" if team.enabled else ""
     share += f", in passes of {cfg.micro_batch}" if cfg.micro_batch and cfg.micro_batch < cfg.batch_size else ""
     log(f"model {cfg.model} at {cfg.image_size}px, optimizer {cfg.optim} (lr {cfg.lr:g}, batch {cfg.batch_size}"
-        f"{share}), {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}" + _fine_tuning_note(cfg, run.model))
+        f"{share}), {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}" + _fine_tuning_note(cfg, run.state.model))
 
 
 def _run_epochs(run: _Run) -> TrainResult:
     """Train epoch after epoch until the last, an early stop, the time budget or Ctrl-C; then finish."""
     cfg, team, log, progress, run_dir = run.cfg, run.team, run.log, run.progress, run.run_dir
-    net = _data_parallel(run.model, run.device) if team.enabled else run.model
-    loop = EpochLoop(cfg, run.model, run.optimizer, run.scaler, run.precision, run.device, run.train_source,
-                     run.val_source, run.order_gen, run.aug_gen, run.ema, team, net)
+    model = run.state.model
+    # Process 0 alone writes TensorBoard events, as it alone writes history.csv.
+    board = Board(run_dir, progress.global_step, run.train_split.classes) if cfg.tensorboard and team.main else None
+    loop = EpochLoop(cfg=cfg, state=run.state, precision=run.precision, device=run.device,
+                     train_source=run.train_source, val_source=run.val_source, team=team,
+                     net=_data_parallel(model, run.device) if team.enabled else model, board=board, hooks=run.hooks)
     identity = {"classes": list(run.train_split.classes), "init_hash": run.init_hash,
                 "data_fingerprint": run.fingerprint}
-    save_last = LastSaver(run_dir, cfg, loop, identity, team)
-    if cfg.tensorboard and team.main:  # process 0 alone writes, as it alone writes history.csv
-        loop.board = Board(run_dir, progress.global_step, run.train_split.classes)
+    save_last = LastSaver(run_dir, cfg, run.state, identity, team, after_save=run.hooks.after_save)
     status = "finished"
     try:
         with stop_on_signals(log, repeat_window=TORCHRUN_SIGNAL_ECHO if team.enabled else 0.0) as stop:
             while progress.epoch < cfg.epochs:
-                completed = loop.run_epoch(progress, stop, run.show_progress)
+                completed = loop.run_epoch(stop, run.show_progress)
                 if not completed:
-                    save_last(progress)
+                    save_last()
                     status = "interrupted"
                     log(f"interrupted in epoch {progress.epoch + 1} after step {progress.step}; "
                         f"resume with: {resume_command(run_dir, team)}")
@@ -439,8 +430,8 @@ def _run_epochs(run: _Run) -> TrainResult:
             _after_abort(run_dir, team, log, "stopped at once" if isinstance(exc, KeyboardInterrupt) else "failed")
         raise
     finally:
-        if loop.board is not None:
-            loop.board.close()
+        if board is not None:
+            board.close()
     return _result(run_dir, progress, cfg, status)
 
 
@@ -462,8 +453,8 @@ def _end_epoch(run: _Run, loop: EpochLoop, save_last: LastSaver, identity: dict[
     # best.pt before last.pt: a kill between the two then redoes this epoch on resume (and
     # writes best.pt again), where the other order would leave best.pt an epoch behind for good.
     if improved and team.main:
-        save_checkpoint(model_state(cfg, loop.kept_model, progress, identity), run_dir / "best.pt")
-    save_last(progress)
+        save_checkpoint(model_state(cfg, run.state.kept_model, progress, identity), run_dir / "best.pt")
+    save_last()
     if loop.board is not None:  # after the save, so that a resume never writes the epoch twice
         loop.board.epoch(row)
     balanced = f" balanced {row['val_balanced_acc']:.4f}" if column == "val_balanced_acc" else ""

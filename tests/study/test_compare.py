@@ -23,7 +23,7 @@ from catsdogs.study import compare as compare_module
 from catsdogs.study import report as report_module
 from catsdogs.study.compare import StudySpec, parse_budget, parse_optims, run_study
 from catsdogs.study.tuning import INITIAL_STEPS, LIMIT_STEPS, grid_lr
-from catsdogs.training import loop as loop_module
+from catsdogs.training.loop import Hooks
 from catsdogs.training import train as train_module
 from catsdogs.training.config import TrainConfig
 from catsdogs.training.optim import get_optimizer_spec
@@ -214,17 +214,19 @@ def test_a_deleted_run_is_redone_identically_and_the_rest_kept(study: tuple[Path
 def test_an_interrupted_study_resumes_only_the_run_in_progress(data: Path, tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "study"
     spec = StudySpec(base_config(data), ("minibatch-sgd", "vanilla-sgd"), seeds=1, out=out)
-    original, steps = loop_module.EpochLoop._step, {"n": 0}
+    steps = {"n": 0}
+    real_train = compare_module.train
 
-    def step(self, images, labels):
-        result = original(self, images, labels)
+    def step(progress):
         steps["n"] += 1
         if steps["n"] == 1 + 5:  # minibatch-sgd takes 1 step (24 images, batch 100); vanilla-sgd is at step 5
             os.kill(os.getpid(), signal.SIGINT)
-        return result
+
+    def counting(cfg, resume=None, **kwargs):
+        return real_train(cfg, resume=resume, hooks=Hooks(after_step=[step]), **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(loop_module.EpochLoop, "_step", step)
+        patch.setattr(compare_module, "train", counting)
         lines: list[str] = []
         assert run_study(spec, progress=False, log=lines.append).status == "interrupted"
     assert any("study interrupted in vanilla-sgd seed 42; run the same command again" in line for line in lines)

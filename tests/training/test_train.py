@@ -17,10 +17,10 @@ import torch
 import yaml
 
 from catsdogs.errors import CatsdogsError, UsageError
-from catsdogs.training import loop as loop_module
 from catsdogs.training import train as train_module
 from catsdogs.training.checkpoint import load_checkpoint
 from catsdogs.training.config import TrainConfig
+from catsdogs.training.loop import Hooks
 from catsdogs.training.optim import get_optimizer_spec
 from catsdogs.training.schedules import lr_factor
 from catsdogs.training.train import HISTORY_COLUMNS, new_run_config, train
@@ -186,33 +186,25 @@ def test_print_config_of_a_resume_shows_the_resumed_settings_and_trains_nothing(
     assert refused.exit_code == 2 and "--lr 0.5 conflicts with the run being resumed" in refused.output
 
 
-def scripted_validation(monkeypatch, scores: list[tuple[float, float]]) -> None:
-    """Validation reports these (val_loss, val_acc) pairs, one per epoch in order, balanced accuracy = accuracy."""
-    remaining = iter(scores)
-
-    def validate(self) -> tuple[float, float, float]:
-        loss, acc = next(remaining)
-        return loss, acc, acc
-
-    monkeypatch.setattr(loop_module.EpochLoop, "validate", validate)
+def scripted_validation(scores: list[tuple[float, float]]) -> Hooks:
+    """Hooks under which validation reports these (val_loss, val_acc) pairs, one per epoch in order, balanced
+    accuracy = accuracy."""
+    return _validation_gives([(loss, acc, acc) for loss, acc in scores])
 
 
 def test_best_pt_is_written_before_the_last_pt_that_counts_its_epoch(data: Path, tmp_path: Path,
                                                                     monkeypatch) -> None:
     """A kill between the two saves must not leave best.pt behind a last.pt that already knows the epoch."""
-    from catsdogs.training import train as train_module
-
-    original = train_module.LastSaver.__call__
     seen: list[tuple[int, int]] = []
+    run = tmp_path / "run"
 
-    def save_last(self, progress):
+    def saved_last(progress):  # told as soon as last.pt is written, before anything else is
         if progress.step == 0 and progress.history:  # an epoch's end: which epoch does best.pt hold by now?
-            seen.append((progress.history[-1]["epoch"], load_checkpoint(self.run_dir / "best.pt")["epoch"]))
-        return original(self, progress)
+            seen.append((progress.history[-1]["epoch"], load_checkpoint(run / "best.pt")["epoch"]))
 
-    monkeypatch.setattr(train_module.LastSaver, "__call__", save_last)
-    scripted_validation(monkeypatch, [(0.6, 0.50), (0.5, 0.75), (0.4, 0.70)])  # epoch 2 stays the best
-    train(make_config(data, tmp_path / "run", epochs=3), progress=False, log=quiet)
+    hooks = scripted_validation([(0.6, 0.50), (0.5, 0.75), (0.4, 0.70)])  # epoch 2 stays the best
+    hooks.after_save.append(saved_last)
+    train(make_config(data, run, epochs=3), progress=False, log=quiet, hooks=hooks)
     assert seen == [(1, 1), (2, 2), (3, 2)]
 
 
@@ -223,23 +215,27 @@ def test_best_pt_is_written_before_the_last_pt_that_counts_its_epoch(data: Path,
     ((0.10, 0.70), 2),  # a lower accuracy, whatever its loss
 ], ids=["higher-acc", "same-acc-lower-loss", "same-acc-higher-loss", "lower-acc"])
 def test_the_best_epoch_is_carried_across_a_resume(data: Path, tmp_path: Path, monkeypatch, third, best: int) -> None:
-    with monkeypatch.context() as patch:
-        scripted_validation(patch, [(0.70, 0.50), (0.50, 0.75)])
-        run = train(make_config(data, tmp_path / "run", epochs=2), progress=False, log=quiet).run_dir
+    run = train(make_config(data, tmp_path / "run", epochs=2), progress=False, log=quiet,
+                hooks=scripted_validation([(0.70, 0.50), (0.50, 0.75)])).run_dir
     before = load_checkpoint(run / "best.pt")
     assert before["epoch"] == 2
-    scripted_validation(monkeypatch, [third])
-    train(None, resume=run, flags={"epochs": 3}, progress=False, log=quiet)
+    train(None, resume=run, flags={"epochs": 3}, progress=False, log=quiet, hooks=scripted_validation([third]))
     after = load_checkpoint(run / "best.pt")
     assert after["epoch"] == best
     holds = before["model"] if best == 2 else load_checkpoint(run / "last.pt")["model"]  # epoch 3's weights
     assert all(torch.equal(after["model"][key], holds[key]) for key in holds)
 
 
-def _validation_gives(monkeypatch, scores: list[tuple[float, float, float]]) -> None:
-    """Each epoch's validation returns the next (val loss, val accuracy, val balanced accuracy) of `scores`."""
+def _validation_gives(scores: list[tuple[float, float, float]]) -> Hooks:
+    """Hooks under which each epoch's validation gives the next (val loss, val accuracy, val balanced accuracy)
+    of `scores`: they replace the epoch's measured ones before the run judges the epoch."""
     given = iter(scores)
-    monkeypatch.setattr(loop_module.EpochLoop, "validate", lambda self: next(given))
+
+    def score(progress) -> None:
+        row = progress.history[-1]
+        row["val_loss"], row["val_acc"], row["val_balanced_acc"] = next(given)
+
+    return Hooks(after_epoch=[score])
 
 
 # Epoch 1 answers the larger class: the best plain accuracy, and the worst balanced accuracy.
@@ -249,9 +245,8 @@ UNBALANCED_SCORES = [(0.50, 0.857, 0.500), (0.70, 0.700, 0.725), (0.65, 0.690, 0
 @pytest.mark.parametrize(("class_weights", "best"), [("balanced", (3, 0.690, 0.740)), ("none", (1, 0.857, 0.500))])
 def test_status_and_result_name_the_best_epoch_and_both_of_its_accuracies(data: Path, tmp_path: Path, monkeypatch,
                                                                           class_weights: str, best) -> None:
-    _validation_gives(monkeypatch, UNBALANCED_SCORES)
     result = train(make_config(data, tmp_path / "run", epochs=3, class_weights=class_weights), progress=False,
-                   log=quiet)
+                   log=quiet, hooks=_validation_gives(UNBALANCED_SCORES))
     status = json.loads((result.run_dir / "status.json").read_text())
     assert (status["best_epoch"], status["best_val_acc"], status["best_val_balanced_acc"]) == best
     assert (result.best_epoch, result.best_val_acc, result.best_val_balanced_acc) == best
@@ -624,7 +619,7 @@ def test_balanced_class_weights_weigh_the_rare_class_and_passes_still_add_up(dat
 def test_the_accelerators_random_state_is_saved_and_restored(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                              accelerator: str) -> None:
     """Dropout on a GPU draws from the GPU's generator: a resume must continue it, not restart it."""
-    from catsdogs.training.resume import rng_state, set_rng_state
+    from catsdogs.training.state import rng_state, set_rng_state
 
     generator = {"state": torch.arange(16, dtype=torch.uint8)}  # stands in for the device's generator
     module = torch.cuda if accelerator == "cuda" else torch.mps
