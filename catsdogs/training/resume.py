@@ -15,10 +15,11 @@ from torch import nn
 
 from catsdogs.data.cache import ImageSplit, split_fingerprint
 from catsdogs.errors import CatsdogsError, UsageError
-from catsdogs.training.checkpoint import load_checkpoint, save_checkpoint
+from catsdogs.training.checkpoint import SavedModel
 from catsdogs.training.config import TrainConfig, config_from_dict
 from catsdogs.training.distributed import SOLO, Team, gather
 from catsdogs.training.loop import EpochLoop, Log, Progress
+from catsdogs.training.runs import RunFolder
 
 # Settings a resumed run may change; everything else must match the checkpoint.
 # `data` may move: the resume then checks that the folder holds the same split (data_fingerprint).
@@ -58,7 +59,7 @@ def _as_tuple(value: Any) -> Any:
 
 
 def resumed_config(state: Mapping[str, Any], flags: Mapping[str, Any], run_dir: Path) -> TrainConfig:
-    saved = config_from_dict(state["config"], f"{run_dir / 'last.pt'}")
+    saved = config_from_dict(state["config"], f"{RunFolder(run_dir).last_path}")
     changes = {}
     for key, value in flags.items():
         if value is None or value == getattr(saved, key):
@@ -83,12 +84,12 @@ def resume_command(run_dir: Path, team: Team) -> str:
 
 def point_best_at(run_dir: Path, data: str) -> None:
     """After a resume with a moved split, best.pt (which evaluate reads) names the new folder too."""
-    best = run_dir / "best.pt"
-    if best.is_file():
-        state = load_checkpoint(best)
+    folder = RunFolder(run_dir)
+    if folder.best_path.is_file():
+        state = folder.load("best")
         if state["config"].get("data") != data:
             state["config"]["data"] = data
-            save_checkpoint(state, best)
+            folder.save("best", state)
 
 
 def restore_progress(state: Mapping[str, Any]) -> Progress:
@@ -101,9 +102,10 @@ def restore_progress(state: Mapping[str, Any]) -> Progress:
 def model_state(cfg: TrainConfig, model: nn.Module, progress: Progress, identity: Mapping[str, Any]
                  ) -> dict[str, Any]:
     """Weights and what they mean: config, classes, epoch, and `identity` (init hash, data fingerprint)."""
-    return {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "config": cfg.to_dict(), "epoch": progress.epoch,
-            "val_acc": progress.history[-1]["val_acc"] if progress.history else None, **identity}
+    return SavedModel(weights={k: v.detach().cpu() for k, v in model.state_dict().items()}, config=cfg.to_dict(),
+                      classes=list(identity["classes"]), epoch=progress.epoch,
+                      val_acc=progress.history[-1]["val_acc"] if progress.history else None,
+                      init_hash=identity.get("init_hash"), data_fingerprint=identity.get("data_fingerprint")).to_state()
 
 
 def data_fingerprint(train_split: ImageSplit, val_split: ImageSplit) -> dict[str, str]:
@@ -147,7 +149,7 @@ class LastSaver:
         })
         if self.team.enabled:
             state["ranks"] = ranks
-        save_checkpoint(state, self.run_dir / "last.pt")
+        RunFolder(self.run_dir).save("last", state)
 
 
 def restore_process_randomness(state: Mapping[str, Any], team: Team, aug_gen: torch.Generator, log: Log) -> None:
