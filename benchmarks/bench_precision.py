@@ -23,6 +23,7 @@ from catsdogs.process import configure_process
 from catsdogs.study.stats import paired_t_test
 from catsdogs.training.config import TrainConfig
 from catsdogs.training.hardware import cpu_has_bf16
+from catsdogs.training.runs import RunFolder
 from catsdogs.training.train import train
 
 
@@ -55,7 +56,7 @@ def main() -> int:
                                   out=str(work / f"{precision}-{seed}"))
                 start = time.perf_counter()
                 run = train(cfg, progress=False, log=lambda line: None).run_dir
-                with (run / "history.csv").open() as handle:
+                with RunFolder(run).history_path.open(encoding="utf-8", newline="") as handle:
                     seconds = sum(float(row["seconds"]) for row in csv.DictReader(handle))
                 images = sum(1 for p in (args.data / "train").rglob("*") if p.is_file()) * args.epochs
                 rates.append(images / seconds)

@@ -20,8 +20,9 @@ from pathlib import Path
 
 from catsdogs.inference.evaluate import evaluate_run
 from catsdogs.process import configure_process
-from catsdogs.training.checkpoint import load_checkpoint
+from catsdogs.training.checkpoint import CONFIG, global_step
 from catsdogs.training.config import build_config
+from catsdogs.training.runs import RunFolder
 from catsdogs.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,12 +68,13 @@ def main() -> int:
             start = time.perf_counter()
             result = train(cfg, progress=False, log=lambda line: None)
             wall = time.perf_counter() - start
-            with (result.run_dir / "history.csv").open() as handle:
+            folder = RunFolder(result.run_dir)
+            with folder.history_path.open(encoding="utf-8", newline="") as handle:
                 rows = list(csv.DictReader(handle))
             seconds = sum(float(r["seconds"]) for r in rows)
             accuracy = evaluate_run(result.run_dir, progress=False).metrics["accuracy"]
-            last = load_checkpoint(result.run_dir / "last.pt")
-            steps, batch_size = last["progress"]["global_step"], last["config"]["batch_size"]
+            last = folder.load("last")
+            steps, batch_size = global_step(last), last[CONFIG]["batch_size"]
             images = min(steps * batch_size, counts["train"] * len(rows))  # the last batch may be short
             label = name if args.device is None else f"{name} on {args.device}"
             line = (f"| {label} | {cfg.model} | {cfg.image_size} | {len(rows)} | {seconds / 60:.1f} "

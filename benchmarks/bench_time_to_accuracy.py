@@ -36,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+from catsdogs.training.runs import RunFolder
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 ULTRALYTICS = "ultralytics==8.4.190"
@@ -64,8 +66,8 @@ def recipe_file(recipe: str) -> Path:
 
 def finished(run: Path) -> bool:
     """A run folder whose training ended by itself (its epochs or its time budget), not by Ctrl-C."""
-    status = run / "status.json"
-    return status.is_file() and json.loads(status.read_text()).get("status") in ("finished", "time-budget")
+    status = RunFolder(run).read_status()
+    return status is not None and status.status in ("finished", "time-budget")
 
 
 def run_recipe(recipe: str, precision: str, budget: float, split: Path, test: Path, work: Path,
@@ -83,21 +85,21 @@ def run_recipe(recipe: str, precision: str, budget: float, split: Path, test: Pa
         catsdogs("train", "--config", str(config), "--data", str(split),
                  "--time-budget", f"{budget:g}", "--precision", precision, "--out", str(run))
         wall = time.perf_counter() - start
-    with (run / "history.csv").open() as handle:
+    with RunFolder(run).history_path.open(encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
     accuracy = {}
     for tta in (False, True):
         catsdogs("evaluate", str(run), "--data", str(test), *(["--tta"] if tta else []))
-        name = "metrics_tta.json" if tta else "metrics.json"
-        accuracy[tta] = json.loads((run / f"eval-{test.name}" / name).read_text())["accuracy"]
-    status = json.loads((run / "status.json").read_text())
+        metrics = RunFolder(RunFolder(run).eval_dir(test.name)).result_files("_tta" if tta else "")[0]
+        accuracy[tta] = json.loads(metrics.read_text(encoding="utf-8"))["accuracy"]
+    status = RunFolder(run).read_status()
     import catsdogs as package
 
     train_s = sum(float(r["seconds"]) for r in rows)
     return {"tool": recipe, "version": f"catsdogs {package.__version__}", "precision": precision,
             "budget_min": budget, "epochs": len(rows), "train_s": train_s, "wall_s": wall or train_s,
             "accuracy": accuracy[False], "accuracy_tta": accuracy[True],
-            "val_accuracy": status.get("best_val_acc")}
+            "val_accuracy": status.best_val_acc}
 
 
 def run_tutorial(budget: float, split: Path, test: Path) -> dict:

@@ -33,6 +33,7 @@ from catsdogs.training.config import TrainConfig
 from catsdogs.training.hardware import select_precision
 from catsdogs.training.scoring import evaluate_source
 from catsdogs.training.models import build_model
+from catsdogs.training.runs import RunFolder
 from catsdogs.training.train import train
 
 
@@ -128,7 +129,7 @@ def main() -> int:
         print(f"(b) catsdogs default  : {ours_seconds:7.1f} s  {ours_rate:7.1f} train img/s (whole run, "
               f"cache build included)")
         print(f"speed-up b/a: {tut_seconds / ours_seconds:.2f}x")
-        with (result.run_dir / "history.csv").open() as handle:
+        with RunFolder(result.run_dir).history_path.open(encoding="utf-8", newline="") as handle:
             epoch_seconds = [float(row["seconds"]) for row in csv.DictReader(handle)]
         print("catsdogs epoch seconds (train + val): " + ", ".join(f"{s:.1f}" for s in epoch_seconds))
 

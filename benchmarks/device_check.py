@@ -30,6 +30,7 @@ from PIL import Image
 from catsdogs.inference.evaluate import evaluate_run
 from catsdogs.process import configure_process
 from catsdogs.training.config import TrainConfig
+from catsdogs.training.runs import RunFolder
 from catsdogs.training.train import train
 
 
@@ -59,18 +60,18 @@ def check_predict_and_explain(run_dir: Path, data: Path, device: str, work: Path
     start = time.perf_counter()
     result = predict_photos(trained, photos, progress=False)
     seconds = time.perf_counter() - start
-    with (run_dir / "predictions.csv").open() as handle:
+    with RunFolder(run_dir).predictions_path.open(encoding="utf-8", newline="") as handle:
         expected = {row["path"]: float(row["p_Dog"]) for row in csv.DictReader(handle)}
     gap = max(abs(expected[str(path)] - float(row[1])) for path, row in zip(result.paths, result.probs))
     print(f"predict on {trained.device} ({trained.precision.name}): {len(result.paths)} photos in {seconds:.1f} s, "
           f"largest difference from evaluate's probabilities {gap:.2e}")
-    done, _, layer = explain_photos(trained, photos[:4], work / "explain", progress=False)
+    done, _, layer = explain_photos(trained, photos[:4], RunFolder(work).explain_dir, progress=False)
     print(f"explain on {trained.device}: {len(done)} figures at layer {layer}")
 
 
 def check_resume(data: Path, device: str, work: Path) -> None:
     """An interrupted run resumed against a straight one: on a GPU they should agree closely, not exactly."""
-    from catsdogs.training.checkpoint import load_checkpoint
+    from catsdogs.training.checkpoint import SavedModel
 
     runs = {}
     for name, epochs in (("straight", 2), ("resumed", 1)):
@@ -78,7 +79,7 @@ def check_resume(data: Path, device: str, work: Path) -> None:
                           device=device, out=str(work / f"resume-{name}"))
         runs[name] = train(cfg, progress=False, log=lambda line: None).run_dir
     train(None, resume=runs["resumed"], flags={"epochs": 2}, progress=False, log=lambda line: None)
-    a, b = (load_checkpoint(runs[name] / "last.pt")["model"] for name in ("straight", "resumed"))
+    a, b = (SavedModel.from_state(RunFolder(runs[name]).load("last")).weights for name in ("straight", "resumed"))
     gap = max(float((a[key].float() - b[key].float()).abs().max()) for key in a)
     print(f"resume after 1 of 2 epochs: largest weight difference from a straight run {gap:.2e}")
 

@@ -188,6 +188,7 @@ def train(config_file: Path | None, resume: Path | None, print_config: bool, **f
     from catsdogs.training.distributed import team_from_environment
     from catsdogs.training.train import new_run_config
     from catsdogs.training.train import print_config as resolved_yaml
+    from catsdogs.training.runs import RunFolder
     from catsdogs.training.train import train as run_training
 
     if resume is not None:
@@ -196,8 +197,9 @@ def train(config_file: Path | None, resume: Path | None, print_config: bool, **f
         if not resume.is_dir():
             raise click.ClickException(f"run folder {resume} does not exist: pass the folder of the run to continue "
                                        "(the one the interrupted run printed)")
-        if not (resume / "last.pt").is_file():
-            raise click.ClickException(f"{resume} has no last.pt to resume from")
+        last = RunFolder(resume).last_path
+        if not last.is_file():
+            raise click.ClickException(f"{resume} has no {last.name} to resume from")
         if print_config:
             click.echo(resolved_yaml(None, resume=resume, flags=flags), nl=False)
             return
@@ -465,6 +467,7 @@ def explain(photos: tuple[Path, ...], run_dir: Path | None, checkpoint: str, dev
     """Show which parts of each photo made the model decide, as Grad-CAM heat maps."""
     from catsdogs.inference.explain import explain_photos, worst_mistakes
     from catsdogs.inference.predict import load_trained
+    from catsdogs.training.runs import EXPLANATIONS_FILE, RunFolder
 
     if photos and mistakes:
         raise UsageError("name photos (or folders) to explain, or use --mistakes N, not both")
@@ -476,14 +479,14 @@ def explain(photos: tuple[Path, ...], run_dir: Path | None, checkpoint: str, dev
         click.echo(f"the last evaluation of {run_dir} made only {len(truths)} mistakes: explaining them all", err=True)
     trained = load_trained(run_dir, checkpoint, device)
     files = list(truths) if truths else _photos_or_report(photos)
-    done, unreadable, used_layer = explain_photos(trained, files, out or run_dir / "explain", target, layer,
-                                                  truths=truths)
+    out = out or RunFolder(run_dir).explain_dir
+    done, unreadable, used_layer = explain_photos(trained, files, out, target, layer, truths=truths)
     for item in done:
         click.echo(f"{item.predicted:<8}{item.probability:>7.3f}  {escape_name(str(item.photo))} -> "
                    f"{escape_name(str(item.figure))}")
     for photo, reason in unreadable:
         click.echo(f"unreadable: {escape_name(str(photo))} ({reason})", err=True)
-    listing = (out or run_dir / "explain") / "explanations.csv"
+    listing = out / EXPLANATIONS_FILE
     click.echo(f"{_photos(len(done))} explained at layer {used_layer}; list in {listing}", err=True)
     if not done:
         raise click.ClickException(_none_readable(len(files)))

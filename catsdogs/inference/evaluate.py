@@ -24,7 +24,7 @@ from catsdogs.inference.calibration import expected_calibration_error
 from catsdogs.inference.metrics import compute_metrics
 from catsdogs.inference.predict import TrainedModel, load_trained
 from catsdogs.names import escape_names, unescape_name
-from catsdogs.training.runs import RUN_MARKER
+from catsdogs.training.runs import RunFolder
 from catsdogs.training.scoring import evaluate_source, tta_mode
 
 
@@ -99,7 +99,7 @@ def _choose_out_dir(run_dir: Path, out_dir: str | Path | None, checkpoint: str, 
         if checkpoint not in ("best", "last"):  # two files named best.pt share a suffix
             refuse_to_replace(out_dir, suffix, evaluation)
     else:
-        out_dir = free_output_dir(run_dir / f"eval-{measured.name}", measured)
+        out_dir = free_output_dir(RunFolder(run_dir).eval_dir(measured.name), measured)
         refuse_to_replace(out_dir, suffix, evaluation)
     return out_dir
 
@@ -140,19 +140,16 @@ def _write_results(out_dir: Path, suffix: str, metrics: dict[str, Any], run_dir:
                    labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> Evaluation:
     """metrics.json, the confusion-matrix figure and predictions.csv, each with `suffix`."""
     out_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed evaluation leaves no empty folder
-    metrics_path = out_dir / f"metrics{suffix}.json"
+    metrics_path, figure_path, predictions_path = _result_files(out_dir, suffix)
     write_text_atomic(metrics_path, json.dumps(escape_names(metrics), indent=2) + "\n")
-    figure_path = out_dir / f"confusion_matrix{suffix}.png"
     save_confusion_figure(np.asarray(metrics["confusion_matrix"]), classes, figure_path,
                           title=f"{run_dir.name}: {metrics['split']} accuracy {metrics['accuracy']:.3f}")
-    predictions_path = out_dir / f"predictions{suffix}.csv"
     write_predictions(predictions_path, kept, labels, probs, classes)
     return Evaluation(metrics, metrics_path, figure_path, predictions_path)
 
 
 def _result_files(folder: Path, suffix: str) -> list[Path]:
-    return [folder / f"metrics{suffix}.json", folder / f"confusion_matrix{suffix}.png",
-            folder / f"predictions{suffix}.csv"]
+    return list(RunFolder(folder).result_files(suffix))
 
 
 def _evaluation_in(metrics_file: Path) -> tuple[Path, Path] | None:
@@ -181,7 +178,7 @@ def _check_out(out_dir: Path, run_dir: Path, photo_folders: list[Path], own_spli
         if out_dir == photos or out_dir.is_relative_to(photos):
             raise CatsdogsError(f"--out {out_dir} is inside {photos}, a folder of photos that must stay as it "
                                 "is: choose a folder outside it")
-    is_run = any((out_dir / name).is_file() for name in (RUN_MARKER, "best.pt", "last.pt"))
+    is_run = RunFolder(out_dir).looks_like_run()
     if is_run and not (out_dir == run_dir.resolve() and own_split):
         raise CatsdogsError(f"--out {out_dir} is a run folder, whose metrics.json is its own evaluation: choose "
                             "another --out")
@@ -210,7 +207,7 @@ def free_output_dir(base: Path, measured: Path) -> Path:
         folder = base if number == 1 else base.with_name(f"{base.name}-{number}")
         if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
             return folder
-        recorded = {_evaluation_in(path) for path in folder.glob("metrics*.json")}
+        recorded = {_evaluation_in(path) for path in RunFolder(folder).all_metrics()}
         if folder.is_dir() and None not in recorded and {data for data, _ in recorded} == {measured}:
             return folder
     raise AssertionError("unreachable")

@@ -23,6 +23,7 @@ from catsdogs.figures import pyplot, save_figure
 from catsdogs.inference.predict import TrainedModel, decode_photos, predict_photos
 from catsdogs.names import escape_name, unescape_name
 from catsdogs.progress import progress_bar
+from catsdogs.training.runs import EXPLANATIONS_FILE, PREDICTIONS_FILE
 
 # The map is read at the deepest layer still this many cells across: deeper layers know more
 # about the class, but a 1x1 or 3x3 map (cnn3's last pool at 128 px) cannot say where.
@@ -180,7 +181,7 @@ def explain_photos(trained: TrainedModel, photos: Sequence[Path], out_dir: str |
     size = trained.cfg.image_size
     cam = GradCAM(trained.model, size, layer)
     out_dir = Path(out_dir)
-    listing = out_dir / "explanations.csv"
+    listing = out_dir / EXPLANATIONS_FILE
     # Absolute (links kept as named): the same photo named from another folder is the same row.
     photos = list(dict.fromkeys(Path(os.path.abspath(photo)) for photo in photos))
     truths = {Path(os.path.abspath(photo)): truth for photo, truth in (truths or {}).items()}
@@ -282,7 +283,7 @@ def save_explanation_figure(image: np.ndarray, heat: np.ndarray, path: Path, tit
         save_figure(fig, handle, format="png", dpi=110)
 
 
-def worst_mistakes(run_dir: str | Path, count: int, predictions: str = "predictions.csv") -> dict[Path, str]:
+def worst_mistakes(run_dir: str | Path, count: int, predictions: str = PREDICTIONS_FILE) -> dict[Path, str]:
     """The `count` photos the run's last evaluation got wrong most confidently, with their true class."""
     path = Path(run_dir) / predictions
     if not path.is_file():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,39 +9,21 @@ import yaml
 
 from catsdogs.errors import CatsdogsError
 from catsdogs.figures import pyplot, save_figure
+from catsdogs.training.runs import CURVES_FILE, RunFolder, read_history
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 FORMATS = (".png", ".svg", ".pdf")
 MAX_INLINE_LEGEND = 2  # more runs than this get one legend outside the panels, not over the lines
-DEFAULT_NAME = "curves.png"
+DEFAULT_NAME = CURVES_FILE
 SIGNATURE = "catsdogs plot-curves"  # in each figure's metadata, so a later run may replace it
-
-
-def read_history(run_dir: Path) -> dict[str, list[float]]:
-    """Columns of `run_dir/history.csv` as lists of floats."""
-    path = run_dir / "history.csv"
-    if not path.is_file():
-        raise CatsdogsError(f"{run_dir} has no history.csv: has its training finished an epoch?")
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
-        raise CatsdogsError(f"{path} holds no epochs yet")
-    missing = [c for c in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc") if c not in rows[0]]
-    try:
-        if missing:
-            raise ValueError(missing)
-        return {key: [float(row[key]) for row in rows] for key in rows[0]}
-    except (TypeError, ValueError):
-        raise CatsdogsError(f"{path} is not a catsdogs history file (it needs the columns epoch, train_loss, "
-                            "train_acc, val_loss, val_acc)") from None
 
 
 def run_label(run_dir: Path) -> str:
     """The run's name and its optimizer, for the legend."""
     try:
-        optim = (yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}).get("optim")
+        optim = RunFolder(run_dir).read_config().get("optim")
     except (OSError, yaml.YAMLError):
         optim = None
     return f"{run_dir.name} ({optim})" if optim and optim != run_dir.name else run_dir.name

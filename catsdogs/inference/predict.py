@@ -23,14 +23,12 @@ from catsdogs.data.transforms import normalise
 from catsdogs.errors import CatsdogsError, UsageError, first_line
 from catsdogs.names import escape_name
 from catsdogs.progress import progress_bar
-from catsdogs.training.checkpoint import load_checkpoint
+from catsdogs.training.checkpoint import SavedModel, load_checkpoint
 from catsdogs.training.config import TrainConfig, config_from_dict
 from catsdogs.training.hardware import Precision, select_device, select_precision
 from catsdogs.training.models import build_model
-from catsdogs.training.runs import resolve_checkpoint
+from catsdogs.training.runs import RunFolder, resolve_checkpoint
 from catsdogs.training.scoring import EVAL_BATCH, score_batch
-
-RUN_FILES = ("config.yaml", "last.pt", "best.pt")
 
 
 @dataclass
@@ -62,23 +60,23 @@ def load_trained(run_dir: str | Path, checkpoint: str = "best", device: str = "a
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CatsdogsError(f"run folder {run_dir} does not exist")
-    if checkpoint in ("best", "last") and not any((run_dir / name).is_file() for name in RUN_FILES):
+    if checkpoint in ("best", "last") and not RunFolder(run_dir).looks_like_run():
         raise CatsdogsError(f"{run_dir} is not a run folder (no config.yaml or checkpoints): name a folder that "
                             "`catsdogs train` made, e.g. runs/adam")
     checkpoint_path = resolve_checkpoint(run_dir, checkpoint)
-    state = load_checkpoint(checkpoint_path)
-    cfg = config_from_dict(state["config"], str(checkpoint_path))
-    classes = list(state["classes"])
+    saved = SavedModel.from_state(load_checkpoint(checkpoint_path))
+    cfg = config_from_dict(saved.config, str(checkpoint_path))
+    classes = saved.classes
     torch_device = select_device(device)
     model = build_model(cfg.model, len(classes), cfg.image_size)
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(saved.weights)
     except RuntimeError:
         raise CatsdogsError(f"{checkpoint_path}: its weights do not fit model {cfg.model} "
                             f"at {cfg.image_size}px") from None
     model = model.to(torch_device, memory_format=torch.channels_last).eval()
     return TrainedModel(model, cfg, classes, torch_device, select_precision(cfg.precision, torch_device),
-                        checkpoint_path, state.get("epoch"), state.get("data_fingerprint"))
+                        checkpoint_path, saved.epoch, saved.data_fingerprint)
 
 
 def collect_photos(paths: Sequence[str | Path], left_out: list[tuple[Path, str]] | None = None) -> list[Path]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import shlex
 import tempfile
@@ -17,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from catsdogs import __version__
 from catsdogs.atomic import write_text_atomic
@@ -27,12 +25,14 @@ from catsdogs.errors import CatsdogsError
 from catsdogs.figures import pyplot, save_figure
 from catsdogs.inference.calibration import BINS, Reliability, reliability
 from catsdogs.inference.explain import COLUMNS as EXPLAIN_COLUMNS
-from catsdogs.inference.plots import plot_curves, read_history
+from catsdogs.inference.plots import plot_curves
 from catsdogs.inference.show import draw_training_batch, png_bytes, run_config
 from catsdogs.inference.webpage import Raw, esc, image, missing, page, table
+from catsdogs.training.runs import (BEST_FILE, CURVES_FILE, EXPLANATIONS_FILE, REPORT_FILE, RunFolder, RunStatus,
+                                    read_json)
 from catsdogs.training.selection import best_epoch, selected_by
 
-REPORT = "report.html"
+REPORT = REPORT_FILE
 MISTAKES = 8  # heat maps shown, as `catsdogs explain --mistakes 8` makes them
 BATCH_SHOWN = 16  # training images in the grid
 
@@ -63,15 +63,17 @@ class _Parts:
 def write_run_report(run_dir: str | Path) -> RunReport:
     """Write `run_dir/report.html` and say which parts could not be filled yet."""
     run_dir = Path(run_dir)
+    folder = RunFolder(run_dir)
     if not run_dir.is_dir():
         raise CatsdogsError(f"run folder {run_dir} does not exist")
-    if not (run_dir / "config.yaml").is_file():
-        raise CatsdogsError(f"{run_dir} has no config.yaml: name a run folder that `catsdogs train` made")
+    if not folder.config_path.is_file():
+        raise CatsdogsError(f"{run_dir} has no {folder.config_path.name}: name a run folder that `catsdogs train` "
+                            "made")
     parts = _Parts(run_dir)
-    config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-    status = _read_json(run_dir / "status.json") or {}
-    metrics = _read_json(run_dir / "metrics.json")
-    history = read_history(run_dir) if (run_dir / "history.csv").is_file() else None
+    config = folder.read_config()
+    status = folder.read_status() or RunStatus()
+    metrics = folder.read_metrics()
+    history = folder.read_history() if folder.history_path.is_file() else None
     column = selected_by(str(config.get("class_weights") or "none"))
     best = _best_row(history, column) if history else None
     stale = _stale_note(parts, metrics, best) if metrics is not None and metrics_out_of_date(run_dir) else None
@@ -87,7 +89,7 @@ def write_run_report(run_dir: str | Path) -> RunReport:
     parts.body.append(f'<p class="muted">Made by catsdogs {esc(__version__)} with <code>catsdogs report '
                       f'{esc(parts.quoted)}</code> from the files in the run folder; run it again after '
                       "new evaluations to bring the page up to date.</p>")
-    path = run_dir / REPORT
+    path = folder.report_path
     write_text_atomic(path, page(f"catsdogs run {run_dir.name}", parts.body))
     return RunReport(path, parts.missing, stale)
 
@@ -95,7 +97,7 @@ def write_run_report(run_dir: str | Path) -> RunReport:
 def metrics_out_of_date(run_dir: Path) -> bool:
     """Whether run_dir/metrics.json was written before best.pt: training went on (`train --resume RUN
     --epochs N`) and saved a newer best checkpoint after `catsdogs evaluate` measured the old one."""
-    metrics, best = run_dir / "metrics.json", run_dir / "best.pt"
+    metrics, best = RunFolder(run_dir).metrics_path, RunFolder(run_dir).best_path
     return metrics.is_file() and best.is_file() and metrics.stat().st_mtime_ns < best.stat().st_mtime_ns
 
 
@@ -116,28 +118,21 @@ def _best_words(best: dict[str, float], column: str, epochs: int) -> str:
 
 
 def _stale_note(parts: _Parts, metrics: dict[str, Any], best: dict[str, float] | None) -> str:
-    measured = Path(str(metrics.get("checkpoint") or "best.pt")).name
+    measured = Path(str(metrics.get("checkpoint") or BEST_FILE)).name
     measured += f" at epoch {metrics['epoch']}" if metrics.get("epoch") is not None else ""
     now = f" (epoch {int(best['epoch'])})" if best else ""
     return (f"the test metrics, calibration and mistakes are stale: they measure {measured}, and training has saved "
             f"a newer best.pt since{now}; run `catsdogs evaluate {parts.quoted}` to refresh them")
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    except (OSError, ValueError):
-        raise CatsdogsError(f"{path} is not readable JSON") from None
-
-
 def _pct(value: float | None) -> str:
     return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
-def _header(run_dir: Path, config: dict[str, Any], status: dict[str, Any], metrics: dict[str, Any] | None,
+def _header(run_dir: Path, config: dict[str, Any], status: RunStatus, metrics: dict[str, Any] | None,
             best_words: str | None, stale: str | None) -> list[str]:
     facts = [f"model {config.get('model')}", f"optimizer {config.get('optim')}",
-             f"{config.get('image_size')} px", f"status {status.get('status', 'unknown')}"]
+             f"{config.get('image_size')} px", f"status {status.status or 'unknown'}"]
     if best_words:
         facts.insert(0, best_words)
     if metrics:
@@ -157,12 +152,12 @@ def _stale_warning(stale: str) -> str:
     return f'<p class="missing">{esc(f"Warning: {stale}.")}</p>'
 
 
-def _config_section(parts: _Parts, config: dict[str, Any], status: dict[str, Any]) -> None:
+def _config_section(parts: _Parts, config: dict[str, Any], status: RunStatus) -> None:
     parts.section("config", "Config")
     parts.body.append("<p>The resolved settings the run trained with (its <code>config.yaml</code>).</p>")
     rows = [(key, "—" if value is None else value) for key, value in config.items()]
-    if status.get("hardware"):
-        rows.append(("hardware (as the run logged it)", status["hardware"]))
+    if status.hardware:
+        rows.append(("hardware (as the run logged it)", status.hardware))
     parts.body.append(table(["setting", "value"], rows))
 
 
@@ -190,7 +185,7 @@ def _data_section(parts: _Parts, config: dict[str, Any]) -> None:
         parts.body.append('<p class="muted">No manifest.csv in the data folder (not made by `catsdogs split`): '
                           "no record of the files left out.</p>")
         return
-    record = _read_json(data / RECORD) or {}
+    record = read_json(data / RECORD) or {}
     left = Counter()
     if (data / REJECTED_CSV).is_file():
         with open(data / REJECTED_CSV, newline="", encoding="utf-8", errors="replace") as handle:
@@ -214,7 +209,7 @@ def _history_section(parts: _Parts, history: dict[str, list[float]] | None) -> N
                      f"catsdogs train --resume {parts.quoted}")
         return
     with tempfile.TemporaryDirectory() as folder:
-        figure = plot_curves([parts.run_dir], Path(folder) / "curves.png")
+        figure = plot_curves([parts.run_dir], Path(folder) / CURVES_FILE)
         parts.body.append(image(figure.read_bytes(), "loss and accuracy per epoch",
                                 "Loss and accuracy per epoch: dashed training, solid validation."))
     columns = [c for c in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc", "lr",
@@ -245,7 +240,7 @@ def _metrics_section(parts: _Parts, metrics: dict[str, Any] | None, stale: str |
     baseline = metrics.get("majority_baseline")
     if baseline:
         facts.append((f"always answering {baseline['class']}", _pct(baseline["accuracy"])))
-    facts.append(("checkpoint", f"{Path(str(metrics.get('checkpoint', 'best.pt'))).name}, epoch "
+    facts.append(("checkpoint", f"{Path(str(metrics.get('checkpoint', BEST_FILE))).name}, epoch "
                                 f"{metrics.get('epoch', '—')}" + (", with TTA" if metrics.get("tta") else "")))
     parts.body.append(f"<p>On the {esc(metrics.get('split', 'test'))} split of <code>{esc(metrics.get('data', ''))}"
                       "</code>.</p>")
@@ -267,7 +262,7 @@ def _metrics_section(parts: _Parts, metrics: dict[str, Any] | None, stale: str |
 
 
 def _predictions(run_dir: Path) -> tuple[list[dict[str, str]], list[str]] | None:
-    path = run_dir / "predictions.csv"
+    path = RunFolder(run_dir).predictions_path
     if not path.is_file():
         return None
     with open(path, newline="", encoding="utf-8") as handle:
@@ -339,7 +334,7 @@ def _mistakes_section(parts: _Parts) -> None:
     parts.body.append(table(["photo", "true", "predicted", "probability"],
                             [[row["path"], row["label"], row["predicted"], f"{float(row['p_' + row['predicted']]):.3f}"]
                              for row in wrong[:MISTAKES]], numeric=[3]))
-    explained = _explained_mistakes(parts.run_dir / "explain")
+    explained = _explained_mistakes(RunFolder(parts.run_dir).explain_dir)
     if not explained:
         parts.absent("heat maps of the mistakes",
                      "Their Grad-CAM heat maps (what in each photo misled the model) are not made yet.",
@@ -353,7 +348,7 @@ def _mistakes_section(parts: _Parts) -> None:
 
 def _explained_mistakes(folder: Path) -> list[tuple[str, Path]]:
     """Photos `explain` drew with a known true class it missed, surest first, whose figures are there."""
-    listing = folder / "explanations.csv"
+    listing = folder / EXPLANATIONS_FILE
     if not listing.is_file():
         return []
     with open(listing, newline="", encoding="utf-8") as handle:

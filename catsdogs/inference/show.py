@@ -24,6 +24,7 @@ from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.figures import pyplot, save_figure
 from catsdogs.training.config import TrainConfig, config_from_dict
 from catsdogs.training.loop import alternating_flip_coins, step_flips, step_size
+from catsdogs.training.runs import RunFolder
 from catsdogs.training.train import training_generators, training_preset
 
 FORMATS = (".png", ".svg", ".pdf")
@@ -104,11 +105,11 @@ def run_config(run_dir: str | Path) -> TrainConfig:
     """The resolved config a run folder holds (config.yaml), validated."""
     import yaml
 
-    path = Path(run_dir) / "config.yaml"
+    path = RunFolder(run_dir).config_path
     if not Path(run_dir).is_dir():
         raise CatsdogsError(f"run folder {run_dir} does not exist")
     if not path.is_file():
-        raise CatsdogsError(f"{run_dir} has no config.yaml: is it a run folder from `catsdogs train`?")
+        raise CatsdogsError(f"{run_dir} has no {path.name}: is it a run folder from `catsdogs train`?")
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError:

@@ -21,7 +21,6 @@ from catsdogs.atomic import write_text_atomic
 from catsdogs.data.cache import read_split
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.inference.evaluate import evaluate_run
-from catsdogs.inference.plots import read_history
 from catsdogs.inference.run_report import metrics_out_of_date
 from catsdogs.progress import progress_bar
 from catsdogs.study.report import (RUNS_DIR, STUDY_FILE, SWEEP_DIR, TUNING_FILE, best_row, read_json, run_name,
@@ -31,6 +30,7 @@ from catsdogs.training.config import TrainConfig, declared_settings, settings_wi
 from catsdogs.training.hardware import select_device
 from catsdogs.training.optim import get_optimizer_spec, load_optimizer_plugins
 from catsdogs.training.placement import threads_for_runs
+from catsdogs.training.runs import RunFolder, read_history
 from catsdogs.training.selection import best_epoch, selected_by
 from catsdogs.training.train import resolve_config, train
 
@@ -276,20 +276,21 @@ class _RunLog:
 
 def _status(run_dir: Path) -> str | None:
     try:
-        return json.loads((run_dir / "status.json").read_text(encoding="utf-8")).get("status")
-    except (OSError, ValueError):
+        status = RunFolder(run_dir).read_status()
+    except CatsdogsError:
         return None
+    return status.status if status is not None else None
 
 
 def _settings_differ(run: _Planned) -> str | None:
     """Name a setting in which the run folder's config differs from the planned run, if any."""
-    path = run.run_dir / "config.yaml"
-    if not path.is_file():
+    folder = RunFolder(run.run_dir)
+    if not folder.config_path.is_file():
         return None  # a folder killed before its first file: nothing in it to keep
     try:
-        saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        saved = folder.read_config()
     except yaml.YAMLError:
-        return "config.yaml (unreadable)"
+        return f"{folder.config_path.name} (unreadable)"
     wanted = resolve_config(run.cfg).to_dict()  # `out` may differ: a study folder can be moved
     free = settings_with("free")  # a re-run may change them: they never change what a run learns
     return next((k for k, v in wanted.items() if k not in (*free, "out") and saved.get(k) != v), None)
@@ -298,18 +299,19 @@ def _settings_differ(run: _Planned) -> str | None:
 def _complete(run: _Planned, progress: bool, echo: Log) -> str:
     """Bring one run to its end: 'done earlier', 'resumed', 'trained' or 'interrupted'."""
     run_dir = run.run_dir
+    folder = RunFolder(run_dir)
     differs = _settings_differ(run) if run_dir.is_dir() else None
     if differs:
         echo(f"{run.label}: {run_dir} holds a run with another {differs}; training it again")
         shutil.rmtree(run_dir)
-    elif _status(run_dir) in DONE and (run_dir / "best.pt").is_file():
+    elif _status(run_dir) in DONE and folder.best_path.is_file():
         return "done earlier"
     log, how = _RunLog(echo), "trained"
-    if (run_dir / "last.pt").is_file():
+    if folder.last_path.is_file():
         how = "resumed"
         free = {k: getattr(run.cfg, k) for k in settings_with("free")}  # this re-run's speed and logging
         result = train(None, resume=run_dir, flags=free, progress=progress, log=log)
-        if result.status == "nothing-to-do" and not (run_dir / "best.pt").is_file():
+        if result.status == "nothing-to-do" and not folder.best_path.is_file():
             how = "trained"  # ended without its best checkpoint: nothing worth keeping
     if how == "trained":
         shutil.rmtree(run_dir, ignore_errors=True)  # a folder without last.pt holds nothing to resume
@@ -328,17 +330,17 @@ def complete_and_test(run: _Planned) -> str:
 
 def _done_earlier(run: _Planned) -> bool:
     """True when the run's folder holds it finished, so no worker need start for it."""
-    return (_status(run.run_dir) in DONE and (run.run_dir / "best.pt").is_file()
+    return (_status(run.run_dir) in DONE and RunFolder(run.run_dir).best_path.is_file()
             and not _settings_differ(run))
 
 
 def _test_accuracy(run_dir: Path, device: str, progress: bool) -> float:
     """The best checkpoint's test accuracy, evaluated once and kept in the run's metrics.json."""
-    metrics_path = run_dir / "metrics.json"
-    if metrics_path.is_file() and not metrics_out_of_date(run_dir):
+    folder = RunFolder(run_dir)
+    if folder.metrics_path.is_file() and not metrics_out_of_date(run_dir):
         try:
-            return float(json.loads(metrics_path.read_text(encoding="utf-8"))["accuracy"])
-        except (ValueError, KeyError):
+            return float(folder.read_metrics()["accuracy"])
+        except (CatsdogsError, ValueError, KeyError):
             pass  # damaged: evaluate again
     return float(evaluate_run(run_dir, split="test", checkpoint="best", device=device,
                               progress=progress).metrics["accuracy"])

@@ -9,18 +9,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
 
 from catsdogs.atomic import write_text_atomic
 from catsdogs.data.cache import read_split
 from catsdogs.errors import CatsdogsError
-from catsdogs.inference.plots import read_history
 from catsdogs.inference.webpage import markdown_to_html, page
 from catsdogs.study.figures import plot_lr_sweep, plot_study_curves, plot_test_accuracy
 from catsdogs.study.stats import (MIN_SEEDS, POWER, holm, holm_levels, mean_sd, paired_t_test, percent,
                                   seeds_needed)
-from catsdogs.training.checkpoint import load_checkpoint
+from catsdogs.training.checkpoint import global_step
 from catsdogs.training.config import settings_with
+from catsdogs.training.runs import RunFolder, RunStatus
 from catsdogs.training.selection import best_epoch, selected_by
 
 RUNS_DIR, SWEEP_DIR = "runs", "sweep"
@@ -54,7 +53,7 @@ class RunRecord:
     run_dir: Path
     config: dict[str, Any]
     history: dict[str, list[float]]
-    status: dict[str, Any]
+    status: RunStatus
     metrics: dict[str, Any] | None
 
     @property
@@ -82,30 +81,21 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def read_run(run_dir: Path) -> RunRecord:
-    config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-    status = read_json(run_dir / "status.json") if (run_dir / "status.json").is_file() else {}
-    metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else None
-    return RunRecord(run_dir, config, read_history(run_dir), status, metrics)
+    folder = RunFolder(run_dir)
+    return RunRecord(run_dir, folder.read_config(), folder.read_history(), folder.read_status() or RunStatus(),
+                     folder.read_metrics())
 
 
 def _images_seen(run: RunRecord, train_images: int) -> float:
     """Training images the run went through; a time-budget run's last epoch may be cut short."""
     epochs = len(run.history["epoch"])
-    if run.status.get("status") != "time-budget" or not (run.run_dir / "last.pt").is_file():
+    folder = RunFolder(run.run_dir)
+    if run.status.status != "time-budget" or not folder.last_path.is_file():
         return float(epochs * train_images)
-    steps = load_checkpoint(run.run_dir / "last.pt")["progress"]["global_step"]
+    steps = global_step(folder.load("last"))
     per_epoch = math.ceil(train_images / run.config["batch_size"])
     last = min((steps - (epochs - 1) * per_epoch) * run.config["batch_size"], train_images)
     return float((epochs - 1) * train_images + last)
-
-
-def _device_note(run_dir: Path) -> str | None:
-    """The device and precision the run recorded in status.json (e.g. 'cpu, bf16 autocast ...')."""
-    status = run_dir / "status.json"
-    try:
-        return json.loads(status.read_text(encoding="utf-8")).get("hardware") if status.is_file() else None
-    except (OSError, ValueError):
-        return None
 
 
 # ---- the summary ------------------------------------------------------------------------------
@@ -133,7 +123,7 @@ def summarize(study_dir: Path, target_acc: float) -> dict[str, Any]:
     runs = _read_runs(study_dir, optims, seeds)
     shared, shared_keys = study["config"], settings_with("shared")
     train_split = read_split(shared["data"], "train")
-    unreadable = {Path(p) for r in runs.values() for p in r.status.get("unreadable_images", [])}
+    unreadable = {Path(p) for r in runs.values() for p in r.status.unreadable_images}
     train_images = len([p for p in train_split.paths if p not in unreadable])
     first = runs[(optims[0], seeds[0])].metrics
     chance = max(sum(row) for row in first["confusion_matrix"]) / first["images"]
@@ -142,7 +132,7 @@ def summarize(study_dir: Path, target_acc: float) -> dict[str, Any]:
                   for optim in optims], chosen_by)
 
     order = [row["optim"] for row in rows]
-    hashes = {str(s): {o: runs[(o, s)].status.get("init_hash") for o in optims} for s in seeds}
+    hashes = {str(s): {o: runs[(o, s)].status.init_hash for o in optims} for s in seeds}
     tuning = read_json(study_dir / TUNING_FILE) if (study_dir / TUNING_FILE).is_file() else None
     lr_from = f"sweep (best validation {score_name(chosen_by)})" if tuning else "optimizer default"
     hyper = {o: {k: runs[(o, seeds[0])].config.get(k) for k in ("lr", "momentum", "batch_size", "weight_decay")}
@@ -155,7 +145,8 @@ def summarize(study_dir: Path, target_acc: float) -> dict[str, Any]:
         "data": {"path": shared["data"], "train_images": train_images,
                  "val_images": len(read_split(shared["data"], "val")), "test_images": first["images"]},
         "shared_settings": {k: v for k, v in shared.items() if k in shared_keys},
-        "devices": sorted({d for d in (_device_note(r.run_dir) for r in runs.values()) if d}),
+        # the device and precision each run recorded (e.g. 'cpu, bf16 autocast ...')
+        "devices": sorted({r.status.hardware for r in runs.values() if r.status.hardware}),
         "ranking": rows, "hyperparameters": hyper,
         "adjacent": _correct_for_several([_compare(runs, seeds, a, b) for a, b in zip(order, order[1:])]),
         "tutorial_claims": claims,
@@ -213,7 +204,7 @@ def _ranking_row(optim: str, mine: list[RunRecord], target_acc: float, train_ima
         # The median epoch: one epoch slowed by a busy machine or a first-run warm-up does not move it.
         "epoch_seconds": _spread([statistics.median(r.history["seconds"]) for r in mine]),
         "images_per_second": _spread([_images_seen(r, train_images) / max(s, 1e-9) for r, s in zip(mine, seconds)]),
-        "statuses": [r.status.get("status", "unknown") for r in mine],
+        "statuses": [r.status.status or "unknown" for r in mine],
     }
 
 
@@ -254,10 +245,10 @@ def _correct_for_several(comparisons: list[dict[str, Any]]) -> list[dict[str, An
 
 def _run_row(optim: str, seed: int, r: RunRecord) -> dict[str, Any]:
     """One run's line in summary.json."""
-    return {"run": f"{RUNS_DIR}/{r.run_dir.name}", "optim": optim, "seed": seed, "status": r.status.get("status"),
+    return {"run": f"{RUNS_DIR}/{r.run_dir.name}", "optim": optim, "seed": seed, "status": r.status.status,
             "epochs": len(r.history["epoch"]), "best_epoch": int(r.best["epoch"]),
             "best_val_acc": r.best["val_acc"], "best_val_balanced_acc": _finite(r.best.get("val_balanced_acc")),
-            "test_acc": r.metrics["accuracy"], "init_hash": r.status.get("init_hash"),
+            "test_acc": r.metrics["accuracy"], "init_hash": r.status.init_hash,
             "seconds": sum(r.history["seconds"])}
 
 

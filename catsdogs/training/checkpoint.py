@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pickle
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -14,6 +15,37 @@ from catsdogs.errors import CatsdogsError
 
 FORMAT = "catsdogs-checkpoint"
 VERSION = 1
+# The keys that say what a checkpoint's weights are (all of best.pt; last.pt adds the training state).
+MODEL, CONFIG, CLASSES, EPOCH, VAL_ACC = "model", "config", "classes", "epoch", "val_acc"
+INIT_HASH, DATA_FINGERPRINT = "init_hash", "data_fingerprint"
+PROGRESS = "progress"  # last.pt's Progress (training.loop) as a dict
+
+
+@dataclass(frozen=True)
+class SavedModel:
+    """A checkpoint's weights and what they mean: the config and classes they were trained with, and when."""
+
+    weights: dict[str, torch.Tensor]
+    config: dict[str, Any]
+    classes: list[str]
+    epoch: int | None = None
+    val_acc: float | None = None  # of that epoch
+    init_hash: str | None = None  # of the weights before training
+    data_fingerprint: dict[str, str | None] | None = None  # of the train and val file lists
+
+    def to_state(self) -> dict[str, Any]:
+        return {MODEL: self.weights, CONFIG: self.config, EPOCH: self.epoch, VAL_ACC: self.val_acc,
+                CLASSES: self.classes, INIT_HASH: self.init_hash, DATA_FINGERPRINT: self.data_fingerprint}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> SavedModel:
+        return cls(state[MODEL], state[CONFIG], list(state[CLASSES]), state.get(EPOCH), state.get(VAL_ACC),
+                   state.get(INIT_HASH), state.get(DATA_FINGERPRINT))
+
+
+def global_step(state: Mapping[str, Any]) -> int:
+    """The optimizer steps a last.pt had taken."""
+    return int(state[PROGRESS]["global_step"])
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:

@@ -12,14 +12,16 @@ from torch import nn
 
 from catsdogs.data.cache import ImageSplit, split_fingerprint
 from catsdogs.errors import CatsdogsError, UsageError
-from catsdogs.training.checkpoint import load_checkpoint, save_checkpoint
+from catsdogs.training.checkpoint import SavedModel
 from catsdogs.training.config import TrainConfig, config_from_dict, settings_with
 from catsdogs.training.distributed import SOLO, Team
-from catsdogs.training.state import Progress, TrainState
+from catsdogs.training.runs import RunFolder
 from catsdogs.training.schedules import depends_on_length
+from catsdogs.training.state import Progress, TrainState
+
 
 def resumed_config(state: Mapping[str, Any], flags: Mapping[str, Any], run_dir: Path) -> TrainConfig:
-    saved = config_from_dict(state["config"], f"{run_dir / 'last.pt'}")
+    saved = config_from_dict(state["config"], f"{RunFolder(run_dir).last_path}")
     changes, resumable = {}, settings_with("resumable")  # the rest must match the checkpoint
     for key, value in flags.items():
         if value is None or value == getattr(saved, key):
@@ -84,7 +86,7 @@ def how_to_train_longer(cfg: TrainConfig, run_dir: Path) -> str:
 
 
 def _new_run(run_dir: Path, asked: str) -> str:
-    settings = shlex.quote(str(run_dir / "config.yaml"))
+    settings = shlex.quote(str(RunFolder(run_dir).config_path))
     return f"start a new run with its settings: catsdogs train --config {settings} {asked}"
 
 
@@ -97,20 +99,21 @@ def resume_command(run_dir: Path, team: Team) -> str:
 
 def point_best_at(run_dir: Path, data: str) -> None:
     """After a resume with a moved split, best.pt (which evaluate reads) names the new folder too."""
-    best = run_dir / "best.pt"
-    if best.is_file():
-        state = load_checkpoint(best)
+    folder = RunFolder(run_dir)
+    if folder.best_path.is_file():
+        state = folder.load("best")
         if state["config"].get("data") != data:
             state["config"]["data"] = data
-            save_checkpoint(state, best)
+            folder.save("best", state)
 
 
 def model_state(cfg: TrainConfig, model: nn.Module, progress: Progress, identity: Mapping[str, Any]
                  ) -> dict[str, Any]:
     """Weights and what they mean: config, classes, epoch, and `identity` (init hash, data fingerprint)."""
-    return {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "config": cfg.to_dict(), "epoch": progress.epoch,
-            "val_acc": progress.history[-1]["val_acc"] if progress.history else None, **identity}
+    return SavedModel(weights={k: v.detach().cpu() for k, v in model.state_dict().items()}, config=cfg.to_dict(),
+                      classes=list(identity["classes"]), epoch=progress.epoch,
+                      val_acc=progress.history[-1]["val_acc"] if progress.history else None,
+                      init_hash=identity.get("init_hash"), data_fingerprint=identity.get("data_fingerprint")).to_state()
 
 
 def data_fingerprint(train_split: ImageSplit, val_split: ImageSplit) -> dict[str, str]:
@@ -141,7 +144,7 @@ class LastSaver:
         training = self.state.state_dict(self.team)  # every process takes part: each has its own random streams
         if training is not None:
             progress = self.state.progress
-            save_checkpoint({**model_state(self.cfg, self.state.kept_model, progress, self.identity), **training},
-                            self.run_dir / "last.pt")
+            RunFolder(self.run_dir).save("last", {**model_state(self.cfg, self.state.kept_model, progress,
+                                                                self.identity), **training})
         for hook in self.after_save:
             hook(self.state.progress)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
-import math
 import random
 import shlex
 from dataclasses import dataclass
@@ -17,14 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from catsdogs.atomic import write_text_atomic
 from catsdogs.cpus import usable_cpus
 from catsdogs.data.cache import BatchSource, ImageSplit, fits_on_gpu, load_cache, read_split
 from catsdogs.data.transforms import AUGMENTS, Preset, eval_preset, train_preset
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.interrupts import ctrl_c_deferred
-from catsdogs.names import escape_names
-from catsdogs.training.checkpoint import load_checkpoint, save_checkpoint
 from catsdogs.training.config import TrainConfig, build_config, config_to_yaml
 from catsdogs.training.distributed import Team, finish, from_main, gather, start, team_from_environment, wait_for_all
 from catsdogs.training.ema import ModelEMA
@@ -36,13 +31,12 @@ from catsdogs.training.optim import build_optimizer, get_optimizer_spec, load_op
 from catsdogs.training.placement import placement
 from catsdogs.training.resume import (LastSaver, budget_spent, check_same_split, data_fingerprint, how_to_train_longer,
                                       model_state, point_best_at, resume_command, resumed_config)
-from catsdogs.training.runs import RUNS_ROOT, new_run_dir
+from catsdogs.training.runs import RUNS_ROOT, RunFolder, RunStatus, new_run_dir
 from catsdogs.training.schedules import SCHEDULERS
 from catsdogs.training.selection import best_epoch, better_epoch, selected_by
 from catsdogs.training.state import RANK_SEED_STRIDE, Progress, TrainState
 from catsdogs.training.tensorboard_log import Board, check_tensorboard
 
-HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc", "lr", "seconds")
 MAX_UNREADABLE_FRACTION = 0.01
 # Seconds in which a second Ctrl-C under torchrun is taken as torchrun passing on the first.
 TORCHRUN_SIGNAL_ECHO = 5.0
@@ -137,18 +131,6 @@ def _weights_hash(model: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def format_history(rows: list[dict[str, Any]]) -> str:
-    lines = [",".join(HISTORY_COLUMNS)]
-    for row in rows:
-        # nan: a column that rows saved by an older catsdogs lack
-        lines.append(",".join(_fmt(row.get(c, math.nan)) for c in HISTORY_COLUMNS))
-    return "\n".join(lines) + "\n"
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.6f}" if isinstance(value, float) else str(value)
-
-
 def train(cfg: TrainConfig | None, resume: str | Path | None = None, flags: Mapping[str, Any] | None = None,
           progress: bool = True, log: Log = print, hooks: Hooks | None = None) -> TrainResult:
     """Train `cfg` into a new run folder, or continue the run in `resume`.
@@ -234,7 +216,7 @@ def _resolve_settings(cfg: TrainConfig | None, resume: str | Path | None, flags:
     state = None
     if resume is not None:
         run_dir = Path(resume)
-        state = load_checkpoint(run_dir / "last.pt")
+        state = RunFolder(run_dir).load("last")
         if team.main:
             for stale in run_dir.glob(".*.tmp"):  # left by a writer that was killed mid-save
                 stale.unlink(missing_ok=True)
@@ -358,7 +340,7 @@ def _restore(run: _Run, state: dict[str, Any]) -> bool:
             longer = how_to_train_longer(cfg, run_dir)
             why = f"finished {progress.epoch} epochs: nothing to do (to train longer, {longer})"
         log(f"{run_dir} already {why}")
-        if not (run_dir / "status.json").is_file():  # killed between its last save and the status
+        if not RunFolder(run_dir).status_path.is_file():  # killed between its last save and the status
             done = ("early-stopped" if progress.stopped_early else
                     "time-budget" if progress.budget_spent else "finished")
             if team.main:
@@ -367,7 +349,7 @@ def _restore(run: _Run, state: dict[str, Any]) -> bool:
     log(f"resuming {run_dir} in epoch {progress.epoch + 1}"
         + (f" after step {progress.step}" if progress.step else ", from its start"))
     if team.main:
-        write_text_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
+        RunFolder(run_dir).write_config(config_to_yaml(cfg))
     return True
 
 
@@ -379,7 +361,7 @@ def _open_run_folder(run: _Run) -> None:
     if cfg.out and Path(cfg.out) != run_dir:
         run.log(f"{cfg.out} already exists, so this run goes to {run_dir} (a run never reuses a folder)")
     if team.main:
-        write_text_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
+        RunFolder(run_dir).write_config(config_to_yaml(cfg))
 
 
 def _log_start(run: _Run) -> None:
@@ -449,11 +431,11 @@ def _end_epoch(run: _Run, loop: EpochLoop, save_last: LastSaver, identity: dict[
     if cfg.patience and progress.epochs_since_best >= cfg.patience and progress.epoch < cfg.epochs:
         progress.stopped_early = True
     if team.main:
-        write_text_atomic(run_dir / "history.csv", format_history(progress.history))
+        RunFolder(run_dir).write_history(progress.history)
     # best.pt before last.pt: a kill between the two then redoes this epoch on resume (and
     # writes best.pt again), where the other order would leave best.pt an epoch behind for good.
     if improved and team.main:
-        save_checkpoint(model_state(cfg, run.state.kept_model, progress, identity), run_dir / "best.pt")
+        RunFolder(run_dir).save("best", model_state(cfg, run.state.kept_model, progress, identity))
     save_last()
     if loop.board is not None:  # after the save, so that a resume never writes the epoch twice
         loop.board.epoch(row)
@@ -565,10 +547,11 @@ def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
 def _after_abort(run_dir: Path, team: Team, log: Log, what: str) -> None:
     """Say what an abort (`what`: stopped at once, failed) left to resume, and remove a run folder that
     would hold nothing but its config (it would pass for the most recent run and fail every command)."""
-    if (run_dir / "last.pt").is_file():
+    folder = RunFolder(run_dir)
+    if folder.last_path.is_file():
         log(f"{what}; the last save can be resumed with: {resume_command(run_dir, team)}")
         return
-    for leftover in [run_dir / "config.yaml", run_dir / "status.json", *run_dir.glob(".*.tmp")]:
+    for leftover in [folder.config_path, folder.status_path, *run_dir.glob(".*.tmp")]:
         leftover.unlink(missing_ok=True)
     try:
         run_dir.rmdir()
@@ -590,14 +573,13 @@ def _baseline_note(split: ImageSplit, balanced_shown: bool = False) -> str:
 def _write_status(run_dir: Path, status: str, progress: Progress, cfg: TrainConfig, init_hash: str,
                   hardware: str, *sources: BatchSource, device: torch.device | None = None) -> None:
     skipped = sorted({str(p) for s in sources for p in (s.failed + s.split.unreadable)})
-    info = {"status": status, "epochs_done": progress.epoch, "epochs": cfg.epochs,
-            # best.pt's epoch, and its val accuracy and balanced accuracy: chosen by best_chosen_by
-            **_best(progress, cfg), "best_chosen_by": selected_by(cfg.class_weights),
-            "init_hash": init_hash, "hardware": hardware, "unreadable_images": skipped,
-            **(placement(device) if device is not None else {})}
-    if status == "early-stopped":
-        info["reason"] = f"{_selected_name(cfg)} did not improve for {cfg.patience} epochs"
-    write_text_atomic(run_dir / "status.json", json.dumps(escape_names(info), indent=2) + "\n")
+    reason = f"{_selected_name(cfg)} did not improve for {cfg.patience} epochs" if status == "early-stopped" else None
+    RunFolder(run_dir).write_status(RunStatus(
+        status=status, epochs_done=progress.epoch, epochs=cfg.epochs,
+        # best.pt's epoch, and its val accuracy and balanced accuracy: chosen by best_chosen_by
+        **_best(progress, cfg), best_chosen_by=selected_by(cfg.class_weights),
+        init_hash=init_hash, hardware=hardware, unreadable_images=skipped, reason=reason,
+        **(placement(device) if device is not None else {})))
 
 
 def _check_unreadable(sources: tuple[BatchSource, ...], team: Team, warned: set[Path], data: str, log: Log) -> None:
@@ -632,7 +614,7 @@ def print_config(cfg: TrainConfig | None, resume: str | Path | None = None,
     """The resolved config as YAML, exactly as the run folder's config.yaml would hold it: that of
     `cfg`, or, with `resume`, the settings a resume of that run with `flags` would train with."""
     if resume is not None:
-        cfg = resumed_config(load_checkpoint(Path(resume) / "last.pt"), flags or {}, Path(resume))
+        cfg = resumed_config(RunFolder(resume).load("last"), flags or {}, Path(resume))
     if cfg is None:
         raise ValueError("print_config() needs a config unless it shows a resumed run's")
     return config_to_yaml(resolve_config(cfg))

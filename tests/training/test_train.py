@@ -23,7 +23,8 @@ from catsdogs.training.config import TrainConfig
 from catsdogs.training.loop import Hooks
 from catsdogs.training.optim import get_optimizer_spec
 from catsdogs.training.schedules import lr_factor
-from catsdogs.training.train import HISTORY_COLUMNS, new_run_config, train
+from catsdogs.training.runs import HISTORY_COLUMNS
+from catsdogs.training.train import new_run_config, train
 from tests.helpers import history_without_time, interrupt_after, on_training_batch
 
 SIZE = 96  # cnn3's minimum, to keep the tests fast
