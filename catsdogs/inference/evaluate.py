@@ -141,10 +141,12 @@ def _write_results(out_dir: Path, suffix: str, metrics: dict[str, Any], run_dir:
     """metrics.json, the confusion-matrix figure and predictions.csv, each with `suffix`."""
     out_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed evaluation leaves no empty folder
     metrics_path, figure_path, predictions_path = _result_files(out_dir, suffix)
-    write_text_atomic(metrics_path, json.dumps(escape_names(metrics), indent=2) + "\n")
     save_confusion_figure(np.asarray(metrics["confusion_matrix"]), classes, figure_path,
                           title=f"{run_dir.name}: {metrics['split']} accuracy {metrics['accuracy']:.3f}")
     write_predictions(predictions_path, kept, labels, probs, classes)
+    # Last, as the mark of a whole evaluation: a process killed before it leaves no metrics.json (or an older
+    # one, older than best.pt), so a study's retried run evaluates again instead of keeping half of one.
+    write_text_atomic(metrics_path, json.dumps(escape_names(metrics), indent=2) + "\n")
     return Evaluation(metrics, metrics_path, figure_path, predictions_path)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -93,11 +94,14 @@ class RayExecutor:
         self.address, self.device, self.threads, self.setup = address, device, threads, setup
         self.shared = [str(Path(path).resolve()) for path in shared]
         self.connected = False
+        self.handlers: dict[int, Any] = {}
 
     def run_all(self, work: Work, items: Sequence[Any], done: Done, label: Callable[[Any], str] = str) -> bool:
         """Run `work(item)` for every item on the cluster; False when the study stopped (Ctrl-C, or `done`)."""
         ray = self.ray
         if not self.connected:
+            # ray.init installs its own SIGTERM handler in this process: close() gives back the caller's.
+            self.handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
             _connect(ray, self.address)
             self.connected = True
         threads, resources = _threads_and_resources(ray, self.device, self.threads)
@@ -151,3 +155,5 @@ class RayExecutor:
         if self.connected:
             self.ray.shutdown()
             self.connected = False
+            for signum, handler in self.handlers.items():
+                signal.signal(signum, handler)

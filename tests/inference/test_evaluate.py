@@ -281,3 +281,21 @@ def test_hard_links_are_the_same_file(tiny_run, tmp_path) -> None:
         os.link(photo, photos / "Cat" / f"from-dog-{photo.name}")
     with pytest.raises(CatsdogsError, match=f"every photo in {photos} was left out: "):
         evaluate_run(run, data=str(photos), device="cpu", progress=False)
+
+
+def test_metrics_json_is_written_last_so_a_killed_evaluation_is_done_again(tiny_run, tmp_path, monkeypatch) -> None:
+    # A study's run whose worker is killed mid-evaluation is retried; it evaluates again only without metrics.json.
+    from catsdogs.inference import evaluate as evaluate_module
+
+    run = Path(shutil.copytree(tiny_run[0], tmp_path / "run"))
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # stands in for the end of the process while predictions.csv is written
+
+    monkeypatch.setattr(evaluate_module, "write_predictions", killed)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_run(run, device="cpu", progress=False)
+    assert not (run / "metrics.json").exists()
+    monkeypatch.undo()
+    done = evaluate_run(run, device="cpu", progress=False)
+    assert done.metrics_path.is_file() and done.predictions_path.is_file()

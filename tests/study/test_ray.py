@@ -104,8 +104,10 @@ def test_ray_runs_on_both_nodes_like_jobs_and_retries_a_killed_worker(cluster: s
     killer = threading.Thread(target=kill_a_worker_mid_run, args=(out, killed, time.monotonic() + 90), daemon=True)
     killer.start()
     # Two runs, one CPU each, on two one-CPU nodes: they run at once, one on each node.
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     result = run_study(tiny_spec(data, out, ray=cluster, threads_per_run=1), progress=False, log=quiet)
     killer.join()
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers  # Ray's are gone
     assert result.status == "complete"
     assert killed, "no worker was seen mid-run to kill"
     assert any("resuming" in (run / "train.log").read_text(encoding="utf-8") for run in (out / "runs").iterdir())
