@@ -169,8 +169,8 @@ class TrainConfig:
     # Reproducibility and hardware.
     seed: int = setting(42, help="Seed for weights, order and augmentation.",
                         per_run="a study's seeds count up from it, one per --seeds")
-    # auto picks CUDA, then MPS, then CPU
-    device: str = setting("auto", choices=("auto", "cpu", "cuda", "mps"), resumable=True, help="Where to train.")
+    device: str = setting("auto", choices=("auto", "cpu", "cuda", "mps"), resumable=True,
+                          help="Where to run: auto picks CUDA, then MPS, then the CPU.")
     # auto: bf16 where the hardware has it, else fp32
     precision: str = setting("auto", choices=("auto", "fp32", "bf16", "fp16"), resumable=True,
                              help="Numeric precision; auto uses bf16 where the hardware has it.")
