@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shlex
 import sys
@@ -15,6 +16,21 @@ from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.interrupts import ignore_ctrl_c
 from catsdogs.names import escape_name
 from catsdogs.training.config import Setting, declared_settings
+
+
+class ChoiceOf(click.Choice):
+    """A click.Choice of the names a library module declares (`ChoiceOf("catsdogs.data.split", "SPLITS")`).
+
+    The module is imported when the choices are first needed, to parse or to show help, so that
+    starting the command line imports no torch, numpy or PIL.
+    """
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.attribute, self.case_sensitive = module, name, True
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        return tuple(getattr(importlib.import_module(self.module), self.attribute))
 
 
 class OneLineUsageError(click.ClickException):
@@ -131,9 +147,9 @@ def download(dest: Path) -> None:
 @click.option("--ratios", default="0.63,0.07,0.30", show_default=True,
               help="Fractions for train,val,test (the tutorial's 30% test, 7% validation).")
 @click.option("--seed", default=42, show_default=True, type=int, help="Seed of the shuffle.")
-@click.option("--layout", default="auto", show_default=True, type=click.Choice(["auto", "folders", "kaggle"]),
+@click.option("--layout", default="auto", show_default=True, type=ChoiceOf("catsdogs.data.split", "LAYOUTS"),
               help="folders: one subfolder per class (PetImages); kaggle: flat cat.N.jpg/dog.N.jpg.")
-@click.option("--mode", default="link", show_default=True, type=click.Choice(["link", "copy", "symlink"]),
+@click.option("--mode", default="link", show_default=True, type=ChoiceOf("catsdogs.data.split", "MODES"),
               help="How files land in the split: hard links (copies across filesystems), copies or symlinks.")
 @click.option("--jobs", default=None, type=click.IntRange(min=1), help="Processes decoding images [the CPUs this process may run on].")
 @click.option("--force", is_flag=True, help="Replace an output folder that split made with other arguments (never a "
@@ -287,14 +303,16 @@ _RUN_OPTION = click.option("--run", "run_dir", default=None, type=click.Path(fil
                            help="Run folder whose model to use. [default: the most recent run under runs/]")
 _CHECKPOINT_OPTION = click.option("--checkpoint", default="best", show_default=True,
                                   help="best, last, or a path to a .pt file.")
-# Where evaluate, predict and explain run; `train` and `compare` generate theirs from the setting.
-_DEVICE_OPTION = click.option("--device", default="auto", show_default=True,
-                              type=click.Choice(declared_settings()["device"].choices))
+# Where evaluate, predict and explain run: the `device` setting's flag (as train's), with its default given.
+_DEVICE = declared_settings()["device"]
+_DEVICE_OPTION = click.option(_DEVICE.flag, _DEVICE.name, default=_DEVICE.default, show_default=True,
+                              type=click.Choice(_DEVICE.choices), help=_DEVICE.help)
 
 
 @main.command()
 @click.argument("run_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--split", "split_name", default="test", show_default=True, type=click.Choice(["train", "val", "test"]),
+@click.option("--split", "split_name", default="test", show_default=True,
+              type=ChoiceOf("catsdogs.data.split", "SPLITS"),
               help="Which split to evaluate.")
 @_CHECKPOINT_OPTION
 @click.option("--data", default=None,
@@ -302,7 +320,7 @@ _DEVICE_OPTION = click.option("--device", default="auto", show_default=True,
                    "[default: the split the run trained on]")
 @_DEVICE_OPTION
 @click.option("--tta", is_flag=True, help="Average each prediction with that of the mirror image.")
-@click.option("--tta-mode", default=None, type=click.Choice(["flip", "flip-shift"]),
+@click.option("--tta-mode", default=None, type=ChoiceOf("catsdogs.training.scoring", "TTA_MODES"),
               help="Views --tta averages: flip (the mirror image), flip-shift (also each shifted by 1/32 of the "
                    "side both ways: six views). Implies --tta. [default: flip]")
 @click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path),
@@ -419,7 +437,8 @@ def _photos_or_report(paths: tuple[Path, ...]) -> list[Path]:
 
 @main.command()
 @click.argument("run_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--format", "fmt", default="onnx", show_default=True, type=click.Choice(["onnx", "torchscript"]),
+@click.option("--format", "fmt", default="onnx", show_default=True,
+              type=ChoiceOf("catsdogs.inference.export", "FORMATS"),
               help="onnx (needs the export extra: pip install \"catsdogs[export]\") or torchscript.")
 @_CHECKPOINT_OPTION
 @click.option("--out", default=None, type=click.Path(dir_okay=False, path_type=Path),
@@ -510,7 +529,8 @@ def plot_curves_command(run_dirs: tuple[Path, ...], out: Path | None) -> None:
 
 @main.command()
 @click.argument("data", required=False, type=click.Path(path_type=Path))
-@click.option("--split", "split_name", default="train", show_default=True, type=click.Choice(["train", "val", "test"]),
+@click.option("--split", "split_name", default="train", show_default=True,
+              type=ChoiceOf("catsdogs.data.split", "SPLITS"),
               help="Which split of a split folder (a plain folder of class folders has none).")
 @click.option("--n", "count", default=32, show_default=True, type=int, help="Photos in the grid.")
 @click.option("--augment", default=None, is_flag=False, flag_value="", metavar="[RUN_DIR]",

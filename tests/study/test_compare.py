@@ -28,7 +28,7 @@ from catsdogs.training import train as train_module
 from catsdogs.training.config import TrainConfig
 from catsdogs.training.optim import get_optimizer_spec
 from tests.conftest import write_tiny_split
-from tests.helpers import history_without_time
+from tests.helpers import history_without_time, split_fixture
 
 SIZE = 96  # cnn3's minimum, to keep the tests fast
 OPTIMS = ("minibatch-sgd", "adam")
@@ -44,9 +44,7 @@ def base_config(data: Path, **overrides) -> TrainConfig:
     return TrainConfig(**{**values, **overrides})
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_split(tmp_path_factory.mktemp("split"), per_class=(12, 4, 4), size=SIZE)
+data = split_fixture((12, 4, 4), size=SIZE, scope="module")
 
 
 @pytest.fixture(scope="module")

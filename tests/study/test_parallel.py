@@ -12,7 +12,7 @@ from catsdogs.errors import UsageError
 from catsdogs.study.compare import StudySpec, run_study
 from catsdogs.study.executors import Slot, plan_slots
 from catsdogs.training.config import TrainConfig
-from tests.conftest import write_tiny_split
+from tests.helpers import split_fixture
 
 SIZE = 96  # cnn3's minimum
 OPTIMS = ("minibatch-sgd", "adam")
@@ -55,9 +55,7 @@ def tiny_spec(data: Path, out: Path, **how) -> StudySpec:
     return StudySpec(base, OPTIMS, seeds=1, out=out, **how)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_split(tmp_path_factory.mktemp("split"), per_class=(8, 4, 4), size=SIZE)
+data = split_fixture((8, 4, 4), size=SIZE, scope="module")
 
 
 @pytest.fixture(scope="module")

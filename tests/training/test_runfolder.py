@@ -16,7 +16,7 @@ from catsdogs.errors import CatsdogsError
 from catsdogs.inference.predict import load_trained
 from catsdogs.training.checkpoint import SavedModel
 from catsdogs.training.runs import RunFolder, RunStatus
-from tests.conftest import write_tiny_split
+from tests.helpers import write_tiny_split
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "run-0.1.0"
 
