@@ -18,11 +18,13 @@ from typing import Callable
 
 import numpy as np
 import pytest
+import yaml
 from click.testing import CliRunner, Result
 from PIL import Image
 
 from catsdogs.cli import main
 from catsdogs.data import transforms
+from catsdogs.study.layout import run_name
 from catsdogs.training.config import TrainConfig
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -234,3 +236,71 @@ def children(pid: int) -> list[int]:
         except (OSError, IndexError, ValueError):
             continue
     return found
+
+
+# ---- studies ---------------------------------------------------------------------------------------------
+
+STUDY_SIZE = 96  # cnn3's minimum
+STUDY_OPTIMS = ("minibatch-sgd", "adam")
+TEST_IMAGES = 20  # hand-made study accuracies are multiples of 1/20
+HISTORY_HEADER = "epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds\n"
+HISTORY = HISTORY_HEADER + "1,0.69,0.5,0.69,0.5,0.01,2.0\n"
+
+
+def tiny_spec(data: Path, out: Path, **how):
+    """A two-optimizer, one-seed, two-epoch study of `data` at cnn3's smallest size."""
+    from catsdogs.study.compare import StudySpec
+
+    base = TrainConfig(data=str(data), image_size=STUDY_SIZE, epochs=2, device="cpu", precision="fp32")
+    return StudySpec(base, STUDY_OPTIMS, seeds=1, out=out, **how)
+
+
+def run_results(out: Path) -> dict[str, tuple]:
+    """Each run's history (times aside), test predictions and test accuracy."""
+    results = {}
+    for run in sorted((out / "runs").iterdir()):
+        metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+        results[run.name] = (history_without_time(run), (run / "predictions.csv").read_text(encoding="utf-8"),
+                             metrics["accuracy"])
+    return results
+
+
+def summary_without_time(out: Path) -> dict:
+    """summary.json less what depends on the clock."""
+    def drop(value):
+        if isinstance(value, dict):
+            return {k: drop(v) for k, v in value.items() if "second" not in k and "time" not in k and k != "study"}
+        if isinstance(value, list):
+            return [drop(v) for v in value]
+        return value
+    return drop(json.loads((out / "summary.json").read_text(encoding="utf-8")))
+
+
+def write_study(root: Path, accuracies: dict[str, list[float]], tune_lr: bool = False, history: str = HISTORY,
+                **settings) -> Path:
+    """A finished study folder with the given test accuracy per optimizer and seed (seeds 42, 43, ...), each
+    run with `history` as its history.csv and `settings` added to its config."""
+    data = write_tiny_split(root, per_class=(2, 1, 1), size=8)
+    study = root / "study"
+    seeds = [42 + k for k in range(len(next(iter(accuracies.values()))))]
+    config = {"data": str(data), "epochs": 1, "patience": None, "image_size": 96, **settings}
+    study.mkdir()
+    (study / "study.json").write_text(json.dumps({"optims": list(accuracies), "seeds": seeds, "budget": "epochs",
+                                                  "tune_lr": tune_lr, "config": config}))
+    for optim, values in accuracies.items():
+        for seed, accuracy in zip(seeds, values):
+            run = study / "runs" / run_name(optim, seed)
+            run.mkdir(parents=True)
+            (run / "config.yaml").write_text(yaml.safe_dump({**config, "optim": optim, "seed": seed, "lr": 0.01,
+                                                             "batch_size": 8}))
+            (run / "history.csv").write_text(history)
+            (run / "status.json").write_text(json.dumps({"status": "finished", "init_hash": f"h{seed}"}))
+            (run / "metrics.json").write_text(json.dumps({"accuracy": accuracy, "images": TEST_IMAGES,
+                                                          "confusion_matrix": [[10, 0], [10, 0]]}))
+    return study
+
+
+def visible_ticks(ax) -> list[float]:
+    """The x tick locations inside the axes' view (a locator may also place some just outside it)."""
+    low, high = ax.get_xlim()
+    return [float(t) for t in ax.get_xticks() if low <= t <= high]

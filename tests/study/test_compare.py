@@ -27,7 +27,7 @@ from catsdogs.training.loop import Hooks
 from catsdogs.training import train as train_module
 from catsdogs.training.config import TrainConfig
 from catsdogs.training.optim import get_optimizer_spec
-from tests.conftest import write_tiny_split
+from tests.helpers import write_tiny_split
 from tests.helpers import history_without_time, split_fixture
 
 SIZE = 96  # cnn3's minimum, to keep the tests fast

@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 
 from catsdogs.study.figures import plot_lr_sweep, plot_study_curves  # noqa: E402
 from catsdogs.study.layout import RUNS_DIR, run_name  # noqa: E402
-from tests.inference.test_plots import HEADER, visible_ticks  # noqa: E402
+from tests.helpers import HISTORY_HEADER as HEADER, visible_ticks  # noqa: E402
 
 SEEDS = [42, 43]
 

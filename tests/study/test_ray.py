@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from catsdogs.study.compare import run_study
-from tests.helpers import split_fixture
-from tests.study.test_parallel import SIZE, quiet, run_results, summary_without_time, tiny_spec
+from tests.helpers import STUDY_SIZE as SIZE, quiet, run_results, split_fixture, summary_without_time, tiny_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAD_IP, SECOND_IP = "127.0.0.2", "127.0.0.3"  # loopback only: never 127.0.0.1 (Ray swaps in the machine's address)

@@ -10,34 +10,8 @@ import yaml
 
 from catsdogs.study.layout import run_name
 from catsdogs.study.report import format_report, reach_target, summarize
-from tests.conftest import write_tiny_split
+from tests.helpers import HISTORY, TEST_IMAGES, write_study
 
-TEST_IMAGES = 20  # accuracies below are multiples of 1/20
-HISTORY = "epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds\n1,0.69,0.5,0.69,0.5,0.01,2.0\n"
-
-
-def write_study(root: Path, accuracies: dict[str, list[float]], tune_lr: bool = False, history: str = HISTORY,
-                **settings) -> Path:
-    """A finished study folder with the given test accuracy per optimizer and seed (seeds 42, 43, ...), each
-    run with `history` as its history.csv and `settings` added to its config."""
-    data = write_tiny_split(root, per_class=(2, 1, 1), size=8)
-    study = root / "study"
-    seeds = [42 + k for k in range(len(next(iter(accuracies.values()))))]
-    config = {"data": str(data), "epochs": 1, "patience": None, "image_size": 96, **settings}
-    study.mkdir()
-    (study / "study.json").write_text(json.dumps({"optims": list(accuracies), "seeds": seeds, "budget": "epochs",
-                                                  "tune_lr": tune_lr, "config": config}))
-    for optim, values in accuracies.items():
-        for seed, accuracy in zip(seeds, values):
-            run = study / "runs" / run_name(optim, seed)
-            run.mkdir(parents=True)
-            (run / "config.yaml").write_text(yaml.safe_dump({**config, "optim": optim, "seed": seed, "lr": 0.01,
-                                                             "batch_size": 8}))
-            (run / "history.csv").write_text(history)
-            (run / "status.json").write_text(json.dumps({"status": "finished", "init_hash": f"h{seed}"}))
-            (run / "metrics.json").write_text(json.dumps({"accuracy": accuracy, "images": TEST_IMAGES,
-                                                          "confusion_matrix": [[10, 0], [10, 0]]}))
-    return study
 
 
 def report_for(root: Path, accuracies: dict[str, list[float]], tune_lr: bool = False) -> tuple[dict, str]:
