@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import pytest
 
 from catsdogs.errors import UsageError
-from catsdogs.study.compare import StudySpec, run_study
+from catsdogs.study.compare import run_study
 from catsdogs.study.executors import Slot, plan_slots
-from catsdogs.training.config import TrainConfig
-from tests.helpers import STUDY_SIZE as SIZE, history_without_time, quiet, run_results, split_fixture, \
+from tests.helpers import STUDY_SIZE as SIZE, quiet, run_results, split_fixture, \
     summary_without_time, tiny_spec
 
 data = split_fixture((8, 4, 4), size=SIZE, scope="module")

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from catsdogs.study.layout import run_name
 from catsdogs.study.report import format_report, reach_target, summarize
