@@ -576,8 +576,12 @@ def report_command(run_dir: Path | None) -> None:
               type=click.FloatRange(min=0, min_open=True), help="Largest request body, in MB (larger: 413).")
 @click.option("--max-files", default=ServeSettings.max_files, show_default=True, type=click.IntRange(min=1),
               help="Photos in one request at most (more: 413).")
+@click.option("--max-pixels", default=ServeSettings.max_pixels, show_default=True, type=click.IntRange(min=1),
+              help="Pixels in one photo at most, counted from its header before decoding (more: 413); at most "
+                   "catsdogs' own bound, 250 million. The default lets a 12-megapixel phone photo through and "
+                   "bounds the memory each decoding thread takes.")
 def serve(run_dir: Path | None, model_file: Path | None, device: str, host: str, port: int, max_batch: int,
-          max_wait_ms: float, max_queue: int, max_upload_mb: float, max_files: int) -> None:
+          max_wait_ms: float, max_queue: int, max_upload_mb: float, max_files: int, max_pixels: int) -> None:
     """Serve a run's model as a web page and an HTTP API, batching concurrent requests.
 
     Uses the run's verified ONNX export through onnxruntime when there is one made from its best
@@ -585,15 +589,19 @@ def serve(run_dir: Path | None, model_file: Path | None, device: str, host: str,
     their heat maps; POST /predict, POST /explain, GET /model and GET /health are described at
     /openapi.json. Ctrl-C or SIGTERM answers the requests in flight, then stops.
     """
+    from catsdogs.data.images import MAX_IMAGE_PIXELS
     from catsdogs.inference.serve import EVERY_INTERFACE, require_serving, serve as serve_model
 
     require_serving()
+    if max_pixels > MAX_IMAGE_PIXELS:
+        raise UsageError(f"--max-pixels {max_pixels:,} is over catsdogs' decoding bound of {MAX_IMAGE_PIXELS:,}")
     if model_file is None or run_dir is not None:
         run_dir = _run_or_latest(run_dir, "serving")
     if host in EVERY_INTERFACE:
         click.echo(f"warning: --host {host or repr(host)} listens on every interface: anyone who can reach this machine "
                    "can use the model", err=True)
-    settings = ServeSettings(BatchSettings(max_batch, max_wait_ms, max_queue), max_upload_mb, max_files)
+    settings = ServeSettings(BatchSettings(max_batch, max_wait_ms, max_queue), max_upload_mb, max_files,
+                             max_pixels=max_pixels)
 
     def ready(served: Any, address: str) -> None:
         click.echo(f"serving {served.info['served_from']} ({served.info['engine']}) at {address}", err=True)

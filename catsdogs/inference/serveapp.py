@@ -23,7 +23,7 @@ from catsdogs import __version__
 from catsdogs.cpus import usable_cpus
 from catsdogs.inference.batcher import Batcher, QueueFull
 from catsdogs.inference.serve_settings import ServeSettings
-from catsdogs.inference.served import BadPhoto, ServedModel, decode_photo
+from catsdogs.inference.served import BadPhoto, ServedModel, TooManyPixels, decode_photo
 from catsdogs.inference.servepage import POLICY, render_page
 
 MB = 1_000_000
@@ -100,7 +100,7 @@ def create_app(served: ServedModel, settings: ServeSettings) -> FastAPI:
     """The application: the page at /, POST /predict and /explain, GET /model and /health, /openapi.json."""
     size = served.image_size
     info = {**served.info, "batching": asdict(settings.batch), "max_upload_mb": settings.max_upload_mb,
-            "max_files": settings.max_files}
+            "max_files": settings.max_files, "max_pixels": settings.max_pixels}
     page = render_page(info)
     busy = {"Retry-After": str(settings.retry_after_s)}
     parts: dict[str, Any] = {}
@@ -124,12 +124,13 @@ def create_app(served: ServedModel, settings: ServeSettings) -> FastAPI:
 
     async def decode(files: list[tuple[str, bytes]]) -> list[np.ndarray]:
         loop = asyncio.get_running_loop()
-        jobs = [loop.run_in_executor(parts["decode"], decode_photo, data, size) for _, data in files]
+        jobs = [loop.run_in_executor(parts["decode"], decode_photo, data, size, settings.max_pixels)
+                for _, data in files]
         images = await asyncio.gather(*jobs, return_exceptions=True)
         for (name, _), image in zip(files, images):
             if isinstance(image, BadPhoto):
                 what = "the photo" if len(files) == 1 else f"photo {name!r}"
-                raise Refused(400, f"{what} cannot be read: {image}")
+                raise Refused(413 if isinstance(image, TooManyPixels) else 400, f"{what} cannot be read: {image}")
             if isinstance(image, BaseException):
                 raise image
         return images

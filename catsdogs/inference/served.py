@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,10 @@ HEAT_ALPHA = 0.45  # the heat map's share of each pixel over the photo, as expla
 
 class BadPhoto(ValueError):
     """Bytes that are no photo the model can take; the message says why, in a few words."""
+
+
+class TooManyPixels(BadPhoto):
+    """A photo whose header claims more pixels than the server decodes."""
 
 
 @dataclass
@@ -74,21 +79,31 @@ def overlay_png(image: np.ndarray, heat: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def decode_photo(data: bytes, size: int) -> np.ndarray:
+def decode_photo(data: bytes, size: int, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Photo bytes decoded and resized as `catsdogs predict` reads a file; BadPhoto says why not.
 
-    Pixels are counted from the header before anything is decoded, against catsdogs' own bound
-    (MAX_IMAGE_PIXELS), whatever Pillow's process-wide limit is: a decompression bomb costs nothing.
+    Pixels are counted from the header before anything is decoded (Image.open reads only the
+    header), against `max_pixels` and whatever Pillow's process-wide limit is: a photo over the
+    limit, a decompression bomb among them, raises TooManyPixels and costs nothing to refuse.
     """
     if not data:
         raise BadPhoto("empty file")
     try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns above its own limit; the check below decides
+            with Image.open(io.BytesIO(data)) as header:
+                width, height = header.size
+        if width * height > max_pixels:
+            raise TooManyPixels(f"too many pixels: {width}x{height} is {width * height:,}, over this server's "
+                                f"limit of {max_pixels:,}")
         return resize_array(np.asarray(load_rgb(io.BytesIO(data), draft_size=size)), size)
+    except BadPhoto:
+        raise
+    except Image.DecompressionBombError:  # Image.open's own check: over twice Pillow's process-wide limit
+        raise TooManyPixels(f"too many pixels: over this server's limit of {max_pixels:,} (a decompression bomb?)"
+                            ) from None
     except Exception as error:  # noqa: BLE001 - decoders raise many types on bad data
-        reason = unreadable_reason(error)
-        if reason == "too many pixels":
-            reason = f"too many pixels (a decompression bomb? at most {MAX_IMAGE_PIXELS:,} are read)"
-        raise BadPhoto(reason) from None
+        raise BadPhoto(unreadable_reason(error)) from None
 
 
 def load_served(run_dir: Path | None, model_file: Path | None = None, device: str = "auto") -> ServedModel:

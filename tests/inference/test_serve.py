@@ -50,7 +50,7 @@ def test_predict_answers_what_catsdogs_predict_says_raw_and_multipart(server, ti
     ("not an image", b"this is a text file, not a photo", "image/jpeg", 400, "not an image"),
     ("a truncated JPEG", None, "image/jpeg", 400, "truncated"),
     ("an empty body", b"", "image/jpeg", 400, "empty body"),
-    ("a decompression bomb", bomb_png(), "image/png", 400, "too many pixels"),
+    ("a decompression bomb", bomb_png(), "image/png", 413, "too many pixels"),
     ("an upload over the limit", b"\xff" * 21_000_001, "image/jpeg", 413, "over the limit of 20 MB"),
     ("a wrong content type", b"hello", "text/plain", 415, "text/plain is not a photo"),
     ("too many files", None, "multipart", 413, "at most 16 photos"),
@@ -71,6 +71,31 @@ def test_bad_input_gets_a_one_line_4xx_and_the_server_goes_on(server, photos, wh
     good = server.request("POST", "/predict", photos[0].read_bytes(), "image/jpeg")
     assert good.status == 200 and good.json()["photos"][0]["class"] in ("Cat", "Dog")
     assert server.process.poll() is None
+
+
+def test_a_photo_over_max_pixels_is_refused_from_its_header_and_one_at_it_is_classified(tiny_run) -> None:
+    serve_extra_or_skip()
+
+    def jpeg(width: int, height: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGB", (width, height), (120, 80, 40)).save(buffer, format="JPEG")
+        return buffer.getvalue()
+
+    with running_server(tiny_run[0], "--max-pixels", "10000") as server:
+        over = server.request("POST", "/predict", jpeg(101, 100), "image/jpeg")
+        assert over.status == 413, over.body
+        assert over.json() == {"error": "the photo cannot be read: too many pixels: 101x100 is 10,100, over this "
+                                        "server's limit of 10,000"}
+        at = server.request("POST", "/predict", jpeg(100, 100), "image/jpeg")
+        assert at.status == 200 and at.json()["photos"][0]["class"] in ("Cat", "Dog")
+        assert server.request("GET", "/model").json()["max_pixels"] == 10_000
+
+
+def test_max_pixels_above_catsdogs_decoding_bound_is_refused() -> None:
+    serve_extra_or_skip()
+    result = invoke("serve", "--max-pixels", "250000001", "--port", "0")
+    assert result.exit_code == 2
+    assert result.output == "Error: --max-pixels 250,000,001 is over catsdogs' decoding bound of 250,000,000\n"
 
 
 def test_explain_gives_a_png_heat_map_at_the_model_s_size(server, tiny_run, photos) -> None:

@@ -30,7 +30,7 @@ RSS_GROWTH_MIB = 32
 def bad_inputs(photo: bytes) -> list[tuple[bytes, str, int]]:
     """(body, content type, expected status) of each kind of bad input, in turn."""
     return [(b"not a photo at all", "image/jpeg", 400), (photo[: len(photo) // 2], "image/jpeg", 400),
-            (b"", "image/jpeg", 400), (photo, "text/plain", 415), (bomb_png(), "image/png", 400)]
+            (b"", "image/jpeg", 400), (photo, "text/plain", 415), (bomb_png(), "image/png", 413)]
 
 
 def expected_answers(run: Path, photos: list[Path], out: Path) -> dict[str, tuple[str, list[float]]]:

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from catsdogs.data.images import load_resized
 from catsdogs.inference.export import default_export_path, export_run
-from catsdogs.inference.served import BadPhoto, decode_photo, load_served
+from catsdogs.inference.served import BadPhoto, TooManyPixels, decode_photo, load_served
 from tests.inference.serving import bomb_png
 
 
@@ -42,3 +43,14 @@ def test_uploaded_bytes_decode_as_predict_reads_the_file(tiny_run) -> None:
                          (photo.read_bytes()[:300], "(?i)truncated")]:
         with pytest.raises(BadPhoto, match=reason):
             decode_photo(data, 64)
+
+
+def test_a_photo_over_max_pixels_is_refused_from_its_header(tiny_run) -> None:
+    photo = sorted((tiny_run[1] / "test").rglob("*.jpg"))[0]
+    width, height = Image.open(photo).size
+    with pytest.raises(TooManyPixels, match=f"{width}x{height} is {width * height:,}, over this server's limit of "
+                                            f"{width * height - 1:,}"):
+        decode_photo(photo.read_bytes(), 64, max_pixels=width * height - 1)
+    assert np.array_equal(decode_photo(photo.read_bytes(), 64, max_pixels=width * height), load_resized(photo, 64))
+    with pytest.raises(TooManyPixels, match="decompression bomb"):
+        decode_photo(bomb_png(), 64, max_pixels=width * height)
