@@ -178,7 +178,7 @@ def create_app(served: ServedModel, settings: ServeSettings) -> FastAPI:
     async def explain(request: Request) -> Response:
         """The photo as the model sees it, with the evidence for its predicted class in colour over it."""
         if not served.info.get("heat_maps"):
-            raise Refused(404, "heat maps need a run's checkpoint: serve a run, not an exported file alone")
+            raise Refused(409, "heat maps need a run's checkpoint: serve a run, not an exported file alone")
         files = await read_photos(request, settings)
         if len(files) != 1:
             raise Refused(400, f"explain takes one photo per request, not {len(files)}")

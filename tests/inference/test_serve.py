@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import signal
 import threading
 import time
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from catsdogs.inference.export import export_run
 from catsdogs.inference.predict import load_trained, predict_photos
 from tests.browser import chromium_or_skip
 from tests.helpers import invoke
@@ -71,6 +73,36 @@ def test_bad_input_gets_a_one_line_4xx_and_the_server_goes_on(server, photos, wh
     good = server.request("POST", "/predict", photos[0].read_bytes(), "image/jpeg")
     assert good.status == 200 and good.json()["photos"][0]["class"] in ("Cat", "Dog")
     assert server.process.poll() is None
+
+
+def test_one_bad_file_among_several_is_named_and_the_server_goes_on(server, photos) -> None:
+    body, kind = multipart([(photos[0].name, photos[0].read_bytes()), ("notes.jpg", b"not a photo"),
+                            (photos[1].name, photos[1].read_bytes())])
+    answer = server.request("POST", "/predict", body, kind)
+    assert answer.status == 400
+    assert answer.json() == {"error": "photo 'notes.jpg' cannot be read: not an image"}
+    good = server.request("POST", "/predict", photos[2].read_bytes(), "image/jpeg")
+    assert good.status == 200 and good.json()["photos"][0]["class"] in ("Cat", "Dog")
+
+
+def test_an_exported_file_alone_classifies_and_says_heat_maps_need_a_checkpoint(tiny_run, photos,
+                                                                                 tmp_path: Path) -> None:
+    serve_extra_or_skip()
+    model_file = tmp_path / "model.torchscript"
+    export_run(shutil.copytree(tiny_run[0], tmp_path / "run"), "torchscript", out=model_file, verify_n=2,
+               log=lambda _: None)
+    expected = predict_photos(load_trained(tiny_run[0], device="cpu"), photos[:2], progress=False)
+    with running_server("--model", model_file) as server:
+        model = server.request("GET", "/model").json()
+        assert (model["served_from"], model["engine"], model["run"]) == (str(model_file), "torchscript", None)
+        assert model["heat_maps"] is False and model["classes"] == ["Cat", "Dog"] and model["image_size"] == 96
+        body, kind = multipart([(photo.name, photo.read_bytes()) for photo in photos[:2]])
+        answered = server.request("POST", "/predict", body, kind).json()["photos"]
+        probs = np.array([[item["probabilities"][name] for name in expected.classes] for item in answered])
+        assert np.allclose(probs, expected.probs, atol=1e-5)
+        heat = server.request("POST", "/explain", photos[0].read_bytes(), "image/jpeg")
+        assert heat.status == 409
+        assert heat.json() == {"error": "heat maps need a run's checkpoint: serve a run, not an exported file alone"}
 
 
 def test_a_photo_over_max_pixels_is_refused_from_its_header_and_one_at_it_is_classified(tiny_run) -> None:
