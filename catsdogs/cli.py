@@ -13,6 +13,8 @@ import click
 
 from catsdogs import __version__
 from catsdogs.errors import CatsdogsError, UsageError
+from catsdogs.inference.batcher import BatchSettings
+from catsdogs.inference.serve_settings import ServeSettings
 from catsdogs.interrupts import ignore_ctrl_c
 from catsdogs.names import escape_name
 from catsdogs.training.config import Setting, declared_settings
@@ -572,6 +574,61 @@ def report_command(run_dir: Path | None) -> None:
     if result.stale:
         click.echo(f"warning: {result.stale}")
     click.echo(f"wrote {result.path}")
+
+
+@main.command()
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--model", "model_file", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Serve a file from `catsdogs export` instead of the run's own model (with RUN_DIR, heat maps "
+                   "still come from the run's checkpoint; without it there are none).")
+@_DEVICE_OPTION
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; 0.0.0.0 lets every machine that can reach this one use the model.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on (0: any free port).")
+@click.option("--max-batch", default=BatchSettings.max_batch, show_default=True, type=click.IntRange(min=1),
+              help="Photos of concurrent requests run through the model together at most (1: no batching).")
+@click.option("--max-wait-ms", default=BatchSettings.max_wait_ms, show_default=True, type=click.FloatRange(min=0),
+              help="How long a photo waits for others to fill its batch at most.")
+@click.option("--max-queue", default=BatchSettings.max_queue, show_default=True, type=click.IntRange(min=1),
+              help="Photos waiting at most; past that the server answers 503 with Retry-After.")
+@click.option("--max-upload-mb", default=ServeSettings.max_upload_mb, show_default=True,
+              type=click.FloatRange(min=0, min_open=True), help="Largest request body, in MB (larger: 413).")
+@click.option("--max-files", default=ServeSettings.max_files, show_default=True, type=click.IntRange(min=1),
+              help="Photos in one request at most (more: 413).")
+@click.option("--max-pixels", default=ServeSettings.max_pixels, show_default=True, type=click.IntRange(min=1),
+              help="Pixels in one photo at most, counted from its header before decoding (more: 413); at most "
+                   "catsdogs' own bound, 250 million. The default lets a 12-megapixel phone photo through and "
+                   "bounds the memory each decoding thread takes.")
+def serve(run_dir: Path | None, model_file: Path | None, device: str, host: str, port: int, max_batch: int,
+          max_wait_ms: float, max_queue: int, max_upload_mb: float, max_files: int, max_pixels: int) -> None:
+    """Serve a run's model as a web page and an HTTP API, batching concurrent requests.
+
+    Uses the run's verified ONNX export through onnxruntime when there is one made from its best
+    checkpoint, and the checkpoint otherwise. The page (/) classifies dropped photos and shows
+    their heat maps; POST /predict, POST /explain, GET /model and GET /health are described at
+    /openapi.json. Ctrl-C or SIGTERM answers the requests in flight, then stops.
+    """
+    from catsdogs.data.images import MAX_IMAGE_PIXELS
+    from catsdogs.inference.serve import EVERY_INTERFACE, require_serving, serve as serve_model
+
+    require_serving()
+    if max_pixels > MAX_IMAGE_PIXELS:
+        raise UsageError(f"--max-pixels {max_pixels:,} is over catsdogs' decoding bound of {MAX_IMAGE_PIXELS:,}")
+    if model_file is None or run_dir is not None:
+        run_dir = _run_or_latest(run_dir, "serving")
+    if host in EVERY_INTERFACE:
+        click.echo(f"warning: --host {host or repr(host)} listens on every interface: anyone who can reach this machine "
+                   "can use the model", err=True)
+    settings = ServeSettings(BatchSettings(max_batch, max_wait_ms, max_queue), max_upload_mb, max_files,
+                             max_pixels=max_pixels)
+
+    def ready(served: Any, address: str) -> None:
+        click.echo(f"serving {served.info['served_from']} ({served.info['engine']}) at {address}", err=True)
+        click.echo(f"open {address} in a browser; Ctrl-C stops the server", err=True)
+
+    serve_model(run_dir, model_file=model_file, device=device, host=host, port=port, settings=settings,
+                on_ready=ready)
 
 
 @main.command()
