@@ -23,7 +23,7 @@ GRACE_S = 30  # how long a stop waits for the requests in flight
 
 def require_serving() -> None:
     """One line naming the extra when FastAPI, uvicorn or python-multipart is missing."""
-    for module in ("fastapi", "uvicorn", "multipart"):
+    for module in ("fastapi", "uvicorn", "python_multipart"):
         try:
             __import__(module)
         except ImportError:
