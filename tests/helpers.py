@@ -3,6 +3,7 @@ which makes the `data` fixture that many modules use."""
 
 from __future__ import annotations
 
+import ast
 import csv
 import hashlib
 import json
@@ -304,3 +305,20 @@ def visible_ticks(ax) -> list[float]:
     """The x tick locations inside the axes' view (a locator may also place some just outside it)."""
     low, high = ax.get_xlim()
     return [float(t) for t in ax.get_xticks() if low <= t <= high]
+
+
+def literals_outside(home: str, names: set[str], allowed: set[tuple[str, str]] = frozenset()) -> list[str]:
+    """Where catsdogs/ or benchmarks/ spell one of `names` (or a path ending in one) as a string literal outside
+    the module `home` (e.g. "catsdogs/training/runs.py"), as "file:line: 'literal'"; (file, name) pairs in
+    `allowed` do not count."""
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for path in sorted([*(root / "catsdogs").rglob("*.py"), *(root / "benchmarks").rglob("*.py")]):
+        where = path.relative_to(root).as_posix()
+        if where == home:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                found += [f"{where}:{node.lineno}: {node.value!r}" for name in names
+                          if (node.value == name or node.value.endswith("/" + name)) and (where, name) not in allowed]
+    return found

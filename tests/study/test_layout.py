@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import shutil
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 from catsdogs.study import layout
 from catsdogs.study.layout import StudyFolder, Summary, TuningRecord
 from catsdogs.study.report import format_report
+from tests.helpers import literals_outside
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "study-387faf5"
@@ -66,14 +66,5 @@ def test_each_study_file_name_is_written_in_one_module() -> None:
     """A study folder's file names are string literals in catsdogs/study/layout.py alone (issue 25)."""
     names = {layout.STUDY_FILE, layout.TUNING_FILE, layout.SUMMARY_FILE, layout.REPORT_FILE, layout.REPORT_PAGE,
              layout.CURVES_FIGURE, layout.ACCURACY_FIGURE, layout.LR_SWEEP_FIGURE}
-    found = []
-    for path in sorted([*(ROOT / "catsdogs").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")]):
-        where = path.relative_to(ROOT).as_posix()
-        if where == "catsdogs/study/layout.py":
-            continue
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str):
-                for name in names:
-                    if (node.value == name or node.value.endswith("/" + name)) and (where, name) not in RUN_FOLDER_FILES:
-                        found.append(f"{where}:{node.lineno}: {node.value!r}")
+    found = literals_outside("catsdogs/study/layout.py", names, RUN_FOLDER_FILES)
     assert not found, "study-folder file names outside catsdogs/study/layout.py:\n" + "\n".join(found)
