@@ -13,8 +13,7 @@ import click
 
 from catsdogs import __version__
 from catsdogs.errors import CatsdogsError, UsageError
-from catsdogs.inference.batcher import BatchSettings
-from catsdogs.inference.serve_settings import ServeSettings
+from catsdogs.inference.serve_settings import BatchSettings, ServeSettings
 from catsdogs.interrupts import ignore_ctrl_c
 from catsdogs.names import escape_name
 from catsdogs.training.config import Setting, declared_settings

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from catsdogs.inference.batcher import BatchSettings
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """How photos are gathered: at most `max_batch` per model call, the first of them waiting at most
+    `max_wait_ms`, and at most `max_queue` photos waiting in all. max_batch 1 turns batching off."""
+
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    max_queue: int = 256
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1 or self.max_queue < 1 or self.max_wait_ms < 0:
+            raise ValueError(f"{self}: max_batch and max_queue must be at least 1, max_wait_ms at least 0")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from catsdogs.inference.batcher import Batcher, BatchSettings, QueueFull
+from catsdogs.inference.batcher import Batcher, QueueFull
+from catsdogs.inference.serve_settings import BatchSettings
 
 
 class Model:

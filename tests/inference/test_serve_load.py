@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from catsdogs.inference.batcher import BatchSettings
+from catsdogs.inference.serve_settings import BatchSettings
 from tests.helpers import invoke
 from tests.inference.serving import (REAL_PHOTOS, Answer, Server, bomb_png, multipart, rss_kib, running_server,
                                      serve_extra_or_skip)
