@@ -279,8 +279,8 @@ def _evidence_note(seeds: int) -> str:
     return (f"With {seeds} seeds each paired test has {seeds - 1} degree{'s' if seeds > 2 else ''} of freedom, "
             f"which is weak evidence: only a large gap that repeats on every seed reaches p < {ALPHA:g}, and "
             "'not distinguishable' does not mean equal, only that these seeds cannot tell. The verdicts correct for "
-            "making several comparisons at once (Holm's method, below). More seeds (5 or more) narrow the "
-            "intervals.")
+            "making several comparisons at once (Holm's method, below). More seeds"
+            f"{' (5 or more)' if seeds < 5 else ''} narrow the intervals.")
 
 
 def _same_mean(a: RankingRow, b: RankingRow) -> bool:

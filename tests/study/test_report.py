@@ -188,3 +188,11 @@ def test_the_ranking_gives_epochs_and_seconds_to_the_target_beside_test_accuracy
     assert "| 1 | adam | 75.0 ± 7.1% | 80.0%, 70.0% | 2.0 ± 0.0 | 5.0 ± 0.0 s |" in report
     unreached = format_report(summarize(tmp_path / "study", target_acc=0.9))
     assert "| 1 | adam | 75.0 ± 7.1% | 80.0%, 70.0% | not reached | — |" in unreached
+
+
+def test_the_evidence_note_asks_for_5_or_more_seeds_only_below_5(tmp_path: Path) -> None:
+    _, three = report_for(tmp_path / "three", {"adam": [0.9, 0.85, 0.9], "momentum": [0.6, 0.55, 0.5]})
+    _, five = report_for(tmp_path / "five", {"adam": [0.9, 0.85, 0.9, 0.8, 0.85], "momentum": [0.6, 0.55, 0.5, 0.6, 0.5]})
+    assert "More seeds (5 or more) narrow the intervals." in three
+    assert "With 5 seeds each paired test has 4 degrees of freedom" in five
+    assert "(5 or more)" not in five and "More seeds narrow the intervals." in five
