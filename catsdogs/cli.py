@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shlex
 import sys
@@ -12,9 +13,25 @@ import click
 
 from catsdogs import __version__
 from catsdogs.errors import CatsdogsError, UsageError
+from catsdogs.inference.serve_settings import BatchSettings, ServeSettings
 from catsdogs.interrupts import ignore_ctrl_c
 from catsdogs.names import escape_name
 from catsdogs.training.config import Setting, declared_settings
+
+
+class ChoiceOf(click.Choice):
+    """A click.Choice of the names a library module declares (`ChoiceOf("catsdogs.data.split", "SPLITS")`).
+
+    The module is imported when the choices are first needed, to parse or to show help, so that
+    starting the command line imports no torch, numpy or PIL.
+    """
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.attribute, self.case_sensitive = module, name, True
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        return tuple(getattr(importlib.import_module(self.module), self.attribute))
 
 
 class OneLineUsageError(click.ClickException):
@@ -131,9 +148,9 @@ def download(dest: Path) -> None:
 @click.option("--ratios", default="0.63,0.07,0.30", show_default=True,
               help="Fractions for train,val,test (the tutorial's 30% test, 7% validation).")
 @click.option("--seed", default=42, show_default=True, type=int, help="Seed of the shuffle.")
-@click.option("--layout", default="auto", show_default=True, type=click.Choice(["auto", "folders", "kaggle"]),
+@click.option("--layout", default="auto", show_default=True, type=ChoiceOf("catsdogs.data.split", "LAYOUTS"),
               help="folders: one subfolder per class (PetImages); kaggle: flat cat.N.jpg/dog.N.jpg.")
-@click.option("--mode", default="link", show_default=True, type=click.Choice(["link", "copy", "symlink"]),
+@click.option("--mode", default="link", show_default=True, type=ChoiceOf("catsdogs.data.split", "MODES"),
               help="How files land in the split: hard links (copies across filesystems), copies or symlinks.")
 @click.option("--jobs", default=None, type=click.IntRange(min=1), help="Processes decoding images [the CPUs this process may run on].")
 @click.option("--force", is_flag=True, help="Replace an output folder that split made with other arguments (never a "
@@ -287,14 +304,16 @@ _RUN_OPTION = click.option("--run", "run_dir", default=None, type=click.Path(fil
                            help="Run folder whose model to use. [default: the most recent run under runs/]")
 _CHECKPOINT_OPTION = click.option("--checkpoint", default="best", show_default=True,
                                   help="best, last, or a path to a .pt file.")
-# Where evaluate, predict and explain run; `train` and `compare` generate theirs from the setting.
-_DEVICE_OPTION = click.option("--device", default="auto", show_default=True,
-                              type=click.Choice(declared_settings()["device"].choices))
+# Where evaluate, predict and explain run: the `device` setting's flag (as train's), with its default given.
+_DEVICE = declared_settings()["device"]
+_DEVICE_OPTION = click.option(_DEVICE.flag, _DEVICE.name, default=_DEVICE.default, show_default=True,
+                              type=click.Choice(_DEVICE.choices), help=_DEVICE.help)
 
 
 @main.command()
 @click.argument("run_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--split", "split_name", default="test", show_default=True, type=click.Choice(["train", "val", "test"]),
+@click.option("--split", "split_name", default="test", show_default=True,
+              type=ChoiceOf("catsdogs.data.split", "SPLITS"),
               help="Which split to evaluate.")
 @_CHECKPOINT_OPTION
 @click.option("--data", default=None,
@@ -302,7 +321,7 @@ _DEVICE_OPTION = click.option("--device", default="auto", show_default=True,
                    "[default: the split the run trained on]")
 @_DEVICE_OPTION
 @click.option("--tta", is_flag=True, help="Average each prediction with that of the mirror image.")
-@click.option("--tta-mode", default=None, type=click.Choice(["flip", "flip-shift"]),
+@click.option("--tta-mode", default=None, type=ChoiceOf("catsdogs.training.scoring", "TTA_MODES"),
               help="Views --tta averages: flip (the mirror image), flip-shift (also each shifted by 1/32 of the "
                    "side both ways: six views). Implies --tta. [default: flip]")
 @click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path),
@@ -419,7 +438,8 @@ def _photos_or_report(paths: tuple[Path, ...]) -> list[Path]:
 
 @main.command()
 @click.argument("run_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--format", "fmt", default="onnx", show_default=True, type=click.Choice(["onnx", "torchscript"]),
+@click.option("--format", "fmt", default="onnx", show_default=True,
+              type=ChoiceOf("catsdogs.inference.export", "FORMATS"),
               help="onnx (needs the export extra: pip install \"catsdogs[export]\") or torchscript.")
 @_CHECKPOINT_OPTION
 @click.option("--out", default=None, type=click.Path(dir_okay=False, path_type=Path),
@@ -510,7 +530,8 @@ def plot_curves_command(run_dirs: tuple[Path, ...], out: Path | None) -> None:
 
 @main.command()
 @click.argument("data", required=False, type=click.Path(path_type=Path))
-@click.option("--split", "split_name", default="train", show_default=True, type=click.Choice(["train", "val", "test"]),
+@click.option("--split", "split_name", default="train", show_default=True,
+              type=ChoiceOf("catsdogs.data.split", "SPLITS"),
               help="Which split of a split folder (a plain folder of class folders has none).")
 @click.option("--n", "count", default=32, show_default=True, type=int, help="Photos in the grid.")
 @click.option("--augment", default=None, is_flag=False, flag_value="", metavar="[RUN_DIR]",
@@ -552,6 +573,61 @@ def report_command(run_dir: Path | None) -> None:
     if result.stale:
         click.echo(f"warning: {result.stale}")
     click.echo(f"wrote {result.path}")
+
+
+@main.command()
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--model", "model_file", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Serve a file from `catsdogs export` instead of the run's own model (with RUN_DIR, heat maps "
+                   "still come from the run's checkpoint; without it there are none).")
+@_DEVICE_OPTION
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; 0.0.0.0 lets every machine that can reach this one use the model.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on (0: any free port).")
+@click.option("--max-batch", default=BatchSettings.max_batch, show_default=True, type=click.IntRange(min=1),
+              help="Photos of concurrent requests run through the model together at most (1: no batching).")
+@click.option("--max-wait-ms", default=BatchSettings.max_wait_ms, show_default=True, type=click.FloatRange(min=0),
+              help="How long a photo waits for others to fill its batch at most.")
+@click.option("--max-queue", default=BatchSettings.max_queue, show_default=True, type=click.IntRange(min=1),
+              help="Photos waiting at most; past that the server answers 503 with Retry-After.")
+@click.option("--max-upload-mb", default=ServeSettings.max_upload_mb, show_default=True,
+              type=click.FloatRange(min=0, min_open=True), help="Largest request body, in MB (larger: 413).")
+@click.option("--max-files", default=ServeSettings.max_files, show_default=True, type=click.IntRange(min=1),
+              help="Photos in one request at most (more: 413).")
+@click.option("--max-pixels", default=ServeSettings.max_pixels, show_default=True, type=click.IntRange(min=1),
+              help="Pixels in one photo at most, counted from its header before decoding (more: 413); at most "
+                   "catsdogs' own bound, 250 million. The default lets a 12-megapixel phone photo through and "
+                   "bounds the memory each decoding thread takes.")
+def serve(run_dir: Path | None, model_file: Path | None, device: str, host: str, port: int, max_batch: int,
+          max_wait_ms: float, max_queue: int, max_upload_mb: float, max_files: int, max_pixels: int) -> None:
+    """Serve a run's model as a web page and an HTTP API, batching concurrent requests.
+
+    Uses the run's verified ONNX export through onnxruntime when there is one made from its best
+    checkpoint, and the checkpoint otherwise. The page (/) classifies dropped photos and shows
+    their heat maps; POST /predict, POST /explain, GET /model and GET /health are described at
+    /openapi.json. Ctrl-C or SIGTERM answers the requests in flight, then stops.
+    """
+    from catsdogs.data.images import MAX_IMAGE_PIXELS
+    from catsdogs.inference.serve import EVERY_INTERFACE, require_serving, serve as serve_model
+
+    require_serving()
+    if max_pixels > MAX_IMAGE_PIXELS:
+        raise UsageError(f"--max-pixels {max_pixels:,} is over catsdogs' decoding bound of {MAX_IMAGE_PIXELS:,}")
+    if model_file is None or run_dir is not None:
+        run_dir = _run_or_latest(run_dir, "serving")
+    if host in EVERY_INTERFACE:
+        click.echo(f"warning: --host {host or repr(host)} listens on every interface: anyone who can reach this machine "
+                   "can use the model", err=True)
+    settings = ServeSettings(BatchSettings(max_batch, max_wait_ms, max_queue), max_upload_mb, max_files,
+                             max_pixels=max_pixels)
+
+    def ready(served: Any, address: str) -> None:
+        click.echo(f"serving {served.info['served_from']} ({served.info['engine']}) at {address}", err=True)
+        click.echo(f"open {address} in a browser; Ctrl-C stops the server", err=True)
+
+    serve_model(run_dir, model_file=model_file, device=device, host=host, port=port, settings=settings,
+                on_ready=ready)
 
 
 @main.command()

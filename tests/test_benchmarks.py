@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from tests.helpers import make_classes, split_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,8 +31,6 @@ def test_paired_accuracy_of_a_run_against_its_copy(tiny_run, tmp_path: Path) -> 
 
 
 def test_class_weights_benchmark_runs_on_a_small_folder(tmp_path: Path) -> None:
-    from tests.data.test_split import make_classes
-
     source = make_classes(tmp_path / "src", {"Cat": 10, "Dog": 30})
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_class_weights.py"), "--source",
                              str(source), "--dogs", "30", "--cats", "10", "--minutes", "0.02", "--image-size", "32"],
@@ -46,8 +44,6 @@ def test_time_to_accuracy_trains_a_candidate_recipe_and_keeps_earlier_rows(tmp_p
     """A recipe given as a YAML file trains for its budget and is measured on the test photos; the
     CSV keeps an earlier run's rows and replaces the one this run measured again."""
     import csv
-
-    from tests.data.test_split import make_classes
 
     large = make_classes(tmp_path / "large", {"Cat": 24, "Dog": 24})
     test = make_classes(tmp_path / "test", {"Cat": 5, "Dog": 5}, seed=500)
@@ -89,9 +85,7 @@ def test_time_to_accuracy_trains_a_candidate_recipe_and_keeps_earlier_rows(tmp_p
     assert kept[1]["accuracy"] == ours["accuracy"] and kept[1]["train_s"] == ours["train_s"]
 
 
-@pytest.fixture
-def data(tmp_path: Path, tiny_split) -> Path:
-    return tiny_split(tmp_path, per_class=(10, 3, 3), size=40)
+data = split_fixture((10, 3, 3), size=40)
 
 
 def test_bench_train_runs_in_tiny_mode(data: Path) -> None:

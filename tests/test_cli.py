@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 import torch
 import yaml
@@ -410,3 +411,35 @@ def test_a_file_in_the_way_is_one_line_not_a_traceback(cli, tmp_path: Path, tiny
     line = one_line_error(cli(*args), code)
     assert line == f"Error: {reason}"
     assert (tmp_path / "afile").read_text() == "a file, not a folder"
+
+
+def option(command: str, name: str) -> click.Option:
+    return next(p for p in main.commands[command].params if p.name == name)
+
+
+def test_choices_are_the_library_s_own_and_starting_the_cli_imports_none_of_them() -> None:
+    from catsdogs.data.split import LAYOUTS, MODES, SPLITS
+    from catsdogs.inference.export import FORMATS
+    from catsdogs.training.config import declared_settings
+    from catsdogs.training.scoring import TTA_MODES
+
+    assert tuple(option("evaluate", "split_name").type.choices) == SPLITS
+    assert tuple(option("show", "split_name").type.choices) == SPLITS
+    assert tuple(option("evaluate", "tta_mode").type.choices) == TTA_MODES
+    assert tuple(option("split", "layout").type.choices) == LAYOUTS
+    assert tuple(option("split", "mode").type.choices) == MODES
+    assert tuple(option("export", "fmt").type.choices) == tuple(FORMATS)
+    device = declared_settings()["device"]
+    assert "Where to run" in device.help
+    for command in ("evaluate", "predict", "explain"):
+        got = option(command, "device")
+        assert (got.opts, tuple(got.type.choices), got.default, got.help) == ([device.flag], device.choices, "auto",
+                                                                            device.help)
+    train = option("train", "device")
+    assert tuple(train.type.choices) == device.choices and train.help == f"{device.help} [default: auto]"
+    refused = CliRunner().invoke(main, ["evaluate", "--tta-mode", "mirror"])
+    assert refused.exit_code == 2 and "'mirror' is not one of 'flip', 'flip-shift'" in refused.output
+    started = subprocess.run([sys.executable, "-c", "import sys, catsdogs.cli; "
+                              "print(sorted({'torch', 'numpy', 'PIL'} & set(sys.modules)))"],
+                             capture_output=True, text=True, timeout=60)
+    assert started.stdout.strip() == "[]", started.stderr

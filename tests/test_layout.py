@@ -181,3 +181,18 @@ def test_the_checker_sees_an_upward_import_and_a_cycle(tmp_path: Path) -> None:
         "a stage above its own"]
     assert import_cycles(edges) == ["catsdogs.study.figures -> catsdogs.study.report -> catsdogs.study.figures "
                                     "(catsdogs/study/figures.py:1, catsdogs/study/report.py:1)"]
+
+
+def test_test_modules_share_code_only_through_the_helper_modules() -> None:
+    """Shared test code lives in helper modules (tests/helpers.py, tests/browser.py, ...): a test module never
+    imports another test module or a conftest."""
+    tests = PACKAGE.parent / "tests"
+    found = []
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            found += [f"{path.relative_to(tests.parent)}:{node.lineno} imports {name}" for name in names
+                      if name.split(".")[0] == "tests"
+                      and name.split(".")[-1].startswith(("test_", "conftest"))]
+    assert not found, "\n".join(found)

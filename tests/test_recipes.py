@@ -24,14 +24,11 @@ from catsdogs.training.loop import Hooks
 from catsdogs.training.models import MODELS, build_model, count_flops, list_models, load_pretrained
 from catsdogs.training.optim import get_optimizer_spec, parameter_groups
 from catsdogs.training.train import train
+from tests.helpers import quiet, split_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 # finetune downloads ImageNet weights: tests/training/test_pretrained.py trains it from a local file instead.
 RECIPES = sorted(p for p in (ROOT / "configs" / "recipes").glob("*.yaml") if p.stem != "finetune")
-
-
-def quiet(_: str) -> None:
-    pass
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -111,9 +108,7 @@ def test_ema_follows_the_weights_with_a_lag() -> None:
         ModelEMA(model, 1.0)
 
 
-@pytest.fixture
-def data(tmp_path: Path, tiny_split) -> Path:
-    return tiny_split(tmp_path / "split", per_class=(16, 4, 4), size=48)
+data = split_fixture((16, 4, 4), size=48)
 
 
 def test_ema_weights_are_saved_as_the_model(data: Path, tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from catsdogs.atomic import write_text_atomic
 from catsdogs.cpus import usable_cpus
 from catsdogs.data.images import (HIDDEN_FILE, HIDDEN_FOLDER, NOT_IN_CLASS_FOLDER, describe_left_out, find_photos,
                                   is_hidden, load_resized, no_photos_message)
+from catsdogs.data.split import SPLITS
 from catsdogs.data.staging import left_by_dead_run
 from catsdogs.data.transforms import Preset
 from catsdogs.errors import CatsdogsError
@@ -30,7 +31,6 @@ from catsdogs.progress import progress_bar
 
 CACHE_DIR = ".cache"
 CACHE_VERSION = 1  # bump when load_resized changes what it produces
-SPLITS = ("train", "val", "test")
 # What writing in a folder raises when it cannot be written: a read-only mount (EROFS), or a folder
 # of another user's (EACCES, EPERM). The cache is then skipped, not the run.
 CANNOT_WRITE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})

@@ -32,6 +32,12 @@ from catsdogs.training.hardware import FP32
 Log = Callable[[str], None]
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript"}
 QUANTIZED_NAME = "model.int8.onnx"
+EXPORT_DIR = "export"  # inside the run folder
+
+
+def default_export_path(run_dir: str | Path, fmt: str = "onnx", quantize: str | None = None) -> Path:
+    """Where `catsdogs export` writes a run's file without --out (and where `serve` looks for it)."""
+    return Path(run_dir) / EXPORT_DIR / (QUANTIZED_NAME if quantize else FORMATS[fmt])
 
 
 class ExportModule(nn.Module):
@@ -97,7 +103,7 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", *, checkpoint: str = "bes
     run_dir = Path(run_dir)
     trained = load_trained(run_dir, checkpoint, device="cpu")
     trained = dataclasses.replace(trained, precision=FP32)  # the reference: PyTorch in fp32
-    out = Path(out) if out is not None else run_dir / "export" / (QUANTIZED_NAME if quantize else FORMATS[fmt])
+    out = Path(out) if out is not None else default_export_path(run_dir, fmt, quantize)
     _check_destination(out, fmt=fmt, force=force)
     limit = max(verify_n, INT8_MIN_PHOTOS) if quantize else verify_n
     photos = verification_photos(trained, verify_on=verify_on, limit=limit)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import shlex
 import shutil
@@ -17,14 +16,14 @@ import yaml
 from tqdm import tqdm
 
 from catsdogs import __version__
-from catsdogs.atomic import write_text_atomic
 from catsdogs.data.cache import read_split
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.inference.evaluate import evaluate_run
 from catsdogs.inference.run_report import metrics_out_of_date
 from catsdogs.progress import progress_bar
-from catsdogs.study.report import (RUNS_DIR, STUDY_FILE, SWEEP_DIR, TUNING_FILE, best_row, read_json, run_name,
-                                   score_name, sweep_name, write_report)
+from catsdogs.study.layout import (STUDY_FILE, StudyFolder, Summary, SweepGrid, SweepRow, TuningEffort,
+                                   TuningRecord)
+from catsdogs.study.report import best_row, score_name, write_report
 from catsdogs.study.tuning import INITIAL_STEPS, LIMIT_STEPS, Sweep, grid_lr, lr_factor, sweep_in_rounds
 from catsdogs.training.config import TrainConfig, declared_settings, settings_with
 from catsdogs.training.hardware import select_device
@@ -64,11 +63,11 @@ class StudySpec:
 class StudyResult:
     out: Path
     status: str  # complete | interrupted
-    summary: dict[str, Any] | None = None
+    summary: Summary | None = None
 
     @property
     def report(self) -> Path:
-        return self.out / "report.md"
+        return StudyFolder(self.out).report_path
 
 
 @dataclass
@@ -192,15 +191,15 @@ def _first_change(saved: dict[str, Any], wanted: dict[str, Any]) -> tuple[str, A
 def _open_study(out: Path, identity: dict[str, Any], force: bool, log: Log) -> None:
     """Start a study folder, or continue one made with the same arguments (or more seeds); --force
     starts afresh."""
-    marker = out / STUDY_FILE
+    folder = StudyFolder(out)
     if out.exists() and any(out.iterdir()):
-        if not marker.is_file():
+        if not folder.study_path.is_file():
             raise CatsdogsError(f"{out} exists and is not a catsdogs study (no {STUDY_FILE}); choose another --out")
         if force:
             log(f"--force: deleting the study in {out} and starting again")
             shutil.rmtree(out)
         else:
-            saved = read_json(marker)
+            saved = folder.read_study()
             old_seeds, new_seeds = saved.get("seeds") or [], identity["seeds"]
             # Any change but the seeds first: more seeds alone are fine, so they are named only when alone.
             change = _first_change({**saved, "seeds": new_seeds}, identity) or _first_change(saved, identity)
@@ -208,7 +207,7 @@ def _open_study(out: Path, identity: dict[str, Any], force: bool, log: Log) -> N
                 # More seeds, as the report advises: the finished runs stay, the new seeds' runs are added.
                 log(f"extending the study in {out} from {len(old_seeds)} to {len(new_seeds)} seeds "
                     f"(adding {_show(new_seeds[len(old_seeds):])}; finished runs are kept)")
-                write_text_atomic(marker, json.dumps({**saved, "seeds": new_seeds}, indent=2) + "\n")
+                folder.write_study({**saved, "seeds": new_seeds})
                 return
             if change:
                 key, old, new = change
@@ -219,7 +218,7 @@ def _open_study(out: Path, identity: dict[str, Any], force: bool, log: Log) -> N
             log(f"continuing the study in {out}")
             return
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(marker, json.dumps({**identity, "catsdogs": __version__}, indent=2) + "\n")
+    folder.write_study({**identity, "catsdogs": __version__})
 
 
 def _show(value: Any) -> str:
@@ -240,7 +239,7 @@ def _plan_sweep(base: TrainConfig, spec: StudySpec, seconds: float | None, seed:
         default = resolve_config(dataclasses.replace(base, optim=optim)).lr
         for step in (grid or {}).get(optim, INITIAL_STEPS):
             lr = grid_lr(default, step)
-            out = spec.out / SWEEP_DIR / sweep_name(optim, lr)
+            out = StudyFolder(spec.out).sweep_run_dir(optim, lr)
             cfg = dataclasses.replace(base, optim=optim, lr=lr, seed=seed, out=str(out),
                                       **_length(base, seconds, TUNE_FRACTION))
             runs.append(_Planned("sweep", cfg, lr_factor(step), step))
@@ -251,7 +250,7 @@ def _plan_study(base: TrainConfig, spec: StudySpec, seconds: float | None, seeds
                 lrs: dict[str, float]) -> list[_Planned]:
     """Seed by seed, so a study cut short still holds complete pairs."""
     return [_Planned("study", dataclasses.replace(base, optim=optim, seed=seed, lr=lrs.get(optim),
-                                                  out=str(spec.out / RUNS_DIR / run_name(optim, seed)),
+                                                  out=str(StudyFolder(spec.out).run_dir(optim, seed)),
                                                   **_length(base, seconds)))
             for seed in seeds for optim in spec.optims]
 
@@ -346,7 +345,7 @@ def _test_accuracy(run_dir: Path, device: str, progress: bool) -> float:
                               progress=progress).metrics["accuracy"])
 
 
-def _choose_lrs(runs: list[_Planned], spec: StudySpec, seconds: float | None) -> dict[str, Any]:
+def _choose_lrs(runs: list[_Planned], spec: StudySpec, seconds: float | None) -> TuningRecord:
     """Each optimizer's best sweep learning rate, by train's own rule (metrics.best_epoch): each run's
     best epoch, then the learning rate whose best epoch the same rule puts first."""
     column = selected_by(spec.base.class_weights)
@@ -356,37 +355,37 @@ def _choose_lrs(runs: list[_Planned], spec: StudySpec, seconds: float | None) ->
         best = best_row(history, spec.base.class_weights)
         balanced = best.get("val_balanced_acc", math.nan)
         bests.append(best)
-        rows.append({"optim": run.cfg.optim, "lr": run.cfg.lr, "factor": run.factor,
-                     "best_epoch": int(best["epoch"]), "best_val_acc": best["val_acc"],
-                     "best_val_balanced_acc": None if math.isnan(balanced) else balanced,
-                     "best_val_loss": best["val_loss"], "final_train_loss": history["train_loss"][-1],
-                     "epochs": len(history["epoch"])})
+        rows.append(SweepRow(optim=run.cfg.optim, lr=run.cfg.lr, factor=run.factor, best_epoch=int(best["epoch"]),
+                             best_val_acc=best["val_acc"],
+                             best_val_balanced_acc=None if math.isnan(balanced) else balanced,
+                             best_val_loss=best["val_loss"], final_train_loss=history["train_loss"][-1],
+                             epochs=len(history["epoch"])))
     chosen = {}
     for optim in spec.optims:
-        picked = [index for index, row in enumerate(rows) if row["optim"] == optim]
+        picked = [index for index, row in enumerate(rows) if row.optim == optim]
         winner = best_epoch([bests[index] for index in picked], column)
         best = next(rows[index] for index in picked if bests[index] is winner)
-        chosen[optim] = best["lr"]
+        chosen[optim] = best.lr
         steps = [runs[index].step for index in picked]
         for index in picked:
-            rows[index]["step"] = runs[index].step
-            rows[index]["chosen"] = rows[index] is best
-            rows[index]["at_edge"] = rows[index] is best and runs[index].step in (min(steps), max(steps))
+            rows[index].step = runs[index].step
+            rows[index].chosen = rows[index] is best
+            rows[index].at_edge = rows[index] is best and runs[index].step in (min(steps), max(steps))
     length = (f"{runs[0].cfg.epochs} epoch{'s' if runs[0].cfg.epochs > 1 else ''}" if seconds is None
               else f"{seconds * TUNE_FRACTION:g} s")
-    return {"factors": [lr_factor(step) for step in INITIAL_STEPS], "seed": runs[0].cfg.seed, "length": length,
-            "chosen": chosen, "rows": rows, "best_chosen_by": column,
-            "selected_by": f"best validation {score_name(column)}, as train picks best.pt; the test split is never "
-                           "read"}
+    return TuningRecord(factors=[lr_factor(step) for step in INITIAL_STEPS], seed=runs[0].cfg.seed, length=length,
+                        chosen=chosen, rows=rows, best_chosen_by=column,
+                        selected_by=f"best validation {score_name(column)}, as train picks best.pt; the test split is "
+                                    "never read")
 
 
 def _tune_lrs(base: TrainConfig, spec: StudySpec, seconds: float | None, seed: int,
-              complete_all: Callable[[list[_Planned]], bool], bar: "_StudyBar") -> dict[str, Any] | None:
+              complete_all: Callable[[list[_Planned]], bool], bar: "_StudyBar") -> TuningRecord | None:
     """The learning-rate sweep, round by round (catsdogs/study/tuning.py), through the study's own
     `complete_all`: tuning.json's record, or None when a round was interrupted. The bar holds the first
     round's runs from the start; later rounds add theirs."""
     ran: set[Path] = set()
-    record: dict[str, Any] = {}
+    records: list[TuningRecord] = []  # each round's choice; the last one counts
 
     def run_round(grid: dict[str, tuple[int, ...]]) -> dict[str, int] | None:
         runs = _plan_sweep(base, spec, seconds, seed, grid)
@@ -396,27 +395,26 @@ def _tune_lrs(base: TrainConfig, spec: StudySpec, seconds: float | None, seed: i
         if not complete_all(todo):
             return None
         ran.update(run.run_dir for run in todo)
-        record.update(_choose_lrs(runs, spec, seconds))
-        return {row["optim"]: row["step"] for row in record["rows"] if row["chosen"]}
+        records.append(_choose_lrs(runs, spec, seconds))
+        return {row.optim: row.step for row in records[-1].rows if row.chosen}
 
     sweep = sweep_in_rounds(spec.optims, run_round)
-    return None if sweep is None else _tuning_record(record, sweep)
+    return None if sweep is None else _tuning_record(records[-1], sweep)
 
 
-def _tuning_record(record: dict[str, Any], sweep: Sweep) -> dict[str, Any]:
+def _tuning_record(record: TuningRecord, sweep: Sweep) -> TuningRecord:
     """The last round's choice, with the grid, its limit and each optimizer's tuning effort added."""
     optims = {}
     for optim, steps in sweep.grid.items():
-        optims[optim] = {"runs": len(steps), "lr": record["chosen"][optim], "factor": lr_factor(sweep.chosen[optim]),
-                         "lowest_factor": lr_factor(min(steps)), "highest_factor": lr_factor(max(steps)),
-                         "extended": sorted(set(steps) - set(INITIAL_STEPS)), "at_edge": sweep.at_edge(optim),
-                         "at_limit": sweep.at_limit(optim)}
-    for row in record["rows"]:
-        row["at_limit"] = row["chosen"] and optims[row["optim"]]["at_limit"]
-    return {**record, "grid": {"step": "half a decade (x10^0.5)", "initial_steps": list(INITIAL_STEPS),
-                               "limit_steps": LIMIT_STEPS, "limit_factors": [lr_factor(-LIMIT_STEPS),
-                                                                             lr_factor(LIMIT_STEPS)]},
-            "rounds": sweep.rounds, "optims": optims}
+        optims[optim] = TuningEffort(runs=len(steps), lr=record.chosen[optim], factor=lr_factor(sweep.chosen[optim]),
+                                     lowest_factor=lr_factor(min(steps)), highest_factor=lr_factor(max(steps)),
+                                     extended=sorted(set(steps) - set(INITIAL_STEPS)), at_edge=sweep.at_edge(optim),
+                                     at_limit=sweep.at_limit(optim))
+    for row in record.rows:
+        row.at_limit = row.chosen and optims[row.optim].at_limit
+    grid = SweepGrid(step="half a decade (x10^0.5)", initial_steps=list(INITIAL_STEPS), limit_steps=LIMIT_STEPS,
+                     limit_factors=[lr_factor(-LIMIT_STEPS), lr_factor(LIMIT_STEPS)])
+    return dataclasses.replace(record, grid=grid, rounds=sweep.rounds, optims=optims)
 
 
 class _StudyBar:
@@ -550,8 +548,8 @@ def run_study(spec: StudySpec, force: bool = False, progress: bool = True, log: 
             tuning = _tune_lrs(base, spec, seconds, seeds[0], complete_all, bar)
             if tuning is None:
                 return StudyResult(spec.out, "interrupted")
-            write_text_atomic(spec.out / TUNING_FILE, json.dumps(tuning, indent=2) + "\n")
-            lrs = tuning["chosen"]
+            StudyFolder(spec.out).write_tuning(tuning)
+            lrs = tuning.chosen
             bar.echo(f"learning rates chosen on validation {score_name(selected_by(base.class_weights))}: "
                      + ", ".join(f"{optim} {lr:g}" for optim, lr in lrs.items()))
         if not complete_all(_plan_study(base, spec, seconds, seeds, lrs)):
@@ -561,6 +559,7 @@ def run_study(spec: StudySpec, force: bool = False, progress: bool = True, log: 
         if executor is not None:
             executor.close()
     summary = write_report(spec.out, spec.target_acc)  # from the run folders' files alone
-    log(f"wrote {spec.out / 'report.md'} (and as one page, {spec.out / 'report.html'}), {spec.out / 'summary.json'} "
+    folder = StudyFolder(spec.out)
+    log(f"wrote {folder.report_path} (and as one page, {folder.page_path}), {folder.summary_path} "
         "and the figures beside them")
     return StudyResult(spec.out, "complete", summary)

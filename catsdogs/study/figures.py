@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 from catsdogs.figures import pyplot, save_figure
 from catsdogs.inference.plots import read_history, set_epoch_ticks
+from catsdogs.study.layout import StudyFolder, Summary
 from catsdogs.study.stats import mean_sd, percent
 
 
-def plot_study_curves(study_dir: Path, summary: dict[str, Any], out: Path) -> Path:
+def plot_study_curves(study_dir: Path, summary: Summary, out: Path) -> Path:
     """Loss and accuracy against epoch: mean across seeds with a min-max band, one colour per optimizer."""
     import numpy as np
 
-    plt = pyplot()
+    plt, folder = pyplot(), StudyFolder(study_dir)
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 4.6))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for index, row in enumerate(summary["ranking"]):
+    for index, row in enumerate(summary.ranking):
         colour = colours[index % len(colours)]
-        histories = [read_history(study_dir / run["run"]) for run in summary["runs"] if run["optim"] == row["optim"]]
+        histories = [read_history(folder.entry_path(run.run)) for run in summary.runs if run.optim == row.optim]
         length = max(len(h["epoch"]) for h in histories)
         epochs = np.arange(1, length + 1)
         for ax, key in ((loss_ax, "loss"), (acc_ax, "acc")):
@@ -30,15 +30,15 @@ def plot_study_curves(study_dir: Path, summary: dict[str, Any], out: Path) -> Pa
                     values[i, :len(history[f"{split}_{key}"])] = history[f"{split}_{key}"]
                 mean = np.nanmean(values, axis=0)
                 ax.plot(epochs, mean, style, color=colour, marker="o" if split == "val" else "x", markersize=4,
-                        label=f"{row['optim']} {split}")
+                        label=f"{row.optim} {split}")
                 ax.fill_between(epochs, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=colour,
                                 alpha=0.18 if split == "val" else 0.08, linewidth=0)
-    acc_ax.axhline(summary["target_val_acc"], color="grey", linestyle=":", linewidth=1,
-                   label=f"target {percent(summary['target_val_acc'], 0)}")
-    n = len(summary["seeds"])
+    acc_ax.axhline(summary.target_val_acc, color="grey", linestyle=":", linewidth=1,
+                   label=f"target {percent(summary.target_val_acc, 0)}")
+    n = len(summary.seeds)
     loss_ax.set(title=f"Loss (mean of {n} seeds, band: range)", xlabel="epoch", ylabel="cross-entropy loss")
     acc_ax.set(title=f"Accuracy (mean of {n} seeds, band: range)", xlabel="epoch", ylabel="accuracy")
-    longest = max(max(row["epochs_done"]) for row in summary["ranking"])
+    longest = max(max(row.epochs_done) for row in summary.ranking)
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
         ax.set_xlim(0.5, longest + 0.5)
@@ -48,29 +48,29 @@ def plot_study_curves(study_dir: Path, summary: dict[str, Any], out: Path) -> Pa
     return out
 
 
-def plot_test_accuracy(summary: dict[str, Any], out: Path) -> Path:
+def plot_test_accuracy(summary: Summary, out: Path) -> Path:
     """Mean test accuracy per optimizer, best first, with one-sd error bars and each seed as a dot."""
     plt = pyplot()
-    rows = summary["ranking"]
-    means = [r["test_acc"]["mean"] for r in rows]
-    errors = [r["test_acc"]["sd"] or 0.0 for r in rows]
-    lowest = min([summary["chance_acc"], *(v for r in rows for v in r["test_acc"]["values"])])
+    rows = summary.ranking
+    means = [r.test_acc.mean for r in rows]
+    errors = [r.test_acc.sd or 0.0 for r in rows]
+    lowest = min([summary.chance_acc, *(v for r in rows for v in r.test_acc.values)])
     floor = max(0.0, math.floor((lowest - 0.05) * 20) / 20)  # a 0.05 step below every value and chance
     fig, ax = plt.subplots(figsize=(max(4.5, 1.6 + 1.5 * len(rows)), 4.4))
     positions = list(range(len(rows)))
     ax.bar(positions, [m - floor for m in means], bottom=floor, yerr=errors, capsize=6, color="#8fb3d9",
            edgecolor="#2b5d8a", error_kw={"elinewidth": 1.2})
     for x, row in zip(positions, rows):
-        values = row["test_acc"]["values"]
+        values = row.test_acc.values
         ax.plot([x] * len(values), values, "o", color="black", markersize=4, zorder=3)
-    chance = summary["chance_acc"]
+    chance = summary.chance_acc
     ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label=f"chance {percent(chance)} (larger class)")
     ax.legend(fontsize=8, loc="upper right")
-    top = max(max(v + e for v, e in zip(means, errors)), max(v for r in rows for v in r["test_acc"]["values"]))
+    top = max(max(v + e for v, e in zip(means, errors)), max(v for r in rows for v in r.test_acc.values))
     ax.set_ylim(floor, min(1.0, top + 0.03))
-    ax.set_xticks(positions, [f"{r['optim']}\n{mean_sd(r['test_acc'])}" for r in rows], fontsize=9)
+    ax.set_xticks(positions, [f"{r.optim}\n{mean_sd(r.test_acc)}" for r in rows], fontsize=9)
     ax.set_ylabel(f"test accuracy (axis starts at {floor:.2f})")
-    ax.set_title(f"Test accuracy over {len(summary['seeds'])} seeds\nbar: mean, error bar: 1 sd, dots: single seeds",
+    ax.set_title(f"Test accuracy over {len(summary.seeds)} seeds\nbar: mean, error bar: 1 sd, dots: single seeds",
                  fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     save_figure(fig, out, dpi=120)

@@ -2,46 +2,35 @@
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 
-from catsdogs.atomic import write_text_atomic
 from catsdogs.data.cache import read_split
 from catsdogs.errors import CatsdogsError
 from catsdogs.inference.webpage import markdown_to_html, page
 from catsdogs.study.figures import plot_lr_sweep, plot_study_curves, plot_test_accuracy
-from catsdogs.study.stats import (MIN_SEEDS, POWER, holm, holm_levels, mean_sd, paired_t_test, percent,
+from catsdogs.study.layout import (LR_SWEEP_FIGURE, Comparison, DataCounts, Hyperparameters, Pairing, RankingRow,
+                                   RunRow, Spread, StudyFolder, Summary, ToTarget, TuningRecord, figure_names,
+                                   run_entry)
+from catsdogs.study.stats import (MIN_SEEDS, POWER, PairedTest, holm, holm_levels, mean_sd, paired_t_test, percent,
                                   seeds_needed)
 from catsdogs.training.checkpoint import global_step
 from catsdogs.training.config import settings_with
 from catsdogs.training.runs import RunFolder, RunStatus
 from catsdogs.training.selection import best_epoch, selected_by
 
-RUNS_DIR, SWEEP_DIR = "runs", "sweep"
-STUDY_FILE, TUNING_FILE = "study.json", "tuning.json"
-CURVES_FIGURE, ACCURACY_FIGURE = "curves.png", "test_accuracy.png"
-LR_SWEEP_FIGURE = "lr_sweep.png"
 ALPHA = 0.05  # a gap is called distinguishable when the paired test's p-value is below this
 TUTORIAL_RANKING = ("adam", "minibatch-sgd", "momentum", "vanilla-sgd")  # the tutorial's claim, best first
 
 
-def run_name(optim: str, seed: int) -> str:
-    return f"{optim}-seed{seed}"
-
-
-def sweep_name(optim: str, lr: float) -> str:
-    return f"{optim}-lr{lr:g}"
-
-
-def _spread(values: Sequence[float]) -> dict[str, Any]:
+def _spread(values: Sequence[float]) -> Spread:
     values = [float(v) for v in values]
-    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else None,
-            "values": values}
+    return Spread(mean=statistics.fmean(values), sd=statistics.stdev(values) if len(values) > 1 else None,
+                  values=values)
 
 
 # ---- reading the study ------------------------------------------------------------------------
@@ -73,13 +62,6 @@ def score_name(column: str) -> str:
     return "balanced accuracy" if column == "val_balanced_acc" else "accuracy"
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CatsdogsError(f"cannot read {path}: {exc}") from None
-
-
 def read_run(run_dir: Path) -> RunRecord:
     folder = RunFolder(run_dir)
     return RunRecord(run_dir, folder.read_config(), folder.read_history(), folder.read_status() or RunStatus(),
@@ -105,22 +87,17 @@ def _finite(value: float | None) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
 
 
-def _balanced_spread(best_rows: list[dict[str, float]]) -> dict[str, Any] | None:
+def _balanced_spread(best_rows: list[dict[str, float]]) -> Spread | None:
     values = [_finite(row.get("val_balanced_acc")) for row in best_rows]
     return None if None in values else _spread(values)
 
 
-def _best_key(chosen_by: str, item: dict[str, Any]) -> str:
-    """The key of a ranking row's or run's best-epoch score that the best epoch was chosen by."""
-    balanced = chosen_by == "val_balanced_acc" and item.get("best_val_balanced_acc") is not None
-    return "best_val_balanced_acc" if balanced else "best_val_acc"
-
-
-def summarize(study_dir: Path, target_acc: float) -> dict[str, Any]:
-    """Everything the report says, as plain values (summary.json holds exactly this)."""
-    study = read_json(study_dir / STUDY_FILE)
+def summarize(study_dir: Path, target_acc: float) -> Summary:
+    """Everything the report says (summary.json holds exactly this)."""
+    folder = StudyFolder(study_dir)
+    study = folder.read_study()
     optims, seeds = study["optims"], study["seeds"]
-    runs = _read_runs(study_dir, optims, seeds)
+    runs = _read_runs(folder, optims, seeds)
     shared, shared_keys = study["config"], settings_with("shared")
     train_split = read_split(shared["data"], "train")
     unreadable = {Path(p) for r in runs.values() for p in r.status.unreadable_images}
@@ -131,37 +108,36 @@ def summarize(study_dir: Path, target_acc: float) -> dict[str, Any]:
     rows = _rank([_ranking_row(optim, [runs[(optim, s)] for s in seeds], target_acc, train_images)
                   for optim in optims], chosen_by)
 
-    order = [row["optim"] for row in rows]
+    order = [row.optim for row in rows]
     hashes = {str(s): {o: runs[(o, s)].status.init_hash for o in optims} for s in seeds}
-    tuning = read_json(study_dir / TUNING_FILE) if (study_dir / TUNING_FILE).is_file() else None
+    tuning = folder.read_tuning()
     lr_from = f"sweep (best validation {score_name(chosen_by)})" if tuning else "optimizer default"
-    hyper = {o: {k: runs[(o, seeds[0])].config.get(k) for k in ("lr", "momentum", "batch_size", "weight_decay")}
-             | {"lr_from": lr_from} for o in optims}
+    hyper = {o: Hyperparameters(**{k: runs[(o, seeds[0])].config.get(k)
+                                   for k in ("lr", "momentum", "batch_size", "weight_decay")}, lr_from=lr_from)
+             for o in optims}
     claims = _correct_for_several([_compare(runs, seeds, a, b) for a, b in
                                    zip(TUTORIAL_RANKING, TUTORIAL_RANKING[1:]) if {a, b} <= set(optims)])
-    return {
-        "study": str(study_dir), "optims": optims, "seeds": seeds, "budget": study["budget"],
-        "tune_lr": study["tune_lr"], "target_val_acc": target_acc, "chance_acc": chance, "best_chosen_by": chosen_by,
-        "data": {"path": shared["data"], "train_images": train_images,
-                 "val_images": len(read_split(shared["data"], "val")), "test_images": first["images"]},
-        "shared_settings": {k: v for k, v in shared.items() if k in shared_keys},
-        # the device and precision each run recorded (e.g. 'cpu, bf16 autocast ...')
-        "devices": sorted({r.status.hardware for r in runs.values() if r.status.hardware}),
-        "ranking": rows, "hyperparameters": hyper,
-        "adjacent": _correct_for_several([_compare(runs, seeds, a, b) for a, b in zip(order, order[1:])]),
-        "tutorial_claims": claims,
-        "pairing": {"paired": all(len(set(h.values())) == 1 and None not in h.values() for h in hashes.values()),
-                    "init_hash": hashes},
-        "sweep": tuning,
-        "runs": [_run_row(o, s, r) for (o, s), r in runs.items()],
-        "figures": {"curves": CURVES_FIGURE, "test_accuracy": ACCURACY_FIGURE,
-                    **({"lr_sweep": LR_SWEEP_FIGURE} if tuning else {})},
-    }
+    return Summary(
+        study=str(study_dir), optims=optims, seeds=seeds, budget=study["budget"],
+        tune_lr=study["tune_lr"], target_val_acc=target_acc, chance_acc=chance, best_chosen_by=chosen_by,
+        data=DataCounts(path=shared["data"], train_images=train_images,
+                        val_images=len(read_split(shared["data"], "val")), test_images=first["images"]),
+        shared_settings={k: v for k, v in shared.items() if k in shared_keys},
+        devices=sorted({r.status.hardware for r in runs.values() if r.status.hardware}),
+        ranking=rows, hyperparameters=hyper,
+        adjacent=_correct_for_several([_compare(runs, seeds, a, b) for a, b in zip(order, order[1:])]),
+        tutorial_claims=claims,
+        pairing=Pairing(paired=all(len(set(h.values())) == 1 and None not in h.values() for h in hashes.values()),
+                        init_hash=hashes),
+        sweep=tuning,
+        runs=[_run_row(o, s, r) for (o, s), r in runs.items()],
+        figures=figure_names(swept=tuning is not None),
+    )
 
 
-def _read_runs(study_dir: Path, optims: list[str], seeds: list[int]) -> dict[tuple[str, int], RunRecord]:
+def _read_runs(folder: StudyFolder, optims: list[str], seeds: list[int]) -> dict[tuple[str, int], RunRecord]:
     """The study's runs by (optimizer, seed); every one must have been tested."""
-    runs = {(o, s): read_run(study_dir / RUNS_DIR / run_name(o, s)) for o in optims for s in seeds}
+    runs = {(o, s): read_run(folder.run_dir(o, s)) for o in optims for s in seeds}
     missing = [r.run_dir.name for r in runs.values() if r.metrics is None]
     if missing:
         raise CatsdogsError(f"runs without test metrics: {', '.join(missing)}; run the study to finish them")
@@ -179,93 +155,88 @@ def reach_target(history: dict[str, list[float]], target_acc: float) -> tuple[in
     return None
 
 
-def _to_target(values: list[float | None]) -> dict[str, Any]:
+def _to_target(values: list[float | None]) -> ToTarget:
     """Epochs (or seconds) to the target over the seeds: mean and sd of the seeds that reached it."""
     got = [v for v in values if v is not None]
-    return {"values": values, "mean": statistics.fmean(got) if got else None,
-            "sd": statistics.stdev(got) if len(got) > 1 else None, "reached": len(got), "of": len(values)}
+    return ToTarget(values=values, mean=statistics.fmean(got) if got else None,
+                    sd=statistics.stdev(got) if len(got) > 1 else None, reached=len(got), of=len(values))
 
 
-def _ranking_row(optim: str, mine: list[RunRecord], target_acc: float, train_images: int) -> dict[str, Any]:
+def _ranking_row(optim: str, mine: list[RunRecord], target_acc: float, train_images: int) -> RankingRow:
     """One optimizer's row of the ranking: its runs' scores, speeds and statuses over the seeds."""
     reached = [reach_target(r.history, target_acc) for r in mine]
     seconds = [sum(r.history["seconds"]) for r in mine]
-    return {
-        "optim": optim,
-        "test_acc": _spread([r.metrics["accuracy"] for r in mine]),
-        # best.pt's epoch, chosen as train chose it: its accuracy, and its balanced accuracy
-        "best_val_acc": _spread([r.best["val_acc"] for r in mine]),
-        "best_val_balanced_acc": _balanced_spread([r.best for r in mine]),
-        "final_train_loss": _spread([r.history["train_loss"][-1] for r in mine]),
-        "epochs_done": [len(r.history["epoch"]) for r in mine],
-        "epochs_to_target": _to_target([None if r is None else r[0] for r in reached]),
-        "seconds_to_target": _to_target([None if r is None else r[1] for r in reached]),
-        "wall_seconds": _spread(seconds),
+    return RankingRow(
+        optim=optim,
+        test_acc=_spread([r.metrics["accuracy"] for r in mine]),
+        best_val_acc=_spread([r.best["val_acc"] for r in mine]),
+        best_val_balanced_acc=_balanced_spread([r.best for r in mine]),
+        final_train_loss=_spread([r.history["train_loss"][-1] for r in mine]),
+        epochs_done=[len(r.history["epoch"]) for r in mine],
+        epochs_to_target=_to_target([None if r is None else r[0] for r in reached]),
+        seconds_to_target=_to_target([None if r is None else r[1] for r in reached]),
+        wall_seconds=_spread(seconds),
         # The median epoch: one epoch slowed by a busy machine or a first-run warm-up does not move it.
-        "epoch_seconds": _spread([statistics.median(r.history["seconds"]) for r in mine]),
-        "images_per_second": _spread([_images_seen(r, train_images) / max(s, 1e-9) for r, s in zip(mine, seconds)]),
-        "statuses": [r.status.status or "unknown" for r in mine],
-    }
+        epoch_seconds=_spread([statistics.median(r.history["seconds"]) for r in mine]),
+        images_per_second=_spread([_images_seen(r, train_images) / max(s, 1e-9) for r, s in zip(mine, seconds)]),
+        statuses=[r.status.status or "unknown" for r in mine],
+    )
 
 
-def _rank(rows: list[dict[str, Any]], chosen_by: str) -> list[dict[str, Any]]:
+def _rank(rows: list[RankingRow], chosen_by: str) -> list[RankingRow]:
     """Sort the rows by test accuracy, then the best-epoch score, and number them (equal means share a rank)."""
-    rows.sort(key=lambda row: (-row["test_acc"]["mean"], -row[_best_key(chosen_by, row)]["mean"]))
+    rows.sort(key=lambda row: (-row.test_acc.mean, -row.best_score(chosen_by).mean))
     for place, (above, row) in enumerate(zip([None, *rows], rows), 1):
         # Equal means share a rank (1, 1, 3), as the report's text shows them with "=".
-        row["rank"] = above["rank"] if above is not None and _same_mean(above, row) else place
+        row.rank = above.rank if above is not None and _same_mean(above, row) else place
     return rows
 
 
-def _compare(runs: dict[tuple[str, int], RunRecord], seeds: list[int], a: str, b: str) -> dict[str, Any]:
+def _compare(runs: dict[tuple[str, int], RunRecord], seeds: list[int], a: str, b: str) -> Comparison:
     """Whether optimizer `a`'s test accuracy is told apart from `b`'s by a paired t-test over the seeds."""
     test = paired_t_test([runs[(a, s)].metrics["accuracy"] for s in seeds],
                          [runs[(b, s)].metrics["accuracy"] for s in seeds])
     verdict = None if test is None else test.distinguishable(ALPHA)
-    return {"better": a, "worse": b, "test": asdict(test) if test else None, "distinguishable": verdict}
+    return Comparison(better=a, worse=b, test=test, distinguishable=verdict)
 
 
-def _correct_for_several(comparisons: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _correct_for_several(comparisons: list[Comparison]) -> list[Comparison]:
     """Holm's correction over one family of comparisons (those with a p-value), the verdicts it gives,
     and for each gap left undecided the seeds that would tell it apart at the observed gap and spread."""
-    tested = [c for c in comparisons if c["test"] and c["test"]["p"] is not None]
-    p_values = [c["test"]["p"] for c in tested]
+    tested = [c for c in comparisons if c.test and c.test.p is not None]
+    p_values = [c.test.p for c in tested]
     for item, adjusted, level in zip(tested, holm(p_values), holm_levels(p_values, ALPHA)):
-        item["p_holm"], item["holm_level"] = adjusted, level
-        item["distinguishable"] = item["test"]["cannot_tell"] is None and adjusted < ALPHA
+        item.p_holm, item.holm_level = adjusted, level
+        item.distinguishable = item.test.cannot_tell is None and adjusted < ALPHA
     for item in comparisons:
-        test = item["test"]
-        item.setdefault("p_holm", None)
-        item.setdefault("holm_level", ALPHA / max(1, len(tested)))
-        undecided = test is not None and not item["distinguishable"] and test["sd_diff"] > 0
-        item["seeds_needed"] = (seeds_needed(test["mean_diff"], test["sd_diff"], item["holm_level"]) if undecided
-                                else None)
+        test = item.test
+        if item.holm_level is None:
+            item.holm_level = ALPHA / max(1, len(tested))
+        undecided = test is not None and not item.distinguishable and test.sd_diff > 0
+        item.seeds_needed = seeds_needed(test.mean_diff, test.sd_diff, item.holm_level) if undecided else None
     return comparisons
 
 
-def _run_row(optim: str, seed: int, r: RunRecord) -> dict[str, Any]:
+def _run_row(optim: str, seed: int, r: RunRecord) -> RunRow:
     """One run's line in summary.json."""
-    return {"run": f"{RUNS_DIR}/{r.run_dir.name}", "optim": optim, "seed": seed, "status": r.status.status,
-            "epochs": len(r.history["epoch"]), "best_epoch": int(r.best["epoch"]),
-            "best_val_acc": r.best["val_acc"], "best_val_balanced_acc": _finite(r.best.get("val_balanced_acc")),
-            "test_acc": r.metrics["accuracy"], "init_hash": r.status.init_hash,
-            "seconds": sum(r.history["seconds"])}
+    return RunRow(run=run_entry(r.run_dir.name), optim=optim, seed=seed, status=r.status.status,
+                  epochs=len(r.history["epoch"]), best_epoch=int(r.best["epoch"]), best_val_acc=r.best["val_acc"],
+                  best_val_balanced_acc=_finite(r.best.get("val_balanced_acc")), test_acc=r.metrics["accuracy"],
+                  init_hash=r.status.init_hash, seconds=sum(r.history["seconds"]))
 
 
-def write_report(study_dir: str | Path, target_acc: float = 0.70) -> dict[str, Any]:
+def write_report(study_dir: str | Path, target_acc: float = 0.70) -> Summary:
     """Write report.md, report.html, summary.json and the two figures into `study_dir`; return the summary."""
-    study_dir = Path(study_dir)
-    summary = summarize(study_dir, target_acc)
-    plot_study_curves(study_dir, summary, study_dir / CURVES_FIGURE)
-    plot_test_accuracy(summary, study_dir / ACCURACY_FIGURE)
-    if summary["sweep"]:
-        sweep = summary["sweep"]
-        plot_lr_sweep(sweep_series(sweep), f"best val {score_name(sweep.get('best_chosen_by', 'val_acc'))}",
-                      f"Learning-rate sweep: seed {sweep['seed']}, {sweep['length']} per run",
-                      study_dir / LR_SWEEP_FIGURE)
-    write_text_atomic(study_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    write_text_atomic(study_dir / "report.md", format_report(summary))
-    write_text_atomic(study_dir / "report.html", format_report_html(study_dir, summary))
+    folder = StudyFolder(study_dir)
+    summary = summarize(folder.path, target_acc)
+    plot_study_curves(folder.path, summary, folder.curves_path)
+    plot_test_accuracy(summary, folder.accuracy_path)
+    if summary.sweep:
+        sweep = summary.sweep
+        plot_lr_sweep(sweep_series(sweep), f"best val {score_name(sweep.best_chosen_by)}",
+                      f"Learning-rate sweep: seed {sweep.seed}, {sweep.length} per run", folder.lr_sweep_path)
+    folder.write_summary(summary)
+    folder.write_report(format_report(summary), format_report_html(folder.path, summary))
     return summary
 
 
@@ -275,26 +246,30 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def _seconds(spread: dict[str, Any]) -> str:
-    return mean_sd(spread, pct=False, digits=1 if spread["mean"] < 10 else 0) + " s"
+def _seconds(spread: Spread | ToTarget) -> str:
+    return mean_sd(spread, pct=False, digits=1 if spread.mean < 10 else 0) + " s"
 
 
-def _verdict(comparison: dict[str, Any]) -> str:
-    test = comparison["test"]
+def _verdict(comparison: Comparison) -> str:
+    test = comparison.test
     if test is None:
         return "no test possible with one seed"
-    if test["cannot_tell"]:
-        return test["cannot_tell"]
-    if not comparison["distinguishable"]:
+    if test.cannot_tell:
+        return test.cannot_tell
+    if not comparison.distinguishable:
         return "not distinguishable"
-    return (f"distinguishable (Holm p < {ALPHA:g})" if test["mean_diff"] > 0
+    return (f"distinguishable (Holm p < {ALPHA:g})" if test.mean_diff > 0
             else f"reversed (Holm p < {ALPHA:g})")
 
 
-def _p_text(test: dict[str, Any] | None) -> str:
-    if test is None or test["p"] is None:
+def _p_text(test: PairedTest | None) -> str:
+    return "—" if test is None else _p_value_text(test.p)
+
+
+def _p_value_text(p: float | None) -> str:
+    if p is None:
         return "—"
-    return "< 0.001" if test["p"] < 0.001 else f"{test['p']:.3f}"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def _evidence_note(seeds: int) -> str:
@@ -304,26 +279,26 @@ def _evidence_note(seeds: int) -> str:
     return (f"With {seeds} seeds each paired test has {seeds - 1} degree{'s' if seeds > 2 else ''} of freedom, "
             f"which is weak evidence: only a large gap that repeats on every seed reaches p < {ALPHA:g}, and "
             "'not distinguishable' does not mean equal, only that these seeds cannot tell. The verdicts correct for "
-            "making several comparisons at once (Holm's method, below). More seeds (5 or more) narrow the "
-            "intervals.")
+            "making several comparisons at once (Holm's method, below). More seeds"
+            f"{' (5 or more)' if seeds < 5 else ''} narrow the intervals.")
 
 
-def _same_mean(a: dict[str, Any], b: dict[str, Any]) -> bool:
+def _same_mean(a: RankingRow, b: RankingRow) -> bool:
     """Whether two ranking rows have the same mean test accuracy (up to float rounding)."""
-    return math.isclose(a["test_acc"]["mean"], b["test_acc"]["mean"], rel_tol=0.0, abs_tol=1e-12)
+    return math.isclose(a.test_acc.mean, b.test_acc.mean, rel_tol=0.0, abs_tol=1e-12)
 
 
-def _ranking_text(rows: list[dict[str, Any]], adjacent: list[dict[str, Any]]) -> str:
+def _ranking_text(rows: list[RankingRow], adjacent: list[Comparison]) -> str:
     """'a (..) > b (..) ≈ c (..)', with '>' only where the paired test tells the gap (with one seed: any gap)."""
-    text, signs, undecided = f"{rows[0]['optim']} ({mean_sd(rows[0]['test_acc'])})", set(), False
+    text, signs, undecided = f"{rows[0].optim} ({mean_sd(rows[0].test_acc)})", set(), False
     for above, row, pair in zip(rows, rows[1:], adjacent):
         if _same_mean(above, row):
             sign = "="
         else:
-            sign = "≈" if pair["distinguishable"] is False else ">"
-            undecided |= sign == "≈" and bool(pair["test"]["cannot_tell"])
+            sign = "≈" if pair.distinguishable is False else ">"
+            undecided |= sign == "≈" and bool(pair.test.cannot_tell)
         signs.add(sign)
-        text += f" {sign} {row['optim']} ({mean_sd(row['test_acc'])})"
+        text += f" {sign} {row.optim} ({mean_sd(row.test_acc)})"
     # A "≈" that no p-value decided (too few seeds, no spread) must not read as "p ≥ alpha".
     why = (f": Holm p ≥ {ALPHA:g}, fewer than {MIN_SEEDS} seeds or no spread across them" if undecided
            else f", Holm p ≥ {ALPHA:g}")
@@ -332,42 +307,42 @@ def _ranking_text(rows: list[dict[str, Any]], adjacent: list[dict[str, Any]]) ->
     return text + "." + (f" ({'; '.join(legend)})" if legend else "")
 
 
-def _comparison_rows(comparisons: list[dict[str, Any]]) -> list[str]:
+def _comparison_rows(comparisons: list[Comparison]) -> list[str]:
     lines = ["| comparison | mean gap | 95% interval of the gap | better on | t | p | Holm p | verdict | "
              "seeds to tell it apart |", "|---|---:|---:|---:|---:|---:|---:|---|---:|"]
     for item in comparisons:
-        test = item["test"]
+        test = item.test
         if test is None:
             gap = interval = better_on = t = "—"
         else:
-            gap = f"{100 * test['mean_diff']:+.1f} pp"
-            interval = ("none: the same gap on every seed" if test["sd_diff"] == 0 else
-                        f"{100 * test['ci95'][0]:+.1f} to {100 * test['ci95'][1]:+.1f} pp")
-            better_on = f"{test['wins']} of {test['n']} seeds"
-            t = "—" if test["t"] is None else f"{test['t']:.2f}"
-        holm_p = "—" if item.get("p_holm") is None else _p_text({"p": item["p_holm"]})
-        lines.append(f"| {item['better']} vs {item['worse']} | {gap} | {interval} | {better_on} | {t} | "
+            gap = f"{100 * test.mean_diff:+.1f} pp"
+            interval = ("none: the same gap on every seed" if test.sd_diff == 0 else
+                        f"{100 * test.ci95[0]:+.1f} to {100 * test.ci95[1]:+.1f} pp")
+            better_on = f"{test.wins} of {test.n} seeds"
+            t = "—" if test.t is None else f"{test.t:.2f}"
+        holm_p = "—" if item.p_holm is None else _p_value_text(item.p_holm)
+        lines.append(f"| {item.better} vs {item.worse} | {gap} | {interval} | {better_on} | {t} | "
                      f"{_p_text(test)} | {holm_p} | {_verdict(item)} | {_seeds_needed_text(item)} |")
     return lines
 
 
-def _seeds_needed_text(item: dict[str, Any]) -> str:
+def _seeds_needed_text(item: Comparison) -> str:
     """The seeds-needed cell: a number for an undecided gap with a spread, else why there is none."""
-    test = item["test"]
+    test = item.test
     if test is None:
         return "— (one seed: no spread to size from)"
-    if item["distinguishable"]:
+    if item.distinguishable:
         return "—"
-    if test["mean_diff"] == 0:
+    if test.mean_diff == 0:
         return "no gap observed"
-    if test["sd_diff"] == 0:
+    if test.sd_diff == 0:
         return "— (no spread across seeds to size from)"
-    return str(item["seeds_needed"])
+    return str(item.seeds_needed)
 
 
-def _holm_note(comparisons: list[dict[str, Any]]) -> list[str]:
+def _holm_note(comparisons: list[Comparison]) -> list[str]:
     """How the verdicts and the seeds needed were worked out (nothing when no comparison has a p-value)."""
-    m = len([c for c in comparisons if c.get("p_holm") is not None])
+    m = len([c for c in comparisons if c.p_holm is not None])
     if m == 0:
         return []
     return [f"Holm's step-down method corrects for the {_plural(m, 'comparison')} of this table at once: the k-th "
@@ -381,57 +356,57 @@ def _holm_note(comparisons: list[dict[str, Any]]) -> list[str]:
             ""]
 
 
-def format_report(summary: dict[str, Any]) -> str:
+def format_report(summary: Summary) -> str:
     """report.md: the answer first, then the evidence, the figures, the settings and every run."""
     return "\n".join([*_answer_lines(summary), *_ranking_lines(summary), *_figure_lines(summary),
                       *_runs_lines(summary)])
 
 
-def _answer_lines(summary: dict[str, Any]) -> list[str]:
+def _answer_lines(summary: Summary) -> list[str]:
     """The ranking in one line, which gaps are real, warnings, next steps, and whether the design is paired."""
-    rows, seeds = summary["ranking"], summary["seeds"]
+    rows, seeds = summary.ranking, summary.seeds
     n = len(seeds)
-    order = _ranking_text(rows, summary["adjacent"])
-    real = [f"{c['better']} > {c['worse']}" for c in summary["adjacent"] if c["distinguishable"]]
-    lines = [f"# Optimizer study: {', '.join(summary['optims'])}", "",
+    order = _ranking_text(rows, summary.adjacent)
+    real = [f"{c.better} > {c.worse}" for c in summary.adjacent if c.distinguishable]
+    lines = [f"# Optimizer study: {', '.join(summary.optims)}", "",
              f"**Ranking by mean test accuracy over {n} seed{'s' if n > 1 else ''} ({', '.join(map(str, seeds))}):** "
              f"{order}", ""]
     if n > 1:
         lines += [f"**Gaps between neighbours that the seeds can tell apart** (paired t-test, Holm p < {ALPHA:g}): "
                   f"{', '.join(real) if real else 'none'}. {n} seeds are weak evidence: read the tests below "
                   "before acting on the order.", ""]
-        needed = [f"{c['better']} vs {c['worse']} {c['seeds_needed']}" for c in summary["adjacent"]
-                  if c.get("seeds_needed")]
+        needed = [f"{c.better} vs {c.worse} {c.seeds_needed}" for c in summary.adjacent
+                  if c.seeds_needed]
         if needed:
             lines += [f"**Seeds to tell the remaining ties apart** (at the gap and paired spread these seeds show, "
                       f"{POWER:.0%} power, Holm's level): {', '.join(needed)}.", ""]
     else:
         lines += [_evidence_note(n), ""]
-    stuck = [r["optim"] for r in rows if r["test_acc"]["mean"] < summary["chance_acc"] + 0.05]
+    stuck = [r.optim for r in rows if r.test_acc.mean < summary.chance_acc + 0.05]
     if stuck:
         they, their = ("it has", "its") if len(stuck) == 1 else ("they have", "their")
-        chance = percent(summary["chance_acc"])
+        chance = percent(summary.chance_acc)
         lines += [f"**Warning:** {', '.join(stuck)} stayed within 5 points of chance ({chance}, "
                   f"always guessing the larger class): {they} not learned yet in this budget, so {their} place in "
                   "the ranking says little. Train longer (`--epochs`, `--budget seconds:S`)"
                   + ("; this study already tuned the learning rates (`--tune-lr`)."
-                     if summary["tune_lr"] else " or tune the learning rate (`--tune-lr`)."), ""]
+                     if summary.tune_lr else " or tune the learning rate (`--tune-lr`)."), ""]
     steps = _next_steps(summary)
     if steps:
         lines += ["**Next steps:**", "", *(f"- {step}" for step in steps), ""]
-    pairing = summary["pairing"]
+    pairing = summary.pairing
     lines += ["Paired design: " + ("for each seed every optimizer started from the same initial weights "
                                    "(the init hashes below match) and saw the same shuffled order."
-                                   if pairing["paired"] else "**broken: the initial weights differ between "
+                                   if pairing.paired else "**broken: the initial weights differ between "
                                    "optimizers for a seed (see the init hashes under Runs)**; the paired tests "
                                    "below assume they match."), ""]
     return lines
 
 
-def _ranking_lines(summary: dict[str, Any]) -> list[str]:
+def _ranking_lines(summary: Summary) -> list[str]:
     """The ranking table, the tests between neighbours, and the tutorial's claims tested."""
-    rows, n, target = summary["ranking"], len(summary["seeds"]), summary["target_val_acc"]
-    chosen_by = summary.get("best_chosen_by", "val_acc")
+    rows, n, target = summary.ranking, len(summary.seeds), summary.target_val_acc
+    chosen_by = summary.best_chosen_by
     score = score_name(chosen_by)
     lines = ["## Ranking", "",
              f"| rank | optimizer | test accuracy (mean ± sd) | per seed | epochs to val accuracy ≥ "
@@ -440,44 +415,44 @@ def _ranking_lines(summary: dict[str, Any]) -> list[str]:
              "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         epochs, seconds = _target_cells(r)
-        lines.append(f"| {r['rank']} | {r['optim']} | {mean_sd(r['test_acc'])} | "
-                     f"{', '.join(percent(v) for v in r['test_acc']['values'])} | {epochs} | {seconds} | "
-                     f"{mean_sd(r[_best_key(chosen_by, r)])} | "
-                     f"{mean_sd(r['final_train_loss'], pct=False, digits=3)} | "
-                     f"{_seconds(r['wall_seconds'])} | "
-                     f"{mean_sd(r['images_per_second'], pct=False, digits=0)} |")
+        lines.append(f"| {r.rank} | {r.optim} | {mean_sd(r.test_acc)} | "
+                     f"{', '.join(percent(v) for v in r.test_acc.values)} | {epochs} | {seconds} | "
+                     f"{mean_sd(r.best_score(chosen_by))} | "
+                     f"{mean_sd(r.final_train_loss, pct=False, digits=3)} | "
+                     f"{_seconds(r.wall_seconds)} | "
+                     f"{mean_sd(r.images_per_second, pct=False, digits=0)} |")
     lines += ["", f"Test accuracy is that of each run's best checkpoint (the epoch of highest validation {score}, "
               "ties going to the lower validation loss, as `train` chose it) on the test split "
-              f"({summary['data']['test_images']} images), which training and tuning never read. sd is the "
+              f"({summary.data.test_images} images), which training and tuning never read. sd is the "
               "standard deviation across seeds. Time to the target: the first epoch whose validation accuracy "
               f"reached {percent(target, 0)} (`--target-acc`), and the seconds of training and validation up to "
               "its end, as mean ± sd over the seeds that reached it (their count when not all did). Wall time "
               "covers training and validation; images/s divides the training images seen by that time.", "",
-              "## Are the gaps between neighbours real?", "", *_comparison_rows(summary["adjacent"]), "",
+              "## Are the gaps between neighbours real?", "", *_comparison_rows(summary.adjacent), "",
               "A paired t-test on the per-seed differences in test accuracy: pairing removes the luck of the "
               f"initial weights and data order shared by both runs of a seed. {_evidence_note(n)}", "",
-              *_holm_note(summary["adjacent"])]
-    if summary["tutorial_claims"]:
+              *_holm_note(summary.adjacent)]
+    if summary.tutorial_claims:
         lines += ["## The tutorial's ranking", "",
                   "The tutorial concluded " + " > ".join(TUTORIAL_RANKING) + " from one run each. Its claims, "
                   "tested here (a negative gap means this study found the opposite order):", "",
-                  *_comparison_rows(summary["tutorial_claims"]), ""]
+                  *_comparison_rows(summary.tutorial_claims), ""]
     return lines
 
 
-def _target_cells(row: dict[str, Any]) -> tuple[str, str]:
+def _target_cells(row: RankingRow) -> tuple[str, str]:
     """The ranking's epochs and seconds to the target: mean ± sd over the seeds that reached it."""
-    epochs, seconds = row["epochs_to_target"], row.get("seconds_to_target")
-    if epochs["mean"] is None:
+    epochs, seconds = row.epochs_to_target, row.seconds_to_target
+    if epochs.mean is None:
         return "not reached", "—"
-    some = "" if epochs["reached"] == epochs["of"] else f" ({epochs['reached']} of {epochs['of']} seeds)"
+    some = "" if epochs.reached == epochs.of else f" ({epochs.reached} of {epochs.of} seeds)"
     shown_seconds = "—" if seconds is None else _seconds(seconds)
     return mean_sd(epochs, pct=False) + some, shown_seconds
 
 
-def _figure_lines(summary: dict[str, Any]) -> list[str]:
+def _figure_lines(summary: Summary) -> list[str]:
     """The figures, and each optimizer's hyperparameters (with the learning-rate sweep when there was one)."""
-    figures = summary["figures"]
+    figures = summary.figures
     lines = ["## Figures", "", f"![Loss and accuracy per epoch]({figures['curves']})", "",
              "Loss and accuracy per epoch: solid lines validation, dashed lines training; each line is the mean "
              "across seeds and its band the range (lowest to highest seed).", "",
@@ -486,59 +461,59 @@ def _figure_lines(summary: dict[str, Any]) -> list[str]:
              "", "## Hyperparameters", "",
              "| optimizer | learning rate | momentum | batch size | weight decay | learning rate from |",
              "|---|---:|---:|---:|---:|---|"]
-    for optim, h in summary["hyperparameters"].items():
-        cells = ["—" if h[k] is None else f"{h[k]:g}" for k in ("lr", "momentum", "batch_size", "weight_decay")]
-        lines.append(f"| {optim} | {' | '.join(cells)} | {h['lr_from']} |")
-    if summary["sweep"]:
-        lines += ["", *format_sweep(summary["sweep"])]
+    for optim, h in summary.hyperparameters.items():
+        cells = ["—" if v is None else f"{v:g}" for v in (h.lr, h.momentum, h.batch_size, h.weight_decay)]
+        lines.append(f"| {optim} | {' | '.join(cells)} | {h.lr_from} |")
+    if summary.sweep:
+        lines += ["", *format_sweep(summary.sweep)]
     return lines
 
 
-def _runs_lines(summary: dict[str, Any]) -> list[str]:
+def _runs_lines(summary: Summary) -> list[str]:
     """The setup shared by all runs, and a line for every run."""
-    chosen_by = summary.get("best_chosen_by", "val_acc")
+    chosen_by = summary.best_chosen_by
     score = score_name(chosen_by)
     lines = ["", "## Setup", "", *_setup_lines(summary), "", "## Runs", "",
              f"| run | status | epochs | best epoch | its val {score} | test accuracy | init hash | wall time |",
              "|---|---|---:|---:|---:|---:|---|---:|"]
-    for run in summary["runs"]:
-        lines.append(f"| [{run['run']}]({run['run']}) | {run['status']} | {run['epochs']} | {run['best_epoch']} | "
-                     f"{percent(run[_best_key(chosen_by, run)])} | {percent(run['test_acc'])} | `{run['init_hash']}` | "
-                     f"{run['seconds']:.{1 if run['seconds'] < 10 else 0}f} s |")
+    for run in summary.runs:
+        lines.append(f"| [{run.run}]({run.run}) | {run.status} | {run.epochs} | {run.best_epoch} | "
+                     f"{percent(run.best_score(chosen_by))} | {percent(run.test_acc)} | `{run.init_hash}` | "
+                     f"{run.seconds:.{1 if run.seconds < 10 else 0}f} s |")
     lines += ["", "Re-running the same `catsdogs compare` command skips finished runs, resumes unfinished ones and "
               "rewrites this report; study.json holds the arguments it was made with.", ""]
     return lines
 
 
-def _next_steps(summary: dict[str, Any]) -> list[str]:
+def _next_steps(summary: Summary) -> list[str]:
     """What would make this answer firmer, read off the results."""
-    rows, n, steps = summary["ranking"], len(summary["seeds"]), []
-    tests = [c["test"] for c in summary["adjacent"] if c["test"]]
-    undecided = any(t["cannot_tell"] for t in tests)
-    if n == 1 or undecided or (n < 5 and not all(c["distinguishable"] for c in summary["adjacent"])):
+    rows, n, steps = summary.ranking, len(summary.seeds), []
+    tests = [c.test for c in summary.adjacent if c.test]
+    undecided = any(t.cannot_tell for t in tests)
+    if n == 1 or undecided or (n < 5 and not all(c.distinguishable for c in summary.adjacent)):
         steps.append(f"Run more seeds (`--seeds {max(5, n + 2)}`): {_spread_note(tests, n)}")
-    if all(r["epochs_to_target"]["reached"] == 0 for r in rows):
-        steps.append(f"No run reached {percent(summary['target_val_acc'], 0)} validation accuracy: train longer "
+    if all(r.epochs_to_target.reached == 0 for r in rows):
+        steps.append(f"No run reached {percent(summary.target_val_acc, 0)} validation accuracy: train longer "
                      "(`--epochs`, or `--budget seconds:S`) before trusting the ranking.")
-    if not summary["tune_lr"]:
+    if not summary.tune_lr:
         steps.append("Every optimizer used its default learning rate: `--tune-lr` compares each at its best, "
                      "picked on validation accuracy only.")
-    paces = sorted(rows, key=lambda r: r["epoch_seconds"]["mean"])
-    slow, fast = paces[-1]["epoch_seconds"], paces[0]["epoch_seconds"]
-    ratio = slow["mean"] / max(fast["mean"], 1e-9)
+    paces = sorted(rows, key=lambda r: r.epoch_seconds.mean)
+    slow, fast = paces[-1].epoch_seconds, paces[0].epoch_seconds
+    ratio = slow.mean / max(fast.mean, 1e-9)
     # Only a gap every seed shows: the slowest seed of the fast one is faster than the fastest of the slow one.
-    if summary["budget"] == "epochs" and len(rows) > 1 and ratio > 1.5 and max(fast["values"]) < min(slow["values"]):
-        steps.append(f"At equal epochs {paces[-1]['optim']} took {ratio:.1f}× the time per epoch of "
-                     f"{paces[0]['optim']} (median epochs, every seed); `--budget seconds:S` compares them at "
+    if summary.budget == "epochs" and len(rows) > 1 and ratio > 1.5 and max(fast.values) < min(slow.values):
+        steps.append(f"At equal epochs {paces[-1].optim} took {ratio:.1f}× the time per epoch of "
+                     f"{paces[0].optim} (median epochs, every seed); `--budget seconds:S` compares them at "
                      "equal time.")
     return steps
 
 
-def _spread_note(tests: list[dict[str, Any]], n: int) -> str:
+def _spread_note(tests: list[PairedTest], n: int) -> str:
     """How uncertain the gaps between neighbours are, in words that fit a zero spread too."""
     if not tests:
         return "one seed gives no uncertainty at all."
-    width = 100 * max((t["ci95"][1] - t["ci95"][0]) / 2 for t in tests)
+    width = 100 * max((t.ci95[1] - t.ci95[0]) / 2 for t in tests)
     if width == 0:
         return (f"every seed gave the same gap between each pair of neighbours (no spread across seeds), and {n} "
                 "seeds are too few to show that other seeds would too.")
@@ -546,22 +521,22 @@ def _spread_note(tests: list[dict[str, Any]], n: int) -> str:
     return f"with {n} seeds the 95% intervals of the gaps between neighbours reach ±{points} points."
 
 
-def format_sweep(sweep: dict[str, Any]) -> list[str]:
+def format_sweep(sweep: TuningRecord) -> list[str]:
     """The sweep's section: the grid and its limit, the budget of a tuning run, each optimizer's effort and
     choice, the figure, and every rate's validation score."""
-    chosen_by = sweep.get("best_chosen_by", "val_acc")
+    chosen_by = sweep.best_chosen_by
     score = score_name(chosen_by)
-    grid, optims = sweep["grid"], sweep["optims"]
-    initial = [_factor_text(f) for f in sweep["factors"]]
-    low, high = grid["limit_factors"]
+    grid, optims = sweep.grid, sweep.optims
+    initial = [_factor_text(f) for f in sweep.factors]
+    low, high = grid.limit_factors
     lines = ["## Learning-rate sweep", "",
              f"Grid: each optimizer's default learning rate times {initial[0]} to {initial[-1]} in half-decade "
              f"steps (×10^0.5: {', '.join(initial)}; {len(initial)} rates). Where an optimizer's best rate lay on "
              "an edge of its grid, that side grew by one half-decade step and the sweep chose again, round after "
              f"round, up to the limit of {_factor_text(low)} to {_factor_text(high)} times the default "
-             f"({grid['limit_steps'] // 2} decades each side). Every optimizer had the same grid and the same rule; "
-             f"the sweep took {_plural(sweep['rounds'], 'round')}.", "",
-             f"Budget of a tuning run: seed {sweep['seed']}, {sweep['length']} (a quarter of a study run's budget, "
+             f"({grid.limit_steps // 2} decades each side). Every optimizer had the same grid and the same rule; "
+             f"the sweep took {_plural(sweep.rounds, 'round')}.", "",
+             f"Budget of a tuning run: seed {sweep.seed}, {sweep.length} (a quarter of a study run's budget, "
              "at least one epoch). Each "
              f"run's best epoch is chosen as `train` chooses it (highest validation {score}, ties: lower validation "
              "loss), and the learning rate whose best epoch was best by the same rule was used for the study. The "
@@ -569,26 +544,26 @@ def format_sweep(sweep: dict[str, Any]) -> list[str]:
              "| optimizer | tuning runs | rates tried (× default) | chosen rate | × default |",
              "|---|---:|---|---:|---:|"]
     for optim, effort in optims.items():
-        lines.append(f"| {optim} | {effort['runs']} | {_factor_text(effort['lowest_factor'])} to "
-                     f"{_factor_text(effort['highest_factor'])} | {effort['lr']:g} | "
-                     f"{_factor_text(effort['factor'])} |")
-    on_limit = [optim for optim, effort in optims.items() if effort["at_limit"]]
+        lines.append(f"| {optim} | {effort.runs} | {_factor_text(effort.lowest_factor)} to "
+                     f"{_factor_text(effort.highest_factor)} | {effort.lr:g} | "
+                     f"{_factor_text(effort.factor)} |")
+    on_limit = [optim for optim, effort in optims.items() if effort.at_limit]
     if on_limit:
         lines += ["", f"**The best rate of {', '.join(on_limit)} is still on the limit of the grid**: a better rate "
                   "may lie beyond it, which this sweep does not try, so the study compares "
                   f"{'it' if len(on_limit) == 1 else 'them'} at the best rate within "
-                  f"{grid['limit_steps'] // 2} decades of the default."]
+                  f"{grid.limit_steps // 2} decades of the default."]
     lines += ["", f"![Validation {score} against learning rate]({LR_SWEEP_FIGURE})", "",
               f"Validation {score} of each tuning run's best epoch against its learning rate (log axis); the ringed "
               "point is the rate chosen.", "",
               f"| optimizer | learning rate | × default | best val {score} | its val loss | final train loss | "
               "chosen |",
               "|---|---:|---:|---:|---:|---:|---|"]
-    for row in sweep["rows"]:
-        mark = ("**yes**" + (" (on the limit of the grid)" if row.get("at_limit") else "")) if row["chosen"] else ""
-        lines.append(f"| {row['optim']} | {row['lr']:g} | {_factor_text(row['factor'])} | "
-                     f"{percent(row[_best_key(chosen_by, row)])} | {row['best_val_loss']:.3f} | "
-                     f"{row['final_train_loss']:.3f} | {mark} |")
+    for row in sweep.rows:
+        mark = ("**yes**" + (" (on the limit of the grid)" if row.at_limit else "")) if row.chosen else ""
+        lines.append(f"| {row.optim} | {row.lr:g} | {_factor_text(row.factor)} | "
+                     f"{percent(row.best_score(chosen_by))} | {row.best_val_loss:.3f} | "
+                     f"{row.final_train_loss:.3f} | {mark} |")
     return lines
 
 
@@ -597,17 +572,17 @@ def _factor_text(factor: float) -> str:
     return f"{factor:.0f}" if factor >= 1000 else f"{factor:.3g}"
 
 
-def sweep_series(sweep: dict[str, Any]) -> dict[str, list[tuple[float, float, bool]]]:
+def sweep_series(sweep: TuningRecord) -> dict[str, list[tuple[float, float, bool]]]:
     """Each optimizer's (learning rate, validation score of the best epoch, chosen) points, lowest rate first."""
-    chosen_by = sweep.get("best_chosen_by", "val_acc")
+    chosen_by = sweep.best_chosen_by
     series: dict[str, list[tuple[float, float, bool]]] = {}
-    for row in sorted(sweep["rows"], key=lambda row: row["lr"]):
-        series.setdefault(row["optim"], []).append((row["lr"], row[_best_key(chosen_by, row)], row["chosen"]))
+    for row in sorted(sweep.rows, key=lambda row: row.lr):
+        series.setdefault(row.optim, []).append((row.lr, row.best_score(chosen_by), row.chosen))
     return series
 
 
-def _setup_lines(summary: dict[str, Any]) -> list[str]:
-    data, shared, budget = summary["data"], summary["shared_settings"], summary["budget"]
+def _setup_lines(summary: Summary) -> list[str]:
+    data, shared, budget = summary.data, summary.shared_settings, summary.budget
     if budget == "epochs":
         budget_text = (f"equal epochs (`--budget epochs`): every run trains {_plural(shared['epochs'], 'epoch')}"
                        + (f", or stops after {shared['patience']} without a better validation accuracy"
@@ -616,18 +591,18 @@ def _setup_lines(summary: dict[str, Any]) -> list[str]:
     else:
         budget_text = (f"equal wall time (`--budget {budget}`): every run trains for {budget.split(':')[1]} s "
                        "(training and validation), however many epochs that allows.")
-    return [f"- Data: `{data['path']}`: {data['train_images']} training, {data['val_images']} validation and "
-            f"{data['test_images']} test images.",
+    return [f"- Data: `{data.path}`: {data.train_images} training, {data.val_images} validation and "
+            f"{data.test_images} test images.",
             f"- Budget: {budget_text}",
-            f"- Seeds: {', '.join(map(str, summary['seeds']))}. Seed k fixes the initial weights, the shuffling "
+            f"- Seeds: {', '.join(map(str, summary.seeds))}. Seed k fixes the initial weights, the shuffling "
             "order and the augmentation draws alike for every optimizer.",
-            f"- Device as the runs logged it: {'; '.join(summary['devices']) or 'not recorded'}.",
+            f"- Device as the runs logged it: {'; '.join(summary.devices) or 'not recorded'}.",
             "", "Settings shared by every run:", "", "| setting | value |", "|---|---|",
             *(f"| {k} | {'—' if v is None else v} |" for k, v in shared.items())]
 
 
-def format_report_html(study_dir: Path, summary: dict[str, Any]) -> str:
+def format_report_html(study_dir: Path, summary: Summary) -> str:
     """report.md's text, from the same summary, as one self-contained page with the study's figures inside."""
-    figures = {name: (study_dir / name).read_bytes() for name in summary["figures"].values()
+    figures = {name: (study_dir / name).read_bytes() for name in summary.figures.values()
                if (study_dir / name).is_file()}
-    return page(f"Optimizer study: {', '.join(summary['optims'])}", markdown_to_html(format_report(summary), figures))
+    return page(f"Optimizer study: {', '.join(summary.optims)}", markdown_to_html(format_report(summary), figures))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 
 def regularized_beta(x: float, a: float, b: float) -> float:
@@ -158,8 +158,13 @@ def percent(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{100 * value:.{digits}f}%"
 
 
-def mean_sd(spread: dict[str, Any], pct: bool = True, digits: int = 1) -> str:
-    """A spread ({"mean", "sd"}) as "81.2 ± 1.3%", or without the sd where there is one value."""
+class _MeanSd(Protocol):
+    mean: Any
+    sd: float | None
+
+
+def mean_sd(spread: _MeanSd, pct: bool = True, digits: int = 1) -> str:
+    """A spread (its mean and sd) as "81.2 ± 1.3%", or without the sd where there is one value."""
     show = (lambda v: f"{100 * v:.{digits}f}") if pct else (lambda v: f"{v:.{digits}f}")
-    text = show(spread["mean"]) + ("" if spread["sd"] is None else f" ± {show(spread['sd'])}")
+    text = show(spread.mean) + ("" if spread.sd is None else f" ± {show(spread.sd)}")
     return text + ("%" if pct else "")

@@ -29,6 +29,15 @@ class Setting:
     help: str = ""  # the help of its `train` flag; "" for a config-file key without a flag
     default_text: str = ""  # what --help says the default is where the field's own is None
     choices: tuple[str, ...] = ()
+    # Bounds of a number, checked by check_value: `minimum` and `maximum` inclusive; `off_at_zero`, 0 turns
+    # it off (so that a flag can undo what a config file turns on: --ema 0); `above_zero`, 0 would silently
+    # do nothing; `below_one`, what it must be instead of 1 or more, in words; `probability`, at most 1.
+    minimum: float | None = None
+    maximum: float | None = None
+    off_at_zero: bool = False
+    above_zero: bool = False
+    below_one: str = ""
+    probability: bool = False
     per_run: str = ""
     resumable: bool = False
     free: bool = False
@@ -63,6 +72,9 @@ def setting(default: Any, **facts: Any) -> Any:
 
 
 _THE_OPTIMIZERS = "the optimizer's"
+# Photos are resized to image_size squared, and past this nothing is gained for a two-class photo
+# classifier while the decoded cache grows with the square (2048 px: 12 MB a photo).
+_LARGEST_SIDE = 2048
 
 
 @dataclass
@@ -75,9 +87,12 @@ class TrainConfig:
 
     # Data: the folder written by `catsdogs split` (holding train/, val/, test/).
     data: str = setting("data", help="Split folder from `catsdogs split`.", resumable=True)
-    image_size: int = setting(224, help="Side of the square input.")  # the tutorial's 224x224
-    hflip: float = 0.25  # probability of a horizontal flip in training (the tutorial's 0.25)
-    vflip: float = 0.0  # probability of a vertical flip in training (off, as in the tutorial)
+    # the tutorial's 224x224
+    image_size: int = setting(224, minimum=1, maximum=_LARGEST_SIDE, help="Side of the square input.")
+    # probability of a horizontal flip in training (the tutorial's 0.25)
+    hflip: float = setting(0.25, minimum=0.0, probability=True)
+    # probability of a vertical flip in training (off, as in the tutorial)
+    vflip: float = setting(0.0, minimum=0.0, probability=True)
     # flip|crop|rrc|rrc-jitter|trivialaugment|randaugment (see `catsdogs augments`)
     augment: str = setting("flip", help="Augmentation preset (see `catsdogs augments`).")
     # random: each image mirrored with probability hflip; alternate: each image mirrored in every other
@@ -87,8 +102,8 @@ class TrainConfig:
     # Progressive resizing: the first progressive_fraction of the schedule's steps train on images scaled
     # down to progressive_size (cheaper steps: FLOPs go with the square of the side), the rest at
     # image_size. Validation is always at image_size. None or 0: off.
-    progressive_size: int | None = None
-    progressive_fraction: float = 0.5
+    progressive_size: int | None = setting(None, minimum=0, maximum=_LARGEST_SIDE, off_at_zero=True)
+    progressive_fraction: float = setting(0.5, minimum=0.0, maximum=1.0)
     # auto|off|rebuild: decode each split once into a memory-mapped uint8 array (rebuild: decode again,
     # in the run that asks only; that run saves auto)
     cache: str = setting("auto", choices=("auto", "off", "rebuild"), resumable=True, free=True,
@@ -104,62 +119,68 @@ class TrainConfig:
     # required: there is no neutral choice in an optimizer study
     optim: str | None = setting(None, help="Optimizer name (see `catsdogs optimizers`).",
                                 per_run="list optimizers with --optims")
-    epochs: int = setting(10, help="Epochs to train.", resumable=True)
+    epochs: int = setting(10, minimum=1, help="Epochs to train.", resumable=True)
     # None: the optimizer's own default (1 for vanilla-sgd)
-    batch_size: int | None = setting(None, help="Images per step.", default_text=_THE_OPTIMIZERS,
+    batch_size: int | None = setting(None, minimum=1, help="Images per step.", default_text=_THE_OPTIMIZERS,
                                      per_run="each optimizer uses its own (1 for vanilla-sgd)")
     lr: float | None = setting(None, help="Learning rate.", default_text=_THE_OPTIMIZERS,  # None: the optimizer's
+                               minimum=0.0, above_zero=True,
                                per_run="each optimizer uses its own (or --tune-lr)")
     # None: the optimizer's own default (SGD variants only)
     momentum: float | None = setting(None, help="SGD momentum.", default_text=_THE_OPTIMIZERS,
-                                     per_run="each optimizer uses its own")
+                                     per_run="each optimizer uses its own", minimum=0.0,
+                                     below_one="below 1 (e.g. 0.9; at 1 or more the steps grow without end)")
     # None: the optimizer's own default; never on biases or norms
-    weight_decay: float | None = setting(None, help="Weight decay (never on biases or norms).",
+    weight_decay: float | None = setting(None, minimum=0.0, help="Weight decay (never on biases or norms).",
                                          default_text=_THE_OPTIMIZERS)
-    label_smoothing: float = setting(0.0, help="Cross-entropy label smoothing.")  # 0.1 is common
+    label_smoothing: float = setting(0.0, help="Cross-entropy label smoothing.", minimum=0.0,  # 0.1 is common
+                                     below_one="below 1 (e.g. 0.1; 1 leaves nothing to learn)")
     # none, or balanced: each class's loss weighted by photos / (classes x its photos), so that
     # a class with few photos counts as much as a large one.
     class_weights: str = setting("none", choices=("none", "balanced"),
                                  help="balanced: weight each class's loss by how rare it is, for unbalanced photos.")
     # decay of an exponential moving average of the weights (e.g. 0.999); 0: off
     ema: float | None = setting(None, help="Keep and use an exponential moving average of the weights with this "
-                                "decay, e.g. 0.999 (0: off).")
+                                "decay, e.g. 0.999 (0: off).", minimum=0.0, off_at_zero=True,
+                                below_one="a decay below 1 (e.g. 0.999; 0: off)")
     # Lookahead around the optimizer: every lookahead_steps steps, slow weights move lookahead_alpha of the
     # way to the model's weights, and training goes on from there. None or 0: off.
-    lookahead_steps: int | None = None
-    lookahead_alpha: float = 0.5
+    lookahead_steps: int | None = setting(None, minimum=0, off_at_zero=True)
+    lookahead_alpha: float = setting(0.5, minimum=0.0, maximum=1.0, above_zero=True)
     # Fine-tuning. The head is the model's last linear layer (the one sized by the number of classes);
     # the body is every other layer. lr is the head's; the body's is lr x body_lr_scale.
-    freeze_epochs: int = 0  # epochs at the start that train the head alone, the body frozen
-    body_lr_scale: float = 1.0  # the body's learning rate as a fraction of lr (e.g. 0.1 for pretrained weights)
+    freeze_epochs: int = setting(0, minimum=0)  # epochs at the start that train the head alone, the body frozen
+    # the body's learning rate as a fraction of lr (e.g. 0.1 for pretrained weights)
+    body_lr_scale: float = setting(1.0, minimum=0.0, above_zero=True)
 
     # Schedule and stopping.
     # constant|step|cosine|onecycle (see `catsdogs schedulers`)
     scheduler: str = setting("constant", help="Learning-rate schedule (see `catsdogs schedulers`).")
-    warmup_epochs: float = 0.0  # linear warmup before the schedule, in epochs
+    warmup_epochs: float = setting(0.0, minimum=0.0)  # linear warmup before the schedule, in epochs
     # stop when val accuracy has not improved for this many epochs; 0: off
-    patience: int | None = setting(None, resumable=True,
+    patience: int | None = setting(None, resumable=True, minimum=0, off_at_zero=True,
                                    help="Stop after this many epochs without a better val accuracy (0: never).")
     # minutes of training; stops then, and the schedule is fitted to it; 0: off
-    time_budget: float | None = setting(None, resumable=True, per_run="use --budget seconds:S",
+    time_budget: float | None = setting(None, resumable=True, per_run="use --budget seconds:S", minimum=0.0,
+                                        off_at_zero=True,
                                         help="Minutes of training: stop then, fitting the schedule to the time "
                                              "(0: no budget).")
 
     # Reproducibility and hardware.
     seed: int = setting(42, help="Seed for weights, order and augmentation.",
                         per_run="a study's seeds count up from it, one per --seeds")
-    # auto picks CUDA, then MPS, then CPU
-    device: str = setting("auto", choices=("auto", "cpu", "cuda", "mps"), resumable=True, help="Where to train.")
+    device: str = setting("auto", choices=("auto", "cpu", "cuda", "mps"), resumable=True,
+                          help="Where to run: auto picks CUDA, then MPS, then the CPU.")
     # auto: bf16 where the hardware has it, else fp32
     precision: str = setting("auto", choices=("auto", "fp32", "bf16", "fp16"), resumable=True,
                              help="Numeric precision; auto uses bf16 where the hardware has it.")
     # DataLoader worker processes when reading files; None: automatic
     workers: int | None = setting(None, help="Loader processes when not cached.", default_text="auto",
-                                  resumable=True, free=True)
+                                  resumable=True, free=True, minimum=0)
     # Images per forward/backward pass (gradient accumulation): a batch takes several passes whose
     # gradients add up to the batch's (except that batch norm sees each pass alone), in less memory.
     # None: the whole batch in one pass.
-    micro_batch: int | None = setting(None, resumable=True, default_text="the whole batch",
+    micro_batch: int | None = setting(None, resumable=True, default_text="the whole batch", minimum=1,
                                       help="Images per forward/backward pass: a batch takes several, with the same "
                                            "gradient, in less memory.")
 
@@ -192,27 +213,6 @@ def settings_with(role: str) -> tuple[str, ...]:
     if role not in ROLES:
         raise ValueError(f"unknown setting role {role!r}; roles: {', '.join(ROLES)}")
     return tuple(name for name, declared in declared_settings().items() if getattr(declared, role))
-
-
-# Lower bounds of numeric fields (inclusive); an upper bound of 1 for probabilities.
-MINIMUM: dict[str, float] = {"epochs": 1, "batch_size": 1, "image_size": 1, "lr": 0.0, "hflip": 0.0,
-                             "vflip": 0.0, "momentum": 0.0, "weight_decay": 0.0, "warmup_epochs": 0.0,
-                             "patience": 0, "workers": 0, "time_budget": 0.0, "label_smoothing": 0.0, "ema": 0.0,
-                             "micro_batch": 1, "progressive_size": 0, "progressive_fraction": 0.0,
-                             "freeze_epochs": 0, "body_lr_scale": 0.0,
-                             "lookahead_steps": 0, "lookahead_alpha": 0.0}
-# Upper bounds: photos are resized to image_size squared, and past this nothing is gained for a
-# two-class photo classifier while the decoded cache grows with the square (2048 px: 12 MB a photo).
-MAXIMUM: dict[str, float] = {"image_size": 2048, "progressive_size": 2048, "progressive_fraction": 1.0,
-                             "lookahead_alpha": 1.0}
-PROBABILITIES = ("hflip", "vflip")
-# Fields where 0 would silently do nothing (no learning): they must be above 0.
-POSITIVE = ("lr", "body_lr_scale", "lookahead_alpha")
-# Fields where 0 means off, so that a flag can undo what a config file turns on (--ema 0).
-OFF_AT_ZERO = ("ema", "time_budget", "patience", "progressive_size", "lookahead_steps")
-# Fields that must stay below 1: at 1 nothing is learnt (label smoothing) or the steps never fade (momentum).
-BELOW_ONE = {"ema": "a decay below 1 (e.g. 0.999; 0: off)", "label_smoothing": "below 1 (e.g. 0.1; 1 leaves "
-             "nothing to learn)", "momentum": "below 1 (e.g. 0.9; at 1 or more the steps grow without end)"}
 
 
 def _field_types() -> dict[str, Any]:
@@ -250,16 +250,22 @@ def check_value(key: str, value: Any, source: str) -> Any:
         raise CatsdogsError(f"{source}: {key} must be a finite number, got {value!r}")
     if choices and value not in choices:
         raise CatsdogsError(f"{source}: {key} must be one of {', '.join(choices)}, got {value!r}")
-    if key in MINIMUM and value < MINIMUM[key]:
-        raise CatsdogsError(f"{source}: {key} must be at least {MINIMUM[key]:g}"
-                            + (" (0: off)" if key in OFF_AT_ZERO else "") + f", got {value!r}")
-    if key in MAXIMUM and value > MAXIMUM[key]:
-        raise CatsdogsError(f"{source}: {key} must be at most {MAXIMUM[key]:g}, got {value!r}")
-    if key in POSITIVE and value <= 0:
+    return _check_bounds(declared[key], value, source)
+
+
+def _check_bounds(declared: Setting, value: Any, source: str) -> Any:
+    """Return `value` if it is within the bounds `declared` gives, else raise naming the source, key and bound."""
+    key = declared.name
+    if declared.minimum is not None and value < declared.minimum:
+        raise CatsdogsError(f"{source}: {key} must be at least {declared.minimum:g}"
+                            + (" (0: off)" if declared.off_at_zero else "") + f", got {value!r}")
+    if declared.maximum is not None and value > declared.maximum:
+        raise CatsdogsError(f"{source}: {key} must be at most {declared.maximum:g}, got {value!r}")
+    if declared.above_zero and value <= 0:
         raise CatsdogsError(f"{source}: {key} must be above 0, got {value!r}")
-    if key in BELOW_ONE and value >= 1:
-        raise CatsdogsError(f"{source}: {key} must be {BELOW_ONE[key]}, got {value!r}")
-    if key in PROBABILITIES and value > 1:
+    if declared.below_one and value >= 1:
+        raise CatsdogsError(f"{source}: {key} must be {declared.below_one}, got {value!r}")
+    if declared.probability and value > 1:
         raise CatsdogsError(f"{source}: {key} is a probability between 0 and 1, got {value!r}")
     return value
 

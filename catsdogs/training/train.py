@@ -154,6 +154,30 @@ def _quiet(_: str) -> None:
     pass
 
 
+@dataclass(frozen=True)
+class _Hardware:
+    """Where the run trains, and how the log and status.json name it."""
+    device: torch.device
+    precision: Precision
+    note: str
+
+
+@dataclass(frozen=True)
+class _Splits:
+    """The train and val photos, and their fingerprint (what a resume checks it trains on)."""
+    train: ImageSplit
+    val: ImageSplit
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class _Sources:
+    """The batches of train and val photos, and the unreadable files already named in a warning."""
+    train: BatchSource
+    val: BatchSource
+    warned: set[Path]
+
+
 @dataclass
 class _Run:
     """What the stages of one run hand on to each other, from the open data to the finish."""
@@ -162,15 +186,9 @@ class _Run:
     log: Log
     show_progress: bool  # progress bars
     run_dir: Path | None  # a resumed run's folder; a new run's once _open_run_folder has made it
-    device: torch.device
-    precision: Precision
-    hardware: str  # as the log and status.json tell it
-    train_split: ImageSplit
-    val_split: ImageSplit
-    fingerprint: str
-    train_source: BatchSource
-    val_source: BatchSource
-    warned: set[Path]  # unreadable files already named in a warning
+    hardware: _Hardware
+    splits: _Splits
+    sources: _Sources
     init_hash: str
     state: TrainState  # what training changes, and last.pt saves
     hooks: Hooks
@@ -180,26 +198,28 @@ class _Run:
         return self.state.progress
 
     def check_unreadable(self) -> None:
-        _check_unreadable((self.train_source, self.val_source), self.team, self.warned, self.cfg.data, self.log)
+        _check_unreadable((self.sources.train, self.sources.val), self.team, self.sources.warned, self.cfg.data,
+                          self.log)
 
     def write_status(self, status: str) -> None:
-        _write_status(self.run_dir, status, self.progress, self.cfg, self.init_hash, self.hardware,
-                      self.train_source, self.val_source, device=self.device)
+        _write_status(self.run_dir, status, self.progress, self.cfg, self.init_hash, self.hardware.note,
+                      self.sources.train, self.sources.val, device=self.hardware.device)
 
 
 def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[str, Any] | None, progress: bool,
            log: Log, team: Team, hooks: Hooks) -> TrainResult:
     cfg, state, rebuild = _resolve_settings(cfg, resume, flags, team)
     run_dir = Path(resume) if state is not None else None
-    device, precision, hardware = _choose_hardware(cfg, team)
-    cfg, train_split, val_split, fingerprint = _read_splits(cfg, state, run_dir, team)
+    hardware = _choose_hardware(cfg, team)
+    splits = _read_splits(cfg, state, run_dir, team)
+    if state is None:  # recorded absolute, so that the run resumes and evaluates from any folder
+        cfg = dataclasses.replace(cfg, data=str(Path(cfg.data).resolve()))
     # The model before the cache: a wrong model, size or weights file is told before minutes of decoding.
-    model, init_hash = _build_model(cfg, state, train_split, log)
-    train_source, val_source, warned = _open_data(cfg, train_split, val_split, device, rebuild, progress, team, log)
-    run = _Run(cfg=cfg, team=team, log=log, show_progress=progress, run_dir=run_dir, device=device,
-               precision=precision, hardware=hardware, train_split=train_split, val_split=val_split,
-               fingerprint=fingerprint, train_source=train_source, val_source=val_source, warned=warned,
-               init_hash=init_hash, state=_build_state(cfg, model, device, precision, team), hooks=hooks)
+    model, init_hash = _build_model(cfg, state, splits.train, log)
+    sources = _open_data(cfg, splits, hardware.device, rebuild, progress, team, log)
+    run = _Run(cfg=cfg, team=team, log=log, show_progress=progress, run_dir=run_dir, hardware=hardware,
+               splits=splits, sources=sources, init_hash=init_hash,
+               state=_build_state(cfg, model, hardware.device, hardware.precision, team), hooks=hooks)
     if state is not None:
         if not _restore(run, state):
             return _result(run.run_dir, run.progress, run.cfg, "nothing-to-do")
@@ -235,17 +255,16 @@ def _resolve_settings(cfg: TrainConfig | None, resume: str | Path | None, flags:
     return cfg, state, rebuild
 
 
-def _choose_hardware(cfg: TrainConfig, team: Team) -> tuple[torch.device, Precision, str]:
+def _choose_hardware(cfg: TrainConfig, team: Team) -> _Hardware:
     """The device and precision the run trains with, and how the log and status.json name them."""
     device = start(team, cfg.device) if team.enabled else select_device(cfg.device)
     precision = select_precision(cfg.precision, device)
     hardware = f"{device.type}, {precision.note}" + (f", {team.world} processes (torchrun)" if team.enabled else "")
     tune_allocator()
-    return device, precision, hardware
+    return _Hardware(device, precision, hardware)
 
 
-def _read_splits(cfg: TrainConfig, state: dict[str, Any] | None, run_dir: Path | None,
-                 team: Team) -> tuple[TrainConfig, ImageSplit, ImageSplit, str]:
+def _read_splits(cfg: TrainConfig, state: dict[str, Any] | None, run_dir: Path | None, team: Team) -> _Splits:
     """The train and val photos and their fingerprint; a resume checks they are the ones it trained on."""
     train_split = read_split(cfg.data, "train", state["classes"] if state else None)
     val_split = read_split(cfg.data, "val", train_split.classes)
@@ -254,9 +273,7 @@ def _read_splits(cfg: TrainConfig, state: dict[str, Any] | None, run_dir: Path |
         check_same_split(state, fingerprint, cfg.data, run_dir)
         if team.main:
             point_best_at(run_dir, cfg.data)
-    else:  # recorded absolute, so that the run resumes and evaluates from any folder
-        cfg = dataclasses.replace(cfg, data=str(Path(cfg.data).resolve()))
-    return cfg, train_split, val_split, fingerprint
+    return _Splits(train_split, val_split, fingerprint)
 
 
 def _build_model(cfg: TrainConfig, state: dict[str, Any] | None, train_split: ImageSplit,
@@ -275,8 +292,8 @@ def _build_model(cfg: TrainConfig, state: dict[str, Any] | None, train_split: Im
     return model, _weights_hash(model)
 
 
-def _open_data(cfg: TrainConfig, train_split: ImageSplit, val_split: ImageSplit, device: torch.device,
-               rebuild: bool, progress: bool, team: Team, log: Log) -> tuple[BatchSource, BatchSource, set[Path]]:
+def _open_data(cfg: TrainConfig, splits: _Splits, device: torch.device, rebuild: bool, progress: bool, team: Team,
+               log: Log) -> _Sources:
     """The batches of train and val photos: from the decoded cache (built or mapped), or decoded as read;
     and the unreadable photos already named in a warning (too many of them stop the run here)."""
     jobs = usable_cpus()
@@ -284,19 +301,20 @@ def _open_data(cfg: TrainConfig, train_split: ImageSplit, val_split: ImageSplit,
     for turn in ("main", "others"):  # process 0 builds the cache; the others then map the finished files
         if (turn == "main") == team.main:
             mode = "rebuild" if rebuild and team.main else cfg.cache  # the others map what process 0 rebuilt
-            images = {s.root.name: load_cache(s, cfg.image_size, mode, jobs, progress) for s in (train_split, val_split)}
+            images = {s.root.name: load_cache(s, cfg.image_size, mode, jobs, progress)
+                      for s in (splits.train, splits.val)}
         wait_for_all(team)
     workers = cfg.workers if cfg.workers is not None else (0 if images["train"] is not None else max(jobs - 1, 0))
     # Both caches on the GPU or neither, judged together; only process 0 validates, so only it holds val there.
     resident = images["train"] is not None and images["val"] is not None and \
         fits_on_gpu(images["train"].nbytes + images["val"].nbytes, device)
-    train_source = BatchSource(train_split, training_preset(cfg), images["train"], workers, device,
+    train_source = BatchSource(splits.train, training_preset(cfg), images["train"], workers, device,
                                resident=resident)
-    val_source = BatchSource(val_split, eval_preset(cfg.image_size), images["val"], workers, device,
+    val_source = BatchSource(splits.val, eval_preset(cfg.image_size), images["val"], workers, device,
                              resident=resident and team.main)
     warned: set[Path] = set()
     _check_unreadable((train_source, val_source), team, warned, cfg.data, log)
-    return train_source, val_source, warned
+    return _Sources(train_source, val_source, warned)
 
 
 def _build_state(cfg: TrainConfig, model: nn.Module, device: torch.device, precision: Precision,
@@ -368,9 +386,9 @@ def _log_start(run: _Run) -> None:
     """Tell where the run writes, and what it trains on, with what, for how long."""
     cfg, team, log = run.cfg, run.team, run.log
     log(f"run folder: {run.run_dir}")
-    log(f"device: {run.hardware}, channels-last; "
-        f"data: {cfg.data} ({len(run.train_source)} train / {len(run.val_source)} val images, "
-        f"classes {', '.join(run.train_split.classes)}); cache: {_cache_note(run.train_source)}")
+    log(f"device: {run.hardware.note}, channels-last; "
+        f"data: {cfg.data} ({len(run.sources.train)} train / {len(run.sources.val)} val images, "
+        f"classes {', '.join(run.splits.train.classes)}); cache: {_cache_note(run.sources.train)}")
     share = f", {_per_process(cfg.batch_size, team.world)} per process" if team.enabled else ""
     share += f", in passes of {cfg.micro_batch}" if cfg.micro_batch and cfg.micro_batch < cfg.batch_size else ""
     log(f"model {cfg.model} at {cfg.image_size}px, optimizer {cfg.optim} (lr {cfg.lr:g}, batch {cfg.batch_size}"
@@ -382,12 +400,13 @@ def _run_epochs(run: _Run) -> TrainResult:
     cfg, team, log, progress, run_dir = run.cfg, run.team, run.log, run.progress, run.run_dir
     model = run.state.model
     # Process 0 alone writes TensorBoard events, as it alone writes history.csv.
-    board = Board(run_dir, progress.global_step, run.train_split.classes) if cfg.tensorboard and team.main else None
-    loop = EpochLoop(cfg=cfg, state=run.state, precision=run.precision, device=run.device,
-                     train_source=run.train_source, val_source=run.val_source, team=team,
-                     net=_data_parallel(model, run.device) if team.enabled else model, board=board, hooks=run.hooks)
-    identity = {"classes": list(run.train_split.classes), "init_hash": run.init_hash,
-                "data_fingerprint": run.fingerprint}
+    board = Board(run_dir, progress.global_step, run.splits.train.classes) if cfg.tensorboard and team.main else None
+    loop = EpochLoop(cfg=cfg, state=run.state, precision=run.hardware.precision, device=run.hardware.device,
+                     train_source=run.sources.train, val_source=run.sources.val, team=team,
+                     net=_data_parallel(model, run.hardware.device) if team.enabled else model, board=board,
+                     hooks=run.hooks)
+    identity = {"classes": list(run.splits.train.classes), "init_hash": run.init_hash,
+                "data_fingerprint": run.splits.fingerprint}
     save_last = LastSaver(run_dir, cfg, run.state, identity, team, after_save=run.hooks.after_save)
     status = "finished"
     try:
@@ -472,7 +491,7 @@ def _finish(run: _Run, loop: EpochLoop, status: str) -> None:
         best = best_epoch(progress.history, column)
         score = (f"best val balanced accuracy {best['val_balanced_acc']:.4f} (accuracy {best['val_acc']:.4f})"
                  if by_balanced else f"best val accuracy {best['val_acc']:.4f}")
-        score += _baseline_note(run.val_split, balanced_shown=by_balanced)
+        score += _baseline_note(run.splits.val, balanced_shown=by_balanced)
         run.log(f"{score}; next: catsdogs evaluate {shlex.quote(str(run.run_dir))}")
 
 

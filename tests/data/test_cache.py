@@ -18,13 +18,12 @@ from catsdogs.data.cache import CACHE_DIR, BatchSource, fits_on_gpu, load_cache,
 from catsdogs.data.images import load_resized
 from catsdogs.data.transforms import eval_preset, train_preset
 from catsdogs.errors import CatsdogsError
+from tests.helpers import split_fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def data(tmp_path: Path, tiny_split) -> Path:
-    return tiny_split(tmp_path, per_class=(10, 3, 3), size=40)
+data = split_fixture((10, 3, 3), size=40)
 
 
 def cache_files(data: Path) -> list[str]:

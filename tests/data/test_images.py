@@ -11,7 +11,7 @@ from PIL import Image
 from catsdogs.data.images import (MAX_IMAGE_PIXELS, TooSmall, describe_left_out, is_image_name, load_resized, load_rgb,
                                   resize_array, to_rgb)
 from catsdogs.data.integrity import BOMB, TOO_SMALL, check_image
-from tests.data.test_split import write_blank_png
+from tests.helpers import write_blank_png
 
 SIZE = 16
 

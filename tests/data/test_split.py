@@ -2,61 +2,18 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import struct
-import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from catsdogs.data.split import SPLITS, allocate, parse_ratios, split_dataset
 from catsdogs.errors import CatsdogsError, UsageError
+from tests.helpers import make_classes, read_rows, write_blank_png, write_photo
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
-def write_photo(path: Path, seed: int, mode: str = "RGB", fmt: str = "JPEG", size: int = 32) -> Path:
-    """Save a small noise image (distinct per seed, so no accidental duplicates)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    image = Image.fromarray(pixels)
-    if mode == "P":
-        image = image.quantize(16)
-    elif mode != "RGB":
-        image = image.convert(mode)
-    image.save(path, fmt)
-    return path
-
-
-def write_blank_png(path: Path, width: int, height: int, header_only: bool = False) -> None:
-    """A 1-bit PNG of any size in a few KB: the classic decompression bomb (or a genuine huge photo).
-
-    `header_only` writes no pixel rows: only a decoder that trusts the header size is fooled.
-    """
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    packer = zlib.compressobj(9)
-    row = b"\0" * (1 + (width + 7) // 8)
-    body = b"".join(packer.compress(row) for _ in range(0 if header_only else height)) + packer.flush()
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
-
-
-def make_classes(root: Path, sizes: dict[str, int], seed: int = 0) -> Path:
-    for offset, (name, count) in enumerate(sizes.items()):
-        for i in range(count):
-            write_photo(root / name / f"{name.lower()}.{i}.jpg", seed=seed + 1000 * offset + i)
-    return root
-
-
-def read_rows(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8", newline="") as file:  # strict: every CSV split writes is valid UTF-8
-        return list(csv.DictReader(file))
 
 
 def shown(name: str) -> str:

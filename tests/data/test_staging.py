@@ -19,8 +19,7 @@ from catsdogs.data import staging
 from catsdogs.data.split import split_dataset
 from catsdogs.data.staging import TRAIN_CACHE, check_out, place_file, write_atomically
 from catsdogs.errors import CatsdogsError
-from tests.conftest import children
-from tests.data.test_split import make_classes, read_rows, write_photo
+from tests.helpers import children, make_classes, read_rows, write_photo
 
 
 def test_a_rerun_with_the_same_arguments_does_nothing(tmp_path):

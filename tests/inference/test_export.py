@@ -24,7 +24,7 @@ from catsdogs.inference.predict import load_trained
 from catsdogs.training.checkpoint import save_checkpoint
 from catsdogs.training.config import TrainConfig, config_to_yaml
 from catsdogs.training.models import MODELS, build_model, list_models
-from tests.helpers import invoke
+from tests.helpers import invoke, write_tiny_split
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -398,8 +398,6 @@ def test_the_docs_snippet_gives_predicts_probabilities_without_torch_or_catsdogs
 
 @pytest.fixture(scope="module")
 def photo_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.conftest import write_tiny_split
-
     return write_tiny_split(tmp_path_factory.mktemp("split"), per_class=(4, 1, 3), size=80)
 
 

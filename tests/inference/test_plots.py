@@ -12,8 +12,8 @@ import pytest  # noqa: E402
 
 from catsdogs.errors import CatsdogsError  # noqa: E402
 from catsdogs.inference.plots import plot_curves, read_history, run_label  # noqa: E402
+from tests.helpers import HISTORY_HEADER as HEADER, visible_ticks  # noqa: E402
 
-HEADER = "epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds\n"
 
 
 def make_run(folder: Path, optim: str, epochs: int = 3) -> Path:
@@ -23,12 +23,6 @@ def make_run(folder: Path, optim: str, epochs: int = 3) -> Path:
             for e in range(1, epochs + 1)]
     (folder / "history.csv").write_text(HEADER + "".join(rows))
     return folder
-
-
-def visible_ticks(ax) -> list[float]:
-    """The x tick locations inside the axes' view (a locator may also place some just outside it)."""
-    low, high = ax.get_xlim()
-    return [float(t) for t in ax.get_xticks() if low <= t <= high]
 
 
 @pytest.fixture

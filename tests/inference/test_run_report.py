@@ -26,7 +26,7 @@ from catsdogs.inference.run_report import write_run_report
 from catsdogs.training.config import TrainConfig
 from catsdogs.training.train import train
 from tests.browser import assert_loads_cleanly
-from tests.conftest import CLASS_COLOURS, write_tiny_split
+from tests.helpers import CLASS_COLOURS, write_tiny_split
 
 
 @pytest.fixture(scope="module")

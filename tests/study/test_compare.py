@@ -27,8 +27,8 @@ from catsdogs.training.loop import Hooks
 from catsdogs.training import train as train_module
 from catsdogs.training.config import TrainConfig
 from catsdogs.training.optim import get_optimizer_spec
-from tests.conftest import write_tiny_split
-from tests.helpers import history_without_time
+from tests.helpers import write_tiny_split
+from tests.helpers import history_without_time, split_fixture
 
 SIZE = 96  # cnn3's minimum, to keep the tests fast
 OPTIMS = ("minibatch-sgd", "adam")
@@ -44,9 +44,7 @@ def base_config(data: Path, **overrides) -> TrainConfig:
     return TrainConfig(**{**values, **overrides})
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_split(tmp_path_factory.mktemp("split"), per_class=(12, 4, 4), size=SIZE)
+data = split_fixture((12, 4, 4), size=SIZE, scope="module")
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +168,7 @@ def test_more_seeds_extend_a_study_and_keep_its_runs(study: tuple[Path, list[str
     assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(f"{o}-seed{s}" for o in OPTIMS
                                                                        for s in (42, 43, 44))
     assert json.loads((out / "study.json").read_text())["seeds"] == [42, 43, 44]
-    assert [len(row["test_acc"]["values"]) for row in result.summary["ranking"]] == [3, 3]
+    assert [len(row["test_acc"]["values"]) for row in result.summary.to_dict()["ranking"]] == [3, 3]
     with pytest.raises(UsageError, match="epochs = 1, but this command asks for epochs = 2"):  # not the seeds
         run_study(spec_for(data, out, seeds=4, config={"epochs": 2}), progress=False, log=quiet)
 
@@ -185,7 +183,7 @@ def test_force_deletes_the_old_study_and_starts_again(data: Path, tmp_path: Path
     assert result.status == "complete" and lines[0] == f"--force: deleting the study in {out} and starting again"
     assert not (out / "runs" / "adam-seed42" / "stale.txt").exists()
     assert json.loads((out / "study.json").read_text())["config"]["epochs"] == 2
-    assert result.summary["ranking"][0]["epochs_done"] == [2]
+    assert result.summary.to_dict()["ranking"][0]["epochs_done"] == [2]
 
 
 def test_a_deleted_run_is_redone_identically_and_the_rest_kept(study: tuple[Path, list[str]], data: Path,
@@ -262,7 +260,7 @@ def test_the_sweep_picks_the_learning_rate_by_train_s_own_best_epoch_rule(tmp_pa
                                          + "\n".join(rows) + "\n")
         runs.append(compare_module._Planned("sweep", base_config(tmp_path, optim="adam", lr=lr, out=str(run)), factor))
     spec = StudySpec(base_config(tmp_path, class_weights=class_weights), ("adam",), seeds=1, tune_lr=True)
-    tuning = compare_module._choose_lrs(runs, spec, None)
+    tuning = compare_module._choose_lrs(runs, spec, None).to_dict()
     assert tuning["chosen"] == {"adam": chosen}
     by_lr = {row["lr"]: row for row in tuning["rows"]}
     if class_weights == "balanced":  # each run's best epoch by balanced accuracy: epoch 2, then epoch 1
@@ -373,7 +371,7 @@ def test_the_sweep_widens_an_edge_up_to_its_limit_and_a_rerun_resumes_it(data: P
         config = yaml.safe_load((out / "runs" / f"{optim}-seed42" / "config.yaml").read_text())
         assert config["lr"] == tuning["chosen"][optim]
 
-    assert result.summary["sweep"] == tuning and result.summary["figures"]["lr_sweep"] == "lr_sweep.png"
+    assert result.summary.to_dict()["sweep"] == tuning and result.summary.to_dict()["figures"]["lr_sweep"] == "lr_sweep.png"
     assert (out / "lr_sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.md").read_text()
     assert "| adam | 11 | 0.001 to 100 | " in report and "| minibatch-sgd | 13 | 0.0001 to 100 | " in report
@@ -391,7 +389,7 @@ def test_a_seconds_budget_gives_every_run_the_same_time(data: Path, tmp_path: Pa
         run = out / "runs" / f"{optim}-seed42"
         assert json.loads((run / "status.json").read_text())["status"] == "time-budget"
         assert yaml.safe_load((run / "config.yaml").read_text())["time_budget"] == pytest.approx(1.5 / 60)
-    assert all(row["wall_seconds"]["mean"] >= 1.5 for row in result.summary["ranking"])
+    assert all(row["wall_seconds"]["mean"] >= 1.5 for row in result.summary.to_dict()["ranking"])
     assert "equal wall time (`--budget seconds:1.5`)" in (out / "report.md").read_text()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib
 
@@ -11,13 +12,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
 from catsdogs.study.figures import plot_lr_sweep, plot_study_curves  # noqa: E402
-from catsdogs.study.report import RUNS_DIR, run_name  # noqa: E402
-from tests.inference.test_plots import HEADER, visible_ticks  # noqa: E402
+from catsdogs.study.layout import RUNS_DIR, run_name  # noqa: E402
+from tests.helpers import HISTORY_HEADER as HEADER, visible_ticks  # noqa: E402
 
 SEEDS = [42, 43]
 
 
-def write_histories(study: Path, optims: tuple[str, ...], epochs: int) -> dict:
+def write_histories(study: Path, optims: tuple[str, ...], epochs: int) -> SimpleNamespace:
     """One history.csv per (optimizer, seed) run; return the part of the summary the figure reads."""
     for optim in optims:
         for seed in SEEDS:
@@ -26,9 +27,10 @@ def write_histories(study: Path, optims: tuple[str, ...], epochs: int) -> dict:
             rows = [f"{e},{0.7 - 0.01 * e:.4f},{0.5 + 0.01 * e:.4f},{0.7 - 0.005 * e:.4f},{0.5 + 0.005 * e:.4f},"
                     "0.001,1.0\n" for e in range(1, epochs + 1)]
             (run / "history.csv").write_text(HEADER + "".join(rows))
-    return {"ranking": [{"optim": o, "epochs_done": [epochs] * len(SEEDS)} for o in optims], "seeds": SEEDS,
-            "target_val_acc": 0.7,
-            "runs": [{"run": f"{RUNS_DIR}/{run_name(o, s)}", "optim": o, "seed": s} for o in optims for s in SEEDS]}
+    return SimpleNamespace(
+        ranking=[SimpleNamespace(optim=o, epochs_done=[epochs] * len(SEEDS)) for o in optims], seeds=SEEDS,
+        target_val_acc=0.7,
+        runs=[SimpleNamespace(run=f"{RUNS_DIR}/{run_name(o, s)}", optim=o, seed=s) for o in optims for s in SEEDS])
 
 
 @pytest.mark.parametrize("epochs", [1, 2, 3, 25])

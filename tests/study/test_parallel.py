@@ -2,62 +2,18 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import pytest
 
 from catsdogs.errors import UsageError
-from catsdogs.study.compare import StudySpec, run_study
+from catsdogs.study.compare import run_study
 from catsdogs.study.executors import Slot, plan_slots
-from catsdogs.training.config import TrainConfig
-from tests.conftest import write_tiny_split
+from tests.helpers import STUDY_SIZE as SIZE, quiet, run_results, split_fixture, \
+    summary_without_time, tiny_spec
 
-SIZE = 96  # cnn3's minimum
-OPTIMS = ("minibatch-sgd", "adam")
-
-
-def quiet(_: str) -> None:
-    pass
-
-
-def history_without_time(run: Path) -> list[list[str]]:
-    with (run / "history.csv").open(encoding="utf-8") as handle:
-        rows = list(csv.reader(handle))
-    seconds = rows[0].index("seconds")
-    return [row[:seconds] + row[seconds + 1:] for row in rows]
-
-
-def run_results(out: Path) -> dict[str, tuple]:
-    """Each run's history (times aside), test predictions and test accuracy."""
-    results = {}
-    for run in sorted((out / "runs").iterdir()):
-        metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-        results[run.name] = (history_without_time(run), (run / "predictions.csv").read_text(encoding="utf-8"),
-                             metrics["accuracy"])
-    return results
-
-
-def summary_without_time(out: Path) -> dict:
-    """summary.json less what depends on the clock."""
-    def drop(value):
-        if isinstance(value, dict):
-            return {k: drop(v) for k, v in value.items() if "second" not in k and "time" not in k and k != "study"}
-        if isinstance(value, list):
-            return [drop(v) for v in value]
-        return value
-    return drop(json.loads((out / "summary.json").read_text(encoding="utf-8")))
-
-
-def tiny_spec(data: Path, out: Path, **how) -> StudySpec:
-    base = TrainConfig(data=str(data), image_size=SIZE, epochs=2, device="cpu", precision="fp32")
-    return StudySpec(base, OPTIMS, seeds=1, out=out, **how)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_split(tmp_path_factory.mktemp("split"), per_class=(8, 4, 4), size=SIZE)
+data = split_fixture((8, 4, 4), size=SIZE, scope="module")
 
 
 @pytest.fixture(scope="module")

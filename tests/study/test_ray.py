@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from catsdogs.study.compare import run_study
-from tests.study.test_parallel import SIZE, quiet, run_results, summary_without_time, tiny_spec
-from tests.conftest import write_tiny_split
+from tests.helpers import STUDY_SIZE as SIZE, quiet, run_results, split_fixture, summary_without_time, tiny_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAD_IP, SECOND_IP = "127.0.0.2", "127.0.0.3"  # loopback only: never 127.0.0.1 (Ray swaps in the machine's address)
@@ -64,9 +63,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
                        timeout=CLUSTER_SECONDS, capture_output=True)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_split(tmp_path_factory.mktemp("split"), per_class=(8, 4, 4), size=SIZE)
+data = split_fixture((8, 4, 4), size=SIZE, scope="module")
 
 
 def kill_a_worker_mid_run(out: Path, killed: dict[int, str], give_up: float) -> None:

@@ -6,42 +6,16 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
-from catsdogs.study.report import format_report, reach_target, run_name, summarize
-from tests.conftest import write_tiny_split
+from catsdogs.study.layout import run_name
+from catsdogs.study.report import format_report, reach_target, summarize
+from tests.helpers import HISTORY, TEST_IMAGES, write_study
 
-TEST_IMAGES = 20  # accuracies below are multiples of 1/20
-HISTORY = "epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds\n1,0.69,0.5,0.69,0.5,0.01,2.0\n"
-
-
-def write_study(root: Path, accuracies: dict[str, list[float]], tune_lr: bool = False, history: str = HISTORY,
-                **settings) -> Path:
-    """A finished study folder with the given test accuracy per optimizer and seed (seeds 42, 43, ...), each
-    run with `history` as its history.csv and `settings` added to its config."""
-    data = write_tiny_split(root, per_class=(2, 1, 1), size=8)
-    study = root / "study"
-    seeds = [42 + k for k in range(len(next(iter(accuracies.values()))))]
-    config = {"data": str(data), "epochs": 1, "patience": None, "image_size": 96, **settings}
-    study.mkdir()
-    (study / "study.json").write_text(json.dumps({"optims": list(accuracies), "seeds": seeds, "budget": "epochs",
-                                                  "tune_lr": tune_lr, "config": config}))
-    for optim, values in accuracies.items():
-        for seed, accuracy in zip(seeds, values):
-            run = study / "runs" / run_name(optim, seed)
-            run.mkdir(parents=True)
-            (run / "config.yaml").write_text(yaml.safe_dump({**config, "optim": optim, "seed": seed, "lr": 0.01,
-                                                             "batch_size": 8}))
-            (run / "history.csv").write_text(history)
-            (run / "status.json").write_text(json.dumps({"status": "finished", "init_hash": f"h{seed}"}))
-            (run / "metrics.json").write_text(json.dumps({"accuracy": accuracy, "images": TEST_IMAGES,
-                                                          "confusion_matrix": [[10, 0], [10, 0]]}))
-    return study
 
 
 def report_for(root: Path, accuracies: dict[str, list[float]], tune_lr: bool = False) -> tuple[dict, str]:
     summary = summarize(write_study(root, accuracies, tune_lr), target_acc=0.7)
-    return summary, format_report(summary)
+    return summary.to_dict(), format_report(summary)
 
 
 def ranking_line(report: str) -> str:
@@ -153,7 +127,7 @@ def test_time_advice_needs_a_gap_in_the_typical_epoch_on_every_seed(tmp_path: Pa
         epoch_seconds(study, "adam", seed, [2.0, 2.0, 2.0])
         epoch_seconds(study, "momentum", seed, [30.0, 2.1, 2.0])
     summary = summarize(study, target_acc=0.7)
-    assert [row["epoch_seconds"]["values"] for row in summary["ranking"]] == [[2.0, 2.0], [2.1, 2.1]]
+    assert [row.epoch_seconds.values for row in summary.ranking] == [[2.0, 2.0], [2.1, 2.1]]
     assert "At equal epochs" not in format_report(summary)
     study = write_study(tmp_path / "b", accuracies)
     for seed in (42, 43):  # vanilla SGD's one photo a step: slower in every epoch of every seed
@@ -174,10 +148,10 @@ UNBALANCED_HISTORY = ("epoch,train_loss,train_acc,val_loss,val_acc,val_balanced_
 def test_the_report_takes_each_run_s_best_epoch_as_train_chose_it(tmp_path: Path, class_weights: str, best) -> None:
     study = write_study(tmp_path, {"adam": [0.7, 0.7]}, history=UNBALANCED_HISTORY, class_weights=class_weights)
     summary = summarize(study, target_acc=0.7)
-    for run in summary["runs"]:
-        assert (run["best_epoch"], run["best_val_acc"], run["best_val_balanced_acc"]) == best
-    (row,) = summary["ranking"]
-    assert (row["best_val_acc"]["mean"], row["best_val_balanced_acc"]["mean"]) == pytest.approx(best[1:])
+    for run in summary.runs:
+        assert (run.best_epoch, run.best_val_acc, run.best_val_balanced_acc) == best
+    (row,) = summary.ranking
+    assert (row.best_val_acc.mean, row.best_val_balanced_acc.mean) == pytest.approx(best[1:])
     report = format_report(summary)
     score = "balanced accuracy" if class_weights == "balanced" else "accuracy"
     assert f"| run | status | epochs | best epoch | its val {score} |" in report
@@ -205,7 +179,7 @@ def test_the_ranking_gives_epochs_and_seconds_to_the_target_beside_test_accuracy
     history = HISTORY + "2,0.6,0.6,0.6,0.75,0.01,3.0\n"  # 70% reached in epoch 2, after 2.0 + 3.0 s
     summary = summarize(write_study(tmp_path, {"adam": [0.8, 0.7], "momentum": [0.6, 0.6]}, history=history),
                         target_acc=0.7)
-    row = summary["ranking"][0]
+    row = summary.to_dict()["ranking"][0]
     assert row["epochs_to_target"] == {"values": [2, 2], "mean": 2.0, "sd": 0.0, "reached": 2, "of": 2}
     assert row["seconds_to_target"] == {"values": [5.0, 5.0], "mean": 5.0, "sd": 0.0, "reached": 2, "of": 2}
     report = format_report(summary)
@@ -214,3 +188,11 @@ def test_the_ranking_gives_epochs_and_seconds_to_the_target_beside_test_accuracy
     assert "| 1 | adam | 75.0 ± 7.1% | 80.0%, 70.0% | 2.0 ± 0.0 | 5.0 ± 0.0 s |" in report
     unreached = format_report(summarize(tmp_path / "study", target_acc=0.9))
     assert "| 1 | adam | 75.0 ± 7.1% | 80.0%, 70.0% | not reached | — |" in unreached
+
+
+def test_the_evidence_note_asks_for_5_or_more_seeds_only_below_5(tmp_path: Path) -> None:
+    _, three = report_for(tmp_path / "three", {"adam": [0.9, 0.85, 0.9], "momentum": [0.6, 0.55, 0.5]})
+    _, five = report_for(tmp_path / "five", {"adam": [0.9, 0.85, 0.9, 0.8, 0.85], "momentum": [0.6, 0.55, 0.5, 0.6, 0.5]})
+    assert "More seeds (5 or more) narrow the intervals." in three
+    assert "With 5 seeds each paired test has 4 degrees of freedom" in five
+    assert "(5 or more)" not in five and "More seeds narrow the intervals." in five

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from catsdogs.study.report import write_report
 from tests.browser import assert_loads_cleanly
-from tests.study.test_report import write_study
+from tests.helpers import write_study
 
 
 def test_compare_writes_report_html_beside_report_md(tmp_path: Path) -> None:

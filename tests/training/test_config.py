@@ -259,8 +259,9 @@ import catsdogs.training.config as config
 
 @dataclasses.dataclass
 class WithNewSettings(config.TrainConfig):
-    widgets: int = config.setting(3, help="Widgets per photo.", resumable=True, free=True)
-    gizmo: float | None = config.setting(None, help="Gizmo of each run.", per_run="the study picks it")
+    widgets: int = config.setting(3, help="Widgets per photo.", resumable=True, free=True, minimum=1, maximum=9)
+    gizmo: float | None = config.setting(None, help="Gizmo of each run.", per_run="the study picks it", minimum=0.0,
+                                         off_at_zero=True, below_one="below 1 (a share of the photo)")
 
 config.TrainConfig = WithNewSettings  # as if the two fields were written in TrainConfig itself
 
@@ -275,6 +276,10 @@ json.dump({"train_help": run("train", "--help"), "compare_help": run("compare", 
            "printed": run("train", "--optim", "adam", "--widgets", "5", "--gizmo", "0.5", "--print-config"),
            "from_file": run("train", "--config", sys.argv[1], "--print-config"),
            "wrong_type": run("train", "--config", sys.argv[2], "--print-config"),
+           "too_many": run("train", "--optim", "adam", "--widgets", "10", "--print-config"),
+           "too_few": run("train", "--config", sys.argv[1], "--widgets", "0", "--print-config"),
+           "negative": run("train", "--optim", "adam", "--gizmo", "-0.5", "--print-config"),
+           "whole": run("train", "--optim", "adam", "--gizmo", "1", "--print-config"),
            "roles": {role: config.settings_with(role) for role in config.ROLES}}, sys.stdout)
 '''
 
@@ -295,6 +300,11 @@ def test_a_setting_declared_in_one_place_reaches_every_table(tmp_path: Path) -> 
     assert yaml.safe_load(printed["output"])["widgets"] == 5 and yaml.safe_load(printed["output"])["gizmo"] == 0.5
     assert yaml.safe_load(seen["from_file"]["output"])["widgets"] == 7  # the YAML key is accepted, and checked:
     assert seen["wrong_type"]["code"] == 1 and f"{bad}: widgets must be int, got 'many'" in seen["wrong_type"]["output"]
+    for name, message in [("too_many", "widgets must be at most 9, got 10"),
+                          ("too_few", "widgets must be at least 1, got 0"),
+                          ("negative", "gizmo must be at least 0 (0: off), got -0.5"),
+                          ("whole", "gizmo must be below 1 (a share of the photo), got 1.0")]:
+        assert seen[name]["code"] != 0 and message in seen[name]["output"], (name, seen[name])
     roles = seen["roles"]
     assert "widgets" in roles["resumable"] and "widgets" in roles["free"] and "widgets" not in roles["shared"]
     assert "gizmo" in roles["per_run"] and "gizmo" not in roles["shared"] and "gizmo" not in roles["resumable"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -24,11 +23,8 @@ from catsdogs.cli import main
 from catsdogs.errors import UsageError
 from catsdogs.training.distributed import SOLO, Team, shard_batches, team_from_environment
 from catsdogs.training.loop import stop_on_signals
-from tests.conftest import children
-from tests.helpers import history_without_time
-
-TRAIN = ["--optim", "adam", "--image-size", "96", "--batch-size", "16", "--device", "cpu", "--precision", "fp32"]
-
+from tests.helpers import (ABORT_AT_EXIT, TRAIN, AbortedAfterSaving, aborted_after_saving, assert_finished, children,
+                           finish, history_without_time, split_fixture, torchrun, write_tiny_split)
 
 def test_shards_cover_each_batch_once_in_order() -> None:
     order = [np.arange(0, 16), np.arange(16, 31), np.arange(31, 33)]
@@ -128,52 +124,6 @@ def test_a_torchrun_process_ends_at_once_when_its_run_is_saved(monkeypatch: pyte
 
 # ---- real runs: two processes on the CPU ------------------------------------------------------
 
-def torchrun(args: list[str], cwd: Path, program: tuple[str, ...] = ("-m", "catsdogs"), **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-        env.pop(name, None)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               *program, "train", *args]
-    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            **kwargs)
-
-
-def assert_finished(process: subprocess.Popen, run: Path | None = None) -> str:
-    """Wait for the run while reading its output (a full pipe would stall it), and check it succeeded.
-    With `run`, a failure that is only the abort at exit, after `run` was saved, is an AbortedAfterSaving."""
-    out = finish(process)
-    if process.returncode != 0 and run is not None and aborted_after_saving(out, run):
-        raise AbortedAfterSaving(out)
-    assert process.returncode == 0, out
-    return out
-
-
-ABORT_AT_EXIT = "terminate called without an active exception"
-
-
-class AbortedAfterSaving(AssertionError):
-    """A two-process run saved all its files, then one of its processes aborted as it exited."""
-
-
-def aborted_after_saving(out: str, run: Path) -> bool:
-    """The one known flake, exactly: `run` finished (status.json says so, last.pt is there), torchrun reports
-    every failed process as ended by SIGABRT, and the output holds ABORT_AT_EXIT.
-
-    It is gloo's teardown at interpreter exit (torch 2.14): the process group DistributedDataParallel used
-    outlives destroy_process_group, and finalizing the interpreter under its threads calls std::terminate.
-    The train command skips that teardown with os._exit under torchrun (catsdogs.cli.end_torchrun_process).
-    """
-    status = run / "status.json"
-    codes = re.findall(r"^\s*exitcode\s*:\s*(-?\d+)", out, flags=re.MULTILINE)
-    return (ABORT_AT_EXIT in out and bool(codes) and set(codes) == {"-6"} and (run / "last.pt").is_file()
-            and status.is_file() and json.loads(status.read_text()).get("status") == "finished")
-
-
-def finish(process: subprocess.Popen, timeout: float = 300) -> str:
-    out, _ = process.communicate(timeout=timeout)
-    return out
-
-
 def weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
@@ -187,11 +137,7 @@ def assert_same_run(a: Path, b: Path, context: str = "") -> None:
     assert history_without_time(a) == history_without_time(b)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.conftest import write_tiny_split
-
-    return write_tiny_split(tmp_path_factory.mktemp("ddp"), per_class=(40, 8, 8), size=96)
+data = split_fixture((40, 8, 8), size=96, scope="module")
 
 
 @pytest.fixture(scope="module")
@@ -338,8 +284,6 @@ main()
 def test_two_processes_step_as_one_under_class_weights_and_uneven_shares(tmp_path: Path) -> None:
     """Each step's gradient is the whole batch's: 15 images a step go 8 and 7 to the processes, in passes of 4,
     and the classes (20 cats, 10 dogs) weigh 0.75 and 1.5. Two processes must train what one process does."""
-    from tests.conftest import write_tiny_split
-
     data = write_tiny_split(tmp_path, per_class=(20, 4, 4), size=32)
     for index in range(10, 20):
         (data / "train" / "Dog" / f"{index}.jpg").unlink()
@@ -429,8 +373,6 @@ def test_a_lost_peer_is_one_line_only_under_torchrun(monkeypatch: pytest.MonkeyP
 
 
 def test_an_unreadable_photo_is_warned_once_and_recorded_whichever_process_met_it(tmp_path: Path) -> None:
-    from tests.conftest import write_tiny_split
-
     data = write_tiny_split(tmp_path, per_class=(50, 1, 1), size=32)  # 102 photos: one bad one is under 1%
     victim = data / "train" / "Dog" / "7.jpg"
     victim.write_bytes(b"garbage, not a jpeg")

@@ -12,13 +12,10 @@ from catsdogs.training.checkpoint import load_checkpoint
 from catsdogs.training.config import build_config
 from catsdogs.training.lookahead import Lookahead
 from catsdogs.training.train import train
-from tests.helpers import interrupt_after
-from tests.training.test_tricks import STEPS_PER_EPOCH, make_config, quiet
+from tests.helpers import RECIPE_SIZE, STEPS_PER_EPOCH, interrupt_after, quiet, recipe_config, split_fixture
 
 
-@pytest.fixture
-def data(tmp_path: Path, tiny_split) -> Path:
-    return tiny_split(tmp_path / "split", per_class=(20, 6, 6), size=64)
+data = split_fixture((20, 6, 6), size=RECIPE_SIZE)
 
 
 def constant_gradient_steps(optimizer: torch.optim.Optimizer, weight: torch.Tensor, steps: int) -> torch.Tensor:
@@ -76,11 +73,11 @@ def test_state_dict_carries_the_slow_weights_so_a_reload_continues_exactly() -> 
 def test_a_run_with_lookahead_resumed_mid_epoch_equals_a_straight_run(data: Path, tmp_path: Path,
                                                                       monkeypatch) -> None:
     tricks = dict(lookahead_steps=3, lookahead_alpha=0.5, ema=0.9)
-    straight = train(make_config(data, tmp_path / "straight", **tricks), progress=False, log=quiet).run_dir
-    plain = train(make_config(data, tmp_path / "plain", ema=0.9), progress=False, log=quiet).run_dir
+    straight = train(recipe_config(data, tmp_path / "straight", **tricks), progress=False, log=quiet).run_dir
+    plain = train(recipe_config(data, tmp_path / "plain", ema=0.9), progress=False, log=quiet).run_dir
     with monkeypatch.context() as patch:
         interrupt_after(patch, STEPS_PER_EPOCH + 4)  # one step past a sync
-        broken = train(make_config(data, tmp_path / "broken", **tricks), progress=False, log=quiet)
+        broken = train(recipe_config(data, tmp_path / "broken", **tricks), progress=False, log=quiet)
     assert broken.status == "interrupted"
     train(None, resume=broken.run_dir, progress=False, log=quiet)
     first, second = load_checkpoint(straight / "last.pt"), load_checkpoint(broken.run_dir / "last.pt")

@@ -19,6 +19,7 @@ from catsdogs.training.config import build_config
 from catsdogs.training.models import PRETRAINED, build_model, head_name, load_pretrained
 from catsdogs.training.optim import build_optimizer, parameter_groups
 from catsdogs.training.train import train
+from tests.helpers import split_fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -146,9 +147,7 @@ def test_404_and_no_network_name_the_file_and_where_it_goes(server: Server, hub:
         pretrained.imagenet_weights("cnn3")
 
 
-@pytest.fixture
-def data(tmp_path: Path, tiny_split) -> Path:
-    return tiny_split(tmp_path, per_class=(8, 4, 2), size=40)
+data = split_fixture((8, 4, 2), size=40)
 
 
 def test_parameter_groups_give_the_body_its_fraction_of_the_lr() -> None:

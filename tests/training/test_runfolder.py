@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import csv
 import json
 import shutil
@@ -16,7 +15,7 @@ from catsdogs.errors import CatsdogsError
 from catsdogs.inference.predict import load_trained
 from catsdogs.training.checkpoint import SavedModel
 from catsdogs.training.runs import RunFolder, RunStatus
-from tests.conftest import write_tiny_split
+from tests.helpers import literals_outside, write_tiny_split
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "run-0.1.0"
 
@@ -77,10 +76,8 @@ def test_old_run_resumes_and_evaluates(old_run: tuple[Path, Path]) -> None:
 
 # ---- RunFolder and RunStatus ------------------------------------------------------------------
 
-ROOT = Path(__file__).resolve().parents[2]
 # The study folder's own page and figure share a run's file names; their home is the study's layout.
-STUDY_FILES = {("catsdogs/study/report.py", "report.html"), ("catsdogs/study/report.py", "curves.png"),
-               ("catsdogs/study/compare.py", "report.html")}
+STUDY_FILES = {("catsdogs/study/layout.py", "report.html"), ("catsdogs/study/layout.py", "curves.png")}
 
 
 def test_each_run_file_name_is_written_in_one_module() -> None:
@@ -90,16 +87,7 @@ def test_each_run_file_name_is_written_in_one_module() -> None:
     names = {runs.CONFIG_FILE, runs.HISTORY_FILE, runs.STATUS_FILE, runs.LAST_FILE, runs.BEST_FILE,
              runs.METRICS_FILE, runs.CONFUSION_FILE, runs.PREDICTIONS_FILE, runs.REPORT_FILE, runs.CURVES_FILE,
              runs.EXPLANATIONS_FILE}
-    found = []
-    for path in sorted([*(ROOT / "catsdogs").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")]):
-        where = path.relative_to(ROOT).as_posix()
-        if where == "catsdogs/training/runs.py":
-            continue
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str):
-                for name in names:
-                    if (node.value == name or node.value.endswith("/" + name)) and (where, name) not in STUDY_FILES:
-                        found.append(f"{where}:{node.lineno}: {node.value!r}")
+    found = literals_outside("catsdogs/training/runs.py", names, STUDY_FILES)
     assert not found, "run-folder file names outside catsdogs/training/runs.py:\n" + "\n".join(found)
 
 

@@ -17,15 +17,12 @@ from catsdogs.cli import main
 from catsdogs.training.loop import Hooks
 from catsdogs.training.config import TrainConfig
 from catsdogs.training.train import train
+from tests.helpers import TRAIN, assert_finished, quiet, split_fixture, torchrun
 
 pytest.importorskip("tensorboard")  # the extra, in dev: the tests of the missing package fake its absence
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 EPOCH_TAGS = {f"epoch/{column}": column for column in board_module.EPOCH_COLUMNS}
-
-
-def quiet(_: str) -> None:
-    pass
 
 
 def read_events(run: Path) -> EventAccumulator:
@@ -58,9 +55,7 @@ def make_config(data: Path, out: Path, **overrides) -> TrainConfig:
     return TrainConfig(**{**values, **overrides})
 
 
-@pytest.fixture
-def data(tmp_path: Path, tiny_split) -> Path:
-    return tiny_split(tmp_path, per_class=(20, 4, 4), size=48)  # 40 training photos: 5 steps an epoch
+data = split_fixture((20, 4, 4), size=48)  # 40 training photos: 5 steps an epoch
 
 
 def test_a_run_writes_its_history_its_steps_its_first_batch_and_its_hparams(data: Path, tmp_path: Path,
@@ -148,8 +143,6 @@ def test_the_flag_and_the_config_key_resolve_like_every_setting(tmp_path: Path) 
 
 
 def test_under_torchrun_process_0_alone_writes(data: Path) -> None:
-    from tests.training.test_distributed import TRAIN, assert_finished, torchrun
-
     process = torchrun(["--data", str(data), "--epochs", "2", "--out", "runs/ddp", "--tensorboard", *TRAIN],
                        data.parent)
     assert_finished(process)

@@ -25,13 +25,9 @@ from catsdogs.training.optim import get_optimizer_spec
 from catsdogs.training.schedules import lr_factor
 from catsdogs.training.runs import HISTORY_COLUMNS
 from catsdogs.training.train import new_run_config, train
-from tests.helpers import history_without_time, interrupt_after, on_training_batch
+from tests.helpers import history_without_time, interrupt_after, on_training_batch, quiet, split_fixture
 
 SIZE = 96  # cnn3's minimum, to keep the tests fast
-
-
-def quiet(_: str) -> None:
-    pass
 
 
 def make_config(data: Path, out: Path | None, **overrides) -> TrainConfig:
@@ -48,9 +44,7 @@ def assert_same_weights(a: Path, b: Path) -> None:
         assert torch.equal(first[key], second[key]), key
 
 
-@pytest.fixture
-def data(tmp_path: Path, tiny_split) -> Path:
-    return tiny_split(tmp_path / "split", per_class=(20, 6, 6), size=SIZE)
+data = split_fixture((20, 6, 6), size=SIZE)
 
 
 def test_run_folder_holds_config_history_and_safe_checkpoints(data: Path, tmp_path: Path) -> None:

@@ -23,26 +23,9 @@ from catsdogs.training.ema import ModelEMA
 from catsdogs.training.loop import EpochLoop, Progress
 from catsdogs.training.models import build_model
 from catsdogs.training.train import train
-from tests.helpers import interrupt_after
+from tests.helpers import RECIPE_SIZE, STEPS_PER_EPOCH, interrupt_after, quiet, recipe_config, split_fixture
 
-SIZE = 64
-STEPS_PER_EPOCH = 5  # 40 training photos, batch 8
-
-
-def quiet(_: str) -> None:
-    pass
-
-
-def make_config(data: Path, out: Path, **overrides) -> TrainConfig:
-    values = dict(data=str(data), out=str(out), optim="sgd-nesterov", model="bncnn-s", image_size=SIZE, epochs=4,
-                  batch_size=8, device="cpu", precision="fp32", scheduler="onecycle", augment="crop")
-    values.update(overrides)
-    return TrainConfig(**values)
-
-
-@pytest.fixture
-def data(tmp_path: Path, tiny_split) -> Path:
-    return tiny_split(tmp_path / "split", per_class=(20, 6, 6), size=SIZE)
+data = split_fixture((20, 6, 6), size=RECIPE_SIZE)
 
 
 def record_views(monkeypatch) -> list[tuple[list[str], list[bool] | None, int]]:
@@ -64,7 +47,7 @@ def record_views(monkeypatch) -> list[tuple[list[str], list[bool] | None, int]]:
 
 def test_alternating_flips_mirror_each_photo_in_every_other_epoch(data: Path, tmp_path: Path, monkeypatch) -> None:
     calls = record_views(monkeypatch)
-    train(make_config(data, tmp_path / "run", hflip_mode="alternate"), progress=False, log=quiet)
+    train(recipe_config(data, tmp_path / "run", hflip_mode="alternate"), progress=False, log=quiet)
     assert len(calls) == 4 * STEPS_PER_EPOCH
     by_epoch: list[dict[str, bool]] = [{} for _ in range(4)]
     for step, (names, flips, _) in enumerate(calls):
@@ -77,25 +60,25 @@ def test_alternating_flips_mirror_each_photo_in_every_other_epoch(data: Path, tm
 
 def test_random_flips_stay_the_default(data: Path, tmp_path: Path, monkeypatch) -> None:
     calls = record_views(monkeypatch)
-    train(make_config(data, tmp_path / "run", epochs=1), progress=False, log=quiet)
-    assert all(flips is None for _, flips, _ in calls) and {size for *_, size in calls} == {SIZE}
+    train(recipe_config(data, tmp_path / "run", epochs=1), progress=False, log=quiet)
+    assert all(flips is None for _, flips, _ in calls) and {size for *_, size in calls} == {RECIPE_SIZE}
 
 
 def test_progressive_resizing_trains_small_first_then_at_full_size(data: Path, tmp_path: Path, monkeypatch) -> None:
     calls = record_views(monkeypatch)
-    run = train(make_config(data, tmp_path / "run", progressive_size=32, progressive_fraction=0.5), progress=False,
+    run = train(recipe_config(data, tmp_path / "run", progressive_size=32, progressive_fraction=0.5), progress=False,
                 log=quiet).run_dir
     sizes = [size for *_, size in calls]
-    assert sizes == [32] * 10 + [SIZE] * 10  # half of the 20 steps at 32 px
+    assert sizes == [32] * 10 + [RECIPE_SIZE] * 10  # half of the 20 steps at 32 px
     assert load_checkpoint(run / "last.pt")["progress"]["low_res_steps"] == 10
 
 
 def test_resume_inside_the_small_phase_equals_a_straight_run(data: Path, tmp_path: Path, monkeypatch) -> None:
     tricks = dict(progressive_size=32, progressive_fraction=0.6, hflip_mode="alternate", ema=0.9)
-    straight = train(make_config(data, tmp_path / "straight", **tricks), progress=False, log=quiet).run_dir
+    straight = train(recipe_config(data, tmp_path / "straight", **tricks), progress=False, log=quiet).run_dir
     with monkeypatch.context() as patch:
         interrupt_after(patch, STEPS_PER_EPOCH + 2)  # epoch 2, small images, odd epoch's flips
-        broken = train(make_config(data, tmp_path / "broken", **tricks), progress=False, log=quiet)
+        broken = train(recipe_config(data, tmp_path / "broken", **tricks), progress=False, log=quiet)
     assert broken.status == "interrupted"
     assert load_checkpoint(broken.run_dir / "last.pt")["progress"]["low_res_steps"] == STEPS_PER_EPOCH + 2
     train(None, resume=broken.run_dir, progress=False, log=quiet)
@@ -111,8 +94,8 @@ def test_raising_epochs_of_a_finished_onecycle_run_with_progressive_resizing_is_
     longer plan would send the finished run back to small images with the lr up again: it is refused."""
     calls = record_views(monkeypatch)
     tricks = dict(progressive_size=32, progressive_fraction=0.75, epochs=2)
-    run = train(make_config(data, tmp_path / "run", **tricks), progress=False, log=quiet).run_dir
-    assert [size for *_, size in calls] == [32] * 8 + [SIZE] * 2  # the first 7.5 of its 10 steps small
+    run = train(recipe_config(data, tmp_path / "run", **tricks), progress=False, log=quiet).run_dir
+    assert [size for *_, size in calls] == [32] * 8 + [RECIPE_SIZE] * 2  # the first 7.5 of its 10 steps small
     before = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
     calls.clear()
     refusal = (f"--epochs 4 conflicts with the run being resumed: {run} plans its onecycle schedule and progressive "
@@ -172,7 +155,7 @@ def test_a_resume_keeps_the_length_its_plan_spans(data: Path, tmp_path: Path, se
     from catsdogs.training.resume import resumed_config
 
     run = tmp_path / "run"
-    state = _resume_state(make_config(data, run, epochs=2, **settings), done)
+    state = _resume_state(recipe_config(data, run, epochs=2, **settings), done)
     if refused is None:
         resumed = resumed_config(state, flags, run)
         assert {key: getattr(resumed, key) for key in flags} == flags
@@ -188,7 +171,7 @@ def test_a_run_that_ended_for_good_is_left_to_say_so(data: Path, tmp_path: Path,
     why (see test_recipes' time budget test), rather than this refusal."""
     from catsdogs.training.resume import resumed_config
 
-    cfg = make_config(data, tmp_path / "run", epochs=4, scheduler="onecycle", time_budget=1.0)
+    cfg = recipe_config(data, tmp_path / "run", epochs=4, scheduler="onecycle", time_budget=1.0)
     state = _resume_state(cfg, 2, stopped_early=ended == "early-stopped", seconds=10.0 if ended == "early-stopped"
                           else 30.0)
     flags = {"epochs": 8, "time_budget": 2.0}
@@ -210,9 +193,9 @@ def test_time_budget_estimate_counts_small_steps_at_their_cost() -> None:
 
 def test_progressive_size_is_checked(data: Path, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="progressive_size 64 must be below image_size 64"):
-        train(make_config(data, tmp_path / "a", progressive_size=64), progress=False, log=quiet)
+        train(recipe_config(data, tmp_path / "a", progressive_size=64), progress=False, log=quiet)
     with pytest.raises(UsageError, match="model cnn3 takes only 224px images"):
-        train(make_config(data, tmp_path / "b", model="cnn3", image_size=224, progressive_size=128, optim="adam"),
+        train(recipe_config(data, tmp_path / "b", model="cnn3", image_size=224, progressive_size=128, optim="adam"),
               progress=False, log=quiet)
     assert not (tmp_path / "b").exists()
     with pytest.raises(CatsdogsError, match="progressive_fraction must be at most 1"):
