@@ -8,7 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable
 from urllib.parse import quote
 
 import numpy as np
@@ -101,8 +101,6 @@ def create_app(served: ServedModel, settings: ServeSettings) -> FastAPI:
     size = served.image_size
     info = {**served.info, "batching": asdict(settings.batch), "max_upload_mb": settings.max_upload_mb,
             "max_files": settings.max_files, "max_pixels": settings.max_pixels}
-    page = render_page(info)
-    busy = {"Retry-After": str(settings.retry_after_s)}
     parts: dict[str, Any] = {}
 
     @asynccontextmanager
@@ -135,6 +133,13 @@ def create_app(served: ServedModel, settings: ServeSettings) -> FastAPI:
                 raise image
         return images
 
+    add_error_handlers(app)
+    add_routes(app, served, settings, info, parts, decode)
+    return app
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error as one line of JSON: refusals with their status, HTTP errors, a client gone, and the rest as 500."""
     @app.exception_handler(Refused)
     async def refused(_: Request, error: Refused) -> JSONResponse:
         return one_line(error.status, error.message, error.headers)
@@ -151,6 +156,14 @@ def create_app(served: ServedModel, settings: ServeSettings) -> FastAPI:
     async def failed(_: Request, error: Exception) -> JSONResponse:
         log.exception("catsdogs serve: a request failed")
         return one_line(500, f"internal error: {type(error).__name__}: {error}")
+
+
+def add_routes(app: FastAPI, served: ServedModel, settings: ServeSettings, info: dict[str, Any],
+               parts: dict[str, Any], decode: Callable[[list[tuple[str, bytes]]], Awaitable[list[np.ndarray]]],
+               ) -> None:
+    """The page and the API's routes; `parts` holds the worker pools and the batcher that the app's lifespan starts."""
+    page = render_page(info)
+    busy = {"Retry-After": str(settings.retry_after_s)}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def home() -> HTMLResponse:
@@ -203,5 +216,3 @@ def create_app(served: ServedModel, settings: ServeSettings) -> FastAPI:
     async def health() -> dict[str, Any]:
         batcher = parts["batcher"]
         return {"status": "ok", "waiting": batcher.waiting, "batches": batcher.batches, "photos": batcher.photos}
-
-    return app
