@@ -160,6 +160,11 @@ class TrainConfig:
     # stop when val accuracy has not improved for this many epochs; 0: off
     patience: int | None = setting(None, resumable=True, minimum=0, off_at_zero=True,
                                    help="Stop after this many epochs without a better val accuracy (0: never).")
+    # auto (configs/recipes/auto.yaml): before a new run starts, choose model, image_size, progressive_size,
+    # progressive_fraction and an epoch cap from the measured compute frontier, for time_budget minutes at this
+    # machine's measured speed (catsdogs/training/frontier.py). Needs time_budget.
+    frontier: bool = setting(False, per_run="a study compares optimizers on one model: name it with model and "
+                                            "image_size instead")
     # minutes of training; stops then, and the schedule is fitted to it; 0: off
     time_budget: float | None = setting(None, resumable=True, per_run="use --budget seconds:S", minimum=0.0,
                                         off_at_zero=True,

@@ -1,0 +1,153 @@
+"""Build the compute frontier that `configs/recipes/auto.yaml` chooses from (catsdogs/training/frontier.json).
+
+    python benchmarks/build_frontier.py --budgets 12 40 --seeds 2 --jobs 2
+
+For each budget of training TFLOPs and each candidate (a model and its progressive image sizes), it
+trains auto.yaml's recipe for the whole number of epochs that the budget buys on the training photos,
+with no time limit (`--time-budget 0`), in fp32 at `--threads` per run: the result depends on FLOPs,
+not on this machine's speed. Each run is measured at its last epoch on the photos the split held back
+from training (its val and test splits together, 938 photos of PetImages-large); the time-to-accuracy
+benchmark's test photos (PetImages-dev) are never used. Runs that finished earlier are kept, so the
+command resumes, and budgets measured by earlier commands stay in the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+from bench_time_to_accuracy import SHARED, catsdogs, make_split
+from catsdogs.atomic import write_text_atomic
+from catsdogs.training.frontier import FRONTIER_FILE, candidate_gflop
+from catsdogs.training.models import build_model, count_flops
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ROOT / "configs" / "recipes" / "auto.yaml"
+# name: (model, image size, progressive size, fraction of the steps at it)
+CANDIDATES = {
+    "s64": ("bncnn-s", 64, 48, 0.75),
+    "s96": ("bncnn-s", 96, 64, 0.75),  # cpu-quick
+    "s128": ("bncnn-s", 128, 96, 0.75),  # cpu-fast
+    "m128": ("bncnn-m", 128, 96, 0.75),  # cpu-best
+}
+BUDGETS = [12, 40, 130, 400, 1300]  # TFLOP: from 2 minutes of an AVX2 laptop to an hour of an AMX server
+HELD_BACK = ("val", "test")
+
+
+def train_gflop(model: str, size: int, low: int, fraction: float) -> float:
+    forward = {s: count_flops(build_model(model, 2, s), s) / 1e9 for s in (size, low)}
+    return candidate_gflop(forward, size, low, fraction)
+
+
+def candidate_config(name: str, work: Path) -> Path:
+    """auto.yaml's shared settings with the candidate's model and sizes, and no frontier or time budget."""
+    settings = yaml.safe_load(BASE.read_text(encoding="utf-8"))
+    model, size, low, fraction = CANDIDATES[name]
+    settings.update(frontier=False, time_budget=0, model=model, image_size=size, progressive_size=low,
+                    progressive_fraction=fraction, precision="fp32")
+    path = work / "configs" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def held_back_accuracy(run: Path, split: Path) -> float:
+    """Accuracy of the run's last checkpoint on the split's val and test photos together."""
+    correct = images = 0
+    for part in HELD_BACK:
+        out = run / f"eval-{part}"
+        if not (out / "metrics.json").is_file():
+            catsdogs("evaluate", str(run), "--split", part, "--checkpoint", "last", "--data", str(split),
+                     "--out", str(out))
+        metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+        correct += round(metrics["accuracy"] * metrics["images"])
+        images += metrics["images"]
+    return correct / images
+
+
+def train_one(job: dict, split: Path, work: Path, threads: int) -> float:
+    run = work / "runs" / job["name"]
+    if not (run / "status.json").is_file():
+        if run.exists():  # interrupted earlier: resume it
+            command = ["train", "--resume", str(run)]
+        else:
+            command = ["train", "--config", str(candidate_config(job["candidate"], work)), "--data", str(split),
+                       "--epochs", str(job["epochs"]), "--seed", str(job["seed"]), "--out", str(run)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        subprocess.run([sys.executable, "-m", "catsdogs", *command], check=True, stdout=subprocess.DEVNULL, env=env)
+    return held_back_accuracy(run, split)
+
+
+def plan(budgets: list[float], seeds: int, gflop: dict[str, float], train_images: int) -> list[dict]:
+    jobs = []
+    for budget in budgets:
+        for name in CANDIDATES:
+            epochs = max(1, round(budget * 1000 / (gflop[name] * train_images)))
+            for seed in range(42, 42 + seeds):
+                jobs.append({"name": f"{name}-{budget:g}-seed{seed}", "candidate": name, "budget": budget,
+                             "epochs": epochs, "seed": seed})
+    return jobs
+
+
+def write(out: Path, old: dict, gflop: dict[str, float], train_images: int, results: dict[tuple, list[float]],
+          jobs: list[dict], seeds: int, command: str) -> None:
+    points = {(p["candidate"], p["budget_tflop"]): p for p in old.get("points", [])}
+    for job in jobs:
+        key = (job["candidate"], job["budget"])
+        done = results.get(key, [])
+        if len(done) == seeds:
+            points[key] = {"candidate": job["candidate"], "budget_tflop": job["budget"], "epochs": job["epochs"],
+                           "tflop": round(job["epochs"] * train_images * gflop[job["candidate"]] / 1000, 2),
+                           "accuracy": [round(a, 5) for a in done]}
+    data = {"format": 1, "command": command, "train_images": train_images,
+            "photos": "a 90/5/5 split of PetImages-large (seed 42); accuracy on its 938 val and test photos, "
+                      "at the last epoch, one number per seed",
+            "precision": "fp32", "base": "configs/recipes/auto.yaml",
+            "candidates": {name: {"model": m, "image_size": s, "progressive_size": low, "progressive_fraction": f,
+                                  "train_gflop": round(gflop[name], 4)} for name, (m, s, low, f) in CANDIDATES.items()},
+            "points": sorted(points.values(), key=lambda p: (p["budget_tflop"], p["candidate"]))}
+    write_text_atomic(out, json.dumps(data, indent=1) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--large", type=Path, default=SHARED / "PetImages-large")
+    parser.add_argument("--work", type=Path, default=Path("bench-frontier"))
+    parser.add_argument("--budgets", type=float, nargs="+", default=BUDGETS[:2], help="training TFLOPs")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once")
+    parser.add_argument("--threads", type=int, default=1, help="threads per run")
+    parser.add_argument("--out", type=Path, default=FRONTIER_FILE)
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    split = make_split(args.large, args.work)
+    train_images = sum(1 for p in (split / "train").rglob("*") if p.is_file())
+    gflop = {name: train_gflop(*spec) for name, spec in CANDIDATES.items()}
+    jobs = plan(args.budgets, args.seeds, gflop, train_images)
+    old = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else {}
+    budgets = sorted({*args.budgets, *(p["budget_tflop"] for p in old.get("points", []))})
+    command = (f"python benchmarks/build_frontier.py --budgets {' '.join(f'{b:g}' for b in budgets)} "
+               f"--seeds {args.seeds} --jobs {args.jobs} --threads {args.threads}")
+    results: dict[tuple, list[float]] = {}
+    started = time.perf_counter()
+    print(f"{len(jobs)} runs on {train_images} training photos; cpu {os.cpu_count()} cores", flush=True)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = [(job, pool.submit(train_one, job, split, args.work, args.threads)) for job in jobs]
+        for job, future in futures:
+            accuracy = future.result()
+            results.setdefault((job["candidate"], job["budget"]), []).append(accuracy)
+            print(f"{job['name']:<22} {job['epochs']:4d} epochs  held-back accuracy {accuracy:.4f}  "
+                  f"[{(time.perf_counter() - started) / 60:.1f} min]", flush=True)
+            write(args.out, old, gflop, train_images, results, jobs, args.seeds, command)
+
+
+if __name__ == "__main__":
+    main()
