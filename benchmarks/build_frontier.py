@@ -64,10 +64,11 @@ def held_back_accuracy(run: Path, split: Path) -> float:
     correct = images = 0
     for part in HELD_BACK:
         out = run / f"eval-{part}"
-        if not (out / "metrics.json").is_file():
+        written = out / f"metrics_{part}_last.json"  # evaluate names a non-default split and checkpoint
+        if not written.is_file():
             catsdogs("evaluate", str(run), "--split", part, "--checkpoint", "last", "--data", str(split),
                      "--out", str(out))
-        metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+        metrics = json.loads(written.read_text(encoding="utf-8"))
         correct += round(metrics["accuracy"] * metrics["images"])
         images += metrics["images"]
     return correct / images
@@ -75,8 +76,9 @@ def held_back_accuracy(run: Path, split: Path) -> float:
 
 def train_one(job: dict, split: Path, work: Path, threads: int) -> float:
     run = work / "runs" / job["name"]
-    if not (run / "status.json").is_file():
-        if run.exists():  # interrupted earlier: resume it
+    status = run / "status.json"
+    if not status.is_file() or json.loads(status.read_text(encoding="utf-8"))["status"] != "finished":
+        if (run / "last.pt").is_file():  # interrupted earlier: resume it
             command = ["train", "--resume", str(run)]
         else:
             command = ["train", "--config", str(candidate_config(job["candidate"], work)), "--data", str(split),
