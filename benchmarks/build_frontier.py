@@ -64,7 +64,8 @@ def held_back_accuracy(run: Path, split: Path) -> float:
     correct = images = 0
     for part in HELD_BACK:
         out = run / f"eval-{part}"
-        written = out / f"metrics_{part}_last.json"  # evaluate names a non-default split and checkpoint
+        # evaluate names the split in its files unless it is the test split, and the checkpoint unless best
+        written = out / ("metrics_last.json" if part == "test" else f"metrics_{part}_last.json")
         if not written.is_file():
             catsdogs("evaluate", str(run), "--split", part, "--checkpoint", "last", "--data", str(split),
                      "--out", str(out))
