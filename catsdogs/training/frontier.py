@@ -126,10 +126,10 @@ def predict(points: list[Point], tflop: float) -> tuple[float, str]:
     the largest, the largest's accuracy (never more); below the smallest, -inf: unknown, so not chosen
     while another candidate is in range."""
     if tflop < points[0].tflop * 0.8:  # a fifth below the cheapest point: whole epochs round that much
-        return -math.inf, f"below its cheapest measured point ({points[0].tflop:.0f} TFLOP)"
+        return -math.inf, f"below its cheapest measured point ({points[0].tflop:.3g} TFLOP)"
     if tflop >= points[-1].tflop:
         beyond = tflop > points[-1].tflop * 1.25
-        return points[-1].mean, (f"beyond its largest measured point ({points[-1].tflop:.0f} TFLOP): predicted "
+        return points[-1].mean, (f"beyond its largest measured point ({points[-1].tflop:.3g} TFLOP): predicted "
                                  "as that point's accuracy" if beyond else "")
     for low, high in zip(points, points[1:]):
         if tflop <= high.tflop:
@@ -169,10 +169,10 @@ def describe(choice: Choice, minutes: float, precision: str) -> list[str]:
              "can train, and its accuracy there read off the compute frontier:"]
     for name, tflop, predicted in choice.others:
         shown = "unknown" if predicted == -math.inf else f"{predicted:.1%}"
-        lines.append(f"  {name:<6} {tflop:7.1f} TFLOP  predicted {shown}")
+        lines.append(f"  {name:<6} {tflop:7.3g} TFLOP  predicted {shown}")
     c = choice.candidate
     sizes = f"{c.progressive_size} then {c.image_size} px" if c.progressive_size else f"{c.image_size} px"
-    lines.append(f"auto: chose {c.name} ({c.model}, {sizes}): {choice.tflop:.1f} TFLOP, about "
+    lines.append(f"auto: chose {c.name} ({c.model}, {sizes}): {choice.tflop:.3g} TFLOP, about "
                  f"{choice.seconds_per_image * 1000:.2f} ms an image, epoch cap {choice.epochs}"
                  + (f"; {choice.note}" if choice.note else ""))
     return lines

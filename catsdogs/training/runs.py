@@ -30,6 +30,7 @@ PREDICTIONS_FILE = "predictions.csv"
 CURVES_FILE = "curves.png"  # plot-curves' figure
 REPORT_FILE = "report.html"  # catsdogs report's page
 EXPLAIN_DIR, EXPLANATIONS_FILE = "explain", "explanations.csv"  # explain's figures and their list
+AUTO_FILE = "auto.json"  # what auto (frontier: true) measured and chose (train)
 RUN_MARKER = CONFIG_FILE
 CHECKPOINTS = {"last": LAST_FILE, "best": BEST_FILE}
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc", "lr", "seconds")
@@ -147,6 +148,13 @@ class RunFolder:
     @property
     def report_path(self) -> Path:
         return self.path / REPORT_FILE
+
+    @property
+    def auto_path(self) -> Path:
+        return self.path / AUTO_FILE
+
+    def write_auto(self, record: Mapping[str, Any]) -> None:
+        write_text_atomic(self.auto_path, json.dumps(escape_names(dict(record)), indent=2) + "\n")
 
     @property
     def explain_dir(self) -> Path:

@@ -20,6 +20,7 @@ from catsdogs.data.cache import BatchSource, ImageSplit, fits_on_gpu, load_cache
 from catsdogs.data.transforms import AUGMENTS, Preset, eval_preset, train_preset
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.interrupts import ctrl_c_deferred
+from catsdogs.training.auto import choose_from_frontier
 from catsdogs.training.config import TrainConfig, build_config, config_to_yaml
 from catsdogs.training.distributed import Team, finish, from_main, gather, start, team_from_environment, wait_for_all
 from catsdogs.training.ema import ModelEMA
@@ -66,6 +67,8 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.image_size < model.min_image_size:
         raise UsageError(f"model {cfg.model} needs --image-size of at least {model.min_image_size}, "
                          f"got {cfg.image_size}")
+    if cfg.frontier and not cfg.time_budget:
+        raise UsageError("auto chooses a model for a time budget: give one with --time-budget MINUTES")
     small = cfg.progressive_size
     if small and not model.min_image_size <= small < cfg.image_size:
         raise UsageError(f"progressive_size {small} must be below image_size {cfg.image_size} and at least "
@@ -212,8 +215,12 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
     run_dir = Path(resume) if state is not None else None
     hardware = _choose_hardware(cfg, team)
     splits = _read_splits(cfg, state, run_dir, team)
+    chosen = None
     if state is None:  # recorded absolute, so that the run resumes and evaluates from any folder
         cfg = dataclasses.replace(cfg, data=str(Path(cfg.data).resolve()))
+        if cfg.frontier:  # auto: the model and sizes for this machine's speed (a resume keeps the choice)
+            cfg, chosen = choose_from_frontier(cfg, hardware.device, hardware.precision, len(splits.train), team, log)
+            cfg = resolve_config(cfg)
     # The model before the cache: a wrong model, size or weights file is told before minutes of decoding.
     model, init_hash = _build_model(cfg, state, splits.train, log)
     sources = _open_data(cfg, splits, hardware.device, rebuild, progress, team, log)
@@ -225,6 +232,8 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
             return _result(run.run_dir, run.progress, run.cfg, "nothing-to-do")
     else:
         _open_run_folder(run)
+        if chosen is not None and team.main:
+            RunFolder(run.run_dir).write_auto(chosen)
     _log_start(run)
     return _run_epochs(run)
 

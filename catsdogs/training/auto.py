@@ -1,0 +1,50 @@
+"""auto (`frontier: true`): before a new run starts, choose what to train from the compute frontier.
+
+It times each candidate of the frontier on this machine (speed.py), in the run's precision and on its
+device, and hands frontier.choose_point the seconds per image; the chosen candidate's model, image sizes
+and an epoch cap replace the config's. The time budget then fits the schedule to the real pace, as
+for any recipe. The seconds spent measuring are not part of the budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import torch
+
+from catsdogs.training.config import TrainConfig
+from catsdogs.training.distributed import Team, from_main
+from catsdogs.training.frontier import Candidate, Frontier, as_settings, choose_point, describe, frontier_record, \
+    load_frontier
+from catsdogs.training.hardware import Precision
+from catsdogs.training.speed import schedule_seconds_per_image
+
+# Images per timed step: smaller than a recipe's batch, so that the slowest candidate is timed in seconds.
+PROBE_BATCH = 32
+PROBE_SECONDS = 0.5
+
+Measure = Callable[[Candidate, torch.device, Precision], float]
+
+
+def measure_candidate(candidate: Candidate, device: torch.device, precision: Precision) -> float:
+    """Seconds per training image of the candidate's schedule on this machine."""
+    return schedule_seconds_per_image(candidate.model, candidate.image_size, candidate.progressive_size,
+                                      candidate.progressive_fraction, PROBE_BATCH, device, precision, PROBE_SECONDS)
+
+
+def choose_from_frontier(cfg: TrainConfig, device: torch.device, precision: Precision, train_images: int,
+                         team: Team, log: Callable[[str], None], frontier: Frontier | None = None,
+                         measure: Measure | None = None) -> tuple[TrainConfig, dict[str, Any]]:
+    """The config with the frontier's best candidate for cfg.time_budget minutes, and the record of why."""
+    frontier = frontier if frontier is not None else load_frontier()
+    measure = measure or measure_candidate
+    speeds = None
+    if team.main:  # one measurement, told to every process, so that all train the same choice
+        log(f"auto: timing {len(frontier.candidates)} candidates on this machine ({precision.name})")
+        speeds = {name: measure(c, device, precision) for name, c in frontier.candidates.items() if frontier.of(name)}
+    speeds = from_main(speeds, team)
+    choice = choose_point(frontier, speeds, cfg.time_budget, train_images)
+    for line in describe(choice, cfg.time_budget, precision.name):
+        log(line)
+    return dataclasses.replace(cfg, **as_settings(choice)), frontier_record(choice, cfg.time_budget, frontier)

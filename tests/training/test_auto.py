@@ -1,0 +1,130 @@
+"""auto (configs/recipes/auto.yaml): the compute frontier, the choice for a machine's speed, and training it."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from catsdogs.errors import CatsdogsError
+from catsdogs.training import auto
+from catsdogs.training.config import build_config
+from catsdogs.training.frontier import FRONTIER_FILE, Candidate, Frontier, Point, candidate_gflop, choose_point, \
+    describe, load_frontier, predict
+from catsdogs.training.models import build_model, count_flops
+from catsdogs.training.train import train
+from tests.helpers import invoke, split_fixture
+
+ROOT = Path(__file__).resolve().parents[2]
+AUTO = ROOT / "configs" / "recipes" / "auto.yaml"
+data = split_fixture((12, 4, 4), size=48, scope="module")
+
+# A small model that learns fast and levels off, and a big one that needs FLOPs but goes further.
+SMALL = Candidate("small", "bncnn-s", 32, None, 0.75, train_gflop=0.01)
+BIG = Candidate("big", "bncnn-s", 48, 32, 0.5, train_gflop=0.04)
+CURVES = {"small": [(1.0, 0.80), (4.0, 0.82), (16.0, 0.83)], "big": [(1.0, 0.70), (4.0, 0.85), (16.0, 0.92)]}
+
+
+def synthetic_frontier(train_images: int = 40) -> Frontier:
+    points = tuple(Point(name, tflop, 1, tflop, (acc - 0.01, acc + 0.01)) for name, curve in CURVES.items()
+                   for tflop, acc in curve)
+    return Frontier({"small": SMALL, "big": BIG}, points, train_images, "python benchmarks/build_frontier.py", "test")
+
+
+def speeds_for(minutes: float, tflop_small: float, tflop_big: float) -> dict[str, float]:
+    """Seconds per image at which `minutes` buy each candidate these TFLOPs."""
+    return {"small": minutes * 60 * SMALL.train_gflop / (tflop_small * 1000),
+            "big": minutes * 60 * BIG.train_gflop / (tflop_big * 1000)}
+
+
+def test_a_faster_machine_gets_the_bigger_point_and_a_slower_one_the_smaller() -> None:
+    frontier = synthetic_frontier()
+    slow = choose_point(frontier, speeds_for(20, 1.0, 1.0 / 3), 20, train_images=40)
+    assert slow.candidate is SMALL and slow.predicted == pytest.approx(0.80)
+    assert dict((n, p) for n, _, p in slow.others)["big"] == -math.inf  # below its cheapest point: unknown
+    fast = choose_point(frontier, speeds_for(20, 32.0, 8.0), 20, train_images=40)
+    assert fast.candidate is BIG and fast.tflop == pytest.approx(8.0)
+    assert fast.predicted == pytest.approx(0.885)  # halfway between 4 and 16 TFLOP in log FLOPs
+    # The epoch cap: the images that 20 minutes buy at the measured speed, over the 40 photos, with headroom.
+    images = 20 * 60 / speeds_for(20, 32.0, 8.0)["big"]
+    assert fast.epochs == math.ceil(images / 40 * 1.25)
+    lines = describe(fast, 20, "fp32")
+    assert "chose big (bncnn-s, 32 then 48 px): 8 TFLOP" in lines[-1]
+    assert any(line.split()[:2] == ["small", "32"] and "predicted 83.0%" in line for line in lines)
+
+
+def test_predictions_interpolate_hold_beyond_and_refuse_below() -> None:
+    points = synthetic_frontier().of("big")
+    assert predict(points, 4.0) == (pytest.approx(0.85), "")
+    assert predict(points, 2.0)[0] == pytest.approx(0.775)
+    held, note = predict(points, 100.0)
+    assert held == pytest.approx(0.92) and "beyond its largest measured point" in note
+    assert predict(points, 0.5)[0] == -math.inf
+    tiny = choose_point(synthetic_frontier(), speeds_for(1, 0.1, 0.1), 1, train_images=40)
+    assert tiny.candidate is SMALL and "below its cheapest" in tiny.note  # the most epochs, when nothing is known
+
+
+def test_the_shipped_frontier_is_measured_and_its_flops_are_the_models() -> None:
+    frontier = load_frontier()
+    budgets = {p.budget_tflop for p in frontier.points}
+    assert len(budgets) >= 2 and all(len(p.accuracy) >= 2 for p in frontier.points)
+    assert all(0.5 < a < 1.0 for p in frontier.points for a in p.accuracy)
+    for c in frontier.candidates.values():
+        sizes = [s for s in (c.image_size, c.progressive_size) if s]
+        forward = {s: count_flops(build_model(c.model, 2, s), s) / 1e9 for s in sizes}
+        assert c.train_gflop == pytest.approx(
+            candidate_gflop(forward, c.image_size, c.progressive_size, c.progressive_fraction), rel=1e-3)
+    for point in frontier.points:  # each point's FLOPs are its whole epochs on the frontier's photos
+        c = frontier.candidates[point.candidate]
+        assert point.tflop == pytest.approx(point.epochs * frontier.train_images * c.train_gflop / 1000, rel=1e-2)
+    assert "build_frontier.py" in frontier.command
+
+
+def test_a_broken_frontier_file_says_how_to_rebuild_it(tmp_path: Path) -> None:
+    (tmp_path / "f.json").write_text('{"candidates": {}}', encoding="utf-8")
+    with pytest.raises(CatsdogsError, match="not a compute frontier.*build_frontier.py"):
+        load_frontier(tmp_path / "f.json")
+    with pytest.raises(CatsdogsError, match="no compute frontier at"):
+        load_frontier(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("tflops, chosen, model_size", [((32.0, 8.0), "big", 48), ((1.0, 1.0 / 3), "small", 32)])
+def test_auto_trains_the_point_its_measured_speed_buys(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       tflops: tuple[float, float], chosen: str,
+                                                       model_size: int) -> None:
+    minutes = 0.01
+    speeds = speeds_for(minutes, *tflops)
+    measured: list[str] = []
+
+    def measure(candidate: Candidate, device: object, precision: object) -> float:
+        measured.append(candidate.name)
+        return speeds[candidate.name]
+
+    monkeypatch.setattr(auto, "load_frontier", lambda: synthetic_frontier())
+    monkeypatch.setattr(auto, "measure_candidate", measure)
+    lines: list[str] = []
+    cfg = build_config(AUTO, {"data": str(data), "out": str(tmp_path / "run"), "time_budget": minutes,
+                              "precision": "fp32", "device": "cpu"})
+    result = train(cfg, progress=False, log=lines.append)
+    run = Path(result.run_dir)
+    record = json.loads((run / "auto.json").read_text(encoding="utf-8"))
+    saved = (run / "config.yaml").read_text(encoding="utf-8")
+    assert sorted(measured) == ["big", "small"] and record["chosen"] == chosen
+    assert f"image_size: {model_size}\n" in saved and "model: bncnn-s\n" in saved
+    assert any(line.startswith(f"auto: chose {chosen} ") for line in lines)
+    assert (run / "history.csv").is_file() and (run / "best.pt").is_file()
+    assert result.status in ("time-budget", "finished")
+
+
+def test_auto_without_a_time_budget_says_to_give_one(data: Path, tmp_path: Path) -> None:
+    done = invoke("train", "--config", AUTO, "--data", data, "--time-budget", "0", "--out", tmp_path / "run")
+    assert done.exit_code == 2
+    assert "give one with --time-budget MINUTES" in done.output and "Traceback" not in done.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_package_ships_its_frontier() -> None:
+    assert FRONTIER_FILE.is_file()
+    assert "catsdogs" in (ROOT / "pyproject.toml").read_text(encoding="utf-8").split("[tool.setuptools.package-data]")[1]
