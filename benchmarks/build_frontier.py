@@ -89,10 +89,10 @@ def train_one(job: dict, split: Path, work: Path, threads: int) -> float:
     return held_back_accuracy(run, split)
 
 
-def plan(budgets: list[float], seeds: int, gflop: dict[str, float], train_images: int) -> list[dict]:
+def plan(budgets: list[float], names: list[str], seeds: int, gflop: dict[str, float], train_images: int) -> list[dict]:
     jobs = []
     for budget in budgets:
-        for name in CANDIDATES:
+        for name in names:
             epochs = max(1, round(budget * 1000 / (gflop[name] * train_images)))
             for seed in range(42, 42 + seeds):
                 jobs.append({"name": f"{name}-{budget:g}-seed{seed}", "candidate": name, "budget": budget,
@@ -110,7 +110,8 @@ def write(out: Path, old: dict, gflop: dict[str, float], train_images: int, resu
             points[key] = {"candidate": job["candidate"], "budget_tflop": job["budget"], "epochs": job["epochs"],
                            "tflop": round(job["epochs"] * train_images * gflop[job["candidate"]] / 1000, 2),
                            "accuracy": [round(a, 5) for a in done]}
-    data = {"format": 1, "command": command, "train_images": train_images,
+    commands = [c for c in old.get("commands", []) if c != command] + [command]
+    data = {"format": 1, "commands": commands, "train_images": train_images,
             "photos": "a 90/5/5 split of PetImages-large (seed 42); accuracy on its 938 val and test photos, "
                       "at the last epoch, one number per seed",
             "precision": "fp32", "base": "configs/recipes/auto.yaml",
@@ -125,6 +126,7 @@ def main() -> None:
     parser.add_argument("--large", type=Path, default=SHARED / "PetImages-large")
     parser.add_argument("--work", type=Path, default=Path("bench-frontier"))
     parser.add_argument("--budgets", type=float, nargs="+", default=BUDGETS[:2], help="training TFLOPs")
+    parser.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES))
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--jobs", type=int, default=2, help="runs at once")
     parser.add_argument("--threads", type=int, default=1, help="threads per run")
@@ -134,22 +136,25 @@ def main() -> None:
     split = make_split(args.large, args.work)
     train_images = sum(1 for p in (split / "train").rglob("*") if p.is_file())
     gflop = {name: train_gflop(*spec) for name, spec in CANDIDATES.items()}
-    jobs = plan(args.budgets, args.seeds, gflop, train_images)
+    jobs = plan(args.budgets, args.candidates, args.seeds, gflop, train_images)
     old = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else {}
-    budgets = sorted({*args.budgets, *(p["budget_tflop"] for p in old.get("points", []))})
-    command = (f"python benchmarks/build_frontier.py --budgets {' '.join(f'{b:g}' for b in budgets)} "
-               f"--seeds {args.seeds} --jobs {args.jobs} --threads {args.threads}")
+    command = (f"python benchmarks/build_frontier.py --budgets {' '.join(f'{b:g}' for b in args.budgets)} "
+               + (f"--candidates {' '.join(args.candidates)} " if args.candidates != list(CANDIDATES) else "")
+               + f"--seeds {args.seeds} --jobs {args.jobs} --threads {args.threads}")
     results: dict[tuple, list[float]] = {}
     started = time.perf_counter()
     print(f"{len(jobs)} runs on {train_images} training photos; cpu {os.cpu_count()} cores", flush=True)
-    with ThreadPoolExecutor(args.jobs) as pool:
-        futures = [(job, pool.submit(train_one, job, split, args.work, args.threads)) for job in jobs]
+    pool = ThreadPoolExecutor(args.jobs)
+    futures = [(job, pool.submit(train_one, job, split, args.work, args.threads)) for job in jobs]
+    try:  # Ctrl-C reaches the runs too (one process group): they save, and the same command resumes them
         for job, future in futures:
             accuracy = future.result()
             results.setdefault((job["candidate"], job["budget"]), []).append(accuracy)
             print(f"{job['name']:<22} {job['epochs']:4d} epochs  held-back accuracy {accuracy:.4f}  "
                   f"[{(time.perf_counter() - started) / 60:.1f} min]", flush=True)
             write(args.out, old, gflop, train_images, results, jobs, args.seeds, command)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 if __name__ == "__main__":

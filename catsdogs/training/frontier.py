@@ -66,7 +66,7 @@ class Frontier:
     candidates: dict[str, Candidate]
     points: tuple[Point, ...]
     train_images: int  # photos each epoch of the frontier's runs went through
-    command: str
+    command: str  # the commands that measured it, joined by "; "
     source: str
 
     def of(self, name: str) -> list[Point]:
@@ -110,7 +110,7 @@ def load_frontier(path: str | Path | None = None) -> Frontier:
         points = tuple(Point(candidate=p["candidate"], budget_tflop=float(p["budget_tflop"]), epochs=int(p["epochs"]),
                              tflop=float(p["tflop"]), accuracy=tuple(float(a) for a in p["accuracy"]))
                        for p in data["points"] if p.get("accuracy"))
-        frontier = Frontier(candidates, points, int(data["train_images"]), data["command"], str(path))
+        frontier = Frontier(candidates, points, int(data["train_images"]), "; ".join(data["commands"]), str(path))
     except FileNotFoundError:
         raise CatsdogsError(f"no compute frontier at {path}: rebuild it with benchmarks/build_frontier.py") from None
     except (ValueError, KeyError, TypeError) as exc:
