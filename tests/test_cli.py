@@ -214,7 +214,8 @@ def test_print_config_precedence(cli, tmp_path: Path) -> None:
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # What the README promises in configs/: a default, the tutorial's optimizers, the recipes.
-SHIPPED_CONFIGS = ["adam.yaml", "default.yaml", "minibatch-sgd.yaml", "momentum.yaml", "recipes/cnn3-best.yaml",
+SHIPPED_CONFIGS = ["adam.yaml", "default.yaml", "minibatch-sgd.yaml", "momentum.yaml", "recipes/auto.yaml",
+                   "recipes/cnn3-best.yaml",
                    "recipes/cpu-best.yaml", "recipes/cpu-fast.yaml", "recipes/cpu-quick.yaml", "recipes/finetune.yaml",
                    "recipes/gpu.yaml", "vanilla-sgd.yaml"]
 

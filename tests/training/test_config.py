@@ -230,7 +230,7 @@ def test_a_flag_of_0_turns_off_what_a_config_file_turns_on(tmp_path: Path) -> No
 # --- each setting declared once: flags, --print-config, the loader and the study's lists come from it ----
 
 def test_the_roles_are_todays() -> None:
-    assert settings_with("per_run") == ("optim", "batch_size", "lr", "momentum", "time_budget", "seed", "out")
+    assert settings_with("per_run") == ("optim", "batch_size", "lr", "momentum", "frontier", "time_budget", "seed", "out")
     assert set(settings_with("resumable")) == {"epochs", "device", "workers", "cache", "patience", "precision",
                                                "time_budget", "data", "micro_batch", "tensorboard"}
     assert settings_with("free") == ("cache", "workers", "tensorboard")
