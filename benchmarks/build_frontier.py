@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import time
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import yaml
 
 from bench_time_to_accuracy import SHARED, catsdogs, make_split
 from catsdogs.atomic import write_text_atomic
+from catsdogs.inference.evaluate import evaluate_run
 from catsdogs.training.frontier import FRONTIER_FILE, candidate_gflop
 from catsdogs.training.models import build_model, count_flops
 
@@ -40,6 +42,7 @@ CANDIDATES = {
 }
 BUDGETS = [12, 40, 130, 400, 1300]  # TFLOP: from 2 minutes of an AVX2 laptop to an hour of an AMX server
 HELD_BACK = ("val", "test")
+EVALUATING = threading.Lock()
 
 
 def train_gflop(model: str, size: int, low: int, fraction: float) -> float:
@@ -60,16 +63,13 @@ def candidate_config(name: str, work: Path) -> Path:
 
 
 def held_back_accuracy(run: Path, split: Path) -> float:
-    """Accuracy of the run's last checkpoint on the split's val and test photos together."""
+    """Accuracy of the run's last checkpoint on the split's val and test photos together (evaluate's files in
+    RUN/eval-val and RUN/eval-test; in this process, one run at a time: figures are drawn with pyplot)."""
     correct = images = 0
     for part in HELD_BACK:
-        out = run / f"eval-{part}"
-        # evaluate names the split in its files unless it is the test split, and the checkpoint unless best
-        written = out / ("metrics_last.json" if part == "test" else f"metrics_{part}_last.json")
-        if not written.is_file():
-            catsdogs("evaluate", str(run), "--split", part, "--checkpoint", "last", "--data", str(split),
-                     "--out", str(out))
-        metrics = json.loads(written.read_text(encoding="utf-8"))
+        with EVALUATING:
+            metrics = evaluate_run(run, split=part, checkpoint="last", data=str(split), device="cpu", progress=False,
+                                   out_dir=run / f"eval-{part}").metrics
         correct += round(metrics["accuracy"] * metrics["images"])
         images += metrics["images"]
     return correct / images
@@ -121,6 +121,25 @@ def write(out: Path, old: dict, gflop: dict[str, float], train_images: int, resu
     write_text_atomic(out, json.dumps(data, indent=1) + "\n")
 
 
+def table(path: Path) -> str:
+    """The frontier as a markdown table: a row per budget, a column per candidate (mean and seeds)."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    names = list(data["candidates"])
+    found = {(p["candidate"], p["budget_tflop"]): p for p in data["points"]}
+    lines = ["| budget TFLOP | " + " | ".join(f"{n} ({data['candidates'][n]['model']}, "
+                                                 f"{data['candidates'][n]['progressive_size']}/"
+                                                 f"{data['candidates'][n]['image_size']} px)" for n in names) + " |",
+             "|---" * (len(names) + 1) + "|"]
+    for budget in sorted({b for _, b in found}):
+        cells = []
+        for name in names:
+            p = found.get((name, budget))
+            cells.append("" if p is None else f"{sum(p['accuracy']) / len(p['accuracy']):.1%} "
+                         f"({', '.join(f'{a:.1%}' for a in p['accuracy'])}; {p['epochs']} ep)")
+        lines.append(f"| {budget:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--large", type=Path, default=SHARED / "PetImages-large")
@@ -131,7 +150,11 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs at once")
     parser.add_argument("--threads", type=int, default=1, help="threads per run")
     parser.add_argument("--out", type=Path, default=FRONTIER_FILE)
+    parser.add_argument("--table", action="store_true", help="print --out as a markdown table and stop")
     args = parser.parse_args()
+    if args.table:
+        print(table(args.out))
+        return
     args.work.mkdir(parents=True, exist_ok=True)
     split = make_split(args.large, args.work)
     train_images = sum(1 for p in (split / "train").rglob("*") if p.is_file())

@@ -1,0 +1,54 @@
+"""benchmarks/build_frontier.py: a frontier built on a tiny folder is one that auto can load and choose from."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from catsdogs.training.frontier import choose_point, load_frontier
+from tests.helpers import make_classes
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "build_frontier.py"
+
+
+def build(large: Path, work: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), "--large", str(large), "--work", str(work), "--out", str(out),
+                           "--candidates", "s64", "--seeds", "1", *extra], capture_output=True, text=True, timeout=300)
+
+
+def test_a_tiny_frontier_is_built_resumed_extended_and_loaded(tmp_path: Path) -> None:
+    large = make_classes(tmp_path / "large", {"Cat": 20, "Dog": 20})
+    out = tmp_path / "frontier.json"
+    first = build(large, tmp_path / "work", out, "--budgets", "0.002")
+    assert first.returncode == 0, first.stderr
+    data = json.loads(out.read_text(encoding="utf-8"))
+    train_images = data["train_images"]
+    assert train_images == 36  # 90% of 40 photos
+    (point,) = data["points"]
+    gflop = data["candidates"]["s64"]["train_gflop"]
+    # The budget buys whole epochs: 0.002 TFLOP over 36 photos at s64's GFLOP an image.
+    assert point["epochs"] == max(1, round(0.002 * 1000 / (gflop * train_images)))
+    assert len(point["accuracy"]) == 1 and 0.0 <= point["accuracy"][0] <= 1.0
+    runs = sorted(p.name for p in (tmp_path / "work" / "runs").iterdir())
+    assert runs == ["s64-0.002-seed42"]
+    # The accuracy is the last checkpoint's on the held-back val and test photos together (2 + 2 here).
+    held_back = [json.loads(next((tmp_path / "work" / "runs" / runs[0] / f"eval-{part}").glob("metrics*.json"))
+                            .read_text(encoding="utf-8")) for part in ("val", "test")]
+    correct = sum(round(m["accuracy"] * m["images"]) for m in held_back)
+    assert point["accuracy"][0] == round(correct / sum(m["images"] for m in held_back), 5)
+    # Again with one more budget: the finished runs are kept, not trained again, and both budgets are in the file.
+    stamp = (tmp_path / "work" / "runs" / runs[0] / "last.pt").stat().st_mtime_ns
+    second = build(large, tmp_path / "work", out, "--budgets", "0.002", "0.004")
+    assert second.returncode == 0, second.stderr
+    assert (tmp_path / "work" / "runs" / runs[0] / "last.pt").stat().st_mtime_ns == stamp
+    frontier = load_frontier(out)
+    assert sorted(p.budget_tflop for p in frontier.points) == [0.002, 0.004]
+    assert "--budgets 0.002 0.004 --candidates s64 --seeds 1" in frontier.command
+    choice = choose_point(frontier, {"s64": 1e-3}, 1.0, train_images)
+    assert choice.candidate.name == "s64"
+    table = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--table"], capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    assert table[0].startswith("| budget TFLOP | s64 (bncnn-s, 48/64 px)") and len(table) == 4
