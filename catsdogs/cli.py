@@ -308,6 +308,8 @@ _CHECKPOINT_OPTION = click.option("--checkpoint", default="best", show_default=T
 _DEVICE = declared_settings()["device"]
 _DEVICE_OPTION = click.option(_DEVICE.flag, _DEVICE.name, default=_DEVICE.default, show_default=True,
                               type=click.Choice(_DEVICE.choices), help=_DEVICE.help)
+# The sides a model may be fed at, bounded as the `image_size` setting is.
+_IMAGE_SIZE = click.IntRange(min=1, max=int(declared_settings()["image_size"].maximum))  # type: ignore[arg-type]
 
 
 @main.command()
@@ -327,8 +329,11 @@ _DEVICE_OPTION = click.option(_DEVICE.flag, _DEVICE.name, default=_DEVICE.defaul
 @click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the results. [default: RUN_DIR, or RUN_DIR/eval-<name> with --data of another "
                    "folder]")
+@click.option("--image-size", default=None, type=_IMAGE_SIZE,
+              help="Measure at this side instead (FixRes: a little above the training size often scores "
+                   "better); the files get a _<N>px suffix. [default: the size the run trained at]")
 def evaluate(run_dir: Path | None, split_name: str, checkpoint: str, data: str | None, device: str,
-             tta: bool, tta_mode: str | None, out: Path | None) -> None:
+             tta: bool, tta_mode: str | None, out: Path | None, image_size: int | None) -> None:
     """Measure a trained run on a split; writes metrics.json and confusion_matrix.png into it."""
     from catsdogs.data.images import describe_left_out
     from catsdogs.inference.evaluate import evaluate_run
@@ -336,7 +341,7 @@ def evaluate(run_dir: Path | None, split_name: str, checkpoint: str, data: str |
 
     run_dir = _run_or_latest(run_dir, "evaluating", err=False)
     result = evaluate_run(run_dir, split=split_name, checkpoint=checkpoint, data=data, device=device,
-                          tta=tta_mode or tta, out_dir=out)
+                          tta=tta_mode or tta, out_dir=out, image_size=image_size)
     click.echo(format_metrics(result.metrics))
     left_out = [(Path(item["path"]), item["reason"]) for item in result.metrics["left_out"]]
     for line in describe_left_out(left_out):
@@ -372,14 +377,17 @@ def _run_or_latest(run_dir: Path | None, doing: str = "using", err: bool = True)
 @click.option("--model", "model_file", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Classify with a file from `catsdogs export` (.onnx through onnxruntime, or TorchScript) "
                    "instead of a run.")
+@click.option("--image-size", default=None, type=_IMAGE_SIZE,
+              help="Feed the run's model at this side instead, as `evaluate --image-size`. [default: the size the "
+                   "run trained at]")
 def predict(photos: tuple[Path, ...], run_dir: Path | None, checkpoint: str, device: str, tta: bool,
-            out: Path | None, model_file: Path | None) -> None:
+            out: Path | None, model_file: Path | None, image_size: int | None) -> None:
     """Classify photos, or every photo in folders, with a trained run or an exported model file.
 
     Prints one line per photo: the class, its probability and the path.
     """
-    from catsdogs.inference.predict import (check_predictions_out, format_prediction_lines, load_trained,
-                                            predict_photos, write_predictions_csv)
+    from catsdogs.inference.predict import (check_image_size, check_predictions_out, format_prediction_lines,
+                                            load_trained, predict_photos, write_predictions_csv)
 
     if out is not None and out.suffix.lower() != ".csv":
         raise UsageError(f"--out {out}: give a file name ending in .csv")
@@ -395,11 +403,14 @@ def predict(photos: tuple[Path, ...], run_dir: Path | None, checkpoint: str, dev
             raise UsageError("--model classifies with the exported file alone: drop --run and --checkpoint")
         if device not in ("auto", "cpu"):
             raise UsageError(f"--model runs on the CPU: drop --device {device}")
+        if image_size is not None:
+            raise UsageError("--model classifies at the size the file was exported at: drop --image-size")
         trained = load_exported(model_file)
-    else:  # a bad --run is told before the photos
+    else:  # a bad --run (or --image-size) is told before the photos
         trained = load_trained(_run_or_latest(run_dir), checkpoint, device)
+        image_size = check_image_size(trained, image_size)
     files = _photos_or_report(photos)
-    result = predict_photos(trained, files, tta=tta)
+    result = predict_photos(trained, files, tta=tta, image_size=image_size)
     if out is not None:
         existed = out.exists()
         write_predictions_csv(out, result)

@@ -22,7 +22,7 @@ from catsdogs.errors import CatsdogsError
 from catsdogs.figures import pyplot, save_figure
 from catsdogs.inference.calibration import expected_calibration_error
 from catsdogs.inference.metrics import compute_metrics
-from catsdogs.inference.predict import TrainedModel, load_trained
+from catsdogs.inference.predict import TrainedModel, check_image_size, load_trained
 from catsdogs.names import escape_names, unescape_name
 from catsdogs.training.runs import RunFolder
 from catsdogs.training.scoring import evaluate_source, tta_mode
@@ -38,7 +38,7 @@ class Evaluation:
 
 def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "best", data: str | None = None,
                  device: str = "auto", progress: bool = True, tta: bool | str = False,
-                 out_dir: str | Path | None = None) -> Evaluation:
+                 out_dir: str | Path | None = None, image_size: int | None = None) -> Evaluation:
     """Run a checkpoint of `run_dir` on a split and write the metrics and figures into `out_dir`.
 
     `data` is a split folder, or a folder holding just the model's class subfolders: then every
@@ -51,6 +51,11 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     replaced. With `tta` (True or "flip") the prediction averages each image and its mirror image;
     its files get a `_tta` suffix so they sit beside the plain ones. "flip-shift" averages six views
     (catsdogs.training.scoring.tta_views), suffix `_tta-flip-shift`.
+
+    `image_size` measures at another side than the run's last training size (FixRes: a model trained
+    on random crops often does better a little above it): the photos are decoded at that size and the
+    files get a `_<size>px` suffix, so they never replace the results at the trained size. Sizes the
+    model cannot take are refused (see catsdogs.inference.predict.check_image_size).
     """
     tta = tta_mode(tta)
     run_dir = Path(run_dir)
@@ -59,19 +64,20 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
                             "a split folder, or a folder with one subfolder of photos per class")
     trained = load_trained(run_dir, checkpoint, device)
     cfg, classes = trained.cfg, trained.classes
+    size = check_image_size(trained, image_size)
     trained_on = Path(cfg.data).resolve()
     measured = Path(data).resolve() if data is not None else trained_on
     own_split = measured == trained_on
     plain = data is not None and is_plain_class_folder(Path(data), classes)
     split = "all" if plain else split
-    suffix = ("" if split in ("test", "all") else f"_{split}") + checkpoint_suffix(checkpoint) + (
-        "" if not tta else "_tta" if tta == "flip" else f"_tta-{tta}")
+    suffix = results_suffix(split, checkpoint, None if size == cfg.image_size else size, tta)
     out_dir = _choose_out_dir(run_dir, out_dir, checkpoint, suffix, (measured, trained.checkpoint.resolve()),
                               trained_on, own_split)
-    image_split, images = _open_photos(measured, split, trained, plain, progress)
+    image_split, images = _open_photos(measured, split, trained, plain, progress, size)
     warning = changed_split_warning(trained.data_fingerprint, cfg.data, classes, own_split)
-    metrics, read, kept, probs, labels = _measure(trained, image_split, images, progress, tta)
-    metrics.update({"split": split, "loss": read["loss"], "checkpoint": str(trained.checkpoint.resolve()),
+    metrics, read, kept, probs, labels = _measure(trained, image_split, images, progress, tta, size)
+    metrics.update({"split": split, "image_size": size, "loss": read["loss"],
+                    "checkpoint": str(trained.checkpoint.resolve()),
                     "tta": bool(tta), "tta_mode": tta or None, "data": str(measured), "epoch": trained.epoch,
                     "unreadable_images": read["unreadable_images"], "left_out": read["left_out"]})
     if not own_split:
@@ -104,9 +110,9 @@ def _choose_out_dir(run_dir: Path, out_dir: str | Path | None, checkpoint: str, 
     return out_dir
 
 
-def _open_photos(measured: Path, split: str, trained: TrainedModel, plain: bool,
-                 progress: bool) -> tuple[ImageSplit, np.ndarray | None]:
-    """The photos to measure, and their decoded cache (None: decoded as read)."""
+def _open_photos(measured: Path, split: str, trained: TrainedModel, plain: bool, progress: bool,
+                 size: int) -> tuple[ImageSplit, np.ndarray | None]:
+    """The photos to measure, and their decoded cache at `size` (None: decoded as read)."""
     if plain:
         # Photos sorted into class folders but not split: measure on all of them, and leave no
         # cache behind in a folder that is the user's own.
@@ -114,15 +120,15 @@ def _open_photos(measured: Path, split: str, trained: TrainedModel, plain: bool,
     image_split = read_split(measured, split, trained.classes)
     # A run saved before --cache rebuild acted only once may hold rebuild: evaluating never rebuilds.
     cache = "off" if trained.cfg.cache == "off" else "auto"
-    return image_split, load_cache(image_split, trained.cfg.image_size, cache, progress=progress)
+    return image_split, load_cache(image_split, size, cache, progress=progress)
 
 
 def _measure(trained: TrainedModel, image_split: ImageSplit, images: np.ndarray | None, progress: bool,
-             tta: str | None) -> tuple[dict[str, Any], dict[str, Any], list[Path], np.ndarray, np.ndarray]:
-    """Run the model on the photos: their metrics; the loss and the photos it could not read or left out;
-    the photos it read, its probabilities and their labels."""
-    cfg, torch_device = trained.cfg, trained.device
-    source = BatchSource(image_split, eval_preset(cfg.image_size), images, workers=0 if images is not None else 1,
+             tta: str | None, size: int) -> tuple[dict[str, Any], dict[str, Any], list[Path], np.ndarray, np.ndarray]:
+    """Run the model on the photos at `size`: their metrics; the loss and the photos it could not read or
+    left out; the photos it read, its probabilities and their labels."""
+    torch_device = trained.device
+    source = BatchSource(image_split, eval_preset(size), images, workers=0 if images is not None else 1,
                          device=torch_device)
     loss, _, probs, labels = evaluate_source(trained.model, source, trained.precision, torch_device, show=progress,
                                              tta=tta)
@@ -231,6 +237,14 @@ def seen_in_training(photos: list[Path], trained_on: str | Path) -> int | None:
         except OSError:
             continue
     return count
+
+
+def results_suffix(split: str, checkpoint: str, image_size: int | None, tta: str | None) -> str:
+    """The suffix of an evaluation's files: `_<split>` but for test (and "all"), the checkpoint's,
+    `_<size>px` for a size other than the trained one (None), then `_tta` or `_tta-<mode>`."""
+    return (("" if split in ("test", "all") else f"_{split}") + checkpoint_suffix(checkpoint)
+            + ("" if image_size is None else f"_{image_size}px")
+            + ("" if not tta else "_tta" if tta == "flip" else f"_tta-{tta}"))
 
 
 def checkpoint_suffix(checkpoint: str) -> str:

@@ -26,7 +26,7 @@ from catsdogs.progress import progress_bar
 from catsdogs.training.checkpoint import SavedModel, load_checkpoint
 from catsdogs.training.config import TrainConfig, config_from_dict
 from catsdogs.training.hardware import Precision, select_device, select_precision
-from catsdogs.training.models import build_model
+from catsdogs.training.models import MODELS, build_model, count_flops
 from catsdogs.training.runs import RunFolder, resolve_checkpoint
 from catsdogs.training.scoring import EVAL_BATCH, score_batch
 
@@ -77,6 +77,28 @@ def load_trained(run_dir: str | Path, checkpoint: str = "best", device: str = "a
     model = model.to(torch_device, memory_format=torch.channels_last).eval()
     return TrainedModel(model, cfg, classes, torch_device, select_precision(cfg.precision, torch_device),
                         checkpoint_path, saved.epoch, saved.data_fingerprint)
+
+
+def check_image_size(trained: TrainedModel, image_size: int | None) -> int:
+    """The side to feed `trained` at: its training size when None, else `image_size` if the model can take it.
+
+    Models that end in global pooling (bncnn-*, the torchvision ones) take any side from their registered
+    minimum up; one whose head is sized by the training side (cnn3) only sides whose features have its shape.
+    """
+    cfg = trained.cfg
+    if image_size is None or image_size == cfg.image_size:
+        return cfg.image_size
+    least = MODELS.get(cfg.model).min_image_size
+    if image_size < least:
+        raise UsageError(f"--image-size {image_size}: model {cfg.model} needs at least {least}px (this run "
+                         f"trained at {cfg.image_size}px)")
+    try:  # a pass on the meta device: shapes only, no work
+        count_flops(trained.model, image_size)
+    except RuntimeError:
+        raise UsageError(f"--image-size {image_size}: model {cfg.model} cannot take {image_size}px images, its head "
+                         f"is sized for the features of its training size, {cfg.image_size}px: choose a size nearer "
+                         "that") from None
+    return image_size
 
 
 def collect_photos(paths: Sequence[str | Path], left_out: list[tuple[Path, str]] | None = None) -> list[Path]:
@@ -180,8 +202,9 @@ class Classifier(Protocol):
 
 
 def predict_photos(trained: Classifier, photos: Sequence[Path], tta: bool = False, batch_size: int = EVAL_BATCH,
-                   progress: bool = True, jobs: int | None = None) -> Predictions:
-    """Classify `photos`; unreadable ones are set aside with their reason, never fatal one by one.
+                   progress: bool = True, jobs: int | None = None, image_size: int | None = None) -> Predictions:
+    """Classify `photos`, decoded at `image_size` (default: the model's own, see check_image_size); unreadable
+    ones are set aside with their reason, never fatal one by one.
 
     Photos are decoded up to two batches (or one per decoding thread) ahead of the model, so decoding
     overlaps inference while memory holds a few batches of photos, however many there are."""
@@ -197,7 +220,7 @@ def predict_photos(trained: Classifier, photos: Sequence[Path], tta: bool = Fals
             batch.clear()
             names.clear()
 
-    decoded = decode_photos(photos, trained.image_size, jobs, ahead=2 * batch_size)
+    decoded = decode_photos(photos, image_size or trained.image_size, jobs, ahead=2 * batch_size)
     for path, image in progress_bar(decoded, total=len(photos), desc="classifying", unit="photo", show=progress,
                                     leave=False):
         if isinstance(image, str):
