@@ -145,13 +145,15 @@ def main() -> None:
     parser.add_argument("--large", type=Path, default=SHARED / "PetImages-large")
     parser.add_argument("--work", type=Path, default=Path("bench-frontier"))
     parser.add_argument("--budgets", type=float, nargs="+", default=BUDGETS[:2], help="training TFLOPs")
-    parser.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES))
+    parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), help="s64, s96, s128 or m128")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--jobs", type=int, default=2, help="runs at once")
     parser.add_argument("--threads", type=int, default=1, help="threads per run")
     parser.add_argument("--out", type=Path, default=FRONTIER_FILE)
     parser.add_argument("--table", action="store_true", help="print --out as a markdown table and stop")
     args = parser.parse_args()
+    if set(args.candidates) - set(CANDIDATES):
+        parser.error(f"--candidates: choose among {', '.join(CANDIDATES)}")
     if args.table:
         print(table(args.out))
         return
