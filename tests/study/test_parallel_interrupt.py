@@ -1,6 +1,6 @@
-"""compare --jobs: a real `catsdogs compare` process, interrupted while its runs train, stops every run cleanly,
-and the same command then resumes the study to the results of a study never interrupted; --tune-lr through --jobs
-gives the tuned study run one after another."""
+"""compare --jobs: a real `catsdogs compare` process, interrupted as its runs start or while they train, stops every
+run cleanly, and the same command then resumes the study to the results of a study never interrupted; --tune-lr
+through --jobs gives the tuned study run one after another."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -75,18 +76,13 @@ def _wait_for(done, process: subprocess.Popen, what: str, timeout: float = 300.0
         time.sleep(0.05)
 
 
-def test_ctrl_c_while_the_runs_train_stops_them_all_and_the_same_command_resumes(data: Path,
-                                                                                tmp_path: Path) -> None:
-    straight = tmp_path / "straight"
-    assert run_study(_spec(data, straight), progress=False, log=quiet).status == "complete"
-
-    out = tmp_path / "study"
-    runs = [out / "runs" / f"{optim}-seed42" for optim in OPTIMS]
+def _ctrl_c(command: list[str], cwd: Path, ready: Callable[[subprocess.Popen], bool], what: str) -> None:
+    """Run `command` until `ready`, then press Ctrl-C: it must stop at once, cleanly, every worker with it."""
     # Its own process group, as a terminal's foreground job: Ctrl-C sends SIGINT to the whole group.
-    process = subprocess.Popen(_compare(data, out), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
     try:
-        _wait_for(lambda: all((run / "history.csv").is_file() for run in runs), process, "both runs trained an epoch")
+        _wait_for(lambda: ready(process), process, what)
         workers = _descendants(process.pid)
         os.killpg(process.pid, signal.SIGINT)
         stdout, stderr = process.communicate(timeout=120)
@@ -97,6 +93,17 @@ def test_ctrl_c_while_the_runs_train_stops_them_all_and_the_same_command_resumes
     assert "Traceback" not in stdout + stderr, stdout + stderr
     assert sum(line.startswith(INTERRUPTED) for line in stdout.splitlines()) == 1, stdout
     assert len(workers) >= 2 and not [pid for pid in workers if _alive(pid)]
+
+
+def test_ctrl_c_as_the_runs_start_or_train_stops_them_all_and_the_same_command_resumes(data: Path,
+                                                                                      tmp_path: Path) -> None:
+    out = tmp_path / "study"
+    runs = [out / "runs" / f"{optim}-seed42" for optim in OPTIMS]
+    # While the workers import (seconds): no run has begun.
+    _ctrl_c(_compare(data, out), tmp_path, lambda process: len(children(process.pid)) >= 2, "both workers started")
+    assert not (out / "runs").exists()
+    _ctrl_c(_compare(data, out), tmp_path, lambda _: all((run / "history.csv").is_file() for run in runs),
+            "both runs trained an epoch")
     assert not (out / "summary.json").exists() and not (out / "report.md").exists()
     for run in runs:  # each stopped part-way: saved, told so, and never tested as if finished
         status = json.loads((run / "status.json").read_text(encoding="utf-8"))
@@ -114,6 +121,8 @@ def test_ctrl_c_while_the_runs_train_stops_them_all_and_the_same_command_resumes
             _kill_all(again)
     assert again.returncode == 0, stdout + stderr
     assert sum("[resumed]" in line for line in stdout.splitlines()) == 2, stdout
+    straight = tmp_path / "straight"
+    assert run_study(_spec(data, straight), progress=False, log=quiet).status == "complete"
     assert run_results(out) == run_results(straight)
     assert summary_without_time(out) == summary_without_time(straight)
 
