@@ -137,8 +137,14 @@ def _start(work: Work, item: Any, slot: Slot, result_path: Path, setup: Callable
     env = {**os.environ, "OMP_NUM_THREADS": str(slot.threads)}
     if slot.gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = slot.gpu
-    process = subprocess.Popen([sys.executable, "-c", "from catsdogs.study.executors import serve; serve()"],
-                               stdin=subprocess.PIPE, env=env, start_new_session=True)
+    # The worker starts with SIGINT blocked, so a Ctrl-C passed on while it imports waits for `serve` (a
+    # KeyboardInterrupt in its imports would end it with a traceback, as a failed run).
+    unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        process = subprocess.Popen([sys.executable, "-c", "from catsdogs.study.executors import serve; serve()"],
+                                   stdin=subprocess.PIPE, env=env, start_new_session=True)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
     assert process.stdin is not None
     process.stdin.write(pickle.dumps((work, item, slot, str(result_path), setup)))
     process.stdin.close()
@@ -161,6 +167,7 @@ def serve() -> None:
         setup()
     use_threads(slot.threads)
     try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # one passed on while it started comes now
         outcome: dict[str, Any] = {"result": work(item)}
     except KeyboardInterrupt:  # the driver's Ctrl-C outside a training loop (which stops cleanly on its own)
         outcome = {"interrupted": True}

@@ -22,7 +22,8 @@ from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.interrupts import ctrl_c_deferred
 from catsdogs.training.auto import choose_from_frontier
 from catsdogs.training.config import TrainConfig, build_config, config_to_yaml
-from catsdogs.training.distributed import Team, finish, from_main, gather, start, team_from_environment, wait_for_all
+from catsdogs.training.distributed import (Team, agree_max, finish, from_main, gather, start, team_from_environment,
+                                          wait_for_all)
 from catsdogs.training.ema import ModelEMA
 from catsdogs.training.hardware import Precision, select_device, select_precision, tune_allocator
 from catsdogs.training.lookahead import Lookahead
@@ -421,6 +422,7 @@ def _run_epochs(run: _Run) -> TrainResult:
     try:
         with stop_on_signals(log, repeat_window=TORCHRUN_SIGNAL_ECHO if team.enabled else 0.0) as stop:
             while progress.epoch < cfg.epochs:
+                asked_before = stop.requested  # a Ctrl-C before this epoch: it stops after its first step
                 completed = loop.run_epoch(stop, run.show_progress)
                 if not completed:
                     save_last()
@@ -431,6 +433,12 @@ def _run_epochs(run: _Run) -> TrainResult:
                 stopped = _end_epoch(run, loop, save_last, identity)
                 if stopped is not None:
                     status = stopped
+                    break
+                # ... unless that step was its only one (run_epoch never stops an epoch after its last step): then
+                # at its end, which _end_epoch has saved.
+                if agree_max([asked_before], team)[0] and progress.epoch < cfg.epochs:
+                    status = "interrupted"
+                    log(f"interrupted after epoch {progress.epoch}; resume with: {resume_command(run_dir, team)}")
                     break
             # Still inside the signal handling: under torchrun a Ctrl-C reaches each process twice, and
             # the second copy may come only now; it must not cut the status file short.

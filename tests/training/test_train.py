@@ -145,6 +145,26 @@ def test_an_interrupt_mid_epoch_resumes_at_the_next_step_with_the_epochs_remaini
     assert sorted(epoch_two) == sorted(photo for photos, _ in straight[:steps_per_epoch] for photo in photos)
 
 
+def test_an_interrupt_stops_a_run_whose_epochs_are_one_step_at_an_epoch_end(data: Path, tmp_path: Path,
+                                                                             monkeypatch) -> None:
+    """A batch that holds the whole training split (a small study's batch of 100) leaves no step inside an epoch
+    to stop after: the run stops at the end of the next one, and resumes from there to the straight run's end."""
+    cfg = dict(batch_size=64, epochs=4)  # 40 training images: one step an epoch
+    straight = train(make_config(data, tmp_path / "straight", **cfg), progress=False, log=quiet).run_dir
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 1)  # during epoch 1's only step
+        messages: list[str] = []
+        broken = train(make_config(data, tmp_path / "broken", **cfg), progress=False, log=messages.append)
+    assert broken.status == "interrupted" and broken.epochs_done == 2
+    assert f"interrupted after epoch 2; resume with: catsdogs train --resume {broken.run_dir}" in messages
+    saved = load_checkpoint(broken.run_dir / "last.pt")["progress"]
+    assert (saved["epoch"], saved["step"]) == (2, 0)
+    assert json.loads((broken.run_dir / "status.json").read_text())["status"] == "interrupted"
+    assert train(None, resume=broken.run_dir, progress=False, log=quiet).status == "finished"
+    assert history_without_time(straight) == history_without_time(broken.run_dir)
+    assert_same_weights(straight / "last.pt", broken.run_dir / "last.pt")
+
+
 def test_extending_a_finished_run_equals_the_longer_run(data: Path, tmp_path: Path) -> None:
     straight = train(make_config(data, tmp_path / "four", epochs=4), progress=False, log=quiet).run_dir
     short = train(make_config(data, tmp_path / "two", epochs=2), progress=False, log=quiet).run_dir
