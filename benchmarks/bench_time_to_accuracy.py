@@ -6,9 +6,10 @@ Run from the repository root (the photos are the project's shared data set, see 
     python benchmarks/bench_time_to_accuracy.py --recipes cpu-fast --precision fp32 bf16 --peers
 
 Each recipe trains with `catsdogs train --config configs/recipes/NAME.yaml --time-budget MIN` on a
-90/5/5 split of `--large` (the split is made once, into `--work`), and is measured with
-`catsdogs evaluate RUN --data TEST` (with and without `--tta`) on the `--test` photos, which are
-disjoint from the training photos. `--peers` adds, on the same photos and budgets:
+90/5/5 split of `--large` (the split is made once, into `--work`), and is measured as
+`catsdogs evaluate RUN --data TEST` measures it (with and without `--tta`, in this process) on the
+`--test` photos, which are disjoint from the training photos. `--peers` adds, on the same photos and
+budgets:
 
 - the tutorial's pipeline: its three-layer CNN at 224 px, Adam at 1e-3, torchvision's ImageFolder
   + Resize + RandomHorizontalFlip(0.25) + ToTensor through a DataLoader, float32, stopped when the
@@ -36,6 +37,7 @@ import sys
 import time
 from pathlib import Path
 
+from catsdogs.inference.evaluate import evaluate_run
 from catsdogs.training.runs import RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,11 +89,8 @@ def run_recipe(recipe: str, precision: str, budget: float, split: Path, test: Pa
         wall = time.perf_counter() - start
     with RunFolder(run).history_path.open(encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    accuracy = {}
-    for tta in (False, True):
-        catsdogs("evaluate", str(run), "--data", str(test), *(["--tta"] if tta else []))
-        metrics = RunFolder(RunFolder(run).eval_dir(test.name)).result_files("_tta" if tta else "")[0]
-        accuracy[tta] = json.loads(metrics.read_text(encoding="utf-8"))["accuracy"]
+    accuracy = {tta: evaluate_run(run, data=str(test), progress=False, tta=tta).metrics["accuracy"]
+                for tta in (False, True)}
     status = RunFolder(run).read_status()
     import catsdogs as package
 

@@ -10,42 +10,33 @@ import pytest
 from catsdogs.errors import UsageError
 from catsdogs.study.compare import run_study
 from catsdogs.study.executors import Slot, plan_slots
-from tests.helpers import STUDY_SIZE as SIZE, quiet, run_results, split_fixture, \
-    summary_without_time, tiny_spec
-
-data = split_fixture((8, 4, 4), size=SIZE, scope="module")
+from tests.helpers import run_results, summary_without_time, tiny_spec
 
 
-@pytest.fixture(scope="module")
-def straight(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The study run one run after another in this process, at 1 thread per run."""
-    out = tmp_path_factory.mktemp("straight") / "study"
-    assert run_study(tiny_spec(data, out, threads_per_run=1), progress=False, log=quiet).status == "complete"
-    return out
-
-
-def test_jobs_give_the_same_runs_as_one_after_another(data: Path, straight: Path, tmp_path: Path) -> None:
+def test_jobs_give_the_same_runs_as_one_after_another(study_split: Path, straight_study: Path,
+                                                      tmp_path: Path) -> None:
     lines: list[str] = []
     out = tmp_path / "study"
-    assert run_study(tiny_spec(data, out, jobs=2, threads_per_run=1), progress=False,
+    assert run_study(tiny_spec(study_split, out, jobs=2, threads_per_run=1), progress=False,
                      log=lines.append).status == "complete"
-    assert run_results(straight) == run_results(out)
-    assert summary_without_time(straight) == summary_without_time(out)
+    assert run_results(straight_study) == run_results(out)
+    assert summary_without_time(straight_study) == summary_without_time(out)
     for run in (out / "runs").iterdir():
         status = json.loads((run / "status.json").read_text(encoding="utf-8"))
         assert (status["threads"], status["device"]) == (1, "cpu") and status["node"]
-    assert json.loads((straight / "runs" / "adam-seed42" / "status.json").read_text(encoding="utf-8"))["threads"] == 1
+    straight_status = (straight_study / "runs" / "adam-seed42" / "status.json").read_text(encoding="utf-8")
+    assert json.loads(straight_status)["threads"] == 1
     assert sum("[2/2]" in line for line in lines) == 1
     # A run whose end was lost (no status, no best.pt) runs again with the same command; the finished one is kept.
     run = out / "runs" / "adam-seed42"
     for name in ("status.json", "metrics.json", "best.pt", "predictions.csv"):
         (run / name).unlink()
     again: list[str] = []
-    assert run_study(tiny_spec(data, out, jobs=2, threads_per_run=1), progress=False,
+    assert run_study(tiny_spec(study_split, out, jobs=2, threads_per_run=1), progress=False,
                      log=again.append).status == "complete"
     assert sum("[done earlier]" in line for line in again) == 1
     assert any("adam seed 42" in line and "[done earlier]" not in line for line in again), again
-    assert run_results(straight) == run_results(out)
+    assert run_results(straight_study) == run_results(out)
 
 
 def test_slots_share_the_cpus_without_overlap(monkeypatch: pytest.MonkeyPatch) -> None:
