@@ -30,6 +30,7 @@ from catsdogs.atomic import write_text_atomic
 from catsdogs.inference.evaluate import evaluate_run
 from catsdogs.training.frontier import FRONTIER_FILE, candidate_gflop
 from catsdogs.training.models import build_model, count_flops
+from catsdogs.training.runs import RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "configs" / "recipes" / "auto.yaml"
@@ -77,9 +78,10 @@ def held_back_accuracy(run: Path, split: Path) -> float:
 
 def train_one(job: dict, split: Path, work: Path, threads: int) -> float:
     run = work / "runs" / job["name"]
-    status = run / "status.json"
-    if not status.is_file() or json.loads(status.read_text(encoding="utf-8"))["status"] != "finished":
-        if (run / "last.pt").is_file():  # interrupted earlier: resume it
+    folder = RunFolder(run)
+    status = folder.read_status() if folder.status_path.is_file() else None
+    if status is None or status.status != "finished":
+        if folder.last_path.is_file():  # interrupted earlier: resume it
             command = ["train", "--resume", str(run)]
         else:
             command = ["train", "--config", str(candidate_config(job["candidate"], work)), "--data", str(split),
