@@ -41,6 +41,14 @@ CANDIDATES = {
     "s128": ("bncnn-s", 128, 96, 0.75),  # cpu-fast
     "m128": ("bncnn-m", 128, 96, 0.75),  # cpu-best
 }
+# A candidate with a trick of the fast small-image recipes (catsdogs/training/tricks.py): the candidate it
+# changes, and the settings it adds. auto chooses one only where the frontier shows it helps.
+TRICKS = {
+    "s64-bn": ("s64", {"bn_momentum": 0.4, "bn_bias_lr_scale": 64.0}),  # airbench's BN momentum and bias lr
+    "s64-bn8": ("s64", {"bn_momentum": 0.4, "bn_bias_lr_scale": 8.0}),
+    "s64-wh": ("s64", {"whiten_stem": True}),  # a patch-whitened first layer
+    "s64-b256": ("s64", {"batch_size": 256, "lr_batch": 64}),  # 4x the batch, lr scaled linearly
+}
 BUDGETS = [12, 40, 130, 400, 1300]  # TFLOP: from 2 minutes of an AVX2 laptop to an hour of an AMX server
 HELD_BACK = ("val", "test")
 EVALUATING = threading.Lock()
@@ -51,12 +59,18 @@ def train_gflop(model: str, size: int, low: int, fraction: float) -> float:
     return candidate_gflop(forward, size, low, fraction)
 
 
+def spec(name: str) -> tuple[tuple, dict]:
+    """A candidate's (model, image size, progressive size, fraction), and the settings its trick adds."""
+    base, extra = TRICKS.get(name, (name, {}))
+    return CANDIDATES[base], extra
+
+
 def candidate_config(name: str, work: Path) -> Path:
-    """auto.yaml's shared settings with the candidate's model and sizes, and no frontier or time budget."""
+    """auto.yaml's shared settings with the candidate's model, sizes and trick, and no frontier or time budget."""
     settings = yaml.safe_load(BASE.read_text(encoding="utf-8"))
-    model, size, low, fraction = CANDIDATES[name]
+    (model, size, low, fraction), extra = spec(name)
     settings.update(frontier=False, time_budget=0, model=model, image_size=size, progressive_size=low,
-                    progressive_fraction=fraction, precision="fp32")
+                    progressive_fraction=fraction, precision="fp32", **extra)
     path = work / "configs" / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
@@ -105,6 +119,7 @@ def plan(budgets: list[float], names: list[str], seeds: int, gflop: dict[str, fl
 def write(out: Path, old: dict, gflop: dict[str, float], train_images: int, results: dict[tuple, list[float]],
           jobs: list[dict], seeds: int, command: str) -> None:
     points = {(p["candidate"], p["budget_tflop"]): p for p in old.get("points", [])}
+    measured = {p["candidate"] for p in old.get("points", [])} | {job["candidate"] for job in jobs}
     for job in jobs:
         key = (job["candidate"], job["budget"])
         done = results.get(key, [])
@@ -117,29 +132,50 @@ def write(out: Path, old: dict, gflop: dict[str, float], train_images: int, resu
             "photos": "a 90/5/5 split of PetImages-large (seed 42); accuracy on its 938 val and test photos, "
                       "at the last epoch, one number per seed",
             "precision": "fp32", "base": "configs/recipes/auto.yaml",
-            "candidates": {name: {"model": m, "image_size": s, "progressive_size": low, "progressive_fraction": f,
-                                  "train_gflop": round(gflop[name], 4)} for name, (m, s, low, f) in CANDIDATES.items()},
+            "candidates": {name: candidate_record(name, gflop) for name in [*CANDIDATES, *TRICKS]
+                           if name in CANDIDATES or name in measured},
             "points": sorted(points.values(), key=lambda p: (p["budget_tflop"], p["candidate"]))}
     write_text_atomic(out, json.dumps(data, indent=1) + "\n")
 
 
+def candidate_record(name: str, gflop: dict[str, float]) -> dict:
+    (model, size, low, fraction), extra = spec(name)
+    return {"model": model, "image_size": size, "progressive_size": low, "progressive_fraction": fraction,
+            "train_gflop": round(gflop[name], 4), **({"extra": extra} if extra else {})}
+
+
 def table(path: Path) -> str:
-    """The frontier as a markdown table: a row per budget, a column per candidate (mean and seeds)."""
+    """The frontier as a markdown table: a row per budget, a column per candidate (mean and seeds); then the
+    candidates with a trick, each against the candidate it changes, at each budget both were measured."""
     data = json.loads(path.read_text(encoding="utf-8"))
-    names = list(data["candidates"])
+    cands = data["candidates"]
+    names = [n for n in cands if "extra" not in cands[n]]
     found = {(p["candidate"], p["budget_tflop"]): p for p in data["points"]}
-    lines = ["| budget TFLOP | " + " | ".join(f"{n} ({data['candidates'][n]['model']}, "
-                                                 f"{data['candidates'][n]['progressive_size']}/"
-                                                 f"{data['candidates'][n]['image_size']} px)" for n in names) + " |",
+
+    def cell(p: dict) -> str:
+        return f"{mean(p):.1%} ({', '.join(f'{a:.1%}' for a in p['accuracy'])}; {p['epochs']} ep)"
+
+    lines = ["| budget TFLOP | " + " | ".join(f"{n} ({cands[n]['model']}, {cands[n]['progressive_size']}/"
+                                                 f"{cands[n]['image_size']} px)" for n in names) + " |",
              "|---" * (len(names) + 1) + "|"]
     for budget in sorted({b for _, b in found}):
-        cells = []
-        for name in names:
-            p = found.get((name, budget))
-            cells.append("" if p is None else f"{sum(p['accuracy']) / len(p['accuracy']):.1%} "
-                         f"({', '.join(f'{a:.1%}' for a in p['accuracy'])}; {p['epochs']} ep)")
+        cells = ["" if (n, budget) not in found else cell(found[n, budget]) for n in names]
         lines.append(f"| {budget:g} | " + " | ".join(cells) + " |")
+    rows = [(n, b) for n in cands if "extra" in cands[n] for b in sorted({b for _, b in found})
+            if (n, b) in found and (TRICKS[n][0], b) in found]
+    if rows:
+        lines += ["", "| candidate | its settings | budget TFLOP | accuracy | without the trick | difference |",
+                  "|---|---|---|---|---|---|"]
+        for n, b in rows:
+            settings = ", ".join(f"{k}: {v}" for k, v in cands[n]["extra"].items())
+            base = found[TRICKS[n][0], b]
+            lines.append(f"| {n} | {settings} | {b:g} | {cell(found[n, b])} | {cell(base)} | "
+                         f"{(mean(found[n, b]) - mean(base)) * 100:+.1f} points |")
     return "\n".join(lines)
+
+
+def mean(point: dict) -> float:
+    return sum(point["accuracy"]) / len(point["accuracy"])
 
 
 def main() -> None:
@@ -147,22 +183,23 @@ def main() -> None:
     parser.add_argument("--large", type=Path, default=SHARED / "PetImages-large")
     parser.add_argument("--work", type=Path, default=Path("bench-frontier"))
     parser.add_argument("--budgets", type=float, nargs="+", default=BUDGETS[:2], help="training TFLOPs")
-    parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), help="s64, s96, s128 or m128")
+    parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES),
+                        help=f"among {', '.join(CANDIDATES)}; with a trick: {', '.join(TRICKS)}")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--jobs", type=int, default=2, help="runs at once")
     parser.add_argument("--threads", type=int, default=1, help="threads per run")
     parser.add_argument("--out", type=Path, default=FRONTIER_FILE)
     parser.add_argument("--table", action="store_true", help="print --out as a markdown table and stop")
     args = parser.parse_args()
-    if set(args.candidates) - set(CANDIDATES):
-        parser.error(f"--candidates: choose among {', '.join(CANDIDATES)}")
+    if set(args.candidates) - set(CANDIDATES) - set(TRICKS):
+        parser.error(f"--candidates: choose among {', '.join([*CANDIDATES, *TRICKS])}")
     if args.table:
         print(table(args.out))
         return
     args.work.mkdir(parents=True, exist_ok=True)
     split = make_split(args.large, args.work)
     train_images = sum(1 for p in (split / "train").rglob("*") if p.is_file())
-    gflop = {name: train_gflop(*spec) for name, spec in CANDIDATES.items()}
+    gflop = {name: train_gflop(*spec(name)[0]) for name in [*CANDIDATES, *TRICKS]}
     jobs = plan(args.budgets, args.candidates, args.seeds, gflop, train_images)
     old = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else {}
     command = (f"python benchmarks/build_frontier.py --budgets {' '.join(f'{b:g}' for b in args.budgets)} "

@@ -20,17 +20,17 @@ from catsdogs.training.frontier import Candidate, Frontier, as_settings, choose_
 from catsdogs.training.hardware import Precision
 from catsdogs.training.speed import schedule_seconds_per_image
 
-# Images per timed step: smaller than a recipe's batch, so that the slowest candidate is timed in seconds.
-PROBE_BATCH = 32
-PROBE_SECONDS = 0.5
+PROBE_SECONDS = 0.5  # timed at each image size of a candidate's schedule, after warm-up steps
 
-Measure = Callable[[Candidate, torch.device, Precision], float]
+Measure = Callable[[Candidate, torch.device, Precision, int], float]
 
 
-def measure_candidate(candidate: Candidate, device: torch.device, precision: Precision) -> float:
-    """Seconds per training image of the candidate's schedule on this machine."""
+def measure_candidate(candidate: Candidate, device: torch.device, precision: Precision, batch_size: int) -> float:
+    """Seconds per training image of the candidate's schedule on this machine, at the batch size it trains
+    with (the candidate's own, else the run's): a larger batch trains more images a second."""
+    batch = int(candidate.extra.get("batch_size", batch_size))
     return schedule_seconds_per_image(candidate.model, candidate.image_size, candidate.progressive_size,
-                                      candidate.progressive_fraction, PROBE_BATCH, device, precision, PROBE_SECONDS)
+                                      candidate.progressive_fraction, batch, device, precision, PROBE_SECONDS)
 
 
 def choose_from_frontier(cfg: TrainConfig, device: torch.device, precision: Precision, train_images: int,
@@ -42,7 +42,8 @@ def choose_from_frontier(cfg: TrainConfig, device: torch.device, precision: Prec
     speeds = None
     if team.main:  # one measurement, told to every process, so that all train the same choice
         log(f"auto: timing {len(frontier.candidates)} candidates on this machine ({precision.name})")
-        speeds = {name: measure(c, device, precision) for name, c in frontier.candidates.items() if frontier.of(name)}
+        speeds = {name: measure(c, device, precision, cfg.batch_size) for name, c in frontier.candidates.items()
+                  if frontier.of(name)}
     speeds = from_main(speeds, team)
     choice = choose_point(frontier, speeds, cfg.time_budget, train_images)
     for line in describe(choice, cfg.time_budget, precision.name):

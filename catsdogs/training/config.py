@@ -152,6 +152,18 @@ class TrainConfig:
     freeze_epochs: int = setting(0, minimum=0)  # epochs at the start that train the head alone, the body frozen
     # the body's learning rate as a fraction of lr (e.g. 0.1 for pretrained weights)
     body_lr_scale: float = setting(1.0, minimum=0.0, above_zero=True)
+    # Tricks of the fast small-image recipes (airbench, Myrtle), catsdogs/training/tricks.py:
+    # the batch-norm layers' running-statistics momentum, in torch's sense (the new batch's weight: torch's
+    # default is 0.1; airbench's "0.6" is 0.4 here). None: the model's own.
+    bn_momentum: float | None = setting(None, minimum=0.0, maximum=1.0, above_zero=True)
+    # the batch-norm biases' learning rate as a multiple of lr (airbench: 64)
+    bn_bias_lr_scale: float = setting(1.0, minimum=0.0, above_zero=True)
+    # a new run's first convolution starts from the whitening of 3x3... patches of training photos: its
+    # filters are the patches' main directions scaled to unit variance, each with its negative
+    whiten_stem: bool = setting(False)
+    # the batch size lr is given for: with another batch_size, the lr used is lr x batch_size / lr_batch
+    # (the linear scaling rule). None or 0: lr as given.
+    lr_batch: int | None = setting(None, minimum=0, off_at_zero=True)
 
     # Schedule and stopping.
     # constant|step|cosine|onecycle (see `catsdogs schedulers`)

@@ -39,11 +39,13 @@ class Candidate:
     progressive_size: int | None
     progressive_fraction: float
     train_gflop: float  # training GFLOP per image, averaged over the schedule's sizes
+    # other TrainConfig keys it sets: a trick of the fast recipes (tricks.py), or its batch size
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def settings(self) -> dict[str, Any]:
         """The TrainConfig keys this candidate sets."""
         return {"model": self.model, "image_size": self.image_size, "progressive_size": self.progressive_size or 0,
-                "progressive_fraction": self.progressive_fraction}
+                "progressive_fraction": self.progressive_fraction, **self.extra}
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from catsdogs.training.schedules import lr_factor
 from catsdogs.training.scoring import balanced_accuracy, evaluate_source
 from catsdogs.training.state import Progress, TrainState
 from catsdogs.training.tensorboard_log import Board
+from catsdogs.training.tricks import effective_lr
 
 Log = Callable[[str], None]
 
@@ -114,7 +115,8 @@ class EpochLoop:
         self.steps_per_epoch = math.ceil(len(train_source) / cfg.batch_size)
         # The schedule scales the configured lr: never the groups' lr, which a resumed optimizer
         # brings back as it was at the interruption (mid-schedule).
-        self.base_lrs = [cfg.lr * group.get("lr_scale", 1.0) for group in state.optimizer.param_groups]
+        lr = effective_lr(cfg.lr, cfg.batch_size, cfg.lr_batch)
+        self.base_lrs = [lr * group.get("lr_scale", 1.0) for group in state.optimizer.param_groups]
         # Fine-tuning: the body (all but the head) stays still for the first cfg.freeze_epochs epochs.
         head = head_name(state.model) if cfg.freeze_epochs else None
         self.body = [p for name, p in state.model.named_parameters()

@@ -12,6 +12,7 @@ import torch
 
 from catsdogs.errors import UsageError
 from catsdogs.registry import Registry
+from catsdogs.training.tricks import bn_bias_ids
 
 ENTRY_POINT_GROUP = "catsdogs.optimizers"
 
@@ -82,13 +83,15 @@ register_optimizer("adamw", "AdamW: Adam with decoupled weight decay",
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float | None, head: str | None = None,
-                     body_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+                     body_lr_scale: float = 1.0, bn_bias_lr_scale: float = 1.0) -> list[dict[str, Any]]:
     """Weight decay for weights of convolutions and linear layers only, not biases or norm scales.
 
     Decaying a bias or a batch-norm scale only fights the normalisation; this is the common
     practice of timm and the torchvision references. With a `body_lr_scale` other than 1, the
     parameters outside module `head` get groups of their own, after the head's, marked with
-    `lr_scale`: the training loop gives them that fraction of the learning rate.
+    `lr_scale`: the training loop gives them that fraction of the learning rate. With a
+    `bn_bias_lr_scale` other than 1, the batch-norm biases of each part get a group of their own
+    too, last, their `lr_scale` multiplied by it (airbench's scaled biases).
     """
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     if head is None or body_lr_scale == 1.0:
@@ -97,6 +100,10 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float | None, head: s
         in_head = [name == head or name.startswith(f"{head}.") for name, _ in named]
         parts = [(1.0, [p for (_, p), h in zip(named, in_head) if h]),
                  (body_lr_scale, [p for (_, p), h in zip(named, in_head) if not h])]
+    if bn_bias_lr_scale != 1.0:
+        biases = bn_bias_ids(model)
+        parts = [(scale, [p for p in params if id(p) not in biases]) for scale, params in parts] + \
+                [(scale * bn_bias_lr_scale, [p for p in params if id(p) in biases]) for scale, params in parts]
     groups: list[dict[str, Any]] = []
     for scale, params in parts:
         decay = [p for p in params if p.ndim > 1]

@@ -30,6 +30,7 @@ from catsdogs.training.lookahead import Lookahead
 from catsdogs.training.loop import EpochLoop, Hooks, Log, stop_on_signals
 from catsdogs.training.models import MODELS, build_model, head_name, load_pretrained
 from catsdogs.training.optim import build_optimizer, get_optimizer_spec, load_optimizer_plugins, parameter_groups
+from catsdogs.training.tricks import effective_lr, set_bn_momentum, whiten_stem
 from catsdogs.training.placement import placement
 from catsdogs.training.resume import (LastSaver, budget_spent, check_same_split, data_fingerprint, how_to_train_longer,
                                       model_state, point_best_at, resume_command, resumed_config)
@@ -70,6 +71,9 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
                          f"got {cfg.image_size}")
     if cfg.frontier and not cfg.time_budget:
         raise UsageError("auto chooses a model for a time budget: give one with --time-budget MINUTES")
+    if cfg.whiten_stem and cfg.pretrained:
+        raise UsageError("whiten_stem starts the first layer from the photos, --pretrained from ImageNet: "
+                         "choose one (remove whiten_stem from the config file, or --pretrained)")
     small = cfg.progressive_size
     if small and not model.min_image_size <= small < cfg.image_size:
         raise UsageError(f"progressive_size {small} must be below image_size {cfg.image_size} and at least "
@@ -225,6 +229,9 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
     # The model before the cache: a wrong model, size or weights file is told before minutes of decoding.
     model, init_hash = _build_model(cfg, state, splits.train, log)
     sources = _open_data(cfg, splits, hardware.device, rebuild, progress, team, log)
+    if cfg.whiten_stem and state is None:  # a resume brings the weights back from last.pt
+        whiten_stem(model, sources.train, cfg.image_size)
+        init_hash = _weights_hash(model)
     run = _Run(cfg=cfg, team=team, log=log, show_progress=progress, run_dir=run_dir, hardware=hardware,
                splits=splits, sources=sources, init_hash=init_hash,
                state=_build_state(cfg, model, hardware.device, hardware.precision, team), hooks=hooks)
@@ -291,6 +298,7 @@ def _build_model(cfg: TrainConfig, state: dict[str, Any] | None, train_split: Im
     """The model at its first weights (random, or pretrained for a new run), and their hash."""
     _seed_everything(cfg.seed)
     model = build_model(cfg.model, len(train_split.classes), cfg.image_size)
+    set_bn_momentum(model, cfg.bn_momentum)
     if cfg.pretrained and state is None:
         loaded, missed = load_pretrained(model, cfg.model, cfg.pretrained)
         fresh_head = loaded + len(missed) < len(model.state_dict())  # the rest is the head, when it did not fit
@@ -335,7 +343,8 @@ def _build_state(cfg: TrainConfig, model: nn.Module, device: torch.device, preci
     if team.enabled:
         torch.manual_seed(cfg.seed + RANK_SEED_STRIDE * team.rank)  # each process its own dropout masks
     spec = get_optimizer_spec(cfg.optim)
-    groups = parameter_groups(model, cfg.weight_decay, head_name(model), cfg.body_lr_scale)
+    groups = parameter_groups(model, cfg.weight_decay, head_name(model), cfg.body_lr_scale,
+                              bn_bias_lr_scale=cfg.bn_bias_lr_scale)
     optimizer = build_optimizer(cfg.optim, groups,
                                 **_optimizer_overrides(cfg, spec.defaults))
     if cfg.lookahead_steps:
@@ -401,7 +410,7 @@ def _log_start(run: _Run) -> None:
         f"classes {', '.join(run.splits.train.classes)}); cache: {_cache_note(run.sources.train)}")
     share = f", {_per_process(cfg.batch_size, team.world)} per process" if team.enabled else ""
     share += f", in passes of {cfg.micro_batch}" if cfg.micro_batch and cfg.micro_batch < cfg.batch_size else ""
-    log(f"model {cfg.model} at {cfg.image_size}px, optimizer {cfg.optim} (lr {cfg.lr:g}, batch {cfg.batch_size}"
+    log(f"model {cfg.model} at {cfg.image_size}px, optimizer {cfg.optim} (lr {_lr_note(cfg)}, batch {cfg.batch_size}"
         f"{share}), {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}" + _fine_tuning_note(cfg, run.state.model))
 
 
@@ -547,12 +556,17 @@ def _cache_note(source: BatchSource) -> str:
 
 def _optimizer_overrides(cfg: TrainConfig, defaults: Mapping[str, Any]) -> dict[str, Any]:
     """lr always; momentum and weight_decay only when set, so Adam is not handed a momentum."""
-    overrides: dict[str, Any] = {"lr": cfg.lr}
+    overrides: dict[str, Any] = {"lr": effective_lr(cfg.lr, cfg.batch_size, cfg.lr_batch)}
     for key in ("momentum", "weight_decay"):
         value = getattr(cfg, key)
         if value is not None and (key in defaults or value != 0):
             overrides[key] = value
     return overrides
+
+
+def _lr_note(cfg: TrainConfig) -> str:
+    lr = effective_lr(cfg.lr, cfg.batch_size, cfg.lr_batch)
+    return f"{lr:g}" + (f" = {cfg.lr:g} x {cfg.batch_size}/{cfg.lr_batch}" if lr != cfg.lr else "")
 
 
 def _per_process(batch_size: int, world: int) -> str:

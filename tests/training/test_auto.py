@@ -23,7 +23,7 @@ data = split_fixture((12, 4, 4), size=48, scope="module")
 
 # A small model that learns fast and levels off, and a big one that needs FLOPs but goes further.
 SMALL = Candidate("small", "bncnn-s", 32, None, 0.75, train_gflop=0.01)
-BIG = Candidate("big", "bncnn-s", 48, 32, 0.5, train_gflop=0.04)
+BIG = Candidate("big", "bncnn-s", 48, 32, 0.5, train_gflop=0.04, extra={"batch_size": 16, "lr_batch": 64})
 CURVES = {"small": [(1.0, 0.80), (4.0, 0.82), (16.0, 0.83)], "big": [(1.0, 0.70), (4.0, 0.85), (16.0, 0.92)]}
 
 
@@ -96,10 +96,10 @@ def test_auto_trains_the_point_its_measured_speed_buys(data: Path, tmp_path: Pat
                                                        model_size: int) -> None:
     minutes = 0.01
     speeds = speeds_for(minutes, *tflops)
-    measured: list[str] = []
+    measured: dict[str, int] = {}
 
-    def measure(candidate: Candidate, device: object, precision: object) -> float:
-        measured.append(candidate.name)
+    def measure(candidate: Candidate, device: object, precision: object, batch_size: int) -> float:
+        measured[candidate.name] = batch_size
         return speeds[candidate.name]
 
     monkeypatch.setattr(auto, "load_frontier", lambda: synthetic_frontier())
@@ -111,8 +111,10 @@ def test_auto_trains_the_point_its_measured_speed_buys(data: Path, tmp_path: Pat
     run = Path(result.run_dir)
     record = json.loads((run / "auto.json").read_text(encoding="utf-8"))
     saved = (run / "config.yaml").read_text(encoding="utf-8")
-    assert sorted(measured) == ["big", "small"] and record["chosen"] == chosen
+    assert measured == {"big": 64, "small": 64} and record["chosen"] == chosen  # the run's batch (auto.yaml's)
     assert f"image_size: {model_size}\n" in saved and "model: bncnn-s\n" in saved
+    # A candidate's own settings (here big's batch size, with the lr scaled to it) come with it.
+    assert ("batch_size: 16\nlr: 0.1\n" in saved and "lr_batch: 64\n" in saved) == (chosen == "big")
     assert any(line.startswith(f"auto: chose {chosen} ") for line in lines)
     assert (run / "history.csv").is_file() and (run / "best.pt").is_file()
     assert result.status in ("time-budget", "finished")
@@ -128,3 +130,16 @@ def test_auto_without_a_time_budget_says_to_give_one(data: Path, tmp_path: Path)
 def test_the_package_ships_its_frontier() -> None:
     assert FRONTIER_FILE.is_file()
     assert "catsdogs" in (ROOT / "pyproject.toml").read_text(encoding="utf-8").split("[tool.setuptools.package-data]")[1]
+
+
+def test_each_candidate_is_timed_at_the_batch_size_it_trains_with(monkeypatch: pytest.MonkeyPatch) -> None:
+    timed: dict[str, int] = {}
+
+    def seconds(model, size, low, fraction, batch, device, precision, seconds):
+        timed[f"{model}@{size}"] = batch
+        return 1e-3
+
+    monkeypatch.setattr(auto, "schedule_seconds_per_image", seconds)
+    auto.measure_candidate(SMALL, "cpu", "fp32", 64)
+    auto.measure_candidate(BIG, "cpu", "fp32", 64)
+    assert timed == {"bncnn-s@32": 64, "bncnn-s@48": 16}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -22,6 +23,7 @@ from catsdogs.training.config import TrainConfig, build_config
 from catsdogs.training.ema import ModelEMA
 from catsdogs.training.loop import EpochLoop, Progress
 from catsdogs.training.models import build_model
+from catsdogs.training import train as train_module, tricks
 from catsdogs.training.train import train
 from tests.helpers import RECIPE_SIZE, STEPS_PER_EPOCH, interrupt_after, quiet, recipe_config, split_fixture
 
@@ -266,3 +268,63 @@ def test_random_crop_cuts_the_reflection_padded_image(size: int) -> None:
     offsets = torch.randint(0, 2 * pad + 1, (6, 2), generator=torch.Generator().manual_seed(3)).tolist()
     expected = torch.stack([padded[i, :, y:y + size, x:x + size] for i, (y, x) in enumerate(offsets)])
     assert torch.equal(crops, expected) and crops.is_contiguous(memory_format=torch.channels_last)
+
+
+# ---- airbench's and Myrtle's tricks (catsdogs/training/tricks.py) ----------------------------------------
+
+def test_whitening_filters_decorrelate_patches_to_unit_variance_in_signed_pairs() -> None:
+    generator = torch.Generator().manual_seed(0)
+    mixing = torch.randn(27, 27, generator=generator)  # correlated patch values, variances far from 1
+    patches = (torch.randn(20000, 27, generator=generator) @ mixing).reshape(-1, 3, 3, 3)
+    filters = tricks.whitening_filters(patches, 24)
+    assert filters.shape == (24, 3, 3, 3)
+    assert torch.equal(filters[1::2], -filters[::2])  # each direction with its negative
+    out = (patches.reshape(len(patches), -1) - patches.reshape(len(patches), -1).mean(0)) @ filters[::2].reshape(12, -1).T
+    covariance = out.T @ out / (len(out) - 1)
+    torch.testing.assert_close(covariance, torch.eye(12), atol=0.05, rtol=0)
+    with pytest.raises(UsageError, match="more than twice"):
+        tricks.whitening_filters(patches, 56)
+
+
+def test_bn_tricks_and_lr_scaling_reach_the_optimizer_and_the_model(data: Path, tmp_path: Path) -> None:
+    cfg = recipe_config(data, tmp_path / "run", epochs=1, scheduler="constant", lr=0.05, batch_size=16, lr_batch=8,
+                        bn_momentum=0.4, bn_bias_lr_scale=8.0)
+    lines: list[str] = []
+    result = train(cfg, progress=False, log=lines.append)
+    assert any("lr 0.1 = 0.05 x 16/8" in line for line in lines), lines
+    groups = load_checkpoint(result.run_dir / "last.pt")["optimizer"]["param_groups"]
+    model = build_model("bncnn-s", 2, RECIPE_SIZE)
+    bn_biases = len([m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)])
+    others = len(list(model.parameters())) - bn_biases
+    assert [(len(g["params"]), g["lr"]) for g in groups] == [(others, 0.1), (bn_biases, 0.8)]
+    assert tricks.set_bn_momentum(model, 0.4) == bn_biases
+    assert {m.momentum for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.4}
+
+
+def test_a_whitened_stem_starts_from_the_photos_and_resumes_exactly(data: Path, tmp_path: Path, monkeypatch) -> None:
+    cfg = recipe_config(data, tmp_path / "straight", whiten_stem=True, epochs=2)
+    started = {}
+    original = tricks.whiten_stem
+
+    def keep(model, source, size):
+        original(model, source, size)
+        started["weight"] = next(model.parameters()).detach().clone()
+
+    monkeypatch.setattr(train_module, "whiten_stem", keep)
+    straight = train(cfg, progress=False, log=quiet).run_dir
+    first = started.pop("weight")
+    assert torch.allclose(first[1::2], -first[::2]) and first.abs().max() > 1.0  # whitened: not torch's init
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, STEPS_PER_EPOCH + 2)
+        broken = train(dataclasses.replace(cfg, out=str(tmp_path / "broken")), progress=False, log=quiet)
+    assert torch.equal(started.pop("weight"), first)  # the same photos, the same start
+    train(None, resume=broken.run_dir, progress=False, log=quiet)
+    assert not started  # a resume takes its weights from last.pt
+    one, two = load_checkpoint(straight / "last.pt"), load_checkpoint(broken.run_dir / "last.pt")
+    for key in one["model"]:
+        assert torch.equal(one["model"][key], two["model"][key]), key
+
+
+def test_a_whitened_stem_and_pretrained_weights_are_refused_together(data: Path, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="choose one"):
+        train(recipe_config(data, tmp_path / "run", whiten_stem=True, pretrained="cache"), progress=False, log=quiet)
