@@ -33,7 +33,7 @@ def test_paired_accuracy_of_a_run_against_its_copy(tiny_run, tmp_path: Path) -> 
 def test_class_weights_benchmark_runs_on_a_small_folder(tmp_path: Path) -> None:
     source = make_classes(tmp_path / "src", {"Cat": 10, "Dog": 30})
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_class_weights.py"), "--source",
-                             str(source), "--dogs", "30", "--cats", "10", "--minutes", "0.02", "--image-size", "32"],
+                             str(source), "--dogs", "30", "--cats", "10", "--minutes", "0.005", "--image-size", "32"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith(("| none", "| balanced"))]
