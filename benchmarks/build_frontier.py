@@ -48,6 +48,7 @@ TRICKS = {
     "s64-bn8": ("s64", {"bn_momentum": 0.4, "bn_bias_lr_scale": 8.0}),
     "s64-wh": ("s64", {"whiten_stem": True}),  # a patch-whitened first layer
     "s64-b256": ("s64", {"batch_size": 256, "lr_batch": 64}),  # 4x the batch, lr scaled linearly
+    "s96-wh": ("s96", {"whiten_stem": True}),
 }
 BUDGETS = [12, 40, 130, 400, 1300]  # TFLOP: from 2 minutes of an AVX2 laptop to an hour of an AMX server
 HELD_BACK = ("val", "test")
