@@ -49,6 +49,18 @@ def test_a_tiny_frontier_is_built_resumed_extended_and_loaded(tmp_path: Path) ->
     assert "--budgets 0.002 0.004 --candidates s64 --seeds 1" in frontier.command
     choice = choose_point(frontier, {"s64": 1e-3}, 1.0, train_images)
     assert choice.candidate.name == "s64"
+    # A candidate with a trick trains with its settings, and the table sets it against the candidate it changes.
+    trick = subprocess.run([sys.executable, str(SCRIPT), "--large", str(large), "--work", str(tmp_path / "work"),
+                            "--out", str(out), "--candidates", "s64-wh", "--seeds", "1", "--budgets", "0.002"],
+                           capture_output=True, text=True, timeout=300)
+    assert trick.returncode == 0, trick.stderr
+    assert "whiten_stem: true" in (tmp_path / "work" / "runs" / "s64-wh-0.002-seed42" / "config.yaml").read_text()
+    whitened = load_frontier(out).candidates["s64-wh"]
+    assert dict(whitened.extra) == {"whiten_stem": True} and whitened.train_gflop == gflop
     table = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--table"], capture_output=True,
                            text=True, check=True).stdout.splitlines()
-    assert table[0].startswith("| budget TFLOP | s64 (bncnn-s, 48/64 px)") and len(table) == 4
+    assert table[0].startswith("| budget TFLOP | s64 (bncnn-s, 48/64 px)") and len(table) == 8
+    assert "s64-wh" not in table[0]
+    wh_acc = next(p for p in load_frontier(out).points if p.candidate == "s64-wh").mean
+    assert table[7].startswith("| s64-wh | whiten_stem: True | 0.002 | ")
+    assert table[7].endswith(f" | {(wh_acc - point['accuracy'][0]) * 100:+.1f} points |")

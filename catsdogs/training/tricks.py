@@ -54,11 +54,17 @@ def first_conv(model: nn.Module) -> nn.Conv2d:
 
 
 def whitening_filters(patches: torch.Tensor, filters: int) -> torch.Tensor:
-    """`filters` filters from patches (N x C x k x k): the patches' main directions, each scaled to unit
-    variance, and each followed by its negative (so that a ReLU after them keeps both signs)."""
+    """`filters` filters from patches (N x C x k x k); see filters_from_covariance."""
     flat = patches.reshape(len(patches), -1).double()
-    flat = flat - flat.mean(0)
-    covariance = flat.T @ flat / (len(flat) - 1)
+    return filters_from_covariance(flat.T @ flat, flat.sum(0), len(flat), filters).reshape(filters, *patches.shape[1:])
+
+
+def filters_from_covariance(products: torch.Tensor, sums: torch.Tensor, count: int, filters: int) -> torch.Tensor:
+    """`filters` flat filters from the patches' sums of products and sums (float64) over `count` patches: their
+    main directions, each scaled to unit variance and followed by its negative (so that a ReLU after them
+    keeps both signs)."""
+    mean = sums / count
+    covariance = (products - count * torch.outer(mean, mean)) / (count - 1)
     values, vectors = torch.linalg.eigh(covariance)  # ascending
     order = torch.argsort(values, descending=True)
     pairs = math.ceil(filters / 2)
@@ -66,18 +72,25 @@ def whitening_filters(patches: torch.Tensor, filters: int) -> torch.Tensor:
         raise UsageError(f"whiten_stem: the first convolution has {filters} filters, more than twice its "
                          f"{len(values)} patch values")
     chosen = vectors[:, order[:pairs]] / torch.sqrt(values[order[:pairs]] + WHITEN_EPS)
-    both = torch.stack([chosen.T, -chosen.T], 1).reshape(2 * pairs, -1)[:filters]
-    return both.reshape(filters, *patches.shape[1:]).float()
+    return torch.stack([chosen.T, -chosen.T], 1).reshape(2 * pairs, -1)[:filters].float()
 
 
-def training_patches(source: BatchSource, image_size: int, kernel: tuple[int, int]) -> torch.Tensor:
-    """Every kernel-sized patch, at the convolution's stride 1, of WHITEN_PHOTOS training photos spread evenly
-    over the split, normalised as the model sees them (no augmentation; no random number is drawn)."""
+def patch_moments(source: BatchSource, image_size: int, kernel: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                          int]:
+    """The sums of products and the sums (float64) of every kernel-sized patch, at stride 1, of WHITEN_PHOTOS
+    training photos spread evenly over the split, normalised as the model sees them; and how many patches.
+    No augmentation and no random number; a few photos at a time, so memory stays small at any size."""
     picks = source.valid[np.linspace(0, len(source.valid) - 1, min(WHITEN_PHOTOS, len(source.valid))).astype(int)]
-    images = torch.cat([batch for batch, _ in source.batches([picks])])
-    images = eval_preset(image_size)(images)
-    patches = nn.functional.unfold(images.float(), kernel)  # N x (C k k) x L
-    return patches.transpose(1, 2).reshape(-1, 3, *kernel)
+    preset = eval_preset(image_size)
+    products = sums = None
+    count = 0
+    for images, _ in source.batches([picks[i:i + 2] for i in range(0, len(picks), 2)]):
+        patches = nn.functional.unfold(preset(images).float(), kernel)  # N x (C k k) x L
+        flat = patches.transpose(1, 2).reshape(-1, patches.shape[1]).double()
+        products = flat.T @ flat if products is None else products + flat.T @ flat
+        sums = flat.sum(0) if sums is None else sums + flat.sum(0)
+        count += len(flat)
+    return products, sums, count
 
 
 @torch.no_grad()
@@ -85,7 +98,7 @@ def whiten_stem(model: nn.Module, source: BatchSource, image_size: int) -> None:
     """Set the first convolution's weights to the whitening of the training photos' patches (its bias, if
     any, to 0). The same photos give the same weights in every process of a run."""
     conv = first_conv(model)
-    patches = training_patches(source, image_size, conv.kernel_size)
-    conv.weight.copy_(whitening_filters(patches, conv.out_channels).to(conv.weight.device))
+    filters = filters_from_covariance(*patch_moments(source, image_size, conv.kernel_size), conv.out_channels)
+    conv.weight.copy_(filters.reshape(conv.weight.shape).to(conv.weight.device))
     if conv.bias is not None:
         conv.bias.zero_()
