@@ -42,8 +42,15 @@ def choose_from_frontier(cfg: TrainConfig, device: torch.device, precision: Prec
     speeds = None
     if team.main:  # one measurement, told to every process, so that all train the same choice
         log(f"auto: timing {len(frontier.candidates)} candidates on this machine ({precision.name})")
-        speeds = {name: measure(c, device, precision, cfg.batch_size) for name, c in frontier.candidates.items()
-                  if frontier.of(name)}
+        timed: dict[tuple, float] = {}  # a trick that only changes the first weights trains at its base's speed
+        speeds = {}
+        for name, c in frontier.candidates.items():
+            if frontier.of(name):
+                key = (c.model, c.image_size, c.progressive_size, c.progressive_fraction,
+                       c.extra.get("batch_size", cfg.batch_size))
+                if key not in timed:
+                    timed[key] = measure(c, device, precision, cfg.batch_size)
+                speeds[name] = timed[key]
     speeds = from_main(speeds, team)
     choice = choose_point(frontier, speeds, cfg.time_budget, train_images)
     for line in describe(choice, cfg.time_budget, precision.name):

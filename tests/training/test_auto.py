@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from catsdogs.errors import CatsdogsError
 from catsdogs.training import auto
 from catsdogs.training.config import build_config
 from catsdogs.training.frontier import FRONTIER_FILE, Candidate, Frontier, Point, candidate_gflop, choose_point, \
     describe, load_frontier, predict
+from catsdogs.training.hardware import select_precision
 from catsdogs.training.models import build_model, count_flops
 from catsdogs.training.train import train
-from tests.helpers import invoke, split_fixture
+from tests.helpers import invoke, quiet, split_fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTO = ROOT / "configs" / "recipes" / "auto.yaml"
@@ -143,3 +146,24 @@ def test_each_candidate_is_timed_at_the_batch_size_it_trains_with(monkeypatch: p
     auto.measure_candidate(SMALL, "cpu", "fp32", 64)
     auto.measure_candidate(BIG, "cpu", "fp32", 64)
     assert timed == {"bncnn-s@32": 64, "bncnn-s@48": 16}
+
+
+def test_a_trick_that_keeps_its_base_s_steps_is_not_timed_twice() -> None:
+    from catsdogs.training.distributed import SOLO
+
+    whitened = dataclasses.replace(SMALL, name="small-wh", extra={"whiten_stem": True})
+    frontier = synthetic_frontier()
+    frontier = dataclasses.replace(frontier, candidates={**frontier.candidates, "small-wh": whitened},
+                                   points=(*frontier.points, Point("small-wh", 1.0, 1, 1.0, (0.9, 0.9))))
+    timed: list[str] = []
+
+    def measure(candidate: Candidate, device: object, precision: object, batch_size: int) -> float:
+        timed.append(candidate.name)
+        return speeds_for(20, 1.0, 1.0 / 3)[candidate.name.removesuffix("-wh")]
+
+    cfg = build_config(AUTO, {"data": "unused", "precision": "fp32"})
+    cpu = torch.device("cpu")
+    cfg, record = auto.choose_from_frontier(cfg, cpu, select_precision("fp32", cpu), 40, SOLO, quiet,
+                                            frontier=frontier, measure=measure)
+    assert timed == ["small", "big"]
+    assert record["chosen"] == "small-wh" and cfg.whiten_stem
