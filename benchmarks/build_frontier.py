@@ -175,6 +175,32 @@ def table(path: Path) -> str:
     return "\n".join(lines)
 
 
+def speed(names: list[str], threads: int, repeats: int = 3) -> None:
+    """Print each candidate's training milliseconds an image as auto's probe measures them, `repeats` times."""
+    import torch
+
+    from catsdogs.training.auto import measure_candidate
+    from catsdogs.training.frontier import Candidate
+    from catsdogs.training.hardware import select_precision
+
+    torch.set_num_threads(threads)
+    device = torch.device("cpu")
+    precision = select_precision("fp32", device)
+    batch = yaml.safe_load(BASE.read_text(encoding="utf-8"))["batch_size"]
+    candidates = {}
+    for name in names:
+        (model, size, low, fraction), extra = spec(name)
+        candidates[name] = Candidate(name, model, size, low, fraction, train_gflop(model, size, low, fraction), extra)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(repeats):
+        for name, candidate in candidates.items():
+            times[name].append(measure_candidate(candidate, device, precision, batch) * 1000)
+    print(f"cpu capability {torch.backends.cpu.get_cpu_capability()}, {threads} thread(s), fp32; ms an image:")
+    for name, found in times.items():
+        print(f"{name:<10} batch {candidates[name].extra.get('batch_size', batch):4d}  "
+              + "  ".join(f"{t:.2f}" for t in found) + f"  median {sorted(found)[len(found) // 2]:.2f}")
+
+
 def mean(point: dict) -> float:
     return sum(point["accuracy"]) / len(point["accuracy"])
 
@@ -191,11 +217,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="threads per run")
     parser.add_argument("--out", type=Path, default=FRONTIER_FILE)
     parser.add_argument("--table", action="store_true", help="print --out as a markdown table and stop")
+    parser.add_argument("--speed", nargs="+", metavar="CANDIDATE",
+                        help="time these candidates as auto does (at --threads, in fp32, at their batch size), "
+                             "three times each, alternating, and stop")
     args = parser.parse_args()
     if set(args.candidates) - set(CANDIDATES) - set(TRICKS):
         parser.error(f"--candidates: choose among {', '.join([*CANDIDATES, *TRICKS])}")
     if args.table:
         print(table(args.out))
+        return
+    if args.speed:
+        if set(args.speed) - set(CANDIDATES) - set(TRICKS):
+            parser.error(f"--speed: choose among {', '.join([*CANDIDATES, *TRICKS])}")
+        speed(args.speed, args.threads)
         return
     args.work.mkdir(parents=True, exist_ok=True)
     split = make_split(args.large, args.work)

@@ -64,3 +64,23 @@ def test_a_tiny_frontier_is_built_resumed_extended_and_loaded(tmp_path: Path) ->
     wh_acc = next(p for p in load_frontier(out).points if p.candidate == "s64-wh").mean
     assert table[7].startswith("| s64-wh | whiten_stem: True | 0.002 | ")
     assert table[7].endswith(f" | {(wh_acc - point['accuracy'][0]) * 100:+.1f} points |")
+
+
+def test_speed_times_each_candidate_at_its_batch_alternating(monkeypatch, capsys) -> None:
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import build_frontier
+
+    from catsdogs.training import auto
+
+    timed: list[tuple[str, int]] = []
+
+    def measure(candidate, device, precision, batch_size):
+        timed.append((candidate.name, int(candidate.extra.get("batch_size", batch_size))))
+        return 0.001 * len(timed)
+
+    monkeypatch.setattr(auto, "measure_candidate", measure)
+    build_frontier.speed(["s64", "s64-b256"], threads=1, repeats=2)
+    assert timed == [("s64", 64), ("s64-b256", 256)] * 2
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["s64", "batch", "64", "1.00", "3.00", "median", "3.00"]
+    assert lines[2].split() == ["s64-b256", "batch", "256", "2.00", "4.00", "median", "4.00"]
