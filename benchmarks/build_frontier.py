@@ -147,11 +147,14 @@ def candidate_record(name: str, gflop: dict[str, float]) -> dict:
 
 def table(path: Path) -> str:
     """The frontier as a markdown table: a row per budget, a column per candidate (mean and seeds); then the
-    candidates with a trick, each against the candidate it changes, at each budget both were measured."""
+    candidates with a trick, each against the candidate it changes, at each budget both were measured (the
+    candidate it changes read from the package's frontier where `path` lacks it)."""
     data = json.loads(path.read_text(encoding="utf-8"))
     cands = data["candidates"]
-    names = [n for n in cands if "extra" not in cands[n]]
+    names = [n for n in cands if "extra" not in cands[n] and any(p["candidate"] == n for p in data["points"])]
     found = {(p["candidate"], p["budget_tflop"]): p for p in data["points"]}
+    package = json.loads(FRONTIER_FILE.read_text(encoding="utf-8"))["points"] if FRONTIER_FILE.is_file() else []
+    bases = {**{(p["candidate"], p["budget_tflop"]): p for p in package if p["candidate"] in CANDIDATES}, **found}
 
     def cell(p: dict) -> str:
         return f"{mean(p):.1%} ({', '.join(f'{a:.1%}' for a in p['accuracy'])}; {p['epochs']} ep)"
@@ -159,20 +162,20 @@ def table(path: Path) -> str:
     lines = ["| budget TFLOP | " + " | ".join(f"{n} ({cands[n]['model']}, {cands[n]['progressive_size']}/"
                                                  f"{cands[n]['image_size']} px)" for n in names) + " |",
              "|---" * (len(names) + 1) + "|"]
-    for budget in sorted({b for _, b in found}):
+    for budget in sorted({b for n, b in found if n in names}):
         cells = ["" if (n, budget) not in found else cell(found[n, budget]) for n in names]
         lines.append(f"| {budget:g} | " + " | ".join(cells) + " |")
     rows = [(n, b) for n in cands if "extra" in cands[n] for b in sorted({b for _, b in found})
-            if (n, b) in found and (TRICKS[n][0], b) in found]
+            if (n, b) in found and (TRICKS[n][0], b) in bases]
     if rows:
         lines += ["", "| candidate | its settings | budget TFLOP | accuracy | without the trick | difference |",
                   "|---|---|---|---|---|---|"]
         for n, b in rows:
             settings = ", ".join(f"{k}: {v}" for k, v in cands[n]["extra"].items())
-            base = found[TRICKS[n][0], b]
+            base = bases[TRICKS[n][0], b]
             lines.append(f"| {n} | {settings} | {b:g} | {cell(found[n, b])} | {cell(base)} | "
                          f"{(mean(found[n, b]) - mean(base)) * 100:+.1f} points |")
-    return "\n".join(lines)
+    return "\n".join(lines if names else lines[3:])
 
 
 def speed(names: list[str], threads: int, repeats: int = 3) -> None:
