@@ -167,3 +167,16 @@ def test_a_trick_that_keeps_its_base_s_steps_is_not_timed_twice() -> None:
                                             frontier=frontier, measure=measure)
     assert timed == ["small", "big"]
     assert record["chosen"] == "small-wh" and cfg.whiten_stem
+
+
+def test_the_shipped_frontier_keeps_a_trick_only_where_it_beats_the_candidate_it_changes() -> None:
+    frontier = load_frontier()
+    tricks = [c for c in frontier.candidates.values() if c.extra]
+    assert tricks, "the whitened stems were measured to help: they belong in the shipped frontier"
+    for trick in tricks:
+        base = next(c for c in frontier.candidates.values() if not c.extra and
+                    (c.model, c.image_size, c.progressive_size) == (trick.model, trick.image_size,
+                                                                    trick.progressive_size))
+        pairs = [(p, q) for p in frontier.of(trick.name) for q in frontier.of(base.name)
+                 if p.budget_tflop == q.budget_tflop]
+        assert pairs and all(p.mean > q.mean for p, q in pairs), trick.name
