@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import os
 import re
@@ -96,19 +97,33 @@ def kill_a_worker_mid_run(out: Path, killed: dict[int, str], give_up: float) -> 
     """SIGKILL the Ray workers once a run is seen mid-way: its first epoch saved (last.pt, one row of history)
     and no status.json yet. Noting each worker's node (its parent raylet's address). After the last epoch's
     save there is nothing left to resume, so a kill then would prove no retry (CI met that once)."""
-    while time.monotonic() < give_up and not killed:
+    workers: list[int] = []
+    for turn in itertools.count():
+        if time.monotonic() >= give_up or killed:
+            return
+        if not workers or turn % 50 == 0:  # the workers' pids ready beforehand: the kill must land in a short window
+            workers = processes_named("run_on_node")
         for run in (out / "runs").glob("*"):
             if (run / "last.pt").is_file() and not (run / "status.json").is_file() and first_epoch_only(run):
-                for pid in processes_named("run_on_node"):
-                    node = node_of_worker(pid)
+                workers = [pid for pid in workers if still_running_a_run(pid)]
+                nodes = {pid: node_of_worker(pid) for pid in workers}
+                for pid in workers:
                     try:
                         os.kill(pid, signal.SIGKILL)
-                        killed[pid] = node
+                        killed[pid] = nodes[pid]
                     except ProcessLookupError:
                         pass
-                if killed:
-                    return
-        time.sleep(0.05)
+                workers = []
+                break
+        time.sleep(0.005)  # a run's second epoch takes tens of milliseconds here: CI once missed it polling at 50
+
+
+def still_running_a_run(pid: int) -> bool:
+    """Whether the worker still runs a study's run (its process title names the task), not idle or gone."""
+    try:
+        return b"run_on_node" in (Path("/proc") / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def first_epoch_only(run: Path) -> bool:
