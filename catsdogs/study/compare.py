@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shlex
 import shutil
 import statistics
 import time
@@ -15,14 +14,14 @@ from typing import Any, Callable
 import yaml
 from tqdm import tqdm
 
-from catsdogs import __version__
 from catsdogs.data.cache import read_split
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.inference.evaluate import evaluate_run
 from catsdogs.inference.run_report import metrics_out_of_date
 from catsdogs.progress import progress_bar
-from catsdogs.study.layout import (STUDY_FILE, StudyFolder, Summary, SweepGrid, SweepRow, TuningEffort,
+from catsdogs.study.layout import (StudyFolder, Summary, SweepGrid, SweepRow, TuningEffort,
                                    TuningRecord)
+from catsdogs.study.opening import epochs_grow, open_study, study_identity
 from catsdogs.study.report import best_row, score_name, write_report
 from catsdogs.study.tuning import INITIAL_STEPS, LIMIT_STEPS, Sweep, grid_lr, lr_factor, sweep_in_rounds
 from catsdogs.training.config import TrainConfig, declared_settings, settings_with
@@ -167,64 +166,6 @@ def _executor(spec: StudySpec, base: TrainConfig, setup: Callable[[], None] | No
     return ProcessExecutor(plan_slots(spec.jobs, spec.threads_per_run, base.device), setup)
 
 
-def _identity(spec: StudySpec, base: TrainConfig, seeds: list[int]) -> dict[str, Any]:
-    """What makes a study this study: study.json holds it, and a re-run must match it."""
-    shared = settings_with("shared")  # not per run, and not free (how fast runs go or what they log)
-    config = {k: v for k, v in base.to_dict().items() if k in shared}
-    return {"optims": list(spec.optims), "seeds": seeds, "budget": spec.budget, "tune_lr": spec.tune_lr,
-            "config": config}
-
-
-def _first_change(saved: dict[str, Any], wanted: dict[str, Any]) -> tuple[str, Any, Any] | None:
-    defaults = TrainConfig().to_dict()  # a key added to TrainConfig after the study counts as its default
-    if sorted(saved.get("optims") or []) != sorted(wanted["optims"]):  # their order is only the listing's
-        return "optims", saved.get("optims"), wanted["optims"]
-    for key in ("seeds", "budget", "tune_lr"):
-        if saved.get(key) != wanted[key]:
-            return key, saved.get(key), wanted[key]
-    for key, value in wanted["config"].items():
-        if saved.get("config", {}).get(key, defaults.get(key)) != value:
-            return key, saved["config"].get(key, defaults.get(key)), value
-    return None
-
-
-def _open_study(out: Path, identity: dict[str, Any], force: bool, log: Log) -> None:
-    """Start a study folder, or continue one made with the same arguments (or more seeds); --force
-    starts afresh."""
-    folder = StudyFolder(out)
-    if out.exists() and any(out.iterdir()):
-        if not folder.study_path.is_file():
-            raise CatsdogsError(f"{out} exists and is not a catsdogs study (no {STUDY_FILE}); choose another --out")
-        if force:
-            log(f"--force: deleting the study in {out} and starting again")
-            shutil.rmtree(out)
-        else:
-            saved = folder.read_study()
-            old_seeds, new_seeds = saved.get("seeds") or [], identity["seeds"]
-            # Any change but the seeds first: more seeds alone are fine, so they are named only when alone.
-            change = _first_change({**saved, "seeds": new_seeds}, identity) or _first_change(saved, identity)
-            if change and change[0] == "seeds" and new_seeds[:len(old_seeds)] == old_seeds:
-                # More seeds, as the report advises: the finished runs stay, the new seeds' runs are added.
-                log(f"extending the study in {out} from {len(old_seeds)} to {len(new_seeds)} seeds "
-                    f"(adding {_show(new_seeds[len(old_seeds):])}; finished runs are kept)")
-                folder.write_study({**saved, "seeds": new_seeds})
-                return
-            if change:
-                key, old, new = change
-                raise UsageError(f"{out} holds a study made with {key} = {_show(old)}, but this command asks for "
-                                 f"{key} = {_show(new)}; repeat its arguments to continue it, give this one "
-                                 f"another --out (e.g. --out {shlex.quote(out.name + '-2')}), or add --force to "
-                                 "delete it and start again")
-            log(f"continuing the study in {out}")
-            return
-    out.mkdir(parents=True, exist_ok=True)
-    folder.write_study({**identity, "catsdogs": __version__})
-
-
-def _show(value: Any) -> str:
-    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
-
-
 def _length(cfg: TrainConfig, seconds: float | None, share: float = 1.0) -> dict[str, Any]:
     if seconds is None:
         return {"epochs": max(1, round(cfg.epochs * share))}
@@ -290,9 +231,22 @@ def _settings_differ(run: _Planned) -> str | None:
         saved = folder.read_config()
     except yaml.YAMLError:
         return f"{folder.config_path.name} (unreadable)"
-    wanted = resolve_config(run.cfg).to_dict()  # `out` may differ: a study folder can be moved
+    wanted = resolve_config(run.cfg)
     free = settings_with("free")  # a re-run may change them: they never change what a run learns
-    return next((k for k, v in wanted.items() if k not in (*free, "out") and saved.get(k) != v), None)
+    grows = ("epochs",) if epochs_grow(saved, wanted) else ()  # a grown study continues the run (opening.py)
+    return next((k for k, v in wanted.to_dict().items()
+                 if k not in (*free, *grows, "out") and saved.get(k) != v), None)
+
+
+def _finished(run: _Planned) -> bool:
+    """Whether the run's folder holds it ended at the planned length (fewer epochs, in a grown study, are not)."""
+    try:
+        status = RunFolder(run.run_dir).read_status()
+    except CatsdogsError:
+        return False
+    if status is None or status.status not in DONE or not RunFolder(run.run_dir).best_path.is_file():
+        return False
+    return not (status.status == "finished" and status.epochs_done is not None and status.epochs_done < run.cfg.epochs)
 
 
 def _complete(run: _Planned, progress: bool, echo: Log) -> str:
@@ -303,12 +257,13 @@ def _complete(run: _Planned, progress: bool, echo: Log) -> str:
     if differs:
         echo(f"{run.label}: {run_dir} holds a run with another {differs}; training it again")
         shutil.rmtree(run_dir)
-    elif _status(run_dir) in DONE and folder.best_path.is_file():
+    elif _finished(run):
         return "done earlier"
     log, how = _RunLog(echo), "trained"
     if folder.last_path.is_file():
         how = "resumed"
         free = {k: getattr(run.cfg, k) for k in settings_with("free")}  # this re-run's speed and logging
+        free["epochs"] = run.cfg.epochs  # more, in a grown study
         result = train(None, resume=run_dir, flags=free, progress=progress, log=log)
         if result.status == "nothing-to-do" and not folder.best_path.is_file():
             how = "trained"  # ended without its best checkpoint: nothing worth keeping
@@ -329,8 +284,7 @@ def complete_and_test(run: _Planned) -> str:
 
 def _done_earlier(run: _Planned) -> bool:
     """True when the run's folder holds it finished, so no worker need start for it."""
-    return (_status(run.run_dir) in DONE and RunFolder(run.run_dir).best_path.is_file()
-            and not _settings_differ(run))
+    return _finished(run) and not _settings_differ(run)
 
 
 def _test_accuracy(run_dir: Path, device: str, progress: bool) -> float:
@@ -504,7 +458,7 @@ def run_study(spec: StudySpec, force: bool = False, progress: bool = True, log: 
     spec = dataclasses.replace(spec, out=Path(spec.out))
     seeds = [base.seed + k for k in range(spec.seeds)]
     select_device(base.device)  # a --device this machine lacks is told before the study folder is made
-    _open_study(spec.out, _identity(spec, base, seeds), force, log)
+    open_study(spec.out, study_identity(list(spec.optims), seeds, spec.budget, spec.tune_lr, base), base, force, log)
     sweep = _plan_sweep(base, spec, seconds, seeds[0]) if spec.tune_lr else []  # its first round
     bar = _StudyBar(sweep + _plan_study(base, spec, seconds, seeds, {}), progress, log)
 

@@ -366,6 +366,11 @@ def _restore(run: _Run, state: dict[str, Any]) -> bool:
     # jumping back up), which no straight run does. A budget not yet spent may be raised or removed where
     # nothing in the run's plan spans its length (resumed_config refuses it otherwise).
     progress.budget_spent = budget_spent(progress.history, state["config"].get("time_budget"), cfg.time_budget)
+    # A run that reached its last epoch with `patience` epochs gone without a better one was not stopped early
+    # then (it had ended anyway); with more epochs it has, as a straight run of that length would have been.
+    newly_stopped = bool(cfg.patience and not progress.step and not progress.stopped_early
+                         and progress.epochs_since_best >= cfg.patience and progress.epoch < cfg.epochs)
+    progress.stopped_early |= newly_stopped
     if progress.epoch >= cfg.epochs or progress.stopped_early or progress.budget_spent:
         if progress.stopped_early:
             why = ("stopped early: nothing to do (to train longer, start a new run with a larger --patience, "
@@ -377,11 +382,12 @@ def _restore(run: _Run, state: dict[str, Any]) -> bool:
             longer = how_to_train_longer(cfg, run_dir)
             why = f"finished {progress.epoch} epochs: nothing to do (to train longer, {longer})"
         log(f"{run_dir} already {why}")
-        if not RunFolder(run_dir).status_path.is_file():  # killed between its last save and the status
-            done = ("early-stopped" if progress.stopped_early else
-                    "time-budget" if progress.budget_spent else "finished")
-            if team.main:
-                run.write_status(done)
+        if team.main and newly_stopped:  # what a straight run of these epochs would have left
+            RunFolder(run_dir).write_config(config_to_yaml(cfg))
+        if team.main and (newly_stopped or not RunFolder(run_dir).status_path.is_file()):
+            # stopped early only now, or killed between its last save and the status
+            run.write_status("early-stopped" if progress.stopped_early else
+                             "time-budget" if progress.budget_spent else "finished")
         return False
     log(f"resuming {run_dir} in epoch {progress.epoch + 1}"
         + (f" after step {progress.step}" if progress.step else ", from its start"))

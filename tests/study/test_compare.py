@@ -142,7 +142,9 @@ def test_rerunning_the_study_trains_and_evaluates_nothing(study: tuple[Path, lis
 
 
 CHANGES = [({"seeds": 1}, "seeds = 42,43, but this command asks for seeds = 42"),
-           ({"config": {"epochs": 2}}, "epochs = 1, but this command asks for epochs = 2"),
+           ({"config": {"epochs": 2, "scheduler": "cosine"}},
+            "epochs = 1, but this command asks for epochs = 2 \\(more epochs cannot continue its runs: its cosine "
+            "schedule span them\\)"),
            ({"config": {"image_size": 112}}, "image_size = 96, but this command asks for image_size = 112"),
            ({"optims": ("adam",)}, "optims = minibatch-sgd,adam"),
            ({"budget": "seconds:5"}, "budget = epochs")]
@@ -169,8 +171,8 @@ def test_more_seeds_extend_a_study_and_keep_its_runs(study: tuple[Path, list[str
                                                                        for s in (42, 43, 44))
     assert json.loads((out / "study.json").read_text())["seeds"] == [42, 43, 44]
     assert [len(row["test_acc"]["values"]) for row in result.summary.to_dict()["ranking"]] == [3, 3]
-    with pytest.raises(UsageError, match="epochs = 1, but this command asks for epochs = 2"):  # not the seeds
-        run_study(spec_for(data, out, seeds=4, config={"epochs": 2}), progress=False, log=quiet)
+    with pytest.raises(UsageError, match="image_size = 96, but this command asks for image_size = 112"):  # not seeds
+        run_study(spec_for(data, out, seeds=4, config={"image_size": 112}), progress=False, log=quiet)
 
 
 def test_force_deletes_the_old_study_and_starts_again(data: Path, tmp_path: Path) -> None:
@@ -448,9 +450,10 @@ def test_compare_command_end_to_end(study: tuple[Path, list[str]], data: Path) -
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert result.output.count("[done earlier]") == 4 and f"{out}/report.md" in result.output
-    refused = CliRunner().invoke(main, [*args[:-2], "--epochs", "2", "--out", str(out)])
+    refused = CliRunner().invoke(main, [*args[:-2], "--image-size", "112", "--out", str(out)])
     assert refused.exit_code == 2
-    assert "epochs = 1, but this command asks for epochs = 2" in refused.output and "Traceback" not in refused.output
+    assert ("image_size = 96, but this command asks for image_size = 112" in refused.output
+            and "Traceback" not in refused.output)
 
 
 @pytest.mark.parametrize(("class_weights", "shown"), [

@@ -282,6 +282,22 @@ def test_early_stopping_triggers_after_patience(data: Path, tmp_path: Path) -> N
     assert again.status == "nothing-to-do"
 
 
+def test_raising_epochs_of_a_run_that_ran_out_of_patience_at_its_end_stops_it_as_a_straight_run(
+        data: Path, tmp_path: Path) -> None:
+    # Epochs 2 and 3 do not improve (lr 1e-12): at its cap of 3 the run had run out of patience 2 but ended
+    # "finished". Given 6 epochs, a straight run stops early after epoch 3 (above): so must the extended one,
+    # not train a fourth epoch first.
+    first = train(make_config(data, tmp_path / "run", epochs=3, lr=1e-12, patience=2), progress=False, log=quiet)
+    assert first.status == "finished" and first.epochs_done == 3
+    messages: list[str] = []
+    again = train(None, resume=first.run_dir, flags={"epochs": 6}, progress=False, log=messages.append)
+    assert again.status == "nothing-to-do" and again.epochs_done == 3
+    assert any("already stopped early" in m for m in messages)
+    status = json.loads((first.run_dir / "status.json").read_text())
+    assert (status["status"], status["epochs_done"], status["epochs"]) == ("early-stopped", 3, 6)
+    assert yaml.safe_load((first.run_dir / "config.yaml").read_text())["epochs"] == 6
+
+
 def test_scheduler_is_recorded_in_the_lr_column(data: Path, tmp_path: Path) -> None:
     run = train(make_config(data, tmp_path / "run", epochs=3, scheduler="cosine", lr=0.01), progress=False,
                 log=quiet).run_dir
