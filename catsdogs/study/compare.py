@@ -228,7 +228,8 @@ def _settings_differ(run: _Planned) -> str | None:
     if not folder.config_path.is_file():
         return None  # a folder killed before its first file: nothing in it to keep
     try:
-        saved = folder.read_config()
+        # A setting added to catsdogs after the run was made counts as its default, as a resume reads it.
+        saved = {**TrainConfig().to_dict(), **folder.read_config()}
     except yaml.YAMLError:
         return f"{folder.config_path.name} (unreadable)"
     wanted = resolve_config(run.cfg)

@@ -188,6 +188,21 @@ def test_force_deletes_the_old_study_and_starts_again(data: Path, tmp_path: Path
     assert result.summary.to_dict()["ranking"][0]["epochs_done"] == [2]
 
 
+def test_runs_made_before_a_setting_was_added_are_kept(study: tuple[Path, list[str]], data: Path,
+                                                       tmp_path: Path) -> None:
+    # A study made with an older catsdogs: its runs' config.yaml lack the settings added since, which count as
+    # their defaults (as a resume reads them), so nothing is trained again.
+    out = Path(shutil.copytree(study[0], tmp_path / "study"))
+    for config in out.glob("runs/*/config.yaml"):
+        values = yaml.safe_load(config.read_text())
+        assert values.pop("whiten_stem") is False and values.pop("bn_bias_lr_scale") == 1.0
+        config.write_text(yaml.safe_dump(values))
+    lines: list[str] = []
+    assert run_study(spec_for(data, out), progress=False, log=lines.append).status == "complete"
+    assert sum(line.endswith("[done earlier]") for line in lines) == 4
+    assert not any("training it again" in line for line in lines)
+
+
 def test_a_deleted_run_is_redone_identically_and_the_rest_kept(study: tuple[Path, list[str]], data: Path,
                                                                tmp_path: Path, monkeypatch) -> None:
     copy = tmp_path / "moved-study"
