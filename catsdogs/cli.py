@@ -283,7 +283,8 @@ def compare(config_file: Path | None, optims: str | None, seeds: int | None, bud
     """Rank optimizers: train each with several seeds alike, test every run, report with uncertainty.
 
     For each seed every optimizer starts from the same initial weights and sees the same data
-    order. Re-running the same command skips finished runs and resumes unfinished ones.
+    order. Re-running the same command skips finished runs and resumes unfinished ones; more --seeds,
+    or more --epochs at a constant learning rate, extend the study and keep its runs.
     """
     from catsdogs.study.compare import StudySpec, parse_optims, run_study
     from catsdogs.training.config import build_config

@@ -14,15 +14,17 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "build_frontier.py"
 
 
-def build(large: Path, work: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+def build(large: Path, work: Path, out: Path, *budgets: str, candidates: tuple[str, ...] = ("s64",)
+          ) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), "--large", str(large), "--work", str(work), "--out", str(out),
-                           "--candidates", "s64", "--seeds", "1", *extra], capture_output=True, text=True, timeout=300)
+                           "--budgets", *budgets, "--candidates", *candidates, "--seeds", "1"],
+                          capture_output=True, text=True, timeout=300)
 
 
-def test_a_tiny_frontier_is_built_resumed_extended_and_loaded(tmp_path: Path) -> None:
+def test_a_tiny_frontier_is_built_resumed_extended_and_loaded(tmp_path: Path, monkeypatch) -> None:
     large = make_classes(tmp_path / "large", {"Cat": 20, "Dog": 20})
     out = tmp_path / "frontier.json"
-    first = build(large, tmp_path / "work", out, "--budgets", "0.002")
+    first = build(large, tmp_path / "work", out, "0.002")
     assert first.returncode == 0, first.stderr
     data = json.loads(out.read_text(encoding="utf-8"))
     train_images = data["train_images"]
@@ -39,29 +41,28 @@ def test_a_tiny_frontier_is_built_resumed_extended_and_loaded(tmp_path: Path) ->
                             .read_text(encoding="utf-8")) for part in ("val", "test")]
     correct = sum(round(m["accuracy"] * m["images"]) for m in held_back)
     assert point["accuracy"][0] == round(correct / sum(m["images"] for m in held_back), 5)
-    # Again with one more budget: the finished runs are kept, not trained again, and both budgets are in the file.
+    # Again with one more budget and a candidate with a trick: the finished runs are kept, not trained again,
+    # and both budgets are in the file.
     stamp = (tmp_path / "work" / "runs" / runs[0] / "last.pt").stat().st_mtime_ns
-    second = build(large, tmp_path / "work", out, "--budgets", "0.002", "0.004")
+    second = build(large, tmp_path / "work", out, "0.002", "0.004", candidates=("s64", "s64-wh"))
     assert second.returncode == 0, second.stderr
     assert (tmp_path / "work" / "runs" / runs[0] / "last.pt").stat().st_mtime_ns == stamp
     frontier = load_frontier(out)
-    assert sorted(p.budget_tflop for p in frontier.points) == [0.002, 0.004]
-    assert "--budgets 0.002 0.004 --candidates s64 --seeds 1" in frontier.command
-    choice = choose_point(frontier, {"s64": 1e-3}, 1.0, train_images)
-    assert choice.candidate.name == "s64"
-    # A candidate with a trick trains with its settings, and the table sets it against the candidate it changes.
-    trick = subprocess.run([sys.executable, str(SCRIPT), "--large", str(large), "--work", str(tmp_path / "work"),
-                            "--out", str(out), "--candidates", "s64-wh", "--seeds", "1", "--budgets", "0.002"],
-                           capture_output=True, text=True, timeout=300)
-    assert trick.returncode == 0, trick.stderr
+    assert sorted(p.budget_tflop for p in frontier.points if p.candidate == "s64") == [0.002, 0.004]
+    assert "--budgets 0.002 0.004 --candidates s64 s64-wh --seeds 1" in frontier.command
+    choice = choose_point(frontier, {"s64": 1e-3, "s64-wh": 1e-3}, 1.0, train_images)
+    assert choice.candidate.name in ("s64", "s64-wh")
+    # The trick's runs train with its settings, and the table sets it against the candidate it changes.
     assert "whiten_stem: true" in (tmp_path / "work" / "runs" / "s64-wh-0.002-seed42" / "config.yaml").read_text()
-    whitened = load_frontier(out).candidates["s64-wh"]
+    whitened = frontier.candidates["s64-wh"]
     assert dict(whitened.extra) == {"whiten_stem": True} and whitened.train_gflop == gflop
-    table = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--table"], capture_output=True,
-                           text=True, check=True).stdout.splitlines()
-    assert table[0].startswith("| budget TFLOP | s64 (bncnn-s, 48/64 px)") and len(table) == 8
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import build_frontier
+
+    table = build_frontier.table(out).splitlines()
+    assert table[0].startswith("| budget TFLOP | s64 (bncnn-s, 48/64 px)") and len(table) == 9
     assert "s64-wh" not in table[0]
-    wh_acc = next(p for p in load_frontier(out).points if p.candidate == "s64-wh").mean
+    wh_acc = next(p for p in frontier.points if p.candidate == "s64-wh" and p.budget_tflop == 0.002).mean
     assert table[7].startswith("| s64-wh | whiten_stem: True | 0.002 | ")
     assert table[7].endswith(f" | {(wh_acc - point['accuracy'][0]) * 100:+.1f} points |")
 
