@@ -14,6 +14,7 @@ command resumes, and budgets measured by earlier commands stay in the file.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -55,6 +56,7 @@ HELD_BACK = ("val", "test")
 EVALUATING = threading.Lock()
 
 
+@functools.cache  # a trick trains its base's steps: counted once
 def train_gflop(model: str, size: int, low: int, fraction: float) -> float:
     forward = {s: count_flops(build_model(model, 2, s), s) / 1e9 for s in (size, low)}
     return candidate_gflop(forward, size, low, fraction)
