@@ -191,7 +191,8 @@ def speed(names: list[str], threads: int, repeats: int = 3) -> None:
     torch.set_num_threads(threads)
     device = torch.device("cpu")
     precision = select_precision("fp32", device)
-    batch = yaml.safe_load(BASE.read_text(encoding="utf-8"))["batch_size"]
+    base = yaml.safe_load(BASE.read_text(encoding="utf-8"))
+    batch, augment = base["batch_size"], base["augment"]
     candidates = {}
     for name in names:
         (model, size, low, fraction), extra = spec(name)
@@ -199,7 +200,7 @@ def speed(names: list[str], threads: int, repeats: int = 3) -> None:
     times: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(repeats):
         for name, candidate in candidates.items():
-            times[name].append(measure_candidate(candidate, device, precision, batch) * 1000)
+            times[name].append(measure_candidate(candidate, device, precision, batch, augment) * 1000)
     print(f"cpu capability {torch.backends.cpu.get_cpu_capability()}, {threads} thread(s), fp32; ms an image:")
     for name, found in times.items():
         print(f"{name:<10} batch {candidates[name].extra.get('batch_size', batch):4d}  "

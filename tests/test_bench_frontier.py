@@ -74,7 +74,8 @@ def test_speed_times_each_candidate_at_its_batch_alternating(monkeypatch, capsys
 
     timed: list[tuple[str, int]] = []
 
-    def measure(candidate, device, precision, batch_size):
+    def measure(candidate, device, precision, batch_size, augment):
+        assert augment == "crop"  # auto.yaml's
         timed.append((candidate.name, int(candidate.extra.get("batch_size", batch_size))))
         return 0.001 * len(timed)
 

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from catsdogs.data.cache import read_split
 from catsdogs.errors import CatsdogsError
 from catsdogs.inference.webpage import markdown_to_html, page
+from catsdogs.study.advice import next_steps
 from catsdogs.study.figures import plot_lr_sweep, plot_study_curves, plot_test_accuracy
 from catsdogs.study.layout import (LR_SWEEP_FIGURE, Comparison, DataCounts, Hyperparameters, Pairing, RankingRow,
                                    RunRow, Spread, StudyFolder, Summary, ToTarget, TuningRecord, figure_names,
@@ -391,7 +392,7 @@ def _answer_lines(summary: Summary) -> list[str]:
                   "the ranking says little. Train longer (`--epochs`, `--budget seconds:S`)"
                   + ("; this study already tuned the learning rates (`--tune-lr`)."
                      if summary.tune_lr else " or tune the learning rate (`--tune-lr`)."), ""]
-    steps = _next_steps(summary)
+    steps = next_steps(summary)
     if steps:
         lines += ["**Next steps:**", "", *(f"- {step}" for step in steps), ""]
     pairing = summary.pairing
@@ -483,42 +484,6 @@ def _runs_lines(summary: Summary) -> list[str]:
     lines += ["", "Re-running the same `catsdogs compare` command skips finished runs, resumes unfinished ones and "
               "rewrites this report; study.json holds the arguments it was made with.", ""]
     return lines
-
-
-def _next_steps(summary: Summary) -> list[str]:
-    """What would make this answer firmer, read off the results."""
-    rows, n, steps = summary.ranking, len(summary.seeds), []
-    tests = [c.test for c in summary.adjacent if c.test]
-    undecided = any(t.cannot_tell for t in tests)
-    if n == 1 or undecided or (n < 5 and not all(c.distinguishable for c in summary.adjacent)):
-        steps.append(f"Run more seeds (`--seeds {max(5, n + 2)}`): {_spread_note(tests, n)}")
-    if all(r.epochs_to_target.reached == 0 for r in rows):
-        steps.append(f"No run reached {percent(summary.target_val_acc, 0)} validation accuracy: train longer "
-                     "(`--epochs`, or `--budget seconds:S`) before trusting the ranking.")
-    if not summary.tune_lr:
-        steps.append("Every optimizer used its default learning rate: `--tune-lr` compares each at its best, "
-                     "picked on validation accuracy only.")
-    paces = sorted(rows, key=lambda r: r.epoch_seconds.mean)
-    slow, fast = paces[-1].epoch_seconds, paces[0].epoch_seconds
-    ratio = slow.mean / max(fast.mean, 1e-9)
-    # Only a gap every seed shows: the slowest seed of the fast one is faster than the fastest of the slow one.
-    if summary.budget == "epochs" and len(rows) > 1 and ratio > 1.5 and max(fast.values) < min(slow.values):
-        steps.append(f"At equal epochs {paces[-1].optim} took {ratio:.1f}× the time per epoch of "
-                     f"{paces[0].optim} (median epochs, every seed); `--budget seconds:S` compares them at "
-                     "equal time.")
-    return steps
-
-
-def _spread_note(tests: list[PairedTest], n: int) -> str:
-    """How uncertain the gaps between neighbours are, in words that fit a zero spread too."""
-    if not tests:
-        return "one seed gives no uncertainty at all."
-    width = 100 * max((t.ci95[1] - t.ci95[0]) / 2 for t in tests)
-    if width == 0:
-        return (f"every seed gave the same gap between each pair of neighbours (no spread across seeds), and {n} "
-                "seeds are too few to show that other seeds would too.")
-    points = f"{width:.0f}" if width >= 1 else f"{width:.1g}"
-    return f"with {n} seeds the 95% intervals of the gaps between neighbours reach ±{points} points."
 
 
 def format_sweep(sweep: TuningRecord) -> list[str]:

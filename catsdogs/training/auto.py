@@ -22,15 +22,18 @@ from catsdogs.training.speed import schedule_seconds_per_image
 
 PROBE_SECONDS = 0.5  # timed at each image size of a candidate's schedule, after warm-up steps
 
-Measure = Callable[[Candidate, torch.device, Precision, int], float]
+Measure = Callable[[Candidate, torch.device, Precision, int, str], float]
 
 
-def measure_candidate(candidate: Candidate, device: torch.device, precision: Precision, batch_size: int) -> float:
+def measure_candidate(candidate: Candidate, device: torch.device, precision: Precision, batch_size: int,
+                      augment: str) -> float:
     """Seconds per training image of the candidate's schedule on this machine, at the batch size it trains
-    with (the candidate's own, else the run's): a larger batch trains more images a second."""
+    with (the candidate's own, else the run's: a larger batch trains more images a second), with the run's
+    augmentation (a random crop costs more a step than a flip)."""
     batch = int(candidate.extra.get("batch_size", batch_size))
     return schedule_seconds_per_image(candidate.model, candidate.image_size, candidate.progressive_size,
-                                      candidate.progressive_fraction, batch, device, precision, PROBE_SECONDS)
+                                      candidate.progressive_fraction, batch, device, precision, PROBE_SECONDS,
+                                      augment=augment)
 
 
 def choose_from_frontier(cfg: TrainConfig, device: torch.device, precision: Precision, train_images: int,
@@ -49,7 +52,7 @@ def choose_from_frontier(cfg: TrainConfig, device: torch.device, precision: Prec
                 key = (c.model, c.image_size, c.progressive_size, c.progressive_fraction,
                        c.extra.get("batch_size", cfg.batch_size))
                 if key not in timed:
-                    timed[key] = measure(c, device, precision, cfg.batch_size)
+                    timed[key] = measure(c, device, precision, cfg.batch_size, cfg.augment)
                 speeds[name] = timed[key]
     speeds = from_main(speeds, team)
     choice = choose_point(frontier, speeds, cfg.time_budget, train_images)

@@ -99,10 +99,10 @@ def test_auto_trains_the_point_its_measured_speed_buys(data: Path, tmp_path: Pat
                                                        model_size: int) -> None:
     minutes = 0.01
     speeds = speeds_for(minutes, *tflops)
-    measured: dict[str, int] = {}
+    measured: dict[str, tuple[int, str]] = {}
 
-    def measure(candidate: Candidate, device: object, precision: object, batch_size: int) -> float:
-        measured[candidate.name] = batch_size
+    def measure(candidate: Candidate, device: object, precision: object, batch_size: int, augment: str) -> float:
+        measured[candidate.name] = (batch_size, augment)
         return speeds[candidate.name]
 
     monkeypatch.setattr(auto, "load_frontier", lambda: synthetic_frontier())
@@ -114,7 +114,8 @@ def test_auto_trains_the_point_its_measured_speed_buys(data: Path, tmp_path: Pat
     run = Path(result.run_dir)
     record = json.loads((run / "auto.json").read_text(encoding="utf-8"))
     saved = (run / "config.yaml").read_text(encoding="utf-8")
-    assert measured == {"big": 64, "small": 64} and record["chosen"] == chosen  # the run's batch (auto.yaml's)
+    # Timed at the run's batch and augmentation (auto.yaml's).
+    assert measured == {"big": (64, "crop"), "small": (64, "crop")} and record["chosen"] == chosen
     assert f"image_size: {model_size}\n" in saved and "model: bncnn-s\n" in saved
     # A candidate's own settings (here big's batch size, with the lr scaled to it) come with it.
     assert ("batch_size: 16\nlr: 0.1\n" in saved and "lr_batch: 64\n" in saved) == (chosen == "big")
@@ -138,14 +139,14 @@ def test_the_package_ships_its_frontier() -> None:
 def test_each_candidate_is_timed_at_the_batch_size_it_trains_with(monkeypatch: pytest.MonkeyPatch) -> None:
     timed: dict[str, int] = {}
 
-    def seconds(model, size, low, fraction, batch, device, precision, seconds):
-        timed[f"{model}@{size}"] = batch
+    def seconds(model, size, low, fraction, batch, device, precision, seconds, augment):
+        timed[f"{model}@{size}"] = (batch, augment)
         return 1e-3
 
     monkeypatch.setattr(auto, "schedule_seconds_per_image", seconds)
-    auto.measure_candidate(SMALL, "cpu", "fp32", 64)
-    auto.measure_candidate(BIG, "cpu", "fp32", 64)
-    assert timed == {"bncnn-s@32": 64, "bncnn-s@48": 16}
+    auto.measure_candidate(SMALL, "cpu", "fp32", 64, "crop")
+    auto.measure_candidate(BIG, "cpu", "fp32", 64, "flip")
+    assert timed == {"bncnn-s@32": (64, "crop"), "bncnn-s@48": (16, "flip")}
 
 
 def test_a_trick_that_keeps_its_base_s_steps_is_not_timed_twice() -> None:
@@ -157,7 +158,7 @@ def test_a_trick_that_keeps_its_base_s_steps_is_not_timed_twice() -> None:
                                    points=(*frontier.points, Point("small-wh", 1.0, 1, 1.0, (0.9, 0.9))))
     timed: list[str] = []
 
-    def measure(candidate: Candidate, device: object, precision: object, batch_size: int) -> float:
+    def measure(candidate: Candidate, device: object, precision: object, batch_size: int, augment: str) -> float:
         timed.append(candidate.name)
         return speeds_for(20, 1.0, 1.0 / 3)[candidate.name.removesuffix("-wh")]
 

@@ -1,0 +1,69 @@
+"""What a study's report advises next, read off its results: more seeds, more epochs, tuning, equal time."""
+
+from __future__ import annotations
+
+from catsdogs.study.layout import Summary
+from catsdogs.study.stats import PairedTest, percent
+from catsdogs.training.config import TrainConfig
+from catsdogs.training.schedules import depends_on_length
+
+LATE = 0.2  # a best epoch in the last fifth of a run that reached its cap: it was still improving
+
+
+def next_steps(summary: Summary) -> list[str]:
+    """What would make this answer firmer, read off the results."""
+    rows, n, steps = summary.ranking, len(summary.seeds), []
+    tests = [c.test for c in summary.adjacent if c.test]
+    undecided = any(t.cannot_tell for t in tests)
+    if n == 1 or undecided or (n < 5 and not all(c.distinguishable for c in summary.adjacent)):
+        steps.append(f"Run more seeds (`--seeds {max(5, n + 2)}`): {_spread_note(tests, n)}")
+    if all(r.epochs_to_target.reached == 0 for r in rows):
+        steps.append(f"No run reached {percent(summary.target_val_acc, 0)} validation accuracy: train longer "
+                     "(`--epochs`, or `--budget seconds:S`) before trusting the ranking.")
+    if not summary.tune_lr:
+        steps.append("Every optimizer used its default learning rate: `--tune-lr` compares each at its best, "
+                     "picked on validation accuracy only.")
+    steps += _still_improving(summary)
+    paces = sorted(rows, key=lambda r: r.epoch_seconds.mean)
+    slow, fast = paces[-1].epoch_seconds, paces[0].epoch_seconds
+    ratio = slow.mean / max(fast.mean, 1e-9)
+    # Only a gap every seed shows: the slowest seed of the fast one is faster than the fastest of the slow one.
+    if summary.budget == "epochs" and len(rows) > 1 and ratio > 1.5 and max(fast.values) < min(slow.values):
+        steps.append(f"At equal epochs {paces[-1].optim} took {ratio:.1f}× the time per epoch of "
+                     f"{paces[0].optim} (median epochs, every seed); `--budget seconds:S` compares them at "
+                     "equal time.")
+    return steps
+
+
+def _spread_note(tests: list[PairedTest], n: int) -> str:
+    """How uncertain the gaps between neighbours are, in words that fit a zero spread too."""
+    if not tests:
+        return "one seed gives no uncertainty at all."
+    width = 100 * max((t.ci95[1] - t.ci95[0]) / 2 for t in tests)
+    if width == 0:
+        return (f"every seed gave the same gap between each pair of neighbours (no spread across seeds), and {n} "
+                "seeds are too few to show that other seeds would too.")
+    points = f"{width:.0f}" if width >= 1 else f"{width:.1g}"
+    return f"with {n} seeds the 95% intervals of the gaps between neighbours reach ±{points} points."
+
+
+def _still_improving(summary: Summary) -> list[str]:
+    """Where most runs of an optimizer reached the epoch cap with their best epoch near its end: more epochs,
+    which grow the study (its runs continue) where nothing in a run's plan spans its length."""
+    cap, settings = summary.shared_settings.get("epochs"), summary.shared_settings
+    if summary.budget != "epochs" or not isinstance(cap, int):
+        return []
+    late = {}
+    for optim in summary.optims:
+        runs = [r for r in summary.runs if r.optim == optim]
+        rising = [r for r in runs if r.status == "finished" and r.epochs == cap and r.best_epoch > cap * (1 - LATE)]
+        if runs and 2 * len(rising) > len(runs):
+            late[optim] = f"{optim} ({len(rising)} of {len(runs)} runs)"
+    if not late:
+        return []
+    scheduler = settings.get("scheduler") or TrainConfig().scheduler  # older summaries lack it: the default
+    grows = not depends_on_length(scheduler) and not settings.get("progressive_size")
+    how = ("grows this study: the runs that reached the cap continue from their last.pt" if grows else
+           "needs a new study (`--out`): its schedule spans the epochs, so runs cannot continue")
+    return [f"Still improving at the {cap}-epoch cap (best epoch in its last fifth): {', '.join(late.values())}. "
+            f"`--epochs {2 * cap}` {how}."]
