@@ -168,6 +168,22 @@ RECIPE_SIZE = 64
 STEPS_PER_EPOCH = 5  # 40 training photos, batch 8: split_fixture((20, 6, 6), size=RECIPE_SIZE)
 
 
+def spy_on_study_training(monkeypatch) -> list[tuple[str | None, object]]:
+    """Each call a study makes to `train`, as (the new run's folder or None, the folder it resumes or None);
+    the runs still train for real."""
+    from catsdogs.study import compare as compare_module
+
+    calls: list[tuple[str | None, object]] = []
+    real_train = compare_module.train
+
+    def spy(cfg, resume=None, **kwargs):
+        calls.append((cfg.out if cfg else None, resume))
+        return real_train(cfg, resume=resume, **kwargs)
+
+    monkeypatch.setattr(compare_module, "train", spy)
+    return calls
+
+
 def recipe_config(data: Path, out: Path, **overrides) -> TrainConfig:
     """Four epochs of bncnn-s with SGD-Nesterov, one-cycle and crops at RECIPE_SIZE px on the CPU; `overrides` win."""
     values = dict(data=str(data), out=str(out), optim="sgd-nesterov", model="bncnn-s", image_size=RECIPE_SIZE,

@@ -28,7 +28,7 @@ from catsdogs.training import train as train_module
 from catsdogs.training.config import TrainConfig
 from catsdogs.training.optim import get_optimizer_spec
 from tests.helpers import write_tiny_split
-from tests.helpers import history_without_time, split_fixture
+from tests.helpers import history_without_time, split_fixture, spy_on_study_training
 
 SIZE = 96  # cnn3's minimum, to keep the tests fast
 OPTIMS = ("minibatch-sgd", "adam")
@@ -210,14 +210,7 @@ def test_a_deleted_run_is_redone_identically_and_the_rest_kept(study: tuple[Path
     victim = copy / "runs" / "adam-seed43"
     before = (history_without_time(victim), json.loads((victim / "metrics.json").read_text())["accuracy"])
     shutil.rmtree(victim)
-    calls: list[tuple[str | None, object]] = []
-    real_train = compare_module.train
-
-    def spy(cfg, resume=None, **kwargs):
-        calls.append((cfg.out if cfg else None, resume))
-        return real_train(cfg, resume=resume, **kwargs)
-
-    monkeypatch.setattr(compare_module, "train", spy)
+    calls = spy_on_study_training(monkeypatch)
     lines: list[str] = []
     assert run_study(spec_for(data, copy), progress=False, log=lines.append).status == "complete"
     assert calls == [(str(victim), None)]
@@ -248,17 +241,10 @@ def test_an_interrupted_study_resumes_only_the_run_in_progress(data: Path, tmp_p
     assert not (out / "report.md").exists()
     assert json.loads((out / "runs" / "vanilla-sgd-seed42" / "status.json").read_text())["status"] == "interrupted"
 
-    resumed: list[object] = []
-    real_train = compare_module.train
-
-    def spy(cfg, resume=None, **kwargs):
-        resumed.append(resume)
-        return real_train(cfg, resume=resume, **kwargs)
-
-    monkeypatch.setattr(compare_module, "train", spy)
+    calls = spy_on_study_training(monkeypatch)
     lines = []
     assert run_study(spec, progress=False, log=lines.append).status == "complete"
-    assert resumed == [out / "runs" / "vanilla-sgd-seed42"]
+    assert [resume for _, resume in calls] == [out / "runs" / "vanilla-sgd-seed42"]
     assert lines[1].endswith("[done earlier]") and lines[2].endswith("[resumed]")
     assert "epoch 1/1" in (out / "runs" / "vanilla-sgd-seed42" / "train.log").read_text()
 

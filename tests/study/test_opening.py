@@ -10,10 +10,9 @@ import pytest
 import yaml
 
 from catsdogs.errors import UsageError
-from catsdogs.study import compare as compare_module
 from catsdogs.study.compare import StudySpec, run_study
 from catsdogs.training.config import TrainConfig
-from tests.helpers import history_without_time, split_fixture
+from tests.helpers import history_without_time, split_fixture, spy_on_study_training
 
 SIZE = 96
 OPTIMS = ("minibatch-sgd", "adam")
@@ -43,20 +42,14 @@ def test_more_epochs_continue_every_run_and_equal_a_straight_study(data: Path, t
     assert run_study(spec(data, straight, 3), progress=False, log=lambda _: None).status == "complete"
     grown = tmp_path / "grown"
     assert run_study(spec(data, grown, 2), progress=False, log=lambda _: None).status == "complete"
-    calls: list[object] = []
-    real_train = compare_module.train
-
-    def spy(cfg, resume=None, **kwargs):
-        calls.append(resume)
-        return real_train(cfg, resume=resume, **kwargs)
-
-    monkeypatch.setattr(compare_module, "train", spy)
+    calls = spy_on_study_training(monkeypatch)
     lines: list[str] = []
     result = run_study(spec(data, grown, 3), progress=False, log=lines.append)
     assert result.status == "complete"
     assert lines[0] == (f"extending the study in {grown} from 2 to 3 epochs (runs that reached 2 continue from "
                         "their last.pt; runs that stopped early stay stopped)")
-    assert sorted(map(str, calls)) == sorted(str(run) for run in (grown / "runs").iterdir())  # resumed, none anew
+    assert all(new is None for new, _ in calls)  # every run resumed, none trained anew
+    assert sorted(str(resume) for _, resume in calls) == sorted(str(run) for run in (grown / "runs").iterdir())
     assert results(grown) == results(straight)
     assert json.loads((grown / "study.json").read_text())["config"]["epochs"] == 3
     assert all(len(row["epochs_done"]) == 2 and set(row["epochs_done"]) == {3}
