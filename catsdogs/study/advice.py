@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from catsdogs.study.layout import Summary
+from catsdogs.study.opening import can_add_epochs
 from catsdogs.study.stats import PairedTest, percent
 from catsdogs.training.config import TrainConfig
-from catsdogs.training.schedules import depends_on_length
 
 LATE = 0.2  # a best epoch in the last fifth of a run that reached its cap: it was still improving
 
@@ -50,7 +52,7 @@ def _spread_note(tests: list[PairedTest], n: int) -> str:
 def _still_improving(summary: Summary) -> list[str]:
     """Where most runs of an optimizer reached the epoch cap with their best epoch near its end: more epochs,
     which grow the study (its runs continue) where nothing in a run's plan spans its length."""
-    cap, settings = summary.shared_settings.get("epochs"), summary.shared_settings
+    cap = summary.shared_settings.get("epochs")
     if summary.budget != "epochs" or not isinstance(cap, int):
         return []
     late = {}
@@ -61,9 +63,10 @@ def _still_improving(summary: Summary) -> list[str]:
             late[optim] = f"{optim} ({len(rising)} of {len(runs)} runs)"
     if not late:
         return []
-    scheduler = settings.get("scheduler") or TrainConfig().scheduler  # older summaries lack it: the default
-    grows = not depends_on_length(scheduler) and not settings.get("progressive_size")
-    how = ("grows this study: the runs that reached the cap continue from their last.pt" if grows else
+    # The settings the runs shared (older summaries lack some: they take the defaults), as `compare` judges them.
+    known = {k: v for k, v in summary.shared_settings.items() if k in TrainConfig.__dataclass_fields__}
+    how = ("grows this study: the runs that reached the cap continue from their last.pt"
+           if can_add_epochs(dataclasses.replace(TrainConfig(), **known)) else
            "needs a new study (`--out`): its schedule spans the epochs, so runs cannot continue")
     return [f"Still improving at the {cap}-epoch cap (best epoch in its last fifth): {', '.join(late.values())}. "
             f"`--epochs {2 * cap}` {how}."]

@@ -46,18 +46,21 @@ def open_study(out: Path, identity: dict[str, Any], base: TrainConfig, force: bo
     """Start a study folder, or continue one made with the same arguments, or grow it (more seeds, more
     epochs); --force starts afresh."""
     folder = StudyFolder(out)
-    if not (out.exists() and any(out.iterdir())):
-        out.mkdir(parents=True, exist_ok=True)
-        folder.write_study({**identity, "catsdogs": __version__})
-        return
-    if not folder.study_path.is_file():
-        raise CatsdogsError(f"{out} exists and is not a catsdogs study (no {STUDY_FILE}); choose another --out")
-    if force:
+    if out.exists() and any(out.iterdir()):
+        if not folder.study_path.is_file():
+            raise CatsdogsError(f"{out} exists and is not a catsdogs study (no {STUDY_FILE}); choose another --out")
+        if not force:
+            _continue_study(out, identity, base, log)
+            return
         log(f"--force: deleting the study in {out} and starting again")
         shutil.rmtree(out)
-        out.mkdir(parents=True)
-        folder.write_study({**identity, "catsdogs": __version__})
-        return
+    out.mkdir(parents=True, exist_ok=True)
+    folder.write_study({**identity, "catsdogs": __version__})
+
+
+def _continue_study(out: Path, identity: dict[str, Any], base: TrainConfig, log: Log) -> None:
+    """Continue the study in `out`, growing study.json where the command asks for more; refuse any other change."""
+    folder = StudyFolder(out)
     saved = folder.read_study()
     grown, growth = _grown(saved, identity, base)
     # Any change but the seeds first: a change of seeds is named only when nothing else changed.

@@ -368,8 +368,7 @@ def _restore(run: _Run, state: dict[str, Any]) -> bool:
     progress.budget_spent = budget_spent(progress.history, state["config"].get("time_budget"), cfg.time_budget)
     # A run that reached its last epoch with `patience` epochs gone without a better one was not stopped early
     # then (it had ended anyway); with more epochs it has, as a straight run of that length would have been.
-    newly_stopped = bool(cfg.patience and not progress.step and not progress.stopped_early
-                         and progress.epochs_since_best >= cfg.patience and progress.epoch < cfg.epochs)
+    newly_stopped = not progress.step and not progress.stopped_early and _out_of_patience(cfg, progress)
     progress.stopped_early |= newly_stopped
     if progress.epoch >= cfg.epochs or progress.stopped_early or progress.budget_spent:
         if progress.stopped_early:
@@ -468,6 +467,12 @@ def _run_epochs(run: _Run) -> TrainResult:
     return _result(run_dir, progress, cfg, status)
 
 
+def _out_of_patience(cfg: TrainConfig, progress: Progress) -> bool:
+    """Early stopping's rule: `patience` epochs without a better one, before the last epoch (which ends the
+    run anyway, as finished)."""
+    return bool(cfg.patience) and progress.epochs_since_best >= cfg.patience and progress.epoch < cfg.epochs
+
+
 def _end_epoch(run: _Run, loop: EpochLoop, save_last: LastSaver, identity: dict[str, Any]) -> str | None:
     """After a finished epoch: patience, history.csv, best.pt and last.pt, its log line. Returns the
     status that stops the run here (time-budget, early-stopped), or None to go on."""
@@ -479,7 +484,7 @@ def _end_epoch(run: _Run, loop: EpochLoop, save_last: LastSaver, identity: dict[
         progress.epochs_since_best = 0
     else:
         progress.epochs_since_best += 1
-    if cfg.patience and progress.epochs_since_best >= cfg.patience and progress.epoch < cfg.epochs:
+    if _out_of_patience(cfg, progress):
         progress.stopped_early = True
     if team.main:
         RunFolder(run_dir).write_history(progress.history)
