@@ -20,7 +20,8 @@ from torch.profiler import ProfilerActivity, profile
 from catsdogs.data.transforms import train_preset
 from catsdogs.optim import build_optimizer, get_optimizer_spec, parameter_groups
 from catsdogs.training.ema import ModelEMA
-from catsdogs.training.hardware import select_precision, tune_allocator
+from catsdogs.cpus import tune_allocator
+from catsdogs.training.hardware import select_precision
 from catsdogs.training.models import build_model
 
 

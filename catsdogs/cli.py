@@ -54,6 +54,8 @@ class CatsdogsGroup(click.Group):
     def _invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.exceptions.Exit:  # --help and ctx.exit(): a RuntimeError to click, and no failure
+            raise
         except UsageError as exc:
             raise OneLineUsageError(str(exc)) from None
         except click.UsageError as exc:  # click's own: a bad option or value, in one line too

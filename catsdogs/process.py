@@ -14,7 +14,7 @@ import cv2
 from PIL import Image
 
 from catsdogs.data.images import MAX_IMAGE_PIXELS
-from catsdogs.training.hardware import tune_allocator
+from catsdogs.cpus import tune_allocator
 
 
 def configure_process() -> None:

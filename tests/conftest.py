@@ -2,14 +2,35 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 
 from tests.helpers import write_tiny_split
 
 TinySplit = Callable[..., Path]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C as a terminal gives it, whoever started the suite: a shell without job control that starts it in the
+    background (`pytest &` in a script) ignores SIGINT in it, every process a test starts would inherit that, and
+    the tests of Ctrl-C would fail."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_left_as_found() -> Iterator[None]:
+    """A test must leave this process's Ctrl-C and SIGTERM handling as it found them: an ignored SIGINT would be
+    inherited by every process a later test starts, and their Ctrl-C tests would fail far from the cause."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    changed = [signal.Signals(sig).name for sig, handler in before.items() if signal.getsignal(sig) != handler]
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
+    assert not changed, f"the test left {', '.join(changed)} handled differently"
 
 
 @pytest.fixture

@@ -100,6 +100,27 @@ def test_python_dash_m_catsdogs(tmp_path: Path) -> None:
     assert "plot-curves" in done.stdout
 
 
+# Runs one command in a fresh interpreter and says whether it imported torch (1.7 s here; more on a laptop's disk).
+IMPORTS_TORCH = """
+import sys
+from click.testing import CliRunner
+from catsdogs.cli import main
+result = CliRunner().invoke(main, sys.argv[1:], prog_name="catsdogs")
+print(result.exit_code, "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("args", [["download", "--help"], ["train", "--help"], ["compare", "--help"],
+                                  ["split", "no-such-folder"]])
+def test_help_and_split_start_without_torch(tmp_path: Path, args: list[str]) -> None:
+    """Help (click's exit is a RuntimeError, which was checked for a lost torchrun peer) and split (the allocator's
+    tuning lived beside the device code) imported torch before: seconds for a typo."""
+    done = subprocess.run([sys.executable, "-c", IMPORTS_TORCH, *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    code, torch_imported = done.stdout.split()
+    assert (int(code) == 0) == (args[-1] == "--help") and torch_imported == "False", done.stdout + done.stderr
+
+
 def listed_optimizers(text: str) -> dict[str, tuple[str, type, str]]:
     """`catsdogs optimizers` read back: name -> (description, the class its import path names, defaults)."""
     lines = text.splitlines()

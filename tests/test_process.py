@@ -59,7 +59,7 @@ def state_after(code: str, **env: str) -> dict:
 def test_the_probe_sees_each_setting_change() -> None:
     assert state_after("") == UNTOUCHED
     changed = state_after("""
-        from catsdogs.training.hardware import tune_allocator
+        from catsdogs.cpus import tune_allocator
         Image.MAX_IMAGE_PIXELS = 1
         cv2.setNumThreads(1)
         tune_allocator()

@@ -80,34 +80,6 @@ def select_precision(name: str, device: torch.device) -> Precision:
     return FP32
 
 
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
-
-
-def tune_allocator() -> bool:
-    """Keep glibc from unmapping and re-zeroing large activation buffers on every step.
-
-    With default settings each tensor above the mmap threshold is mapped and unmapped per
-    step, and the kernel zero-fills fresh pages: on a small CPU that costs as much time as the
-    arithmetic. Raising the thresholds lets freed blocks be reused. Linux/glibc only; set
-    CATSDOGS_MALLOC=default to leave the allocator alone. Returns whether it changed anything.
-    """
-    import ctypes
-    import os
-    import sys
-
-    if os.environ.get("CATSDOGS_MALLOC", "").lower() == "default" or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False  # musl or another libc: nothing to tune
-    ok = mallopt(_M_MMAP_THRESHOLD, 32 * 2**20) == 1
-    ok &= mallopt(_M_TRIM_THRESHOLD, 2**30) == 1
-    ok &= mallopt(_M_TOP_PAD, 512 * 2**20) == 1
-    return bool(ok)
-
-
 def is_out_of_memory(exc: BaseException) -> bool:
     """A GPU's (torch.OutOfMemoryError) or the CPU allocator's failure to allocate."""
     return type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(exc)

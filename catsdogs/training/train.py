@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from catsdogs.cpus import usable_cpus
+from catsdogs.cpus import tune_allocator, usable_cpus
 from catsdogs.data.cache import BatchSource, ImageSplit, fits_on_gpu, load_cache, read_split
 from catsdogs.data.transforms import AUGMENTS, Preset, eval_preset, train_preset
 from catsdogs.errors import CatsdogsError, UsageError
@@ -25,7 +25,7 @@ from catsdogs.training.config import TrainConfig, build_config, config_to_yaml
 from catsdogs.training.distributed import (Team, agree_max, finish, from_main, gather, start, team_from_environment,
                                           wait_for_all)
 from catsdogs.training.ema import ModelEMA
-from catsdogs.training.hardware import Precision, select_device, select_precision, tune_allocator
+from catsdogs.training.hardware import Precision, select_device, select_precision
 from catsdogs.training.lookahead import Lookahead
 from catsdogs.training.loop import EpochLoop, Hooks, Log, stop_on_signals
 from catsdogs.training.models import MODELS, build_model, head_name, load_pretrained

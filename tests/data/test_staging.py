@@ -112,18 +112,26 @@ def test_modes_link_copy_or_point_at_the_source(tmp_path, mode):
     assert os.path.samefile(target, original) == (mode != "copy")
 
 
-# Runs a split in a child process whose hard links are slowed, so a signal lands mid-write.
+# Runs a split in a child process that stops after its fifth photo until a signal comes, so the signal lands
+# mid-write however busy the machine is (a slowed link raced the test's polling). Exit 3: no signal came.
 SLOW_SPLIT = """
 import os, sys, time
-link = os.link
-os.link = lambda *args, **kwargs: (time.sleep(0.02), link(*args, **kwargs))[1]
+link, linked = os.link, []
+def waiting_link(*args, **kwargs):
+    link(*args, **kwargs)
+    linked.append(args)
+    if len(linked) == 5:
+        time.sleep(30)
+        os._exit(3)
+os.link = waiting_link
 from catsdogs.data.split import split_dataset
 split_dataset(sys.argv[1], sys.argv[2], seed=int(sys.argv[3]), force=True, jobs=1, progress=False)
 """
 
 
 def interrupt_split(source: Path, out: Path, seed: int, sig: int) -> int:
-    """Start a slowed split, send `sig` once its staging folder holds a few photos; return its exit code."""
+    """Start a split that waits after its fifth photo, send `sig` once its staging folder holds them; return its
+    exit code."""
     stale = set(out.parent.glob(f".{out.name}.staging-*"))
     child = subprocess.Popen([sys.executable, "-c", SLOW_SPLIT, str(source), str(out), str(seed)])
     deadline = time.monotonic() + 60
@@ -135,7 +143,9 @@ def interrupt_split(source: Path, out: Path, seed: int, sig: int) -> int:
                 child.send_signal(sig)
                 break
             time.sleep(0.01)
-        return child.wait(timeout=60)
+        code = child.wait(timeout=60)
+        assert code != 3, "the split waited for a signal that never reached it"
+        return code
     finally:
         if child.poll() is None:
             child.kill()
