@@ -91,7 +91,8 @@ class Choice:
     predicted: float
     seconds_per_image: float
     note: str  # "" inside the measured range, else what the prediction rests on
-    others: tuple[tuple[str, float, float], ...]  # (name, affordable TFLOP, predicted) of every candidate
+    # (name, affordable TFLOP, predicted, the largest TFLOP it was measured at) of every candidate
+    others: tuple[tuple[str, float, float, float], ...]
 
 
 def candidate_gflop(forward_gflop: Mapping[int, float], image_size: int, progressive_size: int | None,
@@ -123,6 +124,9 @@ def load_frontier(path: str | Path | None = None) -> Frontier:
     return frontier
 
 
+HELD_BEYOND = 1.25  # a budget this far past a candidate's largest measured point is told as held there
+
+
 def predict(points: list[Point], tflop: float) -> tuple[float, str]:
     """A candidate's accuracy at `tflop`, interpolated in log FLOPs between its measured points. Beyond
     the largest, the largest's accuracy (never more); below the smallest, -inf: unknown, so not chosen
@@ -130,7 +134,7 @@ def predict(points: list[Point], tflop: float) -> tuple[float, str]:
     if tflop < points[0].tflop * 0.8:  # a fifth below the cheapest point: whole epochs round that much
         return -math.inf, f"below its cheapest measured point ({points[0].tflop:.3g} TFLOP)"
     if tflop >= points[-1].tflop:
-        beyond = tflop > points[-1].tflop * 1.25
+        beyond = tflop > points[-1].tflop * HELD_BEYOND
         return points[-1].mean, (f"beyond its largest measured point ({points[-1].tflop:.3g} TFLOP): predicted "
                                  "as that point's accuracy" if beyond else "")
     for low, high in zip(points, points[1:]):
@@ -155,23 +159,25 @@ def choose_point(frontier: Frontier, seconds_per_image: Mapping[str, float], min
         images = minutes * 60.0 / seconds
         tflop = images * candidate.train_gflop / 1000.0
         predicted, note = predict(points, tflop)
-        options.append((predicted, images / train_images, candidate, tflop, note, seconds))
+        options.append((predicted, images / train_images, candidate, tflop, note, seconds, points[-1].tflop))
     if not options:
         raise CatsdogsError("no candidate of the frontier was measured: rebuild it with benchmarks/build_frontier.py")
-    predicted, epochs, candidate, tflop, note, seconds = max(options, key=lambda o: (o[0], o[1]))
+    predicted, epochs, candidate, tflop, note, seconds, _ = max(options, key=lambda o: (o[0], o[1]))
     if predicted == -math.inf:
         note = "every candidate is below its cheapest measured point: training the one that buys the most epochs"
     return Choice(candidate, tflop, max(1, math.ceil(epochs * EPOCH_HEADROOM)), predicted, seconds, note,
-                  tuple((o[2].name, o[3], o[0]) for o in options))
+                  tuple((o[2].name, o[3], o[0], o[6]) for o in options))
 
 
 def describe(choice: Choice, minutes: float, precision: str) -> list[str]:
     """The lines auto prints: the measured speeds, the budget in FLOPs, and the chosen point."""
     lines = [f"auto: {minutes:g} minutes in {precision}; each candidate's measured speed turned into the FLOPs it "
              "can train, and its accuracy there read off the compute frontier:"]
-    for name, tflop, predicted in choice.others:
+    for name, tflop, predicted, largest in choice.others:
         shown = "unknown" if predicted == -math.inf else f"{predicted:.1%}"
-        lines.append(f"  {name:<6} {tflop:7.3g} TFLOP  predicted {shown}")
+        # Held at its largest point's accuracy: a floor, which says little where that point is far smaller.
+        held = f" (measured only up to {largest:.3g} TFLOP)" if tflop > largest * HELD_BEYOND else ""
+        lines.append(f"  {name:<6} {tflop:7.3g} TFLOP  predicted {shown}{held}")
     c = choice.candidate
     sizes = f"{c.progressive_size} then {c.image_size} px" if c.progressive_size else f"{c.image_size} px"
     lines.append(f"auto: chose {c.name} ({c.model}, {sizes}): {choice.tflop:.3g} TFLOP, about "
@@ -190,7 +196,7 @@ def frontier_record(choice: Choice, minutes: float, frontier: Frontier) -> dict[
     return {"minutes": minutes, "chosen": choice.candidate.name, "tflop": round(choice.tflop, 3),
             "epochs": choice.epochs, "predicted_accuracy": None if choice.predicted == -math.inf else choice.predicted,
             "seconds_per_image": choice.seconds_per_image, "note": choice.note,
-            "candidates": [{"name": n, "tflop": round(t, 3), "predicted_accuracy": None if p == -math.inf else p}
-                           for n, t, p in choice.others],
+            "candidates": [{"name": n, "tflop": round(t, 3), "predicted_accuracy": None if p == -math.inf else p,
+                            "largest_measured_tflop": largest} for n, t, p, largest in choice.others],
             "frontier": {"source": frontier.source, "command": frontier.command},
             "candidate": dataclasses.asdict(choice.candidate)}
