@@ -1,7 +1,7 @@
 """This process's CPUs and memory: how many CPUs it may use, and glibc's allocator tuned for training.
 
 The CPU count sizes every pool of decoding processes and threads. Torch-free, so that the commands which never
-train (split, every --help) start in a tenth of a second.
+train (split, and --help but for evaluate's and export's) start in a tenth of a second.
 """
 
 from __future__ import annotations

@@ -124,7 +124,10 @@ def load_frontier(path: str | Path | None = None) -> Frontier:
     return frontier
 
 
-HELD_BEYOND = 1.25  # a budget this far past a candidate's largest measured point is told as held there
+def held_beyond(tflop: float, largest: float) -> bool:
+    """Whether a prediction at `tflop` is held from a measured point more than a quarter smaller (`largest`),
+    which auto says: a floor, that says little where the point is far smaller."""
+    return tflop > largest * 1.25
 
 
 def predict(points: list[Point], tflop: float) -> tuple[float, str]:
@@ -134,9 +137,8 @@ def predict(points: list[Point], tflop: float) -> tuple[float, str]:
     if tflop < points[0].tflop * 0.8:  # a fifth below the cheapest point: whole epochs round that much
         return -math.inf, f"below its cheapest measured point ({points[0].tflop:.3g} TFLOP)"
     if tflop >= points[-1].tflop:
-        beyond = tflop > points[-1].tflop * HELD_BEYOND
         return points[-1].mean, (f"beyond its largest measured point ({points[-1].tflop:.3g} TFLOP): predicted "
-                                 "as that point's accuracy" if beyond else "")
+                                 "as that point's accuracy" if held_beyond(tflop, points[-1].tflop) else "")
     for low, high in zip(points, points[1:]):
         if tflop <= high.tflop:
             if tflop <= low.tflop:
@@ -175,8 +177,7 @@ def describe(choice: Choice, minutes: float, precision: str) -> list[str]:
              "can train, and its accuracy there read off the compute frontier:"]
     for name, tflop, predicted, largest in choice.others:
         shown = "unknown" if predicted == -math.inf else f"{predicted:.1%}"
-        # Held at its largest point's accuracy: a floor, which says little where that point is far smaller.
-        held = f" (measured only up to {largest:.3g} TFLOP)" if tflop > largest * HELD_BEYOND else ""
+        held = f" (measured only up to {largest:.3g} TFLOP)" if held_beyond(tflop, largest) else ""
         lines.append(f"  {name:<6} {tflop:7.3g} TFLOP  predicted {shown}{held}")
     c = choice.candidate
     sizes = f"{c.progressive_size} then {c.image_size} px" if c.progressive_size else f"{c.image_size} px"
