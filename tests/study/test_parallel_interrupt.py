@@ -27,7 +27,8 @@ data = split_fixture((4, 2, 2), size=SIZE, scope="module")  # 8 training photos
 # vanilla-sgd trains on one photo a step (8 steps an epoch), so a Ctrl-C lands inside an epoch; adam's batch of 100
 # takes all 8 photos in one step, so its epochs have no step after which to stop inside them.
 OPTIMS = ("vanilla-sgd", "adam")
-EPOCHS = 30  # long enough that both runs are still training when the Ctrl-C arrives, whichever started first
+EPOCHS = 60  # long enough that both runs are still training when the Ctrl-C arrives, whichever started first
+# (at 30, adam once finished every epoch before vanilla-sgd wrote its first, in a CI run on a slow machine)
 INTERRUPTED = "study interrupted; run the same command again to continue"
 
 
