@@ -436,7 +436,6 @@ def _run_epochs(run: _Run) -> TrainResult:
     try:
         with stop_on_signals(log, repeat_window=TORCHRUN_SIGNAL_ECHO if team.enabled else 0.0) as stop:
             while progress.epoch < cfg.epochs:
-                asked_before = stop.requested  # a Ctrl-C before this epoch: it stops after its first step
                 completed = loop.run_epoch(stop, run.show_progress)
                 if not completed:
                     save_last()
@@ -448,9 +447,9 @@ def _run_epochs(run: _Run) -> TrainResult:
                 if stopped is not None:
                     status = stopped
                     break
-                # ... unless that step was its only one (run_epoch never stops an epoch after its last step): then
-                # at its end, which _end_epoch has saved.
-                if agree_max([asked_before], team)[0] and progress.epoch < cfg.epochs:
+                # A Ctrl-C in the epoch's last step (or its only one), or while it was validated: run_epoch never
+                # stops an epoch after its last step, so the run stops at its end, which _end_epoch has saved.
+                if agree_max([stop.requested], team)[0] and progress.epoch < cfg.epochs:
                     status = "interrupted"
                     log(f"interrupted after epoch {progress.epoch}; resume with: {resume_command(run_dir, team)}")
                     break

@@ -148,11 +148,12 @@ def test_an_interrupt_mid_epoch_resumes_at_the_next_step_with_the_epochs_remaini
 def test_an_interrupt_stops_a_run_whose_epochs_are_one_step_at_an_epoch_end(data: Path, tmp_path: Path,
                                                                              monkeypatch) -> None:
     """A batch that holds the whole training split (a small study's batch of 100) leaves no step inside an epoch
-    to stop after: the run stops at the end of the next one, and resumes from there to the straight run's end."""
+    to stop after: the run stops at the end of the epoch the Ctrl-C came in (until 2026-12-07, of the next one),
+    and resumes from there to the straight run's end."""
     cfg = dict(batch_size=64, epochs=4)  # 40 training images: one step an epoch
     straight = train(make_config(data, tmp_path / "straight", **cfg), progress=False, log=quiet).run_dir
     with monkeypatch.context() as patch:
-        interrupt_after(patch, 1)  # during epoch 1's only step
+        interrupt_after(patch, 2)  # during epoch 2's only step
         messages: list[str] = []
         broken = train(make_config(data, tmp_path / "broken", **cfg), progress=False, log=messages.append)
     assert broken.status == "interrupted" and broken.epochs_done == 2
@@ -163,6 +164,17 @@ def test_an_interrupt_stops_a_run_whose_epochs_are_one_step_at_an_epoch_end(data
     assert train(None, resume=broken.run_dir, progress=False, log=quiet).status == "finished"
     assert history_without_time(straight) == history_without_time(broken.run_dir)
     assert_same_weights(straight / "last.pt", broken.run_dir / "last.pt")
+
+
+def test_an_interrupt_in_an_epoch_s_last_step_stops_at_that_epoch_s_end(data: Path, tmp_path: Path,
+                                                                      monkeypatch) -> None:
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 5)  # epoch 1's last step: 40 training images, batch 8
+        messages: list[str] = []
+        broken = train(make_config(data, tmp_path / "broken"), progress=False, log=messages.append)
+    assert broken.status == "interrupted" and broken.epochs_done == 1  # not one step into epoch 2
+    assert f"interrupted after epoch 1; resume with: catsdogs train --resume {broken.run_dir}" in messages
+    assert load_checkpoint(broken.run_dir / "last.pt")["progress"]["step"] == 0
 
 
 def test_extending_a_finished_run_equals_the_longer_run(data: Path, tmp_path: Path) -> None:
