@@ -28,7 +28,7 @@ import yaml
 
 from bench_time_to_accuracy import SHARED, catsdogs, make_split
 from catsdogs.atomic import write_text_atomic
-from catsdogs.inference.evaluate import evaluate_run
+from catsdogs.inference.evaluate import evaluate_run, results_suffix
 from catsdogs.training.frontier import FRONTIER_FILE, candidate_gflop
 from catsdogs.training.models import build_model, count_flops
 from catsdogs.training.runs import RunFolder
@@ -82,15 +82,29 @@ def candidate_config(name: str, work: Path) -> Path:
 
 def held_back_accuracy(run: Path, split: Path) -> float:
     """Accuracy of the run's last checkpoint on the split's val and test photos together (evaluate's files in
-    RUN/eval-val and RUN/eval-test; in this process, one run at a time: figures are drawn with pyplot)."""
+    RUN/eval-val and RUN/eval-test; in this process, one run at a time: figures are drawn with pyplot). A part
+    measured after last.pt was written is read back, not measured again: a resumed build measures a run once."""
     correct = images = 0
     for part in HELD_BACK:
-        with EVALUATING:
-            metrics = evaluate_run(run, split=part, checkpoint="last", data=str(split), device="cpu", progress=False,
-                                   out_dir=run / f"eval-{part}").metrics
+        metrics = earlier_measure(run, part)
+        if metrics is None:
+            with EVALUATING:
+                metrics = evaluate_run(run, split=part, checkpoint="last", data=str(split), device="cpu",
+                                       progress=False, out_dir=run / f"eval-{part}").metrics
         correct += round(metrics["accuracy"] * metrics["images"])
         images += metrics["images"]
     return correct / images
+
+
+def earlier_measure(run: Path, part: str) -> dict | None:
+    """The metrics of an evaluation of the run's last.pt on `part` made since last.pt was last written; None if
+    there is none (evaluate writes metrics.json last, so one that exists is whole)."""
+    metrics_path = RunFolder(run / f"eval-{part}").result_files(results_suffix(part, "last", None, None))[0]
+    last = RunFolder(run).last_path
+    if not metrics_path.is_file() or metrics_path.stat().st_mtime_ns < last.stat().st_mtime_ns:
+        return None
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    return metrics if Path(metrics.get("checkpoint", "")).name == last.name else None
 
 
 def train_one(job: dict, split: Path, work: Path, threads: int) -> float:

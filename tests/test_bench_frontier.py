@@ -42,12 +42,15 @@ def test_a_tiny_frontier_is_built_resumed_extended_and_loaded(tmp_path: Path, mo
     correct = sum(round(m["accuracy"] * m["images"]) for m in held_back)
     assert point["accuracy"][0] == round(correct / sum(m["images"] for m in held_back), 5)
     # Again with a candidate with a trick: the finished run is kept, not trained again, and both are in the file.
-    stamp = (tmp_path / "work" / "runs" / runs[0] / "last.pt").stat().st_mtime_ns
+    first_run = tmp_path / "work" / "runs" / runs[0]
+    kept = [first_run / "last.pt", *(next((first_run / f"eval-{part}").glob("metrics*.json")) for part in ("val", "test"))]
+    stamps = [path.stat().st_mtime_ns for path in kept]
     second = build(large, tmp_path / "work", out, "0.002", candidates=("s64", "s64-wh"))
     assert second.returncode == 0, second.stderr
-    assert (tmp_path / "work" / "runs" / runs[0] / "last.pt").stat().st_mtime_ns == stamp
+    assert [path.stat().st_mtime_ns for path in kept] == stamps  # neither trained nor measured again
     frontier = load_frontier(out)
     assert sorted(p.candidate for p in frontier.points) == ["s64", "s64-wh"]
+    assert next(p for p in frontier.points if p.candidate == "s64").accuracy == tuple(point["accuracy"])
     assert "--budgets 0.002 --candidates s64 s64-wh --seeds 1" in frontier.command
     choice = choose_point(frontier, {"s64": 1e-3, "s64-wh": 1e-3}, 1.0, train_images)
     assert choice.candidate.name in ("s64", "s64-wh")
