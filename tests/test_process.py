@@ -18,9 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 # A program that imports catsdogs, with settings of its own made first (values no one would choose).
 PROGRAM_LIMIT, PROGRAM_THREADS = 12_345_678, 3
 PROBE = textwrap.dedent(f"""
-    import ctypes, json, sys
+    import atexit, ctypes, gc, json, sys
     import cv2
     from PIL import Image
+
+    # First registered, so the last exit handler to run: were the collector's objects frozen for the teardown?
+    atexit.register(lambda: print(json.dumps({{"frozen_at_exit": gc.get_freeze_count() > 0}})))
 
     Image.MAX_IMAGE_PIXELS = {PROGRAM_LIMIT}
     cv2.setNumThreads({PROGRAM_THREADS})
@@ -40,19 +43,22 @@ PROBE = textwrap.dedent(f"""
         print(json.dumps({{"max_image_pixels": Image.MAX_IMAGE_PIXELS, "opencv_threads": cv2.getNumThreads(),
                           "tuned_malloc": tuned_malloc()}}))
 """)
-UNTOUCHED = {"max_image_pixels": PROGRAM_LIMIT, "opencv_threads": PROGRAM_THREADS, "tuned_malloc": False}
+UNTOUCHED = {"max_image_pixels": PROGRAM_LIMIT, "opencv_threads": PROGRAM_THREADS, "tuned_malloc": False,
+             "frozen_at_exit": False}
 
 linux_glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None,
                                  reason="the allocator probe needs Linux and glibc")
 
 
 def state_after(code: str, **env: str) -> dict:
-    """Run PROBE, then `code`, in a fresh interpreter on this checkout; return what `report()` printed last."""
+    """Run PROBE, then `code`, in a fresh interpreter on this checkout; return what `report()` printed last, and
+    what the probe's exit handler printed after it."""
     done = subprocess.run([sys.executable, "-c", PROBE + textwrap.dedent(code) + "\nreport()\n"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(ROOT), **env})
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.splitlines()[-1])
+    *_, reported, at_exit = done.stdout.splitlines()
+    return {**json.loads(reported), **json.loads(at_exit)}
 
 
 @linux_glibc
@@ -63,8 +69,9 @@ def test_the_probe_sees_each_setting_change() -> None:
         Image.MAX_IMAGE_PIXELS = 1
         cv2.setNumThreads(1)
         tune_allocator()
+        atexit.register(gc.freeze)
     """)
-    assert changed == {"max_image_pixels": 1, "opencv_threads": 1, "tuned_malloc": True}
+    assert changed == {"max_image_pixels": 1, "opencv_threads": 1, "tuned_malloc": True, "frozen_at_exit": True}
 
 
 @linux_glibc
@@ -104,6 +111,7 @@ def test_every_command_sets_what_catsdogs_process_documents() -> None:
         from catsdogs.cli import main
         main(["optimizers"], standalone_mode=False)
     """
-    assert state_after(command) == {"max_image_pixels": MAX_IMAGE_PIXELS, "opencv_threads": 1, "tuned_malloc": True}
+    assert state_after(command) == {"max_image_pixels": MAX_IMAGE_PIXELS, "opencv_threads": 1, "tuned_malloc": True,
+                                    "frozen_at_exit": True}
     assert state_after(command, CATSDOGS_MALLOC="default")["tuned_malloc"] is False  # the documented way out
 
