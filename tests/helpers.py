@@ -197,8 +197,9 @@ def recipe_config(data: Path, out: Path, **overrides) -> TrainConfig:
 TRAIN = ["--optim", "adam", "--image-size", "96", "--batch-size", "16", "--device", "cpu", "--precision", "fp32"]
 
 
-def torchrun(args: list[str], cwd: Path, program: tuple[str, ...] = ("-m", "catsdogs"), **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def torchrun(args: list[str], cwd: Path, program: tuple[str, ...] = ("-m", "catsdogs"), env: dict[str, str] | None = None,
+             **kwargs) -> subprocess.Popen:
+    env = {**(os.environ if env is None else env), "OMP_NUM_THREADS": "1"}
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         env.pop(name, None)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -241,6 +242,23 @@ def aborted_after_saving(out: str, run: Path) -> bool:
 def finish(process: subprocess.Popen, timeout: float = 300) -> str:
     out, _ = process.communicate(timeout=timeout)
     return out
+
+
+PAUSING = Path(__file__).resolve().parent / "pausing"
+
+
+def paused_at_epoch_2(folder: Path) -> dict[str, str]:
+    """The environment for a process (and its children) whose training runs, once their first epoch is saved,
+    wait until they are asked to stop, each leaving a file `waiting-PID` in `folder` as it starts to wait: a Ctrl-C
+    then finds every run at the start of its second epoch (tests/pausing/sitecustomize.py)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = os.pathsep.join(filter(None, [str(PAUSING), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "CATSDOGS_TEST_PAUSE": str(folder)}
+
+
+def waiting(folder: Path) -> int:
+    """How many processes wait at the start of epoch 2 (see paused_at_epoch_2)."""
+    return len(list(folder.glob("waiting-*")))
 
 
 def children(pid: int) -> list[int]:

@@ -20,15 +20,16 @@ import pytest
 from catsdogs.study import compare as compare_module, tuning
 from catsdogs.study.compare import run_study
 from catsdogs.training.checkpoint import load_checkpoint
-from tests.helpers import STUDY_SIZE as SIZE, children, history_without_time, quiet, run_results, split_fixture, \
-    summary_without_time, tiny_spec
+from tests.helpers import STUDY_SIZE as SIZE, children, history_without_time, paused_at_epoch_2, quiet, run_results, \
+    split_fixture, summary_without_time, tiny_spec, waiting
 
 data = split_fixture((4, 2, 2), size=SIZE, scope="module")  # 8 training photos
 # vanilla-sgd trains on one photo a step (8 steps an epoch), so a Ctrl-C lands inside an epoch; adam's batch of 100
 # takes all 8 photos in one step, so its epochs have no step after which to stop inside them.
 OPTIMS = ("vanilla-sgd", "adam")
-EPOCHS = 60  # long enough that both runs are still training when the Ctrl-C arrives, whichever started first
-# (at 30, adam once finished every epoch before vanilla-sgd wrote its first, in a CI run on a slow machine)
+# The runs wait at the start of epoch 2 until the Ctrl-C reaches them (tests/pausing): without that, adam once
+# finished all its epochs before vanilla-sgd wrote its first, in a CI run on a slow machine.
+EPOCHS = 4
 INTERRUPTED = "study interrupted; run the same command again to continue"
 
 
@@ -77,11 +78,13 @@ def _wait_for(done, process: subprocess.Popen, what: str, timeout: float = 300.0
         time.sleep(0.05)
 
 
-def _ctrl_c(command: list[str], cwd: Path, ready: Callable[[subprocess.Popen], bool], what: str) -> None:
-    """Run `command` until `ready`, then press Ctrl-C: it must stop at once, cleanly, every worker with it."""
+def _ctrl_c(command: list[str], cwd: Path, ready: Callable[[subprocess.Popen], bool], what: str,
+            pause: Path) -> None:
+    """Run `command` until `ready`, then press Ctrl-C: it must stop at once, cleanly, every worker with it.
+    Its runs wait at the start of their second epoch until the Ctrl-C reaches them (see paused_at_epoch_2)."""
     # Its own process group, as a terminal's foreground job: Ctrl-C sends SIGINT to the whole group.
     process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+                               start_new_session=True, env=paused_at_epoch_2(pause))
     try:
         _wait_for(lambda: ready(process), process, what)
         workers = _descendants(process.pid)
@@ -101,17 +104,21 @@ def test_ctrl_c_as_the_runs_start_or_train_stops_them_all_and_the_same_command_r
     out = tmp_path / "study"
     runs = [out / "runs" / f"{optim}-seed42" for optim in OPTIMS]
     # While the workers import (seconds): no run has begun.
-    _ctrl_c(_compare(data, out), tmp_path, lambda process: len(children(process.pid)) >= 2, "both workers started")
+    _ctrl_c(_compare(data, out), tmp_path, lambda process: len(children(process.pid)) >= 2, "both workers started",
+            tmp_path / "pause-1")
     assert not (out / "runs").exists()
-    _ctrl_c(_compare(data, out), tmp_path, lambda _: all((run / "history.csv").is_file() for run in runs),
-            "both runs trained an epoch")
+    _ctrl_c(_compare(data, out), tmp_path, lambda _: waiting(tmp_path / "pause-2") == 2,
+            "both runs trained an epoch", tmp_path / "pause-2")
     assert not (out / "summary.json").exists() and not (out / "report.md").exists()
     for run in runs:  # each stopped part-way: saved, told so, and never tested as if finished
         status = json.loads((run / "status.json").read_text(encoding="utf-8"))
         saved = load_checkpoint(run / "last.pt")["progress"]
         assert status["status"] == "interrupted" and status["epochs_done"] == saved["epoch"] < EPOCHS, run
         assert not (run / "metrics.json").exists() and not (run / "predictions.csv").exists()
-    assert load_checkpoint(runs[0] / "last.pt")["progress"]["step"] >= 1  # vanilla-sgd: inside an epoch
+    # Each met the Ctrl-C as it began epoch 2: vanilla-sgd stopped after that epoch's first step (inside it), adam
+    # (one step an epoch) at its end.
+    saved = [load_checkpoint(run / "last.pt")["progress"] for run in runs]
+    assert [(p["epoch"], p["step"]) for p in saved] == [(1, 1), (2, 0)]
 
     again = subprocess.Popen(_compare(data, out), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
