@@ -25,7 +25,8 @@ from catsdogs.training.optim import get_optimizer_spec
 from catsdogs.training.schedules import lr_factor
 from catsdogs.training.runs import HISTORY_COLUMNS
 from catsdogs.training.train import new_run_config, train
-from tests.helpers import history_without_time, interrupt_after, on_training_batch, quiet, split_fixture
+from tests.helpers import (history_without_time, interrupt_after, on_training_batch, paused_at_epoch_2, quiet,
+                           split_fixture, waiting)
 
 SIZE = 96  # cnn3's minimum, to keep the tests fast
 
@@ -500,7 +501,7 @@ def _stamp(path: Path) -> tuple[int, int] | None:
 def _assert_saved_inside_an_epoch(out: Path) -> dict:
     """last.pt of an interrupted run holds its position inside an epoch, and the run's files agree with it."""
     saved = load_checkpoint(out / "last.pt")["progress"]
-    # A Ctrl-C is acted on after a step that leaves the epoch unfinished, so the position is never 0.
+    # These tests press Ctrl-C as the run waits to begin epoch 2 (paused_at_epoch_2): it stops after that step.
     assert 1 <= saved["step"] < CLI_STEPS_PER_EPOCH, saved["step"]
     assert saved["global_step"] == saved["epoch"] * CLI_STEPS_PER_EPOCH + saved["step"]
     with (out / "history.csv").open() as handle:
@@ -511,11 +512,10 @@ def _assert_saved_inside_an_epoch(out: Path) -> dict:
 
 
 def test_ctrl_c_in_a_real_process_saves_and_prints_the_resume_command(data: Path, tmp_path: Path) -> None:
-    out = tmp_path / "run"
+    out, pause = tmp_path / "run", tmp_path / "pause"
     process = subprocess.Popen(_train_command(data, out, 50), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-    _wait_for(lambda: (out / "history.csv").exists(), process, "epoch 1 ended")
-    time.sleep(0.3)  # into the next epoch
+                               text=True, env=paused_at_epoch_2(pause))
+    _wait_for(lambda: waiting(pause) == 1, process, "epoch 1 ended")  # it waits to begin epoch 2 until the Ctrl-C
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
@@ -523,15 +523,15 @@ def test_ctrl_c_in_a_real_process_saves_and_prints_the_resume_command(data: Path
     said = re.search(r"interrupted in epoch (\d+) after step (\d+); resume with: catsdogs train --resume (\S+)", stdout)
     assert said and said[3] == str(out), stdout
     saved = _assert_saved_inside_an_epoch(out)
-    assert (saved["epoch"] + 1, saved["step"]) == (int(said[1]), int(said[2]))  # what it said is what it saved
+    assert (saved["epoch"] + 1, saved["step"]) == (int(said[1]), int(said[2])) == (2, 1)  # what it said it saved
 
 
 def test_ctrl_c_saves_even_when_the_log_pipe_is_gone(data: Path, tmp_path: Path) -> None:
     """`catsdogs train | tee log`: the same Ctrl-C ends tee, and the log lines then meet a closed pipe."""
-    out = tmp_path / "run"
-    process = subprocess.Popen(_train_command(data, out, 50), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _wait_for(lambda: (out / "history.csv").exists(), process, "epoch 1 ended")
-    time.sleep(0.3)  # into the next epoch
+    out, pause = tmp_path / "run", tmp_path / "pause"
+    process = subprocess.Popen(_train_command(data, out, 50), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=paused_at_epoch_2(pause))
+    _wait_for(lambda: waiting(pause) == 1, process, "epoch 1 ended")  # it waits to begin epoch 2 until the Ctrl-C
     process.stdout.close()  # tee is gone
     process.send_signal(signal.SIGINT)
     stderr = process.communicate(timeout=120)[1].decode()
