@@ -16,6 +16,7 @@ import csv
 import sys
 from pathlib import Path
 
+from catsdogs.errors import CatsdogsError
 from catsdogs.inference.evaluate import evaluate_run
 from catsdogs.process import configure_process
 from catsdogs.study.stats import mcnemar_exact_p
@@ -34,7 +35,11 @@ def main() -> int:
     parser.add_argument("--data", required=True, help="split folder, or a folder of class subfolders")
     parser.add_argument("--tta", action="store_true", help="evaluate with flip test-time augmentation")
     args = parser.parse_args()
-    results = [evaluate_run(run, data=args.data, tta=args.tta, progress=False) for run in (args.run_a, args.run_b)]
+    try:
+        results = [evaluate_run(run, data=args.data, tta=args.tta, progress=False) for run in (args.run_a, args.run_b)]
+    except CatsdogsError as exc:  # a missing run or folder: one line, as the commands say it
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
     a, b = (correct_by_photo(result.predictions_path) for result in results)
     if a.keys() != b.keys():
         print("the two evaluations did not read the same photos (unreadable files differ?)", file=sys.stderr)

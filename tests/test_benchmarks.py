@@ -28,6 +28,12 @@ def test_paired_accuracy_of_a_run_against_its_copy(tiny_run, tmp_path: Path) -> 
     assert lines[4] == f"| {second} | {correct} | {correct / 12:.4f} |"
     # The same weights agree on every photo: nothing to tell them apart.
     assert lines[5] == "right only by a: 0; right only by b: 0; exact McNemar p = 1.000"
+    missing = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "paired_accuracy.py"), str(first),
+                              str(second), "--data", str(tmp_path / "nowhere")], capture_output=True, text=True,
+                             timeout=300)
+    assert missing.returncode == 2 and missing.stderr.splitlines() == [
+        f"Error: --data {tmp_path / 'nowhere'} does not exist: pass a split folder, or a folder with one subfolder "
+        "of photos per class"], missing.stderr
 
 
 def test_class_weights_benchmark_runs_on_a_small_folder(tmp_path: Path) -> None:
