@@ -24,8 +24,10 @@ FRONTIER_FILE = Path(__file__).with_name("frontier.json")
 # A measured training run computes about 3x the forward pass's FLOPs (backward: about 2x).
 TRAIN_FLOPS_PER_FORWARD = 3.0
 # auto sets the epoch cap this much above the epochs its speed estimate expects, so that the time
-# budget, which fits the schedule to the real pace, is what ends a run.
-EPOCH_HEADROOM = 1.25
+# budget, which fits the schedule to the real pace, is what ends a run. A probe of a few seconds was
+# seen 38% slower than the run it timed (docs/benchmarks.md): with a cap of 1.25 times, that run ended at
+# its cap 13 s before its 4 minutes. Twice leaves room for a probe up to half as fast as the run.
+EPOCH_HEADROOM = 2.0
 
 
 @dataclass(frozen=True)
@@ -182,7 +184,8 @@ def describe(choice: Choice, minutes: float, precision: str) -> list[str]:
     c = choice.candidate
     sizes = f"{c.progressive_size} then {c.image_size} px" if c.progressive_size else f"{c.image_size} px"
     lines.append(f"auto: chose {c.name} ({c.model}, {sizes}): {choice.tflop:.3g} TFLOP, about "
-                 f"{choice.seconds_per_image * 1000:.2f} ms an image, epoch cap {choice.epochs}"
+                 f"{choice.seconds_per_image * 1000:.2f} ms a training image (validation included), "
+                 f"epoch cap {choice.epochs}"
                  + (f"; {choice.note}" if choice.note else ""))
     return lines
 

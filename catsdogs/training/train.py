@@ -224,7 +224,8 @@ def _train(cfg: TrainConfig | None, resume: str | Path | None, flags: Mapping[st
     if state is None:  # recorded absolute, so that the run resumes and evaluates from any folder
         cfg = dataclasses.replace(cfg, data=str(Path(cfg.data).resolve()))
         if cfg.frontier:  # auto: the model and sizes for this machine's speed (a resume keeps the choice)
-            cfg, chosen = choose_from_frontier(cfg, hardware.device, hardware.precision, len(splits.train), team, log)
+            cfg, chosen = choose_from_frontier(cfg, hardware.device, hardware.precision, len(splits.train),
+                                               len(splits.val), team, log)
             cfg = resolve_config(cfg)
     # The model before the cache: a wrong model, size or weights file is told before minutes of decoding.
     model, init_hash = _build_model(cfg, state, splits.train, log)

@@ -13,10 +13,11 @@ import torch
 from catsdogs.errors import CatsdogsError
 from catsdogs.training import auto
 from catsdogs.training.config import build_config
-from catsdogs.training.frontier import FRONTIER_FILE, Candidate, Frontier, Point, candidate_gflop, choose_point, \
-    describe, load_frontier, predict
+from catsdogs.training.frontier import EPOCH_HEADROOM, FRONTIER_FILE, Candidate, Frontier, Point, candidate_gflop, \
+    choose_point, describe, load_frontier, predict
 from catsdogs.training.hardware import select_precision
 from catsdogs.training.models import build_model, count_flops
+from catsdogs.training.speed import Probe
 from catsdogs.training.train import train
 from tests.helpers import invoke, quiet, split_fixture
 
@@ -52,13 +53,23 @@ def test_a_faster_machine_gets_the_bigger_point_and_a_slower_one_the_smaller() -
     assert fast.predicted == pytest.approx(0.885)  # halfway between 4 and 16 TFLOP in log FLOPs
     # The epoch cap: the images that 20 minutes buy at the measured speed, over the 40 photos, with headroom.
     images = 20 * 60 / speeds_for(20, 32.0, 8.0)["big"]
-    assert fast.epochs == math.ceil(images / 40 * 1.25)
+    assert fast.epochs == math.ceil(images / 40 * EPOCH_HEADROOM)
     lines = describe(fast, 20, "fp32")
     assert "chose big (bncnn-s, 32 then 48 px): 8 TFLOP" in lines[-1]
     # small's 32 TFLOP lie past its largest point (16): its 83% is a floor held from there, and the line says so.
     assert any(line.split()[:2] == ["small", "32"] and line.endswith("predicted 83.0% (measured only up to 16 TFLOP)")
                for line in lines), lines
     assert lines[-2].endswith("predicted 88.5%")  # big, inside its measured range
+
+
+@pytest.mark.parametrize("slow", [1.0, 1.38, 1.5])
+def test_a_probe_slower_than_the_run_does_not_cap_it_before_its_budget(slow: float) -> None:
+    # The run really trains at speeds_for(20, 32, 8): 20 minutes buy big these epochs of the 40 photos.
+    real = speeds_for(20, 32.0, 8.0)["big"]
+    epochs_the_budget_buys = 20 * 60 / real / 40
+    # The probe said `slow` times the real seconds an image (a probe 38% slow was seen on the 2-core machine).
+    choice = choose_point(synthetic_frontier(), {"big": real * slow}, 20, train_images=40)
+    assert choice.epochs >= epochs_the_budget_buys
 
 
 def test_predictions_interpolate_hold_beyond_and_refuse_below() -> None:
@@ -102,10 +113,10 @@ def test_auto_trains_the_point_its_measured_speed_buys(data: Path, tmp_path: Pat
                                                        model_size: int) -> None:
     minutes = 0.01
     speeds = speeds_for(minutes, *tflops)
-    measured: dict[str, tuple[int, str]] = {}
+    measured: dict[str, Probe] = {}
 
-    def measure(candidate: Candidate, device: object, precision: object, batch_size: int, augment: str) -> float:
-        measured[candidate.name] = (batch_size, augment)
+    def measure(candidate: Candidate, device: object, precision: object, probe: Probe) -> float:
+        measured[candidate.name] = probe
         return speeds[candidate.name]
 
     monkeypatch.setattr(auto, "load_frontier", lambda: synthetic_frontier())
@@ -117,8 +128,12 @@ def test_auto_trains_the_point_its_measured_speed_buys(data: Path, tmp_path: Pat
     run = Path(result.run_dir)
     record = json.loads((run / "auto.json").read_text(encoding="utf-8"))
     saved = (run / "config.yaml").read_text(encoding="utf-8")
-    # Timed at the run's batch and augmentation (auto.yaml's).
-    assert measured == {"big": (64, "crop"), "small": (64, "crop")} and record["chosen"] == chosen
+    # Timed doing what the run does: auto.yaml's batch, augmentation and weight average, and the split's
+    # 4 validation photos for its 12 training photos.
+    expected = Probe(batch_size=64, augment="crop", ema=0.998, val_share=4 / 12, seconds=auto.PROBE_SECONDS,
+                     repeats=auto.PROBE_REPEATS)
+    assert measured == {"big": expected, "small": expected} and record["chosen"] == chosen
+    assert record["probe"] == dataclasses.asdict(expected)
     assert f"image_size: {model_size}\n" in saved and "model: bncnn-s\n" in saved
     # A candidate's own settings (here big's batch size, with the lr scaled to it) come with it.
     assert ("batch_size: 16\nlr: 0.1\n" in saved and "lr_batch: 64\n" in saved) == (chosen == "big")
@@ -140,15 +155,15 @@ def test_the_package_ships_its_frontier() -> None:
 
 
 def test_each_candidate_is_timed_at_the_batch_size_it_trains_with(monkeypatch: pytest.MonkeyPatch) -> None:
-    timed: dict[str, int] = {}
+    timed: dict[str, tuple[int, str]] = {}
 
-    def seconds(model, size, low, fraction, batch, device, precision, seconds, augment):
-        timed[f"{model}@{size}"] = (batch, augment)
+    def seconds(model, size, low, fraction, device, precision, probe):
+        timed[f"{model}@{size}"] = (probe.batch_size, probe.augment)
         return 1e-3
 
     monkeypatch.setattr(auto, "schedule_seconds_per_image", seconds)
-    auto.measure_candidate(SMALL, "cpu", "fp32", 64, "crop")
-    auto.measure_candidate(BIG, "cpu", "fp32", 64, "flip")
+    auto.measure_candidate(SMALL, "cpu", "fp32", Probe(64, "crop"))
+    auto.measure_candidate(BIG, "cpu", "fp32", Probe(64, "flip"))
     assert timed == {"bncnn-s@32": (64, "crop"), "bncnn-s@48": (16, "flip")}
 
 
@@ -161,13 +176,13 @@ def test_a_trick_that_keeps_its_base_s_steps_is_not_timed_twice() -> None:
                                    points=(*frontier.points, Point("small-wh", 1.0, 1, 1.0, (0.9, 0.9))))
     timed: list[str] = []
 
-    def measure(candidate: Candidate, device: object, precision: object, batch_size: int, augment: str) -> float:
+    def measure(candidate: Candidate, device: object, precision: object, probe: Probe) -> float:
         timed.append(candidate.name)
         return speeds_for(20, 1.0, 1.0 / 3)[candidate.name.removesuffix("-wh")]
 
     cfg = build_config(AUTO, {"data": "unused", "precision": "fp32"})
     cpu = torch.device("cpu")
-    cfg, record = auto.choose_from_frontier(cfg, cpu, select_precision("fp32", cpu), 40, SOLO, quiet,
+    cfg, record = auto.choose_from_frontier(cfg, cpu, select_precision("fp32", cpu), 40, 4, SOLO, quiet,
                                             frontier=frontier, measure=measure)
     assert timed == ["small", "big"]
     assert record["chosen"] == "small-wh" and cfg.whiten_stem
