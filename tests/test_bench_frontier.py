@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from catsdogs.training.frontier import choose_point, load_frontier
 from tests.helpers import make_classes
 
@@ -77,9 +79,10 @@ def test_speed_times_each_candidate_at_its_batch_alternating(monkeypatch, capsys
 
     timed: list[tuple[str, int]] = []
 
-    def measure(candidate, device, precision, batch_size, augment):
-        assert augment == "crop"  # auto.yaml's
-        timed.append((candidate.name, int(candidate.extra.get("batch_size", batch_size))))
+    def measure(candidate, device, precision, probe):
+        # auto.yaml's settings, and the benchmark split's 5% of photos for validation against 90% for training
+        assert (probe.augment, probe.ema, probe.val_share) == ("crop", 0.998, pytest.approx(0.05 / 0.90))
+        timed.append((candidate.name, int(candidate.extra.get("batch_size", probe.batch_size))))
         return 0.001 * len(timed)
 
     monkeypatch.setattr(auto, "measure_candidate", measure)
