@@ -198,19 +198,16 @@ def speed(names: list[str], threads: int, repeats: int = 3) -> None:
     """Print each candidate's training milliseconds an image as auto's probe measures them, `repeats` times."""
     import torch
 
-    from catsdogs.training.auto import PROBE_REPEATS, PROBE_SECONDS, measure_candidate
+    from catsdogs.training.auto import measure_candidate, run_probe
+    from catsdogs.training.config import build_config
     from catsdogs.training.frontier import Candidate
     from catsdogs.training.hardware import select_precision
-    from catsdogs.training.speed import Probe
 
     torch.set_num_threads(threads)
     device = torch.device("cpu")
     precision = select_precision("fp32", device)
-    base = yaml.safe_load(BASE.read_text(encoding="utf-8"))
-    batch, augment = base["batch_size"], base["augment"]
-    # auto.yaml's settings, on the 90/5/5 split that bench_time_to_accuracy.py trains on
-    probe = Probe(batch_size=batch, augment=augment, ema=base.get("ema"), val_share=0.05 / 0.90,
-                  seconds=PROBE_SECONDS, repeats=PROBE_REPEATS)
+    # auto.yaml's probe, on the 90/5/5 split that bench_time_to_accuracy.py trains on
+    probe = run_probe(build_config(BASE, {"data": "unused"}), train_images=90, val_images=5)
     candidates = {}
     for name in names:
         (model, size, low, fraction), extra = spec(name)
@@ -221,7 +218,7 @@ def speed(names: list[str], threads: int, repeats: int = 3) -> None:
             times[name].append(measure_candidate(candidate, device, precision, probe) * 1000)
     print(f"cpu capability {torch.backends.cpu.get_cpu_capability()}, {threads} thread(s), fp32; ms an image:")
     for name, found in times.items():
-        print(f"{name:<10} batch {candidates[name].extra.get('batch_size', batch):4d}  "
+        print(f"{name:<10} batch {candidates[name].extra.get('batch_size', probe.batch_size):4d}  "
               + "  ".join(f"{t:.2f}" for t in found) + f"  median {sorted(found)[len(found) // 2]:.2f}")
 
 

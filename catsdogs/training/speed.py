@@ -44,22 +44,22 @@ class Probe:
     repeats: int = 3  # windows the time is split into; the median one counts
 
 
-def seconds_per_image(model_name: str, image_size: int, batch_size: int, device: torch.device, precision: Precision,
-                      seconds: float = 1.0, max_steps: int = 50, view_size: int | None = None,
-                      augment: str = "flip", ema: float | None = None, repeats: int = 1) -> float:
+def seconds_per_image(model_name: str, image_size: int, device: torch.device, precision: Precision, probe: Probe,
+                      view_size: int | None = None, max_steps: int = 50) -> float:
     """Training seconds per image of `model_name` on `image_size` photos (scaled down to `view_size` when
-    given, as progressive resizing does), timed over about `seconds` after warm-up: the median of `repeats`
-    windows."""
+    given, as progressive resizing does), doing what `probe` says the run does, timed over about
+    `probe.seconds` after warm-up: the median of `probe.repeats` windows."""
+    batch_size = probe.batch_size
     model = build_model(model_name, 2, image_size).to(device, memory_format=torch.channels_last)
     model.train()
-    average = ModelEMA(model, ema) if ema else None
+    average = ModelEMA(model, probe.ema) if probe.ema else None
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(0)
     pool = torch.randint(0, 256, (batch_size * POOL_BATCHES, image_size, image_size, 3), dtype=torch.uint8,
                          generator=generator)
     labels = torch.randint(0, 2, (batch_size,), generator=generator).to(device)
-    preset = train_preset(image_size, hflip=0.5, augment=augment)
+    preset = train_preset(image_size, hflip=0.5, augment=probe.augment)
 
     def step() -> None:
         picked = torch.randint(0, len(pool), (batch_size,), generator=generator)
@@ -73,7 +73,7 @@ def seconds_per_image(model_name: str, image_size: int, batch_size: int, device:
             average.update(model)
         float(loss.detach())  # the loop reads each step's loss, which waits for the step
 
-    return _timed(step, device, batch_size, seconds, max_steps, repeats)
+    return _timed(step, device, batch_size, probe.seconds, max_steps, probe.repeats)
 
 
 def eval_seconds_per_image(model_name: str, image_size: int, device: torch.device, precision: Precision,
@@ -95,13 +95,10 @@ def schedule_seconds_per_image(model_name: str, image_size: int, progressive_siz
                                device: torch.device, precision: Precision, probe: Probe) -> float:
     """Seconds per training image averaged over a progressive schedule (`fraction` of the steps at
     `progressive_size`), with each epoch's validation shared out over its training images."""
-    def train_at(view: int | None) -> float:
-        return seconds_per_image(model_name, image_size, probe.batch_size, device, precision, probe.seconds,
-                                 view_size=view, augment=probe.augment, ema=probe.ema, repeats=probe.repeats)
-
-    train = train_at(None)
+    train = seconds_per_image(model_name, image_size, device, precision, probe)
     if progressive_size:
-        train = fraction * train_at(progressive_size) + (1.0 - fraction) * train
+        low = seconds_per_image(model_name, image_size, device, precision, probe, view_size=progressive_size)
+        train = fraction * low + (1.0 - fraction) * train
     if probe.val_share <= 0:
         return train
     validate = eval_seconds_per_image(model_name, image_size, device, precision, probe.seconds / 2,

@@ -30,8 +30,8 @@ def test_the_median_window_counts_not_the_mean() -> None:
 def test_each_epoch_s_validation_is_shared_out_over_its_training_images(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple] = []
 
-    def train(model, size, batch, device, precision, seconds, view_size=None, augment="flip", ema=None, repeats=1):
-        calls.append((size, view_size, batch, augment, ema, repeats))
+    def train(model, size, device, precision, probe, view_size=None):
+        calls.append((size, view_size, probe.batch_size, probe.augment, probe.ema, probe.repeats))
         return 1e-3 if view_size else 2e-3
 
     monkeypatch.setattr(speed, "seconds_per_image", train)
@@ -57,8 +57,8 @@ def test_the_probe_updates_the_weight_average_at_every_step_when_the_run_keeps_o
             super().update(model)
 
     monkeypatch.setattr(speed, "ModelEMA", Counting)
-    per_image = speed.seconds_per_image("bncnn-s", 32, 4, CPU, FP32, seconds=0.0, max_steps=2, ema=decay,
-                                        augment="crop")
+    per_image = speed.seconds_per_image("bncnn-s", 32, CPU, FP32, Probe(4, "crop", ema=decay, seconds=0.0, repeats=1),
+                                        max_steps=2)
     assert per_image > 0
     # The warm-up steps, then one timed step (a window of 0 s times one).
     assert updates == ([decay] * (speed.WARMUP_STEPS + 1) if decay else [])
