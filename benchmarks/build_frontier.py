@@ -4,8 +4,8 @@
 
 For each budget of training TFLOPs and each candidate (a model and its progressive image sizes), it
 trains auto.yaml's recipe for the whole number of epochs that the budget buys on the training photos,
-with no time limit (`--time-budget 0`), in fp32 at `--threads` per run: the result depends on FLOPs,
-not on this machine's speed. Each run is measured at its last epoch on the photos the split held back
+with no time limit (`--time-budget 0`), in fp32 (or `--precision bf16`, recorded with each point) at
+`--threads` per run: the result depends on FLOPs, not on this machine's speed. Each run is measured at its last epoch on the photos the split held back
 from training (its val and test splits together, 938 photos of PetImages-large); the time-to-accuracy
 benchmark's test photos (PetImages-dev) are never used. Runs that finished earlier are kept, so the
 command resumes, and budgets measured by earlier commands stay in the file.
@@ -68,13 +68,13 @@ def spec(name: str) -> tuple[tuple, dict]:
     return CANDIDATES[base], extra
 
 
-def candidate_config(name: str, work: Path) -> Path:
+def candidate_config(name: str, work: Path, precision: str = "fp32") -> Path:
     """auto.yaml's shared settings with the candidate's model, sizes and trick, and no frontier or time budget."""
     settings = yaml.safe_load(BASE.read_text(encoding="utf-8"))
     (model, size, low, fraction), extra = spec(name)
     settings.update(frontier=False, time_budget=0, model=model, image_size=size, progressive_size=low,
-                    progressive_fraction=fraction, precision="fp32", **extra)
-    path = work / "configs" / f"{name}.yaml"
+                    progressive_fraction=fraction, precision=precision, **extra)
+    path = work / "configs" / f"{name}{'' if precision == 'fp32' else '-' + precision}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
     return path
@@ -107,7 +107,7 @@ def earlier_measure(run: Path, part: str) -> dict | None:
     return metrics if Path(metrics.get("checkpoint", "")).name == last.name else None
 
 
-def train_one(job: dict, split: Path, work: Path, threads: int) -> float:
+def train_one(job: dict, split: Path, work: Path, threads: int, precision: str = "fp32") -> float:
     run = work / "runs" / job["name"]
     folder = RunFolder(run)
     status = folder.read_status() if folder.status_path.is_file() else None
@@ -115,21 +115,23 @@ def train_one(job: dict, split: Path, work: Path, threads: int) -> float:
         if folder.last_path.is_file():  # interrupted earlier: resume it
             command = ["train", "--resume", str(run)]
         else:
-            command = ["train", "--config", str(candidate_config(job["candidate"], work)), "--data", str(split),
+            command = ["train", "--config", str(candidate_config(job["candidate"], work, precision)), "--data", str(split),
                        "--epochs", str(job["epochs"]), "--seed", str(job["seed"]), "--out", str(run)]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         subprocess.run([sys.executable, "-m", "catsdogs", *command], check=True, stdout=subprocess.DEVNULL, env=env)
     return held_back_accuracy(run, split)
 
 
-def plan(budgets: list[float], names: list[str], seeds: int, gflop: dict[str, float], train_images: int) -> list[dict]:
+def plan(budgets: list[float], names: list[str], seeds: int, gflop: dict[str, float], train_images: int,
+         precision: str = "fp32") -> list[dict]:
     jobs = []
+    tag = "" if precision == "fp32" else f"-{precision}"
     for budget in budgets:
         for name in names:
             epochs = max(1, round(budget * 1000 / (gflop[name] * train_images)))
             for seed in range(42, 42 + seeds):
-                jobs.append({"name": f"{name}-{budget:g}-seed{seed}", "candidate": name, "budget": budget,
-                             "epochs": epochs, "seed": seed})
+                jobs.append({"name": f"{name}-{budget:g}{tag}-seed{seed}", "candidate": name, "budget": budget,
+                             "epochs": epochs, "seed": seed, "precision": precision})
     return jobs
 
 
@@ -143,12 +145,13 @@ def write(out: Path, old: dict, gflop: dict[str, float], train_images: int, resu
         if len(done) == seeds:
             points[key] = {"candidate": job["candidate"], "budget_tflop": job["budget"], "epochs": job["epochs"],
                            "tflop": round(job["epochs"] * train_images * gflop[job["candidate"]] / 1000, 2),
-                           "accuracy": [round(a, 5) for a in done]}
+                           "accuracy": [round(a, 5) for a in done],
+                           **({"precision": job["precision"]} if job.get("precision", "fp32") != "fp32" else {})}
     commands = [c for c in old.get("commands", []) if c != command] + [command]
     data = {"format": 1, "commands": commands, "train_images": train_images,
             "photos": "a 90/5/5 split of PetImages-large (seed 42); accuracy on its 938 val and test photos, "
                       "at the last epoch, one number per seed",
-            "precision": "fp32", "base": "configs/recipes/auto.yaml",
+            "precision": "fp32 unless a point names another", "base": "configs/recipes/auto.yaml",
             "candidates": {name: candidate_record(name, gflop) for name in [*CANDIDATES, *TRICKS]
                            if name in CANDIDATES or name in measured},
             "points": sorted(points.values(), key=lambda p: (p["budget_tflop"], p["candidate"]))}
@@ -173,7 +176,8 @@ def table(path: Path) -> str:
     bases = {**{(p["candidate"], p["budget_tflop"]): p for p in package if p["candidate"] in CANDIDATES}, **found}
 
     def cell(p: dict) -> str:
-        return f"{mean(p):.1%} ({', '.join(f'{a:.1%}' for a in p['accuracy'])}; {p['epochs']} ep)"
+        return (f"{mean(p):.1%} ({', '.join(f'{a:.1%}' for a in p['accuracy'])}; {p['epochs']} ep"
+                + (f", {p['precision']}" if p.get("precision", "fp32") != "fp32" else "") + ")")
 
     lines = ["| budget TFLOP | " + " | ".join(f"{n} ({cands[n]['model']}, {cands[n]['progressive_size']}/"
                                                  f"{cands[n]['image_size']} px)" for n in names) + " |",
@@ -236,6 +240,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--jobs", type=int, default=2, help="runs at once")
     parser.add_argument("--threads", type=int, default=1, help="threads per run")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="of the runs (bf16 needs a CPU with native bf16); recorded with each point")
     parser.add_argument("--out", type=Path, default=FRONTIER_FILE)
     parser.add_argument("--table", action="store_true", help="print --out as a markdown table and stop")
     parser.add_argument("--speed", nargs="+", metavar="CANDIDATE",
@@ -256,16 +262,18 @@ def main() -> None:
     split = make_split(args.large, args.work)
     train_images = sum(1 for p in (split / "train").rglob("*") if p.is_file())
     gflop = {name: train_gflop(*spec(name)[0]) for name in [*CANDIDATES, *TRICKS]}
-    jobs = plan(args.budgets, args.candidates, args.seeds, gflop, train_images)
+    jobs = plan(args.budgets, args.candidates, args.seeds, gflop, train_images, args.precision)
     old = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else {}
     command = (f"python benchmarks/build_frontier.py --budgets {' '.join(f'{b:g}' for b in args.budgets)} "
                + (f"--candidates {' '.join(args.candidates)} " if args.candidates != list(CANDIDATES) else "")
-               + f"--seeds {args.seeds} --jobs {args.jobs} --threads {args.threads}")
+               + f"--seeds {args.seeds} --jobs {args.jobs} --threads {args.threads}"
+               + (f" --precision {args.precision}" if args.precision != "fp32" else ""))
     results: dict[tuple, list[float]] = {}
     started = time.perf_counter()
     print(f"{len(jobs)} runs on {train_images} training photos; cpu {os.cpu_count()} cores", flush=True)
     pool = ThreadPoolExecutor(args.jobs)
-    futures = [(job, pool.submit(train_one, job, split, args.work, args.threads)) for job in jobs]
+    futures = [(job, pool.submit(train_one, job, split, args.work, args.threads, args.precision))
+               for job in jobs]
     try:  # Ctrl-C reaches the runs too (one process group): they save, and the same command resumes them
         for job, future in futures:
             accuracy = future.result()
