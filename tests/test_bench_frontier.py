@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from catsdogs.training.frontier import choose_point, load_frontier
 from tests.helpers import make_classes
@@ -91,3 +92,30 @@ def test_speed_times_each_candidate_at_its_batch_alternating(monkeypatch, capsys
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split() == ["s64", "batch", "64", "1.00", "3.00", "median", "3.00"]
     assert lines[2].split() == ["s64-b256", "batch", "256", "2.00", "4.00", "median", "4.00"]
+
+
+def test_points_trained_in_bf16_say_so_in_the_runs_the_file_and_the_table(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import build_frontier
+
+    gflop = {"s128": 0.4, "m128": 1.2}
+    jobs = build_frontier.plan([400.0], ["s128"], 1, gflop, 8436, "bf16")
+    assert [(j["name"], j["epochs"], j["precision"]) for j in jobs] == [("s128-400-bf16-seed42", 119, "bf16")]
+    config = yaml.safe_load(build_frontier.candidate_config("s128", tmp_path, "bf16").read_text(encoding="utf-8"))
+    assert config["precision"] == "bf16" and config["model"] == "bncnn-s"
+    # fp32 configs keep their name, so a bf16 build beside an fp32 one writes its own
+    assert build_frontier.candidate_config("s128", tmp_path).name == "s128.yaml"
+    old = {"commands": ["earlier"], "points": [{"candidate": "s128", "budget_tflop": 130.0, "epochs": 39,
+                                                "tflop": 130.2, "accuracy": [0.95, 0.96]}]}
+    out = tmp_path / "frontier.json"
+    every = {name: 1.0 for name in [*build_frontier.CANDIDATES, *build_frontier.TRICKS]} | gflop
+    build_frontier.write(out, old, every, 8436,
+                         {("s128", 400.0): [0.97]}, jobs, 1, "the command")
+    points = json.loads(out.read_text(encoding="utf-8"))["points"]
+    assert [(p["budget_tflop"], p.get("precision")) for p in points] == [(130.0, None), (400.0, "bf16")]
+    table = build_frontier.table(out)
+    assert "| 130 | 95.5% (95.0%, 96.0%; 39 ep) |" in table
+    assert "| 400 | 97.0% (97.0%; 119 ep, bf16) |" in table
+    frontier = load_frontier(out)
+    assert [p.mean for p in frontier.of("s128")] == [0.955, 0.97]
+
