@@ -5,9 +5,9 @@
 For each budget of training TFLOPs and each candidate (a model and its progressive image sizes), it
 trains auto.yaml's recipe for the whole number of epochs that the budget buys on the training photos,
 with no time limit (`--time-budget 0`), in fp32 (or `--precision bf16`, recorded with each point) at
-`--threads` per run: the result depends on FLOPs, not on this machine's speed. Each run is measured at its last epoch on the photos the split held back
-from training (its val and test splits together, 938 photos of PetImages-large); the time-to-accuracy
-benchmark's test photos (PetImages-dev) are never used. Runs that finished earlier are kept, so the
+`--threads` per run: the result depends on FLOPs, not on this machine's speed. Each run is measured at
+its last epoch on the photos the split held back from training (its val and test splits together, 938
+photos of PetImages-large); the time-to-accuracy benchmark's test photos (PetImages-dev) are never used. Runs that finished earlier are kept, so the
 command resumes, and budgets measured by earlier commands stay in the file.
 """
 
@@ -74,7 +74,7 @@ def candidate_config(name: str, work: Path, precision: str = "fp32") -> Path:
     (model, size, low, fraction), extra = spec(name)
     settings.update(frontier=False, time_budget=0, model=model, image_size=size, progressive_size=low,
                     progressive_fraction=fraction, precision=precision, **extra)
-    path = work / "configs" / f"{name}{'' if precision == 'fp32' else '-' + precision}.yaml"
+    path = work / "configs" / f"{name}{tag(precision)}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
     return path
@@ -107,7 +107,12 @@ def earlier_measure(run: Path, part: str) -> dict | None:
     return metrics if Path(metrics.get("checkpoint", "")).name == last.name else None
 
 
-def train_one(job: dict, split: Path, work: Path, threads: int, precision: str = "fp32") -> float:
+def tag(precision: str) -> str:
+    """What a name gains for a precision other than fp32, so that its configs and runs sit beside fp32's."""
+    return "" if precision == "fp32" else f"-{precision}"
+
+
+def train_one(job: dict, split: Path, work: Path, threads: int) -> float:
     run = work / "runs" / job["name"]
     folder = RunFolder(run)
     status = folder.read_status() if folder.status_path.is_file() else None
@@ -115,7 +120,8 @@ def train_one(job: dict, split: Path, work: Path, threads: int, precision: str =
         if folder.last_path.is_file():  # interrupted earlier: resume it
             command = ["train", "--resume", str(run)]
         else:
-            command = ["train", "--config", str(candidate_config(job["candidate"], work, precision)), "--data", str(split),
+            config = candidate_config(job["candidate"], work, job["precision"])
+            command = ["train", "--config", str(config), "--data", str(split),
                        "--epochs", str(job["epochs"]), "--seed", str(job["seed"]), "--out", str(run)]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         subprocess.run([sys.executable, "-m", "catsdogs", *command], check=True, stdout=subprocess.DEVNULL, env=env)
@@ -125,12 +131,11 @@ def train_one(job: dict, split: Path, work: Path, threads: int, precision: str =
 def plan(budgets: list[float], names: list[str], seeds: int, gflop: dict[str, float], train_images: int,
          precision: str = "fp32") -> list[dict]:
     jobs = []
-    tag = "" if precision == "fp32" else f"-{precision}"
     for budget in budgets:
         for name in names:
             epochs = max(1, round(budget * 1000 / (gflop[name] * train_images)))
             for seed in range(42, 42 + seeds):
-                jobs.append({"name": f"{name}-{budget:g}{tag}-seed{seed}", "candidate": name, "budget": budget,
+                jobs.append({"name": f"{name}-{budget:g}{tag(precision)}-seed{seed}", "candidate": name, "budget": budget,
                              "epochs": epochs, "seed": seed, "precision": precision})
     return jobs
 
@@ -146,7 +151,7 @@ def write(out: Path, old: dict, gflop: dict[str, float], train_images: int, resu
             points[key] = {"candidate": job["candidate"], "budget_tflop": job["budget"], "epochs": job["epochs"],
                            "tflop": round(job["epochs"] * train_images * gflop[job["candidate"]] / 1000, 2),
                            "accuracy": [round(a, 5) for a in done],
-                           **({"precision": job["precision"]} if job.get("precision", "fp32") != "fp32" else {})}
+                           **({"precision": job["precision"]} if job["precision"] != "fp32" else {})}
     commands = [c for c in old.get("commands", []) if c != command] + [command]
     data = {"format": 1, "commands": commands, "train_images": train_images,
             "photos": "a 90/5/5 split of PetImages-large (seed 42); accuracy on its 938 val and test photos, "
@@ -272,8 +277,7 @@ def main() -> None:
     started = time.perf_counter()
     print(f"{len(jobs)} runs on {train_images} training photos; cpu {os.cpu_count()} cores", flush=True)
     pool = ThreadPoolExecutor(args.jobs)
-    futures = [(job, pool.submit(train_one, job, split, args.work, args.threads, args.precision))
-               for job in jobs]
+    futures = [(job, pool.submit(train_one, job, split, args.work, args.threads)) for job in jobs]
     try:  # Ctrl-C reaches the runs too (one process group): they save, and the same command resumes them
         for job, future in futures:
             accuracy = future.result()
