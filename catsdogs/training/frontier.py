@@ -64,6 +64,11 @@ class Point:
     def mean(self) -> float:
         return sum(self.accuracy) / len(self.accuracy)
 
+    @property
+    def spread(self) -> float:
+        """How far apart its seeds landed (0 with one seed)."""
+        return max(self.accuracy) - min(self.accuracy)
+
 
 @dataclass(frozen=True)
 class Frontier:
@@ -95,6 +100,9 @@ class Choice:
     note: str  # "" inside the measured range, else what the prediction rests on
     # (name, affordable TFLOP, predicted, the largest TFLOP it was measured at) of every candidate
     others: tuple[tuple[str, float, float, float], ...]
+    # the other candidates predicted closer to the chosen one than the seeds of the points either rests on
+    # are to each other: the frontier cannot tell them apart here (name, predicted, that spread)
+    level: tuple[tuple[str, float, float], ...] = ()
 
 
 def candidate_gflop(forward_gflop: Mapping[int, float], image_size: int, progressive_size: int | None,
@@ -150,11 +158,22 @@ def predict(points: list[Point], tflop: float) -> tuple[float, str]:
     return points[-1].mean, ""
 
 
+def spread_at(points: list[Point], tflop: float) -> float:
+    """How far apart the seeds of the measured points that a prediction at `tflop` rests on landed: the
+    nearest point's beyond either end, the larger of the two points' in between."""
+    if tflop <= points[0].tflop:
+        return points[0].spread
+    if tflop >= points[-1].tflop:
+        return points[-1].spread
+    high = next(i for i, p in enumerate(points) if tflop <= p.tflop)
+    return max(points[high - 1].spread, points[high].spread)
+
+
 def choose_point(frontier: Frontier, seconds_per_image: Mapping[str, float], minutes: float,
                  train_images: int) -> Choice:
     """The candidate with the best predicted accuracy for `minutes` of training at the measured speeds
     (seconds per training image, over its schedule's sizes); if none is in its measured range, the one
-    that buys the most epochs."""
+    that buys the most epochs. The choice names the candidates it is level with."""
     options = []
     for name, seconds in seconds_per_image.items():
         candidate, points = frontier.candidates[name], frontier.of(name)
@@ -163,14 +182,18 @@ def choose_point(frontier: Frontier, seconds_per_image: Mapping[str, float], min
         images = minutes * 60.0 / seconds
         tflop = images * candidate.train_gflop / 1000.0
         predicted, note = predict(points, tflop)
-        options.append((predicted, images / train_images, candidate, tflop, note, seconds, points[-1].tflop))
+        options.append((predicted, images / train_images, candidate, tflop, note, seconds, points[-1].tflop,
+                        spread_at(points, tflop)))
     if not options:
         raise CatsdogsError("no candidate of the frontier was measured: rebuild it with benchmarks/build_frontier.py")
-    predicted, epochs, candidate, tflop, note, seconds, _ = max(options, key=lambda o: (o[0], o[1]))
+    best = max(options, key=lambda o: (o[0], o[1]))
+    predicted, epochs, candidate, tflop, note, seconds, _, spread = best
     if predicted == -math.inf:
         note = "every candidate is below its cheapest measured point: training the one that buys the most epochs"
+    level = tuple((o[2].name, o[0], max(spread, o[7])) for o in options
+                  if o is not best and o[0] != -math.inf and predicted - o[0] < max(spread, o[7]))
     return Choice(candidate, tflop, max(1, math.ceil(epochs * EPOCH_HEADROOM)), predicted, seconds, note,
-                  tuple((o[2].name, o[3], o[0], o[6]) for o in options))
+                  tuple((o[2].name, o[3], o[0], o[6]) for o in options), level)
 
 
 def describe(choice: Choice, minutes: float, precision: str) -> list[str]:
@@ -187,6 +210,10 @@ def describe(choice: Choice, minutes: float, precision: str) -> list[str]:
                  f"{choice.seconds_per_image * 1000:.2f} ms a training image (validation included), "
                  f"epoch cap {choice.epochs}"
                  + (f"; {choice.note}" if choice.note else ""))
+    for name, predicted, spread in choice.level:
+        lines.append(f"auto: {name} is level with {c.name} here: predicted {(choice.predicted - predicted) * 100:.1f} "
+                     f"points lower, while the seeds of the frontier's points they rest on landed up to "
+                     f"{spread * 100:.1f} points apart; the frontier cannot tell which trains better in this budget")
     return lines
 
 
@@ -202,5 +229,7 @@ def frontier_record(choice: Choice, minutes: float, frontier: Frontier) -> dict[
             "seconds_per_image": choice.seconds_per_image, "note": choice.note,
             "candidates": [{"name": n, "tflop": round(t, 3), "predicted_accuracy": None if p == -math.inf else p,
                             "largest_measured_tflop": largest} for n, t, p, largest in choice.others],
+            "level_with": [{"name": n, "predicted_accuracy": p, "seed_spread": round(spread, 5)}
+                           for n, p, spread in choice.level],
             "frontier": {"source": frontier.source, "command": frontier.command},
             "candidate": dataclasses.asdict(choice.candidate)}

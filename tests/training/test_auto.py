@@ -14,7 +14,7 @@ from catsdogs.errors import CatsdogsError
 from catsdogs.training import auto
 from catsdogs.training.config import build_config
 from catsdogs.training.frontier import EPOCH_HEADROOM, FRONTIER_FILE, Candidate, Frontier, Point, candidate_gflop, \
-    choose_point, describe, load_frontier, predict
+    choose_point, describe, frontier_record, load_frontier, predict
 from catsdogs.training.hardware import select_precision
 from catsdogs.training.models import build_model, count_flops
 from catsdogs.training.speed import Probe
@@ -60,6 +60,27 @@ def test_a_faster_machine_gets_the_bigger_point_and_a_slower_one_the_smaller() -
     assert any(line.split()[:2] == ["small", "32"] and line.endswith("predicted 83.0% (measured only up to 16 TFLOP)")
                for line in lines), lines
     assert lines[-2].endswith("predicted 88.5%")  # big, inside its measured range
+
+
+
+def test_a_choice_within_the_seeds_spread_says_which_candidates_it_is_level_with() -> None:
+    # Every point's two seeds landed 2 points apart. small at its 16-TFLOP point (83%) and big at 3.5 TFLOP,
+    # interpolated to 83.6%, are closer than that: level. At 64 TFLOP big is held at 92%, 9 points above small.
+    frontier = synthetic_frontier()
+    close = choose_point(frontier, speeds_for(20, 16.0, 3.5), 20, train_images=40)
+    assert close.candidate is BIG and close.predicted == pytest.approx(0.70 + 0.15 * math.log(3.5) / math.log(4))
+    assert [(n, round(p, 4), round(s, 4)) for n, p, s in close.level] == [("small", 0.83, 0.02)]
+    lines = describe(close, 20, "fp32")
+    assert lines[-2].startswith("auto: chose big ")
+    assert lines[-1] == ("auto: small is level with big here: predicted 0.6 points lower, while the seeds of the "
+                         "frontier's points they rest on landed up to 2.0 points apart; the frontier cannot tell "
+                         "which trains better in this budget")
+    assert frontier_record(close, 20, frontier)["level_with"] == [
+        {"name": "small", "predicted_accuracy": pytest.approx(0.83), "seed_spread": 0.02}]
+    clear = choose_point(frontier, speeds_for(20, 64.0, 64.0), 20, train_images=40)
+    assert clear.candidate is BIG and clear.level == ()
+    assert not any("level with" in line for line in describe(clear, 20, "fp32"))
+    assert frontier_record(clear, 20, frontier)["level_with"] == []
 
 
 @pytest.mark.parametrize("slow", [1.0, 1.38, 1.5])
