@@ -231,7 +231,7 @@ def aborted_after_saving(out: str, run: Path) -> bool:
 
     It is gloo's teardown at interpreter exit (torch 2.14): the process group DistributedDataParallel used
     outlives destroy_process_group, and finalizing the interpreter under its threads calls std::terminate.
-    The train command skips that teardown with os._exit under torchrun (catsdogs.cli.end_torchrun_process).
+    The train command skips that teardown with os._exit under torchrun (catsdogs.cli.train_commands.end_torchrun_process).
     """
     status = run / "status.json"
     codes = re.findall(r"^\s*exitcode\s*:\s*(-?\d+)", out, flags=re.MULTILINE)

@@ -101,7 +101,7 @@ def test_a_torchrun_process_ends_at_once_when_its_run_is_saved(monkeypatch: pyte
                                                                 code: int) -> None:
     # The teardown it skips aborted processes of finished runs now and then (SIGABRT, 'terminate called
     # without an active exception'): once in 25 two-process runs beside two busy loops, see end_torchrun_process.
-    import catsdogs.cli
+    import catsdogs.cli.train_commands
     import catsdogs.training.train
     from catsdogs.training.train import TrainResult
 
@@ -114,8 +114,8 @@ def test_a_torchrun_process_ends_at_once_when_its_run_is_saved(monkeypatch: pyte
         ends.append(value)
         raise Ended
 
-    monkeypatch.setattr(catsdogs.cli.os, "_exit", end)
-    monkeypatch.setattr(catsdogs.cli, "ignore_ctrl_c", lambda: None)
+    monkeypatch.setattr(catsdogs.cli.train_commands.os, "_exit", end)
+    monkeypatch.setattr(catsdogs.cli.train_commands, "ignore_ctrl_c", lambda: None)
     monkeypatch.setattr(catsdogs.training.train, "train", lambda *args, **kwargs: TrainResult(Path("runs/x"), 1, status))
     result = CliRunner().invoke(main, ["train", "--optim", "adam"], env={"WORLD_SIZE": "2", "RANK": "1"})
     assert isinstance(result.exception, Ended) and ends == [code]
