@@ -28,6 +28,13 @@ def test_paired_accuracy_of_a_run_against_its_copy(tiny_run, tmp_path: Path) -> 
     assert lines[4] == f"| {second} | {correct} | {correct / 12:.4f} |"
     # The same weights agree on every photo: nothing to tell them apart.
     assert lines[5] == "right only by a: 0; right only by b: 0; exact McNemar p = 1.000"
+    # --checkpoint last: the runs' last weights, as the compute frontier measures its runs.
+    last = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "paired_accuracy.py"), str(first), str(second),
+                           "--data", str(photos), "--checkpoint", "last"], capture_output=True, text=True, timeout=300)
+    assert last.returncode == 0, last.stderr
+    correct = round(json.loads((first / "eval-photos" / "metrics_last.json").read_text())["accuracy"] * 12)
+    assert last.stdout.splitlines()[0] == f"12 photos in {photos}, last checkpoints"
+    assert last.stdout.splitlines()[3] == f"| {first} | {correct} | {correct / 12:.4f} |"
     missing = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "paired_accuracy.py"), str(first),
                               str(second), "--data", str(tmp_path / "nowhere")], capture_output=True, text=True,
                              timeout=300)
