@@ -34,10 +34,12 @@ def run_probe(cfg: TrainConfig, train_images: int, val_images: int) -> Probe:
 
 
 def measure_candidate(candidate: Candidate, device: torch.device, precision: Precision, probe: Probe) -> float:
-    """Seconds per training image of the candidate's schedule on this machine, at the batch size it trains
-    with (the candidate's own, else the run's: a larger batch trains more images a second), with the run's
-    augmentation (a random crop costs more a step than a flip), weight average and validation share."""
-    probe = dataclasses.replace(probe, batch_size=int(candidate.extra.get("batch_size", probe.batch_size)))
+    """Seconds per training image of the candidate's schedule on this machine, at the batch size and with the
+    augmentation it trains with (the candidate's own, else the run's: a larger batch trains more images a
+    second, and a random crop costs more a step than a flip), with the run's weight average and validation
+    share."""
+    probe = dataclasses.replace(probe, batch_size=int(candidate.extra.get("batch_size", probe.batch_size)),
+                                augment=str(candidate.extra.get("augment", probe.augment)))
     return schedule_seconds_per_image(candidate.model, candidate.image_size, candidate.progressive_size,
                                       candidate.progressive_fraction, device, precision, probe)
 
@@ -56,7 +58,7 @@ def choose_from_frontier(cfg: TrainConfig, device: torch.device, precision: Prec
         for name, c in frontier.candidates.items():
             if frontier.of(name):
                 key = (c.model, c.image_size, c.progressive_size, c.progressive_fraction,
-                       c.extra.get("batch_size", cfg.batch_size))
+                       c.extra.get("batch_size", cfg.batch_size), c.extra.get("augment", cfg.augment))
                 if key not in timed:
                     timed[key] = measure(c, device, precision, probe)
                 speeds[name] = timed[key]

@@ -186,6 +186,10 @@ def test_each_candidate_is_timed_at_the_batch_size_it_trains_with(monkeypatch: p
     auto.measure_candidate(SMALL, "cpu", "fp32", Probe(64, "crop"))
     auto.measure_candidate(BIG, "cpu", "fp32", Probe(64, "flip"))
     assert timed == {"bncnn-s@32": (64, "crop"), "bncnn-s@48": (16, "flip")}
+    # ... and with the augmentation it trains with: TrivialAugment costs more a step than the run's crop.
+    auto.measure_candidate(dataclasses.replace(SMALL, extra={"augment": "trivialaugment"}), "cpu", "fp32",
+                           Probe(64, "crop"))
+    assert timed["bncnn-s@32"] == (64, "trivialaugment")
 
 
 def test_a_trick_that_keeps_its_base_s_steps_is_not_timed_twice() -> None:
@@ -207,6 +211,14 @@ def test_a_trick_that_keeps_its_base_s_steps_is_not_timed_twice() -> None:
                                             frontier=frontier, measure=measure)
     assert timed == ["small", "big"]
     assert record["chosen"] == "small-wh" and cfg.whiten_stem
+    # A trick that changes the augmentation changes the steps: it is timed on its own.
+    augmented = dataclasses.replace(SMALL, name="small-ta", extra={"augment": "trivialaugment"})
+    frontier = dataclasses.replace(frontier, candidates={**frontier.candidates, "small-ta": augmented},
+                                   points=(*frontier.points, Point("small-ta", 1.0, 1, 1.0, (0.5, 0.5))))
+    timed.clear()
+    auto.choose_from_frontier(cfg, cpu, select_precision("fp32", cpu), 40, 4, SOLO, quiet, frontier=frontier,
+                              measure=lambda c, *_: timed.append(c.name) or 1e-3)
+    assert timed == ["small", "big", "small-ta"]
 
 
 def test_the_shipped_frontier_keeps_a_trick_only_where_it_beats_the_candidate_it_changes() -> None:
