@@ -7,8 +7,9 @@ trains auto.yaml's recipe for the whole number of epochs that the budget buys on
 with no time limit (`--time-budget 0`), in fp32 (or `--precision bf16`, recorded with each point) at
 `--threads` per run: the result depends on FLOPs, not on this machine's speed. Each run is measured at
 its last epoch on the photos the split held back from training (its val and test splits together, 938
-photos of PetImages-large); the time-to-accuracy benchmark's test photos (PetImages-dev) are never used. Runs that finished earlier are kept, so the
-command resumes, and budgets measured by earlier commands stay in the file.
+photos of PetImages-large); the time-to-accuracy benchmark's test photos (PetImages-dev) are never used.
+Runs that finished earlier are kept, so the command resumes, and budgets measured by earlier commands stay
+in the file.
 """
 
 from __future__ import annotations
@@ -139,8 +140,8 @@ def plan(budgets: list[float], names: list[str], seeds: int, gflop: dict[str, fl
         for name in names:
             epochs = max(1, round(budget * 1000 / (gflop[name] * train_images)))
             for seed in range(42, 42 + seeds):
-                jobs.append({"name": f"{name}-{budget:g}{tag(precision)}-seed{seed}", "candidate": name, "budget": budget,
-                             "epochs": epochs, "seed": seed, "precision": precision})
+                jobs.append({"name": f"{name}-{budget:g}{tag(precision)}-seed{seed}", "candidate": name,
+                             "budget": budget, "epochs": epochs, "seed": seed, "precision": precision})
     return jobs
 
 

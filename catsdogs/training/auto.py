@@ -33,13 +33,17 @@ def run_probe(cfg: TrainConfig, train_images: int, val_images: int) -> Probe:
                  val_share=val_images / max(train_images, 1), seconds=PROBE_SECONDS, repeats=PROBE_REPEATS)
 
 
+def candidate_probe(candidate: Candidate, probe: Probe) -> Probe:
+    """The run's probe at the batch size and with the augmentation the candidate trains with (its own, else
+    the run's: a larger batch trains more images a second, and a random crop costs more a step than a flip)."""
+    return dataclasses.replace(probe, batch_size=int(candidate.extra.get("batch_size", probe.batch_size)),
+                               augment=str(candidate.extra.get("augment", probe.augment)))
+
+
 def measure_candidate(candidate: Candidate, device: torch.device, precision: Precision, probe: Probe) -> float:
-    """Seconds per training image of the candidate's schedule on this machine, at the batch size and with the
-    augmentation it trains with (the candidate's own, else the run's: a larger batch trains more images a
-    second, and a random crop costs more a step than a flip), with the run's weight average and validation
-    share."""
-    probe = dataclasses.replace(probe, batch_size=int(candidate.extra.get("batch_size", probe.batch_size)),
-                                augment=str(candidate.extra.get("augment", probe.augment)))
+    """Seconds per training image of the candidate's schedule on this machine, doing what it does with each
+    image (candidate_probe), with the run's weight average and validation share."""
+    probe = candidate_probe(candidate, probe)
     return schedule_seconds_per_image(candidate.model, candidate.image_size, candidate.progressive_size,
                                       candidate.progressive_fraction, device, precision, probe)
 
@@ -57,8 +61,7 @@ def choose_from_frontier(cfg: TrainConfig, device: torch.device, precision: Prec
         speeds = {}
         for name, c in frontier.candidates.items():
             if frontier.of(name):
-                key = (c.model, c.image_size, c.progressive_size, c.progressive_fraction,
-                       c.extra.get("batch_size", cfg.batch_size), c.extra.get("augment", cfg.augment))
+                key = (c.model, c.image_size, c.progressive_size, c.progressive_fraction, candidate_probe(c, probe))
                 if key not in timed:
                     timed[key] = measure(c, device, precision, probe)
                 speeds[name] = timed[key]
