@@ -25,7 +25,7 @@ from catsdogs.figures import pyplot, save_figure
 from catsdogs.training.config import TrainConfig, config_from_dict
 from catsdogs.training.loop import alternating_flip_coins, step_flips, step_size
 from catsdogs.training.runs import RunFolder
-from catsdogs.training.train import training_generators, training_preset
+from catsdogs.training.run_setup import training_generators, training_preset
 
 FORMATS = (".png", ".svg", ".pdf")
 SIGNATURE = "catsdogs show"  # in each figure's metadata, so a later `show` may replace it

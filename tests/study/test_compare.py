@@ -24,7 +24,7 @@ from catsdogs.study import report as report_module
 from catsdogs.study.compare import StudySpec, parse_budget, parse_optims, run_study
 from catsdogs.study.tuning import INITIAL_STEPS, LIMIT_STEPS, grid_lr
 from catsdogs.training.loop import Hooks
-from catsdogs.training import train as train_module
+from catsdogs.training import run_setup, train as train_module
 from catsdogs.training.config import TrainConfig
 from catsdogs.training.optim import get_optimizer_spec
 from tests.helpers import write_tiny_split
@@ -280,7 +280,7 @@ def test_tuning_the_learning_rate_never_reads_the_test_split(tmp_path: Path, mon
     for path in originals:
         path.write_bytes(b"not an image at all")
     test_reads: list[bool] = []  # for each read of the test split: had the sweep already ended?
-    for module in (train_module, evaluate_module, compare_module, report_module):
+    for module in (run_setup, evaluate_module, compare_module, report_module):
         real = module.read_split
 
         def spy(data_dir, split, classes=None, real=real):

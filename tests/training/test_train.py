@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from catsdogs.errors import CatsdogsError, UsageError
-from catsdogs.training import train as train_module
+from catsdogs.training import run_setup, train as train_module
 from catsdogs.training.checkpoint import load_checkpoint
 from catsdogs.training.config import TrainConfig
 from catsdogs.training.loop import Hooks
@@ -334,7 +334,7 @@ def test_an_image_broken_after_the_split_is_skipped_and_reported(data: Path, tmp
     victim.write_bytes(victim.read_bytes()[:40])  # truncated
     with pytest.raises(CatsdogsError, match="1 of 52 images could not be read"):
         train(make_config(data, tmp_path / "strict", epochs=1, cache=cache), progress=False, log=quiet)
-    monkeypatch.setattr(train_module, "MAX_UNREADABLE_FRACTION", 0.1)
+    monkeypatch.setattr(run_setup, "MAX_UNREADABLE_FRACTION", 0.1)
     result = train(make_config(data, tmp_path / "lenient", epochs=1, cache=cache), progress=False, log=quiet)
     status = json.loads((result.run_dir / "status.json").read_text())
     assert status["unreadable_images"] == [str(victim)]
@@ -364,7 +364,7 @@ def test_names_that_are_not_utf8_train_and_a_tiny_photo_is_left_out(data: Path, 
     (data / "train" / "Cat" / "0.jpg").rename(data / "train" / "Cat" / os.fsdecode(b"\xff.jpg"))
     tiny = data / "train" / "Dog" / os.fsdecode(b"pixel\xe9.png")
     Image.new("RGB", (1, 1), (60, 70, 190)).save(tiny)
-    monkeypatch.setattr(train_module, "MAX_UNREADABLE_FRACTION", 0.1)
+    monkeypatch.setattr(run_setup, "MAX_UNREADABLE_FRACTION", 0.1)
     messages: list[str] = []
     run = train(make_config(data, tmp_path / "run", epochs=1, cache=cache), progress=False,
                 log=messages.append).run_dir
