@@ -171,16 +171,16 @@ STEPS_PER_EPOCH = 5  # 40 training photos, batch 8: split_fixture((20, 6, 6), si
 def spy_on_study_training(monkeypatch) -> list[tuple[str | None, object]]:
     """Each call a study makes to `train`, as (the new run's folder or None, the folder it resumes or None);
     the runs still train for real."""
-    from catsdogs.study import compare as compare_module
+    from catsdogs.study import study_run
 
     calls: list[tuple[str | None, object]] = []
-    real_train = compare_module.train
+    real_train = study_run.train
 
     def spy(cfg, resume=None, **kwargs):
         calls.append((cfg.out if cfg else None, resume))
         return real_train(cfg, resume=resume, **kwargs)
 
-    monkeypatch.setattr(compare_module, "train", spy)
+    monkeypatch.setattr(study_run, "train", spy)
     return calls
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -63,6 +64,15 @@ def _known(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
 
 # ---- summary.json's records --------------------------------------------------------------------
 
+# The tutorial's claim, best first: summary.json's tutorial_claims test each neighbouring pair of it.
+TUTORIAL_RANKING = ("adam", "minibatch-sgd", "momentum", "vanilla-sgd")
+
+
+def score_name(column: str) -> str:
+    """The history column a best epoch is chosen by (metrics.selected_by), in words."""
+    return "balanced accuracy" if column == "val_balanced_acc" else "accuracy"
+
+
 class _BestScore:
     """A record with a best epoch's accuracy and balanced accuracy (a run, a ranking row, a sweep run)."""
 
@@ -112,6 +122,10 @@ class RankingRow(_BestScore):
     images_per_second: Spread
     statuses: list[str]
     rank: int = 0  # equal means share a rank (1, 1, 3)
+
+    def same_mean(self, other: RankingRow) -> bool:
+        """Whether the two rows have the same mean test accuracy (up to float rounding)."""
+        return math.isclose(self.test_acc.mean, other.test_acc.mean, rel_tol=0.0, abs_tol=1e-12)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> RankingRow:

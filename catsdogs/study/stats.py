@@ -53,6 +53,7 @@ def t_critical(df: int, level: float = 0.95) -> float:
     return (low + high) / 2.0
 
 
+ALPHA = 0.05  # a gap is called distinguishable when the paired test's p-value is below this
 MIN_SEEDS = 3  # fewer seeds never make a gap distinguishable: with one degree of freedom one lucky draw decides
 
 

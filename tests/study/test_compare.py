@@ -21,7 +21,9 @@ from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.inference import evaluate as evaluate_module
 from catsdogs.study import compare as compare_module
 from catsdogs.study import report as report_module
+from catsdogs.study import study_run as study_run_module
 from catsdogs.study.compare import StudySpec, parse_budget, parse_optims, run_study
+from catsdogs.study.lr_sweep import LrSweep
 from catsdogs.study.tuning import INITIAL_STEPS, LIMIT_STEPS, grid_lr
 from catsdogs.training.loop import Hooks
 from catsdogs.training import run_setup, train as train_module
@@ -129,8 +131,8 @@ def test_rerunning_the_study_trains_and_evaluates_nothing(study: tuple[Path, lis
     def forbidden(*args, **kwargs):
         raise AssertionError("a finished run was trained or evaluated again")
 
-    monkeypatch.setattr(compare_module, "train", forbidden)
-    monkeypatch.setattr(compare_module, "evaluate_run", forbidden)
+    monkeypatch.setattr(study_run_module, "train", forbidden)
+    monkeypatch.setattr(study_run_module, "evaluate_run", forbidden)
     lines: list[str] = []
     result = run_study(spec_for(data, out), progress=False, log=lines.append)
     assert result.status == "complete"
@@ -223,7 +225,7 @@ def test_an_interrupted_study_resumes_only_the_run_in_progress(data: Path, tmp_p
     out = tmp_path / "study"
     spec = StudySpec(base_config(data), ("minibatch-sgd", "vanilla-sgd"), seeds=1, out=out)
     steps = {"n": 0}
-    real_train = compare_module.train
+    real_train = study_run_module.train
 
     def step(progress):
         steps["n"] += 1
@@ -234,7 +236,7 @@ def test_an_interrupted_study_resumes_only_the_run_in_progress(data: Path, tmp_p
         return real_train(cfg, resume=resume, hooks=Hooks(after_step=[step]), **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(compare_module, "train", counting)
+        patch.setattr(study_run_module, "train", counting)
         lines: list[str] = []
         assert run_study(spec, progress=False, log=lines.append).status == "interrupted"
     assert any("study interrupted in vanilla-sgd seed 42; run the same command again" in line for line in lines)
@@ -261,9 +263,9 @@ def test_the_sweep_picks_the_learning_rate_by_train_s_own_best_epoch_rule(tmp_pa
         rows = [f"{e},0.6,0.7,{loss},{acc},{balanced},{lr},1.0" for e, (loss, acc, balanced) in enumerate(scores, 1)]
         (run / "history.csv").write_text("epoch,train_loss,train_acc,val_loss,val_acc,val_balanced_acc,lr,seconds\n"
                                          + "\n".join(rows) + "\n")
-        runs.append(compare_module._Planned("sweep", base_config(tmp_path, optim="adam", lr=lr, out=str(run)), factor))
-    spec = StudySpec(base_config(tmp_path, class_weights=class_weights), ("adam",), seeds=1, tune_lr=True)
-    tuning = compare_module._choose_lrs(runs, spec, None).to_dict()
+        runs.append(study_run_module.Planned("sweep", base_config(tmp_path, optim="adam", lr=lr, out=str(run)), factor))
+    sweep = LrSweep(base_config(tmp_path, class_weights=class_weights), ("adam",), tmp_path, None, seed=42)
+    tuning = sweep.choose(runs).to_dict()
     assert tuning["chosen"] == {"adam": chosen}
     by_lr = {row["lr"]: row for row in tuning["rows"]}
     if class_weights == "balanced":  # each run's best epoch by balanced accuracy: epoch 2, then epoch 1
@@ -320,7 +322,7 @@ def stand_in_sweep_training(peaks: dict[str, float], interrupt: set[str], traine
     """`train` for a study whose sweep runs are stand-ins: each writes the files a finished run leaves, with a
     validation accuracy that peaks at `peaks[optim]` half-decades from the optimizer's default (once, a run
     named in `interrupt` stops as if by Ctrl-C); study runs train for real."""
-    real_train = compare_module.train
+    real_train = study_run_module.train
 
     def train(cfg, resume=None, **kwargs):
         if cfg is None or "/sweep/" not in cfg.out:
@@ -350,7 +352,7 @@ def test_the_sweep_widens_an_edge_up_to_its_limit_and_a_rerun_resumes_it(data: P
     adam, minibatch = get_optimizer_spec("adam").defaults["lr"], get_optimizer_spec("minibatch-sgd").defaults["lr"]
     out, trained = tmp_path / "study", []
     interrupted = f"adam-lr{grid_lr(adam, -6):g}"  # the run of adam's second widening round
-    monkeypatch.setattr(compare_module, "train", stand_in_sweep_training({"adam": -5, "minibatch-sgd": -30},
+    monkeypatch.setattr(study_run_module, "train", stand_in_sweep_training({"adam": -5, "minibatch-sgd": -30},
                                                                          {interrupted}, trained))
     spec = spec_for(data, out, seeds=1, tune_lr=True)
     assert run_study(spec, progress=False, log=quiet).status == "interrupted"
@@ -471,7 +473,7 @@ def test_each_run_s_line_names_the_epoch_train_kept_as_best_pt(tmp_path: Path, c
             enumerate(scores, 1)]
     (run / "history.csv").write_text("epoch,train_loss,train_acc,val_loss,val_acc,val_balanced_acc,lr,seconds\n"
                                      + "".join(rows))
-    planned = compare_module._Planned("study", base_config(tmp_path, optim="adam", seed=42, out=str(run),
+    planned = study_run_module.Planned("study", base_config(tmp_path, optim="adam", seed=42, out=str(run),
                                                            class_weights=class_weights))
-    assert compare_module._result_line(planned, "trained", 0.75) == (
+    assert study_run_module.result_line(planned, "trained", 0.75) == (
         f"adam seed 42: test acc 0.7500, {shown}, final train loss 0.5000, 3 epochs (finished) in 3.0 s")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from catsdogs.study import layout
 from catsdogs.study.layout import StudyFolder, Summary, TuningRecord
-from catsdogs.study.report import format_report
+from catsdogs.study.report_text import format_report
 from tests.helpers import literals_outside
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,7 +17,7 @@ from typing import Callable
 
 import pytest
 
-from catsdogs.study import compare as compare_module, tuning
+from catsdogs.study import compare as compare_module, lr_sweep, tuning
 from catsdogs.study.compare import run_study
 from catsdogs.training.checkpoint import load_checkpoint
 from tests.helpers import STUDY_SIZE as SIZE, children, history_without_time, paused_at_epoch_2, quiet, run_results, \
@@ -139,14 +139,14 @@ def test_tune_lr_with_jobs_interrupted_in_the_sweep_resumes_to_the_tuned_study_r
         data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The grid cut to two rates half a decade apart (widened by one at most), to keep the test short: the driver (this
     # process) plans every sweep run, so the worker processes need no patch.
-    monkeypatch.setattr(compare_module, "INITIAL_STEPS", (0, 1))
-    monkeypatch.setattr(compare_module, "sweep_in_rounds",
+    monkeypatch.setattr(lr_sweep, "INITIAL_STEPS", (0, 1))
+    monkeypatch.setattr(lr_sweep, "sweep_in_rounds",
                         functools.partial(tuning.sweep_in_rounds, initial=(0, 1), limit=1))
     spec = tiny_spec(data, tmp_path / "straight", threads_per_run=1, tune_lr=True)
     assert run_study(spec, progress=False, log=quiet).status == "complete"
 
     jobs = dataclasses.replace(spec, out=tmp_path / "jobs", jobs=2)
-    told = compare_module._result_line
+    told = compare_module.result_line
 
     def ctrl_c_once(run, how: str, test_acc: float | None) -> str:
         """Ctrl-C as the driver learns that the first sweep run ended, the second one still running or just done."""
@@ -157,7 +157,7 @@ def test_tune_lr_with_jobs_interrupted_in_the_sweep_resumes_to_the_tuned_study_r
 
     ended: list[str] = []
     with monkeypatch.context() as patch:
-        patch.setattr(compare_module, "_result_line", ctrl_c_once)
+        patch.setattr(compare_module, "result_line", ctrl_c_once)
         lines: list[str] = []
         assert run_study(jobs, progress=False, log=lines.append).status == "interrupted"
     assert len(ended) <= 2 and all(label.startswith("sweep") for label in ended), ended

@@ -1,15 +1,15 @@
-"""Tests for catsdogs.study.report: report.md's wording, read off hand-made study folders (no training)."""
+"""catsdogs.study.report and report_text: report.md's wording, read off hand-made study folders (no training)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from catsdogs.study.layout import run_name
-from catsdogs.study.report import format_report, reach_target, summarize
-from tests.helpers import HISTORY, TEST_IMAGES, write_study
+from catsdogs.study.report import reach_target, summarize
+from catsdogs.study.report_text import format_report
+from tests.helpers import HISTORY, write_study
 
 
 
