@@ -113,10 +113,11 @@ def _holm_note(comparisons: list[Comparison]) -> list[str]:
             f"smallest of the m p-values is multiplied by m − k + 1 (never below the adjusted value before it, "
             f"never above 1), and a gap is called distinguishable when its adjusted p (Holm p) is below {ALPHA:g}, "
             "with at least 3 seeds and a spread across them. Seeds to tell it apart: for a gap left undecided, the "
-            f"smallest number of seeds at which a paired test at the level Holm tests it at (α/(m − k + 1)) would "
-            f"tell the observed gap apart with {POWER:.0%} power, if the per-seed differences spread as they did "
-            "here (their sd): n = ((z(1 − level/2) + z(power)) × sd / gap)², the normal approximation, rounded up "
-            f"and at least {MIN_SEEDS}. It assumes the observed gap is the true one, and is a guide, not a promise.",
+            f"smallest number of seeds n, at least {MIN_SEEDS}, at which a paired test at the level Holm tests it at "
+            f"(α/(m − k + 1)) would tell the observed gap apart with {POWER:.0%} power, if the per-seed differences "
+            "spread as they did here (their sd): n ≥ ((t(1 − level/2) + t(power)) × sd / gap)², t being Student's "
+            "quantiles at n − 1 degrees of freedom (within a seed of the exact noncentral t). "
+            "It assumes the observed gap is the true one, and is a guide, not a promise.",
             ""]
 
 

@@ -124,12 +124,19 @@ POWER = 0.8  # the chance of telling a real gap apart that "seeds needed" asks f
 
 def seeds_needed(gap: float, sd: float, level: float, power: float = POWER) -> int | None:
     """Seeds a paired test at two-sided `level` needs to tell apart a true `gap` with chance `power`, when
-    the per-seed differences spread by `sd`: the normal approximation n = ((z(1 - level/2) + z(power)) * sd
-    / gap)^2, rounded up and at least MIN_SEEDS. None for no gap (no number of seeds tells a gap of 0)."""
+    the per-seed differences spread by `sd`: the smallest n (at least MIN_SEEDS) with
+    n >= ((t(1 - level/2) + t(power)) * sd / gap)^2, t being Student's quantiles at n - 1 degrees of
+    freedom. Within a seed of the exact answer (the noncentral t) at these sizes, where the normal
+    approximation, z for t, promises too few: fewer, at times, than the seeds that just failed to tell.
+    None for no gap (no number of seeds tells a gap of 0)."""
     if gap == 0:
         return None
+    ratio = (sd / abs(gap)) ** 2
     z = statistics.NormalDist().inv_cdf
-    return max(MIN_SEEDS, math.ceil(((z(1 - level / 2) + z(power)) * sd / abs(gap)) ** 2))
+    n = max(MIN_SEEDS, math.ceil((z(1 - level / 2) + z(power)) ** 2 * ratio))  # t's quantiles exceed z's
+    while n < (t_critical(n - 1, 1.0 - level) + t_critical(n - 1, 2.0 * power - 1.0)) ** 2 * ratio:
+        n += 1
+    return n
 
 
 def binomial_cdf_half(k: int, n: int) -> float:

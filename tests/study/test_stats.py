@@ -110,10 +110,25 @@ def test_holm_by_hand() -> None:
 
 
 def test_seeds_needed_by_hand() -> None:
-    # z(0.975) = 1.95996, z(0.8) = 0.84162: ((1.95996 + 0.84162) * 2 / 1)^2 = 31.40 -> 32
-    assert seeds_needed(0.01, 0.02, 0.05) == 32
-    # Holm's second level of two, 0.05 / 2: z(0.9875) = 2.24140, ((2.24140 + 0.84162) * 2)^2 = 38.02 -> 39
-    assert seeds_needed(0.01, 0.02, 0.025) == 39
-    assert seeds_needed(-0.01, 0.02, 0.05) == 32  # the gap's sign does not matter
+    # Student's t at n - 1 df: n = 34: t(33; 0.975) = 2.0345, t(33; 0.8) = 0.8526, ((2.0345 + 0.8526) * 2)^2 =
+    # 33.34 <= 34; n = 33: ((2.0369 + 0.8530) * 2)^2 = 33.41 > 33. (The normal approximation said 32.)
+    assert seeds_needed(0.01, 0.02, 0.05) == 34
+    # Holm's second level of two, 0.05 / 2
+    assert seeds_needed(0.01, 0.02, 0.025) == 41
+    assert seeds_needed(-0.01, 0.02, 0.05) == 34  # the gap's sign does not matter
+
+
+def test_seeds_needed_agrees_with_the_exact_noncentral_t() -> None:
+    # The exact sample sizes of a paired t-test (noncentral t; G*Power's "means: difference from constant,
+    # matched pairs"), two-sided 0.05, power 0.8, for effect sizes gap / sd of 0.5, 0.8, 1 and 2.
+    assert [seeds_needed(effect, 1.0, 0.05) for effect in (0.5, 0.8, 1.0, 2.0)] == [34, 15, 10, 5]
+
+
+def test_seeds_needed_is_never_below_the_seeds_that_failed_to_tell() -> None:
+    # Five seeds whose gap a paired test at 0.05 / 3 just missed (p = 0.018): the normal approximation
+    # promised 4 seeds, fewer than the five that did not tell.
+    test = paired_t_test([0.716, 0.662, 0.710, 0.686, 0.648], [0.728, 0.758, 0.750, 0.744, 0.710])
+    assert test.p > 0.05 / 3
+    assert seeds_needed(test.mean_diff, test.sd_diff, 0.05 / 3) > 5
     assert seeds_needed(0.2, 0.01, 0.05) == 3  # never fewer than a verdict needs
     assert seeds_needed(0.0, 0.02, 0.05) is None  # no gap observed: no number of seeds tells it
