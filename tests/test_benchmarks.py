@@ -119,3 +119,48 @@ def test_device_check_runs_on_the_cpu() -> None:
     assert "fp16 is for GPUs" in result.stdout and "test " in result.stdout
     assert "resume after 1 of 2 epochs: largest weight difference from a straight run 0.00e+00" in result.stdout
     assert "augment randaugment: 1 epoch(s)" in result.stdout and "gpu.yaml, 2 epochs: 2 epoch(s)" in result.stdout
+
+
+def load_script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_study_sizing_schedules_phases_one_after_another_on_the_next_free_slot() -> None:
+    wall_seconds = load_script("study_sizing").wall_seconds
+    phases = [[3.0, 1.0, 1.0, 1.0], [2.0, 2.0]]
+    assert wall_seconds(phases, 1) == 10.0
+    assert wall_seconds(phases, 2) == 5.0  # 3 | 1+1+1, then 2 | 2
+    assert wall_seconds(phases, 100) == 5.0  # the longest run of each phase
+
+
+def test_study_sizing_prices_the_published_study() -> None:
+    summary = ROOT / "docs" / "studies" / "petimages-large" / "summary.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "study_sizing.py"), str(summary),
+                             "--device", "cpu", "--image-size", "96", "--sample", "20", "--epochs", "2",
+                             "--photos", "1000", "--seeds", "7", "--slots", "1", "4", "1000"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "630 training photos" in result.stdout and "7 seeds" in result.stdout
+    assert "runs: 36 sweep, 28 study" in result.stdout
+    rows = [line.strip("|").split("|") for line in result.stdout.splitlines() if line.startswith("| ")][1:]
+    table = {int(slots): (float(device), float(wall)) for slots, device, wall in rows}
+    assert sorted(table) == [1, 4, 1000]
+    device_hours = table[1][0]
+    assert device_hours > 0 and all(device == device_hours for device, _ in table.values())
+    assert abs(table[1][1] - device_hours) <= 0.01  # one slot runs everything one after another
+    assert table[1][1] > table[4][1] > table[1000][1] >= device_hours / 1000
+
+
+def test_study_sizing_refuses_a_file_that_is_not_a_finished_study(tmp_path: Path) -> None:
+    for name, text in (("broken.json", "{"), ("empty.json", json.dumps({"optims": ["adam"], "runs": []}))):
+        (tmp_path / name).write_text(text)
+        result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "study_sizing.py"), str(tmp_path / name)],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert "give the summary.json of a finished `catsdogs compare` study" in result.stderr
