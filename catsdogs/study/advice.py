@@ -19,6 +19,8 @@ def next_steps(summary: Summary) -> list[str]:
     undecided = any(t.cannot_tell for t in tests)
     if n == 1 or undecided or (n < 5 and not all(c.distinguishable for c in summary.adjacent)):
         steps.append(f"Run more seeds (`--seeds {max(5, n + 2)}`): {_spread_note(tests, n)}")
+    else:
+        steps += _seeds_for_ties(summary, n)
     if all(r.epochs_to_target.reached == 0 for r in rows):
         steps.append(f"No run reached {percent(summary.target_val_acc, 0)} validation accuracy: train longer "
                      "(`--epochs`, or `--budget seconds:S`) before trusting the ranking.")
@@ -35,6 +37,20 @@ def next_steps(summary: Summary) -> list[str]:
                      f"{paces[0].optim} (median epochs, every seed); `--budget seconds:S` compares them at "
                      "equal time.")
     return steps
+
+
+def _seeds_for_ties(summary: Summary, n: int) -> list[str]:
+    """The fewest seeds that would settle a tie between neighbours, as the report estimates them, and the
+    ties they would leave."""
+    ties = [c for c in summary.adjacent if not c.distinguishable and c.seeds_needed and c.seeds_needed > n]
+    if not ties:
+        return []
+    fewest = min(c.seeds_needed for c in ties)
+    settled = [f"{c.better} vs {c.worse}" for c in ties if c.seeds_needed == fewest]
+    left = [f"{c.better} vs {c.worse} would need {c.seeds_needed}" for c in ties if c.seeds_needed > fewest]
+    rest = f" ({'; '.join(left)})" if left else ""
+    return [f"`--seeds {fewest}` extends this study (its finished runs are kept) to the seeds that would tell "
+            f"{' and '.join(settled)} apart at the gap and spread seen{rest}."]
 
 
 def _spread_note(tests: list[PairedTest], n: int) -> str:

@@ -11,7 +11,7 @@ import pytest
 from catsdogs.study.advice import next_steps
 from catsdogs.study.layout import Summary
 
-# The optimizer study in the docs: 60 epochs at most, every run stopped early.
+# The optimizer study in the docs: 5 seeds, 50 epochs at most, every run stopped early.
 STUDY = json.loads((Path(__file__).resolve().parents[2] / "docs" / "studies" / "petimages-large" / "summary.json")
                    .read_text(encoding="utf-8"))
 
@@ -39,3 +39,17 @@ def test_runs_still_improving_at_the_cap_are_named_with_the_way_to_train_longer(
     steps = [step for step in next_steps(capped_at_30(scheduler)) if "Still improving" in step]
     assert steps == ["Still improving at the 30-epoch cap (best epoch in its last fifth): momentum (4 of 5 runs). "
                      + how]
+
+
+def test_ties_the_report_can_size_get_the_seeds_that_would_settle_them() -> None:
+    steps = [step for step in next_steps(Summary.from_dict(STUDY)) if "--seeds" in step]
+    assert steps == ["`--seeds 7` extends this study (its finished runs are kept) to the seeds that would tell "
+                     "vanilla-sgd vs momentum and momentum vs minibatch-sgd apart at the gap and spread seen "
+                     "(adam vs vanilla-sgd would need 30)."]
+
+
+def test_no_seeds_are_advised_once_every_gap_is_told_apart() -> None:
+    values = copy.deepcopy(STUDY)
+    for comparison in values["adjacent"]:
+        comparison.update(distinguishable=True, seeds_needed=None)
+    assert not [step for step in next_steps(Summary.from_dict(values)) if "--seeds" in step]
