@@ -33,12 +33,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from catsdogs.data.split import DEFAULT_RATIOS
 from catsdogs.process import configure_process
 from catsdogs.training.config import TrainConfig
 from catsdogs.training.runs import read_history
 from catsdogs.training.train import train
 
-TRAIN_SHARE, VAL_SHARE = 0.63, 0.07  # `catsdogs split`'s default ratios (the tutorial's)
+TRAIN_SHARE, VAL_SHARE, _ = DEFAULT_RATIOS  # `catsdogs split`'s (the tutorial's)
 
 
 @dataclass(frozen=True)

@@ -121,18 +121,10 @@ def test_device_check_runs_on_the_cpu() -> None:
     assert "augment randaugment: 1 epoch(s)" in result.stdout and "gpu.yaml, 2 epochs: 2 epoch(s)" in result.stdout
 
 
-def load_script(name: str):
-    import importlib.util
+def test_study_sizing_schedules_phases_one_after_another_on_the_next_free_slot(monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from study_sizing import wall_seconds
 
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_study_sizing_schedules_phases_one_after_another_on_the_next_free_slot() -> None:
-    wall_seconds = load_script("study_sizing").wall_seconds
     phases = [[3.0, 1.0, 1.0, 1.0], [2.0, 2.0]]
     assert wall_seconds(phases, 1) == 10.0
     assert wall_seconds(phases, 2) == 5.0  # 3 | 1+1+1, then 2 | 2
