@@ -27,6 +27,7 @@ def next_steps(summary: Summary) -> list[str]:
     if not summary.tune_lr:
         steps.append("Every optimizer used its default learning rate: `--tune-lr` compares each at its best, "
                      "picked on validation accuracy only.")
+    steps += _tune_on_more_seeds(summary)
     steps += _still_improving(summary)
     paces = sorted(rows, key=lambda r: r.epoch_seconds.mean)
     slow, fast = paces[-1].epoch_seconds, paces[0].epoch_seconds
@@ -51,6 +52,16 @@ def _seeds_for_ties(summary: Summary, n: int) -> list[str]:
     rest = f" ({'; '.join(left)})" if left else ""
     return [f"`--seeds {fewest}` extends this study (its finished runs are kept) to the seeds that would tell "
             f"{' and '.join(settled)} apart at the gap and spread seen{rest}."]
+
+
+def _tune_on_more_seeds(summary: Summary) -> list[str]:
+    """Where runs never trained at rates a one-seed sweep chose: tune each rate on several seeds."""
+    failed = [r.optim for r in summary.ranking if r.untrained_seeds]
+    if not failed or summary.sweep is None or len(summary.sweep.seeds) > 1:
+        return []
+    return [f"Some runs of {', '.join(failed)} never trained at the rate a one-seed sweep chose: "
+            "`--tune-seeds 3` (a new study, `--out`) scores every rate by its mean over three seeds, so a rate "
+            "that fails on some starts is not chosen."]
 
 
 def _spread_note(tests: list[PairedTest], n: int) -> str:

@@ -41,6 +41,7 @@ class StudySpec:
     seeds: int = 3  # seeds base.seed, base.seed + 1, ...
     budget: str = "epochs"  # epochs | seconds:S
     tune_lr: bool = False
+    tune_seeds: int = 1  # seeds each sweep rate trains with (base.seed, base.seed + 1, ...); its score is their mean
     target_acc: float = 0.70  # "epochs to reach this validation accuracy" in the report
     out: Path = DEFAULT_STUDY_DIR
     # How the runs are run, never what they learn (so not in study.json): see catsdogs/study/executors.py.
@@ -105,6 +106,10 @@ def _check(spec: StudySpec) -> tuple[TrainConfig, float | None]:
         raise UsageError(f"--optims must name distinct optimizers, got {','.join(spec.optims) or 'none'}")
     if spec.seeds < 1:
         raise UsageError(f"--seeds must be at least 1, got {spec.seeds}")
+    if spec.tune_seeds < 1:
+        raise UsageError(f"--tune-seeds must be at least 1, got {spec.tune_seeds}")
+    if spec.tune_seeds > 1 and not spec.tune_lr:
+        raise UsageError("--tune-seeds sets the seeds of the learning-rate sweep: add --tune-lr")
     if not 0 < spec.target_acc <= 1:
         raise UsageError(f"--target-acc is an accuracy between 0 and 1, got {spec.target_acc}")
     seconds = parse_budget(spec.budget)
@@ -272,8 +277,10 @@ def run_study(spec: StudySpec, force: bool = False, progress: bool = True, log: 
     spec = dataclasses.replace(spec, out=Path(spec.out))
     seeds = [base.seed + k for k in range(spec.seeds)]
     select_device(base.device)  # a --device this machine lacks is told before the study folder is made
-    open_study(spec.out, study_identity(list(spec.optims), seeds, spec.budget, spec.tune_lr, base), base, force, log)
-    sweep = LrSweep(base, spec.optims, spec.out, seconds, seeds[0]) if spec.tune_lr else None
+    identity = study_identity(list(spec.optims), seeds, spec.budget, spec.tune_lr, base, spec.tune_seeds)
+    open_study(spec.out, identity, base, force, log)
+    tune_seeds = tuple(base.seed + k for k in range(spec.tune_seeds))
+    sweep = LrSweep(base, spec.optims, spec.out, seconds, tune_seeds) if spec.tune_lr else None
     # The bar holds the sweep's first round and the study's runs from the start; later rounds add theirs.
     first = (sweep.plan() if sweep is not None else []) + _plan_study(base, spec, seconds, seeds, {})
     runner = _StudyRunner(spec, base, executor, _StudyBar(first, progress, log), progress)

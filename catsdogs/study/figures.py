@@ -77,8 +77,10 @@ def plot_test_accuracy(summary: Summary, out: Path) -> Path:
     return out
 
 
-def plot_lr_sweep(series: dict[str, list[tuple[float, float, bool]]], ylabel: str, title: str, out: Path) -> Path:
-    """Validation score against learning rate on a log axis, one line per optimizer, its chosen rate ringed."""
+def plot_lr_sweep(series: dict[str, list[tuple[float, float, bool, list[float]]]], ylabel: str, title: str,
+                  out: Path) -> Path:
+    """Validation score against learning rate on a log axis, one line per optimizer through each rate's mean
+    over the tuning seeds (each seed a small dot when there are several), its chosen rate ringed."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -86,7 +88,9 @@ def plot_lr_sweep(series: dict[str, list[tuple[float, float, bool]]], ylabel: st
         colour = colours[index % len(colours)]
         rates, scores = [p[0] for p in points], [p[1] for p in points]
         ax.plot(rates, scores, "-o", color=colour, markersize=4, label=optim)
-        for rate, score, chosen in points:
+        for rate, score, chosen, per_seed in points:
+            if len(per_seed) > 1:
+                ax.plot([rate] * len(per_seed), per_seed, ".", color=colour, markersize=3, alpha=0.6)
             if chosen:
                 ax.plot([rate], [score], "o", markersize=12, markerfacecolor="none", markeredgecolor=colour,
                         markeredgewidth=2)

@@ -30,9 +30,10 @@ def run_name(optim: str, seed: int) -> str:
     return f"{optim}-seed{seed}"
 
 
-def sweep_name(optim: str, lr: float) -> str:
-    """A sweep run's folder name under sweep/."""
-    return f"{optim}-lr{lr:g}"
+def sweep_name(optim: str, lr: float, seed: int | None = None) -> str:
+    """A sweep run's folder name under sweep/: a tuning seed after the first adds `-seedN` (so a one-seed
+    sweep's folders keep their names)."""
+    return f"{optim}-lr{lr:g}" + ("" if seed is None else f"-seed{seed}")
 
 
 def run_entry(name: str) -> str:
@@ -122,6 +123,8 @@ class RankingRow(_BestScore):
     images_per_second: Spread
     statuses: list[str]
     rank: int = 0  # equal means share a rank (1, 1, 3)
+    untrained_seeds: list[int] = field(default_factory=list)  # runs whose val accuracy never left chance (UNTRAINED)
+    test_acc_trained: Spread | None = None  # over the other runs, when some never trained and some did
 
     def same_mean(self, other: RankingRow) -> bool:
         """Whether the two rows have the same mean test accuracy (up to float rounding)."""
@@ -131,7 +134,7 @@ class RankingRow(_BestScore):
     def from_dict(cls, values: Mapping[str, Any]) -> RankingRow:
         row = _known(cls, values)
         spreads = ("test_acc", "best_val_acc", "best_val_balanced_acc", "final_train_loss", "wall_seconds",
-                   "epoch_seconds", "images_per_second")
+                   "epoch_seconds", "images_per_second", "test_acc_trained")
         targets = ("epochs_to_target", "seconds_to_target")
         return cls(**row | {k: Spread(**row[k]) for k in spreads if row.get(k) is not None}
                    | {k: ToTarget(**row[k]) for k in targets if row.get(k) is not None})
@@ -204,7 +207,8 @@ class Pairing:
 
 @dataclass(kw_only=True)
 class SweepRow(_BestScore):
-    """One sweep run: its learning rate, its best epoch's scores, and whether its rate was chosen."""
+    """One learning rate of the sweep: its runs' best-epoch scores (the mean over the tuning seeds), and
+    whether it was chosen."""
 
     optim: str
     lr: float
@@ -219,6 +223,7 @@ class SweepRow(_BestScore):
     chosen: bool = False
     at_edge: bool = False
     at_limit: bool = False  # chosen, and on the limit of the grid
+    seed_scores: list[float] = field(default_factory=list)  # the score chosen by, per tuning seed (in seeds' order)
 
 
 @dataclass
@@ -248,7 +253,7 @@ class TuningRecord:
     """tuning.json: the sweep's runs, each optimizer's chosen learning rate, the grid and the effort."""
 
     factors: list[float]  # the initial grid, as multiples of the default
-    seed: int
+    seed: int  # the first tuning seed
     length: str  # of a tuning run: '2 epochs', '30 s'
     chosen: dict[str, float]  # the learning rate per optimizer
     rows: list[SweepRow]
@@ -257,6 +262,10 @@ class TuningRecord:
     grid: SweepGrid | None = None  # these three once the sweep has ended
     rounds: int = 0
     optims: dict[str, TuningEffort] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=list)  # every tuning seed; a record older than --tune-seeds: [seed]
+
+    def __post_init__(self) -> None:
+        self.seeds = self.seeds or [self.seed]
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TuningRecord:
@@ -280,6 +289,7 @@ class Summary:
     tune_lr: bool
     target_val_acc: float
     chance_acc: float  # always guessing the larger class
+    val_chance_acc: float | None = None  # the same on validation (None: a summary written before it was recorded)
     best_chosen_by: str = DEFAULT_CHOSEN_BY  # the history column each run's best epoch was chosen by
     data: DataCounts
     shared_settings: dict[str, Any]
@@ -365,8 +375,8 @@ class StudyFolder:
     def run_dir(self, optim: str, seed: int) -> Path:
         return self.runs_dir / run_name(optim, seed)
 
-    def sweep_run_dir(self, optim: str, lr: float) -> Path:
-        return self.sweep_dir / sweep_name(optim, lr)
+    def sweep_run_dir(self, optim: str, lr: float, seed: int | None = None) -> Path:
+        return self.sweep_dir / sweep_name(optim, lr, seed)
 
     def entry_path(self, entry: str) -> Path:
         """A run named as summary.json names it (run_entry)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,53 +29,49 @@ class LrSweep:
     optims: tuple[str, ...]
     out: Path  # the study folder
     seconds: float | None  # the study's seconds per run; None: equal epochs
-    seed: int
+    seeds: tuple[int, ...]  # the tuning seeds: every rate trains once with each
 
     def plan(self, grid: dict[str, tuple[int, ...]] | None = None) -> list[Planned]:
-        """The sweep runs of `grid` (each optimizer's half-decade steps; None: the initial grid for all)."""
+        """The sweep runs of `grid` (each optimizer's half-decade steps; None: the initial grid for all), seed
+        by seed within each rate."""
         runs = []
         for optim in self.optims:
             default = resolve_config(dataclasses.replace(self.base, optim=optim)).lr
             for step in (grid or {}).get(optim, INITIAL_STEPS):
                 lr = grid_lr(default, step)
-                out = StudyFolder(self.out).sweep_run_dir(optim, lr)
-                cfg = dataclasses.replace(self.base, optim=optim, lr=lr, seed=self.seed, out=str(out),
-                                          **run_length(self.base, self.seconds, TUNE_FRACTION))
-                runs.append(Planned("sweep", cfg, lr_factor(step), step))
+                for index, seed in enumerate(self.seeds):
+                    out = StudyFolder(self.out).sweep_run_dir(optim, lr, None if index == 0 else seed)
+                    cfg = dataclasses.replace(self.base, optim=optim, lr=lr, seed=seed, out=str(out),
+                                              **run_length(self.base, self.seconds, TUNE_FRACTION))
+                    runs.append(Planned("sweep", cfg, lr_factor(step), step))
         return runs
 
     def choose(self, runs: list[Planned]) -> TuningRecord:
         """Each optimizer's best sweep learning rate, by train's own rule (metrics.best_epoch): each run's
-        best epoch, then the learning rate whose best epoch the same rule puts first."""
+        best epoch, each rate's mean of them over the tuning seeds, then the learning rate whose mean the
+        same rule puts first (highest validation score, ties: lower validation loss)."""
         column = selected_by(self.base.class_weights)
-        rows, bests = [], []
+        by_rate: dict[tuple[str, float], list[Planned]] = {}
         for run in runs:
-            history = read_history(run.run_dir)
-            best = best_row(history, self.base.class_weights)
-            balanced = best.get("val_balanced_acc", math.nan)
-            bests.append(best)
-            rows.append(SweepRow(optim=run.cfg.optim, lr=run.cfg.lr, factor=run.factor,
-                                 best_epoch=int(best["epoch"]), best_val_acc=best["val_acc"],
-                                 best_val_balanced_acc=None if math.isnan(balanced) else balanced,
-                                 best_val_loss=best["val_loss"], final_train_loss=history["train_loss"][-1],
-                                 epochs=len(history["epoch"])))
+            by_rate.setdefault((run.cfg.optim, run.cfg.lr), []).append(run)
+        rows = [_rate_row(rate_runs, self.base.class_weights, column) for rate_runs in by_rate.values()]
         chosen = {}
         for optim in self.optims:
-            picked = [index for index, row in enumerate(rows) if row.optim == optim]
-            winner = best_epoch([bests[index] for index in picked], column)
-            best = next(rows[index] for index in picked if bests[index] is winner)
+            mine = [row for row in rows if row.optim == optim]
+            best = mine[_index_of_best([_scores(row) for row in mine], column)]
             chosen[optim] = best.lr
-            steps = [runs[index].step for index in picked]
-            for index in picked:
-                rows[index].step = runs[index].step
-                rows[index].chosen = rows[index] is best
-                rows[index].at_edge = rows[index] is best and runs[index].step in (min(steps), max(steps))
-        length = (f"{runs[0].cfg.epochs} epoch{'s' if runs[0].cfg.epochs > 1 else ''}" if self.seconds is None
+            edges = (min(row.step for row in mine), max(row.step for row in mine))
+            for row in mine:
+                row.chosen = row is best
+                row.at_edge = row is best and row.step in edges
+        first = runs[0].cfg
+        length = (f"{first.epochs} epoch{'s' if first.epochs > 1 else ''}" if self.seconds is None
                   else f"{self.seconds * TUNE_FRACTION:g} s")
-        return TuningRecord(factors=[lr_factor(step) for step in INITIAL_STEPS], seed=runs[0].cfg.seed,
-                            length=length, chosen=chosen, rows=rows, best_chosen_by=column,
-                            selected_by=f"best validation {score_name(column)}, as train picks best.pt; the test "
-                                        "split is never read")
+        return TuningRecord(factors=[lr_factor(step) for step in INITIAL_STEPS], seed=self.seeds[0],
+                            seeds=list(self.seeds), length=length, chosen=chosen, rows=rows, best_chosen_by=column,
+                            selected_by=f"best validation {score_name(column)}"
+                                        + (f", mean over {len(self.seeds)} seeds" if len(self.seeds) > 1 else "")
+                                        + ", as train picks best.pt; the test split is never read")
 
     def tune(self, complete_all: Callable[[list[Planned]], bool],
              add: Callable[[list[Planned]], None]) -> TuningRecord | None:
@@ -97,6 +94,42 @@ class LrSweep:
 
         sweep = sweep_in_rounds(self.optims, run_round)
         return None if sweep is None else _tuning_record(records[-1], sweep)
+
+
+def _rate_row(runs: list[Planned], class_weights: str, column: str) -> SweepRow:
+    """One learning rate's row: its runs' best-epoch scores, averaged over the tuning seeds."""
+    bests, histories = [], []
+    for run in runs:
+        histories.append(read_history(run.run_dir))
+        bests.append(best_row(histories[-1], class_weights))
+    balanced = [best.get("val_balanced_acc", math.nan) for best in bests]
+    first = runs[0]
+    return SweepRow(optim=first.cfg.optim, lr=first.cfg.lr, factor=first.factor, step=first.step,
+                    best_epoch=round(statistics.fmean(best["epoch"] for best in bests)),
+                    best_val_acc=statistics.fmean(best["val_acc"] for best in bests),
+                    best_val_balanced_acc=None if any(math.isnan(b) for b in balanced) else statistics.fmean(balanced),
+                    best_val_loss=statistics.fmean(best["val_loss"] for best in bests),
+                    final_train_loss=statistics.fmean(history["train_loss"][-1] for history in histories),
+                    epochs=max(len(history["epoch"]) for history in histories),
+                    seed_scores=[_scores_of(best, column) for best in bests])
+
+
+def _scores_of(best: dict[str, float], column: str) -> float:
+    """A run's best-epoch score as the study chooses by (accuracy where history.csv lacks the column)."""
+    value = best.get(column, math.nan)
+    return float(best["val_acc"] if math.isnan(value) else value)
+
+
+def _scores(row: SweepRow) -> dict[str, float]:
+    """A rate's mean scores, in the shape best_epoch reads."""
+    return {"val_acc": row.best_val_acc, "val_loss": row.best_val_loss,
+            "val_balanced_acc": math.nan if row.best_val_balanced_acc is None else row.best_val_balanced_acc}
+
+
+def _index_of_best(scores: list[dict[str, float]], column: str) -> int:
+    """The position of the scores best_epoch keeps (the first of equals)."""
+    winner = best_epoch(scores, column)
+    return next(index for index, item in enumerate(scores) if item is winner)
 
 
 def _tuning_record(record: TuningRecord, sweep: Sweep) -> TuningRecord:

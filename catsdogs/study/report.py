@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,6 +20,9 @@ from catsdogs.training.checkpoint import global_step
 from catsdogs.training.config import settings_with
 from catsdogs.training.runs import RunFolder, RunStatus
 from catsdogs.training.selection import best_epoch, selected_by
+
+
+UNTRAINED = 0.01  # a run whose best validation accuracy is within this of chance never trained
 
 
 def _spread(values: Sequence[float]) -> Spread:
@@ -94,8 +98,11 @@ def summarize(study_dir: Path, target_acc: float) -> Summary:
     first = runs[(optims[0], seeds[0])].metrics
     chance = max(sum(row) for row in first["confusion_matrix"]) / first["images"]
     chosen_by = selected_by(shared.get("class_weights") or "none")
+    val_chance = _chance(read_split(shared["data"], "val", train_split.classes).labels)
     rows = _rank([_ranking_row(optim, [runs[(optim, s)] for s in seeds], target_acc, train_images)
                   for optim in optims], chosen_by)
+    for row in rows:
+        _mark_untrained(row, [runs[(row.optim, s)] for s in seeds], seeds, val_chance)
 
     order = [row.optim for row in rows]
     hashes = {str(s): {o: runs[(o, s)].status.init_hash for o in optims} for s in seeds}
@@ -108,7 +115,8 @@ def summarize(study_dir: Path, target_acc: float) -> Summary:
                                    zip(TUTORIAL_RANKING, TUTORIAL_RANKING[1:]) if {a, b} <= set(optims)])
     return Summary(
         study=str(study_dir), optims=optims, seeds=seeds, budget=study["budget"],
-        tune_lr=study["tune_lr"], target_val_acc=target_acc, chance_acc=chance, best_chosen_by=chosen_by,
+        tune_lr=study["tune_lr"], target_val_acc=target_acc, chance_acc=chance, val_chance_acc=val_chance,
+        best_chosen_by=chosen_by,
         data=DataCounts(path=shared["data"], train_images=train_images,
                         val_images=len(read_split(shared["data"], "val")), test_images=first["images"]),
         shared_settings={k: v for k, v in shared.items() if k in shared_keys},
@@ -172,6 +180,19 @@ def _ranking_row(optim: str, mine: list[RunRecord], target_acc: float, train_ima
     )
 
 
+def _chance(labels: Sequence[int]) -> float:
+    """The accuracy of always guessing the larger class."""
+    counts = Counter(int(label) for label in labels)
+    return max(counts.values(), default=0) / max(1, len(labels))
+
+
+def _mark_untrained(row: RankingRow, mine: list[RunRecord], seeds: list[int], val_chance: float) -> None:
+    """Name the seeds whose runs never beat chance on validation, and the test accuracy of the others."""
+    row.untrained_seeds = [seed for seed, run in zip(seeds, mine) if run.best["val_acc"] <= val_chance + UNTRAINED]
+    trained = [run.metrics["accuracy"] for seed, run in zip(seeds, mine) if seed not in row.untrained_seeds]
+    row.test_acc_trained = _spread(trained) if row.untrained_seeds and trained else None
+
+
 def _rank(rows: list[RankingRow], chosen_by: str) -> list[RankingRow]:
     """Sort the rows by test accuracy, then the best-epoch score, and number them (equal means share a rank)."""
     rows.sort(key=lambda row: (-row.test_acc.mean, -row.best_score(chosen_by).mean))
@@ -214,6 +235,10 @@ def _run_row(optim: str, seed: int, r: RunRecord) -> RunRow:
                   init_hash=r.status.init_hash, seconds=sum(r.history["seconds"]))
 
 
+def _seeds_title(seeds: list[int]) -> str:
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"mean of seeds {', '.join(map(str, seeds))}"
+
+
 def write_report(study_dir: str | Path, target_acc: float = 0.70) -> Summary:
     """Write report.md, report.html, summary.json and the two figures into `study_dir`; return the summary."""
     folder = StudyFolder(study_dir)
@@ -223,7 +248,7 @@ def write_report(study_dir: str | Path, target_acc: float = 0.70) -> Summary:
     if summary.sweep:
         sweep = summary.sweep
         plot_lr_sweep(sweep_series(sweep), f"best val {score_name(sweep.best_chosen_by)}",
-                      f"Learning-rate sweep: seed {sweep.seed}, {sweep.length} per run", folder.lr_sweep_path)
+                      f"Learning-rate sweep: {_seeds_title(sweep.seeds)}, {sweep.length} per run", folder.lr_sweep_path)
     folder.write_summary(summary)
     folder.write_report(format_report(summary), format_report_html(folder.path, summary))
     return summary

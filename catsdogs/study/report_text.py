@@ -156,6 +156,7 @@ def _answer_lines(summary: Summary) -> list[str]:
                   "the ranking says little. Train longer (`--epochs`, `--budget seconds:S`)"
                   + ("; this study already tuned the learning rates (`--tune-lr`)."
                      if summary.tune_lr else " or tune the learning rate (`--tune-lr`)."), ""]
+    lines += _untrained_lines(summary)
     steps = next_steps(summary)
     if steps:
         lines += ["**Next steps:**", "", *(f"- {step}" for step in steps), ""]
@@ -166,6 +167,22 @@ def _answer_lines(summary: Summary) -> list[str]:
                                    "optimizers for a seed (see the init hashes under Runs)**; the paired tests "
                                    "below assume they match."), ""]
     return lines
+
+
+def _untrained_lines(summary: Summary) -> list[str]:
+    """The runs that never left chance on validation: named, counted in the means, and the means without them."""
+    rows = [r for r in summary.ranking if r.untrained_seeds]
+    if not rows or summary.val_chance_acc is None:
+        return []
+    named = "; ".join(f"{r.optim} seed{'s' if len(r.untrained_seeds) > 1 else ''} "
+                      f"{', '.join(map(str, r.untrained_seeds))}" for r in rows)
+    others = "; ".join(f"{r.optim} {mean_sd(r.test_acc_trained)} ({_plural(len(r.test_acc_trained.values), 'run')})"
+                       for r in rows if r.test_acc_trained is not None)
+    return [f"**Runs that never trained:** {named}: validation accuracy never rose more than 1 point above chance "
+            f"({percent(summary.val_chance_acc)}, always guessing the larger class). They count in every mean and "
+            "test in this report, since each seed was fixed before any run: a start that fails at its rate is part "
+            "of that optimizer's result at that rate."
+            + (f" Over the runs that trained, test accuracy was {others}." if others else ""), ""]
 
 
 def _ranking_lines(summary: Summary) -> list[str]:
@@ -265,11 +282,11 @@ def format_sweep(sweep: TuningRecord) -> list[str]:
              f"round, up to the limit of {_factor_text(low)} to {_factor_text(high)} times the default "
              f"({grid.limit_steps // 2} decades each side). Every optimizer had the same grid and the same rule; "
              f"the sweep took {_plural(sweep.rounds, 'round')}.", "",
-             f"Budget of a tuning run: seed {sweep.seed}, {sweep.length} (a quarter of a study run's budget, "
-             "at least one epoch). Each "
+             f"Budget of a tuning run: {_tuning_seeds_text(sweep.seeds)}, {sweep.length} (a quarter of a study "
+             "run's budget, at least one epoch). Each "
              f"run's best epoch is chosen as `train` chooses it (highest validation {score}, ties: lower validation "
-             "loss), and the learning rate whose best epoch was best by the same rule was used for the study. The "
-             "test split was not read.", "",
+             f"loss), and the learning rate whose best epoch{_mean_text(sweep.seeds)} was best by the same rule was "
+             "used for the study. The test split was not read.", "",
              "| optimizer | tuning runs | rates tried (× default) | chosen rate | × default |",
              "|---|---:|---|---:|---:|"]
     for optim, effort in optims.items():
@@ -282,18 +299,33 @@ def format_sweep(sweep: TuningRecord) -> list[str]:
                   "may lie beyond it, which this sweep does not try, so the study compares "
                   f"{'it' if len(on_limit) == 1 else 'them'} at the best rate within "
                   f"{grid.limit_steps // 2} decades of the default."]
+    several = len(sweep.seeds) > 1
     lines += ["", f"![Validation {score} against learning rate]({LR_SWEEP_FIGURE})", "",
-              f"Validation {score} of each tuning run's best epoch against its learning rate (log axis); the ringed "
-              "point is the rate chosen.", "",
-              f"| optimizer | learning rate | × default | best val {score} | its val loss | final train loss | "
-              "chosen |",
-              "|---|---:|---:|---:|---:|---:|---|"]
+              f"Validation {score} of each tuning run's best epoch against its learning rate (log axis)"
+              + ("; the line joins each rate's mean over the seeds, the dots are single seeds" if several else "")
+              + "; the ringed point is the rate chosen.", "",
+              f"| optimizer | learning rate | × default | best val {score}{' (mean)' if several else ''} | "
+              + ("per seed | " if several else "") + "its val loss | final train loss | chosen |",
+              "|---|---:|---:|---:|" + ("---|" if several else "") + "---:|---:|---|"]
     for row in sweep.rows:
         mark = ("**yes**" + (" (on the limit of the grid)" if row.at_limit else "")) if row.chosen else ""
+        per_seed = f"{', '.join(percent(v) for v in row.seed_scores)} | " if several else ""
         lines.append(f"| {row.optim} | {row.lr:g} | {_factor_text(row.factor)} | "
-                     f"{percent(row.best_score(chosen_by))} | {row.best_val_loss:.3f} | "
+                     f"{percent(row.best_score(chosen_by))} | {per_seed}{row.best_val_loss:.3f} | "
                      f"{row.final_train_loss:.3f} | {mark} |")
+    if several:
+        lines += ["", "With several tuning seeds each row holds the mean over them (best epoch, validation loss "
+                  "and final training loss alike): a rate that leaves one seed untrained scores low, so the sweep "
+                  "does not choose a rate that works on one start only."]
     return lines
+
+
+def _tuning_seeds_text(seeds: list[int]) -> str:
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"every rate once with each of seeds {', '.join(map(str, seeds))}"
+
+
+def _mean_text(seeds: list[int]) -> str:
+    return "" if len(seeds) == 1 else f" (mean over the {len(seeds)} seeds)"
 
 
 def _factor_text(factor: float) -> str:
@@ -301,12 +333,14 @@ def _factor_text(factor: float) -> str:
     return f"{factor:.0f}" if factor >= 1000 else f"{factor:.3g}"
 
 
-def sweep_series(sweep: TuningRecord) -> dict[str, list[tuple[float, float, bool]]]:
-    """Each optimizer's (learning rate, validation score of the best epoch, chosen) points, lowest rate first."""
+def sweep_series(sweep: TuningRecord) -> dict[str, list[tuple[float, float, bool, list[float]]]]:
+    """Each optimizer's (learning rate, validation score of the best epoch (mean over the tuning seeds),
+    chosen, each seed's score) points, lowest rate first."""
     chosen_by = sweep.best_chosen_by
-    series: dict[str, list[tuple[float, float, bool]]] = {}
+    series: dict[str, list[tuple[float, float, bool, list[float]]]] = {}
     for row in sorted(sweep.rows, key=lambda row: row.lr):
-        series.setdefault(row.optim, []).append((row.lr, row.best_score(chosen_by), row.chosen))
+        score = row.best_score(chosen_by)
+        series.setdefault(row.optim, []).append((row.lr, score, row.chosen, row.seed_scores or [score]))
     return series
 
 

@@ -42,7 +42,7 @@ class Planned:
     @property
     def label(self) -> str:
         if self.kind == "sweep":
-            return f"sweep {self.cfg.optim} lr {self.cfg.lr:g}"
+            return f"sweep {self.cfg.optim} lr {self.cfg.lr:g} seed {self.cfg.seed}"
         return f"{self.cfg.optim} seed {self.cfg.seed}"
 
 

@@ -264,7 +264,7 @@ def test_the_sweep_picks_the_learning_rate_by_train_s_own_best_epoch_rule(tmp_pa
         (run / "history.csv").write_text("epoch,train_loss,train_acc,val_loss,val_acc,val_balanced_acc,lr,seconds\n"
                                          + "\n".join(rows) + "\n")
         runs.append(study_run_module.Planned("sweep", base_config(tmp_path, optim="adam", lr=lr, out=str(run)), factor))
-    sweep = LrSweep(base_config(tmp_path, class_weights=class_weights), ("adam",), tmp_path, None, seed=42)
+    sweep = LrSweep(base_config(tmp_path, class_weights=class_weights), ("adam",), tmp_path, None, seeds=(42,))
     tuning = sweep.choose(runs).to_dict()
     assert tuning["chosen"] == {"adam": chosen}
     by_lr = {row["lr"]: row for row in tuning["rows"]}

@@ -56,8 +56,8 @@ def test_the_curves_have_whole_epoch_ticks(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_the_lr_sweep_figure_is_written_whole_on_a_log_axis(tmp_path: Path, monkeypatch) -> None:
-    series = {"adam": [(1e-5, 0.55, False), (1e-4, 0.7, True), (1e-3, 0.6, False)],
-              "momentum": [(1e-3, 0.5, False), (1e-2, 0.52, False), (1e-1, 0.58, True)]}
+    series = {"adam": [(1e-5, 0.55, False, [0.55]), (1e-4, 0.7, True, [0.7]), (1e-3, 0.6, False, [0.6])],
+              "momentum": [(1e-3, 0.5, False, [0.5]), (1e-2, 0.52, False, [0.52]), (1e-1, 0.58, True, [0.58])]}
     axes = []
     monkeypatch.setattr(plt, "close", lambda fig: axes.extend(fig.axes))  # look at the figure before it goes
     out = plot_lr_sweep(series, "best val accuracy", "sweep", tmp_path / "lr_sweep.png")
@@ -66,3 +66,18 @@ def test_the_lr_sweep_figure_is_written_whole_on_a_log_axis(tmp_path: Path, monk
     assert ax.get_xscale() == "log" and [t.get_text() for t in ax.get_legend().get_texts()] == ["adam", "momentum"]
     ringed = [line for line in ax.lines if line.get_markersize() == 12]
     assert [(list(line.get_xdata()), list(line.get_ydata())) for line in ringed] == [([1e-4], [0.7]), ([1e-1], [0.58])]
+
+
+def test_the_lr_sweep_figure_shows_each_tuning_seed_beside_the_mean(tmp_path: Path, monkeypatch) -> None:
+    series = {"adam": [(1e-4, 0.65, False, [0.6, 0.7]), (1e-3, 0.625, True, [0.75, 0.5])]}
+    axes = []
+    monkeypatch.setattr(plt, "close", lambda fig: axes.extend(fig.axes))
+    plot_lr_sweep(series, "best val accuracy", "sweep", tmp_path / "lr_sweep.png")
+    (ax,) = axes
+    means = [line for line in ax.lines if line.get_markersize() == 4]
+    dots = [line for line in ax.lines if line.get_markersize() == 3]
+    ringed = [line for line in ax.lines if line.get_markersize() == 12]
+    assert [list(line.get_ydata()) for line in means] == [[0.65, 0.625]]
+    assert [(list(line.get_xdata()), list(line.get_ydata())) for line in dots] == [([1e-4, 1e-4], [0.6, 0.7]),
+                                                                                 ([1e-3, 1e-3], [0.75, 0.5])]
+    assert [list(line.get_ydata()) for line in ringed] == [[0.625]]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from catsdogs.study.layout import run_name
+from catsdogs.study.advice import next_steps
+from catsdogs.study.layout import TuningRecord, run_name
 from catsdogs.study.report import reach_target, summarize
 from catsdogs.study.report_text import format_report
-from tests.helpers import HISTORY, write_study
+from tests.helpers import HISTORY, HISTORY_HEADER, write_study
 
 
 
@@ -197,3 +199,27 @@ def test_the_evidence_note_asks_for_5_or_more_seeds_only_below_5(tmp_path: Path)
     assert "More seeds (5 or more) narrow the intervals." in three
     assert "With 5 seeds each paired test has 4 degrees of freedom" in five
     assert "(5 or more)" not in five and "More seeds narrow the intervals." in five
+
+
+def test_runs_that_never_left_chance_are_named_counted_and_shown_without(tmp_path: Path) -> None:
+    trained = HISTORY_HEADER + "1,0.50,0.80,0.50,0.75,0.01,2.0\n"
+    study = write_study(tmp_path, {"adam": [0.80, 0.50, 0.78], "momentum": [0.75, 0.74, 0.76]}, history=trained)
+    (study / "runs" / run_name("adam", 43) / "history.csv").write_text(HISTORY)  # val 50%: one photo per class
+    summary = summarize(study, target_acc=0.7)
+    rows = {row.optim: row for row in summary.ranking}
+    assert summary.val_chance_acc == 0.5 and rows["adam"].untrained_seeds == [43]
+    assert rows["adam"].test_acc_trained.values == [0.80, 0.78] and rows["adam"].test_acc.values == [0.80, 0.50, 0.78]
+    assert rows["momentum"].untrained_seeds == [] and rows["momentum"].test_acc_trained is None
+    report = format_report(summary)
+    assert ("**Runs that never trained:** adam seed 43: validation accuracy never rose more than 1 point above "
+            "chance (50.0%, always guessing the larger class).") in report
+    assert "Over the runs that trained, test accuracy was adam 79.0 ± 1.4% (2 runs)." in report
+    assert "--tune-seeds" not in report  # the study used default rates: the advice is --tune-lr
+    one_seed = TuningRecord(factors=[1.0], seed=42, length="1 epoch", chosen={}, rows=[], selected_by="val")
+    advice = next_steps(dataclasses.replace(summary, sweep=one_seed))
+    assert any(step.startswith("Some runs of adam never trained at the rate a one-seed sweep chose: "
+                               "`--tune-seeds 3`") for step in advice)
+    assert not any("--tune-seeds" in step for step in
+                   next_steps(dataclasses.replace(summary, sweep=dataclasses.replace(one_seed, seeds=[42, 43]))))
+    assert summarize(write_study(tmp_path / "b", {"adam": [0.8, 0.8]}, history=trained), 0.7).ranking[
+        0].untrained_seeds == []

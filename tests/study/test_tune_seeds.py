@@ -1,0 +1,124 @@
+"""`compare --tune-lr --tune-seeds N`: every sweep rate trains once per tuning seed, and scores their mean."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from catsdogs.cli import main
+from catsdogs.errors import UsageError
+from catsdogs.study import study_run as study_run_module
+from catsdogs.study.compare import StudySpec, run_study
+from catsdogs.study.tuning import grid_lr
+from catsdogs.training import train as train_module
+from catsdogs.training.config import TrainConfig
+from catsdogs.training.optim import get_optimizer_spec
+from tests.helpers import split_fixture
+
+SIZE = 96
+ADAM = get_optimizer_spec("adam").defaults["lr"]
+
+data = split_fixture((12, 4, 4), size=SIZE, scope="module")
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def spec(data: Path, out: Path, **overrides) -> StudySpec:
+    base = TrainConfig(data=str(data), image_size=SIZE, epochs=1, device="cpu", precision="fp32")
+    return StudySpec(base, **{"optims": ("adam",), "seeds": 1, "tune_lr": True, "out": out, **overrides})
+
+
+def stand_in_sweep(accuracy, trained: list[str]):
+    """`train` whose sweep runs are stand-ins with validation accuracy `accuracy(step, seed)` (step: half-decades
+    from adam's default); study runs train for real."""
+    real_train = study_run_module.train
+
+    def train(cfg, resume=None, **kwargs):
+        if cfg is None or "/sweep/" not in cfg.out:
+            return real_train(cfg, resume=resume, **kwargs)
+        run = Path(cfg.out)
+        trained.append(run.name)
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text(yaml.safe_dump(train_module.resolve_config(cfg).to_dict()))
+        acc = accuracy(round(2 * math.log10(cfg.lr / ADAM)), cfg.seed)
+        (run / "history.csv").write_text("epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds\n"
+                                         f"1,0.6,0.7,{1 - acc:.4f},{acc:.4f},{cfg.lr},1.5\n")
+        (run / "status.json").write_text(json.dumps({"status": "finished"}))
+        (run / "best.pt").write_bytes(b"")
+        return SimpleNamespace(status="finished")
+
+    return train
+
+
+def peak_that_fails_on_seed_43(step: int, seed: int) -> float:
+    """Best at adam's default on seed 42, but that rate never leaves chance on seed 43; half a decade lower
+    is a little worse on seed 42 and as good on both."""
+    if step == 0:
+        return 0.90 if seed == 42 else 0.50
+    return 0.86 - 0.02 * abs(step + 1)
+
+
+def test_one_tuning_seed_chooses_the_rate_that_failed_on_another(data: Path, tmp_path: Path, monkeypatch) -> None:
+    trained: list[str] = []
+    monkeypatch.setattr(study_run_module, "train", stand_in_sweep(peak_that_fails_on_seed_43, trained))
+    result = run_study(spec(data, tmp_path / "study"), progress=False, log=quiet)
+    assert result.summary.sweep.chosen == {"adam": grid_lr(ADAM, 0)} and result.summary.sweep.seeds == [42]
+    assert not any("-seed" in name for name in trained)  # a one-seed sweep's folders keep their names
+
+
+def test_two_tuning_seeds_choose_the_rate_that_trains_on_both(data: Path, tmp_path: Path, monkeypatch) -> None:
+    trained: list[str] = []
+    monkeypatch.setattr(study_run_module, "train", stand_in_sweep(peak_that_fails_on_seed_43, trained))
+    out = tmp_path / "study"
+    lines: list[str] = []
+    result = run_study(spec(data, out, tune_seeds=2), progress=False, log=lines.append)
+    assert result.status == "complete"
+    chosen = grid_lr(ADAM, -1)
+    tuning = json.loads((out / "tuning.json").read_text())
+    assert tuning["chosen"] == {"adam": chosen} and tuning["seeds"] == [42, 43] and tuning["seed"] == 42
+    assert tuning["selected_by"].startswith("best validation accuracy, mean over 2 seeds")
+    rows = {row["step"]: row for row in tuning["rows"]}
+    assert rows[0]["seed_scores"] == [0.9, 0.5] and rows[0]["best_val_acc"] == pytest.approx(0.7)
+    assert rows[-1]["seed_scores"] == [0.86, 0.86] and rows[-1]["chosen"] and not rows[0]["chosen"]
+    # Each rate once per seed: the first seed's folder named as a one-seed sweep names it, the second's suffixed.
+    assert sorted(trained) == sorted(name for step in range(-4, 5)
+                                     for name in (f"adam-lr{grid_lr(ADAM, step):g}",
+                                                  f"adam-lr{grid_lr(ADAM, step):g}-seed43"))
+    assert any(line.startswith("[") and "sweep adam lr 0.001 seed 43" in line for line in lines)
+    config = yaml.safe_load((out / "runs" / "adam-seed42" / "config.yaml").read_text())
+    assert config["lr"] == chosen and json.loads((out / "study.json").read_text())["tune_seeds"] == 2
+    report = (out / "report.md").read_text()
+    assert "every rate once with each of seeds 42, 43, 1 epoch" in report
+    assert "| adam | 0.001 | 1 | 70.0% | 90.0%, 50.0% | " in report
+    assert f"| adam | {chosen:g} | 0.316 | 86.0% | 86.0%, 86.0% | " in report
+
+
+def test_tuning_seeds_are_part_of_the_study(data: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(study_run_module, "train", stand_in_sweep(peak_that_fails_on_seed_43, []))
+    out = tmp_path / "study"
+    run_study(spec(data, out), progress=False, log=quiet)
+    with pytest.raises(UsageError, match="tune_seeds = 1, but this command asks for tune_seeds = 2"):
+        run_study(spec(data, out, tune_seeds=2), progress=False, log=quiet)
+    # A study made before --tune-seeds existed tuned on one seed: the same command continues it.
+    study = json.loads((out / "study.json").read_text())
+    del study["tune_seeds"]
+    (out / "study.json").write_text(json.dumps(study))
+    lines: list[str] = []
+    assert run_study(spec(data, out), progress=False, log=lines.append).status == "complete"
+    assert lines[0] == f"continuing the study in {out}"
+
+
+def test_tune_seeds_without_tune_lr_is_refused_in_one_line(data: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["compare", "--data", str(data), "--image-size", str(SIZE), "--epochs", "1",
+                                       "--tune-seeds", "2", "--out", str(tmp_path / "study")])
+    assert result.exit_code != 0 and not (tmp_path / "study").exists()
+    assert result.output.strip().splitlines() == ["Error: --tune-seeds sets the seeds of the learning-rate sweep: "
+                                                  "add --tune-lr"]
