@@ -60,8 +60,9 @@ def _tune_on_more_seeds(summary: Summary) -> list[str]:
     if not failed or summary.sweep is None or len(summary.sweep.seeds) > 1:
         return []
     return [f"Some runs of {', '.join(failed)} never trained at the rate a one-seed sweep chose: "
-            "`--tune-seeds 3` (a new study, `--out`) scores every rate by its mean over three seeds, so a rate "
-            "that fails on some starts is not chosen."]
+            "`--tune-seeds 3` extends this study to score every rate by its mean over three seeds, so a rate "
+            "that fails on some starts is not chosen (its tuning runs are kept; study runs whose rate changes "
+            "train again)."]
 
 
 def _spread_note(tests: list[PairedTest], n: int) -> str:

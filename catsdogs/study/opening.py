@@ -1,10 +1,11 @@
 """The study folder's opening: start a study, continue one made with the same arguments, or grow it.
 
-A study grows in two ways without redoing a finished run: more seeds (the report's advice on ties), and
+A study grows in three ways without redoing a finished run: more seeds (the report's advice on ties),
 more epochs where nothing in a run's plan spans its length (a constant learning rate, no progressive
-resizing). Then a run that reached the old epoch count continues from its last.pt, which is the same as
-training the new count from the start (resume is exact), and a run that stopped early stays stopped, as a
-straight run of the new length would have.
+resizing), and more tuning seeds. With more epochs a run that reached the old epoch count continues from its
+last.pt, which is the same as training the new count from the start (resume is exact), and a run that
+stopped early stays stopped, as a straight run of the new length would have. With more tuning seeds the
+sweep adds its runs, and a study run whose chosen learning rate changed trains again (study_run.py).
 """
 
 from __future__ import annotations
@@ -90,6 +91,11 @@ def _grown(saved: dict[str, Any], identity: dict[str, Any], base: TrainConfig) -
         grown["seeds"] = new_seeds
         growth.append(f"from {len(old_seeds)} to {len(new_seeds)} seeds (adding {_show(new_seeds[len(old_seeds):])}; "
                       "finished runs are kept)")
+    old_tune, new_tune = saved.get("tune_seeds", 1), identity["tune_seeds"]
+    if saved.get("tune_lr") and identity["tune_lr"] and new_tune > old_tune:
+        grown["tune_seeds"] = new_tune
+        growth.append(f"from {old_tune} to {new_tune} tuning seeds (finished tuning runs are kept; a study run "
+                      "whose learning rate changes trains again)")
     old_epochs, new_epochs = (saved.get("config") or {}).get("epochs"), identity["config"].get("epochs")
     if (saved.get("budget") == identity["budget"] == "epochs" and isinstance(old_epochs, int)
             and isinstance(new_epochs, int) and new_epochs > old_epochs and can_add_epochs(base)):

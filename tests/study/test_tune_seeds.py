@@ -101,19 +101,35 @@ def test_two_tuning_seeds_choose_the_rate_that_trains_on_both(data: Path, tmp_pa
     assert f"| adam | {chosen:g} | 0.316 | 86.0% | 86.0%, 86.0% | " in report
 
 
-def test_tuning_seeds_are_part_of_the_study(data: Path, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(study_run_module, "train", stand_in_sweep(peak_that_fails_on_seed_43, []))
+def test_more_tuning_seeds_extend_a_study_and_retrain_only_what_changed(data: Path, tmp_path: Path,
+                                                                        monkeypatch) -> None:
+    trained: list[str] = []
+    monkeypatch.setattr(study_run_module, "train", stand_in_sweep(peak_that_fails_on_seed_43, trained))
     out = tmp_path / "study"
-    run_study(spec(data, out), progress=False, log=quiet)
-    with pytest.raises(UsageError, match="tune_seeds = 1, but this command asks for tune_seeds = 2"):
-        run_study(spec(data, out, tune_seeds=2), progress=False, log=quiet)
+    run_study(spec(data, out, seeds=2), progress=False, log=quiet)
     # A study made before --tune-seeds existed tuned on one seed: the same command continues it.
     study = json.loads((out / "study.json").read_text())
     del study["tune_seeds"]
     (out / "study.json").write_text(json.dumps(study))
     lines: list[str] = []
-    assert run_study(spec(data, out), progress=False, log=lines.append).status == "complete"
+    assert run_study(spec(data, out, seeds=2), progress=False, log=lines.append).status == "complete"
     assert lines[0] == f"continuing the study in {out}"
+    first_sweep = set(trained)
+
+    trained.clear()
+    lines.clear()
+    result = run_study(spec(data, out, seeds=2, tune_seeds=2), progress=False, log=lines.append)
+    assert lines[0] == (f"extending the study in {out} from 1 to 2 tuning seeds (finished tuning runs are kept; a "
+                        "study run whose learning rate changes trains again)")
+    assert set(trained) == {f"{name}-seed43" for name in first_sweep}  # only the new seed's tuning runs
+    chosen = grid_lr(ADAM, -1)
+    assert result.summary.sweep.chosen == {"adam": chosen} and result.summary.sweep.seeds == [42, 43]
+    assert sum("holds a run with another lr; training it again" in line for line in lines) == 2
+    for seed in (42, 43):
+        assert yaml.safe_load((out / "runs" / f"adam-seed{seed}" / "config.yaml").read_text())["lr"] == chosen
+    assert json.loads((out / "study.json").read_text())["tune_seeds"] == 2
+    with pytest.raises(UsageError, match="tune_seeds = 2, but this command asks for tune_seeds = 1"):
+        run_study(spec(data, out, seeds=2), progress=False, log=quiet)
 
 
 def test_tune_seeds_without_tune_lr_is_refused_in_one_line(data: Path, tmp_path: Path) -> None:
