@@ -7,6 +7,7 @@ import ast
 import csv
 import hashlib
 import json
+import math
 import os
 import re
 import signal
@@ -15,7 +16,8 @@ import subprocess
 import sys
 import zlib
 from pathlib import Path
-from typing import Callable
+from types import SimpleNamespace
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -356,3 +358,34 @@ def literals_outside(home: str, names: set[str], allowed: set[tuple[str, str]] =
                 found += [f"{where}:{node.lineno}: {node.value!r}" for name in names
                           if (node.value == name or node.value.endswith("/" + name)) and (where, name) not in allowed]
     return found
+
+
+def stand_in_sweep_training(accuracy: Callable[[str, float, int], float], trained: list[str],
+                            interrupt: set[str] = frozenset()) -> Callable[..., Any]:
+    """`train` for a study whose sweep runs are stand-ins: each writes the files a finished run leaves, with the
+    validation accuracy `accuracy(optim, step, seed)` (step: half-decades from the optimizer's default; once, a
+    run named in `interrupt` stops as if by Ctrl-C); study runs train for real. Each sweep run's folder name is
+    appended to `trained`."""
+    from catsdogs.study import study_run as study_run_module
+    from catsdogs.training import train as train_module
+    from catsdogs.training.optim import get_optimizer_spec
+
+    real_train, interrupt = study_run_module.train, set(interrupt)
+
+    def train(cfg, resume=None, **kwargs):
+        if cfg is None or "/sweep/" not in cfg.out:
+            return real_train(cfg, resume=resume, **kwargs)
+        run = Path(cfg.out)
+        trained.append(run.name)
+        if run.name in interrupt:
+            interrupt.discard(run.name)
+            return SimpleNamespace(status="interrupted")
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text(yaml.safe_dump(train_module.resolve_config(cfg).to_dict()))
+        acc = accuracy(cfg.optim, 2 * math.log10(cfg.lr / get_optimizer_spec(cfg.optim).defaults["lr"]), cfg.seed)
+        (run / "history.csv").write_text(HISTORY_HEADER + f"1,0.6,0.7,{1 - acc:.4f},{acc:.4f},{cfg.lr},1.5\n")
+        (run / "status.json").write_text(json.dumps({"status": "finished"}))
+        (run / "best.pt").write_bytes(b"")
+        return SimpleNamespace(status="finished")
+
+    return train

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import signal
 import statistics
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -26,11 +24,11 @@ from catsdogs.study.compare import StudySpec, parse_budget, parse_optims, run_st
 from catsdogs.study.lr_sweep import LrSweep
 from catsdogs.study.tuning import INITIAL_STEPS, LIMIT_STEPS, grid_lr
 from catsdogs.training.loop import Hooks
-from catsdogs.training import run_setup, train as train_module
+from catsdogs.training import run_setup
 from catsdogs.training.config import TrainConfig
 from catsdogs.training.optim import get_optimizer_spec
 from tests.helpers import write_tiny_split
-from tests.helpers import history_without_time, split_fixture, spy_on_study_training
+from tests.helpers import history_without_time, split_fixture, spy_on_study_training, stand_in_sweep_training
 
 SIZE = 96  # cnn3's minimum, to keep the tests fast
 OPTIMS = ("minibatch-sgd", "adam")
@@ -318,32 +316,9 @@ def test_tuning_the_learning_rate_never_reads_the_test_split(tmp_path: Path, mon
     assert "tune the learning rate (`--tune-lr`)" not in report and "`--tune-lr` compares each" not in report
 
 
-def stand_in_sweep_training(peaks: dict[str, float], interrupt: set[str], trained: list[str]):
-    """`train` for a study whose sweep runs are stand-ins: each writes the files a finished run leaves, with a
-    validation accuracy that peaks at `peaks[optim]` half-decades from the optimizer's default (once, a run
-    named in `interrupt` stops as if by Ctrl-C); study runs train for real."""
-    real_train = study_run_module.train
-
-    def train(cfg, resume=None, **kwargs):
-        if cfg is None or "/sweep/" not in cfg.out:
-            return real_train(cfg, resume=resume, **kwargs)
-        run = Path(cfg.out)
-        trained.append(run.name)
-        if run.name in interrupt:
-            interrupt.discard(run.name)
-            return SimpleNamespace(status="interrupted")
-        run.mkdir(parents=True)
-        resolved = train_module.resolve_config(cfg)
-        (run / "config.yaml").write_text(yaml.safe_dump(resolved.to_dict()))
-        steps = 2 * math.log10(cfg.lr / get_optimizer_spec(cfg.optim).defaults["lr"])
-        acc = 0.9 - 0.02 * abs(steps - peaks[cfg.optim])
-        (run / "history.csv").write_text("epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds\n"
-                                         f"1,0.6,0.7,{1 - acc:.4f},{acc:.4f},{cfg.lr},1.5\n")
-        (run / "status.json").write_text(json.dumps({"status": "finished"}))
-        (run / "best.pt").write_bytes(b"")
-        return SimpleNamespace(status="finished")
-
-    return train
+def peaks_at(peaks: dict[str, float]):
+    """Validation accuracy that peaks at `peaks[optim]` half-decades from the optimizer's default."""
+    return lambda optim, step, seed: 0.9 - 0.02 * abs(step - peaks[optim])
 
 
 def test_the_sweep_widens_an_edge_up_to_its_limit_and_a_rerun_resumes_it(data: Path, tmp_path: Path,
@@ -352,8 +327,8 @@ def test_the_sweep_widens_an_edge_up_to_its_limit_and_a_rerun_resumes_it(data: P
     adam, minibatch = get_optimizer_spec("adam").defaults["lr"], get_optimizer_spec("minibatch-sgd").defaults["lr"]
     out, trained = tmp_path / "study", []
     interrupted = f"adam-lr{grid_lr(adam, -6):g}"  # the run of adam's second widening round
-    monkeypatch.setattr(study_run_module, "train", stand_in_sweep_training({"adam": -5, "minibatch-sgd": -30},
-                                                                         {interrupted}, trained))
+    stand_in = stand_in_sweep_training(peaks_at({"adam": -5, "minibatch-sgd": -30}), trained, {interrupted})
+    monkeypatch.setattr(study_run_module, "train", stand_in)
     spec = spec_for(data, out, seeds=1, tune_lr=True)
     assert run_study(spec, progress=False, log=quiet).status == "interrupted"
     assert not (out / "tuning.json").exists() and trained[-1] == interrupted

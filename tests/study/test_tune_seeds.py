@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -16,10 +14,9 @@ from catsdogs.errors import UsageError
 from catsdogs.study import study_run as study_run_module
 from catsdogs.study.compare import StudySpec, run_study
 from catsdogs.study.tuning import grid_lr
-from catsdogs.training import train as train_module
 from catsdogs.training.config import TrainConfig
 from catsdogs.training.optim import get_optimizer_spec
-from tests.helpers import split_fixture
+from tests.helpers import split_fixture, stand_in_sweep_training
 
 SIZE = 96
 ADAM = get_optimizer_spec("adam").defaults["lr"]
@@ -36,31 +33,10 @@ def spec(data: Path, out: Path, **overrides) -> StudySpec:
     return StudySpec(base, **{"optims": ("adam",), "seeds": 1, "tune_lr": True, "out": out, **overrides})
 
 
-def stand_in_sweep(accuracy, trained: list[str]):
-    """`train` whose sweep runs are stand-ins with validation accuracy `accuracy(step, seed)` (step: half-decades
-    from adam's default); study runs train for real."""
-    real_train = study_run_module.train
-
-    def train(cfg, resume=None, **kwargs):
-        if cfg is None or "/sweep/" not in cfg.out:
-            return real_train(cfg, resume=resume, **kwargs)
-        run = Path(cfg.out)
-        trained.append(run.name)
-        run.mkdir(parents=True)
-        (run / "config.yaml").write_text(yaml.safe_dump(train_module.resolve_config(cfg).to_dict()))
-        acc = accuracy(round(2 * math.log10(cfg.lr / ADAM)), cfg.seed)
-        (run / "history.csv").write_text("epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds\n"
-                                         f"1,0.6,0.7,{1 - acc:.4f},{acc:.4f},{cfg.lr},1.5\n")
-        (run / "status.json").write_text(json.dumps({"status": "finished"}))
-        (run / "best.pt").write_bytes(b"")
-        return SimpleNamespace(status="finished")
-
-    return train
-
-
-def peak_that_fails_on_seed_43(step: int, seed: int) -> float:
+def peak_that_fails_on_seed_43(optim: str, step: float, seed: int) -> float:
     """Best at adam's default on seed 42, but that rate never leaves chance on seed 43; half a decade lower
     is a little worse on seed 42 and as good on both."""
+    step = round(step)
     if step == 0:
         return 0.90 if seed == 42 else 0.50
     return 0.86 - 0.02 * abs(step + 1)
@@ -68,7 +44,7 @@ def peak_that_fails_on_seed_43(step: int, seed: int) -> float:
 
 def test_one_tuning_seed_chooses_the_rate_that_failed_on_another(data: Path, tmp_path: Path, monkeypatch) -> None:
     trained: list[str] = []
-    monkeypatch.setattr(study_run_module, "train", stand_in_sweep(peak_that_fails_on_seed_43, trained))
+    monkeypatch.setattr(study_run_module, "train", stand_in_sweep_training(peak_that_fails_on_seed_43, trained))
     result = run_study(spec(data, tmp_path / "study"), progress=False, log=quiet)
     assert result.summary.sweep.chosen == {"adam": grid_lr(ADAM, 0)} and result.summary.sweep.seeds == [42]
     assert not any("-seed" in name for name in trained)  # a one-seed sweep's folders keep their names
@@ -76,7 +52,7 @@ def test_one_tuning_seed_chooses_the_rate_that_failed_on_another(data: Path, tmp
 
 def test_two_tuning_seeds_choose_the_rate_that_trains_on_both(data: Path, tmp_path: Path, monkeypatch) -> None:
     trained: list[str] = []
-    monkeypatch.setattr(study_run_module, "train", stand_in_sweep(peak_that_fails_on_seed_43, trained))
+    monkeypatch.setattr(study_run_module, "train", stand_in_sweep_training(peak_that_fails_on_seed_43, trained))
     out = tmp_path / "study"
     lines: list[str] = []
     result = run_study(spec(data, out, tune_seeds=2), progress=False, log=lines.append)
@@ -104,7 +80,7 @@ def test_two_tuning_seeds_choose_the_rate_that_trains_on_both(data: Path, tmp_pa
 def test_more_tuning_seeds_extend_a_study_and_retrain_only_what_changed(data: Path, tmp_path: Path,
                                                                         monkeypatch) -> None:
     trained: list[str] = []
-    monkeypatch.setattr(study_run_module, "train", stand_in_sweep(peak_that_fails_on_seed_43, trained))
+    monkeypatch.setattr(study_run_module, "train", stand_in_sweep_training(peak_that_fails_on_seed_43, trained))
     out = tmp_path / "study"
     run_study(spec(data, out, seeds=2), progress=False, log=quiet)
     # A study made before --tune-seeds existed tuned on one seed: the same command continues it.
