@@ -131,8 +131,8 @@ def end_torchrun_process(code: int) -> None:
               help="Run each run as a task on a Ray cluster: HOST:PORT, auto, or local (a cluster on this "
                    "machine, on 127.0.0.2 only). Needs the catsdogs[ray] extra.")
 def compare(config_file: Path | None, optims: str | None, seeds: int | None, budget: str | None, tune_lr: bool,
-            tune_seeds: int, target_acc: float | None, out: Path | None, force: bool, jobs: int, threads_per_run: int | None,
-            ray_address: str | None, **flags: Any) -> None:
+            tune_seeds: int, target_acc: float | None, out: Path | None, force: bool, jobs: int,
+            threads_per_run: int | None, ray_address: str | None, **flags: Any) -> None:
     """Rank optimizers: train each with several seeds alike, test every run, report with uncertainty.
 
     For each seed every optimizer starts from the same initial weights and sees the same data

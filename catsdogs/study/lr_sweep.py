@@ -136,8 +136,9 @@ def _tuning_record(record: TuningRecord, sweep: Sweep) -> TuningRecord:
     """The last round's choice, with the grid, its limit and each optimizer's tuning effort added."""
     optims = {}
     for optim, steps in sweep.grid.items():
-        optims[optim] = TuningEffort(runs=len(steps), lr=record.chosen[optim], factor=lr_factor(sweep.chosen[optim]),
-                                     lowest_factor=lr_factor(min(steps)), highest_factor=lr_factor(max(steps)),
+        optims[optim] = TuningEffort(runs=len(steps) * len(record.seeds), lr=record.chosen[optim],
+                                     factor=lr_factor(sweep.chosen[optim]), lowest_factor=lr_factor(min(steps)),
+                                     highest_factor=lr_factor(max(steps)),
                                      extended=sorted(set(steps) - set(INITIAL_STEPS)), at_edge=sweep.at_edge(optim),
                                      at_limit=sweep.at_limit(optim))
     for row in record.rows:

@@ -61,6 +61,7 @@ def test_two_tuning_seeds_choose_the_rate_that_trains_on_both(data: Path, tmp_pa
     tuning = json.loads((out / "tuning.json").read_text())
     assert tuning["chosen"] == {"adam": chosen} and tuning["seeds"] == [42, 43] and tuning["seed"] == 42
     assert tuning["selected_by"].startswith("best validation accuracy, mean over 2 seeds")
+    assert tuning["optims"]["adam"]["runs"] == 18 and len(tuning["rows"]) == 9  # 9 rates, each on 2 seeds
     rows = {row["step"]: row for row in tuning["rows"]}
     assert rows[0]["seed_scores"] == [0.9, 0.5] and rows[0]["best_val_acc"] == pytest.approx(0.7)
     assert rows[-1]["seed_scores"] == [0.86, 0.86] and rows[-1]["chosen"] and not rows[0]["chosen"]
@@ -72,7 +73,7 @@ def test_two_tuning_seeds_choose_the_rate_that_trains_on_both(data: Path, tmp_pa
     config = yaml.safe_load((out / "runs" / "adam-seed42" / "config.yaml").read_text())
     assert config["lr"] == chosen and json.loads((out / "study.json").read_text())["tune_seeds"] == 2
     report = (out / "report.md").read_text()
-    assert "every rate once with each of seeds 42, 43, 1 epoch" in report
+    assert "every rate once with each of seeds 42, 43, 1 epoch" in report and "| adam | 18 | 0.01 to 100 | " in report
     assert "| adam | 0.001 | 1 | 70.0% | 90.0%, 50.0% | " in report
     assert f"| adam | {chosen:g} | 0.316 | 86.0% | 86.0%, 86.0% | " in report
 
