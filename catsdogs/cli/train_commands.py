@@ -117,6 +117,9 @@ def end_torchrun_process(code: int) -> None:
 @click.option("--tune-seeds", default=1, show_default=True, type=click.IntRange(min=1),
               help="Seeds each sweep rate trains with (the study's first seeds); a rate scores the mean of their "
                    "best validation accuracies. Needs --tune-lr.")
+@click.option("--lrs", default=None, metavar="OPTIM=LR,...",
+              help="Learning rates to compare at, e.g. adam=0.0003,momentum=0.01; optimizers not named keep "
+                   "their defaults. Not with --tune-lr.")
 @click.option("--target-acc", default=None, type=click.FloatRange(0, 1, min_open=True),
               help="Validation accuracy the report counts epochs and seconds to. [default: 0.7]")
 @click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path),
@@ -131,7 +134,7 @@ def end_torchrun_process(code: int) -> None:
               help="Run each run as a task on a Ray cluster: HOST:PORT, auto, or local (a cluster on this "
                    "machine, on 127.0.0.2 only). Needs the catsdogs[ray] extra.")
 def compare(config_file: Path | None, optims: str | None, seeds: int | None, budget: str | None, tune_lr: bool,
-            tune_seeds: int, target_acc: float | None, out: Path | None, force: bool, jobs: int,
+            tune_seeds: int, lrs: str | None, target_acc: float | None, out: Path | None, force: bool, jobs: int,
             threads_per_run: int | None, ray_address: str | None, **flags: Any) -> None:
     """Rank optimizers: train each with several seeds alike, test every run, report with uncertainty.
 
@@ -139,12 +142,12 @@ def compare(config_file: Path | None, optims: str | None, seeds: int | None, bud
     order. Re-running the same command skips finished runs and resumes unfinished ones; more --seeds,
     or more --epochs at a constant learning rate, extend the study and keep its runs.
     """
-    from catsdogs.study.compare import StudySpec, parse_optims, run_study
+    from catsdogs.study.compare import StudySpec, parse_lrs, parse_optims, run_study
     from catsdogs.training.config import build_config
 
     chosen = {"seeds": seeds, "budget": budget, "target_acc": target_acc, "out": out}
     spec = StudySpec(build_config(config_file, flags), parse_optims(optims), tune_lr=tune_lr,
-                     tune_seeds=tune_seeds, jobs=jobs,
+                     tune_seeds=tune_seeds, lrs=parse_lrs(lrs), jobs=jobs,
                      threads_per_run=threads_per_run, ray=ray_address,
                      **{key: value for key, value in chosen.items() if value is not None})
     from catsdogs.process import configure_process

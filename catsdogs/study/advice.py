@@ -24,9 +24,12 @@ def next_steps(summary: Summary) -> list[str]:
     if all(r.epochs_to_target.reached == 0 for r in rows):
         steps.append(f"No run reached {percent(summary.target_val_acc, 0)} validation accuracy: train longer "
                      "(`--epochs`, or `--budget seconds:S`) before trusting the ranking.")
-    if not summary.tune_lr:
-        steps.append("Every optimizer used its default learning rate: `--tune-lr` compares each at its best, "
-                     "picked on validation accuracy only.")
+    defaults = [o for o, h in summary.hyperparameters.items() if h.lr_from == "optimizer default"]
+    if not summary.tune_lr and defaults:
+        one = len(defaults) == 1
+        who = ("Every optimizer used its default learning rate" if len(defaults) == len(summary.hyperparameters)
+               else f"{', '.join(defaults)} kept {'its' if one else 'their'} default learning rate{'' if one else 's'}")
+        steps.append(f"{who}: `--tune-lr` compares each at its best, picked on validation accuracy only.")
     steps += _tune_on_more_seeds(summary)
     steps += _still_improving(summary)
     paces = sorted(rows, key=lambda r: r.epoch_seconds.mean)

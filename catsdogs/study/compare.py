@@ -6,7 +6,7 @@ import dataclasses
 import math
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,6 +42,7 @@ class StudySpec:
     budget: str = "epochs"  # epochs | seconds:S
     tune_lr: bool = False
     tune_seeds: int = 1  # seeds each sweep rate trains with (base.seed, base.seed + 1, ...); its score is their mean
+    lrs: dict[str, float] = field(default_factory=dict)  # given learning rates by optimizer (not with tune_lr)
     target_acc: float = 0.70  # "epochs to reach this validation accuracy" in the report
     out: Path = DEFAULT_STUDY_DIR
     # How the runs are run, never what they learn (so not in study.json): see catsdogs/study/executors.py.
@@ -91,6 +92,25 @@ def parse_budget(text: str) -> float | None:
     raise UsageError(f"--budget {text!r}: use epochs, or seconds:S with S > 0 (e.g. seconds:600)")
 
 
+def parse_lrs(text: str | None) -> dict[str, float]:
+    """'adam=0.0003,momentum=0.01' -> {'adam': 0.0003, 'momentum': 0.01}; None: none given."""
+    lrs: dict[str, float] = {}
+    if text is None:
+        return lrs
+    for item in text.split(","):
+        name, sep, value = (part.strip() for part in item.partition("="))
+        try:
+            lr = float(value) if sep and name else math.nan
+        except ValueError:
+            lr = math.nan
+        if not (lr > 0 and math.isfinite(lr)):
+            raise UsageError(f"--lrs {text!r}: give OPTIM=LR pairs with LR > 0, e.g. adam=0.0003,momentum=0.01")
+        if name in lrs:
+            raise UsageError(f"--lrs names {name} more than once")
+        lrs[name] = lr
+    return lrs
+
+
 def _check(spec: StudySpec) -> tuple[TrainConfig, float | None]:
     """Validate everything before the study folder is touched; return the shared config and budget."""
     load_optimizer_plugins()
@@ -110,6 +130,12 @@ def _check(spec: StudySpec) -> tuple[TrainConfig, float | None]:
         raise UsageError(f"--tune-seeds must be at least 1, got {spec.tune_seeds}")
     if spec.tune_seeds > 1 and not spec.tune_lr:
         raise UsageError("--tune-seeds sets the seeds of the learning-rate sweep: add --tune-lr")
+    if spec.lrs and spec.tune_lr:
+        raise UsageError("--lrs gives the learning rates and --tune-lr chooses them: use one of the two")
+    stray = [name for name in spec.lrs if name not in spec.optims]
+    if stray:
+        raise UsageError(f"--lrs names {', '.join(stray)}, which the study does not compare "
+                         f"(--optims {','.join(spec.optims)})")
     if not 0 < spec.target_acc <= 1:
         raise UsageError(f"--target-acc is an accuracy between 0 and 1, got {spec.target_acc}")
     seconds = parse_budget(spec.budget)
@@ -277,15 +303,15 @@ def run_study(spec: StudySpec, force: bool = False, progress: bool = True, log: 
     spec = dataclasses.replace(spec, out=Path(spec.out))
     seeds = [base.seed + k for k in range(spec.seeds)]
     select_device(base.device)  # a --device this machine lacks is told before the study folder is made
-    identity = study_identity(list(spec.optims), seeds, spec.budget, spec.tune_lr, base, spec.tune_seeds)
+    identity = study_identity(list(spec.optims), seeds, spec.budget, spec.tune_lr, base, spec.tune_seeds, spec.lrs)
     open_study(spec.out, identity, base, force, log)
     tune_seeds = tuple(base.seed + k for k in range(spec.tune_seeds))
     sweep = LrSweep(base, spec.optims, spec.out, seconds, tune_seeds) if spec.tune_lr else None
     # The bar holds the sweep's first round and the study's runs from the start; later rounds add theirs.
-    first = (sweep.plan() if sweep is not None else []) + _plan_study(base, spec, seconds, seeds, {})
+    first = (sweep.plan() if sweep is not None else []) + _plan_study(base, spec, seconds, seeds, spec.lrs)
     runner = _StudyRunner(spec, base, executor, _StudyBar(first, progress, log), progress)
     try:
-        lrs = runner.tune_lrs(sweep) if sweep is not None else {}
+        lrs = runner.tune_lrs(sweep) if sweep is not None else spec.lrs
         if lrs is None or not runner.complete_all(_plan_study(base, spec, seconds, seeds, lrs)):
             return StudyResult(spec.out, "interrupted")
     finally:

@@ -25,12 +25,12 @@ Log = Callable[[str], None]
 
 
 def study_identity(optims: list[str], seeds: list[int], budget: str, tune_lr: bool,
-                   base: TrainConfig, tune_seeds: int = 1) -> dict[str, Any]:
+                   base: TrainConfig, tune_seeds: int = 1, lrs: dict[str, float] | None = None) -> dict[str, Any]:
     """What makes a study this study: study.json holds it, and a re-run must match it (or grow it)."""
     shared = settings_with("shared")  # not per run, and not free (how fast runs go or what they log)
     config = {k: v for k, v in base.to_dict().items() if k in shared}
     return {"optims": list(optims), "seeds": seeds, "budget": budget, "tune_lr": tune_lr, "tune_seeds": tune_seeds,
-            "config": config}
+            "lrs": dict(lrs or {}), "config": config}
 
 
 def can_add_epochs(cfg: TrainConfig) -> bool:
@@ -109,8 +109,9 @@ def _first_change(saved: dict[str, Any], wanted: dict[str, Any]) -> tuple[str, A
     defaults = TrainConfig().to_dict()  # a key added to TrainConfig after the study counts as its default
     if sorted(saved.get("optims") or []) != sorted(wanted["optims"]):  # their order is only the listing's
         return "optims", saved.get("optims"), wanted["optims"]
-    for key in ("seeds", "budget", "tune_lr", "tune_seeds"):
-        old = saved.get(key, 1 if key == "tune_seeds" else None)  # a study made before --tune-seeds tuned on one
+    before = {"tune_seeds": 1, "lrs": {}}  # what a study made before these options had
+    for key in ("seeds", "budget", "tune_lr", "tune_seeds", "lrs"):
+        old = saved.get(key, before.get(key))
         if old != wanted[key]:
             return key, old, wanted[key]
     for key, value in wanted["config"].items():

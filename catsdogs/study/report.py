@@ -107,9 +107,11 @@ def summarize(study_dir: Path, target_acc: float) -> Summary:
     order = [row.optim for row in rows]
     hashes = {str(s): {o: runs[(o, s)].status.init_hash for o in optims} for s in seeds}
     tuning = folder.read_tuning()
-    lr_from = f"sweep (best validation {score_name(chosen_by)})" if tuning else "optimizer default"
+    given = study.get("lrs") or {}
+    lr_from = {o: f"sweep (best validation {score_name(chosen_by)})" if tuning else
+               "given (`--lrs`)" if o in given else "optimizer default" for o in optims}
     hyper = {o: Hyperparameters(**{k: runs[(o, seeds[0])].config.get(k)
-                                   for k in ("lr", "momentum", "batch_size", "weight_decay")}, lr_from=lr_from)
+                                   for k in ("lr", "momentum", "batch_size", "weight_decay")}, lr_from=lr_from[o])
              for o in optims}
     claims = _correct_for_several([_compare(runs, seeds, a, b) for a, b in
                                    zip(TUTORIAL_RANKING, TUTORIAL_RANKING[1:]) if {a, b} <= set(optims)])
