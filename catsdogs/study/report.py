@@ -99,10 +99,8 @@ def summarize(study_dir: Path, target_acc: float) -> Summary:
     chance = max(sum(row) for row in first["confusion_matrix"]) / first["images"]
     chosen_by = selected_by(shared.get("class_weights") or "none")
     val_chance = _chance(read_split(shared["data"], "val", train_split.classes).labels)
-    rows = _rank([_ranking_row(optim, [runs[(optim, s)] for s in seeds], target_acc, train_images)
+    rows = _rank([_ranking_row(optim, {s: runs[(optim, s)] for s in seeds}, target_acc, train_images, val_chance)
                   for optim in optims], chosen_by)
-    for row in rows:
-        _mark_untrained(row, [runs[(row.optim, s)] for s in seeds], seeds, val_chance)
 
     order = [row.optim for row in rows]
     hashes = {str(s): {o: runs[(o, s)].status.init_hash for o in optims} for s in seeds}
@@ -161,10 +159,15 @@ def _to_target(values: list[float | None]) -> ToTarget:
                     sd=statistics.stdev(got) if len(got) > 1 else None, reached=len(got), of=len(values))
 
 
-def _ranking_row(optim: str, mine: list[RunRecord], target_acc: float, train_images: int) -> RankingRow:
-    """One optimizer's row of the ranking: its runs' scores, speeds and statuses over the seeds."""
+def _ranking_row(optim: str, by_seed: dict[int, RunRecord], target_acc: float, train_images: int,
+                 val_chance: float) -> RankingRow:
+    """One optimizer's row of the ranking: its runs' scores, speeds and statuses over the seeds, and the seeds
+    whose runs never beat chance on validation (with the test accuracy of the others)."""
+    mine = list(by_seed.values())
     reached = [reach_target(r.history, target_acc) for r in mine]
     seconds = [sum(r.history["seconds"]) for r in mine]
+    untrained = [seed for seed, r in by_seed.items() if r.best["val_acc"] <= val_chance + UNTRAINED]
+    trained = [r.metrics["accuracy"] for seed, r in by_seed.items() if seed not in untrained]
     return RankingRow(
         optim=optim,
         test_acc=_spread([r.metrics["accuracy"] for r in mine]),
@@ -179,6 +182,8 @@ def _ranking_row(optim: str, mine: list[RunRecord], target_acc: float, train_ima
         epoch_seconds=_spread([statistics.median(r.history["seconds"]) for r in mine]),
         images_per_second=_spread([_images_seen(r, train_images) / max(s, 1e-9) for r, s in zip(mine, seconds)]),
         statuses=[r.status.status or "unknown" for r in mine],
+        untrained_seeds=untrained,
+        test_acc_trained=_spread(trained) if untrained and trained else None,
     )
 
 
@@ -186,13 +191,6 @@ def _chance(labels: Sequence[int]) -> float:
     """The accuracy of always guessing the larger class."""
     counts = Counter(int(label) for label in labels)
     return max(counts.values(), default=0) / max(1, len(labels))
-
-
-def _mark_untrained(row: RankingRow, mine: list[RunRecord], seeds: list[int], val_chance: float) -> None:
-    """Name the seeds whose runs never beat chance on validation, and the test accuracy of the others."""
-    row.untrained_seeds = [seed for seed, run in zip(seeds, mine) if run.best["val_acc"] <= val_chance + UNTRAINED]
-    trained = [run.metrics["accuracy"] for seed, run in zip(seeds, mine) if seed not in row.untrained_seeds]
-    row.test_acc_trained = _spread(trained) if row.untrained_seeds and trained else None
 
 
 def _rank(rows: list[RankingRow], chosen_by: str) -> list[RankingRow]:
