@@ -360,6 +360,14 @@ def literals_outside(home: str, names: set[str], allowed: set[tuple[str, str]] =
     return found
 
 
+def small_study(data: Path, out: Path, size: int, **overrides: Any) -> Any:
+    """A study of one-epoch runs at `size` px on the CPU in fp32: adam alone, one seed, unless `overrides` say."""
+    from catsdogs.study.compare import StudySpec
+
+    base = TrainConfig(data=str(data), image_size=size, epochs=1, device="cpu", precision="fp32")
+    return StudySpec(base, **{"optims": ("adam",), "seeds": 1, "out": out, **overrides})
+
+
 def stand_in_sweep_training(accuracy: Callable[[str, float, int], float], trained: list[str],
                             interrupt: set[str] = frozenset()) -> Callable[..., Any]:
     """`train` for a study whose sweep runs are stand-ins: each writes the files a finished run leaves, with the

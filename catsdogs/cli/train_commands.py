@@ -117,6 +117,9 @@ def end_torchrun_process(code: int) -> None:
 @click.option("--tune-seeds", default=1, show_default=True, type=click.IntRange(min=1),
               help="Seeds each sweep rate trains with (the study's first seeds); a rate scores the mean of their "
                    "best validation accuracies. Needs --tune-lr.")
+@click.option("--tune-rule", default="best", show_default=True, type=click.Choice(["best", "stable"]),
+              help="How the sweep chooses: best: the best mean over the tuning seeds; stable: the best of the "
+                   "rates where every tuning seed trained at that rate and one step up. Needs --tune-lr.")
 @click.option("--lrs", default=None, metavar="OPTIM=LR,...",
               help="Learning rates to compare at, e.g. adam=0.0003,momentum=0.01; optimizers not named keep "
                    "their defaults. Not with --tune-lr.")
@@ -134,7 +137,7 @@ def end_torchrun_process(code: int) -> None:
               help="Run each run as a task on a Ray cluster: HOST:PORT, auto, or local (a cluster on this "
                    "machine, on 127.0.0.2 only). Needs the catsdogs[ray] extra.")
 def compare(config_file: Path | None, optims: str | None, seeds: int | None, budget: str | None, tune_lr: bool,
-            tune_seeds: int, lrs: str | None, target_acc: float | None, out: Path | None, force: bool, jobs: int,
+            tune_seeds: int, tune_rule: str, lrs: str | None, target_acc: float | None, out: Path | None, force: bool, jobs: int,
             threads_per_run: int | None, ray_address: str | None, **flags: Any) -> None:
     """Rank optimizers: train each with several seeds alike, test every run, report with uncertainty.
 
@@ -147,7 +150,7 @@ def compare(config_file: Path | None, optims: str | None, seeds: int | None, bud
 
     chosen = {"seeds": seeds, "budget": budget, "target_acc": target_acc, "out": out}
     spec = StudySpec(build_config(config_file, flags), parse_optims(optims), tune_lr=tune_lr,
-                     tune_seeds=tune_seeds, lrs=parse_lrs(lrs), jobs=jobs,
+                     tune_seeds=tune_seeds, tune_rule=tune_rule, lrs=parse_lrs(lrs), jobs=jobs,
                      threads_per_run=threads_per_run, ray=ray_address,
                      **{key: value for key, value in chosen.items() if value is not None})
     from catsdogs.process import configure_process

@@ -21,6 +21,7 @@ from catsdogs.study.opening import open_study, study_identity
 from catsdogs.study.report import write_report
 from catsdogs.study.study_run import (Log, Planned, accuracy_on_test, complete_and_test, complete_run, finished_earlier,
                                       result_line, run_length)
+from catsdogs.study.tuning import TUNE_RULES
 from catsdogs.training.config import TrainConfig, declared_settings
 from catsdogs.training.hardware import select_device
 from catsdogs.training.optim import get_optimizer_spec, load_optimizer_plugins
@@ -42,6 +43,7 @@ class StudySpec:
     budget: str = "epochs"  # epochs | seconds:S
     tune_lr: bool = False
     tune_seeds: int = 1  # seeds each sweep rate trains with (base.seed, base.seed + 1, ...); its score is their mean
+    tune_rule: str = "best"  # how the sweep chooses a rate (catsdogs/study/tuning.py TUNE_RULES)
     lrs: dict[str, float] = field(default_factory=dict)  # given learning rates by optimizer (not with tune_lr)
     target_acc: float = 0.70  # "epochs to reach this validation accuracy" in the report
     out: Path = DEFAULT_STUDY_DIR
@@ -130,6 +132,10 @@ def _check(spec: StudySpec) -> tuple[TrainConfig, float | None]:
         raise UsageError(f"--tune-seeds must be at least 1, got {spec.tune_seeds}")
     if spec.tune_seeds > 1 and not spec.tune_lr:
         raise UsageError("--tune-seeds sets the seeds of the learning-rate sweep: add --tune-lr")
+    if spec.tune_rule not in TUNE_RULES:
+        raise UsageError(f"--tune-rule is one of {', '.join(TUNE_RULES)}, got {spec.tune_rule!r}")
+    if spec.tune_rule != "best" and not spec.tune_lr:
+        raise UsageError("--tune-rule sets how the learning-rate sweep chooses: add --tune-lr")
     if spec.lrs and spec.tune_lr:
         raise UsageError("--lrs gives the learning rates and --tune-lr chooses them: use one of the two")
     stray = [name for name in spec.lrs if name not in spec.optims]
@@ -303,10 +309,11 @@ def run_study(spec: StudySpec, force: bool = False, progress: bool = True, log: 
     spec = dataclasses.replace(spec, out=Path(spec.out))
     seeds = [base.seed + k for k in range(spec.seeds)]
     select_device(base.device)  # a --device this machine lacks is told before the study folder is made
-    identity = study_identity(list(spec.optims), seeds, spec.budget, spec.tune_lr, base, spec.tune_seeds, spec.lrs)
+    identity = study_identity(list(spec.optims), seeds, spec.budget, spec.tune_lr, base, spec.tune_seeds, spec.lrs,
+                              spec.tune_rule)
     open_study(spec.out, identity, base, force, log)
     tune_seeds = tuple(base.seed + k for k in range(spec.tune_seeds))
-    sweep = LrSweep(base, spec.optims, spec.out, seconds, tune_seeds) if spec.tune_lr else None
+    sweep = LrSweep(base, spec.optims, spec.out, seconds, tune_seeds, spec.tune_rule) if spec.tune_lr else None
     # The bar holds the sweep's first round and the study's runs from the start; later rounds add theirs.
     first = (sweep.plan() if sweep is not None else []) + _plan_study(base, spec, seconds, seeds, spec.lrs)
     runner = _StudyRunner(spec, base, executor, _StudyBar(first, progress, log), progress)

@@ -224,6 +224,8 @@ class SweepRow(_BestScore):
     at_edge: bool = False
     at_limit: bool = False  # chosen, and on the limit of the grid
     seed_scores: list[float] = field(default_factory=list)  # the score chosen by, per tuning seed (in seeds' order)
+    best_mean: bool = False  # the best mean score of its optimizer (chosen, unless the rule is stable)
+    stable: bool | None = None  # rule stable: every tuning seed trained here and one step up; else None
 
 
 @dataclass
@@ -236,8 +238,9 @@ class TuningEffort:
     lowest_factor: float
     highest_factor: float
     extended: list[int]  # steps added beyond the initial grid
-    at_edge: bool
+    at_edge: bool  # the best mean lies on an edge of the grid (so it grew, unless at the limit)
     at_limit: bool
+    best_mean_lr: float | None = None  # the rate of the best mean (another than lr under the rule stable)
 
 
 @dataclass
@@ -263,9 +266,17 @@ class TuningRecord:
     rounds: int = 0
     optims: dict[str, TuningEffort] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=list)  # every tuning seed; a record older than --tune-seeds: [seed]
+    rule: str = "best"  # how the rate was chosen (tuning.TUNE_RULES)
+    chance: float | None = None  # rule stable: the validation score of guessing
+    floors: dict[str, float] = field(default_factory=dict)  # rule stable: the score a run counts as trained from
 
     def __post_init__(self) -> None:
         self.seeds = self.seeds or [self.seed]
+        if self.rule == "best" and not any(row.best_mean for row in self.rows):  # a record older than --tune-rule
+            for row in self.rows:
+                row.best_mean = row.chosen
+            for effort in self.optims.values():
+                effort.best_mean_lr = effort.lr
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TuningRecord:

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Callable
 
 from catsdogs.study.layout import StudyFolder, SweepGrid, SweepRow, TuningEffort, TuningRecord, score_name
-from catsdogs.study.report import best_row
+from catsdogs.data.cache import read_split
+from catsdogs.study.report import best_row, majority_share
 from catsdogs.study.study_run import Planned, run_length
-from catsdogs.study.tuning import INITIAL_STEPS, LIMIT_STEPS, Sweep, grid_lr, lr_factor, sweep_in_rounds
+from catsdogs.study.tuning import (INITIAL_STEPS, LIMIT_STEPS, Sweep, grid_lr, lr_factor, stable_steps, sweep_in_rounds,
+                                   trained_floor)
 from catsdogs.training.config import TrainConfig
 from catsdogs.training.runs import read_history
 from catsdogs.training.selection import best_epoch, selected_by
@@ -30,6 +32,7 @@ class LrSweep:
     out: Path  # the study folder
     seconds: float | None  # the study's seconds per run; None: equal epochs
     seeds: tuple[int, ...]  # the tuning seeds: every rate trains once with each
+    rule: str = "best"  # how a rate is chosen (tuning.TUNE_RULES)
 
     def plan(self, grid: dict[str, tuple[int, ...]] | None = None) -> list[Planned]:
         """The sweep runs of `grid` (each optimizer's half-decade steps; None: the initial grid for all), seed
@@ -47,31 +50,50 @@ class LrSweep:
         return runs
 
     def choose(self, runs: list[Planned]) -> TuningRecord:
-        """Each optimizer's best sweep learning rate, by train's own rule (metrics.best_epoch): each run's
-        best epoch, each rate's mean of them over the tuning seeds, then the learning rate whose mean the
-        same rule puts first (highest validation score, ties: lower validation loss)."""
+        """Each optimizer's sweep learning rate, by train's own rule (metrics.best_epoch): each run's best
+        epoch, each rate's mean of them over the tuning seeds, then the learning rate whose mean the same rule
+        puts first (highest validation score, ties: lower validation loss); under the rule `stable`, the first
+        of the rates that leave a step of margin (tuning.py)."""
         column = selected_by(self.base.class_weights)
         by_rate: dict[tuple[str, float], list[Planned]] = {}
         for run in runs:
             by_rate.setdefault((run.cfg.optim, run.cfg.lr), []).append(run)
         rows = [_rate_row(rate_runs, self.base.class_weights, column) for rate_runs in by_rate.values()]
-        chosen = {}
+        chance = self._chance(column) if self.rule == "stable" else None
+        chosen, floors = {}, {}
         for optim in self.optims:
             mine = [row for row in rows if row.optim == optim]
-            best = mine[_index_of_best([_scores(row) for row in mine], column)]
+            top = mine[_index_of_best([_scores(row) for row in mine], column)]
+            best = top
+            if chance is not None:
+                floors[optim] = trained_floor((score for row in mine for score in row.seed_scores), chance)
+                steady = stable_steps({row.step: row.seed_scores for row in mine}, floors[optim])
+                for row in mine:
+                    row.stable = row.step in steady
+                candidates = [row for row in mine if row.stable]
+                if candidates:  # else no rate leaves a margin, and the best mean stands (the report says so)
+                    best = candidates[_index_of_best([_scores(row) for row in candidates], column)]
             chosen[optim] = best.lr
             edges = (min(row.step for row in mine), max(row.step for row in mine))
             for row in mine:
-                row.chosen = row is best
+                row.chosen, row.best_mean = row is best, row is top
                 row.at_edge = row is best and row.step in edges
         first = runs[0].cfg
         length = (f"{first.epochs} epoch{'s' if first.epochs > 1 else ''}" if self.seconds is None
                   else f"{self.seconds * TUNE_FRACTION:g} s")
+        rule = (", of the rates where every tuning seed trained at that rate and the next one up"
+                if self.rule == "stable" else "")
         return TuningRecord(factors=[lr_factor(step) for step in INITIAL_STEPS], seed=self.seeds[0],
                             seeds=list(self.seeds), length=length, chosen=chosen, rows=rows, best_chosen_by=column,
                             selected_by=f"best validation {score_name(column)}"
                                         + (f", mean over {len(self.seeds)} seeds" if len(self.seeds) > 1 else "")
-                                        + ", as train picks best.pt; the test split is never read")
+                                        + rule + ", as train picks best.pt; the test split is never read",
+                            rule=self.rule, chance=chance, floors=floors)
+
+    def _chance(self, column: str) -> float:
+        """The validation score of guessing: the larger class's share, or 1 / classes for balanced accuracy."""
+        split = read_split(self.base.data, "val")
+        return 1 / len(split.classes) if column == "val_balanced_acc" else majority_share(split.labels)
 
     def tune(self, complete_all: Callable[[list[Planned]], bool],
              add: Callable[[list[Planned]], None]) -> TuningRecord | None:
@@ -90,7 +112,8 @@ class LrSweep:
                 return None
             ran.update(run.run_dir for run in todo)
             records.append(self.choose(runs))
-            return {row.optim: row.step for row in records[-1].rows if row.chosen}
+            # The grid grows around the best mean, whichever rate the rule chooses: a better one may lie beyond.
+            return {row.optim: row.step for row in records[-1].rows if row.best_mean}
 
         sweep = sweep_in_rounds(self.optims, run_round)
         return None if sweep is None else _tuning_record(records[-1], sweep)
@@ -136,13 +159,15 @@ def _tuning_record(record: TuningRecord, sweep: Sweep) -> TuningRecord:
     """The last round's choice, with the grid, its limit and each optimizer's tuning effort added."""
     optims = {}
     for optim, steps in sweep.grid.items():
-        optims[optim] = TuningEffort(runs=len(steps) * len(record.seeds), lr=record.chosen[optim],
-                                     factor=lr_factor(sweep.chosen[optim]), lowest_factor=lr_factor(min(steps)),
+        chosen = next(row for row in record.rows if row.optim == optim and row.chosen)
+        top = next(row for row in record.rows if row.optim == optim and row.best_mean)
+        optims[optim] = TuningEffort(runs=len(steps) * len(record.seeds), lr=chosen.lr,
+                                     factor=lr_factor(chosen.step), lowest_factor=lr_factor(min(steps)),
                                      highest_factor=lr_factor(max(steps)),
                                      extended=sorted(set(steps) - set(INITIAL_STEPS)), at_edge=sweep.at_edge(optim),
-                                     at_limit=sweep.at_limit(optim))
+                                     at_limit=sweep.at_limit(optim), best_mean_lr=top.lr)
     for row in record.rows:
-        row.at_limit = row.chosen and optims[row.optim].at_limit
+        row.at_limit = row.chosen and row.best_mean and optims[row.optim].at_limit
     grid = SweepGrid(step="half a decade (x10^0.5)", initial_steps=list(INITIAL_STEPS), limit_steps=LIMIT_STEPS,
                      limit_factors=[lr_factor(-LIMIT_STEPS), lr_factor(LIMIT_STEPS)])
     return dataclasses.replace(record, grid=grid, rounds=sweep.rounds, optims=optims)

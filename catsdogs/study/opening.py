@@ -5,7 +5,8 @@ more epochs where nothing in a run's plan spans its length (a constant learning 
 resizing), and more tuning seeds. With more epochs a run that reached the old epoch count continues from its
 last.pt, which is the same as training the new count from the start (resume is exact), and a run that
 stopped early stays stopped, as a straight run of the new length would have. With more tuning seeds the
-sweep adds its runs, and a study run whose chosen learning rate changed trains again (study_run.py).
+sweep adds its runs, and a study run whose chosen learning rate changed trains again (study_run.py). Another
+--tune-rule chooses again from the same tuning runs, and so trains again only the study runs whose rate changed.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ Log = Callable[[str], None]
 
 
 def study_identity(optims: list[str], seeds: list[int], budget: str, tune_lr: bool,
-                   base: TrainConfig, tune_seeds: int = 1, lrs: dict[str, float] | None = None) -> dict[str, Any]:
+                   base: TrainConfig, tune_seeds: int = 1, lrs: dict[str, float] | None = None,
+                   tune_rule: str = "best") -> dict[str, Any]:
     """What makes a study this study: study.json holds it, and a re-run must match it (or grow it)."""
     shared = settings_with("shared")  # not per run, and not free (how fast runs go or what they log)
     config = {k: v for k, v in base.to_dict().items() if k in shared}
     return {"optims": list(optims), "seeds": seeds, "budget": budget, "tune_lr": tune_lr, "tune_seeds": tune_seeds,
-            "lrs": dict(lrs or {}), "config": config}
+            "tune_rule": tune_rule, "lrs": dict(lrs or {}), "config": config}
 
 
 def can_add_epochs(cfg: TrainConfig) -> bool:
@@ -96,6 +98,11 @@ def _grown(saved: dict[str, Any], identity: dict[str, Any], base: TrainConfig) -
         grown["tune_seeds"] = new_tune
         growth.append(f"from {old_tune} to {new_tune} tuning seeds (finished tuning runs are kept; a study run "
                       "whose learning rate changes trains again)")
+    old_rule, new_rule = saved.get("tune_rule", "best"), identity["tune_rule"]
+    if saved.get("tune_lr") and identity["tune_lr"] and new_rule != old_rule:
+        grown["tune_rule"] = new_rule
+        growth.append(f"to choose its learning rates by --tune-rule {new_rule}, not {old_rule} (tuning runs are "
+                      "kept; a study run whose learning rate changes trains again)")
     old_epochs, new_epochs = (saved.get("config") or {}).get("epochs"), identity["config"].get("epochs")
     if (saved.get("budget") == identity["budget"] == "epochs" and isinstance(old_epochs, int)
             and isinstance(new_epochs, int) and new_epochs > old_epochs and can_add_epochs(base)):
@@ -109,8 +116,8 @@ def _first_change(saved: dict[str, Any], wanted: dict[str, Any]) -> tuple[str, A
     defaults = TrainConfig().to_dict()  # a key added to TrainConfig after the study counts as its default
     if sorted(saved.get("optims") or []) != sorted(wanted["optims"]):  # their order is only the listing's
         return "optims", saved.get("optims"), wanted["optims"]
-    before = {"tune_seeds": 1, "lrs": {}}  # what a study made before these options had
-    for key in ("seeds", "budget", "tune_lr", "tune_seeds", "lrs"):
+    before = {"tune_seeds": 1, "tune_rule": "best", "lrs": {}}  # what a study made before these options had
+    for key in ("seeds", "budget", "tune_lr", "tune_seeds", "tune_rule", "lrs"):
         old = saved.get(key, before.get(key))
         if old != wanted[key]:
             return key, old, wanted[key]

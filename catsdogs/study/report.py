@@ -98,7 +98,7 @@ def summarize(study_dir: Path, target_acc: float) -> Summary:
     first = runs[(optims[0], seeds[0])].metrics
     chance = max(sum(row) for row in first["confusion_matrix"]) / first["images"]
     chosen_by = selected_by(shared.get("class_weights") or "none")
-    val_chance = _chance(read_split(shared["data"], "val", train_split.classes).labels)
+    val_chance = majority_share(read_split(shared["data"], "val", train_split.classes).labels)
     rows = _rank([_ranking_row(optim, {s: runs[(optim, s)] for s in seeds}, target_acc, train_images, val_chance)
                   for optim in optims], chosen_by)
 
@@ -187,7 +187,7 @@ def _ranking_row(optim: str, by_seed: dict[int, RunRecord], target_acc: float, t
     )
 
 
-def _chance(labels: Sequence[int]) -> float:
+def majority_share(labels: Sequence[int]) -> float:
     """The accuracy of always guessing the larger class."""
     counts = Counter(int(label) for label in labels)
     return max(counts.values(), default=0) / max(1, len(labels))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from catsdogs.inference.webpage import markdown_to_html, page
@@ -273,6 +274,7 @@ def format_sweep(sweep: TuningRecord) -> list[str]:
     chosen_by = sweep.best_chosen_by
     score = score_name(chosen_by)
     grid, optims = sweep.grid, sweep.optims
+    stable = sweep.rule == "stable"
     initial = [_factor_text(f) for f in sweep.factors]
     low, high = grid.limit_factors
     lines = ["## Learning-rate sweep", "",
@@ -285,14 +287,15 @@ def format_sweep(sweep: TuningRecord) -> list[str]:
              f"Budget of a tuning run: {_tuning_seeds_text(sweep.seeds)}, {sweep.length} (a quarter of a study "
              "run's budget, at least one epoch). Each "
              f"run's best epoch is chosen as `train` chooses it (highest validation {score}, ties: lower validation "
-             f"loss), and the learning rate whose best epoch{_mean_text(sweep.seeds)} was best by the same rule was "
-             "used for the study. The test split was not read.", "",
-             "| optimizer | tuning runs | rates tried (× default) | chosen rate | × default |",
-             "|---|---:|---|---:|---:|"]
+             f"loss), and {_rule_text(sweep)} The test split was not read.", "",
+             "| optimizer | tuning runs | rates tried (× default) | chosen rate | × default |"
+             + (" best mean at | trained from |" if stable else ""),
+             "|---|---:|---|---:|---:|" + ("---:|---:|" if stable else "")]
     for optim, effort in optims.items():
         lines.append(f"| {optim} | {effort.runs} | {_factor_text(effort.lowest_factor)} to "
-                     f"{_factor_text(effort.highest_factor)} | {effort.lr:g} | "
-                     f"{_factor_text(effort.factor)} |")
+                     f"{_factor_text(effort.highest_factor)} | {effort.lr:g} | {_factor_text(effort.factor)} |"
+                     + (f" {effort.best_mean_lr:g} | {percent(sweep.floors[optim])} |" if stable else ""))
+    lines += _no_margin_lines(sweep)
     on_limit = [optim for optim, effort in optims.items() if effort.at_limit]
     if on_limit:
         lines += ["", f"**The best rate of {', '.join(on_limit)} is still on the limit of the grid**: a better rate "
@@ -309,15 +312,42 @@ def format_sweep(sweep: TuningRecord) -> list[str]:
               "|---|---:|---:|---:|" + ("---|" if several else "") + "---:|---:|---|"]
     for row in sweep.rows:
         mark = ("**yes**" + (" (on the limit of the grid)" if row.at_limit else "")) if row.chosen else ""
-        per_seed = f"{', '.join(percent(v) for v in row.seed_scores)} | " if several else ""
+        if stable and row.best_mean and not row.chosen:
+            mark = "best mean, no margin"
+        floor = sweep.floors.get(row.optim, -math.inf)
+        per_seed = f"{', '.join(percent(v) + (' ✗' if v < floor else '') for v in row.seed_scores)} | " if several else ""
         lines.append(f"| {row.optim} | {row.lr:g} | {_factor_text(row.factor)} | "
                      f"{percent(row.best_score(chosen_by))} | {per_seed}{row.best_val_loss:.3f} | "
                      f"{row.final_train_loss:.3f} | {mark} |")
     if several:
         lines += ["", "With several tuning seeds each row holds the mean over them (best epoch, validation loss "
                   "and final training loss alike): a rate that leaves one seed untrained scores low, so the sweep "
-                  "does not choose a rate that works on one start only."]
+                  "does not choose a rate that works on one start only."
+                  + (" ✗ marks a tuning run that did not train (below its optimizer's \"trained from\")."
+                     if stable else "")]
     return lines
+
+
+def _rule_text(sweep: TuningRecord) -> str:
+    """How the rate used for the study was chosen from the sweep (--tune-rule)."""
+    mean = _mean_text(sweep.seeds)
+    if sweep.rule != "stable":
+        return f"the learning rate whose best epoch{mean} was best by the same rule was used for the study."
+    chance = "" if sweep.chance is None else f" ({percent(sweep.chance)})"
+    return (f"the study used, by `--tune-rule stable`, the best{mean} of the rates that leave a step of margin: "
+            "every tuning seed trained at that rate and at the next rate up. A tuning run counts as trained when "
+            f"its best validation {score_name(sweep.best_chosen_by)} reached halfway from chance{chance} to its "
+            "optimizer's best tuning run (\"trained from\" below). The best mean often sits next to the rate where "
+            "training comes apart on some seeds, and a seed the sweep never tried may come apart at it too.")
+
+
+def _no_margin_lines(sweep: TuningRecord) -> list[str]:
+    """Under the rule stable, the optimizers where no rate left a margin, so the best mean was used."""
+    bare = [row.optim for row in sweep.rows if row.chosen and row.stable is False]
+    if not bare:
+        return []
+    return ["", f"**No rate of {', '.join(bare)} left a step of margin** (some tuning seed failed at it or at the "
+            "next rate up, at every rate): the study used the best mean instead."]
 
 
 def _tuning_seeds_text(seeds: list[int]) -> str:

@@ -1,14 +1,21 @@
-"""The learning-rate grid a study tunes on, and the rule that widens it when the best rate sits on an edge."""
+"""The learning-rate grid a study tunes on, how it widens at an edge, and the rules that choose from it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 # A grid point is a whole number of half-decade steps from the optimizer's default learning rate:
 # step k means the default times 10 ** (k / 2).
 INITIAL_STEPS = tuple(range(-4, 5))  # 10^-2 ... 10^2 around the default: two decades each side, 9 rates
 LIMIT_STEPS = 8  # the grid never reaches past 10^-4 ... 10^4 times the default: four decades each side
+
+# How a rate is chosen from the sweep (compare --tune-rule):
+#   best:   the rate with the best mean score over the tuning seeds (as DeepOBS and Schmidt et al. choose);
+#   stable: the best of the rates that leave a step of margin: every tuning seed trained at the rate and at
+#           the next rate up. The best mean often sits next to the rate where training comes apart on some
+#           seeds, so a seed the sweep never tried may come apart at it too.
+TUNE_RULES = ("best", "stable")
 
 Round = Callable[[dict[str, tuple[int, ...]]], "dict[str, int] | None"]
 
@@ -31,6 +38,19 @@ def next_steps(steps: Sequence[int], chosen: int, limit: int = LIMIT_STEPS) -> l
     if chosen == high and high < limit:
         return [high + 1]
     return []
+
+
+def trained_floor(scores: Iterable[float], chance: float) -> float:
+    """The score a tuning run must reach to count as trained: halfway from chance to the best of `scores`
+    (an optimizer's tuning runs), so "trained" means the same share of what that optimizer can reach."""
+    return chance + (max(scores, default=chance) - chance) / 2
+
+
+def stable_steps(seed_scores: Mapping[int, Sequence[float]], floor: float) -> list[int]:
+    """The steps of the grid (step -> each tuning seed's score) where every seed reached `floor`, at the step
+    and at the step above; the top of the grid never qualifies (the rate above it was not tried)."""
+    steady = {step for step, scores in seed_scores.items() if scores and min(scores) >= floor}
+    return sorted(step for step in steady if step + 1 in steady)
 
 
 @dataclass

@@ -343,7 +343,8 @@ def test_the_sweep_widens_an_edge_up_to_its_limit_and_a_rerun_resumes_it(data: P
     assert tuning["chosen"] == {"minibatch-sgd": grid_lr(minibatch, -LIMIT_STEPS), "adam": grid_lr(adam, -5)}
     assert tuning["optims"]["adam"] | {"factor": 0} == {
         "runs": 11, "lr": grid_lr(adam, -5), "factor": 0, "lowest_factor": pytest.approx(1e-3),
-        "highest_factor": 100.0, "extended": [-6, -5], "at_edge": False, "at_limit": False}
+        "highest_factor": 100.0, "extended": [-6, -5], "at_edge": False, "at_limit": False,
+        "best_mean_lr": grid_lr(adam, -5)}
     assert tuning["optims"]["minibatch-sgd"]["runs"] == 13 and tuning["optims"]["minibatch-sgd"]["at_limit"]
     assert tuning["rounds"] == 5 and tuning["grid"]["limit_factors"] == pytest.approx([1e-4, 1e4])
     assert len(tuning["rows"]) == 24 and all(row["best_val_acc"] > 0 for row in tuning["rows"])

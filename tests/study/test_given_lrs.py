@@ -12,9 +12,8 @@ from click.testing import CliRunner
 from catsdogs.cli import main
 from catsdogs.errors import UsageError
 from catsdogs.study.compare import StudySpec, parse_lrs, run_study
-from catsdogs.training.config import TrainConfig
 from catsdogs.training.optim import get_optimizer_spec
-from tests.helpers import split_fixture
+from tests.helpers import quiet, small_study, split_fixture
 
 SIZE = 96
 
@@ -22,12 +21,9 @@ data = split_fixture((12, 4, 4), size=SIZE, scope="module")
 
 
 def spec(data: Path, out: Path, **overrides) -> StudySpec:
-    base = TrainConfig(data=str(data), image_size=SIZE, epochs=1, device="cpu", precision="fp32")
-    return StudySpec(base, **{"optims": ("minibatch-sgd", "adam"), "seeds": 1, "out": out, **overrides})
+    return small_study(data, out, SIZE, **{"optims": ("minibatch-sgd", "adam"), **overrides})
 
 
-def quiet(_: str) -> None:
-    pass
 
 
 def test_a_study_trains_at_the_given_rates_and_says_where_each_came_from(data: Path, tmp_path: Path) -> None:

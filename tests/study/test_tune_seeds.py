@@ -14,9 +14,8 @@ from catsdogs.errors import UsageError
 from catsdogs.study import study_run as study_run_module
 from catsdogs.study.compare import StudySpec, run_study
 from catsdogs.study.tuning import grid_lr
-from catsdogs.training.config import TrainConfig
 from catsdogs.training.optim import get_optimizer_spec
-from tests.helpers import split_fixture, stand_in_sweep_training
+from tests.helpers import quiet, small_study, split_fixture, stand_in_sweep_training
 
 SIZE = 96
 ADAM = get_optimizer_spec("adam").defaults["lr"]
@@ -24,13 +23,10 @@ ADAM = get_optimizer_spec("adam").defaults["lr"]
 data = split_fixture((12, 4, 4), size=SIZE, scope="module")
 
 
-def quiet(_: str) -> None:
-    pass
-
-
 def spec(data: Path, out: Path, **overrides) -> StudySpec:
-    base = TrainConfig(data=str(data), image_size=SIZE, epochs=1, device="cpu", precision="fp32")
-    return StudySpec(base, **{"optims": ("adam",), "seeds": 1, "tune_lr": True, "out": out, **overrides})
+    return small_study(data, out, SIZE, **{"tune_lr": True, **overrides})
+
+
 
 
 def peak_that_fails_on_seed_43(optim: str, step: float, seed: int) -> float:

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from catsdogs.study.tuning import INITIAL_STEPS, LIMIT_STEPS, grid_lr, lr_factor, next_steps, sweep_in_rounds
+from catsdogs.study.tuning import (INITIAL_STEPS, LIMIT_STEPS, grid_lr, lr_factor, next_steps, stable_steps,
+                                   sweep_in_rounds, trained_floor)
 
 
 def peaked_at(best: dict[str, float]):
@@ -84,3 +85,19 @@ def test_an_interrupted_round_interrupts_the_sweep() -> None:
 def test_the_initial_grid_must_lie_within_the_limit() -> None:
     with pytest.raises(ValueError, match="past the limit of 2 steps"):
         sweep_in_rounds(["adam"], lambda grid: {"adam": 0}, limit=2)
+
+
+def test_a_run_counts_as_trained_from_halfway_between_chance_and_the_best_run() -> None:
+    assert trained_floor([0.5, 0.74, 0.6], chance=0.5) == pytest.approx(0.62)
+    assert trained_floor([0.3, 0.9], chance=0.25) == pytest.approx(0.575)  # four classes, balanced accuracy
+    assert trained_floor([], chance=0.5) == 0.5
+
+
+def test_a_stable_step_trains_on_every_seed_and_so_does_the_step_above() -> None:
+    scores = {-1: [0.70, 0.70], 0: [0.74, 0.73], 1: [0.55, 0.72], 2: [0.5, 0.5]}
+    assert stable_steps(scores, floor=0.62) == [-1]  # 0's neighbour above fails on the first seed
+    assert stable_steps({**scores, 1: [0.66, 0.72]}, floor=0.62) == [-1, 0]
+    # The top of the grid never qualifies (the rate above it was not tried), nor does a step beside a gap.
+    assert stable_steps({0: [0.8], 1: [0.8]}, floor=0.6) == [0]
+    assert stable_steps({-2: [0.8], 0: [0.8], 1: [0.8]}, floor=0.6) == [0]
+    assert stable_steps({0: [], 1: [0.8]}, floor=0.6) == []
