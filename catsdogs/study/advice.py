@@ -30,7 +30,7 @@ def next_steps(summary: Summary) -> list[str]:
         who = ("Every optimizer used its default learning rate" if len(defaults) == len(summary.hyperparameters)
                else f"{', '.join(defaults)} kept {'its' if one else 'their'} default learning rate{'' if one else 's'}")
         steps.append(f"{who}: `--tune-lr` compares each at its best, picked on validation accuracy only.")
-    steps += _tune_on_more_seeds(summary)
+    steps += _safer_rates(summary)
     steps += _still_improving(summary)
     paces = sorted(rows, key=lambda r: r.epoch_seconds.mean)
     slow, fast = paces[-1].epoch_seconds, paces[0].epoch_seconds
@@ -57,15 +57,22 @@ def _seeds_for_ties(summary: Summary, n: int) -> list[str]:
             f"{' and '.join(settled)} apart at the gap and spread seen{rest}."]
 
 
-def _tune_on_more_seeds(summary: Summary) -> list[str]:
-    """Where runs never trained at rates a one-seed sweep chose: tune each rate on several seeds."""
-    failed = [r.optim for r in summary.ranking if r.untrained_seeds]
-    if not failed or summary.sweep is None or len(summary.sweep.seeds) > 1:
+def _safer_rates(summary: Summary) -> list[str]:
+    """Where runs never trained at the rates the sweep chose: a step of margin (--tune-rule stable) from the same
+    tuning runs, and, where even that failed after a one-seed sweep, more tuning seeds."""
+    failed = ", ".join(r.optim for r in summary.ranking if r.untrained_seeds)
+    sweep = summary.sweep
+    if not failed or sweep is None:
         return []
-    return [f"Some runs of {', '.join(failed)} never trained at the rate a one-seed sweep chose: "
-            "`--tune-seeds 3` extends this study to score every rate by its mean over three seeds, so a rate "
-            "that fails on some starts is not chosen (its tuning runs are kept; study runs whose rate changes "
-            "train again)."]
+    if sweep.rule != "stable":
+        return [f"Some runs of {failed} never trained at the rate the sweep chose: `--tune-rule stable` chooses "
+                "again from the same tuning runs, the best rate with a step of margin below any rate where a "
+                "tuning seed failed (study runs whose rate changes train again)."]
+    if len(sweep.seeds) == 1:
+        return [f"Some runs of {failed} never trained, even with a step of margin: `--tune-seeds 3` extends "
+                "this study to see each rate on three seeds, so a rate that fails on some starts is seen to (its "
+                "tuning runs are kept; study runs whose rate changes train again)."]
+    return []
 
 
 def _spread_note(tests: list[PairedTest], n: int) -> str:

@@ -216,10 +216,15 @@ def test_runs_that_never_left_chance_are_named_counted_and_shown_without(tmp_pat
     assert "Over the runs that trained, test accuracy was adam 79.0 ± 1.4% (2 runs)." in report
     assert "--tune-seeds" not in report  # the study used default rates: the advice is --tune-lr
     one_seed = TuningRecord(factors=[1.0], seed=42, length="1 epoch", chosen={}, rows=[], selected_by="val")
-    advice = next_steps(dataclasses.replace(summary, sweep=one_seed))
-    assert any(step.startswith("Some runs of adam never trained at the rate a one-seed sweep chose: "
-                               "`--tune-seeds 3`") for step in advice)
-    assert not any("--tune-seeds" in step for step in
-                   next_steps(dataclasses.replace(summary, sweep=dataclasses.replace(one_seed, seeds=[42, 43]))))
+    for sweep in (one_seed, dataclasses.replace(one_seed, seeds=[42, 43])):
+        advice = next_steps(dataclasses.replace(summary, sweep=sweep))
+        assert any(step.startswith("Some runs of adam never trained at the rate the sweep chose: `--tune-rule "
+                                   "stable` chooses again from the same tuning runs") for step in advice)
+    stable = dataclasses.replace(one_seed, rule="stable")
+    advice = next_steps(dataclasses.replace(summary, sweep=stable))
+    assert any(step.startswith("Some runs of adam never trained, even with a step of margin: `--tune-seeds 3`")
+               for step in advice) and not any("--tune-rule" in step for step in advice)
+    assert not any("never trained" in step for step in
+                   next_steps(dataclasses.replace(summary, sweep=dataclasses.replace(stable, seeds=[42, 43]))))
     assert summarize(write_study(tmp_path / "b", {"adam": [0.8, 0.8]}, history=trained), 0.7).ranking[
         0].untrained_seeds == []
