@@ -247,7 +247,9 @@ class _StudyRunner:
         if tuning is None:
             return None
         StudyFolder(sweep.out).write_tuning(tuning)
-        self.bar.echo(f"learning rates chosen on validation {score_name(selected_by(self.base.class_weights))}: "
+        score = score_name(selected_by(self.base.class_weights))
+        rule = " with a step of margin (--tune-rule stable)" if tuning.rule == "stable" else ""
+        self.bar.echo(f"learning rates chosen on validation {score}{rule}: "
                       + ", ".join(f"{optim} {lr:g}" for optim, lr in tuning.chosen.items()))
         return tuning.chosen
 

@@ -106,7 +106,8 @@ def summarize(study_dir: Path, target_acc: float) -> Summary:
     hashes = {str(s): {o: runs[(o, s)].status.init_hash for o in optims} for s in seeds}
     tuning = folder.read_tuning()
     given = study.get("lrs") or {}
-    lr_from = {o: f"sweep (best validation {score_name(chosen_by)})" if tuning else
+    rule = " with a step of margin, `--tune-rule stable`" if tuning and tuning.rule == "stable" else ""
+    lr_from = {o: f"sweep (best validation {score_name(chosen_by)}{rule})" if tuning else
                "given (`--lrs`)" if o in given else "optimizer default" for o in optims}
     hyper = {o: Hyperparameters(**{k: runs[(o, seeds[0])].config.get(k)
                                    for k in ("lr", "momentum", "batch_size", "weight_decay")}, lr_from=lr_from[o])

@@ -315,7 +315,8 @@ def format_sweep(sweep: TuningRecord) -> list[str]:
         if stable and row.best_mean and not row.chosen:
             mark = "best mean, no margin"
         floor = sweep.floors.get(row.optim, -math.inf)
-        per_seed = f"{', '.join(percent(v) + (' ✗' if v < floor else '') for v in row.seed_scores)} | " if several else ""
+        marked = [percent(v) + (" ✗" if v < floor else "") for v in row.seed_scores]
+        per_seed = f"{', '.join(marked)} | " if several else ""
         lines.append(f"| {row.optim} | {row.lr:g} | {_factor_text(row.factor)} | "
                      f"{percent(row.best_score(chosen_by))} | {per_seed}{row.best_val_loss:.3f} | "
                      f"{row.final_train_loss:.3f} | {mark} |")

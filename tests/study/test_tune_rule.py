@@ -47,8 +47,11 @@ def test_stable_chooses_a_step_below_a_rate_that_failed_on_its_one_tuning_seed(d
     trained: list[str] = []
     monkeypatch.setattr(study_run_module, "train", stand_in_sweep_training(best_beside_a_failing_rate(42), trained))
     out = tmp_path / "study"
-    result = run_study(spec(data, out, tune_rule="stable"), progress=False, log=quiet)
+    lines: list[str] = []
+    result = run_study(spec(data, out, tune_rule="stable"), progress=False, log=lines.append)
     assert result.status == "complete"
+    assert (f"learning rates chosen on validation accuracy with a step of margin (--tune-rule stable): adam "
+            f"{grid_lr(ADAM, -1):g}") in lines
     below = grid_lr(ADAM, -1)
     tuning = json.loads((out / "tuning.json").read_text())
     assert tuning["rule"] == "stable" and tuning["chance"] == 0.5 and tuning["floors"] == {"adam": pytest.approx(0.7)}
@@ -63,6 +66,8 @@ def test_stable_chooses_a_step_below_a_rate_that_failed_on_its_one_tuning_seed(d
     assert "halfway from chance (50.0%)" in report
     assert f"| adam | 9 | 0.01 to 100 | {below:g} | 0.316 | 0.001 | 70.0% |" in report
     assert "| adam | 0.001 | 1 | 90.0% | " in report and "| best mean, no margin |" in report
+    assert (f"| adam | {below:g} | — | 100 | — | sweep (best validation accuracy with a step of margin, "
+            "`--tune-rule stable`) |") in report
     assert json.loads((out / "study.json").read_text())["tune_rule"] == "stable"
 
 
