@@ -12,6 +12,7 @@ import click
 from catsdogs.cli.group import echo_safely, main
 from catsdogs.errors import UsageError
 from catsdogs.interrupts import ignore_ctrl_c
+from catsdogs.study.tuning import TUNE_RULES
 from catsdogs.training.config import Setting, declared_settings
 
 
@@ -117,7 +118,7 @@ def end_torchrun_process(code: int) -> None:
 @click.option("--tune-seeds", default=1, show_default=True, type=click.IntRange(min=1),
               help="Seeds each sweep rate trains with (the study's first seeds); a rate scores the mean of their "
                    "best validation accuracies. Needs --tune-lr.")
-@click.option("--tune-rule", default="best", show_default=True, type=click.Choice(["best", "stable"]),
+@click.option("--tune-rule", default="best", show_default=True, type=click.Choice(TUNE_RULES),
               help="How the sweep chooses: best: the best mean over the tuning seeds; stable: the best of the "
                    "rates where every tuning seed trained at that rate and one step up. Needs --tune-lr.")
 @click.option("--lrs", default=None, metavar="OPTIM=LR,...",
@@ -137,8 +138,8 @@ def end_torchrun_process(code: int) -> None:
               help="Run each run as a task on a Ray cluster: HOST:PORT, auto, or local (a cluster on this "
                    "machine, on 127.0.0.2 only). Needs the catsdogs[ray] extra.")
 def compare(config_file: Path | None, optims: str | None, seeds: int | None, budget: str | None, tune_lr: bool,
-            tune_seeds: int, tune_rule: str, lrs: str | None, target_acc: float | None, out: Path | None, force: bool, jobs: int,
-            threads_per_run: int | None, ray_address: str | None, **flags: Any) -> None:
+            tune_seeds: int, tune_rule: str, lrs: str | None, target_acc: float | None, out: Path | None,
+            force: bool, jobs: int, threads_per_run: int | None, ray_address: str | None, **flags: Any) -> None:
     """Rank optimizers: train each with several seeds alike, test every run, report with uncertainty.
 
     For each seed every optimizer starts from the same initial weights and sees the same data

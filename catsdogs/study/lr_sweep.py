@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from catsdogs.study.layout import StudyFolder, SweepGrid, SweepRow, TuningEffort, TuningRecord, score_name
 from catsdogs.data.cache import read_split
+from catsdogs.study.layout import StudyFolder, SweepGrid, SweepRow, TuningEffort, TuningRecord, score_name
 from catsdogs.study.report import best_row, majority_share
 from catsdogs.study.study_run import Planned, run_length
 from catsdogs.study.tuning import (INITIAL_STEPS, LIMIT_STEPS, Sweep, grid_lr, lr_factor, stable_steps, sweep_in_rounds,
@@ -52,8 +52,8 @@ class LrSweep:
     def choose(self, runs: list[Planned]) -> TuningRecord:
         """Each optimizer's sweep learning rate, by train's own rule (metrics.best_epoch): each run's best
         epoch, each rate's mean of them over the tuning seeds, then the learning rate whose mean the same rule
-        puts first (highest validation score, ties: lower validation loss); under the rule `stable`, the first
-        of the rates that leave a step of margin (tuning.py)."""
+        puts first (highest validation score, ties: lower validation loss); under the rule `stable`, the best of
+        the rates that leave a step of margin (tuning.py)."""
         column = selected_by(self.base.class_weights)
         by_rate: dict[tuple[str, float], list[Planned]] = {}
         for run in runs:
