@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 from catsdogs.figures import pyplot, save_figure
 from catsdogs.inference.plots import read_history, set_epoch_ticks
@@ -77,26 +78,39 @@ def plot_test_accuracy(summary: Summary, out: Path) -> Path:
     return out
 
 
-def plot_lr_sweep(series: dict[str, list[tuple[float, float, bool, list[float]]]], ylabel: str, title: str,
-                  out: Path) -> Path:
+class SweepPoint(NamedTuple):
+    """One learning rate of the sweep as the figure draws it."""
+
+    lr: float
+    score: float  # the best-epoch score, mean over the tuning seeds
+    chosen: bool
+    seed_scores: list[float]
+    passed_over: bool = False  # the best mean, not chosen (--tune-rule stable kept a step of margin below it)
+
+
+def plot_lr_sweep(series: dict[str, list[SweepPoint]], ylabel: str, title: str, out: Path) -> Path:
     """Validation score against learning rate on a log axis, one line per optimizer through each rate's mean
-    over the tuning seeds (each seed a small dot when there are several), its chosen rate ringed."""
+    over the tuning seeds (each seed a small dot when there are several), its chosen rate ringed and a best
+    mean passed over boxed."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, (optim, points) in enumerate(series.items()):
         colour = colours[index % len(colours)]
-        rates, scores = [p[0] for p in points], [p[1] for p in points]
-        ax.plot(rates, scores, "-o", color=colour, markersize=4, label=optim)
-        for rate, score, chosen, per_seed in points:
-            if len(per_seed) > 1:
-                ax.plot([rate] * len(per_seed), per_seed, ".", color=colour, markersize=3, alpha=0.6)
-            if chosen:
-                ax.plot([rate], [score], "o", markersize=12, markerfacecolor="none", markeredgecolor=colour,
-                        markeredgewidth=2)
+        points = [SweepPoint(*point) for point in points]
+        ax.plot([p.lr for p in points], [p.score for p in points], "-o", color=colour, markersize=4, label=optim)
+        for point in points:
+            if len(point.seed_scores) > 1:
+                ax.plot([point.lr] * len(point.seed_scores), point.seed_scores, ".", color=colour, markersize=3,
+                        alpha=0.6)
+            if point.chosen or point.passed_over:
+                ax.plot([point.lr], [point.score], "o" if point.chosen else "s", markersize=12 if point.chosen else 10,
+                        markerfacecolor="none", markeredgecolor=colour, markeredgewidth=2)
     ax.set_xscale("log")
     ax.set(title=title, xlabel="learning rate (log scale)", ylabel=ylabel)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), title="ringed: chosen", title_fontsize=8)
+    boxed = any(SweepPoint(*point).passed_over for points in series.values() for point in points)
+    key = "ringed: chosen" + ("\nboxed: best mean,\nno margin above" if boxed else "")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), title=key, title_fontsize=8)
     save_figure(fig, out, dpi=120)
     return out

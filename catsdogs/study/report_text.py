@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 from catsdogs.inference.webpage import markdown_to_html, page
+from catsdogs.study.figures import SweepPoint
 from catsdogs.study.advice import next_steps
 from catsdogs.study.layout import (LR_SWEEP_FIGURE, TUTORIAL_RANKING, Comparison, RankingRow, Spread, Summary,
                                    ToTarget, TuningRecord, score_name)
@@ -306,7 +307,8 @@ def format_sweep(sweep: TuningRecord) -> list[str]:
     lines += ["", f"![Validation {score} against learning rate]({LR_SWEEP_FIGURE})", "",
               f"Validation {score} of each tuning run's best epoch against its learning rate (log axis)"
               + ("; the line joins each rate's mean over the seeds, the dots are single seeds" if several else "")
-              + "; the ringed point is the rate chosen.", "",
+              + "; the ringed point is the rate chosen"
+              + ("; a boxed point is a best mean passed over for a step of margin." if stable else "."), "",
               f"| optimizer | learning rate | × default | best val {score}{' (mean)' if several else ''} | "
               + ("per seed | " if several else "") + "its val loss | final train loss | chosen |",
               "|---|---:|---:|---:|" + ("---|" if several else "") + "---:|---:|---|"]
@@ -364,14 +366,15 @@ def _factor_text(factor: float) -> str:
     return f"{factor:.0f}" if factor >= 1000 else f"{factor:.3g}"
 
 
-def sweep_series(sweep: TuningRecord) -> dict[str, list[tuple[float, float, bool, list[float]]]]:
-    """Each optimizer's (learning rate, validation score of the best epoch (mean over the tuning seeds),
-    chosen, each seed's score) points, lowest rate first."""
+def sweep_series(sweep: TuningRecord) -> dict[str, list[SweepPoint]]:
+    """Each optimizer's sweep points (learning rate, validation score of the best epoch (mean over the tuning
+    seeds), chosen, each seed's score, a best mean passed over), lowest rate first."""
     chosen_by = sweep.best_chosen_by
-    series: dict[str, list[tuple[float, float, bool, list[float]]]] = {}
+    series: dict[str, list[SweepPoint]] = {}
     for row in sorted(sweep.rows, key=lambda row: row.lr):
         score = row.best_score(chosen_by)
-        series.setdefault(row.optim, []).append((row.lr, score, row.chosen, row.seed_scores or [score]))
+        series.setdefault(row.optim, []).append(
+            SweepPoint(row.lr, score, row.chosen, row.seed_scores or [score], row.best_mean and not row.chosen))
     return series
 
 

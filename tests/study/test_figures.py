@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from catsdogs.study.figures import plot_lr_sweep, plot_study_curves  # noqa: E402
+from catsdogs.study.figures import SweepPoint, plot_lr_sweep, plot_study_curves  # noqa: E402
 from catsdogs.study.layout import RUNS_DIR, run_name  # noqa: E402
 from tests.helpers import HISTORY_HEADER as HEADER, visible_ticks  # noqa: E402
 
@@ -81,3 +81,17 @@ def test_the_lr_sweep_figure_shows_each_tuning_seed_beside_the_mean(tmp_path: Pa
     assert [(list(line.get_xdata()), list(line.get_ydata())) for line in dots] == [([1e-4, 1e-4], [0.6, 0.7]),
                                                                                  ([1e-3, 1e-3], [0.75, 0.5])]
     assert [list(line.get_ydata()) for line in ringed] == [[0.625]]
+
+
+def test_the_lr_sweep_figure_boxes_a_best_mean_passed_over_for_a_margin(tmp_path: Path, monkeypatch) -> None:
+    series = {"adam": [SweepPoint(1e-4, 0.7, True, [0.7]), SweepPoint(1e-3, 0.75, False, [0.75], passed_over=True),
+                       SweepPoint(1e-2, 0.5, False, [0.5])]}
+    axes = []
+    monkeypatch.setattr(plt, "close", lambda fig: axes.extend(fig.axes))
+    plot_lr_sweep(series, "best val accuracy", "sweep", tmp_path / "lr_sweep.png")
+    (ax,) = axes
+    boxed = [line for line in ax.lines if line.get_marker() == "s"]
+    ringed = [line for line in ax.lines if line.get_markersize() == 12]
+    assert [(list(line.get_xdata()), list(line.get_ydata())) for line in boxed] == [([1e-3], [0.75])]
+    assert [list(line.get_xdata()) for line in ringed] == [[1e-4]]
+    assert "boxed: best mean" in ax.get_legend().get_title().get_text()

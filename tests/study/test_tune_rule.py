@@ -66,6 +66,7 @@ def test_stable_chooses_a_step_below_a_rate_that_failed_on_its_one_tuning_seed(d
     assert "halfway from chance (50.0%)" in report
     assert f"| adam | 9 | 0.01 to 100 | {below:g} | 0.316 | 0.001 | 70.0% |" in report
     assert "| adam | 0.001 | 1 | 90.0% | " in report and "| best mean, no margin |" in report
+    assert "; a boxed point is a best mean passed over for a step of margin." in report
     assert (f"| adam | {below:g} | — | 100 | — | sweep (best validation accuracy with a step of margin, "
             "`--tune-rule stable`) |") in report
     assert json.loads((out / "study.json").read_text())["tune_rule"] == "stable"
