@@ -6,8 +6,8 @@ import math
 from pathlib import Path
 
 from catsdogs.inference.webpage import markdown_to_html, page
-from catsdogs.study.figures import SweepPoint
 from catsdogs.study.advice import next_steps
+from catsdogs.study.figures import SweepPoint
 from catsdogs.study.layout import (LR_SWEEP_FIGURE, TUTORIAL_RANKING, Comparison, RankingRow, Spread, Summary,
                                    ToTarget, TuningRecord, score_name)
 from catsdogs.study.stats import ALPHA, MIN_SEEDS, POWER, PairedTest, mean_sd, percent

@@ -55,19 +55,20 @@ def stable_steps(seed_scores: Mapping[int, Sequence[float]], floor: float) -> li
 
 @dataclass
 class Sweep:
-    """A finished sweep: each optimizer's grid (steps), its chosen step, and how many rounds it took."""
+    """A finished sweep: each optimizer's grid (steps), the step of its best mean (the grid grows around it; the
+    rule `stable` may then choose a lower one), and how many rounds it took."""
 
     grid: dict[str, tuple[int, ...]]
-    chosen: dict[str, int]
+    chosen: dict[str, int]  # the best mean's step
     rounds: int
     limit: int = LIMIT_STEPS
 
     def at_edge(self, optim: str) -> bool:
-        """Whether the chosen rate lies on an edge of the grid searched (the sweep ends so only at the limit)."""
+        """Whether the best mean lies on an edge of the grid searched (the sweep ends so only at the limit)."""
         return self.chosen[optim] in (min(self.grid[optim]), max(self.grid[optim]))
 
     def at_limit(self, optim: str) -> bool:
-        """Whether the chosen rate lies on the limit, so a better one may lie beyond what the sweep may try."""
+        """Whether the best mean lies on the limit, so a better rate may lie beyond what the sweep may try."""
         return abs(self.chosen[optim]) >= self.limit and self.at_edge(optim)
 
 
