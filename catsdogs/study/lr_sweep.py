@@ -63,16 +63,9 @@ class LrSweep:
         chosen, floors = {}, {}
         for optim in self.optims:
             mine = [row for row in rows if row.optim == optim]
-            top = mine[_index_of_best([_scores(row) for row in mine], column)]
-            best = top
-            if chance is not None:
-                floors[optim] = trained_floor((score for row in mine for score in row.seed_scores), chance)
-                steady = stable_steps({row.step: row.seed_scores for row in mine}, floors[optim])
-                for row in mine:
-                    row.stable = row.step in steady
-                candidates = [row for row in mine if row.stable]
-                if candidates:  # else no rate leaves a margin, and the best mean stands (the report says so)
-                    best = candidates[_index_of_best([_scores(row) for row in candidates], column)]
+            top, best, floor = choose_rate(mine, column, chance)
+            if floor is not None:
+                floors[optim] = floor
             chosen[optim] = best.lr
             edges = (min(row.step for row in mine), max(row.step for row in mine))
             for row in mine:
@@ -117,6 +110,23 @@ class LrSweep:
 
         sweep = sweep_in_rounds(self.optims, run_round)
         return None if sweep is None else _tuning_record(records[-1], sweep)
+
+
+def choose_rate(mine: list[SweepRow], column: str, chance: float | None) -> tuple[SweepRow, SweepRow, float | None]:
+    """One optimizer's sweep rows: the best mean, the rate chosen and the score counted as trained. Without
+    `chance` (the rule best) the best mean is chosen and no score is counted; with it (the rule stable) each row's
+    `stable` is set, and the best of the stable rows is chosen, or the best mean where no row is stable."""
+    top = mine[_index_of_best([_scores(row) for row in mine], column)]
+    if chance is None:
+        return top, top, None
+    floor = trained_floor((score for row in mine for score in row.seed_scores), chance)
+    steady = stable_steps({row.step: row.seed_scores for row in mine}, floor)
+    for row in mine:
+        row.stable = row.step in steady
+    candidates = [row for row in mine if row.stable]
+    if not candidates:  # no rate leaves a margin: the best mean stands (the report says so)
+        return top, top, floor
+    return top, candidates[_index_of_best([_scores(row) for row in candidates], column)], floor
 
 
 def _rate_row(runs: list[Planned], class_weights: str, column: str) -> SweepRow:

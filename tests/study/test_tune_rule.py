@@ -3,6 +3,7 @@ some tuning seed failed, and the rule at work on the studies published in docs/s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from catsdogs.cli import main
 from catsdogs.study import study_run as study_run_module
 from catsdogs.study.compare import StudySpec, run_study
 from catsdogs.study.layout import TuningRecord
-from catsdogs.study.tuning import grid_lr, stable_steps, trained_floor
+from catsdogs.study.lr_sweep import choose_rate
+from catsdogs.study.tuning import grid_lr
 from catsdogs.training.optim import get_optimizer_spec
 from tests.helpers import quiet, small_study, split_fixture, stand_in_sweep_training
 
@@ -139,14 +141,11 @@ def published(study: str) -> TuningRecord:
 
 
 def stable_choice(record: TuningRecord, chance: float) -> dict[str, float]:
-    """Each optimizer's rate by the rule stable, from a tuning.json's rows."""
-    chosen = {}
-    for optim in record.optims:
-        mine = [row for row in record.rows if row.optim == optim]
-        floor = trained_floor((score for row in mine for score in row.seed_scores or [row.best_val_acc]), chance)
-        steady = stable_steps({row.step: row.seed_scores or [row.best_val_acc] for row in mine}, floor)
-        chosen[optim] = max((row for row in mine if row.step in steady), key=lambda row: row.best_val_acc).lr
-    return chosen
+    """Each optimizer's rate by the rule stable, from a tuning.json's rows (a record older than --tune-seeds has
+    no per-seed scores: its one seed's score is the row's)."""
+    rows = [dataclasses.replace(row, seed_scores=row.seed_scores or [row.best_val_acc]) for row in record.rows]
+    return {optim: choose_rate([row for row in rows if row.optim == optim], "val_acc", chance)[1].lr
+            for optim in record.optims}
 
 
 @pytest.mark.parametrize("study", ["petimages-large", "petimages-large-tune3"])
