@@ -174,7 +174,11 @@ def test_the_page_classifies_a_chosen_photo_and_shows_its_heat_map(server, photo
             assert "test accuracy" in page.inner_text("body") and "Cat, Dog" in page.inner_text("body")
             page.set_input_files("#files", str(photo))
             label = page.wait_for_selector(".label", timeout=60_000).inner_text()
-            page.wait_for_function("document.querySelector('.result img')?.naturalWidth > 0", timeout=60_000)
+            # Polled from here: wait_for_function re-evaluates its string in the page, which the page's CSP forbids.
+            deadline = time.monotonic() + 60
+            while not page.evaluate("document.querySelector('.result img')?.naturalWidth > 0"):
+                assert time.monotonic() < deadline, "the heat map never loaded"
+                page.wait_for_timeout(100)
             page.screenshot(path=str(tmp_path / "page.png"))
         finally:
             browser.close()
